@@ -1,0 +1,1 @@
+"""Adapters: the outside world (devices, event store, NATS) behind small interfaces."""

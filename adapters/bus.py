@@ -1,0 +1,124 @@
+"""NATS and JetStream wiring: one connection factory, the events stream, its subjects."""
+
+from __future__ import annotations
+
+import re
+from uuid import UUID
+
+import msgspec
+import nats
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+
+log = structlog.get_logger(__name__)
+
+DUPLICATE_WINDOW_S = 120.0
+_TOKEN = re.compile(r"^[^.*>\s]+$")
+
+
+class BusError(Exception):
+    """A NATS / JetStream problem the caller cannot fix by retrying at once."""
+
+
+class StreamConfig(msgspec.Struct, frozen=True):
+    """The JetStream stream that carries every stored event, under `<subject_prefix>.events.>`."""
+
+    name: str = "WL_EVENTS"
+    subject_prefix: str = "wl"
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"{self.subject_prefix}.events.>"]
+
+
+def subject_for(prefix: str, aggregate: str, key: UUID | str, event_name: str) -> str:
+    """`<prefix>.events.<aggregate>.<key>.<EventName>`; every part must be one subject token."""
+    parts = (aggregate, str(key), event_name)
+    for part in parts:
+        if not _TOKEN.match(part):
+            raise ValueError(f"not a NATS subject token: {part!r}")
+    return f"{prefix}.events.{aggregate}.{parts[1]}.{event_name}"
+
+
+class _ConnectionLog:
+    """Callbacks that log one line per outage instead of one traceback per reconnect attempt."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failing = False
+
+    async def error(self, exc: Exception) -> None:
+        level = log.debug if self.failing else log.warning
+        self.failing = True
+        level("nats.error", client=self.name, error=repr(exc))
+
+    async def disconnected(self) -> None:
+        self.failing = True
+        log.warning("nats.disconnected", client=self.name)
+
+    async def reconnected(self) -> None:
+        self.failing = False
+        log.info("nats.reconnected", client=self.name)
+
+    async def closed(self) -> None:
+        log.info("nats.closed", client=self.name)
+
+
+async def connect_nats(url: str, *, name: str) -> Client:
+    """Connect with endless reconnects (1 s apart) and quiet, structured callbacks.
+
+    Publishes made while reconnecting are buffered (up to nats-py's pending size);
+    the first connect still fails fast if no server answers.
+    """
+    callbacks = _ConnectionLog(name)
+    return await nats.connect(
+        url,
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=2,
+        ping_interval=20,
+        max_outstanding_pings=3,
+        error_cb=callbacks.error,
+        disconnected_cb=callbacks.disconnected,
+        reconnected_cb=callbacks.reconnected,
+        closed_cb=callbacks.closed,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> api.StreamInfo:
+    """Create the stream (file storage, 2 min duplicate window) or bring an existing one in line.
+
+    An existing stream keeps its other settings (limits, replicas); only its subjects and
+    duplicate window are updated. Storage cannot change on a live stream.
+    """
+    wanted = api.StreamConfig(
+        name=cfg.name,
+        subjects=cfg.subjects,
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+    try:
+        info = await js.stream_info(cfg.name)
+    except NotFoundError:
+        try:
+            info = await js.add_stream(wanted)
+            log.info("stream.created", stream=cfg.name, subjects=cfg.subjects)
+            return info
+        except BadRequestError:
+            info = await js.stream_info(cfg.name)
+    current = info.config
+    if current.storage != api.StorageType.FILE:
+        raise BusError(f"stream {cfg.name} uses {current.storage} storage, not file")
+    if sorted(current.subjects or []) == cfg.subjects and current.duplicate_window == DUPLICATE_WINDOW_S:
+        return info
+    info = await js.update_stream(
+        current.evolve(subjects=cfg.subjects, duplicate_window=DUPLICATE_WINDOW_S)
+    )
+    log.info("stream.updated", stream=cfg.name, subjects=cfg.subjects)
+    return info

@@ -1,0 +1,152 @@
+"""Devices: list, add by address, show, remove, discover."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from adapters.kasa_driver import DriverError
+from api.services import Services
+from domain.address import parse_address
+from domain.device import device_id_for
+from domain.errors import DeviceAlreadyExists, DeviceNotFound, InvalidAddress
+from projections.devices import DeviceView, find_device, list_devices
+
+Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]*$")]
+
+
+class AddDevice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A device to add by address: `host` or `host:port`."""
+
+    ip: Annotated[str, msgspec.Meta(min_length=1, max_length=261, description="host or host:port")]
+    alias: Alias | None = None
+
+
+class DeviceAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: UUID
+    device_ip: str
+    status: str = "accepted"
+
+
+class DeviceRemovedView(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    device_id: UUID
+    device_ip: str
+
+
+class DiscoverRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Cloud credentials are accepted for compatibility; local legacy devices need none."""
+
+    username: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    password: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class DiscoverResult(msgspec.Struct, frozen=True, kw_only=True):
+    discovered: int
+    added: list[str]
+    already_known: list[str]
+    unreachable: list[str]
+
+
+def actor_of(request: Request[Any, Any, Any]) -> str:
+    """Who is acting. Until accounts exist, the API acts as an anonymous client at its address."""
+    client = request.client.host if request.client else "unknown"
+    return f"anonymous@{client}"
+
+
+async def resolve_device(services: Services, key: str) -> DeviceView:
+    """A present device by id or address (any spelling of the address)."""
+    async with services.read_pool.connection() as conn:
+        view = await find_device(conn, key)
+        if view is None:
+            try:
+                view = await find_device(conn, str(parse_address(key)))
+            except InvalidAddress:
+                view = None
+    if view is None:
+        raise DeviceNotFound(f"no device {key!r}")
+    return view
+
+
+class DevicesController(Controller):
+    path = "/api"
+    tags = ["devices"]
+
+    @get("/devices", operation_id="listDevices")
+    async def list(self, services: NamedDependency[Services]) -> list[DeviceView]:
+        """Every device with its latest reading, in the order they were added."""
+        async with services.read_pool.connection() as conn:
+            return await list_devices(conn)
+
+    @post("/devices/manual", operation_id="addDevice", status_code=201)
+    async def add(
+        self, request: Request[Any, Any, Any], data: JSONBody[AddDevice], services: NamedDependency[Services]
+    ) -> Response[DeviceView | DeviceAccepted]:
+        """Add a device by address. The device is contacted first: its first reading is stored
+        with the add, so it shows at once. 400 bad address, 409 already added, 422 unreachable."""
+        address = parse_address(data.ip)
+        device_id = device_id_for(str(address))
+        async with services.read_pool.connection() as conn:
+            if await find_device(conn, str(device_id)) is not None:
+                raise DeviceAlreadyExists(f"device {address} is already added")
+        snapshot = await services.driver.poll(address)
+        measured_at = datetime.now(timezone.utc)
+        last_id = await asyncio.to_thread(
+            services.app.add_device, address, snapshot, alias=data.alias, actor=actor_of(request),
+            measured_at=measured_at,
+        )
+        if await services.wait_projected(last_id):
+            view = await resolve_device(services, str(device_id))
+            return Response(view, status_code=201)
+        return Response(DeviceAccepted(device_id=device_id, device_ip=str(address)), status_code=202)
+
+    @get("/device/{device:str}", operation_id="getDevice")
+    async def show(self, device: FromPath[str], services: NamedDependency[Services]) -> DeviceView:
+        """One device by id or address, e.g. `127.0.0.1:9999` or its UUID."""
+        return await resolve_device(services, device)
+
+    @delete("/devices/{device:str}", operation_id="removeDevice", status_code=200)
+    async def remove(
+        self, request: Request[Any, Any, Any], device: FromPath[str], services: NamedDependency[Services]
+    ) -> DeviceRemovedView:
+        """Remove a device: it is no longer polled or listed; its history stays in the event log."""
+        view = await resolve_device(services, device)
+        last_id = await asyncio.to_thread(services.app.remove_device, view.device_id, actor=actor_of(request))
+        await services.wait_projected(last_id)
+        return DeviceRemovedView(message="Device removed", device_id=view.device_id, device_ip=view.device_ip)
+
+    @post("/discover", operation_id="discoverDevices", status_code=200)
+    async def discover(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        data: JSONBody[DiscoverRequest | None] = None,
+    ) -> DiscoverResult:
+        """Discover devices at the configured discovery target and add the new ones."""
+        found = await services.driver.discover(services.discovery_target, port=services.discovery_port)
+        added: list[str] = []
+        known: list[str] = []
+        unreachable: list[str] = []
+        last_id = 0
+        for address in found:
+            try:
+                snapshot = await services.driver.poll(address)
+                last_id = await asyncio.to_thread(
+                    services.app.add_device, address, snapshot, alias=None, actor=actor_of(request),
+                    measured_at=datetime.now(timezone.utc),
+                )
+                added.append(str(address))
+            except DeviceAlreadyExists:
+                known.append(str(address))
+            except DriverError:
+                unreachable.append(str(address))
+        if last_id:
+            await services.wait_projected(last_id)
+        return DiscoverResult(discovered=len(found), added=added, already_known=known, unreachable=unreachable)

@@ -1,0 +1,1 @@
+"""The WattLedger domain: aggregates, events and pure energy math. No I/O here."""

@@ -1,0 +1,174 @@
+"""The Device aggregate: identity, name and observed state of one plug, strip or relay board."""
+
+from __future__ import annotations
+
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import DeviceRemoved
+from domain.readings import DeviceSnapshot
+
+DEVICE_NAMESPACE = uuid5(NAMESPACE_URL, "https://wattledger.invalid/device")
+
+
+def device_id_for(address: str) -> UUID:
+    """A device's id is derived from its canonical address, so two adds of one address collide."""
+    return uuid5(DEVICE_NAMESPACE, address)
+
+
+class Device(Aggregate):
+    """A device at one address. Every event records who caused it (`actor`)."""
+
+    class Added(Aggregate.Created):
+        address: str
+        alias: str
+        model: str
+        device_type: str
+        mac: str
+        outlets: list[str]
+        actor: str
+
+    class Renamed(Aggregate.Event):
+        alias: str
+        actor: str
+
+    class Removed(Aggregate.Event):
+        actor: str
+
+    class Restored(Aggregate.Event):
+        alias: str
+        model: str
+        device_type: str
+        mac: str
+        outlets: list[str]
+        actor: str
+
+    class StateChanged(Aggregate.Event):
+        is_on: bool
+        outlet_index: int | None
+        actor: str
+
+    class WentOffline(Aggregate.Event):
+        missed_polls: int
+        actor: str
+
+    class CameOnline(Aggregate.Event):
+        actor: str
+
+    @staticmethod
+    def create_id(address: str, **_: object) -> UUID:
+        return device_id_for(address)
+
+    @event(Added)
+    def __init__(
+        self,
+        *,
+        address: str,
+        alias: str,
+        model: str,
+        device_type: str,
+        mac: str,
+        outlets: list[str],
+        actor: str,
+    ) -> None:
+        self.address = address
+        self.alias = alias
+        self.model = model
+        self.device_type = device_type
+        self.mac = mac
+        self.outlets = list(outlets)
+        self.removed = False
+        self.online = True
+        self.relays: dict[int | None, bool] = {}
+
+    @classmethod
+    def from_snapshot(cls, address: str, snapshot: DeviceSnapshot, *, alias: str | None, actor: str) -> Device:
+        """Add a device as first seen by a poll; `alias` overrides the device's own name."""
+        device = cls(
+            address=address,
+            alias=alias or snapshot.alias,
+            model=snapshot.model,
+            device_type=snapshot.device_type,
+            mac=snapshot.mac,
+            outlets=[o.outlet_id for o in snapshot.outlets],
+            actor=actor,
+        )
+        device.observe_relays(snapshot, actor=actor)
+        return device
+
+    def check_present(self) -> None:
+        if self.removed:
+            raise DeviceRemoved(f"device {self.address} was removed")
+
+    def rename(self, alias: str, *, actor: str) -> None:
+        self.check_present()
+        if alias != self.alias:
+            self._renamed(alias=alias, actor=actor)
+
+    @event(Renamed)
+    def _renamed(self, alias: str, actor: str) -> None:
+        self.alias = alias
+
+    def remove(self, *, actor: str) -> None:
+        self.check_present()
+        self._removed(actor=actor)
+
+    @event(Removed)
+    def _removed(self, actor: str) -> None:
+        self.removed = True
+
+    def restore(self, snapshot: DeviceSnapshot, *, alias: str | None, actor: str) -> None:
+        """Add a removed device again: same id, history kept."""
+        self._restored(
+            alias=alias or snapshot.alias,
+            model=snapshot.model,
+            device_type=snapshot.device_type,
+            mac=snapshot.mac,
+            outlets=[o.outlet_id for o in snapshot.outlets],
+            actor=actor,
+        )
+        self.observe_relays(snapshot, actor=actor)
+
+    @event(Restored)
+    def _restored(
+        self, alias: str, model: str, device_type: str, mac: str, outlets: list[str], actor: str
+    ) -> None:
+        self.alias = alias
+        self.model = model
+        self.device_type = device_type
+        self.mac = mac
+        self.outlets = list(outlets)
+        self.removed = False
+        self.online = True
+
+    def observe_relays(self, snapshot: DeviceSnapshot, *, actor: str) -> None:
+        """Record a StateChanged for every relay whose state differs from the last one known."""
+        if snapshot.outlets:
+            states: dict[int | None, bool] = {o.index: o.is_on for o in snapshot.outlets}
+        else:
+            states = {None: snapshot.is_on}
+        for index, is_on in states.items():
+            if self.relays.get(index) is not is_on:
+                self._state_changed(is_on=is_on, outlet_index=index, actor=actor)
+
+    @event(StateChanged)
+    def _state_changed(self, is_on: bool, outlet_index: int | None, actor: str) -> None:
+        self.relays[outlet_index] = is_on
+
+    def went_offline(self, missed_polls: int, *, actor: str) -> None:
+        """Mark the device offline once; repeated misses change nothing."""
+        if self.online and not self.removed:
+            self._went_offline(missed_polls=missed_polls, actor=actor)
+
+    @event(WentOffline)
+    def _went_offline(self, missed_polls: int, actor: str) -> None:
+        self.online = False
+
+    def came_online(self, *, actor: str) -> None:
+        if not self.online and not self.removed:
+            self._came_online(actor=actor)
+
+    @event(CameOnline)
+    def _came_online(self, actor: str) -> None:
+        self.online = True

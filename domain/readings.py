@@ -1,0 +1,45 @@
+"""What a poll of a device saw: plain values, shared by the driver, the store and projections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+DeviceType = Literal["plug", "strip"]
+
+
+class OutletReading(msgspec.Struct, frozen=True, kw_only=True):
+    """One child outlet of a power strip, as polled. Meter fields are None without a meter."""
+
+    outlet_id: str
+    index: int
+    alias: str
+    is_on: bool
+    power_w: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    total_wh: float | None = None
+
+
+class DeviceSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """One good poll of a device.
+
+    For a strip the top-level meter fields sum its outlets (voltage is the mean)
+    and `is_on` is true when any outlet is on. `total_wh` is the device's
+    cumulative energy counter, None where the device has no meter.
+    """
+
+    alias: str
+    model: str
+    device_type: DeviceType
+    mac: str
+    firmware: str
+    is_on: bool
+    has_emeter: bool
+    rssi: int | None = None
+    power_w: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    total_wh: float | None = None
+    outlets: tuple[OutletReading, ...] = ()

@@ -1,0 +1,159 @@
+"""The composition root: builds every part from settings and wires the flow between them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import structlog
+import uvicorn
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from psycopg_pool import AsyncConnectionPool
+
+from adapters.bus import StreamConfig, connect_nats, ensure_stream
+from adapters.eventstore import WattLedger, ensure_events_schema, store_env
+from adapters.kasa_driver import KasaDriver
+from adapters.poller import Poller
+from adapters.relay import Relay
+from api.app import create_app
+from api.services import Services
+from infra.settings import Settings
+from projections.devices import DevicesProjector, active_devices
+from projections.engine import ProjectionEngine, Projector
+
+log = structlog.get_logger(__name__)
+
+
+def all_projectors() -> list[Projector]:
+    return [DevicesProjector()]
+
+
+@dataclass
+class Runtime:
+    """Every long-lived object of one process; built by `open_runtime`, closed by it too."""
+
+    settings: Settings
+    database_url: str
+    nats_url: str
+    app: WattLedger
+    engine: ProjectionEngine
+    read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+    driver: KasaDriver
+    nc: Client
+    js: JetStreamContext
+    stream: StreamConfig
+    relay: Relay
+    wakers: list[Callable[[], None]] = field(default_factory=list)
+
+    def saved(self) -> None:
+        """Something was stored: nudge the in-process relay and projectors."""
+        for wake in self.wakers:
+            wake()
+
+    async def known_devices(self) -> Sequence[tuple[UUID, str]]:
+        async with self.read_pool.connection() as conn:
+            return await active_devices(conn)
+
+    def poller(self) -> Poller:
+        return Poller(
+            self.app,
+            self.driver,
+            self.known_devices,
+            interval=self.settings.polling_interval,
+            concurrency=self.settings.poll_concurrency,
+            offline_after=self.settings.offline_after,
+            on_saved=self.saved,
+        )
+
+    def services(self) -> Services:
+        return Services(
+            app=self.app,
+            driver=self.driver,
+            read_pool=self.read_pool,
+            discovery_target=self.settings.discovery_target,
+            discovery_port=self.settings.discovery_port,
+            on_saved=self.saved,
+        )
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> AsyncIterator[Runtime]:
+    """Connect to PostgreSQL and NATS, create what is missing, and close everything on exit."""
+    await asyncio.to_thread(ensure_events_schema, database_url)
+    app = await asyncio.to_thread(WattLedger, store_env(database_url))
+    engine = ProjectionEngine(app, database_url, all_projectors())
+    read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+    nc: Client | None = None
+    driver = KasaDriver(timeout=settings.poll_timeout)
+    try:
+        await asyncio.to_thread(engine.setup)
+        read_pool = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
+        await read_pool.open(wait=True, timeout=30)
+        nc = await connect_nats(nats_url, name="wattledger")
+        js = nc.jetstream()
+        stream = StreamConfig(name=settings.stream_name, subject_prefix=settings.subject_prefix)
+        await ensure_stream(js, stream)
+        relay = Relay(app, js, database_url=database_url, stream=stream)
+        yield Runtime(
+            settings=settings,
+            database_url=database_url,
+            nats_url=nats_url,
+            app=app,
+            engine=engine,
+            read_pool=read_pool,
+            driver=driver,
+            nc=nc,
+            js=js,
+            stream=stream,
+            relay=relay,
+        )
+    finally:
+        await driver.close()
+        if nc is not None:
+            await nc.drain()
+        if read_pool is not None:
+            await read_pool.close()
+        await asyncio.to_thread(app.close)
+
+
+async def serve_api(runtime: Runtime) -> None:
+    """Run the HTTP API until the server is told to stop (SIGINT/SIGTERM)."""
+    config = uvicorn.Config(
+        create_app(runtime.services()),
+        host=runtime.settings.host,
+        port=runtime.settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    log.info("api.listening", url=f"http://{runtime.settings.host}:{runtime.settings.port}/api")
+    await server.serve()
+
+
+async def run_parts(runtime: Runtime, *, api: bool, poll: bool, relay: bool, project: bool) -> None:
+    """Run the chosen parts side by side; when the API stops (or any part fails) everything stops."""
+    background: list[asyncio.Task[None]] = []
+    if relay:
+        runtime.wakers.append(runtime.relay.wake)
+        background.append(asyncio.create_task(runtime.relay.run(), name="relay"))
+    if project:
+        runtime.wakers.append(runtime.engine.wake)
+        background.append(asyncio.create_task(runtime.engine.run(), name="projector"))
+    if poll:
+        background.append(asyncio.create_task(runtime.poller().run(), name="poller"))
+    try:
+        if api:
+            await serve_api(runtime)
+        else:
+            await asyncio.gather(*background)
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)

@@ -1,0 +1,191 @@
+"""`wattledger` command line: serve, api, poll, relay, project, emulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from infra.logging import configure_logging
+from infra.settings import Settings, SettingsError, load_settings
+
+log = structlog.get_logger(__name__)
+
+DEMO_PROFILES = ["HS110", "KP115", "HS100", "HS300", "KP303"]
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (override the environment)")
+    group.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (DATABASE_URL)")
+    group.add_argument("--nats-url", dest="nats_url", help="NATS URL (NATS_URL)")
+    group.add_argument("--data-dir", dest="data_dir", help="data directory (WATTLEDGER_DATA_DIR, ./data)")
+    group.add_argument("--host", dest="host", help="API bind address (WATTLEDGER_HOST, 127.0.0.1)")
+    group.add_argument("--port", dest="port", help="API port (WATTLEDGER_PORT, 5272)")
+    group.add_argument(
+        "--polling-interval", dest="polling_interval", help="seconds between polls (WATTLEDGER_POLLING_INTERVAL, 60)"
+    )
+    group.add_argument("--log-level", dest="log_level", help="debug, info, warning, error (WATTLEDGER_LOG_LEVEL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wattledger", description="Event-sourced smart plug monitoring.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run everything in one process (API, poller, relay, projectors)")
+    serve.add_argument("--demo", action="store_true", help="also start five emulated devices and add them")
+    _settings_options(serve)
+    for name, text in (
+        ("api", "run the HTTP API only"),
+        ("poll", "run the device poller only"),
+        ("relay", "run the event store -> JetStream relay only"),
+    ):
+        _settings_options(commands.add_parser(name, help=text))
+    project = commands.add_parser("project", help="run the projectors, or rebuild one from zero")
+    project.add_argument("--rebuild", metavar="NAME", help="replay one read model from the first event and exit")
+    _settings_options(project)
+    emulate = commands.add_parser("emulate", help="run emulated Kasa devices on loopback")
+    emulate.add_argument("--devices", default=",".join(DEMO_PROFILES), help="comma-separated profiles")
+    emulate.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
+    emulate.add_argument("--base-port", type=int, default=0, help="first TCP port (0: any free port)")
+    emulate.add_argument("--speed", type=float, default=1.0, help="energy clock speed-up factor")
+    emulate.add_argument("--reboot-every", type=float, default=None, help="seconds between simulated reboots")
+    emulate.add_argument("--seed", type=int, default=None, help="seed for reproducible power drift")
+    emulate.add_argument("--log-level", dest="log_level", default=None)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    fields = ("database_url", "nats_url", "data_dir", "host", "port", "polling_interval", "log_level")
+    return load_settings(os.environ, **{f: getattr(args, f, None) for f in fields})
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run until done or until SIGINT/SIGTERM, then shut down cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("shutdown")
+
+    asyncio.run(runner())
+
+
+async def _serve(settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace) -> None:
+    from infra.bootstrap import open_runtime, run_parts
+
+    command = args.command
+    async with open_runtime(settings, database_url, nats_url) as runtime:
+        if command == "project" and args.rebuild:
+            await _rebuild(runtime.engine, args.rebuild)
+            return
+        if getattr(args, "demo", False):
+            async with _demo(runtime):
+                await run_parts(runtime, api=True, poll=True, relay=True, project=True)
+            return
+        await run_parts(
+            runtime,
+            api=command in ("serve", "api"),
+            poll=command in ("serve", "poll"),
+            relay=command in ("serve", "relay"),
+            project=command in ("serve", "project"),
+        )
+
+
+async def _rebuild(engine: Any, name: str) -> None:
+    if name not in engine.projectors:
+        raise SettingsError(f"unknown read model {name!r}; known: {', '.join(engine.projectors)}")
+    await asyncio.to_thread(engine.setup)
+    total = await asyncio.to_thread(engine.app.recorder.max_notification_id) or 0
+    done = 0
+
+    def progress(applied: int) -> None:
+        nonlocal done
+        done += applied
+        width = 40
+        filled = int(width * min(done, total) / total) if total else width
+        sys.stderr.write(f"\rrebuilding {name} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events")
+        sys.stderr.flush()
+
+    applied = await asyncio.to_thread(engine.rebuild, name, progress)
+    sys.stderr.write(f"\rrebuilt {name}: {applied} events replayed{' ' * 40}\n")
+
+
+def _demo(runtime: Any) -> Any:
+    from contextlib import asynccontextmanager
+
+    from adapters.emulator import EmulatorFleet
+    from domain.address import parse_address
+    from domain.errors import DeviceAlreadyExists
+
+    @asynccontextmanager
+    async def demo() -> Any:
+        async with EmulatorFleet(DEMO_PROFILES, host="127.0.0.1", base_port=0, seed=7) as fleet:
+            for address in fleet.addresses:
+                parsed = parse_address(address)
+                snapshot = await runtime.driver.poll(parsed)
+                try:
+                    await asyncio.to_thread(
+                        runtime.app.add_device,
+                        parsed,
+                        snapshot,
+                        alias=None,
+                        actor="system:demo",
+                        measured_at=datetime.now(timezone.utc),
+                    )
+                except DeviceAlreadyExists:
+                    pass
+                log.info("demo.device", address=address, model=snapshot.model, alias=snapshot.alias)
+            runtime.saved()
+            yield fleet
+
+    return demo()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "emulate":
+            configure_logging(args.log_level or "info")
+            from adapters.emulator import run_emulator
+
+            _run(
+                run_emulator(
+                    [p.strip() for p in args.devices.split(",") if p.strip()],
+                    host=args.bind,
+                    base_port=args.base_port,
+                    speed=args.speed,
+                    reboot_every=args.reboot_every,
+                    seed=args.seed,
+                )
+            )
+            return 0
+        settings = _settings(args)
+        configure_logging(settings.log_level, json=settings.log_json)
+        from infra.embedded import embedded_servers
+
+        with embedded_servers(
+            settings.data_dir,
+            database_url=settings.database_url,
+            nats_url=settings.nats_url,
+            nats_port=settings.embedded_nats_port,
+        ) as (database_url, nats_url):
+            _run(_serve(settings, database_url, nats_url, args))
+    except SettingsError as exc:
+        print(f"wattledger: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

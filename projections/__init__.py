@@ -1,0 +1,1 @@
+"""Read models: projectors that turn the event log into query tables, and their queries."""

@@ -1,0 +1,63 @@
+"""Real servers for tests: the ones named by DATABASE_URL / NATS_URL, else embedded ones.
+
+Every test that stores events gets its own database and its own JetStream
+stream and subject prefix, so runs and tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from adapters.bus import StreamConfig
+
+
+@pytest.fixture(scope="session")
+def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    from infra.embedded import embedded_servers
+
+    data_dir: Path = tmp_path_factory.mktemp("servers")
+    with embedded_servers(
+        data_dir,
+        database_url=os.environ.get("DATABASE_URL") or None,
+        nats_url=os.environ.get("NATS_URL") or None,
+        nats_port=0,
+    ) as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+def nats_url(server_urls: tuple[str, str]) -> str:
+    return server_urls[1]
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    parts = psycopg.conninfo.conninfo_to_dict(url)
+    parts["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+@pytest.fixture
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A new empty database for one test, dropped afterwards."""
+    admin = server_urls[0]
+    name = f"wl_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_dbname(admin, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def stream_config() -> StreamConfig:
+    tag = uuid.uuid4().hex[:10]
+    return StreamConfig(name=f"WLT_{tag.upper()}", subject_prefix=f"wlt{tag}")
