@@ -6,7 +6,6 @@ import re
 from uuid import UUID
 
 import msgspec
-import nats
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
@@ -45,8 +44,9 @@ def subject_for(prefix: str, aggregate: str, key: UUID | str, event_name: str) -
 class _ConnectionLog:
     """Callbacks that log one line per outage instead of one traceback per reconnect attempt."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, client: Client) -> None:
         self.name = name
+        self.client = client
         self.failing = False
 
     async def error(self, exc: Exception) -> None:
@@ -55,6 +55,8 @@ class _ConnectionLog:
         level("nats.error", client=self.name, error=repr(exc))
 
     async def disconnected(self) -> None:
+        if self.client.is_closed or self.client.is_draining:
+            return
         self.failing = True
         log.warning("nats.disconnected", client=self.name)
 
@@ -72,8 +74,9 @@ async def connect_nats(url: str, *, name: str) -> Client:
     Publishes made while reconnecting are buffered (up to nats-py's pending size);
     the first connect still fails fast if no server answers.
     """
-    callbacks = _ConnectionLog(name)
-    return await nats.connect(
+    client = Client()
+    callbacks = _ConnectionLog(name, client)
+    await client.connect(
         url,
         name=name,
         allow_reconnect=True,
@@ -87,6 +90,7 @@ async def connect_nats(url: str, *, name: str) -> Client:
         reconnected_cb=callbacks.reconnected,
         closed_cb=callbacks.closed,
     )
+    return client
 
 
 async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> api.StreamInfo:

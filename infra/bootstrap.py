@@ -90,6 +90,7 @@ async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> 
     engine = ProjectionEngine(app, database_url, all_projectors())
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
     nc: Client | None = None
+    relay: Relay | None = None
     driver = KasaDriver(timeout=settings.poll_timeout)
     try:
         await asyncio.to_thread(engine.setup)
@@ -115,6 +116,8 @@ async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> 
         )
     finally:
         await driver.close()
+        if relay is not None:
+            await relay.aclose()
         if nc is not None:
             await nc.drain()
         if read_pool is not None:

@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     emulate = commands.add_parser("emulate", help="run emulated Kasa devices on loopback")
     emulate.add_argument("--devices", default=",".join(DEMO_PROFILES), help="comma-separated profiles")
     emulate.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
-    emulate.add_argument("--base-port", type=int, default=0, help="first TCP port (0: any free port)")
+    emulate.add_argument("--port", type=int, default=9999, help="first TCP port; the next devices count up (0: free ports)")
+    emulate.add_argument(
+        "--discovery-port", type=int, default=None,
+        help="answer UDP discovery on this port; each device then gets its own loopback IP (127.0.0.2, ...)",
+    )
     emulate.add_argument("--speed", type=float, default=1.0, help="energy clock speed-up factor")
     emulate.add_argument("--reboot-every", type=float, default=None, help="seconds between simulated reboots")
     emulate.add_argument("--seed", type=int, default=None, help="seed for reproducible power drift")
@@ -130,7 +134,7 @@ def _demo(runtime: Any) -> Any:
 
     @asynccontextmanager
     async def demo() -> Any:
-        async with EmulatorFleet(DEMO_PROFILES, host="127.0.0.1", base_port=0, seed=7) as fleet:
+        async with EmulatorFleet(DEMO_PROFILES, host="127.0.0.1", port=0, seed=7) as fleet:
             for address in fleet.addresses:
                 parsed = parse_address(address)
                 snapshot = await runtime.driver.poll(parsed)
@@ -159,14 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging(args.log_level or "info")
             from adapters.emulator import run_emulator
 
+            from adapters.emulator import loopback_hosts
+
+            profiles = [p.strip() for p in args.devices.split(",") if p.strip()]
+            discovery = args.discovery_port is not None
             _run(
                 run_emulator(
-                    [p.strip() for p in args.devices.split(",") if p.strip()],
-                    host=args.bind,
-                    base_port=args.base_port,
+                    profiles,
+                    host=loopback_hosts(len(profiles)) if discovery else args.bind,
+                    port=0 if discovery else args.port,
                     speed=args.speed,
                     reboot_every=args.reboot_every,
                     seed=args.seed,
+                    discovery_port=args.discovery_port,
                 )
             )
             return 0

@@ -1,0 +1,34 @@
+"""Kasa IOT device emulator speaking the real legacy protocol on loopback (dev, demo, tests)."""
+
+from adapters.emulator.device import (
+    DeviceProfile,
+    EmulatedDevice,
+    UnknownProfile,
+    available_profiles,
+    load_profile,
+)
+from adapters.emulator.protocol import EmulatorError, ProtocolError
+from adapters.emulator.server import (
+    DEFAULT_PROFILES,
+    DeviceServer,
+    EmulatorFleet,
+    FleetError,
+    loopback_hosts,
+    run_emulator,
+)
+
+__all__ = [
+    "DEFAULT_PROFILES",
+    "DeviceProfile",
+    "DeviceServer",
+    "EmulatedDevice",
+    "EmulatorError",
+    "EmulatorFleet",
+    "FleetError",
+    "ProtocolError",
+    "UnknownProfile",
+    "available_profiles",
+    "load_profile",
+    "loopback_hosts",
+    "run_emulator",
+]

@@ -1,0 +1,286 @@
+"""Poll and switch Kasa IOT plugs and strips with python-kasa, as DeviceSnapshots.
+
+Only the legacy IOT protocol (XOR on TCP 9999) is spoken: HS1xx, KP1xx, HS300,
+KP303 and the like. A connected python-kasa `Device` is kept per address and
+reused by the next call; any failure drops it, closes its connection and
+raises DeviceUnreachable, so the next call starts afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from kasa import Device, DeviceConfig, Discover, KasaException, Module, UnsupportedDeviceError
+from kasa.iot import IotPlug, IotStrip
+from kasa.iot.iotstrip import IotStripPlug
+
+from domain.address import KASA_PORT, DeviceAddress
+from domain.readings import DeviceSnapshot, OutletReading
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+# Errors python-kasa lets through when a device answers with an unexpected shape.
+_MALFORMED_ANSWER = (KeyError, TypeError, ValueError)
+
+
+class DriverError(Exception):
+    """Base of every error the Kasa driver raises."""
+
+
+class DeviceUnreachable(DriverError):
+    """No usable answer: connection refused, timeout, or a protocol error."""
+
+
+class UnsupportedDevice(DriverError):
+    """The device answered but is not a Kasa IOT plug or strip."""
+
+
+class OutletNotFound(DriverError):
+    """A control command named an outlet the device does not have."""
+
+
+class _Meter:
+    """The meter values of one plug or outlet, None without a meter."""
+
+    __slots__ = ("current_a", "power_w", "total_wh", "voltage_v")
+
+    def __init__(self, device: Device) -> None:
+        energy = device.modules.get(Module.Energy)
+        self.power_w: float | None = None
+        self.voltage_v: float | None = None
+        self.current_a: float | None = None
+        self.total_wh: float | None = None
+        if energy is None:
+            return
+        self.power_w = _float(energy.current_consumption)
+        self.voltage_v = _float(energy.voltage)
+        self.current_a = _float(energy.current)
+        total_kwh = _float(energy.consumption_total)
+        # kWh * 1000 in floating point leaves noise like 62.00000000000001.
+        self.total_wh = None if total_kwh is None else round(total_kwh * 1000, 6)
+
+
+def _float(value: float | int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _sum(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def snapshot_of(device: Device) -> DeviceSnapshot:
+    """Map an updated python-kasa IotPlug or IotStrip to a DeviceSnapshot."""
+    if not isinstance(device, (IotPlug, IotStrip)):
+        raise UnsupportedDevice(f"{type(device).__name__} at {device.host} is not a plug or strip")
+    has_emeter = bool(device.has_emeter)
+    common = {
+        "alias": device.alias or "",
+        "model": device.model,
+        "mac": device.mac,
+        "firmware": str(device.sys_info["sw_ver"]),
+        "has_emeter": has_emeter,
+        "rssi": device.rssi,
+    }
+    if isinstance(device, IotStrip):
+        outlets = tuple(
+            _outlet_reading(index, child, has_emeter) for index, child in enumerate(device.children)
+        )
+        return DeviceSnapshot(
+            device_type="strip",
+            is_on=any(o.is_on for o in outlets),
+            power_w=_sum([o.power_w for o in outlets]),
+            voltage_v=_mean([o.voltage_v for o in outlets]),
+            current_a=_sum([o.current_a for o in outlets]),
+            total_wh=_sum([o.total_wh for o in outlets]),
+            outlets=outlets,
+            **common,
+        )
+    meter = _Meter(device)
+    return DeviceSnapshot(
+        device_type="plug",
+        is_on=bool(device.is_on),
+        power_w=meter.power_w,
+        voltage_v=meter.voltage_v,
+        current_a=meter.current_a,
+        total_wh=meter.total_wh,
+        **common,
+    )
+
+
+def _outlet_reading(index: int, child: Device, has_emeter: bool) -> OutletReading:
+    meter = _Meter(child) if has_emeter else None
+    return OutletReading(
+        outlet_id=child.child_id if isinstance(child, IotStripPlug) else child.device_id,
+        index=index,
+        alias=child.alias or "",
+        is_on=bool(child.is_on),
+        power_w=meter.power_w if meter else None,
+        voltage_v=meter.voltage_v if meter else None,
+        current_a=meter.current_a if meter else None,
+        total_wh=meter.total_wh if meter else None,
+    )
+
+
+class KasaDriver:
+    """Talks to Kasa IOT devices; one cached connection per address.
+
+    Calls for one address run one at a time; calls for different addresses run
+    concurrently. `timeout` bounds each whole call (connect, query, update)
+    and also each query python-kasa makes. Call `close()` when done.
+    """
+
+    def __init__(self, *, timeout: float = 5.0) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._timeout = timeout
+        self._devices: dict[DeviceAddress, Device] = {}
+        self._locks: dict[DeviceAddress, asyncio.Lock] = {}
+
+    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
+        """Read the device's state and meter now."""
+
+        async def read(device: Device, fresh: bool) -> DeviceSnapshot:
+            if not fresh:
+                await device.update()
+            return snapshot_of(device)
+
+        return await self._with_device(address, read)
+
+    async def set_relay(
+        self, address: DeviceAddress, *, on: bool, outlet_index: int | None = None
+    ) -> DeviceSnapshot:
+        """Switch a plug, one strip outlet (`outlet_index`, from 0), or a whole strip; return the state after.
+
+        Raises OutletNotFound for an index the device lacks, or for any index on a plug.
+        """
+
+        async def switch(device: Device, fresh: bool) -> DeviceSnapshot:
+            if outlet_index is None:
+                target = device
+            else:
+                if not isinstance(device, IotStrip):
+                    raise OutletNotFound(f"{address} is a plug; it has no outlet {outlet_index}")
+                children = device.children
+                if not 0 <= outlet_index < len(children):
+                    raise OutletNotFound(
+                        f"{address} has outlets 0..{len(children) - 1}, not {outlet_index}"
+                    )
+                target = children[outlet_index]
+            await target.set_state(on)
+            await device.update()
+            return snapshot_of(device)
+
+        return await self._with_device(address, switch)
+
+    async def discover(
+        self, target: str, *, port: int | None = None, timeout: float = 3.0
+    ) -> list[DeviceAddress]:
+        """Find Kasa IOT plugs and strips answering legacy UDP discovery at `target`.
+
+        `target` is an IPv4 address: a unicast address asks that one device, a
+        broadcast address (255.255.255.255, a subnet's x.x.x.255, 127.255.255.255
+        for loopback) asks every device that hears it. `port` is the discovery
+        port (default 9999); python-kasa assumes a device serves TCP on the same
+        port number, so the addresses returned carry it. Waits up to `timeout`
+        seconds (less for a unicast target that answers). Devices that are not
+        IOT plugs or strips (bulbs, newer KLAP/AES models) are left out. Never
+        raises for silence: no answer gives an empty list.
+        """
+        try:
+            ip = ipaddress.ip_address(target)
+        except ValueError:
+            raise ValueError(f"discovery target must be an IP address, got {target!r}") from None
+        if ip.version != 4:
+            raise ValueError("python-kasa discovery works over IPv4 only")
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"port must be 1..65535, got {port}")
+        try:
+            found = await Discover.discover(
+                target=str(ip),
+                port=port,
+                discovery_timeout=timeout,  # type: ignore[arg-type]
+                discovery_packets=3,
+                timeout=self._timeout,  # type: ignore[arg-type]
+            )
+        except (KasaException, OSError) as exc:
+            raise DriverError(f"discovery on {target} failed: {exc}") from exc
+        addresses: list[DeviceAddress] = []
+        for host, device in found.items():
+            try:
+                if isinstance(device, (IotPlug, IotStrip)):
+                    addresses.append(DeviceAddress(host=host, port=device.port or KASA_PORT))
+                else:
+                    log.info("kasa_discovery_skipped", host=host, device_class=type(device).__name__)
+            finally:
+                await device.disconnect()
+        return sorted(addresses, key=lambda a: (ipaddress.ip_address(a.host), a.port))
+
+    async def close(self) -> None:
+        """Close every cached connection."""
+        devices = list(self._devices.items())
+        self._devices.clear()
+        for address, device in devices:
+            await self._disconnect(address, device)
+
+    async def __aenter__(self) -> KasaDriver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _with_device(
+        self,
+        address: DeviceAddress,
+        action: Callable[[Device, bool], Awaitable[_T]],
+    ) -> _T:
+        lock = self._locks.setdefault(address, asyncio.Lock())
+        async with lock:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    device = self._devices.get(address)
+                    fresh = device is None
+                    if device is None:
+                        device = await Device.connect(
+                            config=DeviceConfig(
+                                host=address.host,
+                                port_override=address.port,
+                                timeout=self._timeout,  # type: ignore[arg-type]
+                            )
+                        )
+                        self._devices[address] = device
+                    return await action(device, fresh)
+            except OutletNotFound:
+                raise
+            except (UnsupportedDevice, UnsupportedDeviceError) as exc:
+                await self._drop(address)
+                raise UnsupportedDevice(f"{address}: {exc}") from exc
+            except (KasaException, OSError, TimeoutError, *_MALFORMED_ANSWER) as exc:
+                await self._drop(address)
+                log.debug("kasa_device_unreachable", address=str(address), error=repr(exc))
+                raise DeviceUnreachable(f"{address}: {str(exc) or type(exc).__name__}") from exc
+            except BaseException:
+                # Cancelled mid-query: the connection may hold half an answer.
+                await asyncio.shield(self._drop(address))
+                raise
+
+    async def _drop(self, address: DeviceAddress) -> None:
+        device = self._devices.pop(address, None)
+        if device is not None:
+            await self._disconnect(address, device)
+
+    async def _disconnect(self, address: DeviceAddress, device: Device) -> None:
+        try:
+            await device.disconnect()
+        except (KasaException, OSError) as exc:
+            log.debug("kasa_disconnect_failed", address=str(address), error=repr(exc))

@@ -1,0 +1,112 @@
+"""The devices REST surface: shapes, and every bad input answered with a 4xx JSON error that stores nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+import httpx
+
+from adapters.emulator import EmulatorFleet
+from infra.bootstrap import Runtime
+from tests.e2e.conftest import background
+
+Client = httpx.AsyncClient
+
+
+def closed_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def events_stored(runtime: Runtime) -> int:
+    return await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
+
+
+def assert_error(response: Any, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["status_code"] == status and body["error_code"] == code and body["detail"]
+
+
+async def test_health_and_status_answer(client: Client) -> None:
+    health = await client.get("/api/health")
+    assert health.status_code == 200 and health.json()["status"] == "healthy"
+    status = (await client.get("/api/system/status")).json()
+    assert status["devices_connected"] == 0 and status["version"]
+
+
+async def test_openapi_schema_documents_every_operation(client: Client) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    operations = {op["operationId"] for path in schema["paths"].values() for op in path.values()}
+    assert {"listDevices", "addDevice", "getDevice", "removeDevice", "discoverDevices", "getHealth"} <= operations
+
+
+@pytest.mark.parametrize("ip", ["not an address", "127.0.0.1:0", "127.0.0.1:99999", "999.1.1.1", "[::1"])
+async def test_malformed_address_is_refused_and_stores_nothing(client: Client, runtime: Runtime, ip: str) -> None:
+    before = await events_stored(runtime)
+    assert_error(await client.post("/api/devices/manual", json={"ip": ip}), 400, "INVALID_ADDRESS")
+    assert await events_stored(runtime) == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"ip": "127.0.0.1", "extra": 1}, {"alias": "x"}, {"ip": 5}, {"ip": "127.0.0.1", "alias": ""}],
+)
+async def test_invalid_body_is_a_validation_error(client: Client, body: dict[str, Any]) -> None:
+    assert_error(await client.post("/api/devices/manual", json=body), 400, "VALIDATION_ERROR")
+
+
+async def test_body_that_is_not_json_is_refused(client: Client) -> None:
+    response = await client.post(
+        "/api/devices/manual", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["status_code"] == 400
+
+
+async def test_unreachable_device_is_refused_and_stores_nothing(client: Client, runtime: Runtime) -> None:
+    before = await events_stored(runtime)
+    response = await client.post("/api/devices/manual", json={"ip": f"127.0.0.1:{closed_loopback_port()}"})
+    assert_error(response, 422, "DEVICE_UNREACHABLE")
+    assert await events_stored(runtime) == before
+
+
+async def test_duplicate_add_is_a_conflict_and_stores_nothing(
+    client: Client, runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    address = fleet.addresses[0]
+    async with background(runtime, poll=False):
+        assert (await client.post("/api/devices/manual", json={"ip": address})).status_code == 201
+        before = await events_stored(runtime)
+        assert_error(await client.post("/api/devices/manual", json={"ip": address}), 409, "DEVICE_EXISTS")
+        assert await events_stored(runtime) == before
+
+
+async def test_device_is_found_by_id_and_by_address_and_removed(
+    client: Client, runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    address = fleet.addresses[3]
+    async with background(runtime, poll=False):
+        added = (await client.post("/api/devices/manual", json={"ip": address})).json()
+        by_id = (await client.get(f"/api/device/{added['device_id']}")).json()
+        by_address = (await client.get(f"/api/device/{address}")).json()
+        assert by_id == by_address and by_id["device_type"] == "strip" and len(by_id["outlets"]) == 6
+        removed = await client.delete(f"/api/devices/{address}")
+        assert removed.status_code == 200 and removed.json()["device_id"] == added["device_id"]
+        assert (await client.get("/api/devices")).json() == []
+        assert_error(await client.get(f"/api/device/{address}"), 404, "DEVICE_NOT_FOUND")
+        assert_error(await client.delete(f"/api/devices/{address}"), 404, "DEVICE_NOT_FOUND")
+        again = await client.post("/api/devices/manual", json={"ip": address})
+        assert again.status_code == 201 and again.json()["device_id"] == added["device_id"]
+
+
+async def test_unknown_device_and_route_are_json_404s(client: Client) -> None:
+    assert_error(await client.get("/api/device/127.0.0.1:1"), 404, "DEVICE_NOT_FOUND")
+    assert_error(await client.get("/api/device/3f2504e0-4f89-11d3-9a0c-0305e82c3301"), 404, "DEVICE_NOT_FOUND")
+    assert_error(await client.delete("/api/devices/nope"), 404, "DEVICE_NOT_FOUND")
+    assert_error(await client.get("/api/nothing-here"), 404, "NOT_FOUND")
+    assert_error(await client.put("/api/devices"), 405, "METHOD_NOT_ALLOWED")

@@ -1,0 +1,118 @@
+"""Emulator -> poller -> event store -> relay -> JetStream -> projector -> REST, all real."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import msgspec
+import httpx
+
+from adapters.emulator import EmulatorFleet
+from adapters.relay import decode_envelope
+from infra.bootstrap import Runtime
+from tests.e2e.conftest import background
+
+
+async def until(check: Any, *, timeout: float = 20.0, every: float = 0.2) -> Any:
+    """Retry `check` until it returns something truthy; fail with its last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(every)
+
+
+async def test_emulated_devices_flow_through_every_part_to_the_api(
+    runtime: Runtime, client: httpx.AsyncClient, fleet: EmulatorFleet
+) -> None:
+    prefix = runtime.stream.subject_prefix
+    seen: list[Any] = []
+    subscription = await runtime.js.subscribe(f"{prefix}.events.>", ordered_consumer=True)
+
+    async def drain() -> None:
+        async for message in subscription.messages:
+            seen.append((message.subject, decode_envelope(message.data)))
+
+    consumer = asyncio.create_task(drain())
+    try:
+        async with background(runtime):
+            for address in fleet.addresses:
+                response = await client.post("/api/devices/manual", json={"ip": address})
+                assert response.status_code == 201, response.text
+                assert response.json()["device_ip"] == address
+
+            async def all_polled_twice() -> list[dict[str, Any]] | None:
+                devices = (await client.get("/api/devices")).json()
+                readings = Counter(env.data["device_id"] for s, env in seen if s.endswith(".ReadingRecorded"))
+                ready = len(devices) == 5 and len(readings) == 5 and min(readings.values()) >= 2
+                return devices if ready else None
+
+            devices = await until(all_polled_twice)
+            assert devices, f"not every device was polled twice; events seen: {len(seen)}"
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await subscription.unsubscribe()
+
+    by_address = {d["device_ip"]: d for d in devices}
+    for emulated, server in fleet:
+        shown = by_address[server.address]
+        assert (shown["model"], shown["alias"]) == (emulated.model, emulated.alias)
+        assert shown["is_on"] == emulated.is_on()
+        assert shown["online"] is True and shown["last_seen"] is not None
+        if emulated.has_emeter:
+            assert shown["current_power_w"] is not None and shown["voltage"] > 100
+            if emulated.is_on():
+                assert shown["current_power_w"] > 0
+        else:
+            assert shown["current_power_w"] is None
+        if emulated.is_strip:
+            assert [o["outlet_id"] for o in shown["outlets"]] == emulated.outlet_ids
+            assert [o["is_on"] for o in shown["outlets"]] == [
+                emulated.is_on(i) for i in range(len(emulated.outlet_ids))
+            ]
+
+    subjects = [s for s, _ in seen]
+    ids = [env.notification_id for _, env in seen]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    added = [s for s in subjects if s.endswith(".Added")]
+    assert len(added) == 5 and all(s.startswith(f"{prefix}.events.device.") for s in added)
+    last = max(ids)
+    stream = await runtime.js.stream_info(runtime.stream.name)
+    assert stream.state.messages >= last
+    assert await runtime.relay.position() >= last
+
+
+async def test_relay_state_changed_on_the_device_is_seen_by_the_next_poll(
+    runtime: Runtime, client: httpx.AsyncClient, fleet: EmulatorFleet
+) -> None:
+    emulated, server = next((d, s) for d, s in fleet if d.model == "HS110")
+    async with background(runtime):
+        response = await client.post("/api/devices/manual", json={"ip": server.address, "alias": "Kettle"})
+        assert response.status_code == 201
+        assert response.json()["alias"] == "Kettle"
+        initially = response.json()["is_on"]
+        emulated.set_relay(not initially)
+
+        async def flipped() -> bool:
+            shown = (await client.get(f"/api/device/{server.address}")).json()
+            return bool(shown["is_on"] is (not initially))
+
+        assert await until(flipped)
+    decoded = []
+    info = await runtime.js.stream_info(runtime.stream.name)
+    sub = await runtime.js.subscribe(f"{runtime.stream.subject_prefix}.events.device.*.StateChanged",
+                                     ordered_consumer=True)
+    for _ in range(info.state.messages):
+        try:
+            message = await sub.next_msg(timeout=1)
+        except Exception:
+            break
+        decoded.append(msgspec.json.decode(message.data))
+    await sub.unsubscribe()
+    assert [d["data"]["is_on"] for d in decoded] == [initially, not initially]
+    assert decoded[-1]["data"]["actor"] == "system:poller"

@@ -1,0 +1,375 @@
+"""The relay against a real PostgreSQL and a real JetStream server."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+from eventsourcing.persistence import IntegrityError, Notification
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from adapters.bus import StreamConfig, connect_nats, ensure_stream, subject_for
+from adapters.eventstore import EVENTS_SCHEMA, PollResult, WattLedger, ensure_events_schema, store_env
+from adapters.relay import Relay, decode_envelope
+from domain.address import parse_address
+from domain.device import Device, device_id_for
+from domain.readings import DeviceSnapshot, OutletReading
+
+RUN = secrets.token_hex(4)
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+ADMIN_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DEADLINE_S = 10.0
+
+_hosts = itertools.count(1)
+_seconds = itertools.count(1)
+_streams = itertools.count(1)
+_T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"wl_test_{RUN}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="session")
+def app(database_url: str) -> Iterator[WattLedger]:
+    ensure_events_schema(database_url)
+    application = WattLedger(store_env(database_url))
+    try:
+        yield application
+    finally:
+        application.close()
+
+
+@pytest.fixture
+async def nc() -> AsyncIterator[Client]:
+    client = await connect_nats(NATS_URL, name="wl-test-relay")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def js(nc: Client) -> JetStreamContext:
+    return nc.jetstream()
+
+
+@pytest.fixture
+async def stream(js: JetStreamContext) -> AsyncIterator[StreamConfig]:
+    n = next(_streams)
+    cfg = StreamConfig(name=f"WLT_{RUN.upper()}_{n}", subject_prefix=f"wlt{RUN}{n}")
+    await ensure_stream(js, cfg)
+    try:
+        yield cfg
+    finally:
+        try:
+            await js.delete_stream(cfg.name)
+        except NotFoundError:
+            pass
+
+
+@pytest.fixture
+async def make_relay(
+    app: WattLedger, js: JetStreamContext, database_url: str, stream: StreamConfig
+) -> AsyncIterator[Callable[..., Relay]]:
+    relays: list[Relay] = []
+
+    def make(**options: Any) -> Relay:
+        relay = Relay(app, js, database_url=database_url, stream=stream, **options)
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
+        await relay.aclose()
+
+
+def snapshot(*, is_on: bool = True, power_w: float = 12.5, total_wh: float = 100.0) -> DeviceSnapshot:
+    return DeviceSnapshot(
+        alias="lamp",
+        model="HS300",
+        device_type="strip",
+        mac="50:c7:bf:00:00:01",
+        firmware="1.0.12",
+        is_on=is_on,
+        has_emeter=True,
+        power_w=power_w,
+        voltage_v=230.1,
+        current_a=0.05,
+        total_wh=total_wh,
+        outlets=(OutletReading(outlet_id="out-0", index=0, alias="lamp", is_on=is_on, power_w=power_w),),
+    )
+
+
+def next_moment() -> datetime:
+    return _T0 + timedelta(seconds=next(_seconds))
+
+
+def add_devices(app: WattLedger, count: int) -> list[UUID]:
+    ids = []
+    for _ in range(count):
+        n = next(_hosts)
+        address = parse_address(f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}")
+        app.add_device(address, snapshot(), alias=None, actor="test", measured_at=next_moment())
+        ids.append(device_id_for(str(address)))
+    return ids
+
+
+def record_readings(app: WattLedger, device_ids: list[UUID], *, polls: int = 1) -> None:
+    for _ in range(polls):
+        at = next_moment()
+        results = [PollResult(device_id=d, measured_at=at, snapshot=snapshot()) for d in device_ids]
+        app.record_polls(results, {}, actor="test")
+
+
+def stored(app: WattLedger) -> list[Notification]:
+    return list(app.recorder.select_notifications(0, 1_000_000, inclusive_of_start=False))
+
+
+async def stream_messages(js: JetStreamContext, cfg: StreamConfig) -> list[api.RawStreamMsg]:
+    info = await js.stream_info(cfg.name)
+    if not info.state.messages:
+        return []
+    return [await js.get_msg(cfg.name, seq) for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+
+
+async def stream_count(js: JetStreamContext, cfg: StreamConfig) -> int:
+    return (await js.stream_info(cfg.name)).state.messages
+
+
+async def until(condition: Callable[[], Any], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_every_stored_event_is_published_in_notification_order(
+    app: WattLedger, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    devices = add_devices(app, 2)
+    record_readings(app, devices, polls=2)
+    app.rename_device(devices[0], "kettle", actor="test")
+    log = stored(app)
+
+    published = await make_relay().publish_pending()
+
+    messages = await stream_messages(js, stream)
+    assert published == len(log) == len(messages)
+    assert [int(m.headers["WL-Notification-Id"]) for m in messages] == [n.id for n in log]
+    for message, notification in zip(messages, log, strict=True):
+        event = app.mapper.to_domain_event(notification)
+        envelope = decode_envelope(message.data)
+        aggregate, key = (
+            ("meter", event.device_id) if notification.topic.startswith("domain.meter:") else ("device", event.originator_id)
+        )
+        assert message.subject == subject_for(stream.subject_prefix, aggregate, key, type(event).__name__)
+        assert message.headers["Nats-Msg-Id"] == f"{notification.originator_id}:{notification.originator_version}"
+        assert message.headers["WL-Topic"] == notification.topic
+        assert envelope.notification_id == notification.id
+        assert envelope.originator_id == notification.originator_id
+        assert envelope.originator_version == notification.originator_version
+        assert (envelope.aggregate, envelope.event, envelope.topic) == (
+            aggregate,
+            type(event).__name__,
+            notification.topic,
+        )
+        assert envelope.timestamp == event.timestamp
+        assert not {"originator_id", "originator_version", "timestamp", "originator_topic"} & envelope.data.keys()
+
+    readings = [decode_envelope(m.data) for m in messages if m.subject.endswith(".ReadingRecorded")]
+    assert len(readings) == sum(n.topic.endswith(".ReadingRecorded") for n in log) >= 6
+    data = readings[-1].data
+    assert data["device_id"] == str(devices[1])
+    assert datetime.fromisoformat(data["measured_at"]) > _T0
+    assert data["outlets"][0]["outlet_id"] == "out-0"
+    assert data["total_wh"] == 100.0
+    renamed = [decode_envelope(m.data) for m in messages if m.subject.endswith(".Renamed")]
+    assert renamed[-1].data == {"alias": "kettle", "actor": "test"}
+
+
+async def test_subscribers_filter_live_readings_by_device(
+    app: WattLedger, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    relay = make_relay()
+    first, second = add_devices(app, 2)
+    await relay.publish_pending()
+    every_device = await js.subscribe(
+        f"{stream.subject_prefix}.events.meter.*.ReadingRecorded",
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.NEW,
+    )
+    one_device = await js.subscribe(
+        f"{stream.subject_prefix}.events.meter.{first}.ReadingRecorded",
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.NEW,
+    )
+    try:
+        record_readings(app, [first, second], polls=2)
+        await relay.publish_pending()
+
+        seen = [decode_envelope((await every_device.next_msg(timeout=DEADLINE_S)).data) for _ in range(4)]
+        mine = [decode_envelope((await one_device.next_msg(timeout=DEADLINE_S)).data) for _ in range(2)]
+    finally:
+        await every_device.unsubscribe()
+        await one_device.unsubscribe()
+
+    assert [e.data["device_id"] for e in seen] == [str(first), str(second)] * 2
+    assert {e.data["device_id"] for e in mine} == {str(first)}
+    assert all(e.event == "ReadingRecorded" and e.aggregate == "meter" for e in seen + mine)
+
+
+async def test_republishing_after_a_crash_leaves_one_message_per_event(
+    app: WattLedger, database_url: str, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    class CrashBeforeSavingPosition(Exception):
+        pass
+
+    class CrashingRelay(Relay):
+        async def _save_position(self, position: int) -> None:
+            raise CrashBeforeSavingPosition
+
+    devices = add_devices(app, 3)
+    record_readings(app, devices, polls=3)
+    log = stored(app)
+    crashing = CrashingRelay(app, js, database_url=database_url, stream=stream, batch_size=7)
+    try:
+        with pytest.raises(CrashBeforeSavingPosition):
+            await crashing.publish_pending()
+        assert await crashing.position() == 0
+    finally:
+        await crashing.aclose()
+    assert await stream_count(js, stream) == 7
+
+    relay = make_relay(batch_size=7)
+    assert await relay.publish_pending() == len(log)
+    await relay.reset(log[len(log) // 2].id)
+    assert await relay.publish_pending() == len(log) - len(log) // 2 - 1
+    await relay.reset()
+    assert await relay.publish_pending() == len(log)
+
+    messages = await stream_messages(js, stream)
+    assert await stream_count(js, stream) == len(log) == len(messages)
+    msg_ids = [m.headers["Nats-Msg-Id"] for m in messages]
+    assert len(set(msg_ids)) == len(msg_ids)
+    assert msg_ids == [f"{n.originator_id}:{n.originator_version}" for n in log]
+    assert await relay.position() == log[-1].id
+
+
+async def test_position_survives_a_new_relay_instance(
+    app: WattLedger, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    add_devices(app, 1)
+    first = make_relay()
+    published = await first.publish_pending()
+    await first.aclose()
+
+    second = make_relay()
+    assert published == len(stored(app))
+    assert await second.position() == stored(app)[-1].id
+    assert await second.publish_pending() == 0
+
+    before = len(stored(app))
+    add_devices(app, 1)
+    assert await second.publish_pending() == len(stored(app)) - before > 0
+    assert await stream_count(js, stream) == len(stored(app))
+
+
+async def _published_while_running(app: WattLedger, relay: Relay, *, nudge: bool = False) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await until(lambda: _caught_up(app, relay), "the relay to catch up")
+        [device] = await asyncio.to_thread(add_devices, app, 1)
+        if nudge:
+            await asyncio.to_thread(relay.wake)
+        log = stored(app)
+        last = log[-1]
+        assert device in {n.originator_id for n in log}
+        await until(lambda: _reached(relay, last.id), f"notification {last.id} to be published")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, DEADLINE_S)
+
+
+async def _caught_up(app: WattLedger, relay: Relay) -> bool:
+    log = stored(app)
+    return await relay.position() == (log[-1].id if log else 0)
+
+
+async def _reached(relay: Relay, notification_id: int) -> bool:
+    return await relay.position() >= notification_id
+
+
+async def test_run_publishes_an_event_saved_after_it_started_on_notify(
+    app: WattLedger, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    add_devices(app, 1)
+    relay = make_relay(poll_interval=60.0)
+    await _published_while_running(app, relay)
+    assert await stream_count(js, stream) == len(stored(app))
+
+
+async def test_run_polls_when_no_notification_arrives(
+    app: WattLedger, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    relay = make_relay(listen=False, poll_interval=0.2)
+    await _published_while_running(app, relay)
+    assert await stream_count(js, stream) == len(stored(app))
+
+
+async def test_wake_nudges_an_idle_relay_from_another_thread(
+    app: WattLedger, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    relay = make_relay(listen=False, poll_interval=60.0)
+    await _published_while_running(app, relay, nudge=True)
+    assert await stream_count(js, stream) == len(stored(app))
+
+
+async def test_holes_in_notification_ids_do_not_stall_the_relay(
+    app: WattLedger, database_url: str, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
+) -> None:
+    [doomed] = add_devices(app, 1)
+    before = stored(app)[-1].id
+    duplicate = Device.from_snapshot(app.get_device(doomed).address, snapshot(), alias=None, actor="test")
+    with pytest.raises(IntegrityError):
+        app.save(duplicate)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("DELETE FROM {}.wattledger_events WHERE notification_id = %s").format(
+                psycopg.sql.Identifier(EVENTS_SCHEMA)
+            ),
+            (before,),
+        )
+    [after_hole] = add_devices(app, 1)
+    log = stored(app)
+    ids = [n.id for n in log]
+    assert before not in ids
+    assert ids[ids.index(before - 1) + 1] > before + 1
+
+    relay = make_relay(batch_size=3)
+    assert await relay.publish_pending() == len(log)
+    assert await relay.position() == log[-1].id
+    assert after_hole in {n.originator_id for n in log if n.id > before}
+    assert await stream_count(js, stream) == len(log)
