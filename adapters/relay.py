@@ -261,39 +261,51 @@ class Relay:
         async with self._pass_lock:
             position = await self.position()
             published = 0
-            while True:
-                batch = await asyncio.to_thread(self._read_batch, position)
-                if not batch:
-                    return published
-                started = time.perf_counter()
-                result = await self._publish(batch)
-                if result.acked:
-                    position = batch[result.acked - 1].notification_id
-                    await self._save_position(position)
-                    published += result.acked
-                    log.info(
-                        "relay.batch_published",
-                        stream=self._stream.name,
-                        count=result.acked,
-                        duplicates=result.duplicates,
-                        first=batch[0].notification_id,
-                        position=position,
-                        seconds=round(time.perf_counter() - started, 4),
-                    )
-                if result.error is not None:
-                    failed = batch[result.acked].notification_id
-                    log.error(
-                        "relay.publish_failed",
-                        stream=self._stream.name,
-                        notification_id=failed,
-                        position=position,
-                        error=repr(result.error),
-                    )
-                    raise RelayPublishError(
-                        f"notification {failed} was not acknowledged by stream {self._stream.name}"
-                    ) from result.error
-                if len(batch) < self._batch_size:
-                    return published
+            batch = await asyncio.to_thread(self._read_batch, position)
+            while batch:
+                # Read the next section while this one's acks come back; dropped on failure.
+                ahead = (
+                    asyncio.create_task(asyncio.to_thread(self._read_batch, batch[-1].notification_id))
+                    if len(batch) == self._batch_size
+                    else None
+                )
+                try:
+                    position = await self._publish_batch(batch, position)
+                except BaseException:
+                    await _cancel(ahead)
+                    raise
+                published += len(batch)
+                batch = await ahead if ahead else []
+            return published
+
+    async def _publish_batch(self, batch: list[_Outgoing], position: int) -> int:
+        started = time.perf_counter()
+        result = await self._publish(batch)
+        if result.acked:
+            position = batch[result.acked - 1].notification_id
+            await self._save_position(position)
+            log.info(
+                "relay.batch_published",
+                stream=self._stream.name,
+                count=result.acked,
+                duplicates=result.duplicates,
+                first=batch[0].notification_id,
+                position=position,
+                seconds=round(time.perf_counter() - started, 4),
+            )
+        if result.error is not None:
+            failed = batch[result.acked].notification_id
+            log.error(
+                "relay.publish_failed",
+                stream=self._stream.name,
+                notification_id=failed,
+                position=position,
+                error=repr(result.error),
+            )
+            raise RelayPublishError(
+                f"notification {failed} was not acknowledged by stream {self._stream.name}"
+            ) from result.error
+        return position
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until cancelled or `stop` is set; failures are logged and retried with backoff."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -125,8 +126,15 @@ async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> 
         await asyncio.to_thread(app.close)
 
 
-async def serve_api(runtime: Runtime) -> None:
-    """Run the HTTP API until the server is told to stop (SIGINT/SIGTERM)."""
+class _QuietServer(uvicorn.Server):
+    """Uvicorn without its own signal handlers: the CLI owns SIGINT/SIGTERM and sets `stop`."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+async def serve_api(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Run the HTTP API until `stop` is set; requests in flight are finished first."""
     config = uvicorn.Config(
         create_app(runtime.services()),
         host=runtime.settings.host,
@@ -135,13 +143,26 @@ async def serve_api(runtime: Runtime) -> None:
         access_log=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _QuietServer(config)
+
+    async def stop_server() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_server())
     log.info("api.listening", url=f"http://{runtime.settings.host}:{runtime.settings.port}/api")
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+    if not server.started:
+        raise OSError(f"the API could not listen on {runtime.settings.host}:{runtime.settings.port}")
 
 
-async def run_parts(runtime: Runtime, *, api: bool, poll: bool, relay: bool, project: bool) -> None:
-    """Run the chosen parts side by side; when the API stops (or any part fails) everything stops."""
+async def run_parts(
+    runtime: Runtime, stop: asyncio.Event, *, api: bool, poll: bool, relay: bool, project: bool
+) -> None:
+    """Run the chosen parts side by side until `stop` is set or one of them fails."""
     background: list[asyncio.Task[None]] = []
     if relay:
         runtime.wakers.append(runtime.relay.wake)
@@ -152,10 +173,17 @@ async def run_parts(runtime: Runtime, *, api: bool, poll: bool, relay: bool, pro
     if poll:
         background.append(asyncio.create_task(runtime.poller().run(), name="poller"))
     try:
+        stopper = asyncio.create_task(stop.wait())
         if api:
-            await serve_api(runtime)
-        else:
-            await asyncio.gather(*background)
+            background.append(asyncio.create_task(serve_api(runtime, stop), name="api"))
+        done, _ = await asyncio.wait([*background, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        api_task = next((t for t in background if t.get_name() == "api"), None)
+        if api_task is not None:
+            await asyncio.wait_for(asyncio.shield(api_task), timeout=10)
     finally:
         for task in background:
             task.cancel()

@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -69,23 +70,34 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(os.environ, **{f: getattr(args, f, None) for f in fields})
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run until done or until SIGINT/SIGTERM, then shut down cleanly."""
+def _run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run until done; the first SIGINT/SIGTERM asks for a clean stop, a second one cancels."""
 
     async def runner() -> None:
-        task = asyncio.ensure_future(main)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(main(stop))
+
+        def on_signal() -> None:
+            if stop.is_set():
+                task.cancel()
+            else:
+                log.info("shutdown.requested")
+                stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         try:
             await task
         except asyncio.CancelledError:
-            log.info("shutdown")
+            log.info("shutdown.forced")
 
     asyncio.run(runner())
 
 
-async def _serve(settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace) -> None:
+async def _serve(
+    settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace, stop: asyncio.Event
+) -> None:
     from infra.bootstrap import open_runtime, run_parts
 
     command = args.command
@@ -95,10 +107,11 @@ async def _serve(settings: Settings, database_url: str, nats_url: str, args: arg
             return
         if getattr(args, "demo", False):
             async with _demo(runtime):
-                await run_parts(runtime, api=True, poll=True, relay=True, project=True)
+                await run_parts(runtime, stop, api=True, poll=True, relay=True, project=True)
             return
         await run_parts(
             runtime,
+            stop,
             api=command in ("serve", "api"),
             poll=command in ("serve", "poll"),
             relay=command in ("serve", "relay"),
@@ -156,6 +169,27 @@ def _demo(runtime: Any) -> Any:
     return demo()
 
 
+async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, Any]) -> None:
+    """Run `work` until `stop` is set, then cancel it (it cleans up on cancellation)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopper):
+        pending.cancel()
+    await asyncio.gather(task, stopper, return_exceptions=True)
+
+
+def _free_or_any(port: int) -> int:
+    """The wanted port for the embedded NATS, or 0 (any free port) when something already listens there."""
+    if port == 0:
+        return 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            log.warning("embedded_nats.port_taken", port=port, hint="set NATS_URL to use the server already there")
+            return 0
+    return port
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -168,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profiles = [p.strip() for p in args.devices.split(",") if p.strip()]
             discovery = args.discovery_port is not None
             _run(
-                run_emulator(
+                lambda stop: _until(stop, run_emulator(
                     profiles,
                     host=loopback_hosts(len(profiles)) if discovery else args.bind,
                     port=0 if discovery else args.port,
@@ -176,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     reboot_every=args.reboot_every,
                     seed=args.seed,
                     discovery_port=args.discovery_port,
-                )
+                ))
             )
             return 0
         settings = _settings(args)
@@ -187,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.data_dir,
             database_url=settings.database_url,
             nats_url=settings.nats_url,
-            nats_port=settings.embedded_nats_port,
+            nats_port=_free_or_any(settings.embedded_nats_port),
         ) as (database_url, nats_url):
-            _run(_serve(settings, database_url, nats_url, args))
+            _run(lambda stop: _serve(settings, database_url, nats_url, args, stop))
     except SettingsError as exc:
         print(f"wattledger: {exc}", file=sys.stderr)
         return 2

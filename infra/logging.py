@@ -12,7 +12,7 @@ def configure_logging(level: str = "info", *, json: bool = False) -> None:
     """Key-value logs to stderr; JSON lines when `json` is set."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
-    for noisy in ("kasa", "nats", "psycopg.pool", "uvicorn.access"):
+    for noisy in ("kasa", "nats", "psycopg.pool", "uvicorn.access", "uvicorn.error", "pgserver", "httpx"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)

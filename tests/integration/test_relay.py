@@ -8,11 +8,13 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import psycopg
 import pytest
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
@@ -20,7 +22,7 @@ from nats.js.errors import NotFoundError
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream, subject_for
 from adapters.eventstore import EVENTS_SCHEMA, PollResult, WattLedger, ensure_events_schema, store_env
-from adapters.relay import Relay, decode_envelope
+from adapters.relay import Relay, RelayPublishError, decode_envelope, encode_envelope, route_for
 from domain.address import parse_address
 from domain.device import Device, device_id_for
 from domain.readings import DeviceSnapshot, OutletReading
@@ -373,3 +375,63 @@ async def test_holes_in_notification_ids_do_not_stall_the_relay(
     assert await relay.position() == log[-1].id
     assert after_hole in {n.originator_id for n in log if n.id > before}
     assert await stream_count(js, stream) == len(log)
+
+
+class LostAckJetStream(JetStreamContext):
+    """Real JetStream, except that one notification's ack never arrives."""
+
+    def __init__(self, nc: Client, lost_notification_id: int) -> None:
+        super().__init__(nc)
+        self.lost = str(lost_notification_id)
+
+    async def publish_async(self, subject: str, payload: bytes = b"", **kwargs: Any) -> asyncio.Future[api.PubAck]:
+        future = await super().publish_async(subject, payload, **kwargs)
+        if kwargs["headers"]["WL-Notification-Id"] != self.lost:
+            return future
+        await future
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_a_missing_ack_stops_the_position_at_the_last_contiguous_ack(
+    app: WattLedger,
+    database_url: str,
+    nc: Client,
+    js: JetStreamContext,
+    stream: StreamConfig,
+    make_relay: Callable[..., Relay],
+) -> None:
+    add_devices(app, 2)
+    log = stored(app)
+    lost = log[-3]
+    flaky = Relay(app, LostAckJetStream(nc, lost.id), database_url=database_url, stream=stream, ack_timeout=0.3)
+    try:
+        with pytest.raises(RelayPublishError):
+            await flaky.publish_pending()
+        assert await flaky.position() == log[-4].id
+    finally:
+        await flaky.aclose()
+
+    relay = make_relay()
+    assert await relay.publish_pending() == 3
+    messages = await stream_messages(js, stream)
+    assert len(messages) == len(log)
+    assert len({m.headers["Nats-Msg-Id"] for m in messages}) == len(log)
+
+
+class Tariff(Aggregate):
+    class Priced(Aggregate.Event):
+        price: Decimal
+        valid_from: datetime
+
+
+def test_other_aggregates_are_routed_by_class_name_with_json_values() -> None:
+    tariff = Tariff()
+    tariff.trigger_event(Tariff.Priced, price=Decimal("0.3125"), valid_from=_T0)
+    _, priced = tariff.collect_events()
+
+    route = route_for(priced)
+    envelope = decode_envelope(encode_envelope(7, "tests:Tariff.Priced", priced))
+
+    assert route == ("tariff", str(tariff.id), "Priced")
+    assert envelope.data == {"price": "0.3125", "valid_from": "2026-03-01T00:00:00Z"}
+    assert (envelope.notification_id, envelope.aggregate, envelope.event) == (7, "tariff", "Priced")
