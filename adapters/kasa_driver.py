@@ -160,9 +160,10 @@ class KasaDriver:
     async def set_relay(
         self, address: DeviceAddress, *, on: bool, outlet_index: int | None = None
     ) -> DeviceSnapshot:
-        """Switch a plug, one strip outlet (`outlet_index`, from 0), or a whole strip; return the state after.
+        """Switch a plug, one strip outlet (`outlet_index`, from 0) or a whole strip.
 
-        Raises OutletNotFound for an index the device lacks, or for any index on a plug.
+        Returns the state read right after the switch. Raises OutletNotFound for
+        an index the device lacks, or for any index on a plug.
         """
 
         async def switch(device: Device, fresh: bool) -> DeviceSnapshot:
@@ -221,7 +222,8 @@ class KasaDriver:
                 if isinstance(device, (IotPlug, IotStrip)):
                     addresses.append(DeviceAddress(host=host, port=device.port or KASA_PORT))
                 else:
-                    log.info("kasa_discovery_skipped", host=host, device_class=type(device).__name__)
+                    kind = type(device).__name__
+                    log.info("kasa_discovery_skipped", host=host, device_class=kind)
             finally:
                 await device.disconnect()
         return sorted(addresses, key=lambda a: (ipaddress.ip_address(a.host), a.port))

@@ -6,6 +6,7 @@ stream and subject prefix, so runs and tests never see each other's data.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -61,3 +62,7 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
 def stream_config() -> StreamConfig:
     tag = uuid.uuid4().hex[:10]
     return StreamConfig(name=f"WLT_{tag.upper()}", subject_prefix=f"wlt{tag}")
+
+
+# pgserver logs from its atexit hook, after pytest has closed the streams it captured.
+logging.getLogger("pgserver").setLevel(logging.WARNING)

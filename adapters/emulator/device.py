@@ -1,4 +1,4 @@
-"""An emulated Kasa IOT device: identity from a profile, relays, a drifting load and an energy counter.
+"""An emulated Kasa IOT device: profile identity, relays, a drifting load, an energy counter.
 
 The device answers decoded IOT JSON requests (`{"module": {"method": {args}}}`,
 optionally with `"context": {"child_ids": [...]}` for one outlet of a strip)

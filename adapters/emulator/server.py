@@ -155,7 +155,7 @@ def _udp_socket(host: str, port: int, *, shared: bool = False) -> socket.socket:
 
 
 class DeviceServer:
-    """Serves one EmulatedDevice over TCP on (host, port), and discovery on (host, discovery_port)."""
+    """Serves one EmulatedDevice: TCP on (host, port), discovery on (host, discovery_port)."""
 
     def __init__(
         self,
@@ -270,7 +270,7 @@ class EmulatorFleet:
     ) -> None:
         if not profiles:
             raise FleetError("a fleet needs at least one device profile")
-        if not 0 <= port <= 65535 or (discovery_port is not None and not 0 <= discovery_port <= 65535):
+        if not 0 <= port <= 65535 or not 0 <= (discovery_port or 0) <= 65535:
             raise FleetError("ports must be within 0..65535")
         count = len(profiles)
         if isinstance(host, str):
@@ -355,7 +355,8 @@ class EmulatorFleet:
                 await self._start_on([candidate] * len(self.devices), candidate)
                 return
             except FleetError as exc:
-                if not isinstance(exc.__cause__, OSError) or exc.__cause__.errno != errno.EADDRINUSE:
+                cause = exc.__cause__
+                if not isinstance(cause, OSError) or cause.errno != errno.EADDRINUSE:
                     raise
         raise FleetError(f"no port free on all of {', '.join(self._hosts)}")
 
@@ -367,7 +368,8 @@ class EmulatorFleet:
                 self.servers.append(server)
             if discovery_port is not None:
                 loop = asyncio.get_running_loop()
-                sock = _udp_socket(LOOPBACK_BROADCAST, self.servers[0].discovery_port or 0, shared=True)
+                bound_port = self.servers[0].discovery_port or 0
+                sock = _udp_socket(LOOPBACK_BROADCAST, bound_port, shared=True)
                 self._broadcast, _ = await loop.create_datagram_endpoint(
                     lambda: _BroadcastListener(list(self.servers)), sock=sock
                 )

@@ -1,18 +1,29 @@
-"""The emulator speaks the real protocol: python-kasa and the KasaDriver are its test. Loopback only."""
+"""The emulator speaks the real protocol: python-kasa and the KasaDriver test it on loopback."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from kasa import Device, DeviceConfig, Discover, KasaException, Module
+from kasa.iot import IotPlug, IotStrip
+from kasa.iot.iotstrip import IotStripPlug
 
-from adapters.emulator import DEFAULT_PROFILES, EmulatorFleet, loopback_hosts, run_emulator
-from adapters.emulator.server import FleetError
-from adapters.kasa_driver import DeviceUnreachable, KasaDriver, OutletNotFound
+from adapters.emulator import (
+    DEFAULT_PROFILES,
+    DeviceServer,
+    EmulatedDevice,
+    EmulatorFleet,
+    FleetError,
+    load_profile,
+    loopback_hosts,
+    run_emulator,
+)
+from adapters.kasa_driver import DeviceUnreachable, KasaDriver, OutletNotFound, UnsupportedDevice
 from domain.address import DeviceAddress, parse_address
 
 HS110, KP115, HS100, HS300, KP303 = range(5)
@@ -71,11 +82,11 @@ async def test_python_kasa_reads_the_energy_module_of_meter_plugs(fleet: Emulato
         device = await connect(fleet, index)
         try:
             energy = device.modules[Module.Energy]
-            assert energy.current_consumption is not None and energy.current_consumption > 0
-            assert energy.voltage == pytest.approx(volts, rel=0.03)
-            assert energy.current == pytest.approx(
-                energy.current_consumption / energy.voltage, rel=0.05, abs=0.002
-            )
+            power, voltage = energy.current_consumption, energy.voltage
+            assert power is not None and power > 0
+            assert voltage is not None
+            assert voltage == pytest.approx(volts, rel=0.03)
+            assert energy.current == pytest.approx(power / voltage, rel=0.05, abs=0.002)
             assert energy.consumption_total is not None and energy.consumption_total >= 0
         finally:
             await device.disconnect()
@@ -87,11 +98,12 @@ async def test_python_kasa_reads_each_hs300_outlet_meter_through_child_context(
 ) -> None:
     device = await connect(fleet, HS300)
     try:
-        emulated = fleet.devices[HS300]
-        assert [child.child_id for child in device.children] == emulated.outlet_ids
-        powers = [child.modules[Module.Energy].current_consumption for child in device.children]
-        for child, power in zip(device.children, powers, strict=True):
-            assert (power or 0.0) > 0 if child.is_on else power == 0
+        assert isinstance(device, IotStrip)
+        children = [child for child in device.children if isinstance(child, IotStripPlug)]
+        assert [child.child_id for child in children] == fleet.devices[HS300].outlet_ids
+        powers = [child.modules[Module.Energy].current_consumption or 0.0 for child in children]
+        for child, power in zip(children, powers, strict=True):
+            assert power > 0 if child.is_on else power == 0
         assert device.modules[Module.Energy].current_consumption == pytest.approx(sum(powers))
     finally:
         await device.disconnect()
@@ -103,6 +115,7 @@ async def test_python_kasa_copes_with_unknown_modules_and_methods(fleet: Emulato
     try:
         answer = await device.protocol.query({"smartlife.iot.dimmer": {"set_brightness": {}}})
         assert answer["smartlife.iot.dimmer"]["err_code"] == -1
+        assert isinstance(device, IotPlug)
         with pytest.raises(KasaException):
             await device._query_helper("system", "no_such_method")
         await device.update()
@@ -171,6 +184,16 @@ async def test_driver_reuses_one_connection_across_polls(
 
 
 @pytest.mark.asyncio
+async def test_concurrent_polls_of_one_device_share_one_connection(
+    fleet: EmulatorFleet, driver: KasaDriver
+) -> None:
+    address = address_of(fleet, KP115)
+    first, second = await asyncio.gather(driver.poll(address), driver.poll(address))
+    assert first.mac == second.mac
+    assert fleet.servers[KP115].connection_count == 1
+
+
+@pytest.mark.asyncio
 async def test_relay_set_through_the_driver_is_what_the_next_poll_sees(
     fleet: EmulatorFleet, driver: KasaDriver
 ) -> None:
@@ -228,7 +251,9 @@ async def test_energy_counter_grows_when_time_runs_fast(driver: KasaDriver) -> N
     assert second_plug.total_wh > first_plug.total_wh
     assert first_strip.total_wh is not None and second_strip.total_wh is not None
     assert second_strip.total_wh > first_strip.total_wh
-    assert second_strip.outlets[1].total_wh > first_strip.outlets[1].total_wh  # type: ignore[operator]
+    outlet_before, outlet_after = first_strip.outlets[1].total_wh, second_strip.outlets[1].total_wh
+    assert outlet_before is not None and outlet_after is not None
+    assert outlet_after > outlet_before
 
 
 @pytest.mark.asyncio
@@ -273,6 +298,42 @@ async def test_silent_device_is_unreachable_after_the_timeout() -> None:
         async with KasaDriver(timeout=0.3) as driver:
             with pytest.raises(DeviceUnreachable):
                 await driver.poll(DeviceAddress(host="127.0.0.1", port=silent.getsockname()[1]))
+
+
+class Impostor(EmulatedDevice):
+    """Speaks the wire protocol but answers every request with one fixed reply."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(load_profile("HS100"))
+        self._answer = answer
+
+    def handle(self, request: Any) -> dict[str, Any]:
+        return self._answer
+
+
+async def poll_impostor(answer: dict[str, Any], driver: KasaDriver) -> None:
+    server = DeviceServer(Impostor(answer))
+    await server.start()
+    try:
+        await driver.poll(parse_address(server.address))
+    finally:
+        await driver.close()
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_answer_without_device_type_is_unreachable_as_a_protocol_error(
+    driver: KasaDriver,
+) -> None:
+    with pytest.raises(DeviceUnreachable):
+        await poll_impostor({"system": {"get_sysinfo": {"err_code": 0}}}, driver)
+
+
+@pytest.mark.asyncio
+async def test_a_camera_is_an_unsupported_device(driver: KasaDriver) -> None:
+    camera = {"system": {"type": "IOT.IPCAMERA", "model": "KC100(US)"}}
+    with pytest.raises(UnsupportedDevice):
+        await poll_impostor({"system": {"get_sysinfo": {"system": camera}}}, driver)
 
 
 @pytest.mark.asyncio

@@ -33,13 +33,14 @@ def realtime(device: EmulatedDevice, child_id: str | None = None) -> dict[str, A
     request: dict[str, Any] = {"emeter": {"get_realtime": {}}}
     if child_id is not None:
         request["context"] = {"child_ids": [child_id]}
-    answer = device.handle(request)["emeter"]["get_realtime"]
+    answer: dict[str, Any] = device.handle(request)["emeter"]["get_realtime"]
     assert answer["err_code"] == 0
     return answer
 
 
 def sysinfo(device: EmulatedDevice) -> dict[str, Any]:
-    return device.handle({"system": {"get_sysinfo": {}}})["system"]["get_sysinfo"]
+    info: dict[str, Any] = device.handle({"system": {"get_sysinfo": {}}})["system"]["get_sysinfo"]
+    return info
 
 
 def test_the_five_reference_profiles_are_bundled() -> None:
@@ -92,7 +93,13 @@ def test_a_switched_off_plug_draws_nothing_and_counts_nothing() -> None:
 
 def test_legacy_firmware_reports_w_v_a_kwh_and_newer_firmware_milli_units() -> None:
     clock = FakeClock()
-    assert set(realtime(make("HS110", clock))) == {"power", "voltage", "current", "total", "err_code"}
+    assert set(realtime(make("HS110", clock))) == {
+        "power",
+        "voltage",
+        "current",
+        "total",
+        "err_code",
+    }
     assert set(realtime(make("KP115", clock))) == {
         "power_mw",
         "voltage_mv",
