@@ -284,7 +284,7 @@ class Relay:
         if result.acked:
             position = batch[result.acked - 1].notification_id
             await self._save_position(position)
-            log.info(
+            log.debug(
                 "relay.batch_published",
                 stream=self._stream.name,
                 count=result.acked,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import structlog
 
 from infra.logging import configure_logging
@@ -101,6 +102,9 @@ async def _serve(
     from infra.bootstrap import open_runtime, run_parts
 
     command = args.command
+    if getattr(args, "demo", False):
+        # The demo's devices live on loopback; discovery must not go out to the LAN.
+        settings = msgspec.structs.replace(settings, discovery_target="127.0.0.1")
     async with open_runtime(settings, database_url, nats_url) as runtime:
         if command == "project" and args.rebuild:
             await _rebuild(runtime.engine, args.rebuild)

@@ -1,0 +1,38 @@
+"""POST /api/discover over loopback: each emulated device on its own 127.0.0.x, answering UDP discovery."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+import pytest
+
+from adapters.emulator import EmulatorFleet, loopback_hosts
+from api.app import create_app
+from infra.bootstrap import Runtime
+from tests.e2e.conftest import background
+
+
+@pytest.fixture
+async def discoverable() -> AsyncIterator[EmulatorFleet]:
+    profiles = ["HS110", "HS300", "KP303"]
+    async with EmulatorFleet(profiles, host=loopback_hosts(3, first=201), discovery_port=0, seed=3) as fleet:
+        yield fleet
+
+
+async def test_discovery_adds_new_devices_once(runtime: Runtime, discoverable: EmulatorFleet) -> None:
+    runtime.settings = msgspec.structs.replace(
+        runtime.settings, discovery_target="127.255.255.255", discovery_port=discoverable.discovery_port
+    )
+    transport = httpx.ASGITransport(app=create_app(runtime.services()), client=("127.0.0.1", 50000))
+    async with background(runtime, poll=False), httpx.AsyncClient(
+        transport=transport, base_url="http://wattledger.test"
+    ) as client:
+        first = (await client.post("/api/discover", json={})).json()
+        assert first["discovered"] == 3
+        assert sorted(first["added"]) == sorted(discoverable.addresses)
+        listed = (await client.get("/api/devices")).json()
+        assert sorted(d["model"] for d in listed) == ["HS110", "HS300", "KP303"]
+        again = (await client.post("/api/discover")).json()
+        assert again["added"] == [] and sorted(again["already_known"]) == sorted(discoverable.addresses)
