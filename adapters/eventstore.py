@@ -71,9 +71,11 @@ class WattLedger(Application):
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(dict(env or {}))
+        # The poll path keeps its aggregates between cycles instead of loading them each
+        # time; a conflict with another writer drops them and the cycle is retried.
         self._meters: dict[UUID, MeterDay] = {}
-        # Readings streams are cached between polls; writers to them take turns.
-        self._meter_lock = threading.Lock()
+        self._devices: dict[UUID, Device] = {}
+        self._write_lock = threading.Lock()
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -102,19 +104,14 @@ class WattLedger(Application):
         DeviceAlreadyExists if it is present, also when another writer added it
         first. Returns the notification id of the last event stored.
         """
-        with self._meter_lock:
-            return self._add_device(address, snapshot, alias=alias, actor=actor, measured_at=measured_at)
+        with self._write_lock:
+            return self._add_device_locked(address, snapshot, alias=alias, actor=actor, measured_at=measured_at)
 
-    def _add_device(
-        self,
-        address: DeviceAddress,
-        snapshot: DeviceSnapshot,
-        *,
-        alias: str | None,
-        actor: str,
-        measured_at: datetime,
+    def _add_device_locked(
+        self, address: DeviceAddress, snapshot: DeviceSnapshot, *, alias: str | None, actor: str, measured_at: datetime
     ) -> int:
         canonical = str(address)
+        self._devices.pop(device_id_for(canonical), None)
         try:
             device = self.get_device(device_id_for(canonical))
         except DeviceNotFound:
@@ -128,21 +125,25 @@ class WattLedger(Application):
         try:
             return self._save(device, meter)
         except IntegrityError:
-            self._meters.clear()
+            self._forget()
             raise DeviceAlreadyExists(f"device {canonical} is already added") from None
         except BaseException:
-            self._meters.clear()
+            self._forget()
             raise
 
     def remove_device(self, device_id: UUID, *, actor: str) -> int:
-        device = self.get_device(device_id)
-        device.remove(actor=actor)
-        return self._save(device)
+        with self._write_lock:
+            self._devices.pop(device_id, None)
+            device = self.get_device(device_id)
+            device.remove(actor=actor)
+            return self._save(device)
 
     def rename_device(self, device_id: UUID, alias: str, *, actor: str) -> int:
-        device = self.get_device(device_id)
-        device.rename(alias, actor=actor)
-        return self._save(device)
+        with self._write_lock:
+            self._devices.pop(device_id, None)
+            device = self.get_device(device_id)
+            device.rename(alias, actor=actor)
+            return self._save(device)
 
     def _save(self, *aggregates: Device | MeterDay) -> int:
         recordings = self.save(*aggregates)
@@ -160,16 +161,26 @@ class WattLedger(Application):
         batch = list(results)
         for attempt in (1, 2):
             try:
-                with self._meter_lock:
+                with self._write_lock:
                     return self._record_polls(batch, offline, actor=actor)
             except IntegrityError:
-                self._meters.clear()
+                self._forget()
                 if attempt == 2:
                     raise
             except BaseException:
-                self._meters.clear()
+                self._forget()
                 raise
         return 0
+
+    def _forget(self) -> None:
+        self._meters.clear()
+        self._devices.clear()
+
+    def _polled_device(self, device_id: UUID) -> Device:
+        device = self._devices.get(device_id)
+        if device is None:
+            device = self._devices[device_id] = self.get_device(device_id)
+        return device
 
     def _record_polls(
         self, batch: list[PollResult], offline: Mapping[UUID, int], *, actor: str
@@ -178,7 +189,7 @@ class WattLedger(Application):
         recorded = 0
         for result in batch:
             try:
-                device = self.get_device(result.device_id)
+                device = self._polled_device(result.device_id)
             except DeviceNotFound:
                 continue
             if device.removed:
@@ -190,7 +201,7 @@ class WattLedger(Application):
             aggregates += [device, meter]
         for device_id, missed in offline.items():
             try:
-                device = self.get_device(device_id)
+                device = self._polled_device(device_id)
             except DeviceNotFound:
                 continue
             device.went_offline(missed, actor=actor)

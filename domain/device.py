@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -15,6 +16,17 @@ DEVICE_NAMESPACE = uuid5(NAMESPACE_URL, "https://wattledger.invalid/device")
 def device_id_for(address: str) -> UUID:
     """A device's id is derived from its canonical address, so two adds of one address collide."""
     return uuid5(DEVICE_NAMESPACE, address)
+
+
+def _identity(snapshot: DeviceSnapshot, alias: str | None) -> dict[str, Any]:
+    """What a device says about itself, with the user's alias in place of its own when given."""
+    return {
+        "alias": alias or snapshot.alias,
+        "model": snapshot.model,
+        "device_type": snapshot.device_type,
+        "mac": snapshot.mac,
+        "outlets": [o.outlet_id for o in snapshot.outlets],
+    }
 
 
 class Device(Aggregate):
@@ -85,15 +97,7 @@ class Device(Aggregate):
     @classmethod
     def from_snapshot(cls, address: str, snapshot: DeviceSnapshot, *, alias: str | None, actor: str) -> Device:
         """Add a device as first seen by a poll; `alias` overrides the device's own name."""
-        device = cls(
-            address=address,
-            alias=alias or snapshot.alias,
-            model=snapshot.model,
-            device_type=snapshot.device_type,
-            mac=snapshot.mac,
-            outlets=[o.outlet_id for o in snapshot.outlets],
-            actor=actor,
-        )
+        device = cls(address=address, **_identity(snapshot, alias), actor=actor)
         device.observe_relays(snapshot, actor=actor)
         return device
 
@@ -120,14 +124,7 @@ class Device(Aggregate):
 
     def restore(self, snapshot: DeviceSnapshot, *, alias: str | None, actor: str) -> None:
         """Add a removed device again: same id, history kept."""
-        self._restored(
-            alias=alias or snapshot.alias,
-            model=snapshot.model,
-            device_type=snapshot.device_type,
-            mac=snapshot.mac,
-            outlets=[o.outlet_id for o in snapshot.outlets],
-            actor=actor,
-        )
+        self._restored(**_identity(snapshot, alias), actor=actor)
         self.observe_relays(snapshot, actor=actor)
 
     @event(Restored)

@@ -175,3 +175,27 @@ def test_offline_device_is_marked_once_and_back_online_on_next_good_poll(
     assert [r["online"] for r in rows(database_url)] == [True]
     topics = [n.topic.rsplit(".", 1)[-1] for n in app.recorder.select_notifications(start=1, limit=100)]
     assert topics.count("WentOffline") == 1 and topics.count("CameOnline") == 1
+
+
+def test_poller_with_a_stale_device_retries_after_another_process_wrote(
+    store: tuple[WattLedger, ProjectionEngine], database_url: str
+) -> None:
+    poller_side, _ = store
+    api_side = WattLedger(store_env(database_url))
+    try:
+        address = parse_address("127.0.0.1:10030")
+        device_id = device_id_for(str(address))
+        api_side.add_device(address, plug(1.0, is_on=True), alias=None, actor="user:1", measured_at=T0)
+        poller_side.record_polls(
+            [PollResult(device_id=device_id, measured_at=T0 + timedelta(minutes=1), snapshot=plug(2.0))], {}, actor="p"
+        )
+        api_side.rename_device(device_id, "Renamed elsewhere", actor="user:1")
+        recorded = poller_side.record_polls(
+            [PollResult(device_id=device_id, measured_at=T0 + timedelta(minutes=2), snapshot=plug(3.0, is_on=False))],
+            {}, actor="p",
+        )
+        assert recorded == 1
+        device = api_side.get_device(device_id)
+        assert (device.alias, device.relays[None]) == ("Renamed elsewhere", False)
+    finally:
+        api_side.close()

@@ -1,0 +1,92 @@
+"""Storing poll cycles: `record_polls` against a plain multi-aggregate `save()` baseline, same run.
+
+    python bench/bench_poll_store.py [--devices 500] [--cycles 10]
+
+A poll cycle of N devices is N readings plus the devices' relay / online checks, stored
+in one `save()`. The baseline saves N new readings streams with one reading each in one
+`save()` (no loading of devices): the floor set by the event store itself. Uses a scratch
+database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
+from domain.device import Device  # noqa: E402
+from domain.meter import MeterDay  # noqa: E402
+from domain.readings import DeviceSnapshot  # noqa: E402
+
+
+def plug(i: int, total_wh: float) -> DeviceSnapshot:
+    return DeviceSnapshot(
+        alias=f"plug {i}", model="HS110", device_type="plug", mac=f"m{i}", firmware="1", is_on=True,
+        has_emeter=True, power_w=40.0, voltage_v=230.0, current_a=0.17, total_wh=total_wh,
+    )
+
+
+def run(url: str, devices: int, cycles: int) -> None:
+    ensure_events_schema(url)
+    app = WattLedger(store_env(url))
+    try:
+        fleet = [Device.from_snapshot(f"10.8.{i // 256}.{i % 256}", plug(i, 0), alias=None, actor="bench")
+                 for i in range(devices)]
+        app.save(*fleet)
+        start = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
+
+        began = time.perf_counter()
+        for cycle in range(cycles):
+            at = start + timedelta(minutes=cycle + 1)
+            results = [PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
+                       for i, d in enumerate(fleet)]
+            app.record_polls(results, {}, actor="bench")
+        ours = devices * cycles / (time.perf_counter() - began)
+
+        began = time.perf_counter()
+        for cycle in range(cycles):
+            at = start + timedelta(days=cycle + 1)
+            meters = []
+            for i, d in enumerate(fleet):
+                meter = MeterDay(device_id=d.id, day=at.date().isoformat())
+                meter.record(at, plug(i, cycle + 1.0), actor="bench")
+                meters.append(meter)
+            app.save(*meters)
+        baseline = devices * cycles / (time.perf_counter() - began)
+    finally:
+        app.close()
+    print(f"record_polls          {ours:10,.0f} readings/s  ({devices} devices x {cycles} cycles)")
+    print(f"baseline save()       {baseline:10,.0f} readings/s  (new streams, no device loads)")
+    print(f"ratio                 {ours / baseline:10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--cycles", type=int, default=10)
+    args = parser.parse_args()
+    admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"wl_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(admin)
+        parts["dbname"] = name
+        run(psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()}), args.devices, args.cycles)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    main()
