@@ -9,6 +9,7 @@ demo: install
 	$(BIN)/wattledger serve --demo --polling-interval 5
 
 test: install
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 install: $(VENV)/.installed

@@ -64,7 +64,7 @@ class PollResult(msgspec.Struct, frozen=True, kw_only=True):
     snapshot: DeviceSnapshot
 
 
-class WattLedger(Application):
+class WattLedger(Application[UUID]):
     """Every state change of the system goes through here and lands in one event log."""
 
     name = "WattLedger"
@@ -83,7 +83,7 @@ class WattLedger(Application):
 
     def get_device(self, device_id: UUID) -> Device:
         try:
-            device = self.repository.get(device_id)
+            device: object = self.repository.get(device_id)
         except AggregateNotFoundError:
             raise DeviceNotFound(f"no device with id {device_id}") from None
         assert isinstance(device, Device)
@@ -215,7 +215,7 @@ class WattLedger(Application):
         meter = self._meters.get(stream_id)
         if meter is None:
             try:
-                loaded = self.repository.get(stream_id)
+                loaded: object = self.repository.get(stream_id)
                 assert isinstance(loaded, MeterDay)
                 meter = loaded
             except AggregateNotFoundError:

@@ -110,12 +110,12 @@ def encode_envelope(
     return _ENCODER.encode(
         Envelope(
             notification_id=notification_id,
-            originator_id=event.originator_id,  # type: ignore[arg-type]
+            originator_id=event.originator_id,
             originator_version=event.originator_version,
             aggregate=where.aggregate,
             event=where.event,
             topic=topic,
-            timestamp=event.timestamp,
+            timestamp=getattr(event, "timestamp"),  # every aggregate event has one
             data=event_data(event),
         )
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,8 +129,9 @@ async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> 
 class _QuietServer(uvicorn.Server):
     """Uvicorn without its own signal handlers: the CLI owns SIGINT/SIGTERM and sets `stop`."""
 
-    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 async def serve_api(runtime: Runtime, stop: asyncio.Event) -> None:

@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit
 import structlog
 
 if TYPE_CHECKING:
-    from pgserver import PostgresServer
+    from pgserver.postgres_server import PostgresServer
 
 __all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "embedded_servers"]
 
@@ -317,7 +317,7 @@ def _nats_server_binary() -> Path:
         pass
     else:
         candidates += [
-            Path(distribution.locate_file(file)).resolve()
+            Path(str(distribution.locate_file(file))).resolve()
             for file in distribution.files or []
             if file.name in {"nats-server", "nats-server.exe"}
         ]
@@ -350,7 +350,8 @@ def _terminate_orphan(pid_file: Path, binary_name: str, store_dir: Path, timeout
 def _read_client_port(ports_file: Path) -> int | None:
     try:
         urls = json.loads(ports_file.read_text())["nats"]
-        return urlsplit(urls[0]).port
+        port: int | None = urlsplit(str(urls[0])).port
+        return port
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
 
