@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.data_dir,
             database_url=settings.database_url,
             nats_url=settings.nats_url,
-            nats_port=_free_or_any(settings.embedded_nats_port),
+            nats_port=settings.embedded_nats_port if settings.nats_url else _free_or_any(settings.embedded_nats_port),
         ) as (database_url, nats_url):
             _run(lambda stop: _serve(settings, database_url, nats_url, args, stop))
     except SettingsError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import psycopg
 
 T = TypeVar("T")
 
@@ -67,6 +68,15 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _database_url(text: str) -> str:
+    """A libpq URL (postgresql://...) or key=value connection string."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(text)
+    except psycopg.ProgrammingError:
+        raise ValueError("must be a PostgreSQL URL (postgresql://user@host:5432/db) or libpq connection string") from None
+    return text
+
+
 def _ip(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -101,7 +111,7 @@ def _host(text: str) -> str:
 
 
 _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
+    "DATABASE_URL": ("database_url", _database_url),
     "NATS_URL": ("nats_url", _url("nats", "tls")),
     "WATTLEDGER_DATA_DIR": ("data_dir", Path),
     "WATTLEDGER_POLLING_INTERVAL": ("polling_interval", _number(float, 1, 86400)),

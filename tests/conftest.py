@@ -6,12 +6,15 @@ stream and subject prefix, so runs and tests never see each other's data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
+import nats.js.errors
 import psycopg
 import pytest
 from psycopg import sql
@@ -59,9 +62,22 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
 
 
 @pytest.fixture
-def stream_config() -> StreamConfig:
+def stream_config(nats_url: str) -> Iterator[StreamConfig]:
+    """A stream name and subject prefix of this test's own; the stream is deleted afterwards."""
     tag = uuid.uuid4().hex[:10]
-    return StreamConfig(name=f"WLT_{tag.upper()}", subject_prefix=f"wlt{tag}")
+    config = StreamConfig(name=f"WLT_{tag.upper()}", subject_prefix=f"wlt{tag}")
+    yield config
+    asyncio.run(_delete_stream(nats_url, config.name))
+
+
+async def _delete_stream(nats_url: str, name: str) -> None:
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    try:
+        await nc.jetstream().delete_stream(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    finally:
+        await nc.close()
 
 
 # pgserver logs from its atexit hook, after pytest has closed the streams it captured.

@@ -33,10 +33,7 @@ def settings(tmp_path: Path, stream_config: StreamConfig) -> Settings:
 @pytest.fixture
 async def runtime(settings: Settings, database_url: str, nats_url: str) -> AsyncIterator[Runtime]:
     async with open_runtime(settings, database_url, nats_url) as rt:
-        try:
-            yield rt
-        finally:
-            await rt.js.delete_stream(rt.stream.name)
+        yield rt
 
 
 @asynccontextmanager
