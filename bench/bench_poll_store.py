@@ -11,17 +11,14 @@ database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.scratch import scratch_database  # noqa: E402
 
 from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
 from domain.device import Device  # noqa: E402
@@ -75,17 +72,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=500)
     parser.add_argument("--cycles", type=int, default=10)
     args = parser.parse_args()
-    admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"wl_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        parts = psycopg.conninfo.conninfo_to_dict(admin)
-        parts["dbname"] = name
-        run(psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()}), args.devices, args.cycles)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database() as url:
+        run(url, args.devices, args.cycles)
 
 
 if __name__ == "__main__":

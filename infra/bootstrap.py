@@ -123,6 +123,7 @@ async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> 
             await nc.drain()
         if read_pool is not None:
             await read_pool.close()
+        await asyncio.to_thread(engine.close)
         await asyncio.to_thread(app.close)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
@@ -87,8 +88,121 @@ def _next_month(start: datetime) -> datetime:
     return (start + timedelta(days=32)).replace(day=1)
 
 
+ROW_FIELDS = (
+    "device_id", "address", "alias", "model", "device_type", "mac", "removed", "online", "is_on", "relays",
+    "power_w", "voltage_v", "current_a", "total_wh", "rssi", "outlets", "today", "today_wh", "month",
+    "month_wh", "last_seen", "added_at", "updated_at",
+)
+
+
+class DeviceRow(msgspec.Struct, kw_only=True):
+    """One row of `wl_read.devices`, folded in memory from events (pure: no I/O)."""
+
+    device_id: UUID
+    address: str
+    alias: str
+    model: str
+    device_type: str
+    mac: str
+    added_at: datetime
+    updated_at: datetime
+    removed: bool = False
+    online: bool = True
+    is_on: bool | None = None
+    relays: dict[str, bool] = msgspec.field(default_factory=dict)
+    power_w: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    total_wh: float | None = None
+    rssi: int | None = None
+    outlets: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    today: date | None = None
+    today_wh: float = 0.0
+    month: date | None = None
+    month_wh: float = 0.0
+    last_seen: datetime | None = None
+
+    @classmethod
+    def added(cls, event: Device.Added) -> DeviceRow:
+        return cls(
+            device_id=event.originator_id, address=event.address, alias=event.alias, model=event.model,
+            device_type=event.device_type, mac=event.mac, added_at=event.timestamp, updated_at=event.timestamp,
+        )
+
+    def apply(self, event: object) -> None:
+        match event:
+            case Device.Restored():
+                self.removed, self.online = False, True
+                self.alias, self.model, self.device_type, self.mac = (
+                    event.alias, event.model, event.device_type, event.mac
+                )
+                self.added_at = event.timestamp
+            case Device.Renamed(alias=alias):
+                self.alias = alias
+            case Device.Removed():
+                self.removed = True
+            case Device.StateChanged(is_on=is_on, outlet_index=index):
+                self.relays["plug" if index is None else str(index)] = is_on
+            case Device.WentOffline():
+                self.online = False
+            case Device.CameOnline():
+                self.online = True
+            case MeterDay.ReadingRecorded():
+                self._reading(event)
+                return
+            case _:
+                return
+        self.updated_at = getattr(event, "timestamp")
+
+    def _reading(self, event: MeterDay.ReadingRecorded) -> None:
+        """Newest reading wins the current state; the energy since the last one is split by day and month."""
+        at = event.measured_at
+        if self.removed or (self.last_seen is not None and at <= self.last_seen):
+            return
+        if event.outlets:
+            before = {o["outlet_id"]: o.get("total_wh") for o in self.outlets}
+            used = sum(counter_delta_wh(before.get(o.outlet_id), o.total_wh) for o in event.outlets)
+        else:
+            used = counter_delta_wh(self.total_wh, event.total_wh)
+        start = self.last_seen or at
+        day_start = at.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        month_start = _month_start(day_start)
+        in_day = share_within(start, at, used, day_start, day_start + timedelta(days=1))
+        in_month = share_within(start, at, used, month_start, _next_month(month_start))
+        self.today_wh = (self.today_wh if self.today == day_start.date() else 0.0) + in_day
+        self.month_wh = (self.month_wh if self.month == month_start.date() else 0.0) + in_month
+        self.today, self.month = day_start.date(), month_start.date()
+        self.is_on = event.is_on
+        self.power_w, self.voltage_v, self.current_a = event.power_w, event.voltage_v, event.current_a
+        self.total_wh, self.rssi = event.total_wh, event.rssi
+        self.outlets = [msgspec.structs.asdict(o) for o in event.outlets]
+        self.relays = {str(o.index): o.is_on for o in event.outlets} if event.outlets else {"plug": event.is_on}
+        self.last_seen = at
+        self.updated_at = event.timestamp
+
+
+def _subject(event: object) -> UUID | None:
+    """The device an event is about, or None for events this read model ignores."""
+    if isinstance(event, MeterDay.ReadingRecorded):
+        return event.device_id
+    if isinstance(event, Device.Event):
+        return event.originator_id
+    return None
+
+
+_UPSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(ROW_FIELDS)}) VALUES ({', '.join('%s' for _ in ROW_FIELDS)}) "
+    f"ON CONFLICT (device_id) DO UPDATE SET "
+    + ", ".join(f"{f} = EXCLUDED.{f}" for f in ROW_FIELDS if f != "device_id")
+)
+
+
 class DevicesProjector:
-    """Projects Device events and each device's newest reading into `wl_read.devices`."""
+    """Projects Device events and each device's newest reading into `wl_read.devices`.
+
+    A batch loads the rows it touches once, folds its events into them in memory
+    and writes each touched row once.
+    """
 
     name = "devices"
 
@@ -98,122 +212,31 @@ class DevicesProjector:
     def clear(self, cur: psycopg.Cursor[Any]) -> None:
         cur.execute(f"DELETE FROM {TABLE}")
 
-    def apply(self, cur: psycopg.Cursor[Any], event: object, notification_id: int) -> None:
-        match event:
-            case Device.Added():
-                self._upsert(cur, event)
-            case Device.Restored():
-                self._restore(cur, event)
-            case Device.Renamed(originator_id=device_id, alias=alias, timestamp=at):
-                cur.execute(
-                    f"UPDATE {TABLE} SET alias = %s, updated_at = %s WHERE device_id = %s", (alias, at, device_id)
-                )
-            case Device.Removed(originator_id=device_id, timestamp=at):
-                cur.execute(
-                    f"UPDATE {TABLE} SET removed = true, updated_at = %s WHERE device_id = %s", (at, device_id)
-                )
-            case Device.StateChanged(originator_id=device_id, is_on=is_on, outlet_index=index, timestamp=at):
-                key = "plug" if index is None else str(index)
-                cur.execute(
-                    f"UPDATE {TABLE} SET relays = relays || %s, updated_at = %s WHERE device_id = %s",
-                    (Jsonb({key: is_on}), at, device_id),
-                )
-            case Device.WentOffline(originator_id=device_id, timestamp=at):
-                cur.execute(
-                    f"UPDATE {TABLE} SET online = false, updated_at = %s WHERE device_id = %s", (at, device_id)
-                )
-            case Device.CameOnline(originator_id=device_id, timestamp=at):
-                cur.execute(
-                    f"UPDATE {TABLE} SET online = true, updated_at = %s WHERE device_id = %s", (at, device_id)
-                )
-            case MeterDay.ReadingRecorded():
-                self._reading(cur, event)
-            case _:
-                pass
-
-    def _upsert(self, cur: psycopg.Cursor[Any], event: Device.Added) -> None:
-        cur.execute(
-            f"""
-            INSERT INTO {TABLE} (device_id, address, alias, model, device_type, mac, added_at, updated_at)
-            VALUES (%(id)s, %(address)s, %(alias)s, %(model)s, %(type)s, %(mac)s, %(at)s, %(at)s)
-            """,
-            {
-                "id": event.originator_id,
-                "address": event.address,
-                "alias": event.alias,
-                "model": event.model,
-                "type": event.device_type,
-                "mac": event.mac,
-                "at": event.timestamp,
-            },
-        )
-
-    def _restore(self, cur: psycopg.Cursor[Any], event: Device.Restored) -> None:
-        cur.execute(
-            f"""
-            UPDATE {TABLE} SET removed = false, online = true, alias = %(alias)s, model = %(model)s,
-                device_type = %(type)s, mac = %(mac)s, added_at = %(at)s, updated_at = %(at)s
-            WHERE device_id = %(id)s
-            """,
-            {
-                "id": event.originator_id,
-                "alias": event.alias,
-                "model": event.model,
-                "type": event.device_type,
-                "mac": event.mac,
-                "at": event.timestamp,
-            },
-        )
-
-    def _reading(self, cur: psycopg.Cursor[Any], event: MeterDay.ReadingRecorded) -> None:
-        row = cur.execute(
-            f"SELECT total_wh, outlets, today, today_wh, month, month_wh, last_seen FROM {TABLE} "
-            "WHERE device_id = %s AND NOT removed FOR UPDATE",
-            (event.device_id,),
-        ).fetchone()
-        if row is None:
+    def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
+        wanted = {device_id for event in events if (device_id := _subject(event)) is not None}
+        if not wanted:
             return
-        total_wh, outlets, today, today_wh, month, month_wh, last_seen = row
-        at = event.measured_at
-        if last_seen is not None and at <= last_seen:
-            return
-        if event.outlets:
-            before = {o["outlet_id"]: o.get("total_wh") for o in outlets}
-            used = sum(counter_delta_wh(before.get(o.outlet_id), o.total_wh) for o in event.outlets)
-        else:
-            used = counter_delta_wh(total_wh, event.total_wh)
-        start = last_seen or at
-        day_start = at.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-        month_start = _month_start(day_start)
-        in_day = share_within(start, at, used, day_start, day_start + timedelta(days=1))
-        in_month = share_within(start, at, used, month_start, _next_month(month_start))
-        today_wh = (today_wh if today == day_start.date() else 0.0) + in_day
-        month_wh = (month_wh if month == month_start.date() else 0.0) + in_month
-        cur.execute(
-            f"""
-            UPDATE {TABLE} SET is_on = %s, power_w = %s, voltage_v = %s, current_a = %s, total_wh = %s,
-                rssi = %s, outlets = %s, relays = %s, today = %s, today_wh = %s, month = %s, month_wh = %s,
-                last_seen = %s, updated_at = %s
-            WHERE device_id = %s
-            """,
-            (
-                event.is_on,
-                event.power_w,
-                event.voltage_v,
-                event.current_a,
-                event.total_wh,
-                event.rssi,
-                Jsonb([msgspec.structs.asdict(o) for o in event.outlets]),
-                Jsonb({str(o.index): o.is_on for o in event.outlets} if event.outlets else {"plug": event.is_on}),
-                day_start.date(),
-                today_wh,
-                month_start.date(),
-                month_wh,
-                at,
-                event.timestamp,
-                event.device_id,
-            ),
-        )
+        rows: dict[UUID, DeviceRow] = {}
+        cur.execute(f"SELECT {', '.join(ROW_FIELDS)} FROM {TABLE} WHERE device_id = ANY(%s)", (list(wanted),))
+        for record in cur.fetchall():
+            rows[record[0]] = DeviceRow(**dict(zip(ROW_FIELDS, record, strict=True)))
+        touched: set[UUID] = set()
+        for event in events:
+            if isinstance(event, Device.Added):
+                rows[event.originator_id] = DeviceRow.added(event)
+            device_id = _subject(event)
+            row = rows.get(device_id) if device_id is not None else None
+            if row is None:
+                continue
+            row.apply(event)
+            touched.add(row.device_id)
+        cur.executemany(_UPSERT, [self._values(rows[d]) for d in touched])
+
+    @staticmethod
+    def _values(row: DeviceRow) -> tuple[Any, ...]:
+        values = msgspec.structs.asdict(row)
+        values["relays"], values["outlets"] = Jsonb(row.relays), Jsonb(row.outlets)
+        return tuple(values[f] for f in ROW_FIELDS)
 
 
 _COLUMNS = (

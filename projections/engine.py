@@ -35,7 +35,9 @@ class Projector(Protocol):
 
     def clear(self, cur: psycopg.Cursor[Any]) -> None: ...
 
-    def apply(self, cur: psycopg.Cursor[Any], event: object, notification_id: int) -> None: ...
+    def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
+        """Apply events in log order; called once per batch, inside the batch's transaction."""
+        ...
 
 
 class ProjectionEngine:
@@ -54,6 +56,18 @@ class ProjectionEngine:
         self.projectors = {p.name: p for p in projectors}
         self.batch_size = batch_size
         self._wakeup = asyncio.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """One connection kept between batches (idle polls would otherwise connect twice a second)."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.database_url, autocommit=True)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def setup(self) -> None:
         with psycopg.connect(self.database_url) as conn, conn.cursor() as cur:
@@ -75,7 +89,8 @@ class ProjectionEngine:
     def project_batch(self, name: str) -> int:
         """Apply the next batch of events to one projector; returns how many were applied."""
         projector = self.projectors[name]
-        with psycopg.connect(self.database_url) as conn, conn.transaction(), conn.cursor() as cur:
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
             row = cur.execute(
                 f"SELECT position FROM {READ_SCHEMA}.projector_tracking WHERE name = %s FOR UPDATE", (name,)
             ).fetchone()
@@ -85,9 +100,7 @@ class ProjectionEngine:
             )
             if not notifications:
                 return 0
-            for notification in notifications:
-                event = self.app.mapper.to_domain_event(notification)
-                projector.apply(cur, event, notification.id)
+            projector.apply_batch(cur, [self.app.mapper.to_domain_event(n) for n in notifications])
             cur.execute(
                 f"UPDATE {READ_SCHEMA}.projector_tracking SET position = %s, updated_at = now() WHERE name = %s",
                 (notifications[-1].id, name),

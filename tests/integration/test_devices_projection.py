@@ -46,6 +46,7 @@ def store(database_url: str) -> Iterator[tuple[WattLedger, ProjectionEngine]]:
     engine = ProjectionEngine(app, database_url, [DevicesProjector()], batch_size=7)
     engine.setup()
     yield app, engine
+    engine.close()
     app.close()
 
 

@@ -1,0 +1,76 @@
+"""Projection catch-up: the devices projector's rebuild rate against reading the log alone, same run.
+
+    python bench/bench_projection.py [--devices 200] [--cycles 100]
+
+Stores `devices x cycles` readings, then times (1) the baseline: reading and decoding
+the whole notification log in sections of 2000, and (2) `rebuild("devices")`, which
+reads the same sections, applies them and commits rows and position once per batch.
+Uses a scratch database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
+from bench.bench_poll_store import plug  # noqa: E402
+from bench.scratch import scratch_database  # noqa: E402
+from domain.device import Device  # noqa: E402
+from projections.devices import DevicesProjector  # noqa: E402
+from projections.engine import ProjectionEngine  # noqa: E402
+
+SECTION = 2000
+
+
+def run(url: str, devices: int, cycles: int) -> None:
+    ensure_events_schema(url)
+    app = WattLedger(store_env(url))
+    engine = ProjectionEngine(app, url, [DevicesProjector()], batch_size=SECTION)
+    try:
+        fleet = [Device.from_snapshot(f"10.7.{i // 256}.{i % 256}", plug(i, 0), alias=None, actor="bench")
+                 for i in range(devices)]
+        app.save(*fleet)
+        start = datetime(2026, 1, 5, tzinfo=timezone.utc)
+        for cycle in range(cycles):
+            at = start + timedelta(minutes=cycle + 1)
+            app.record_polls([PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
+                              for i, d in enumerate(fleet)], {}, actor="bench")
+        total = app.recorder.max_notification_id() or 0
+
+        began = time.perf_counter()
+        position = 0
+        while batch := app.recorder.select_notifications(start=position, limit=SECTION, inclusive_of_start=False):
+            for notification in batch:
+                app.mapper.to_domain_event(notification)
+            position = batch[-1].id
+        baseline = total / (time.perf_counter() - began)
+
+        engine.setup()
+        began = time.perf_counter()
+        applied = engine.rebuild("devices")
+        ours = applied / (time.perf_counter() - began)
+    finally:
+        engine.close()
+        app.close()
+    print(f"read + decode log     {baseline:10,.0f} events/s  ({total} events)")
+    print(f"rebuild devices       {ours:10,.0f} events/s  ({applied} events, batches of {SECTION})")
+    print(f"ratio                 {ours / baseline:10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--cycles", type=int, default=100)
+    args = parser.parse_args()
+    with scratch_database() as url:
+        run(url, args.devices, args.cycles)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""A throwaway database for a benchmark run, on DATABASE_URL's server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def scratch_database(prefix: str = "wl_bench") -> Iterator[str]:
+    """Create an empty database, yield its URL, drop it afterwards."""
+    admin = os.environ.get("DATABASE_URL", DEFAULT_URL)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(admin)
+        parts["dbname"] = name
+        yield psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
