@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 bench: install
+	$(BIN)/python bench/bench_poll_store.py
+	$(BIN)/python bench/bench_projection.py
 	$(BIN)/python bench/bench_relay.py
 
 clean:
