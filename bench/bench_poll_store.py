@@ -10,7 +10,6 @@ database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres)
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import scratch_database  # noqa: E402
+from bench.scratch import bench_main  # noqa: E402
 
 from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
 from domain.device import Device  # noqa: E402
@@ -67,14 +66,5 @@ def run(url: str, devices: int, cycles: int) -> None:
     print(f"ratio                 {ours / baseline:10.2f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", type=int, default=500)
-    parser.add_argument("--cycles", type=int, default=10)
-    args = parser.parse_args()
-    with scratch_database() as url:
-        run(url, args.devices, args.cycles)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, run, devices=500, cycles=10)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -27,3 +28,13 @@ def scratch_database(prefix: str = "wl_bench") -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def bench_main(doc: str | None, run: Callable[[str, int, int], None], *, devices: int, cycles: int) -> None:
+    """Parse `--devices` / `--cycles` and run one benchmark on a scratch database."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=devices)
+    parser.add_argument("--cycles", type=int, default=cycles)
+    args = parser.parse_args()
+    with scratch_database() as url:
+        run(url, args.devices, args.cycles)

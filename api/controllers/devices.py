@@ -80,7 +80,7 @@ class DevicesController(Controller):
     tags = ["devices"]
 
     @get("/devices", operation_id="listDevices")
-    async def list(self, services: NamedDependency[Services]) -> list[DeviceView]:
+    async def list_all(self, services: NamedDependency[Services]) -> list[DeviceView]:
         """Every device with its latest reading, in the order they were added."""
         async with services.read_pool.connection() as conn:
             return await list_devices(conn)
