@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import httpx
 
-from adapters.emulator import EmulatorFleet
+from adapters.emulator import DeviceServer, EmulatorFleet
 from adapters.relay import decode_envelope
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import background
@@ -116,3 +116,27 @@ async def test_relay_state_changed_on_the_device_is_seen_by_the_next_poll(
     await sub.unsubscribe()
     assert [d["data"]["is_on"] for d in decoded] == [initially, not initially]
     assert decoded[-1]["data"]["actor"] == "system:poller"
+
+
+async def test_device_that_stops_answering_goes_offline_once_and_comes_back(
+    runtime: Runtime, client: httpx.AsyncClient, fleet: EmulatorFleet
+) -> None:
+    emulated, server = next((d, s) for d, s in fleet if d.model == "KP115")
+    async with background(runtime):
+        assert (await client.post("/api/devices/manual", json={"ip": server.address})).status_code == 201
+
+        async def online_is(expected: bool) -> bool:
+            return bool((await client.get(f"/api/device/{server.address}")).json()["online"] is expected)
+
+        await server.stop()
+        assert await until(lambda: online_is(False))
+        assert runtime.settings.offline_after == 2
+        revived = DeviceServer(emulated, host=server.host, port=server.port)
+        await revived.start()
+        try:
+            assert await until(lambda: online_is(True))
+        finally:
+            await revived.stop()
+    notifications = await asyncio.to_thread(runtime.app.recorder.select_notifications, start=1, limit=10_000)
+    names = [n.topic.rsplit(".", 1)[-1] for n in notifications]
+    assert names.count("WentOffline") == 1 and names.count("CameOnline") == 1
