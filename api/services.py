@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -28,6 +29,7 @@ class Services:
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     discovery_target: str = "255.255.255.255"
     discovery_port: int | None = None
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     on_saved: Callable[[], None] = lambda: None
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))

@@ -31,8 +31,8 @@ from projections.engine import ProjectionEngine, Projector
 log = structlog.get_logger(__name__)
 
 
-def all_projectors() -> list[Projector]:
-    return [DevicesProjector()]
+def all_projectors(settings: Settings) -> list[Projector]:
+    return [DevicesProjector(settings.zone)]
 
 
 @dataclass
@@ -79,6 +79,7 @@ class Runtime:
             read_pool=self.read_pool,
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
+            zone=self.settings.zone,
             on_saved=self.saved,
         )
 
@@ -88,7 +89,7 @@ async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> 
     """Connect to PostgreSQL and NATS, create what is missing, and close everything on exit."""
     await asyncio.to_thread(ensure_events_schema, database_url)
     app = await asyncio.to_thread(WattLedger, store_env(database_url))
-    engine = ProjectionEngine(app, database_url, all_projectors())
+    engine = ProjectionEngine(app, database_url, all_projectors(settings))
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
     nc: Client | None = None
     relay: Relay | None = None

@@ -33,6 +33,7 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--polling-interval", dest="polling_interval", help="seconds between polls (WATTLEDGER_POLLING_INTERVAL, 60)"
     )
+    group.add_argument("--timezone", dest="timezone", help="IANA zone for days and months (WATTLEDGER_TIMEZONE, UTC)")
     group.add_argument("--log-level", dest="log_level", help="debug, info, warning, error (WATTLEDGER_LOG_LEVEL)")
 
 
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    fields = ("database_url", "nats_url", "data_dir", "host", "port", "polling_interval", "log_level")
+    fields = ("database_url", "nats_url", "data_dir", "host", "port", "polling_interval", "timezone", "log_level")
     return load_settings(os.environ, **{f: getattr(args, f, None) for f in fields})
 
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import psycopg
@@ -35,8 +36,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_name: str = "WL_EVENTS"
     subject_prefix: str = "wl"
     embedded_nats_port: int = 4222
+    timezone: str = "UTC"
     log_level: str = "info"
     log_json: bool = False
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @property
     def embedded(self) -> bool:
@@ -90,6 +96,14 @@ def _identifier(text: str) -> str:
     return text
 
 
+def _zone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("must be an IANA time zone such as Europe/Berlin or America/New_York") from None
+    return text
+
+
 def _level(text: str) -> str:
     if text.lower() not in {"debug", "info", "warning", "error"}:
         raise ValueError("must be one of debug, info, warning, error")
@@ -125,6 +139,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_STREAM": ("stream_name", _identifier),
     "WATTLEDGER_SUBJECT_PREFIX": ("subject_prefix", _identifier),
     "WATTLEDGER_EMBEDDED_NATS_PORT": ("embedded_nats_port", _number(int, 0, 65535)),
+    "WATTLEDGER_TIMEZONE": ("timezone", _zone),
     "WATTLEDGER_LOG_LEVEL": ("log_level", _level),
     "WATTLEDGER_LOG_JSON": ("log_json", _flag),
 }

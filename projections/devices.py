@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
+from zoneinfo import ZoneInfo
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from domain.calendar import local_day, local_month
 from domain.device import Device
 from domain.energy import counter_delta_wh, share_within
 from domain.meter import MeterDay
@@ -80,14 +82,6 @@ class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
     outlets: list[OutletView]
 
 
-def _month_start(day: datetime) -> datetime:
-    return day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def _next_month(start: datetime) -> datetime:
-    return (start + timedelta(days=32)).replace(day=1)
-
-
 ROW_FIELDS = (
     "device_id", "address", "alias", "model", "device_type", "mac", "removed", "online", "is_on", "relays",
     "power_w", "voltage_v", "current_a", "total_wh", "rssi", "outlets", "today", "today_wh", "month",
@@ -129,7 +123,7 @@ class DeviceRow(msgspec.Struct, kw_only=True):
             device_type=event.device_type, mac=event.mac, added_at=event.timestamp, updated_at=event.timestamp,
         )
 
-    def apply(self, event: object) -> None:
+    def apply(self, event: object, zone: ZoneInfo) -> None:
         match event:
             case Device.Restored():
                 self.removed, self.online = False, True
@@ -148,14 +142,14 @@ class DeviceRow(msgspec.Struct, kw_only=True):
             case Device.CameOnline():
                 self.online = True
             case MeterDay.ReadingRecorded():
-                self._reading(event)
+                self._reading(event, zone)
                 return
             case _:
                 return
         self.updated_at = getattr(event, "timestamp")
 
-    def _reading(self, event: MeterDay.ReadingRecorded) -> None:
-        """Newest reading wins the current state; the energy since the last one is split by day and month."""
+    def _reading(self, event: MeterDay.ReadingRecorded, zone: ZoneInfo) -> None:
+        """Newest reading wins the current state; the energy since the last one is split by local day and month."""
         at = event.measured_at
         if self.removed or (self.last_seen is not None and at <= self.last_seen):
             return
@@ -165,13 +159,13 @@ class DeviceRow(msgspec.Struct, kw_only=True):
         else:
             used = counter_delta_wh(self.total_wh, event.total_wh)
         start = self.last_seen or at
-        day_start = at.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-        month_start = _month_start(day_start)
-        in_day = share_within(start, at, used, day_start, day_start + timedelta(days=1))
-        in_month = share_within(start, at, used, month_start, _next_month(month_start))
-        self.today_wh = (self.today_wh if self.today == day_start.date() else 0.0) + in_day
-        self.month_wh = (self.month_wh if self.month == month_start.date() else 0.0) + in_month
-        self.today, self.month = day_start.date(), month_start.date()
+        today, day_start, day_end = local_day(at, zone)
+        month, month_start, month_end = local_month(at, zone)
+        in_day = share_within(start, at, used, day_start, day_end)
+        in_month = share_within(start, at, used, month_start, month_end)
+        self.today_wh = (self.today_wh if self.today == today else 0.0) + in_day
+        self.month_wh = (self.month_wh if self.month == month else 0.0) + in_month
+        self.today, self.month = today, month
         self.is_on = event.is_on
         self.power_w, self.voltage_v, self.current_a = event.power_w, event.voltage_v, event.current_a
         self.total_wh, self.rssi = event.total_wh, event.rssi
@@ -206,6 +200,9 @@ class DevicesProjector:
 
     name = "devices"
 
+    def __init__(self, zone: ZoneInfo | None = None) -> None:
+        self.zone = zone or ZoneInfo("UTC")
+
     def create_tables(self, cur: psycopg.Cursor[Any]) -> None:
         cur.execute(DDL)
 
@@ -228,7 +225,7 @@ class DevicesProjector:
             row = rows.get(device_id) if device_id is not None else None
             if row is None:
                 continue
-            row.apply(event)
+            row.apply(event, self.zone)
             touched.add(row.device_id)
         cur.executemany(_UPSERT, [self._values(rows[d]) for d in touched])
 
@@ -245,8 +242,8 @@ _COLUMNS = (
 )
 
 
-def _view(row: dict[str, Any], now: datetime) -> DeviceView:
-    day = now.astimezone(timezone.utc).date()
+def _view(row: dict[str, Any], now: datetime, zone: ZoneInfo) -> DeviceView:
+    day = now.astimezone(zone).date()
     relays = row["relays"] or {}
     outlets = [
         OutletView(
@@ -284,15 +281,15 @@ def _view(row: dict[str, Any], now: datetime) -> DeviceView:
     )
 
 
-async def list_devices(conn: psycopg.AsyncConnection[Any]) -> list[DeviceView]:
-    """Every present device, in the order they were added."""
+async def list_devices(conn: psycopg.AsyncConnection[Any], zone: ZoneInfo) -> list[DeviceView]:
+    """Every present device, in the order they were added; today and this month in `zone`."""
     now = datetime.now(timezone.utc)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE NOT removed ORDER BY added_at, address")
-        return [_view(row, now) for row in await cur.fetchall()]
+        return [_view(row, now, zone) for row in await cur.fetchall()]
 
 
-async def find_device(conn: psycopg.AsyncConnection[Any], key: str) -> DeviceView | None:
+async def find_device(conn: psycopg.AsyncConnection[Any], key: str, zone: ZoneInfo) -> DeviceView | None:
     """A present device by its id or by its address (canonical spelling)."""
     try:
         device_id: UUID | None = UUID(key)
@@ -304,7 +301,7 @@ async def find_device(conn: psycopg.AsyncConnection[Any], key: str) -> DeviceVie
         else:
             await cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE address = %s AND NOT removed", (key,))
         row = await cur.fetchone()
-    return _view(row, datetime.now(timezone.utc)) if row else None
+    return _view(row, datetime.now(timezone.utc), zone) if row else None
 
 
 async def count_devices(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:

@@ -64,10 +64,10 @@ def actor_of(request: Request[Any, Any, Any]) -> str:
 async def resolve_device(services: Services, key: str) -> DeviceView:
     """A present device by id or address (any spelling of the address)."""
     async with services.read_pool.connection() as conn:
-        view = await find_device(conn, key)
+        view = await find_device(conn, key, services.zone)
         if view is None:
             try:
-                view = await find_device(conn, str(parse_address(key)))
+                view = await find_device(conn, str(parse_address(key)), services.zone)
             except InvalidAddress:
                 view = None
     if view is None:
@@ -83,7 +83,7 @@ class DevicesController(Controller):
     async def list_all(self, services: NamedDependency[Services]) -> list[DeviceView]:
         """Every device with its latest reading, in the order they were added."""
         async with services.read_pool.connection() as conn:
-            return await list_devices(conn)
+            return await list_devices(conn, services.zone)
 
     @post("/devices/manual", operation_id="addDevice", status_code=201)
     async def add(
@@ -94,7 +94,7 @@ class DevicesController(Controller):
         address = parse_address(data.ip)
         device_id = device_id_for(str(address))
         async with services.read_pool.connection() as conn:
-            if await find_device(conn, str(device_id)) is not None:
+            if await find_device(conn, str(device_id), services.zone) is not None:
                 raise DeviceAlreadyExists(f"device {address} is already added")
         snapshot = await services.driver.poll(address)
         measured_at = datetime.now(timezone.utc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -200,3 +201,22 @@ def test_poller_with_a_stale_device_retries_after_another_process_wrote(
         assert (device.alias, device.relays[None]) == ("Renamed elsewhere", False)
     finally:
         api_side.close()
+
+
+def test_today_is_the_local_day_of_the_configured_zone(database_url: str) -> None:
+    ensure_events_schema(database_url)
+    app = WattLedger(store_env(database_url))
+    engine = ProjectionEngine(app, database_url, [DevicesProjector(ZoneInfo("America/New_York"))])
+    try:
+        engine.setup()
+        address = parse_address("127.0.0.1:10040")
+        device_id = device_id_for(str(address))
+        evening = datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc)
+        app.add_device(address, plug(0.0), alias=None, actor="t", measured_at=evening - timedelta(hours=2))
+        app.record_polls([PollResult(device_id=device_id, measured_at=evening, snapshot=plug(100.0))], {}, actor="p")
+        engine.catch_up("devices")
+        [row] = rows(database_url)
+        assert row["today"].isoformat() == "2026-11-22" and row["today_wh"] == pytest.approx(100.0)
+    finally:
+        engine.close()
+        app.close()

@@ -27,6 +27,7 @@ def test_command_line_options_override_the_environment() -> None:
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         ({"NATS_URL": "127.0.0.1:4222"}, "NATS_URL"),
         ({"WATTLEDGER_DISCOVERY_TARGET": "everywhere"}, "WATTLEDGER_DISCOVERY_TARGET"),
+        ({"WATTLEDGER_TIMEZONE": "Mars/Olympus"}, "WATTLEDGER_TIMEZONE"),
     ],
 )
 def test_an_invalid_setting_is_named_in_one_line(env: dict[str, str], name: str) -> None:
