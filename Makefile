@@ -1,30 +1,16 @@
-# Two commands on a fresh machine with Python 3.11+: `make demo` and `make test`.
+# Conveniences over quickstart.py, which needs nothing but Python 3.11+.
 PYTHON ?= python3
-VENV ?= .venv
-BIN := $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test bench clean
 
-demo: install
-	$(BIN)/wattledger serve --demo --polling-interval 5
+demo:
+	$(PYTHON) quickstart.py demo
 
-test: install
-	$(BIN)/mypy
-	$(BIN)/python -m pytest
+test:
+	$(PYTHON) quickstart.py test
 
-install: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $@
-
-bench: install
-	$(BIN)/python bench/bench_poll_store.py
-	$(BIN)/python bench/bench_projection.py
-	$(BIN)/python bench/bench_relay.py
+bench:
+	$(PYTHON) quickstart.py bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf .venv build *.egg-info
