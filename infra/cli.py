@@ -8,19 +8,26 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 import structlog
 
+from adapters.emulator import EmulatorFleet, FleetError
+from adapters.onboarding import contact_and_add
+from domain.address import parse_address
+from domain.errors import DeviceAlreadyExists
+from infra.bootstrap import Runtime, open_runtime, run_parts
 from infra.logging import configure_logging
 from infra.settings import Settings, SettingsError, load_settings
+from projections.engine import ProjectionEngine
 
 log = structlog.get_logger(__name__)
 
 DEMO_PROFILES = ["HS110", "KP115", "HS100", "HS300", "KP303"]
+DEMO_PORT = 9999
 
 
 def _settings_options(parser: argparse.ArgumentParser) -> None:
@@ -100,8 +107,6 @@ def _run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
 async def _serve(
     settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace, stop: asyncio.Event
 ) -> None:
-    from infra.bootstrap import open_runtime, run_parts
-
     command = args.command
     if getattr(args, "demo", False):
         # The demo's devices live on loopback; discovery must not go out to the LAN.
@@ -124,7 +129,7 @@ async def _serve(
         )
 
 
-async def _rebuild(engine: Any, name: str) -> None:
+async def _rebuild(engine: ProjectionEngine, name: str) -> None:
     if name not in engine.projectors:
         raise SettingsError(f"unknown read model {name!r}; known: {', '.join(engine.projectors)}")
     await asyncio.to_thread(engine.setup)
@@ -143,35 +148,28 @@ async def _rebuild(engine: Any, name: str) -> None:
     sys.stderr.write(f"\rrebuilt {name}: {applied} events replayed{' ' * 40}\n")
 
 
-def _demo(runtime: Any) -> Any:
-    from contextlib import asynccontextmanager
-
-    from adapters.emulator import EmulatorFleet
-    from domain.address import parse_address
-    from domain.errors import DeviceAlreadyExists
-
-    @asynccontextmanager
-    async def demo() -> Any:
-        async with EmulatorFleet(DEMO_PROFILES, host="127.0.0.1", port=0, seed=7) as fleet:
-            for address in fleet.addresses:
-                parsed = parse_address(address)
-                snapshot = await runtime.driver.poll(parsed)
-                try:
-                    await asyncio.to_thread(
-                        runtime.app.add_device,
-                        parsed,
-                        snapshot,
-                        alias=None,
-                        actor="system:demo",
-                        measured_at=datetime.now(timezone.utc),
-                    )
-                except DeviceAlreadyExists:
-                    pass
-                log.info("demo.device", address=address, model=snapshot.model, alias=snapshot.alias)
-            runtime.saved()
-            yield fleet
-
-    return demo()
+@asynccontextmanager
+async def _demo(runtime: Runtime) -> AsyncIterator[None]:
+    """Five emulated devices, added once: the same ports and names on every start, free ones if taken."""
+    try:
+        fleet = EmulatorFleet(DEMO_PROFILES, host="127.0.0.1", port=DEMO_PORT, seed=7)
+        await fleet.start()
+    except FleetError:
+        log.warning("demo.ports_taken", first=DEMO_PORT, hint="using free ports; earlier demo devices go offline")
+        fleet = EmulatorFleet(DEMO_PROFILES, host="127.0.0.1", port=0, seed=7)
+        await fleet.start()
+    try:
+        for address in fleet.addresses:
+            try:
+                await contact_and_add(runtime.app, runtime.driver, parse_address(address), alias=None,
+                                      actor="system:demo")
+            except DeviceAlreadyExists:
+                pass
+            log.info("demo.device", address=address)
+        runtime.saved()
+        yield
+    finally:
+        await fleet.stop()
 
 
 async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, Any]) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nats
@@ -47,18 +48,24 @@ def _with_dbname(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
 
 
-@pytest.fixture
-def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
-    """A new empty database for one test, dropped afterwards."""
-    admin = server_urls[0]
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """Create an empty database on the server of `admin_url`, yield its URL, drop it afterwards."""
     name = f"wl_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield _with_dbname(admin, name)
+        yield _with_dbname(admin_url, name)
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A new empty database for one test."""
+    with fresh_database(server_urls[0]) as url:
+        yield url
 
 
 @pytest.fixture

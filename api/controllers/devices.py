@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -13,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from adapters.kasa_driver import DriverError
+from adapters.onboarding import contact_and_add
 from api.services import Services
 from domain.address import parse_address
 from domain.device import device_id_for
@@ -96,11 +96,8 @@ class DevicesController(Controller):
         async with services.read_pool.connection() as conn:
             if await find_device(conn, str(device_id), services.zone) is not None:
                 raise DeviceAlreadyExists(f"device {address} is already added")
-        snapshot = await services.driver.poll(address)
-        measured_at = datetime.now(timezone.utc)
-        last_id = await asyncio.to_thread(
-            services.app.add_device, address, snapshot, alias=data.alias, actor=actor_of(request),
-            measured_at=measured_at,
+        last_id = await contact_and_add(
+            services.app, services.driver, address, alias=data.alias, actor=actor_of(request)
         )
         if await services.wait_projected(last_id):
             view = await resolve_device(services, str(device_id))
@@ -137,11 +134,8 @@ class DevicesController(Controller):
         last_id = 0
         for address in found:
             try:
-                snapshot = await services.driver.poll(address)
-                last_id = await asyncio.to_thread(
-                    services.app.add_device, address, snapshot, alias=None, actor=actor_of(request),
-                    measured_at=datetime.now(timezone.utc),
-                )
+                last_id = await contact_and_add(services.app, services.driver, address, alias=None,
+                                                actor=actor_of(request))
                 added.append(str(address))
             except DeviceAlreadyExists:
                 known.append(str(address))

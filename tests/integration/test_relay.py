@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -26,10 +25,9 @@ from adapters.relay import Relay, RelayPublishError, decode_envelope, encode_env
 from domain.address import parse_address
 from domain.device import Device, device_id_for
 from domain.readings import DeviceSnapshot, OutletReading
+from tests.conftest import fresh_database
 
 RUN = secrets.token_hex(4)
-NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-ADMIN_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEADLINE_S = 10.0
 
 _hosts = itertools.count(1)
@@ -38,21 +36,14 @@ _streams = itertools.count(1)
 _T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    name = f"wl_test_{RUN}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(
-                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
-            )
+@pytest.fixture(scope="module")
+def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
+    """One database for this module's shared application (the tests only append to it)."""
+    with fresh_database(server_urls[0]) as url:
+        yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app(database_url: str) -> Iterator[WattLedger]:
     ensure_events_schema(database_url)
     application = WattLedger(store_env(database_url))
@@ -63,8 +54,8 @@ def app(database_url: str) -> Iterator[WattLedger]:
 
 
 @pytest.fixture
-async def nc() -> AsyncIterator[Client]:
-    client = await connect_nats(NATS_URL, name="wl-test-relay")
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await connect_nats(nats_url, name="wl-test-relay")
     try:
         yield client
     finally:
