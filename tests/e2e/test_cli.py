@@ -19,7 +19,7 @@ import nats.js.errors
 import psycopg
 
 from adapters.bus import StreamConfig
-from adapters.eventstore import WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import POLLS_PER_SAVE, WattLedger, ensure_events_schema, store_env
 from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
 
@@ -130,7 +130,7 @@ def test_relay_killed_mid_stream_and_restarted_leaves_every_event_once(
 
 
 def store_readings(database_url: str, *, devices: int, days: int) -> int:
-    """Many events fast: one new readings stream per device and day, one save per day."""
+    """Many events fast: one new readings stream per device and day, saved in bounded parts."""
     ensure_events_schema(database_url)
     app = WattLedger(store_env(database_url))
     try:
@@ -144,7 +144,8 @@ def store_readings(database_url: str, *, devices: int, days: int) -> int:
                 meter = MeterDay(device_id=uuid.UUID(int=device + 1), day=at.date().isoformat())
                 meter.record(at, snapshot, actor="test")
                 meters.append(meter)
-            app.save(*meters)
+            for first in range(0, len(meters), POLLS_PER_SAVE):
+                app.save(*meters[first : first + POLLS_PER_SAVE])
         return app.recorder.max_notification_id() or 0
     finally:
         app.close()

@@ -220,3 +220,14 @@ def test_today_is_the_local_day_of_the_configured_zone(database_url: str) -> Non
     finally:
         engine.close()
         app.close()
+
+
+def test_a_poll_cycle_of_many_devices_is_stored_whole(store: tuple[WattLedger, ProjectionEngine]) -> None:
+    app, _ = store
+    devices = [parse_address(f"127.0.1.{i // 250}:{10100 + i}") for i in range(450)]
+    for address in devices:
+        app.add_device(address, plug(0.0), alias=None, actor="t", measured_at=T0)
+    results = [PollResult(device_id=device_id_for(str(a)), measured_at=T0 + timedelta(minutes=1), snapshot=plug(1.0))
+               for a in devices]
+    assert app.record_polls(results, {}, actor="p") == 450
+    assert app.record_polls(results, {}, actor="p") == 0
