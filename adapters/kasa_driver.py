@@ -19,6 +19,7 @@ from kasa.iot import IotPlug, IotStrip
 from kasa.iot.iotstrip import IotStripPlug
 
 from domain.address import KASA_PORT, DeviceAddress
+from domain.errors import DeviceError, DeviceUnreachable, OutletNotFound, UnsupportedDevice
 from domain.readings import DeviceSnapshot, OutletReading
 
 log = structlog.get_logger(__name__)
@@ -28,20 +29,8 @@ _T = TypeVar("_T")
 _MALFORMED_ANSWER = (KeyError, TypeError, ValueError)
 
 
-class DriverError(Exception):
-    """Base of every error the Kasa driver raises."""
-
-
-class DeviceUnreachable(DriverError):
-    """No usable answer: connection refused, timeout, or a protocol error."""
-
-
-class UnsupportedDevice(DriverError):
-    """The device answered but is not a Kasa IOT plug or strip."""
-
-
-class OutletNotFound(DriverError):
-    """A control command named an outlet the device does not have."""
+DriverError = DeviceError
+"""Base of every error the Kasa driver raises (the domain's device errors)."""
 
 
 class _Meter:

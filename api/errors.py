@@ -5,29 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from eventsourcing.persistence import IntegrityError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from adapters.kasa_driver import DeviceUnreachable, DriverError, UnsupportedDevice
 from domain.errors import (
-    DeviceAlreadyExists,
-    DeviceNotFound,
-    DeviceRemoved,
+    Conflict,
     DomainError,
-    InvalidAddress,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    Unprocessable,
 )
 
 log = structlog.get_logger(__name__)
 
-STATUS: dict[type[Exception], tuple[int, str]] = {
-    InvalidAddress: (400, "INVALID_ADDRESS"),
-    DeviceNotFound: (404, "DEVICE_NOT_FOUND"),
-    DeviceRemoved: (404, "DEVICE_NOT_FOUND"),
-    DeviceAlreadyExists: (409, "DEVICE_EXISTS"),
-    IntegrityError: (409, "CONFLICT"),
-    DeviceUnreachable: (422, "DEVICE_UNREACHABLE"),
-    UnsupportedDevice: (422, "UNSUPPORTED_DEVICE"),
+# The HTTP status of each kind of domain error; the error code comes from the error itself.
+STATUS_OF_KIND: dict[type[DomainError], int] = {
+    InvalidRequest: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Unprocessable: 422,
+    Unavailable: 503,
 }
 
 HTTP_CODES = {
@@ -53,11 +51,12 @@ def _response(status_code: int, body: dict[str, Any], headers: dict[str, str] | 
     return Response(content=body, status_code=status_code, headers=headers, media_type="application/json")
 
 
-def handle_known(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
     for kind in type(exc).__mro__:
-        if kind in STATUS:
-            status_code, code = STATUS[kind]
-            return _response(status_code, error_body(status_code, str(exc) or code, code))
+        if kind in STATUS_OF_KIND:
+            status_code = STATUS_OF_KIND[kind]
+            headers = {"Retry-After": "5"} if status_code == 503 else None
+            return _response(status_code, error_body(status_code, str(exc) or exc.code, exc.code), headers)
     return handle_unexpected(request, exc)
 
 
@@ -78,9 +77,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
-    DomainError: handle_known,
-    DriverError: handle_known,
-    IntegrityError: handle_known,
+    DomainError: handle_domain,
     HTTPException: handle_http,
     Exception: handle_unexpected,
 }
