@@ -1,27 +1,46 @@
-"""The event store: the eventsourcing library on PostgreSQL, and the application service over it."""
+"""The event store: the eventsourcing library on PostgreSQL, and the store port over it.
+
+`WattLedger` is the library's application object and holds only persistence
+wiring (settings, transcodings). `StoreUnitOfWork` implements the domain's
+`EventStore` port on it: loads and saves run in a worker thread, because the
+library is synchronous, and a conflict with another writer becomes the domain's
+`ConcurrencyConflict`. A caching unit of work (the poller's) keeps aggregates
+between calls; it forgets every aggregate of a failed save.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+import asyncio
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
 from typing import Any
 from uuid import UUID
 
 import msgspec
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
 from psycopg import sql
 
-from domain.address import DeviceAddress
-from domain.device import Device, device_id_for
-from domain.errors import DeviceAlreadyExists, DeviceNotFound
-from domain.meter import MeterDay, meter_day_id, utc_day
-from domain.readings import DeviceSnapshot, OutletReading
+from domain.commands import PollResult
+from domain.device import Device
+from domain.errors import ConcurrencyConflict
+from domain.meter import MeterDay, meter_day_id
+from domain.ports import Clock, EventStore
+from domain.readings import OutletReading
+
+__all__ = [
+    "EVENTS_SCHEMA",
+    "PollResult",
+    "StoreUnitOfWork",
+    "SystemClock",
+    "WattLedger",
+    "ensure_events_schema",
+    "store_env",
+]
 
 EVENTS_SCHEMA = "wl_events"
-POLLS_PER_SAVE = 100
 
 
 class OutletReadingAsDict(Transcoding):
@@ -48,7 +67,9 @@ def store_env(database_url: str, *, pool_size: int = 5) -> dict[str, str]:
         "POSTGRES_SCHEMA": EVENTS_SCHEMA,
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_LOCK_TIMEOUT": "10",
-        "AGGREGATE_CACHE_MAXSIZE": "2000",
+        # A connection the server ended (restart, failover, idle timeout) is replaced, not used.
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_CONNECT_TIMEOUT": "10",
     }
 
 
@@ -57,180 +78,100 @@ def ensure_events_schema(database_url: str) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EVENTS_SCHEMA)))
 
 
-class PollResult(msgspec.Struct, frozen=True, kw_only=True):
-    """A good poll of one known device."""
-
-    device_id: UUID
-    measured_at: datetime
-    snapshot: DeviceSnapshot
-
-
 class WattLedger(Application[UUID]):
-    """Every state change of the system goes through here and lands in one event log."""
+    """The event log of the system: persistence wiring only; decisions live in `domain.handlers`."""
 
     name = "WattLedger"
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(dict(env or {}))
-        # The poll path keeps its aggregates between cycles instead of loading them each
-        # time; a conflict with another writer drops them and the cycle is retried.
-        self._meters: dict[UUID, MeterDay] = {}
-        self._devices: dict[UUID, Device] = {}
-        self._write_lock = threading.Lock()
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(OutletReadingAsDict())
 
-    def get_device(self, device_id: UUID) -> Device:
+    def load(self, aggregate_id: UUID) -> Aggregate | None:
         try:
-            device: object = self.repository.get(device_id)
+            aggregate: Aggregate = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
-            raise DeviceNotFound(f"no device with id {device_id}") from None
-        assert isinstance(device, Device)
-        return device
+            return None
+        return aggregate
 
-    def add_device(
-        self,
-        address: DeviceAddress,
-        snapshot: DeviceSnapshot,
-        *,
-        alias: str | None,
-        actor: str,
-        measured_at: datetime,
-    ) -> int:
-        """Add a device seen at `address`, with its first reading, in one transaction.
-
-        Re-adding a removed device restores it (same id, history kept). Raises
-        DeviceAlreadyExists if it is present, also when another writer added it
-        first. Returns the notification id of the last event stored.
-        """
-        with self._write_lock:
-            return self._add_device_locked(address, snapshot, alias=alias, actor=actor, measured_at=measured_at)
-
-    def _add_device_locked(
-        self, address: DeviceAddress, snapshot: DeviceSnapshot, *, alias: str | None, actor: str, measured_at: datetime
-    ) -> int:
-        canonical = str(address)
-        self._devices.pop(device_id_for(canonical), None)
+    def store(self, *aggregates: Aggregate) -> int:
+        """Save in one transaction; returns the last notification id. Raises ConcurrencyConflict."""
         try:
-            device = self.get_device(device_id_for(canonical))
-        except DeviceNotFound:
-            device = Device.from_snapshot(canonical, snapshot, alias=alias, actor=actor)
-        else:
-            if not device.removed:
-                raise DeviceAlreadyExists(f"device {canonical} is already added")
-            device.restore(snapshot, alias=alias, actor=actor)
-        meter = self._meter(device.id, measured_at)
-        meter.record(measured_at, snapshot, actor=actor)
-        try:
-            return self._save(device, meter)
-        except IntegrityError:
-            self._forget()
-            raise DeviceAlreadyExists(f"device {canonical} is already added") from None
-        except BaseException:
-            self._forget()
-            raise
-
-    def remove_device(self, device_id: UUID, *, actor: str) -> int:
-        with self._write_lock:
-            self._devices.pop(device_id, None)
-            device = self.get_device(device_id)
-            device.remove(actor=actor)
-            return self._save(device)
-
-    def rename_device(self, device_id: UUID, alias: str, *, actor: str) -> int:
-        with self._write_lock:
-            self._devices.pop(device_id, None)
-            device = self.get_device(device_id)
-            device.rename(alias, actor=actor)
-            return self._save(device)
-
-    def _save(self, *aggregates: Device | MeterDay) -> int:
-        recordings = self.save(*aggregates)
+            recordings = self.save(*aggregates)
+        except IntegrityError as exc:
+            raise ConcurrencyConflict("another writer changed the same aggregate first") from exc
         return max((r.notification.id for r in recordings), default=0)
 
-    def record_polls(
-        self, results: Iterable[PollResult], offline: Mapping[UUID, int], *, actor: str
-    ) -> int:
-        """Store one poll cycle: readings, relay changes, online/offline.
 
-        `offline` maps devices that failed this cycle to their count of missed polls.
-        Up to POLLS_PER_SAVE devices go into one transaction: the library pipelines a
-        save's inserts, and a save of thousands of aggregates was seen to deadlock the
-        connection (at 800 aggregates over a Unix socket, 8000 over TCP). A device's
-        events always share a transaction. Returns the number of readings recorded.
-        On a conflict with another writer the cached streams are dropped and that
-        part is retried once from the store.
-        """
-        batch = list(results)
-        failed = list(offline.items())
-        recorded = 0
-        for start in range(0, max(len(batch), len(failed)), POLLS_PER_SAVE):
-            part = batch[start : start + POLLS_PER_SAVE]
-            missed = dict(failed[start : start + POLLS_PER_SAVE])
-            for attempt in (1, 2):
-                try:
-                    with self._write_lock:
-                        recorded += self._record_polls(part, missed, actor=actor)
-                    break
-                except IntegrityError:
-                    self._forget()
-                    if attempt == 2:
-                        raise
-                except BaseException:
-                    self._forget()
-                    raise
-        return recorded
+class SystemClock(Clock):
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
 
-    def _forget(self) -> None:
-        self._meters.clear()
-        self._devices.clear()
 
-    def _polled_device(self, device_id: UUID) -> Device:
-        device = self._devices.get(device_id)
-        if device is None:
-            device = self._devices[device_id] = self.get_device(device_id)
-        return device
+class StoreUnitOfWork(EventStore):
+    """The domain's `EventStore` port over a `WattLedger` application.
 
-    def _record_polls(
-        self, batch: list[PollResult], offline: Mapping[UUID, int], *, actor: str
-    ) -> int:
-        aggregates: list[Device | MeterDay] = []
-        recorded = 0
-        for result in batch:
-            try:
-                device = self._polled_device(result.device_id)
-            except DeviceNotFound:
-                continue
-            if device.removed:
-                continue
-            device.came_online(actor=actor)
-            device.observe_relays(result.snapshot, actor=actor)
-            meter = self._meter(result.device_id, result.measured_at)
-            recorded += meter.record(result.measured_at, result.snapshot, actor=actor)
-            aggregates += [device, meter]
-        for device_id, missed in offline.items():
-            try:
-                device = self._polled_device(device_id)
-            except DeviceNotFound:
-                continue
-            device.went_offline(missed, actor=actor)
-            aggregates.append(device)
-        self.save(*aggregates)
-        return recorded
+    With `cache=True` loaded aggregates are kept and reused by later calls, which
+    makes a poll cycle's store several times faster; only one writer may then use
+    the instance at a time (the poller's store loop). Meter days older than the
+    newest one loaded are dropped from the cache.
+    """
 
-    def _meter(self, device_id: UUID, measured_at: datetime) -> MeterDay:
-        day = utc_day(measured_at)
+    def __init__(self, app: WattLedger, *, cache: bool = False) -> None:
+        self.app = app
+        self.cache = cache
+        self._devices: dict[UUID, Device] = {}
+        self._meters: dict[UUID, MeterDay] = {}
+
+    async def device(self, device_id: UUID) -> Device | None:
+        if (cached := self._devices.get(device_id)) is not None:
+            return cached
+        loaded = await asyncio.to_thread(self.app.load, device_id)
+        if loaded is None:
+            return None
+        if not isinstance(loaded, Device):
+            raise TypeError(f"aggregate {device_id} is a {type(loaded).__name__}, not a Device")
+        if self.cache:
+            self._devices[device_id] = loaded
+        return loaded
+
+    async def meter_day(self, device_id: UUID, day: date) -> MeterDay | None:
         stream_id = meter_day_id(device_id, day)
-        meter = self._meters.get(stream_id)
-        if meter is None:
-            try:
-                loaded: object = self.repository.get(stream_id)
-                assert isinstance(loaded, MeterDay)
-                meter = loaded
-            except AggregateNotFoundError:
-                meter = MeterDay(device_id=device_id, day=day.isoformat())
-            self._meters = {k: v for k, v in self._meters.items() if v.day >= meter.day}
-            self._meters[stream_id] = meter
-        return meter
+        if (cached := self._meters.get(stream_id)) is not None:
+            return cached
+        loaded = await asyncio.to_thread(self.app.load, stream_id)
+        if loaded is not None and not isinstance(loaded, MeterDay):
+            raise TypeError(f"aggregate {stream_id} is a {type(loaded).__name__}, not a MeterDay")
+        return loaded
+
+    async def save(self, *aggregates: Aggregate) -> int:
+        try:
+            position = await asyncio.to_thread(self.app.store, *aggregates)
+        except BaseException:
+            self._forget(aggregates)
+            raise
+        if self.cache:
+            self._keep(aggregates)
+        return position
+
+    def forget_all(self) -> None:
+        self._devices.clear()
+        self._meters.clear()
+
+    def _forget(self, aggregates: tuple[Aggregate, ...]) -> None:
+        for aggregate in aggregates:
+            self._devices.pop(aggregate.id, None)
+            self._meters.pop(aggregate.id, None)
+
+    def _keep(self, aggregates: tuple[Aggregate, ...]) -> None:
+        newest = max((a.day for a in aggregates if isinstance(a, MeterDay)), default=None)
+        if newest is not None and any(m.day < newest for m in self._meters.values()):
+            self._meters = {k: m for k, m in self._meters.items() if m.day >= newest}
+        for aggregate in aggregates:
+            if isinstance(aggregate, Device):
+                self._devices[aggregate.id] = aggregate
+            elif isinstance(aggregate, MeterDay) and (newest is None or aggregate.day >= newest):
+                self._meters[aggregate.id] = aggregate

@@ -20,6 +20,7 @@ from kasa.iot.iotstrip import IotStripPlug
 
 from domain.address import KASA_PORT, DeviceAddress
 from domain.errors import DeviceError, DeviceUnreachable, OutletNotFound, UnsupportedDevice
+from domain.ports import DeviceDriver
 from domain.readings import DeviceSnapshot, OutletReading
 
 log = structlog.get_logger(__name__)
@@ -121,7 +122,7 @@ def _outlet_reading(index: int, child: Device, has_emeter: bool) -> OutletReadin
     )
 
 
-class KasaDriver:
+class KasaDriver(DeviceDriver):
     """Talks to Kasa IOT devices; one cached connection per address.
 
     Calls for one address run one at a time; calls for different addresses run

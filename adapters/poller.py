@@ -11,9 +11,10 @@ from uuid import UUID
 import msgspec
 import structlog
 
-from adapters.eventstore import PollResult, WattLedger
 from adapters.kasa_driver import DriverError, KasaDriver
 from domain.address import parse_address
+from domain.commands import MissedPolls, PollResult, RecordPolls
+from domain.handlers import CommandHandlers
 from domain.errors import InvalidAddress
 
 log = structlog.get_logger(__name__)
@@ -41,7 +42,7 @@ class Poller:
 
     def __init__(
         self,
-        app: WattLedger,
+        commands: CommandHandlers,
         driver: KasaDriver,
         devices: DeviceList,
         *,
@@ -50,7 +51,7 @@ class Poller:
         offline_after: int = 3,
         on_saved: Callable[[], None] = lambda: None,
     ) -> None:
-        self.app = app
+        self.commands = commands
         self.driver = driver
         self.devices = devices
         self.interval = interval
@@ -87,7 +88,14 @@ class Poller:
                 self._missed.pop(device_id, None)
         recorded = 0
         if results or offline:
-            recorded = await asyncio.to_thread(self.app.record_polls, results, offline, actor=POLLER_ACTOR)
+            stored = await self.commands.record_polls(
+                RecordPolls(
+                    results=tuple(results),
+                    offline=tuple(MissedPolls(device_id=d, count=n) for d, n in offline.items()),
+                    actor=POLLER_ACTOR,
+                )
+            )
+            recorded = stored.recorded
             self.on_saved()
         report = CycleReport(
             polled=len(devices),

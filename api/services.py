@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.eventstore import WattLedger
 from adapters.kasa_driver import KasaDriver
+from domain.handlers import CommandHandlers
 from projections.engine import READ_SCHEMA
 
 VERSION = "0.1.0"
@@ -27,6 +28,7 @@ class Services:
     app: WattLedger
     driver: KasaDriver
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+    commands: CommandHandlers
     discovery_target: str = "255.255.255.255"
     discovery_port: int | None = None
     zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))

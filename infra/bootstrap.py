@@ -18,12 +18,13 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream
-from adapters.eventstore import WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
 from adapters.kasa_driver import KasaDriver
 from adapters.poller import Poller
 from adapters.relay import Relay
 from api.app import create_app
 from api.services import Services
+from domain.handlers import CommandHandlers
 from infra.settings import Settings
 from projections.devices import DevicesProjector, active_devices
 from projections.engine import ProjectionEngine, Projector
@@ -63,7 +64,7 @@ class Runtime:
 
     def poller(self) -> Poller:
         return Poller(
-            self.app,
+            self.handlers(cache=True),
             self.driver,
             self.known_devices,
             interval=self.settings.polling_interval,
@@ -72,11 +73,16 @@ class Runtime:
             on_saved=self.saved,
         )
 
+    def handlers(self, *, cache: bool = False) -> CommandHandlers:
+        """The write side over this process's store and driver; `cache` for a single writer (the poller)."""
+        return CommandHandlers(StoreUnitOfWork(self.app, cache=cache), self.driver, SystemClock())
+
     def services(self) -> Services:
         return Services(
             app=self.app,
             driver=self.driver,
             read_pool=self.read_pool,
+            commands=self.handlers(),
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
             zone=self.settings.zone,

@@ -16,8 +16,7 @@ import msgspec
 import structlog
 
 from adapters.emulator import EmulatorFleet, FleetError
-from adapters.onboarding import contact_and_add
-from domain.address import parse_address
+from domain.commands import AddDevice
 from domain.errors import DeviceAlreadyExists
 from infra.bootstrap import Runtime, open_runtime, run_parts
 from infra.logging import configure_logging
@@ -161,8 +160,7 @@ async def _demo(runtime: Runtime) -> AsyncIterator[None]:
     try:
         for address in fleet.addresses:
             try:
-                await contact_and_add(runtime.app, runtime.driver, parse_address(address), alias=None,
-                                      actor="system:demo")
+                await runtime.handlers().add_device(AddDevice(address=address, actor="system:demo"))
             except DeviceAlreadyExists:
                 pass
             log.info("demo.device", address=address)

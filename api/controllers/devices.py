@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -11,18 +10,16 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from adapters.kasa_driver import DriverError
-from adapters.onboarding import contact_and_add
 from api.services import Services
 from domain.address import parse_address
-from domain.device import device_id_for
-from domain.errors import DeviceAlreadyExists, DeviceNotFound, InvalidAddress
+from domain.commands import AddDevice, DiscoverDevices, RemoveDevice
+from domain.errors import DeviceNotFound, InvalidAddress
 from projections.devices import DeviceView, find_device, list_devices
 
 Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]*$")]
 
 
-class AddDevice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class AddDeviceRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A device to add by address: `host` or `host:port`."""
 
     ip: Annotated[str, msgspec.Meta(min_length=1, max_length=261, description="host or host:port")]
@@ -87,22 +84,17 @@ class DevicesController(Controller):
 
     @post("/devices/manual", operation_id="addDevice", status_code=201)
     async def add(
-        self, request: Request[Any, Any, Any], data: JSONBody[AddDevice], services: NamedDependency[Services]
+        self, request: Request[Any, Any, Any], data: JSONBody[AddDeviceRequest], services: NamedDependency[Services]
     ) -> Response[DeviceView | DeviceAccepted]:
         """Add a device by address. The device is contacted first: its first reading is stored
         with the add, so it shows at once. 400 bad address, 409 already added, 422 unreachable."""
-        address = parse_address(data.ip)
-        device_id = device_id_for(str(address))
-        async with services.read_pool.connection() as conn:
-            if await find_device(conn, str(device_id), services.zone) is not None:
-                raise DeviceAlreadyExists(f"device {address} is already added")
-        last_id = await contact_and_add(
-            services.app, services.driver, address, alias=data.alias, actor=actor_of(request)
+        added = await services.commands.add_device(
+            AddDevice(address=data.ip, alias=data.alias, actor=actor_of(request))
         )
-        if await services.wait_projected(last_id):
-            view = await resolve_device(services, str(device_id))
+        if await services.wait_projected(added.position):
+            view = await resolve_device(services, str(added.device_id))
             return Response(view, status_code=201)
-        return Response(DeviceAccepted(device_id=device_id, device_ip=str(address)), status_code=202)
+        return Response(DeviceAccepted(device_id=added.device_id, device_ip=added.address), status_code=202)
 
     @get("/device/{device:str}", operation_id="getDevice")
     async def show(self, device: FromPath[str], services: NamedDependency[Services]) -> DeviceView:
@@ -115,8 +107,10 @@ class DevicesController(Controller):
     ) -> DeviceRemovedView:
         """Remove a device: it is no longer polled or listed; its history stays in the event log."""
         view = await resolve_device(services, device)
-        last_id = await asyncio.to_thread(services.app.remove_device, view.device_id, actor=actor_of(request))
-        await services.wait_projected(last_id)
+        stored = await services.commands.remove_device(
+            RemoveDevice(device_id=view.device_id, actor=actor_of(request))
+        )
+        await services.wait_projected(stored.position)
         return DeviceRemovedView(message="Device removed", device_id=view.device_id, device_ip=view.device_ip)
 
     @post("/discover", operation_id="discoverDevices", status_code=200)
@@ -126,21 +120,18 @@ class DevicesController(Controller):
         services: NamedDependency[Services],
         data: JSONBody[DiscoverRequest | None] = None,
     ) -> DiscoverResult:
-        """Discover devices at the configured discovery target and add the new ones."""
-        found = await services.driver.discover(services.discovery_target, port=services.discovery_port)
-        added: list[str] = []
-        known: list[str] = []
-        unreachable: list[str] = []
-        last_id = 0
-        for address in found:
-            try:
-                last_id = await contact_and_add(services.app, services.driver, address, alias=None,
-                                                actor=actor_of(request))
-                added.append(str(address))
-            except DeviceAlreadyExists:
-                known.append(str(address))
-            except DriverError:
-                unreachable.append(str(address))
-        if last_id:
-            await services.wait_projected(last_id)
-        return DiscoverResult(discovered=len(found), added=added, already_known=known, unreachable=unreachable)
+        """Discover devices at the configured discovery target and add the new ones
+        (contacted concurrently, a bounded number at a time)."""
+        found = await services.commands.discover_devices(
+            DiscoverDevices(
+                target=services.discovery_target, port=services.discovery_port, actor=actor_of(request)
+            )
+        )
+        if found.position:
+            await services.wait_projected(found.position)
+        return DiscoverResult(
+            discovered=found.discovered,
+            added=found.added,
+            already_known=found.already_known,
+            unreachable=found.unreachable,
+        )

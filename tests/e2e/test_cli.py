@@ -19,7 +19,8 @@ import nats.js.errors
 import psycopg
 
 from adapters.bus import StreamConfig
-from adapters.eventstore import POLLS_PER_SAVE, WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import WattLedger, ensure_events_schema, store_env
+from domain.handlers import POLLS_PER_SAVE
 from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
 

@@ -1,0 +1,219 @@
+"""The command handlers: every use case of the write side, over ports only.
+
+Each entry point builds a `CommandHandlers` with its own adapters and calls the
+same methods. A handler decides with the aggregates, stores their events in one
+`save`, and owns the retry policy: a `ConcurrencyConflict` reloads and decides
+again once; a second conflict reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from domain.address import DeviceAddress, parse_address
+from domain.commands import (
+    AddDevice,
+    Command,
+    DeviceAdded,
+    Discovered,
+    DiscoverDevices,
+    MissedPolls,
+    PollResult,
+    PollsRecorded,
+    RecordPolls,
+    RemoveDevice,
+    RenameDevice,
+    Stored,
+)
+from domain.device import Device, device_id_for
+from domain.errors import (
+    ConcurrencyConflict,
+    DeviceAlreadyExists,
+    DeviceError,
+    DeviceNotFound,
+    InvalidRequest,
+)
+from domain.meter import MeterDay, utc_day
+from domain.ports import Clock, DeviceDriver, EventStore
+from domain.readings import DeviceSnapshot
+
+POLLS_PER_SAVE = 100
+"""Devices per transaction when storing polls: one huge pipelined save was seen to hang its connection."""
+
+DISCOVERY_CONCURRENCY = 16
+
+
+class CommandHandlers:
+    """The write side of WattLedger: one method per command, `handle` for any of them."""
+
+    def __init__(self, store: EventStore, driver: DeviceDriver, clock: Clock) -> None:
+        self.store = store
+        self.driver = driver
+        self.clock = clock
+
+    async def handle(self, command: Command) -> DeviceAdded | Stored | PollsRecorded | Discovered:
+        match command:
+            case AddDevice():
+                return await self.add_device(command)
+            case RemoveDevice():
+                return await self.remove_device(command)
+            case RenameDevice():
+                return await self.rename_device(command)
+            case DiscoverDevices():
+                return await self.discover_devices(command)
+            case RecordPolls():
+                return await self.record_polls(command)
+        raise InvalidRequest(f"unknown command {type(command).__name__}")
+
+    async def add_device(self, command: AddDevice) -> DeviceAdded:
+        """Contact the device first; nothing is stored unless it answers.
+
+        Raises InvalidAddress, DeviceAlreadyExists (also when another writer added
+        it meanwhile) and the driver's DeviceError.
+        """
+        address = parse_address(command.address)
+        await self._check_absent(address)
+        snapshot = await self.driver.poll(address)
+        return await self._add_polled(address, snapshot, alias=command.alias, actor=command.actor)
+
+    async def _check_absent(self, address: DeviceAddress) -> None:
+        device = await self.store.device(device_id_for(str(address)))
+        if device is not None and not device.removed:
+            raise DeviceAlreadyExists(f"device {address} is already added")
+
+    async def _add_polled(
+        self, address: DeviceAddress, snapshot: DeviceSnapshot, *, alias: str | None, actor: str
+    ) -> DeviceAdded:
+        canonical = str(address)
+        device_id = device_id_for(canonical)
+        measured_at = self.clock.now()
+        for attempt in (1, 2):
+            device = await self.store.device(device_id)
+            if device is None:
+                device = Device.from_snapshot(canonical, snapshot, alias=alias, actor=actor)
+            elif not device.removed:
+                raise DeviceAlreadyExists(f"device {canonical} is already added")
+            else:
+                device.restore(snapshot, alias=alias, actor=actor)
+            meter = await self._meter(device_id, measured_at)
+            meter.record(measured_at, snapshot, actor=actor)
+            try:
+                position = await self.store.save(device, meter)
+            except ConcurrencyConflict:
+                if attempt == 2:
+                    raise
+                continue
+            return DeviceAdded(device_id=device_id, address=canonical, position=position)
+        raise AssertionError("unreachable")
+
+    async def remove_device(self, command: RemoveDevice) -> Stored:
+        """Remove a present device; its history stays. Raises DeviceNotFound / DeviceRemoved."""
+        return await self._change_device(command.device_id, lambda d: d.remove(actor=command.actor))
+
+    async def rename_device(self, command: RenameDevice) -> Stored:
+        return await self._change_device(
+            command.device_id, lambda d: d.rename(command.alias, actor=command.actor)
+        )
+
+    async def _change_device(self, device_id: UUID, change: Callable[[Device], None]) -> Stored:
+        for attempt in (1, 2):
+            device = await self.store.device(device_id)
+            if device is None:
+                raise DeviceNotFound(f"no device with id {device_id}")
+            change(device)
+            try:
+                return Stored(position=await self.store.save(device))
+            except ConcurrencyConflict:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def discover_devices(self, command: DiscoverDevices) -> Discovered:
+        """Discover, then contact the devices found concurrently (bounded) and add the new ones."""
+        found = await self.driver.discover(command.target, port=command.port)
+        limit = asyncio.Semaphore(DISCOVERY_CONCURRENCY)
+        added: list[str] = []
+        known: list[str] = []
+        unreachable: list[str] = []
+        positions = [0]
+
+        async def one(address: DeviceAddress) -> None:
+            async with limit:
+                try:
+                    await self._check_absent(address)
+                    snapshot = await self.driver.poll(address)
+                    result = await self._add_polled(address, snapshot, alias=None, actor=command.actor)
+                except DeviceAlreadyExists:
+                    known.append(str(address))
+                except DeviceError:
+                    unreachable.append(str(address))
+                else:
+                    added.append(str(address))
+                    positions.append(result.position)
+
+        await asyncio.gather(*(one(a) for a in found))
+        return Discovered(
+            discovered=len(found),
+            added=sorted(added),
+            already_known=sorted(known),
+            unreachable=sorted(unreachable),
+            position=max(positions),
+        )
+
+    async def record_polls(self, command: RecordPolls) -> PollsRecorded:
+        """Store a poller's results in parts of POLLS_PER_SAVE devices, each part one transaction.
+
+        A device's events always share a transaction. A reading whose device and
+        timestamp are already stored records nothing, so a retried part never
+        stores a reading twice. Unknown and removed devices are skipped.
+        """
+        results, offline = command.results, command.offline
+        recorded = position = 0
+        for start in range(0, max(len(results), len(offline)), POLLS_PER_SAVE):
+            part = results[start : start + POLLS_PER_SAVE]
+            missed = offline[start : start + POLLS_PER_SAVE]
+            for attempt in (1, 2):
+                try:
+                    count, last = await self._record_part(part, missed, actor=command.actor)
+                except ConcurrencyConflict:
+                    if attempt == 2:
+                        raise
+                    continue
+                recorded += count
+                position = max(position, last)
+                break
+        return PollsRecorded(recorded=recorded, position=position)
+
+    async def _record_part(
+        self, results: Sequence[PollResult], offline: Sequence[MissedPolls], *, actor: str
+    ) -> tuple[int, int]:
+        aggregates: list[Aggregate] = []
+        recorded = 0
+        for result in results:
+            device = await self.store.device(result.device_id)
+            if device is None or device.removed:
+                continue
+            device.came_online(actor=actor)
+            device.observe_relays(result.snapshot, actor=actor)
+            meter = await self._meter(result.device_id, result.measured_at)
+            recorded += meter.record(result.measured_at, result.snapshot, actor=actor)
+            aggregates += [device, meter]
+        for missed in offline:
+            device = await self.store.device(missed.device_id)
+            if device is None:
+                continue
+            device.went_offline(missed.count, actor=actor)
+            aggregates.append(device)
+        if not aggregates:
+            return 0, 0
+        return recorded, await self.store.save(*aggregates)
+
+    async def _meter(self, device_id: UUID, measured_at: datetime) -> MeterDay:
+        day = utc_day(measured_at)
+        meter = await self.store.meter_day(device_id, day)
+        return meter if meter is not None else MeterDay(device_id=device_id, day=day.isoformat())
