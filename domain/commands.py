@@ -11,6 +11,8 @@ from uuid import UUID
 
 import msgspec
 
+from domain.address import parse_address
+from domain.device import device_id_for
 from domain.readings import DeviceSnapshot
 
 
@@ -65,7 +67,12 @@ class RecordPolls(Command, frozen=True, kw_only=True, tag="record_polls"):
     offline: tuple[MissedPolls, ...] = ()
 
 
-DeviceCommand = AddDevice | RemoveDevice | RenameDevice | DiscoverDevices
+def device_key(key: str) -> UUID:
+    """A device id from its id or any spelling of its address (raises InvalidAddress)."""
+    try:
+        return UUID(key)
+    except ValueError:
+        return device_id_for(str(parse_address(key)))
 
 
 class DeviceAdded(msgspec.Struct, frozen=True, kw_only=True):

@@ -96,3 +96,20 @@ class UnsupportedDevice(DeviceError):
     """The device answered but is not a supported plug or strip."""
 
     code = "UNSUPPORTED_DEVICE"
+
+
+STATUS_OF_KIND: dict[type[DomainError], int] = {
+    InvalidRequest: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Unprocessable: 422,
+    Unavailable: 503,
+}
+"""The status (HTTP numbering, used by REST and by NATS replies alike) of each kind of error."""
+
+
+def status_of(error: DomainError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS_OF_KIND:
+            return STATUS_OF_KIND[kind]
+    return 500

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from adapters.bus import StreamConfig, connect_nats, ensure_stream
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
 from adapters.kasa_driver import KasaDriver
+from adapters.nats_commands import CommandResponder
 from adapters.poller import Poller
 from adapters.relay import Relay
 from api.app import create_app
@@ -76,6 +77,17 @@ class Runtime:
     def handlers(self, *, cache: bool = False) -> CommandHandlers:
         """The write side over this process's store and driver; `cache` for a single writer (the poller)."""
         return CommandHandlers(StoreUnitOfWork(self.app, cache=cache), self.driver, SystemClock())
+
+    def responder(self) -> CommandResponder:
+        """NATS request/reply commands (`<prefix>.cmd.device.*`) over the same handlers as REST."""
+        return CommandResponder(
+            self.nc,
+            self.handlers(),
+            subject_prefix=self.stream.subject_prefix,
+            discovery_target=self.settings.discovery_target,
+            discovery_port=self.settings.discovery_port,
+            on_saved=self.saved,
+        )
 
     def services(self) -> Services:
         return Services(
@@ -185,6 +197,7 @@ async def run_parts(
         stopper = asyncio.create_task(stop.wait())
         if api:
             background.append(asyncio.create_task(serve_api(runtime, stop), name="api"))
+            background.append(asyncio.create_task(runtime.responder().run(stop), name="commands"))
         done, _ = await asyncio.wait([*background, stopper], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         for task in done:

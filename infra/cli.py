@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import signal
 import socket
@@ -15,9 +16,8 @@ from typing import Any
 import msgspec
 import structlog
 
-from adapters.emulator import EmulatorFleet, FleetError
-from domain.commands import AddDevice
-from domain.errors import DeviceAlreadyExists
+from domain.commands import AddDevice, Command, RemoveDevice, RenameDevice, device_key
+from domain.errors import DeviceAlreadyExists, DomainError
 from infra.bootstrap import Runtime, open_runtime, run_parts
 from infra.logging import configure_logging
 from infra.settings import Settings, SettingsError, load_settings
@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     project = commands.add_parser("project", help="run the projectors, or rebuild one from zero")
     project.add_argument("--rebuild", metavar="NAME", help="replay one read model from the first event and exit")
     _settings_options(project)
+    device = commands.add_parser("device", help="add, rename or remove a device (the same commands as the API)")
+    actions = device.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="contact the device at ADDRESS and add it")
+    add.add_argument("address", help="host or host:port")
+    add.add_argument("--alias", default=None, help="name to show instead of the device's own")
+    rename = actions.add_parser("rename", help="give a device a new alias")
+    rename.add_argument("device", help="device id or address")
+    rename.add_argument("alias")
+    remove = actions.add_parser("remove", help="remove a device (its history stays)")
+    remove.add_argument("device", help="device id or address")
+    for sub in (add, rename, remove):
+        _settings_options(sub)
     emulate = commands.add_parser("emulate", help="run emulated Kasa devices on loopback")
     emulate.add_argument("--devices", default=",".join(DEMO_PROFILES), help="comma-separated profiles")
     emulate.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
@@ -111,6 +123,9 @@ async def _serve(
         # The demo's devices live on loopback; discovery must not go out to the LAN.
         settings = msgspec.structs.replace(settings, discovery_target="127.0.0.1")
     async with open_runtime(settings, database_url, nats_url) as runtime:
+        if command == "device":
+            await _device_command(runtime, args)
+            return
         if command == "project" and args.rebuild:
             await _rebuild(runtime.engine, args.rebuild)
             return
@@ -126,6 +141,25 @@ async def _serve(
             relay=command in ("serve", "relay"),
             project=command in ("serve", "project"),
         )
+
+
+async def _device_command(runtime: Runtime, args: argparse.Namespace) -> None:
+    """Run one device command through the handlers; print its result as JSON, or the error and exit 1."""
+    actor = f"cli:{getpass.getuser()}"
+    handlers = runtime.handlers()
+    command: Command
+    try:
+        if args.action == "add":
+            command = AddDevice(address=args.address, alias=args.alias, actor=actor)
+        elif args.action == "rename":
+            command = RenameDevice(device_id=device_key(args.device), alias=args.alias, actor=actor)
+        else:
+            command = RemoveDevice(device_id=device_key(args.device), actor=actor)
+        result = await handlers.handle(command)
+    except DomainError as exc:
+        print(f"wattledger: {exc} ({exc.code})", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(msgspec.json.encode(result).decode())
 
 
 async def _rebuild(engine: ProjectionEngine, name: str) -> None:
@@ -150,6 +184,11 @@ async def _rebuild(engine: ProjectionEngine, name: str) -> None:
 @asynccontextmanager
 async def _demo(runtime: Runtime) -> AsyncIterator[None]:
     """Five emulated devices, added once: the same ports and names on every start, free ones if taken."""
+    try:
+        from adapters.emulator import EmulatorFleet, FleetError
+    except ImportError:
+        raise SettingsError("--demo needs the device emulator, which runs from a source checkout") from None
+
     try:
         fleet = EmulatorFleet(DEMO_PROFILES, host="127.0.0.1", port=DEMO_PORT, seed=7)
         await fleet.start()
@@ -196,9 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "emulate":
             configure_logging(args.log_level or "info")
-            from adapters.emulator import run_emulator
-
-            from adapters.emulator import loopback_hosts
+            try:
+                from adapters.emulator import loopback_hosts, run_emulator
+            except ImportError:
+                print(
+                    "wattledger: the device emulator is not installed; it runs from a source checkout "
+                    "(pip install -e .)",
+                    file=sys.stderr,
+                )
+                return 2
 
             profiles = [p.strip() for p in args.devices.split(",") if p.strip()]
             discovery = args.discovery_port is not None

@@ -1,0 +1,177 @@
+"""Commands over NATS request/reply: `<prefix>.cmd.device.<verb>` mirrors the REST commands.
+
+Every API process subscribes in one queue group, so a request is handled once
+however many processes run. A request body is JSON (unknown fields refused); the
+reply is `{"ok": true, "result": {...}}` or `{"ok": false, "error": {"status_code",
+"error_code", "detail"}}` with the same codes as the REST API. A request that
+cannot be decoded is answered with a 400 error and changes nothing.
+
+| subject | body | result |
+| --- | --- | --- |
+| `<prefix>.cmd.device.add` | `{"ip", "alias"?}` | `{"device_id", "device_ip", "position"}` |
+| `<prefix>.cmd.device.remove` | `{"device"}` (id or address) | `{"position"}` |
+| `<prefix>.cmd.device.rename` | `{"device", "alias"}` | `{"position"}` |
+| `<prefix>.cmd.device.discover` | `{"target"?, "port"?}` | `{"discovered", "added", "already_known", "unreachable", "position"}` |
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from domain.commands import AddDevice, DiscoverDevices, RemoveDevice, RenameDevice, device_key
+from domain.errors import DomainError, InvalidRequest, NotFound, Unavailable, status_of
+from domain.handlers import CommandHandlers
+
+log = structlog.get_logger(__name__)
+
+QUEUE_GROUP = "wattledger-commands"
+
+Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]*$")]
+DeviceKey = Annotated[str, msgspec.Meta(min_length=1, max_length=261)]
+
+
+class AddBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ip: DeviceKey
+    alias: Alias | None = None
+
+
+class DeviceBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    device: DeviceKey
+
+
+class RenameBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    device: DeviceKey
+    alias: Alias
+
+
+class DiscoverBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    target: str | None = None
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    status_code: int
+    error_code: str
+    detail: str
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ok: bool
+    result: Any = None
+    error: ErrorReply | None = None
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def actor_of(msg: Msg) -> str:
+    """Who asks. Until NATS clients authenticate, a request acts as an anonymous NATS client."""
+    client = (msg.headers or {}).get("WL-Client", "anonymous")
+    return f"nats:{client[:64]}" if client.isprintable() else "nats:anonymous"
+
+
+class CommandResponder:
+    """Answers `<prefix>.cmd.device.*` requests with the same handlers the REST API uses."""
+
+    def __init__(
+        self,
+        nc: Client,
+        commands: CommandHandlers,
+        *,
+        subject_prefix: str,
+        discovery_target: str,
+        discovery_port: int | None,
+        on_saved: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._nc = nc
+        self._commands = commands
+        self._prefix = subject_prefix
+        self._discovery_target = discovery_target
+        self._discovery_port = discovery_port
+        self._on_saved = on_saved
+        self._subscription: Subscription | None = None
+        self._routes: dict[str, Callable[[bytes, str], Awaitable[Any]]] = {
+            "add": self._add,
+            "remove": self._remove,
+            "rename": self._rename,
+            "discover": self._discover,
+        }
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(
+            f"{self._prefix}.cmd.device.*", queue=QUEUE_GROUP, cb=self._on_message
+        )
+        log.info("commands.listening", subjects=f"{self._prefix}.cmd.device.*")
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    async def _on_message(self, msg: Msg) -> None:
+        verb = msg.subject.rpartition(".")[2]
+        reply = await self.answer(verb, msg.data, actor_of(msg))
+        if msg.reply:
+            await msg.respond(_ENCODER.encode(reply))
+
+    async def answer(self, verb: str, body: bytes, actor: str) -> Reply:
+        """Run one command and build its reply; every failure becomes an error reply."""
+        route = self._routes.get(verb)
+        try:
+            if route is None:
+                raise NotFound(f"no command {verb!r}; known: {', '.join(self._routes)}")
+            result = await route(body or b"{}", actor)
+        except msgspec.ValidationError as exc:
+            return _error(400, "VALIDATION_ERROR", str(exc))
+        except msgspec.DecodeError:
+            return _error(400, "INVALID_REQUEST", "the body is not valid JSON")
+        except DomainError as exc:
+            return _error(status_of(exc), exc.code, str(exc) or exc.code)
+        except Exception as exc:
+            log.error("commands.failed", verb=verb, error=repr(exc))
+            unavailable = Unavailable("the command could not be completed; try again")
+            return _error(503, unavailable.code, str(unavailable))
+        self._on_saved()
+        return Reply(ok=True, result=msgspec.to_builtins(result))
+
+    async def _add(self, body: bytes, actor: str) -> Any:
+        request = msgspec.json.decode(body, type=AddBody)
+        added = await self._commands.add_device(AddDevice(address=request.ip, alias=request.alias, actor=actor))
+        return {"device_id": added.device_id, "device_ip": added.address, "position": added.position}
+
+    async def _remove(self, body: bytes, actor: str) -> Any:
+        request = msgspec.json.decode(body, type=DeviceBody)
+        return await self._commands.remove_device(RemoveDevice(device_id=device_key(request.device), actor=actor))
+
+    async def _rename(self, body: bytes, actor: str) -> Any:
+        request = msgspec.json.decode(body, type=RenameBody)
+        return await self._commands.rename_device(
+            RenameDevice(device_id=device_key(request.device), alias=request.alias, actor=actor)
+        )
+
+    async def _discover(self, body: bytes, actor: str) -> Any:
+        request = msgspec.json.decode(body, type=DiscoverBody)
+        if request.target is not None and request.target != self._discovery_target:
+            raise InvalidRequest("discovery runs only at the configured discovery target")
+        return await self._commands.discover_devices(
+            DiscoverDevices(target=self._discovery_target, port=request.port or self._discovery_port, actor=actor)
+        )
+
+
+def _error(status_code: int, error_code: str, detail: str) -> Reply:
+    return Reply(ok=False, error=ErrorReply(status_code=status_code, error_code=error_code, detail=detail))
