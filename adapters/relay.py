@@ -3,68 +3,118 @@
 The PostgreSQL notification log is the truth; the stream is a copy that the relay can
 rebuild from any position. The relay reads the log after its saved position in
 sections of `batch_size`, publishes a section with `publish_async`, gathers the acks,
-then saves the position of the last contiguously acknowledged notification. A crash
+then saves the position of the last contiguously settled notification. A crash
 between publishing and saving re-sends at most one section on restart, and JetStream
 drops the re-sends because every message carries `Nats-Msg-Id = "<originator_id>:<version>"`.
 
 Subjects: `<prefix>.events.<aggregate>.<key>.<EventName>`, where a MeterDay event's key
 is its device id (not the day stream's id), so `<prefix>.events.meter.<device>.ReadingRecorded`
-carries one device's live readings.
+carries one device's live readings. Bodies follow the public contract of `adapters.contract`.
+
+A message settles in one of two ways:
+
+- published: JetStream acknowledged it (a duplicate ack counts: the message is in the stream);
+- refused for good: the same message would be refused on every attempt, so it is recorded in
+  `wl_read.relay_rejected`, logged, and skipped, and the relay carries on with the next one.
+  These are a body plus headers larger than the server's `max_payload` (checked before
+  sending: the server would close the connection, and nats-py raises `MaxPayloadError` for
+  a body alone over it), and the JetStream API errors in `REFUSED_FOR_GOOD` (10054: larger
+  than the stream's `max_msg_size`; 10097: headers too large).
+
+Everything else is transient and retried in log order, the position stopping before it: no
+ack within `ack_timeout`, no responders (the stream does not exist yet, or JetStream is down),
+a closed or reconnecting connection, and every other API error, because those (the subject
+bound to another stream, a stream full with the discard-new policy, a sealed stream, server
+errors) would refuse every message after it as well, and skipping them would empty the log
+into the rejections table.
+
+nats-py 2.16 loses the JetStream API errors of `publish_async` (nats.py issue #985: the ack
+future never resolves and the error goes to the connection's error callback). So a message
+still without an answer once the batch's last ack is in (or after `ack_timeout`) is published
+once more with `js.publish`, which does raise them, and settled by that answer; the same
+`Nats-Msg-Id` makes the second send harmless if the first was stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
-from pathlib import PurePath
 from typing import Any, NamedTuple
-from uuid import UUID
-from zoneinfo import ZoneInfo
 
 import msgspec
 import psycopg
 import structlog
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.js.api import Header, PubAck
+from nats.js.errors import APIError
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import BusError, StreamConfig, subject_for
+from adapters.contract import aggregate_name, decode_envelope, encode_envelope
 from adapters.eventstore import WattLedger
-from domain.device import Device
 from domain.meter import MeterDay
+
+__all__ = [
+    "REFUSED_FOR_GOOD",
+    "Rejection",
+    "Relay",
+    "RelayPublishError",
+    "RelayStatus",
+    "Route",
+    "decode_envelope",
+    "encode_envelope",
+    "relay_status",
+    "route_for",
+]
 
 log = structlog.get_logger(__name__)
 
 READ_SCHEMA = "wl_read"
 POSITION_TABLE = "relay_position"
-_INTERNAL_FIELDS = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic"})
+REJECTED_TABLE = "relay_rejected"
+
+#: JetStream API error codes that refuse one message for good: sending it again gets the same answer.
+REFUSED_FOR_GOOD = frozenset({10054, 10097})
+
+_HEADER_FRAME = len(b"NATS/1.0\r\n\r\n")
 
 
 class RelayPublishError(BusError):
     """JetStream did not acknowledge part of a batch; the position stops before it."""
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """The body of every message on the events stream.
+class _OverMaxPayload(Exception):
+    """A message the relay does not send: with its headers it is larger than the server accepts."""
 
-    `data` holds the event's own fields as JSON values: UUIDs and Decimals as strings,
-    datetimes as ISO 8601, nested Structs as objects.
-    """
+
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+    """One event JetStream refused for good: it is in the event store but not in the stream."""
 
     notification_id: int
-    originator_id: UUID
-    originator_version: int
-    aggregate: str
-    event: str
-    topic: str
-    timestamp: datetime
-    data: dict[str, Any]
+    subject: str
+    error: str
+    rejected_at: datetime
+
+
+class RelayStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """How far the relay of one stream got.
+
+    `lag` counts notification ids after `position` (holes in the ids included, so it is an
+    upper bound on the events still to publish); `rejected` counts the events refused for
+    good and missing from the stream, the most recent in log order in `last_rejections`.
+    """
+
+    stream: str
+    position: int
+    lag: int
+    rejected: int
+    last_rejections: list[Rejection]
 
 
 class Route(NamedTuple):
@@ -73,56 +123,68 @@ class Route(NamedTuple):
     event: str
 
 
-def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, (ipaddress.IPv4Address, ipaddress.IPv6Address, ZoneInfo, PurePath)):
-        return str(obj)
-    if hasattr(obj, "__dict__"):
-        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
-    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
-
-
-_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
-_DECODER = msgspec.json.Decoder(Envelope)
-
-
 def route_for(event: DomainEventProtocol[Any]) -> Route:
     """Where an event goes: `device` / `meter` (keyed by device id), else its aggregate's class name."""
-    cls = type(event)
-    name = cls.__name__
-    if isinstance(event, MeterDay.Event):
-        return Route("meter", str(getattr(event, "device_id", event.originator_id)), name)
-    if isinstance(event, Device.Event):
-        return Route("device", str(event.originator_id), name)
-    owner = cls.__qualname__.rpartition(".")[0].rpartition(".")[2] or name
-    return Route(owner.lower(), str(event.originator_id), name)
+    key = getattr(event, "device_id", event.originator_id) if isinstance(event, MeterDay.Event) else event.originator_id
+    return Route(aggregate_name(type(event)), str(key), type(event).__name__)
 
 
-def event_data(event: DomainEventProtocol[Any]) -> dict[str, Any]:
-    """The event's own fields, without the ones every event carries."""
-    return {k: v for k, v in vars(event).items() if k not in _INTERNAL_FIELDS}
+def _refused_for_good(exc: BaseException) -> bool:
+    if isinstance(exc, (_OverMaxPayload, MaxPayloadError)):
+        return True
+    return isinstance(exc, APIError) and exc.err_code in REFUSED_FOR_GOOD
 
 
-def encode_envelope(
-    notification_id: int, topic: str, event: DomainEventProtocol[Any], route: Route | None = None
-) -> bytes:
-    """JSON envelope of one stored event, as published on the stream."""
-    where = route or route_for(event)
-    return _ENCODER.encode(
-        Envelope(
-            notification_id=notification_id,
-            originator_id=event.originator_id,
-            originator_version=event.originator_version,
-            aggregate=where.aggregate,
-            event=where.event,
-            topic=topic,
-            timestamp=getattr(event, "timestamp"),  # every aggregate event has one
-            data=event_data(event),
-        )
+def _table(name: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(READ_SCHEMA), sql.Identifier(name))
+
+
+async def relay_status(
+    conn: psycopg.AsyncConnection[Any], stream_name: str, max_notification_id: int, *, last: int = 5
+) -> RelayStatus:
+    """The relay's position, lag behind `max_notification_id` and refused messages for one stream.
+
+    Reads only; before any relay has run (no tables yet) the position is 0 and nothing is rejected.
+    """
+    cur = await conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+        (f"{READ_SCHEMA}.{POSITION_TABLE}", f"{READ_SCHEMA}.{REJECTED_TABLE}"),
     )
-
-
-def decode_envelope(raw: bytes) -> Envelope:
-    return _DECODER.decode(raw)
+    exists: Any = await cur.fetchone()
+    position = rejected = 0
+    rejections: list[Rejection] = []
+    if exists[0]:
+        cur = await conn.execute(
+            sql.SQL("SELECT position FROM {} WHERE stream_name = %s").format(_table(POSITION_TABLE)),
+            (stream_name,),
+        )
+        row = await cur.fetchone()
+        position = int(row[0]) if row else 0
+    if exists[1]:
+        cur = await conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE stream_name = %s").format(_table(REJECTED_TABLE)),
+            (stream_name,),
+        )
+        counted: Any = await cur.fetchone()
+        rejected = int(counted[0])
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT notification_id, subject, error, rejected_at FROM {} "
+                "WHERE stream_name = %s ORDER BY notification_id DESC LIMIT %s"
+            ).format(_table(REJECTED_TABLE)),
+            (stream_name, last),
+        )
+        rejections = [
+            Rejection(notification_id=int(r[0]), subject=r[1], error=r[2], rejected_at=r[3])
+            for r in await cur.fetchall()
+        ]
+    return RelayStatus(
+        stream=stream_name,
+        position=position,
+        lag=max(0, max_notification_id - position),
+        rejected=rejected,
+        last_rejections=rejections,
+    )
 
 
 class _Outgoing(NamedTuple):
@@ -131,10 +193,23 @@ class _Outgoing(NamedTuple):
     payload: bytes
     headers: dict[str, str]
 
+    def wire_size(self, stream_name: str) -> int:
+        """Body plus headers as sent (with the expected-stream header), the size the server checks."""
+        headers = {**self.headers, Header.EXPECTED_STREAM.value: stream_name}
+        header_bytes = _HEADER_FRAME + sum(len(f"{k}: {v}\r\n".encode()) for k, v in headers.items())
+        return header_bytes + len(self.payload)
+
+
+class _Refused(NamedTuple):
+    notification_id: int
+    subject: str
+    error: str
+
 
 class _BatchResult(NamedTuple):
-    acked: int
+    settled: int
     duplicates: int
+    refused: list[_Refused]
     error: BaseException | None
 
 
@@ -148,6 +223,10 @@ class Relay:
     `reset(position)` makes the relay publish again from `position + 1`. Re-sends inside
     JetStream's duplicate window (2 min) are dropped by `Nats-Msg-Id`; to rebuild the
     stream from older events, purge it first, or messages still in it are stored twice.
+
+    Messages refused for good (see the module docstring) are kept in `wl_read.relay_rejected`
+    until a later pass (after `reset`, once the limit that refused them is raised) publishes
+    them; `status()` and `relay_status()` report them.
     """
 
     def __init__(
@@ -228,11 +307,18 @@ class Relay:
         await self.open()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                sql.SQL("SELECT position FROM {} WHERE stream_name = %s").format(self._table()),
+                sql.SQL("SELECT position FROM {} WHERE stream_name = %s").format(_table(POSITION_TABLE)),
                 (self._stream.name,),
             )
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def status(self, *, last: int = 5) -> RelayStatus:
+        """`relay_status` of this relay's stream, against the event store's newest notification."""
+        await self.open()
+        max_id = await asyncio.to_thread(self._app.recorder.max_notification_id)
+        async with self._pool.connection() as conn:
+            return await relay_status(conn, self._stream.name, max_id or 0, last=last)
 
     async def reset(self, position: int = 0) -> None:
         """Publish again from `position + 1` on the next pass (see the class docstring)."""
@@ -245,17 +331,18 @@ class Relay:
                     "INSERT INTO {t} (stream_name, position, updated_at) VALUES (%s, %s, now()) "
                     "ON CONFLICT (stream_name) DO UPDATE "
                     "SET position = EXCLUDED.position, updated_at = now()"
-                ).format(t=self._table()),
+                ).format(t=_table(POSITION_TABLE)),
                 (self._stream.name, position),
             )
         log.info("relay.reset", stream=self._stream.name, position=position)
         self.wake()
 
     async def publish_pending(self) -> int:
-        """Publish everything after the saved position up to the log's end; return the count.
+        """Publish everything after the saved position up to the log's end; return how many were published.
 
-        Raises RelayPublishError after saving the position of the last contiguous ack
-        when JetStream refuses or does not answer part of a batch.
+        Messages refused for good are recorded and passed over (not counted). Raises
+        RelayPublishError after saving the position of the last settled message when part
+        of a batch fails for a transient reason; the next pass resumes there.
         """
         await self.open()
         async with self._pass_lock:
@@ -270,31 +357,40 @@ class Relay:
                     else None
                 )
                 try:
-                    position = await self._publish_batch(batch, position)
+                    position, count = await self._publish_batch(batch, position)
                 except BaseException:
                     await _cancel(ahead)
                     raise
-                published += len(batch)
+                published += count
                 batch = await ahead if ahead else []
             return published
 
-    async def _publish_batch(self, batch: list[_Outgoing], position: int) -> int:
+    async def _publish_batch(self, batch: list[_Outgoing], position: int) -> tuple[int, int]:
         started = time.perf_counter()
         result = await self._publish(batch)
-        if result.acked:
-            position = batch[result.acked - 1].notification_id
-            await self._save_position(position)
+        if result.settled:
+            position = batch[result.settled - 1].notification_id
+            await self._save_progress(batch[0].notification_id, position, result.refused)
+            for refused in result.refused:
+                log.error(
+                    "relay.message_rejected",
+                    stream=self._stream.name,
+                    notification_id=refused.notification_id,
+                    subject=refused.subject,
+                    error=refused.error,
+                )
             log.debug(
                 "relay.batch_published",
                 stream=self._stream.name,
-                count=result.acked,
+                count=result.settled - len(result.refused),
                 duplicates=result.duplicates,
+                rejected=len(result.refused),
                 first=batch[0].notification_id,
                 position=position,
                 seconds=round(time.perf_counter() - started, 4),
             )
         if result.error is not None:
-            failed = batch[result.acked].notification_id
+            failed = batch[result.settled].notification_id
             log.error(
                 "relay.publish_failed",
                 stream=self._stream.name,
@@ -305,7 +401,7 @@ class Relay:
             raise RelayPublishError(
                 f"notification {failed} was not acknowledged by stream {self._stream.name}"
             ) from result.error
-        return position
+        return position, result.settled - len(result.refused)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until cancelled or `stop` is set; failures are logged and retried with backoff."""
@@ -376,59 +472,117 @@ class Relay:
         return _Outgoing(
             notification_id=notification.id,
             subject=subject_for(self._stream.subject_prefix, where.aggregate, where.key, where.event),
-            payload=encode_envelope(notification.id, notification.topic, event, where),
+            payload=encode_envelope(notification.id, event),
             headers={
                 "Nats-Msg-Id": f"{notification.originator_id}:{notification.originator_version}",
                 "WL-Notification-Id": str(notification.id),
-                "WL-Topic": notification.topic,
             },
         )
 
+    def _max_payload(self) -> int:
+        # nats-py compares only the body with the server's max_payload; a message whose
+        # headers carry it over is sent, and the server closes the connection for it.
+        return int(self._js._nc.max_payload)
+
     async def _publish(self, batch: list[_Outgoing]) -> _BatchResult:
-        futures: list[asyncio.Future[PubAck]] = []
+        """Publish a batch and settle its messages in order, up to the first transient failure."""
+        limit = self._max_payload()
+        sent: list[asyncio.Future[PubAck] | BaseException] = []
         error: BaseException | None = None
         try:
-            try:
-                for msg in batch:
-                    futures.append(
+            for msg in batch:
+                size = msg.wire_size(self._stream.name)
+                if size > limit:
+                    sent.append(_OverMaxPayload(f"{size} bytes with headers, over the server's max_payload of {limit}"))
+                    continue
+                try:
+                    sent.append(
                         await self._js.publish_async(
                             msg.subject, msg.payload, headers=dict(msg.headers), stream=self._stream.name
                         )
                     )
-            except Exception as exc:
-                error = exc
+                except Exception as exc:
+                    if not _refused_for_good(exc):
+                        error = exc
+                        break
+                    sent.append(exc)
+            futures = [f for f in sent if isinstance(f, asyncio.Future)]
             if futures:
-                await asyncio.wait(futures, timeout=self._ack_timeout)
+                # Acks come back in publishing order: once the last is in, a future still
+                # waiting had an answer nats-py dropped (an API error) or lost its message.
+                await asyncio.wait(futures[-1:], timeout=self._ack_timeout)
+            return await self._settle(batch, sent, error)
         finally:
-            for future in futures:
-                if not future.done():
-                    future.cancel()
-        acked = duplicates = 0
-        first_failure: BaseException | None = None
-        for future in futures:
-            failure = (
-                TimeoutError(f"no ack within {self._ack_timeout}s")
-                if future.cancelled()
-                else future.exception()
-            )
-            if first_failure is None and failure is not None:
-                first_failure = failure
-            if first_failure is None:
-                acked += 1
-                duplicates += bool(future.result().duplicate)
-        return _BatchResult(acked, duplicates, first_failure or error)
+            for outcome in sent:
+                if not isinstance(outcome, asyncio.Future):
+                    continue
+                if not outcome.done():
+                    outcome.cancel()
+                elif not outcome.cancelled():
+                    outcome.exception()  # retrieved, so asyncio does not report it as lost
 
-    async def _save_position(self, position: int) -> None:
-        async with self._pool.connection() as conn:
+    async def _settle(
+        self, batch: list[_Outgoing], sent: list[asyncio.Future[PubAck] | BaseException], error: BaseException | None
+    ) -> _BatchResult:
+        settled = duplicates = 0
+        refused: list[_Refused] = []
+        for msg, outcome in zip(batch, sent):
+            answer = _answer(outcome)
+            if answer is None:
+                answer = await self._ask_again(msg)
+            if isinstance(answer, PubAck):
+                duplicates += bool(answer.duplicate)
+            elif _refused_for_good(answer):
+                refused.append(_Refused(msg.notification_id, msg.subject, _describe(answer)))
+            else:
+                return _BatchResult(settled, duplicates, refused, answer)
+            settled += 1
+        return _BatchResult(settled, duplicates, refused, error)
+
+    async def _ask_again(self, msg: _Outgoing) -> PubAck | BaseException:
+        """Publish one message again and wait for its answer; the same `Nats-Msg-Id` makes it idempotent."""
+        try:
+            return await self._js.publish(
+                msg.subject,
+                msg.payload,
+                timeout=self._ack_timeout,
+                stream=self._stream.name,
+                headers=dict(msg.headers),
+            )
+        except Exception as exc:
+            return exc
+
+    async def _save_progress(self, first: int, position: int, refused: Sequence[_Refused]) -> None:
+        """Save the position after a batch from `first`, and its refused messages, in one transaction.
+
+        Earlier rejections inside the batch's range are cleared first: those messages are
+        in the stream now, or were refused again and are among `refused`.
+        """
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                sql.SQL(
+                    "DELETE FROM {} WHERE stream_name = %s AND notification_id BETWEEN %s AND %s"
+                ).format(_table(REJECTED_TABLE)),
+                (self._stream.name, first, position),
+            )
+            if refused:
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        sql.SQL(
+                            "INSERT INTO {} (stream_name, notification_id, subject, error, rejected_at) "
+                            "VALUES (%s, %s, %s, %s, now())"
+                        ).format(_table(REJECTED_TABLE)),
+                        [(self._stream.name, r.notification_id, r.subject, r.error) for r in refused],
+                    )
             await conn.execute(
                 sql.SQL(
                     "INSERT INTO {t} (stream_name, position, updated_at) VALUES (%s, %s, now()) "
                     "ON CONFLICT (stream_name) DO UPDATE "
                     "SET position = GREATEST({t}.position, EXCLUDED.position), updated_at = now()"
-                ).format(t=self._table()),
+                ).format(t=_table(POSITION_TABLE)),
                 (self._stream.name, position),
             )
-        log.debug("relay.position_saved", stream=self._stream.name, position=position)
+        log.debug("relay.position_saved", stream=self._stream.name, position=position, rejected=len(refused))
 
     async def _create_table(self) -> None:
         statements = [
@@ -438,7 +592,16 @@ class Relay:
                 "stream_name text PRIMARY KEY, "
                 "position bigint NOT NULL, "
                 "updated_at timestamptz NOT NULL DEFAULT now())"
-            ).format(self._table()),
+            ).format(_table(POSITION_TABLE)),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                "stream_name text NOT NULL, "
+                "notification_id bigint NOT NULL, "
+                "subject text NOT NULL, "
+                "error text NOT NULL, "
+                "rejected_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (stream_name, notification_id))"
+            ).format(_table(REJECTED_TABLE)),
         ]
         for attempt in (1, 2):
             try:
@@ -451,9 +614,22 @@ class Relay:
                 if attempt == 2:
                     raise
 
-    @staticmethod
-    def _table() -> sql.Composed:
-        return sql.SQL("{}.{}").format(sql.Identifier(READ_SCHEMA), sql.Identifier(POSITION_TABLE))
+
+def _answer(outcome: asyncio.Future[PubAck] | BaseException) -> PubAck | BaseException | None:
+    """What JetStream said about one message so far; None when nothing usable arrived."""
+    if isinstance(outcome, BaseException):
+        return outcome
+    if not outcome.done() or outcome.cancelled():
+        return None
+    return outcome.exception() or outcome.result()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return f"JetStream err_code {exc.err_code}: {exc.description}"
+    if isinstance(exc, _OverMaxPayload):
+        return f"message too large: {exc}"
+    return str(exc) or type(exc).__name__
 
 
 async def _cancel(*tasks: Awaitable[Any] | None) -> None:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
 from bench.bench_poll_store import plug  # noqa: E402
-from bench.scratch import bench_main  # noqa: E402
+from bench.scratch import PollRecorder, bench_main  # noqa: E402
 from domain.device import Device  # noqa: E402
 from projections.devices import DevicesProjector  # noqa: E402
 from projections.engine import ProjectionEngine  # noqa: E402
@@ -36,10 +36,12 @@ def run(url: str, devices: int, cycles: int) -> None:
                  for i in range(devices)]
         app.save(*fleet)
         start = datetime(2026, 1, 5, tzinfo=timezone.utc)
+        recorder = PollRecorder(app)
         for cycle in range(cycles):
             at = start + timedelta(minutes=cycle + 1)
-            app.record_polls([PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
-                              for i, d in enumerate(fleet)], {}, actor="bench")
+            recorder.record([PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
+                             for i, d in enumerate(fleet)])
+        recorder.close()
         total = app.recorder.max_notification_id() or 0
 
         began = time.perf_counter()

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.bus import StreamConfig, connect_nats, ensure_stream, subject_for  # noqa: E402
 from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
 from adapters.relay import Relay, encode_envelope, route_for  # noqa: E402
+from bench.scratch import PollRecorder  # noqa: E402
 from domain.device import Device  # noqa: E402
 from domain.readings import DeviceSnapshot, OutletReading  # noqa: E402
 
@@ -61,11 +62,13 @@ def append_readings(app: WattLedger, events: int) -> tuple[int, float]:
     started = time.perf_counter()
     at = datetime(2026, 3, 1, tzinfo=timezone.utc)
     recorded = 0
+    recorder = PollRecorder(app)
     while recorded < events:
         at += timedelta(seconds=10)
         count = min(AGGREGATES_PER_SAVE, events - recorded)
         results = [PollResult(device_id=d.id, measured_at=at, snapshot=snapshot(i)) for i, d in enumerate(devices[:count])]
-        recorded += app.record_polls(results, {}, actor="bench")
+        recorded += recorder.record(results)
+    recorder.close()
     return recorded, time.perf_counter() - started
 
 
@@ -106,7 +109,7 @@ async def main(args: argparse.Namespace) -> None:
             event = app.mapper.to_domain_event(n)
             where = route_for(event)
             subject = subject_for(base_stream.subject_prefix, where.aggregate, where.key, where.event)
-            payload = encode_envelope(n.id, n.topic, event, where)
+            payload = encode_envelope(n.id, event)
             messages.append((subject, payload, f"{n.originator_id}:{n.originator_version}"))
         started = time.perf_counter()
         for subject, payload, msg_id in messages:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
+
+from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
+from domain.address import DeviceAddress
+from domain.commands import PollResult, RecordPolls
+from domain.handlers import CommandHandlers
+from domain.ports import DeviceDriver
+from domain.readings import DeviceSnapshot
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -38,3 +46,30 @@ def bench_main(doc: str | None, run: Callable[[str, int, int], None], *, devices
     args = parser.parse_args()
     with scratch_database() as url:
         run(url, args.devices, args.cycles)
+
+
+class PollRecorder:
+    """Stores poll results through the poller's handlers (caching store), from synchronous bench code."""
+
+    def __init__(self, app: WattLedger) -> None:
+        self.handlers = CommandHandlers(StoreUnitOfWork(app, cache=True), NoDriver(), SystemClock())
+        self.loop = asyncio.new_event_loop()
+
+    def record(self, results: Sequence[PollResult]) -> int:
+        stored = self.loop.run_until_complete(
+            self.handlers.record_polls(RecordPolls(results=tuple(results), actor="bench"))
+        )
+        return stored.recorded
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+class NoDriver(DeviceDriver):
+    """Storing polls contacts no device."""
+
+    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
+        raise AssertionError("storing polls contacted a device")
+
+    async def discover(self, target: str, *, port: int | None = None) -> list[DeviceAddress]:
+        return []

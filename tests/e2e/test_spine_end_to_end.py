@@ -115,7 +115,7 @@ async def test_relay_state_changed_on_the_device_is_seen_by_the_next_poll(
         decoded.append(msgspec.json.decode(message.data))
     await sub.unsubscribe()
     assert [d["data"]["is_on"] for d in decoded] == [initially, not initially]
-    assert decoded[-1]["data"]["actor"] == "system:poller"
+    assert decoded[-1]["actor"] == "system:poller"
 
 
 async def test_device_that_stops_answering_goes_offline_once_and_comes_back(

@@ -11,21 +11,33 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import msgspec
+import nats.errors
 import psycopg
 import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream, subject_for
-from adapters.eventstore import EVENTS_SCHEMA, PollResult, WattLedger, ensure_events_schema, store_env
-from adapters.relay import Relay, RelayPublishError, decode_envelope, encode_envelope, route_for
-from domain.address import parse_address
-from domain.device import Device, device_id_for
+from adapters.contract import DeviceRenamed, EventData, ReadingRecorded, decode_data, event_data
+from adapters.eventstore import EVENTS_SCHEMA, WattLedger, ensure_events_schema, store_env
+from adapters.relay import (
+    Relay,
+    RelayPublishError,
+    RelayStatus,
+    decode_envelope,
+    encode_envelope,
+    relay_status,
+    route_for,
+)
+from domain.commands import PollResult
+from domain.device import Device
 from domain.readings import DeviceSnapshot, OutletReading
 from tests.conftest import fresh_database
+from tests.support import seed_device, seed_polls
 
 RUN = secrets.token_hex(4)
 DEADLINE_S = 10.0
@@ -47,6 +59,23 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
 def app(database_url: str) -> Iterator[WattLedger]:
     ensure_events_schema(database_url)
     application = WattLedger(store_env(database_url))
+    try:
+        yield application
+    finally:
+        application.close()
+
+
+@pytest.fixture
+def own_database(server_urls: tuple[str, str]) -> Iterator[str]:
+    """A database of one test's own, for tests that store events other tests must not publish."""
+    with fresh_database(server_urls[0]) as url:
+        yield url
+
+
+@pytest.fixture
+def own_app(own_database: str) -> Iterator[WattLedger]:
+    ensure_events_schema(own_database)
+    application = WattLedger(store_env(own_database))
     try:
         yield application
     finally:
@@ -97,9 +126,11 @@ async def make_relay(
         await relay.aclose()
 
 
-def snapshot(*, is_on: bool = True, power_w: float = 12.5, total_wh: float = 100.0) -> DeviceSnapshot:
+def snapshot(
+    *, is_on: bool = True, power_w: float = 12.5, total_wh: float = 100.0, alias: str = "lamp"
+) -> DeviceSnapshot:
     return DeviceSnapshot(
-        alias="lamp",
+        alias=alias,
         model="HS300",
         device_type="strip",
         mac="50:c7:bf:00:00:01",
@@ -118,21 +149,34 @@ def next_moment() -> datetime:
     return _T0 + timedelta(seconds=next(_seconds))
 
 
+def next_address() -> str:
+    n = next(_hosts)
+    return f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+
+
 def add_devices(app: WattLedger, count: int) -> list[UUID]:
-    ids = []
-    for _ in range(count):
-        n = next(_hosts)
-        address = parse_address(f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}")
-        app.add_device(address, snapshot(), alias=None, actor="test", measured_at=next_moment())
-        ids.append(device_id_for(str(address)))
-    return ids
+    return [seed_device(app, next_address(), snapshot(), measured_at=next_moment(), actor="test") for _ in range(count)]
+
+
+def add_device_named(app: WattLedger, alias: str) -> Notification:
+    """Store a device whose own name is `alias` (any size); returns its Added notification."""
+    device = Device.from_snapshot(next_address(), snapshot(alias=alias), alias=None, actor="test")
+    app.save(device)
+    [added] = [n for n in stored(app) if n.originator_id == device.id and n.originator_version == 1]
+    return added
 
 
 def record_readings(app: WattLedger, device_ids: list[UUID], *, polls: int = 1) -> None:
     for _ in range(polls):
         at = next_moment()
         results = [PollResult(device_id=d, measured_at=at, snapshot=snapshot()) for d in device_ids]
-        app.record_polls(results, {}, actor="test")
+        seed_polls(app, results, actor="test")
+
+
+def rename(app: WattLedger, device_id: UUID, alias: str) -> None:
+    device: Device = app.repository.get(device_id)
+    device.rename(alias, actor="test")
+    app.save(device)
 
 
 def stored(app: WattLedger) -> list[Notification]:
@@ -150,6 +194,20 @@ async def stream_count(js: JetStreamContext, cfg: StreamConfig) -> int:
     return (await js.stream_info(cfg.name)).state.messages
 
 
+def notification_ids(messages: list[api.RawStreamMsg]) -> list[int]:
+    return [int(m.headers["WL-Notification-Id"]) for m in messages if m.headers]
+
+
+async def status_of(database_url: str, stream: StreamConfig, max_notification_id: int) -> RelayStatus:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        return await relay_status(conn, stream.name, max_notification_id)
+
+
+async def limit_message_size(js: JetStreamContext, stream: StreamConfig, max_msg_size: int) -> None:
+    info = await js.stream_info(stream.name)
+    await js.update_stream(info.config.evolve(max_msg_size=max_msg_size))
+
+
 async def until(condition: Callable[[], Any], what: str) -> None:
     deadline = asyncio.get_running_loop().time() + DEADLINE_S
     while not await condition():
@@ -163,7 +221,7 @@ async def test_every_stored_event_is_published_in_notification_order(
 ) -> None:
     devices = add_devices(app, 2)
     record_readings(app, devices, polls=2)
-    app.rename_device(devices[0], "kettle", actor="test")
+    rename(app, devices[0], "kettle")
     log = stored(app)
 
     published = await make_relay().publish_pending()
@@ -179,27 +237,27 @@ async def test_every_stored_event_is_published_in_notification_order(
         )
         assert message.subject == subject_for(stream.subject_prefix, aggregate, key, type(event).__name__)
         assert message.headers["Nats-Msg-Id"] == f"{notification.originator_id}:{notification.originator_version}"
-        assert message.headers["WL-Topic"] == notification.topic
+        assert set(message.headers) == {"Nats-Msg-Id", "WL-Notification-Id", "Nats-Expected-Stream"}
+        assert notification.topic.encode() not in message.data
         assert envelope.notification_id == notification.id
         assert envelope.originator_id == notification.originator_id
-        assert envelope.originator_version == notification.originator_version
-        assert (envelope.aggregate, envelope.event, envelope.topic) == (
-            aggregate,
-            type(event).__name__,
-            notification.topic,
-        )
+        assert envelope.version == notification.originator_version
+        assert (envelope.aggregate, envelope.event) == (aggregate, type(event).__name__)
         assert envelope.timestamp == event.timestamp
-        assert not {"originator_id", "originator_version", "timestamp", "originator_topic"} & envelope.data.keys()
+        assert envelope.actor == getattr(event, "actor", "system")
+        assert decode_data(envelope) == event_data(event)
 
     readings = [decode_envelope(m.data) for m in messages if m.subject.endswith(".ReadingRecorded")]
     assert len(readings) == sum(n.topic.endswith(".ReadingRecorded") for n in log) >= 6
-    data = readings[-1].data
-    assert data["device_id"] == str(devices[1])
-    assert datetime.fromisoformat(data["measured_at"]) > _T0
-    assert data["outlets"][0]["outlet_id"] == "out-0"
-    assert data["total_wh"] == 100.0
+    reading = decode_data(readings[-1])
+    assert isinstance(reading, ReadingRecorded)
+    assert reading.device_id == devices[1]
+    assert reading.measured_at > _T0
+    assert reading.outlets[0].outlet_id == "out-0"
+    assert reading.total_wh == 100.0
     renamed = [decode_envelope(m.data) for m in messages if m.subject.endswith(".Renamed")]
-    assert renamed[-1].data == {"alias": "kettle", "actor": "test"}
+    assert renamed[-1].data == {"alias": "kettle"} and renamed[-1].actor == "test"
+    assert decode_data(renamed[-1]) == DeviceRenamed(alias="kettle")
 
 
 async def test_subscribers_filter_live_readings_by_device(
@@ -240,7 +298,7 @@ async def test_republishing_after_a_crash_leaves_one_message_per_event(
         pass
 
     class CrashingRelay(Relay):
-        async def _save_position(self, position: int) -> None:
+        async def _save_progress(self, first: int, position: int, refused: Any) -> None:
             raise CrashBeforeSavingPosition
 
     devices = add_devices(app, 3)
@@ -345,7 +403,7 @@ async def test_holes_in_notification_ids_do_not_stall_the_relay(
 ) -> None:
     [doomed] = add_devices(app, 1)
     before = stored(app)[-1].id
-    duplicate = Device.from_snapshot(app.get_device(doomed).address, snapshot(), alias=None, actor="test")
+    duplicate = Device.from_snapshot(app.repository.get(doomed).address, snapshot(), alias=None, actor="test")
     with pytest.raises(IntegrityError):
         app.save(duplicate)
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -369,11 +427,16 @@ async def test_holes_in_notification_ids_do_not_stall_the_relay(
 
 
 class LostAckJetStream(JetStreamContext):
-    """Real JetStream, except that one notification's ack never arrives."""
+    """Real JetStream, except that one notification's ack never arrives.
 
-    def __init__(self, nc: Client, lost_notification_id: int) -> None:
+    With `unreachable`, publishing that notification again gets no answer either.
+    """
+
+    def __init__(self, nc: Client, lost_notification_id: int, *, unreachable: bool = True) -> None:
         super().__init__(nc)
         self.lost = str(lost_notification_id)
+        self.unreachable = unreachable
+        self.asked_again: list[str] = []
 
     async def publish_async(self, subject: str, payload: bytes = b"", **kwargs: Any) -> asyncio.Future[api.PubAck]:
         future = await super().publish_async(subject, payload, **kwargs)
@@ -381,6 +444,13 @@ class LostAckJetStream(JetStreamContext):
             return future
         await future
         return asyncio.get_running_loop().create_future()
+
+    async def publish(self, subject: str, payload: bytes = b"", **kwargs: Any) -> api.PubAck:
+        notification_id = kwargs["headers"]["WL-Notification-Id"]
+        self.asked_again.append(notification_id)
+        if self.unreachable and notification_id == self.lost:
+            raise nats.errors.TimeoutError
+        return await super().publish(subject, payload, **kwargs)
 
 
 async def test_a_missing_ack_stops_the_position_at_the_last_contiguous_ack(
@@ -407,6 +477,139 @@ async def test_a_missing_ack_stops_the_position_at_the_last_contiguous_ack(
     messages = await stream_messages(js, stream)
     assert len(messages) == len(log)
     assert len({m.headers["Nats-Msg-Id"] for m in messages}) == len(log)
+    assert (await relay.status()).rejected == 0
+
+
+async def test_a_lost_ack_is_settled_by_asking_again_within_the_pass(
+    app: WattLedger, database_url: str, nc: Client, js: JetStreamContext, stream: StreamConfig
+) -> None:
+    add_devices(app, 2)
+    log = stored(app)
+    lost = log[-3]
+    lossy = LostAckJetStream(nc, lost.id, unreachable=False)
+    relay = Relay(app, lossy, database_url=database_url, stream=stream)
+    try:
+        assert await relay.publish_pending() == len(log)
+        assert await relay.position() == log[-1].id
+    finally:
+        await relay.aclose()
+    assert lossy.asked_again == [str(lost.id)]
+    assert notification_ids(await stream_messages(js, stream)) == [n.id for n in log]
+
+
+async def test_a_message_the_stream_refuses_for_good_is_recorded_and_passed_over(
+    own_app: WattLedger, own_database: str, js: JetStreamContext, stream: StreamConfig
+) -> None:
+    app = own_app
+    await limit_message_size(js, stream, 2048)
+    add_devices(app, 1)
+    oversized = add_device_named(app, "x" * 4096)
+    [after] = add_devices(app, 1)
+    record_readings(app, [after])
+    log = stored(app)
+
+    async with Relay(app, js, database_url=own_database, stream=stream) as relay:
+        assert await relay.publish_pending() == len(log) - 1
+
+        assert await relay.position() == log[-1].id
+        assert notification_ids(await stream_messages(js, stream)) == [n.id for n in log if n.id != oversized.id]
+        status = await status_of(own_database, stream, log[-1].id)
+        assert (status.position, status.lag, status.rejected) == (log[-1].id, 0, 1)
+        [rejection] = status.last_rejections
+        assert rejection.notification_id == oversized.id
+        assert rejection.subject == subject_for(stream.subject_prefix, "device", oversized.originator_id, "Added")
+        assert "10054" in rejection.error and "exceeds maximum" in rejection.error
+        assert await relay.status() == status
+
+        add_devices(app, 1)
+        assert await relay.publish_pending() == len(stored(app)) - len(log)
+        assert (await relay.status()).rejected == 1
+
+        await limit_message_size(js, stream, -1)
+        await relay.reset(oversized.id - 1)
+        await relay.publish_pending()
+        assert (await relay.status()).rejected == 0
+        assert oversized.id in notification_ids(await stream_messages(js, stream))
+
+
+async def test_a_message_over_the_servers_max_payload_is_refused_without_losing_the_connection(
+    own_app: WattLedger, own_database: str, nc: Client, js: JetStreamContext, stream: StreamConfig
+) -> None:
+    app = own_app
+    oversized = add_device_named(app, "x" * nc.max_payload)
+    add_devices(app, 1)
+    log = stored(app)
+
+    async with Relay(app, js, database_url=own_database, stream=stream) as relay:
+        assert await relay.publish_pending() == len(log) - 1
+        assert await relay.position() == log[-1].id
+        status = await relay.status()
+
+    assert nc.is_connected
+    assert notification_ids(await stream_messages(js, stream)) == [n.id for n in log if n.id != oversized.id]
+    assert [r.notification_id for r in status.last_rejections] == [oversized.id]
+    assert "max_payload" in status.last_rejections[0].error
+
+
+async def test_a_transient_failure_after_a_refused_message_keeps_the_refusal_and_stops_before_it(
+    own_app: WattLedger, own_database: str, nc: Client, js: JetStreamContext, stream: StreamConfig
+) -> None:
+    app = own_app
+    await limit_message_size(js, stream, 2048)
+    oversized = add_device_named(app, "y" * 4096)
+    add_devices(app, 2)
+    log = stored(app)
+    lost = log[-2]
+    lossy = LostAckJetStream(nc, lost.id)
+
+    async with Relay(app, lossy, database_url=own_database, stream=stream, ack_timeout=0.5) as flaky:
+        with pytest.raises(RelayPublishError) as failure:
+            await flaky.publish_pending()
+        assert isinstance(failure.value.__cause__, nats.errors.TimeoutError)
+        assert await flaky.position() == log[-3].id
+        assert [r.notification_id for r in (await flaky.status()).last_rejections] == [oversized.id]
+    assert lossy.asked_again == [str(oversized.id), str(lost.id)]
+
+    async with Relay(app, js, database_url=own_database, stream=stream) as relay:
+        assert await relay.publish_pending() == 2
+        status = await relay.status()
+    assert (status.position, status.rejected) == (log[-1].id, 1)
+    assert notification_ids(await stream_messages(js, stream)) == [n.id for n in log if n.id != oversized.id]
+
+
+async def test_a_stream_that_does_not_exist_yet_is_retried_in_log_order_with_nothing_skipped(
+    own_app: WattLedger, own_database: str, js: JetStreamContext
+) -> None:
+    app = own_app
+    n = next(_streams)
+    late = StreamConfig(name=f"WLT_{RUN.upper()}_LATE_{n}", subject_prefix=f"wlt{RUN}late{n}")
+    add_devices(app, 2)
+    log = stored(app)
+    try:
+        async with Relay(app, js, database_url=own_database, stream=late, ack_timeout=2.0) as relay:
+            with pytest.raises(RelayPublishError) as failure:
+                await relay.publish_pending()
+            assert isinstance(failure.value.__cause__, NoStreamResponseError)
+            assert await relay.position() == 0
+            assert (await relay.status()).rejected == 0
+
+            await ensure_stream(js, late)
+            assert await relay.publish_pending() == len(log)
+            status = await relay.status()
+        assert notification_ids(await stream_messages(js, late)) == [n.id for n in log]
+        assert (status.position, status.lag, status.rejected) == (log[-1].id, 0, 0)
+    finally:
+        try:
+            await js.delete_stream(late.name)
+        except NotFoundError:
+            pass
+
+
+async def test_status_before_any_relay_ran_reports_the_whole_log_as_lag(server_urls: tuple[str, str]) -> None:
+    with fresh_database(server_urls[0]) as url:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            status = await relay_status(conn, "WL_EVENTS", 42)
+    assert status == RelayStatus(stream="WL_EVENTS", position=0, lag=42, rejected=0, last_rejections=[])
 
 
 class Tariff(Aggregate):
@@ -415,14 +618,17 @@ class Tariff(Aggregate):
         valid_from: datetime
 
 
-def test_other_aggregates_are_routed_by_class_name_with_json_values() -> None:
+def test_other_aggregates_are_routed_by_class_name_and_publish_no_unlisted_fields() -> None:
     tariff = Tariff()
     tariff.trigger_event(Tariff.Priced, price=Decimal("0.3125"), valid_from=_T0)
     _, priced = tariff.collect_events()
 
     route = route_for(priced)
-    envelope = decode_envelope(encode_envelope(7, "tests:Tariff.Priced", priced))
+    body = encode_envelope(7, priced)
+    envelope = decode_envelope(body)
 
     assert route == ("tariff", str(tariff.id), "Priced")
-    assert envelope.data == {"price": "0.3125", "valid_from": "2026-03-01T00:00:00Z"}
+    assert envelope.data == {} and b"0.3125" not in body
+    assert event_data(priced) == EventData()
     assert (envelope.notification_id, envelope.aggregate, envelope.event) == (7, "tariff", "Priced")
+    assert msgspec.json.decode(body)["actor"] == "system"

@@ -1,0 +1,282 @@
+"""The public event contract: what subscribers of `<prefix>.events.>` receive.
+
+Every message body is a JSON `Envelope`: where the event sits in the global log
+(`notification_id`), which aggregate it belongs to and at which version, what happened
+(`aggregate`, `event`), when, who caused it (`actor`), and `data`.
+
+`data` is an allowlist. Each domain event class that may be published has one entry in
+`CONTRACT`, a Struct naming exactly the fields subscribers see; the relay builds it by
+reading those attributes and nothing else, so a field that is not named here cannot reach
+the stream. An event class without an entry is published with empty `data` (its envelope
+still says what happened and when) and logged once as a warning. Events of aggregates that
+hold secrets (password hashes, TOTP secrets, key hashes, tokens) must never name those
+fields here; better still, such events should not carry them at all.
+
+Evolution. Stored events evolve only by adding fields with defaults: never rename, retype or
+reorder a stored field. The Structs below follow the same rule: a field added later gets a
+default, so a consumer built against an older contract keeps decoding newer messages (unknown
+fields are ignored) and a newer consumer decodes older messages. A new event type is a new
+entry; a consumer that meets an `(aggregate, event)` pair it does not know should skip it.
+
+Consumers order and deduplicate by `notification_id`: JetStream may redeliver, and a relay
+restarted after its duplicate window has passed may publish a section of the log again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import msgspec
+import structlog
+from eventsourcing.domain import DomainEventProtocol
+
+from domain.device import Device
+from domain.meter import MeterDay
+
+log = structlog.get_logger(__name__)
+
+DataT = TypeVar("DataT")
+
+#: The `actor` of events that record none (bookkeeping events such as `MeterDay.Opened`).
+NO_ACTOR = "system"
+
+
+class ContractError(Exception):
+    """A message or a contract entry that does not fit the published contract."""
+
+
+class UnknownEvent(ContractError):
+    """An `(aggregate, event)` pair that this version of the contract does not describe."""
+
+
+class Envelope(msgspec.Struct, Generic[DataT], frozen=True, kw_only=True):
+    """The body of every message on the events stream.
+
+    `version` is the aggregate's version after the event (1 for the event that created it);
+    `timestamp` is when the event happened, in UTC. `data` is the event type's contract
+    Struct when publishing; `decode_envelope` gives it as a JSON object and `decode_data`
+    turns it into the typed Struct.
+    """
+
+    notification_id: int
+    originator_id: UUID
+    version: int
+    aggregate: str
+    event: str
+    timestamp: datetime
+    actor: str
+    data: DataT
+
+
+class EventData(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every event's published fields; on its own, the empty `data` of an unlisted event."""
+
+
+class DeviceAdded(EventData, frozen=True, kw_only=True):
+    """A device was added: its canonical address and what it said about itself."""
+
+    address: str
+    alias: str
+    model: str
+    device_type: str
+    mac: str
+    outlets: list[str]
+
+
+class DeviceRenamed(EventData, frozen=True, kw_only=True):
+    alias: str
+
+
+class DeviceRemoved(EventData, frozen=True, kw_only=True):
+    """The device was removed; its history stays."""
+
+
+class DeviceRestored(EventData, frozen=True, kw_only=True):
+    """A removed device was added again (same id), with what it says about itself now."""
+
+    alias: str
+    model: str
+    device_type: str
+    mac: str
+    outlets: list[str]
+
+
+class DeviceStateChanged(EventData, frozen=True, kw_only=True):
+    """A relay was switched; `outlet_index` is None for a plug's only relay."""
+
+    is_on: bool
+    outlet_index: int | None
+
+
+class DeviceWentOffline(EventData, frozen=True, kw_only=True):
+    missed_polls: int
+
+
+class DeviceCameOnline(EventData, frozen=True, kw_only=True):
+    """The first good poll after the device went offline."""
+
+
+class MeterDayOpened(EventData, frozen=True, kw_only=True):
+    """The readings stream of one device for one UTC day was started."""
+
+    device_id: UUID
+    day: date
+
+
+class Outlet(msgspec.Struct, frozen=True, kw_only=True):
+    """One child outlet of a power strip in a reading; meter fields are None without a meter."""
+
+    outlet_id: str
+    index: int
+    alias: str
+    is_on: bool
+    power_w: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    total_wh: float | None = None
+
+
+class ReadingRecorded(EventData, frozen=True, kw_only=True):
+    """One poll of a device. `total_wh` is the device's cumulative counter (None without a meter)."""
+
+    device_id: UUID
+    measured_at: datetime
+    is_on: bool
+    power_w: float | None
+    voltage_v: float | None
+    current_a: float | None
+    total_wh: float | None
+    outlets: list[Outlet]
+    rssi: int | None = None
+
+
+def _event_fields(event_cls: type) -> set[str]:
+    if dataclasses.is_dataclass(event_cls):
+        return {f.name for f in dataclasses.fields(event_cls)}
+    names: set[str] = set()
+    for klass in event_cls.__mro__:
+        names.update(getattr(klass, "__annotations__", {}))
+    return names
+
+
+def _contract(entries: Mapping[type[Any], type[EventData]]) -> Mapping[type[Any], type[EventData]]:
+    """Check that every entry names only fields its event declares, then freeze the mapping."""
+    for event_cls, data_cls in entries.items():
+        unknown = set(data_cls.__struct_fields__) - _event_fields(event_cls)
+        if unknown:
+            raise ContractError(f"{data_cls.__name__} names fields {event_cls.__qualname__} lacks: {sorted(unknown)}")
+    return MappingProxyType(dict(entries))
+
+
+#: Event class -> the Struct of the fields published for it. Nothing else is published.
+CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
+    {
+        Device.Added: DeviceAdded,
+        Device.Renamed: DeviceRenamed,
+        Device.Removed: DeviceRemoved,
+        Device.Restored: DeviceRestored,
+        Device.StateChanged: DeviceStateChanged,
+        Device.WentOffline: DeviceWentOffline,
+        Device.CameOnline: DeviceCameOnline,
+        MeterDay.Opened: MeterDayOpened,
+        MeterDay.ReadingRecorded: ReadingRecorded,
+    }
+)
+
+
+def aggregate_name(event_cls: type[Any]) -> str:
+    """The `aggregate` of an event: `device`, `meter`, else its aggregate's class name in lower case."""
+    if issubclass(event_cls, MeterDay.Event):
+        return "meter"
+    if issubclass(event_cls, Device.Event):
+        return "device"
+    owner = event_cls.__qualname__.rpartition(".")[0].rpartition(".")[2] or event_cls.__name__
+    return owner.lower()
+
+
+_BY_NAME: Mapping[tuple[str, str], type[EventData]] = MappingProxyType(
+    {(aggregate_name(cls), cls.__name__): data for cls, data in CONTRACT.items()}
+)
+
+
+def data_type(aggregate: str, event: str) -> type[EventData] | None:
+    """The Struct of an `(aggregate, event)` pair's `data`, or None if the contract has no such event."""
+    return _BY_NAME.get((aggregate, event))
+
+
+_warned: set[type[Any]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_unlisted(event_cls: type[Any]) -> None:
+    with _warned_lock:
+        if event_cls in _warned:
+            return
+        _warned.add(event_cls)
+    log.warning(
+        "contract.event_not_listed",
+        event_type=event_cls.__qualname__,
+        module=event_cls.__module__,
+        published="envelope without data",
+    )
+
+
+def event_data(event: DomainEventProtocol[Any]) -> EventData:
+    """The published fields of one event: its contract Struct, or empty `EventData` if it has none.
+
+    The lookup is by exact class: a subclass of a listed event may add fields and needs
+    its own entry.
+    """
+    data_cls = CONTRACT.get(type(event))
+    if data_cls is None:
+        _warn_unlisted(type(event))
+        return EventData()
+    return msgspec.convert(event, data_cls, from_attributes=True)
+
+
+def envelope_for(notification_id: int, event: DomainEventProtocol[Any]) -> Envelope[EventData]:
+    """The envelope of one stored event at position `notification_id` of the log."""
+    actor = getattr(event, "actor", None)
+    timestamp: datetime = getattr(event, "timestamp")  # every aggregate event has one
+    return Envelope(
+        notification_id=notification_id,
+        originator_id=event.originator_id,
+        version=event.originator_version,
+        aggregate=aggregate_name(type(event)),
+        event=type(event).__name__,
+        timestamp=timestamp.astimezone(timezone.utc),
+        actor=NO_ACTOR if actor is None else str(actor),
+        data=event_data(event),
+    )
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(Envelope[dict[str, Any]])
+
+
+def encode_envelope(notification_id: int, event: DomainEventProtocol[Any]) -> bytes:
+    """The JSON message body of one stored event, as published on the stream."""
+    return _ENCODER.encode(envelope_for(notification_id, event))
+
+
+def decode_envelope(raw: bytes) -> Envelope[dict[str, Any]]:
+    """Any message body of the stream, with `data` as a JSON object (see `decode_data`)."""
+    return _DECODER.decode(raw)
+
+
+def decode_data(envelope: Envelope[dict[str, Any]]) -> EventData:
+    """`data` as its event type's Struct, chosen by `aggregate` and `event`, to dispatch with `match`.
+
+    Raises UnknownEvent for a pair this contract does not describe (skip those), and
+    msgspec.ValidationError for data that does not fit its Struct.
+    """
+    data_cls = data_type(envelope.aggregate, envelope.event)
+    if data_cls is None:
+        raise UnknownEvent(f"no contract for {envelope.aggregate}.{envelope.event}")
+    return msgspec.convert(envelope.data, data_cls)
