@@ -1,29 +1,204 @@
-"""Energy from cumulative counters: resets count from the new value, never negative."""
+"""Energy from a meter's readings: a fold giving intervals, and their split across local periods.
+
+`step` folds one reading into a meter's state and returns the intervals it
+closes: the energy measured between the channel's previous reading and this
+one. A plug has one channel (`DEVICE_CHANNEL`); a strip has one per outlet.
+
+The rules, per channel:
+
+- With a cumulative counter (`total_wh`) on both readings, energy is the
+  counter's rise. A counter that falls by more than `reset_drop` of its high is
+  a reset: the energy since it is the new value. A smaller dip is jitter: nothing
+  is counted until the counter passes its previous high, so no energy is counted
+  twice. A rise that would need more than `max_power_w` over the interval is a
+  reset to an unrelated value: counting starts from it.
+- Without a counter, power (at most `max_power_w`) is integrated, trapezoid
+  rule, only across intervals shorter than `max_gap`: across a longer gap
+  nothing is known, and nothing is invented.
+- A reading of another meter (a new MAC) starts a new state: counters are never
+  compared across meters. A reading not newer than the meter's latest changes
+  nothing, so late and duplicate readings are never counted twice.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from domain.calendar import Period, Unit, local_periods
+from domain.meter import MeterDay
+
+DEVICE_CHANNEL = "device"
 
 
-def counter_delta_wh(previous_wh: float | None, current_wh: float | None) -> float:
-    """Energy between two readings of a cumulative counter.
+class EnergyRules(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits that tell measured energy from glitches.
 
-    A counter that went down was reset (the device rebooted): the energy since
-    the reset is the new value itself. A missing counter on either side gives 0:
-    energy is never invented.
+    `resolution_wh` is the counter's step: a rise of one step is plausible over
+    any interval, however short.
     """
-    if previous_wh is None or current_wh is None:
-        return 0.0
-    if current_wh < previous_wh:
-        return max(current_wh, 0.0)
-    return current_wh - previous_wh
+
+    max_power_w: float = 3700.0
+    max_gap: timedelta = timedelta(minutes=3)
+    reset_drop: float = 0.10
+    resolution_wh: float = 1.0
+
+    @classmethod
+    def for_polling_interval(cls, seconds: float, *, max_power_w: float = 3700.0) -> EnergyRules:
+        """Rules for a meter polled every `seconds`: power is integrated across at most three polls."""
+        return cls(max_power_w=max_power_w, max_gap=timedelta(seconds=3 * seconds))
+
+
+class Sample(msgspec.Struct, frozen=True, kw_only=True):
+    """What one channel of a meter measured."""
+
+    channel: str
+    power_w: float | None = None
+    total_wh: float | None = None
+
+
+class Reading(msgspec.Struct, frozen=True, kw_only=True):
+    """One reading of a meter (`meter` tells meters apart: a device's MAC)."""
+
+    meter: str
+    at: datetime
+    samples: tuple[Sample, ...]
+
+
+class Channel(msgspec.Struct, frozen=True, kw_only=True):
+    """A channel's last reading; `counted_wh` is the counter value up to which energy is counted."""
+
+    at: datetime
+    power_w: float | None = None
+    counted_wh: float | None = None
+
+
+class MeterState(msgspec.Struct, frozen=True, kw_only=True):
+    """The fold's state for one meter; plain data, so read models can store it with their rows."""
+
+    meter: str
+    at: datetime
+    channels: dict[str, Channel]
+
+
+class Interval(msgspec.Struct, frozen=True, kw_only=True):
+    """`wh` used on `channel` during [start, end), spread evenly over it."""
+
+    channel: str
+    start: datetime
+    end: datetime
+    wh: float
+
+
+class Share(msgspec.Struct, frozen=True, kw_only=True):
+    """The part of an interval's energy that falls in one period."""
+
+    period: Period
+    wh: float
+
+
+def reading_of(event: MeterDay.ReadingRecorded, meter: str) -> Reading:
+    """The meter reading a recorded event carries: one sample per outlet for a strip, else one."""
+    if event.outlets:
+        samples = tuple(Sample(channel=o.outlet_id, power_w=o.power_w, total_wh=o.total_wh) for o in event.outlets)
+    else:
+        samples = (Sample(channel=DEVICE_CHANNEL, power_w=event.power_w, total_wh=event.total_wh),)
+    return Reading(meter=meter, at=event.measured_at, samples=samples)
+
+
+def step(state: MeterState | None, reading: Reading, rules: EnergyRules) -> tuple[MeterState, list[Interval]]:
+    """Fold one reading into a meter's state; returns the new state and the intervals it closes."""
+    if state is not None and state.meter == reading.meter and reading.at <= state.at:
+        return state, []
+    previous = state.channels if state is not None and state.meter == reading.meter else {}
+    channels = dict(previous)
+    intervals: list[Interval] = []
+    for sample in reading.samples:
+        channels[sample.channel], interval = _channel_step(previous.get(sample.channel), sample, reading.at, rules)
+        if interval is not None:
+            intervals.append(interval)
+    return MeterState(meter=reading.meter, at=reading.at, channels=channels), intervals
+
+
+def fold(
+    readings: Iterable[Reading], rules: EnergyRules, state: MeterState | None = None
+) -> tuple[MeterState | None, list[Interval]]:
+    """Fold readings in the order given; returns the final state and every interval closed."""
+    intervals: list[Interval] = []
+    for reading in readings:
+        state, closed = step(state, reading, rules)
+        intervals += closed
+    return state, intervals
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _channel_step(
+    before: Channel | None, sample: Sample, at: datetime, rules: EnergyRules
+) -> tuple[Channel, Interval | None]:
+    counter = _finite(sample.total_wh)
+    counter = counter if counter is None or counter >= 0 else None
+    power = _finite(sample.power_w)
+    if before is None:
+        return Channel(at=at, power_w=power, counted_wh=counter), None
+    seconds = (at - before.at).total_seconds()
+    if counter is not None and before.counted_wh is not None:
+        counted, wh = _counted(before.counted_wh, counter, seconds, rules)
+        return Channel(at=at, power_w=power, counted_wh=counted), Interval(
+            channel=sample.channel, start=before.at, end=at, wh=wh
+        )
+    after = Channel(at=at, power_w=power, counted_wh=counter)
+    if seconds >= rules.max_gap.total_seconds():
+        return after, None
+    known = [p for p in (before.power_w, power) if p is not None]
+    if not known:
+        return after, None
+    watts = min(max(sum(known) / len(known), 0.0), rules.max_power_w)
+    wh = watts * seconds / 3600
+    return after, Interval(channel=sample.channel, start=before.at, end=at, wh=wh)
+
+
+def _counted(high: float, counter: float, seconds: float, rules: EnergyRules) -> tuple[float, float]:
+    """(counter value counted up to, energy counted) for a counter read `seconds` after its high."""
+    plausible = rules.max_power_w * seconds / 3600 + rules.resolution_wh
+    if counter >= high:
+        rise = counter - high
+        return counter, rise if rise <= plausible else 0.0
+    if counter < high * (1 - rules.reset_drop):
+        return counter, counter if counter <= plausible else 0.0
+    return high, 0.0
 
 
 def share_within(start: datetime, end: datetime, wh: float, window_start: datetime, window_end: datetime) -> float:
     """The part of `wh`, used evenly over [start, end), that falls in [window_start, window_end)."""
     if end <= start:
-        return wh if window_start <= end < window_end else 0.0
+        return wh if window_start <= start < window_end else 0.0
     overlap = (min(end, window_end) - max(start, window_start)).total_seconds()
     if overlap <= 0:
         return 0.0
     return wh * overlap / (end - start).total_seconds()
+
+
+def split(interval: Interval, zone: ZoneInfo, unit: Unit) -> list[Share]:
+    """An interval's energy by local day or month of `zone`, in order; the shares sum to the whole.
+
+    An interval inside one period (the usual case) gives one share. The last
+    share takes what the others leave, so rounding never loses or adds energy.
+    """
+    periods = list(local_periods(interval.start, interval.end, zone, unit))
+    if len(periods) == 1:
+        return [Share(period=periods[0], wh=interval.wh)]
+    shares: list[Share] = []
+    left = interval.wh
+    for period in periods[:-1]:
+        part = share_within(interval.start, interval.end, interval.wh, period.start, period.end)
+        shares.append(Share(period=period, wh=part))
+        left -= part
+    shares.append(Share(period=periods[-1], wh=max(left, 0.0)))
+    return shares

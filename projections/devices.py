@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timezone
-from zoneinfo import ZoneInfo
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import msgspec
 import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.rows import tuple_row
 
-from domain.calendar import local_day, local_month
+from domain.calendar import LocalCalendar, Period
 from domain.device import Device
-from domain.energy import counter_delta_wh, share_within
+from domain.energy import EnergyRules, Interval, MeterState, reading_of, split, step
 from domain.meter import MeterDay
-from projections.engine import READ_SCHEMA
+from domain.readings import OutletReading
+from projections.engine import READ_SCHEMA, Table
 
 TABLE = f"{READ_SCHEMA}.devices"
-
-DDL = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    device_id uuid PRIMARY KEY,
-    address text NOT NULL UNIQUE,
-    alias text NOT NULL,
-    model text NOT NULL,
-    device_type text NOT NULL,
-    mac text NOT NULL,
-    removed boolean NOT NULL DEFAULT false,
-    online boolean NOT NULL DEFAULT true,
-    is_on boolean,
-    relays jsonb NOT NULL DEFAULT '{{}}',
-    power_w double precision,
-    voltage_v double precision,
-    current_a double precision,
-    total_wh double precision,
-    rssi integer,
-    outlets jsonb NOT NULL DEFAULT '[]',
-    today date,
-    today_wh double precision NOT NULL DEFAULT 0,
-    month date,
-    month_wh double precision NOT NULL DEFAULT 0,
-    last_seen timestamptz,
-    added_at timestamptz NOT NULL,
-    updated_at timestamptz NOT NULL
-);
-"""
 
 
 class OutletView(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,15 +54,12 @@ class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
     outlets: list[OutletView]
 
 
-ROW_FIELDS = (
-    "device_id", "address", "alias", "model", "device_type", "mac", "removed", "online", "is_on", "relays",
-    "power_w", "voltage_v", "current_a", "total_wh", "rssi", "outlets", "today", "today_wh", "month",
-    "month_wh", "last_seen", "added_at", "updated_at",
-)
-
-
 class DeviceRow(msgspec.Struct, kw_only=True):
-    """One row of `wl_read.devices`, folded in memory from events (pure: no I/O)."""
+    """One row of `wl_read.devices`, folded in memory from events (pure: no I/O).
+
+    The fields are the table's columns, in order; `meter` is the energy fold's
+    state, so a batch resumes the fold where the previous one left it.
+    """
 
     device_id: UUID
     address: str
@@ -98,8 +67,6 @@ class DeviceRow(msgspec.Struct, kw_only=True):
     model: str
     device_type: str
     mac: str
-    added_at: datetime
-    updated_at: datetime
     removed: bool = False
     online: bool = True
     is_on: bool | None = None
@@ -109,12 +76,15 @@ class DeviceRow(msgspec.Struct, kw_only=True):
     current_a: float | None = None
     total_wh: float | None = None
     rssi: int | None = None
-    outlets: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    outlets: list[OutletReading] = msgspec.field(default_factory=list)
     today: date | None = None
     today_wh: float = 0.0
     month: date | None = None
     month_wh: float = 0.0
     last_seen: datetime | None = None
+    added_at: datetime
+    updated_at: datetime
+    meter: MeterState | None = None
 
     @classmethod
     def added(cls, event: Device.Added) -> DeviceRow:
@@ -123,7 +93,7 @@ class DeviceRow(msgspec.Struct, kw_only=True):
             device_type=event.device_type, mac=event.mac, added_at=event.timestamp, updated_at=event.timestamp,
         )
 
-    def apply(self, event: object, zone: ZoneInfo) -> None:
+    def apply(self, event: object, calendar: LocalCalendar, rules: EnergyRules) -> None:
         match event:
             case Device.Restored():
                 self.removed, self.online = False, True
@@ -142,37 +112,58 @@ class DeviceRow(msgspec.Struct, kw_only=True):
             case Device.CameOnline():
                 self.online = True
             case MeterDay.ReadingRecorded():
-                self._reading(event, zone)
+                self._reading(event, calendar, rules)
                 return
             case _:
                 return
         self.updated_at = getattr(event, "timestamp")
 
-    def _reading(self, event: MeterDay.ReadingRecorded, zone: ZoneInfo) -> None:
-        """Newest reading wins the current state; the energy since the last one is split by local day and month."""
+    def _reading(self, event: MeterDay.ReadingRecorded, calendar: LocalCalendar, rules: EnergyRules) -> None:
+        """The newest reading wins the current state; the energy fold gives today's and this month's energy.
+
+        A reading not newer than the latest (late or duplicate) changes nothing.
+        The device's MAC names the meter, so a restored device with another MAC
+        starts a new counter.
+        """
         at = event.measured_at
         if self.removed or (self.last_seen is not None and at <= self.last_seen):
             return
-        if event.outlets:
-            before = {o["outlet_id"]: o.get("total_wh") for o in self.outlets}
-            used = sum(counter_delta_wh(before.get(o.outlet_id), o.total_wh) for o in event.outlets)
-        else:
-            used = counter_delta_wh(self.total_wh, event.total_wh)
-        start = self.last_seen or at
-        today, day_start, day_end = local_day(at, zone)
-        month, month_start, month_end = local_month(at, zone)
-        in_day = share_within(start, at, used, day_start, day_end)
-        in_month = share_within(start, at, used, month_start, month_end)
-        self.today_wh = (self.today_wh if self.today == today else 0.0) + in_day
-        self.month_wh = (self.month_wh if self.month == month else 0.0) + in_month
-        self.today, self.month = today, month
+        self.meter, intervals = step(self.meter, reading_of(event, self.mac), rules)
+        self.today, self.today_wh = _current_total(
+            self.today, self.today_wh, intervals, calendar.period(at, "day"), calendar.zone
+        )
+        self.month, self.month_wh = _current_total(
+            self.month, self.month_wh, intervals, calendar.period(at, "month"), calendar.zone
+        )
         self.is_on = event.is_on
         self.power_w, self.voltage_v, self.current_a = event.power_w, event.voltage_v, event.current_a
         self.total_wh, self.rssi = event.total_wh, event.rssi
-        self.outlets = [msgspec.structs.asdict(o) for o in event.outlets]
+        self.outlets = list(event.outlets)
         self.relays = {str(o.index): o.is_on for o in event.outlets} if event.outlets else {"plug": event.is_on}
         self.last_seen = at
         self.updated_at = event.timestamp
+
+
+def _current_total(
+    label: date | None, wh: float, intervals: Iterable[Interval], current: Period, zone: ZoneInfo
+) -> tuple[date, float]:
+    """The energy so far in `current`, the period of the reading that closed `intervals`.
+
+    A newer period starts from 0; the shares of older periods are left out.
+    """
+    if label is not None and label > current.label:
+        return label, wh
+    if label is None or label < current.label:
+        label, wh = current.label, 0.0
+    for interval in intervals:
+        if interval.start >= current.start:
+            wh += interval.wh
+        else:
+            wh += sum(s.wh for s in split(interval, zone, current.unit) if s.period.label == label)
+    return label, wh
+
+
+DEVICES = Table(TABLE, DeviceRow, key="device_id", unique=("address",))
 
 
 def _subject(event: object) -> UUID | None:
@@ -184,13 +175,6 @@ def _subject(event: object) -> UUID | None:
     return None
 
 
-_UPSERT = (
-    f"INSERT INTO {TABLE} ({', '.join(ROW_FIELDS)}) VALUES ({', '.join('%s' for _ in ROW_FIELDS)}) "
-    f"ON CONFLICT (device_id) DO UPDATE SET "
-    + ", ".join(f"{f} = EXCLUDED.{f}" for f in ROW_FIELDS if f != "device_id")
-)
-
-
 class DevicesProjector:
     """Projects Device events and each device's newest reading into `wl_read.devices`.
 
@@ -199,24 +183,20 @@ class DevicesProjector:
     """
 
     name = "devices"
+    version = 2
+    tables = (DEVICES,)
 
-    def __init__(self, zone: ZoneInfo | None = None) -> None:
+    def __init__(self, zone: ZoneInfo | None = None, rules: EnergyRules | None = None) -> None:
         self.zone = zone or ZoneInfo("UTC")
-
-    def create_tables(self, cur: psycopg.Cursor[Any]) -> None:
-        cur.execute(DDL)
-
-    def clear(self, cur: psycopg.Cursor[Any]) -> None:
-        cur.execute(f"DELETE FROM {TABLE}")
+        self.rules = rules or EnergyRules()
+        self.calendar = LocalCalendar(self.zone)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         wanted = {device_id for event in events if (device_id := _subject(event)) is not None}
         if not wanted:
             return
-        rows: dict[UUID, DeviceRow] = {}
-        cur.execute(f"SELECT {', '.join(ROW_FIELDS)} FROM {TABLE} WHERE device_id = ANY(%s)", (list(wanted),))
-        for record in cur.fetchall():
-            rows[record[0]] = DeviceRow(**dict(zip(ROW_FIELDS, record, strict=True)))
+        cur.execute(f"{DEVICES.select} WHERE device_id = ANY(%s)", (list(wanted),))
+        rows = {row.device_id: row for row in map(DEVICES.decode, cur.fetchall())}
         touched: set[UUID] = set()
         for event in events:
             if isinstance(event, Device.Added):
@@ -225,58 +205,43 @@ class DevicesProjector:
             row = rows.get(device_id) if device_id is not None else None
             if row is None:
                 continue
-            row.apply(event, self.zone)
+            row.apply(event, self.calendar, self.rules)
             touched.add(row.device_id)
-        cur.executemany(_UPSERT, [self._values(rows[d]) for d in touched])
-
-    @staticmethod
-    def _values(row: DeviceRow) -> tuple[Any, ...]:
-        values = msgspec.structs.asdict(row)
-        values["relays"], values["outlets"] = Jsonb(row.relays), Jsonb(row.outlets)
-        return tuple(values[f] for f in ROW_FIELDS)
+        cur.executemany(DEVICES.upsert, [DEVICES.values(rows[d]) for d in touched])
 
 
-_COLUMNS = (
-    "device_id, address, alias, model, device_type, mac, online, is_on, relays, power_w, voltage_v, "
-    "current_a, rssi, outlets, today, today_wh, month, month_wh, last_seen, added_at"
-)
-
-
-def _view(row: dict[str, Any], now: datetime, zone: ZoneInfo) -> DeviceView:
+def _view(row: DeviceRow, now: datetime, zone: ZoneInfo) -> DeviceView:
     day = now.astimezone(zone).date()
-    relays = row["relays"] or {}
     outlets = [
         OutletView(
-            outlet_id=o["outlet_id"],
-            index=o["index"],
-            alias=o["alias"],
-            is_on=relays.get(str(o["index"]), o["is_on"]),
-            current_power_w=o.get("power_w"),
-            voltage=o.get("voltage_v"),
-            current=o.get("current_a"),
+            outlet_id=o.outlet_id,
+            index=o.index,
+            alias=o.alias,
+            is_on=row.relays.get(str(o.index), o.is_on),
+            current_power_w=o.power_w,
+            voltage=o.voltage_v,
+            current=o.current_a,
         )
-        for o in row["outlets"]
+        for o in row.outlets
     ]
-    is_on = relays.get("plug", row["is_on"]) if not outlets else any(o.is_on for o in outlets)
+    is_on = row.relays.get("plug", row.is_on) if not outlets else any(o.is_on for o in outlets)
     return DeviceView(
-        device_id=row["device_id"],
-        device_ip=row["address"],
-        alias=row["alias"],
-        model=row["model"],
-        device_type=row["device_type"],
-        mac=row["mac"],
-        online=row["online"],
+        device_id=row.device_id,
+        device_ip=row.address,
+        alias=row.alias,
+        model=row.model,
+        device_type=row.device_type,
+        mac=row.mac,
+        online=row.online,
         is_on=is_on,
-        current_power_w=row["power_w"],
-        today_energy_kwh=round(row["today_wh"] / 1000, 6) if row["today"] == day else 0.0,
-        month_energy_kwh=round(row["month_wh"] / 1000, 6)
-        if row["month"] == day.replace(day=1)
-        else 0.0,
-        voltage=row["voltage_v"],
-        current=row["current_a"],
-        signal_strength=row["rssi"],
-        last_seen=row["last_seen"],
-        added_at=row["added_at"],
+        current_power_w=row.power_w,
+        today_energy_kwh=round(row.today_wh / 1000, 6) if row.today == day else 0.0,
+        month_energy_kwh=round(row.month_wh / 1000, 6) if row.month == day.replace(day=1) else 0.0,
+        voltage=row.voltage_v,
+        current=row.current_a,
+        signal_strength=row.rssi,
+        last_seen=row.last_seen,
+        added_at=row.added_at,
         outlets=outlets,
     )
 
@@ -284,9 +249,9 @@ def _view(row: dict[str, Any], now: datetime, zone: ZoneInfo) -> DeviceView:
 async def list_devices(conn: psycopg.AsyncConnection[Any], zone: ZoneInfo) -> list[DeviceView]:
     """Every present device, in the order they were added; today and this month in `zone`."""
     now = datetime.now(timezone.utc)
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE NOT removed ORDER BY added_at, address")
-        return [_view(row, now, zone) for row in await cur.fetchall()]
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(f"{DEVICES.select} WHERE NOT removed ORDER BY added_at, address")
+        return [_view(DEVICES.decode(record), now, zone) for record in await cur.fetchall()]
 
 
 async def find_device(conn: psycopg.AsyncConnection[Any], key: str, zone: ZoneInfo) -> DeviceView | None:
@@ -295,13 +260,13 @@ async def find_device(conn: psycopg.AsyncConnection[Any], key: str, zone: ZoneIn
         device_id: UUID | None = UUID(key)
     except ValueError:
         device_id = None
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=tuple_row) as cur:
         if device_id is not None:
-            await cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE device_id = %s AND NOT removed", (device_id,))
+            await cur.execute(f"{DEVICES.select} WHERE device_id = %s AND NOT removed", (device_id,))
         else:
-            await cur.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE address = %s AND NOT removed", (key,))
-        row = await cur.fetchone()
-    return _view(row, datetime.now(timezone.utc), zone) if row else None
+            await cur.execute(f"{DEVICES.select} WHERE address = %s AND NOT removed", (key,))
+        record = await cur.fetchone()
+    return _view(DEVICES.decode(record), datetime.now(timezone.utc), zone) if record else None
 
 
 async def count_devices(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:

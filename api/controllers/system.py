@@ -12,9 +12,11 @@ import psycopg
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
+from adapters.relay import RelayStatus, relay_status
+from api.errors import RETRY_AFTER_S, connection_lost
 from api.services import VERSION, Services
 from projections.devices import count_devices
-from projections.engine import READ_SCHEMA
+from projections.engine import READ_SCHEMA, ProjectorStatus, projector_status
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,6 +32,11 @@ class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
     database_size_mb: float
     last_poll: datetime | None
     events_stored: int
+    relay: RelayStatus
+    projectors: list[ProjectorStatus]
+
+
+HEALTH_ATTEMPTS = 3
 
 
 class SystemController(Controller):
@@ -38,18 +45,32 @@ class SystemController(Controller):
 
     @get("/health", operation_id="getHealth")
     async def health(self, services: NamedDependency[Services]) -> Response[Health]:
-        """Liveness and database reachability: 200 when healthy, 503 when the database is down."""
-        now = datetime.now(timezone.utc)
-        try:
-            async with services.read_pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT 1")
-        except (psycopg.Error, OSError, TimeoutError):
-            return Response(Health(status="unhealthy", timestamp=now), status_code=503)
-        return Response(Health(status="healthy", timestamp=now))
+        """Liveness and database reachability: 200 whenever the database answers, 503 with
+        Retry-After when it does not. A connection lost under the check is replaced and tried again."""
+        for _ in range(HEALTH_ATTEMPTS):
+            try:
+                async with services.read_pool.connection(timeout=2) as conn:
+                    await conn.execute("SELECT 1")
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                if connection_lost(exc):
+                    continue
+                break
+            return Response(Health(status="healthy", timestamp=datetime.now(timezone.utc)))
+        return Response(
+            Health(status="unhealthy", timestamp=datetime.now(timezone.utc)),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @get("/system/status", operation_id="getSystemStatus")
     async def status(self, services: NamedDependency[Services]) -> SystemStatus:
-        """Version, uptime, device counts, database size and the time of the newest reading."""
+        """Version, uptime, device counts, database size, the newest reading, and the relay.
+
+        `relay` gives the relay's position in the event log, its lag behind the newest event,
+        and the events JetStream refused for good (stored, but missing from the stream).
+        `projectors` gives each read model's schema version, position, lag and failure if any.
+        """
+        max_id = await asyncio.to_thread(services.app.recorder.max_notification_id)
         async with services.read_pool.connection() as conn:
             total, online = await count_devices(conn)
             cur = await conn.execute(
@@ -57,7 +78,8 @@ class SystemController(Controller):
                 f"(SELECT max(last_seen) FROM {READ_SCHEMA}.devices WHERE NOT removed)"
             )
             row: Any = await cur.fetchone()
-        max_id = await asyncio.to_thread(services.app.recorder.max_notification_id)
+            relay = await relay_status(conn, services.stream_name, max_id or 0)
+            projectors = await projector_status(conn, max_id or 0)
         return SystemStatus(
             version=VERSION,
             uptime_seconds=int(time.monotonic() - services.started),
@@ -66,4 +88,6 @@ class SystemController(Controller):
             database_size_mb=round(row[0] / 1_048_576, 1),
             last_poll=row[1],
             events_stored=max_id or 0,
+            relay=relay,
+            projectors=projectors,
         )

@@ -40,6 +40,19 @@ async def test_health_and_status_answer(client: Client) -> None:
     assert status["devices_connected"] == 0 and status["version"]
 
 
+async def test_status_reports_each_read_model_with_its_lag(
+    client: Client, runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    async with background(runtime, poll=False):
+        added = await client.post("/api/devices/manual", json={"ip": fleet.addresses[0]})
+        assert added.status_code == 201, added.text
+        status = (await client.get("/api/system/status")).json()
+    projectors = {p["name"]: p for p in status["projectors"]}
+    assert set(projectors) == set(runtime.engine.projectors)
+    assert projectors["devices"]["lag"] == 0 and projectors["devices"]["last_error"] is None
+    assert projectors["devices"]["position"] == status["events_stored"]
+
+
 async def test_openapi_schema_documents_every_operation(client: Client) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
     operations = {op["operationId"] for path in schema["paths"].values() for op in path.values()}

@@ -105,3 +105,19 @@ async def test_a_poll_stored_twice_records_one_reading(apps: tuple[WattLedger, W
     assert (await fresh.record_polls(RecordPolls(results=(result,), actor="p"))).recorded == 0
     readings = [n for n in app.recorder.select_notifications(1, 100) if n.topic.endswith("ReadingRecorded")]
     assert len(readings) == 2
+
+
+async def test_a_poll_cycle_of_many_devices_is_stored_whole_and_only_once(
+    apps: tuple[WattLedger, WattLedger],
+) -> None:
+    app, _ = apps
+    addresses = [f"127.0.1.{i // 250}:{10100 + i}" for i in range(450)]
+    for address in addresses:
+        await handlers(app, plug(0.0)).add_device(AddDevice(address=address, actor="t"))
+    results = tuple(
+        PollResult(device_id=device_id_for(a), measured_at=T0 + timedelta(minutes=1), snapshot=plug(1.0))
+        for a in addresses
+    )
+    poller = handlers(app, plug(0.0), cache=True)
+    assert (await poller.record_polls(RecordPolls(results=results, actor="p"))).recorded == 450
+    assert (await poller.record_polls(RecordPolls(results=results, actor="p"))).recorded == 0

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.calendar import local_day, local_month
+from domain.calendar import Unit, local_day, local_month, local_period, local_periods
 from domain.energy import share_within
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -53,3 +53,33 @@ def test_energy_spread_over_local_days_sums_to_the_whole(start: datetime, second
         total += share_within(start, end, wh, day_start, day_end)
         moment = day_end
     assert total == pytest.approx(wh, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "hours", "starts_at"),
+    [
+        # DST began at midnight: 00:00 did not exist, the day starts at the jump.
+        (ZoneInfo("America/Sao_Paulo"), "2018-11-04", 23, datetime(2018, 11, 4, 3, tzinfo=timezone.utc)),
+        # DST ended at 01:00 back to 00:00: the day starts at the first midnight.
+        (ZoneInfo("America/Havana"), "2024-11-03", 25, datetime(2024, 11, 3, 4, tzinfo=timezone.utc)),
+    ],
+)
+def test_days_whose_transition_falls_at_midnight(zone: ZoneInfo, day: str, hours: int, starts_at: datetime) -> None:
+    period = local_period(starts_at + timedelta(hours=12), zone, "day")
+    assert (period.label.isoformat(), period.start) == (day, starts_at)
+    assert period.end - period.start == timedelta(hours=hours)
+
+
+@given(
+    st.datetimes(min_value=datetime(2018, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(timezone.utc)),
+    st.integers(min_value=0, max_value=90 * 24 * 3600),
+    st.sampled_from([BERLIN, NEW_YORK, ZoneInfo("America/Havana"), ZoneInfo("America/Sao_Paulo")]),
+    st.sampled_from(["day", "month"]),
+)
+def test_periods_tile_the_time_line(start: datetime, seconds: int, zone: ZoneInfo, unit: Unit) -> None:
+    end = start + timedelta(seconds=seconds)
+    periods = list(local_periods(start, end, zone, unit))
+    assert periods[0].start <= start < periods[0].end
+    assert all(a.end == b.start and a.label < b.label for a, b in zip(periods, periods[1:]))
+    assert periods[-1].end >= end
+    assert all(p == local_period(p.start, zone, unit) for p in periods)
