@@ -37,6 +37,7 @@ import structlog
 from eventsourcing.domain import DomainEventProtocol
 
 from domain.device import Device
+from domain.identity import ApiKey, Roster, Session, User
 from domain.meter import MeterDay
 
 log = structlog.get_logger(__name__)
@@ -156,6 +157,109 @@ class ReadingRecorded(EventData, frozen=True, kw_only=True):
     rssi: int | None = None
 
 
+class RosterFounded(EventData, frozen=True, kw_only=True):
+    """First-run setup: the roster of active administrators was started with the first one."""
+
+    first_admin: UUID
+
+
+class RosterAdminAdded(EventData, frozen=True, kw_only=True):
+    user_id: UUID
+
+
+class RosterAdminRemoved(EventData, frozen=True, kw_only=True):
+    user_id: UUID
+
+
+class UserRegistered(EventData, frozen=True, kw_only=True):
+    """A user was created (never with its password hash)."""
+
+    username: str
+    email: str | None
+    full_name: str
+    role: str
+
+
+class UserProfileChanged(EventData, frozen=True, kw_only=True):
+    email: str | None
+    full_name: str
+
+
+class UserRoleChanged(EventData, frozen=True, kw_only=True):
+    role: str
+
+
+class UserDeactivated(EventData, frozen=True, kw_only=True):
+    """The user can no longer sign in; its sessions ended."""
+
+
+class UserReactivated(EventData, frozen=True, kw_only=True):
+    """The user can sign in again."""
+
+
+class UserDeleted(EventData, frozen=True, kw_only=True):
+    """The user was deleted; its history stays and its name stays taken."""
+
+
+class UserPasswordChanged(EventData, frozen=True, kw_only=True):
+    """The password changed; no hash is ever published."""
+
+
+class UserTotpSetupStarted(EventData, frozen=True, kw_only=True):
+    """Two-factor set-up started; the secret and the backup codes are never published."""
+
+
+class UserTotpEnabled(EventData, frozen=True, kw_only=True):
+    """Two-factor authentication is now asked for at sign-in."""
+
+
+class UserTotpDisabled(EventData, frozen=True, kw_only=True):
+    """Two-factor authentication is no longer asked for."""
+
+
+class UserTotpCodeAccepted(EventData, frozen=True, kw_only=True):
+    """A TOTP code was accepted (sign-in, enabling or disabling two-factor)."""
+
+
+class UserBackupCodeUsed(EventData, frozen=True, kw_only=True):
+    """A backup code was spent."""
+
+
+class ApiKeyRevoked(EventData, frozen=True, kw_only=True):
+    """The key no longer works."""
+
+
+class UserSignedIn(EventData, frozen=True, kw_only=True):
+    session_id: UUID
+
+
+class SessionStarted(EventData, frozen=True, kw_only=True):
+    user_id: UUID
+    ip: str
+    user_agent: str
+    expires_at: datetime
+
+
+class SessionRefreshed(EventData, frozen=True, kw_only=True):
+    generation: int
+
+
+class SessionEnded(EventData, frozen=True, kw_only=True):
+    """`reason`: logout, evicted, revoked, reuse_detected, user_disabled or expired."""
+
+    reason: str
+
+
+class ApiKeyIssued(EventData, frozen=True, kw_only=True):
+    """A key was issued (never with its hash): `prefix` is its first characters, as lists show them."""
+
+    user_id: UUID
+    name: str
+    scope: str
+    prefix: str
+    expires_at: datetime | None
+
+
 def _event_fields(event_cls: type) -> set[str]:
     if dataclasses.is_dataclass(event_cls):
         return {f.name for f in dataclasses.fields(event_cls)}
@@ -186,6 +290,28 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Device.CameOnline: DeviceCameOnline,
         MeterDay.Opened: MeterDayOpened,
         MeterDay.ReadingRecorded: ReadingRecorded,
+        # Identity: secrets (password hashes, TOTP secrets, backup code and key hashes) are never listed.
+        Roster.Founded: RosterFounded,
+        Roster.AdminAdded: RosterAdminAdded,
+        Roster.AdminRemoved: RosterAdminRemoved,
+        User.Registered: UserRegistered,
+        User.ProfileChanged: UserProfileChanged,
+        User.RoleChanged: UserRoleChanged,
+        User.Deactivated: UserDeactivated,
+        User.Reactivated: UserReactivated,
+        User.Deleted: UserDeleted,
+        User.PasswordChanged: UserPasswordChanged,
+        User.TotpSetupStarted: UserTotpSetupStarted,
+        User.TotpEnabled: UserTotpEnabled,
+        User.TotpDisabled: UserTotpDisabled,
+        User.TotpCodeAccepted: UserTotpCodeAccepted,
+        User.BackupCodeUsed: UserBackupCodeUsed,
+        User.SignedIn: UserSignedIn,
+        Session.Started: SessionStarted,
+        Session.Refreshed: SessionRefreshed,
+        Session.Ended: SessionEnded,
+        ApiKey.Issued: ApiKeyIssued,
+        ApiKey.Revoked: ApiKeyRevoked,
     }
 )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 EVENTS_SCHEMA = "wl_events"
+
+A = TypeVar("A", bound=Aggregate)
 
 
 class OutletReadingAsDict(Transcoding):
@@ -145,6 +147,12 @@ class StoreUnitOfWork(EventStore):
         loaded = await asyncio.to_thread(self.app.load, stream_id)
         if loaded is not None and not isinstance(loaded, MeterDay):
             raise TypeError(f"aggregate {stream_id} is a {type(loaded).__name__}, not a MeterDay")
+        return loaded
+
+    async def aggregate(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        loaded = await asyncio.to_thread(self.app.load, aggregate_id)
+        if loaded is not None and not isinstance(loaded, kind):
+            raise TypeError(f"aggregate {aggregate_id} is a {type(loaded).__name__}, not a {kind.__name__}")
         return loaded
 
     async def save(self, *aggregates: Aggregate) -> int:

@@ -1,8 +1,8 @@
 """Domain errors: every rule the domain refuses is one of these, each with its own code.
 
-Errors come in a few kinds (invalid request, not found, conflict, unprocessable,
-unavailable); the HTTP edge maps a kind to a status and answers with the error's
-`code`, so a code is written here and nowhere else.
+Errors come in a few kinds (invalid request, unauthenticated, forbidden, not found,
+conflict, unprocessable, unavailable); the HTTP edge maps a kind to a status and
+answers with the error's `code`, so a code is written here and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,6 +18,18 @@ class InvalidRequest(DomainError):
     """The request itself is wrong; repeating it cannot succeed."""
 
     code = "INVALID_REQUEST"
+
+
+class Unauthenticated(DomainError):
+    """The caller did not prove who it is: no, wrong, expired or ended credentials."""
+
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(DomainError):
+    """The caller is known but may not do this."""
+
+    code = "FORBIDDEN"
 
 
 class NotFound(DomainError):
@@ -98,8 +110,150 @@ class UnsupportedDevice(DeviceError):
     code = "UNSUPPORTED_DEVICE"
 
 
+class InvalidCredentials(Unauthenticated):
+    """Unknown user name or wrong password (the message never says which)."""
+
+    code = "INVALID_CREDENTIALS"
+
+
+class TotpRequired(Unauthenticated):
+    """The password was right and the account has two-factor authentication: send a code as well."""
+
+    code = "TOTP_REQUIRED"
+
+
+class InvalidTotpCode(Unauthenticated):
+    """A TOTP or backup code that does not match, or that was already used."""
+
+    code = "INVALID_TOTP_CODE"
+
+
+class AccountDisabled(Unauthenticated):
+    """The account is deactivated: it can neither sign in nor use its sessions and keys."""
+
+    code = "ACCOUNT_DISABLED"
+
+
+class TokenInvalid(Unauthenticated):
+    """A token that is malformed, forged, of the wrong type, or names an unknown session."""
+
+    code = "TOKEN_INVALID"
+
+
+class TokenExpired(Unauthenticated):
+    """A genuine token past its expiry time."""
+
+    code = "TOKEN_EXPIRED"
+
+
+class SessionEnded(Unauthenticated):
+    """The token's session was ended (logout, eviction, revocation, disabled user)."""
+
+    code = "SESSION_ENDED"
+
+
+class RefreshTokenReused(SessionEnded):
+    """A refresh token older than the session's current one was presented: the session is now ended."""
+
+    code = "TOKEN_REUSED"
+
+
+class ApiKeyInvalid(Unauthenticated):
+    """An API key that is malformed, unknown, wrong, revoked or expired."""
+
+    code = "INVALID_API_KEY"
+
+
+class InsufficientPermissions(Forbidden):
+    """The caller lacks a permission; `required` names it (None: a read-only key tried to write)."""
+
+    code = "INSUFFICIENT_PERMISSIONS"
+
+    def __init__(self, message: str, *, required: str | None = None) -> None:
+        super().__init__(message)
+        self.required = required
+
+
+class SessionRequired(Forbidden):
+    """Account security (password, two-factor, API keys) is changed from a signed-in session, not with a key."""
+
+    code = "SESSION_REQUIRED"
+
+
+class UserNotFound(NotFound):
+    code = "USER_NOT_FOUND"
+
+
+class SessionNotFound(NotFound):
+    code = "SESSION_NOT_FOUND"
+
+
+class ApiKeyNotFound(NotFound):
+    code = "API_KEY_NOT_FOUND"
+
+
+class InvalidUsername(InvalidRequest):
+    code = "INVALID_USERNAME"
+
+
+class InvalidEmail(InvalidRequest):
+    code = "INVALID_EMAIL"
+
+
+class SetupAlreadyDone(Conflict):
+    """First-run setup happened already (also: another setup won a race)."""
+
+    code = "SETUP_ALREADY_DONE"
+
+
+class SetupRequired(Conflict):
+    """No administrator exists yet: first-run setup comes first."""
+
+    code = "SETUP_REQUIRED"
+
+
+class UserExists(Conflict):
+    """The user name is taken (names of deleted users stay taken: their audit trail keeps them)."""
+
+    code = "USER_EXISTS"
+
+
+class LastAdmin(Conflict):
+    """The change would leave no active administrator."""
+
+    code = "LAST_ADMIN"
+
+
+class TotpAlreadyEnabled(Conflict):
+    code = "TOTP_ALREADY_ENABLED"
+
+
+class TotpNotSetUp(Conflict):
+    """Verifying a code before two-factor set-up was started."""
+
+    code = "TOTP_NOT_SET_UP"
+
+
+class TotpNotEnabled(Conflict):
+    code = "TOTP_NOT_ENABLED"
+
+
+class PasswordPolicy(Unprocessable):
+    """A new password that breaks the policy; the message says which rule."""
+
+    code = "PASSWORD_POLICY"
+
+
+class WrongPassword(Unprocessable):
+    """The current password given to confirm a change is wrong."""
+
+    code = "WRONG_PASSWORD"
+
+
 STATUS_OF_KIND: dict[type[DomainError], int] = {
     InvalidRequest: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     Unprocessable: 422,

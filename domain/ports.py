@@ -7,15 +7,18 @@ system clock); tests subclass them with fakes. Nothing here does I/O.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
 from domain.address import DeviceAddress
 from domain.device import Device
+from domain.identity import AccountState, ApiKeyState, SessionState
 from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
+
+A = TypeVar("A", bound=Aggregate)
 
 
 class EventStore(Protocol):
@@ -29,6 +32,10 @@ class EventStore(Protocol):
     async def device(self, device_id: UUID) -> Device | None: ...
 
     async def meter_day(self, device_id: UUID, day: date) -> MeterDay | None: ...
+
+    async def aggregate(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        """The aggregate with this id, or None if there is none. Raises TypeError if it is not a `kind`."""
+        ...
 
     async def save(self, *aggregates: Aggregate) -> int:
         """Store every pending event; returns the notification id of the last one (0: none)."""
@@ -46,4 +53,72 @@ class DeviceDriver(Protocol):
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, timezone-aware."""
+        ...
+
+
+class PasswordHasher(Protocol):
+    """Slow, salted password hashing (argon2). Async: hashing takes tens of milliseconds of CPU."""
+
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        """Whether `password` matches; False (never an error) for a malformed hash."""
+        ...
+
+
+class SecretBox(Protocol):
+    """Symmetric encryption of small secrets kept in events (TOTP secrets)."""
+
+    def seal(self, plain: str) -> str: ...
+
+    def open(self, sealed: str) -> str: ...
+
+
+class TotpVerifier(Protocol):
+    """Time-based one-time passwords (RFC 6238)."""
+
+    def new_secret(self) -> str:
+        """A new random base32 secret."""
+        ...
+
+    def provisioning_uri(self, secret: str, *, username: str) -> str:
+        """The `otpauth://` URI an authenticator app scans."""
+        ...
+
+    def matching_step(self, secret: str, code: str, at: datetime) -> int | None:
+        """The time step whose code `code` is, within one step of `at`; None if it matches none."""
+        ...
+
+
+class SecretMaker(Protocol):
+    """Random high-entropy secrets (API keys, backup codes) and their fast one-way digest."""
+
+    def key_secret(self) -> str: ...
+
+    def backup_codes(self, count: int) -> list[str]: ...
+
+    def digest(self, secret: str) -> str:
+        """SHA-256 of the secret (hex): enough for secrets too random to guess."""
+        ...
+
+
+class IdentityReader(Protocol):
+    """What per-request authentication reads (read models) and the activity it notes (no events).
+
+    The read models lag the event store a little: a miss is not proof of absence, so
+    the handlers fall back to the event store for an id they do not find here.
+    """
+
+    async def session(self, session_id: UUID) -> SessionState | None: ...
+
+    async def account(self, user_id: UUID) -> AccountState | None: ...
+
+    async def api_key(self, key_id: UUID) -> ApiKeyState | None: ...
+
+    async def touch_session(self, session_id: UUID, at: datetime) -> None:
+        """Note the session's last activity (kept at minute precision)."""
+        ...
+
+    async def touch_key(self, key_id: UUID, at: datetime) -> None:
+        """Note the key's last use (kept at minute precision)."""
         ...

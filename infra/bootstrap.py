@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import eventsourcing.persistence
+import nats.errors
 import psycopg
 import structlog
 import uvicorn
@@ -17,24 +21,30 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
-from adapters.bus import StreamConfig, connect_nats, ensure_stream
+from adapters.bus import BusError, StreamConfig, connect_nats, ensure_stream
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
 from adapters.kasa_driver import KasaDriver
 from adapters.nats_commands import CommandResponder
+from adapters.leases import Leases
 from adapters.poller import Poller
 from adapters.relay import Relay
 from api.app import create_app
 from api.services import Services
+from domain.energy import EnergyRules
 from domain.handlers import CommandHandlers
-from infra.settings import Settings
+from infra.logging import escape_text
+from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
+from projections.devices import TABLE as DEVICES_TABLE
 from projections.devices import DevicesProjector, active_devices
 from projections.engine import ProjectionEngine, Projector
+from projections.identity import IdentityProjector
 
 log = structlog.get_logger(__name__)
 
 
 def all_projectors(settings: Settings) -> list[Projector]:
-    return [DevicesProjector(settings.zone)]
+    rules = EnergyRules.for_polling_interval(settings.polling_interval)
+    return [DevicesProjector(settings.zone, rules), IdentityProjector()]
 
 
 @dataclass
@@ -64,13 +74,23 @@ class Runtime:
             return await active_devices(conn)
 
     def poller(self) -> Poller:
+        """This process's poller, sharing the devices with other pollers through leases."""
+        interval = self.settings.polling_interval
+        leases = Leases(
+            self.read_pool,
+            devices_table=DEVICES_TABLE,
+            ttl=max(3.0, min(self.settings.poll_lease, 3 * interval)),
+        )
         return Poller(
             self.handlers(cache=True),
             self.driver,
-            self.known_devices,
-            interval=self.settings.polling_interval,
+            leases,
+            interval=interval,
+            timeout=self.settings.poll_timeout + 1.0,
             concurrency=self.settings.poll_concurrency,
+            suspect_concurrency=self.settings.poll_suspect_concurrency,
             offline_after=self.settings.offline_after,
+            grace=self.settings.poll_stop_grace,
             on_saved=self.saved,
         )
 
@@ -97,29 +117,229 @@ class Runtime:
             commands=self.handlers(),
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
+            stream_name=self.stream.name,
             zone=self.settings.zone,
             on_saved=self.saved,
         )
 
 
+class StartupError(Exception):
+    """A server the process needs could not be reached or used in time; the one-line message says
+    which and where (host:port, never credentials)."""
+
+
+class StartupInterrupted(Exception):
+    """A stop was asked for (SIGINT/SIGTERM) while the process was still starting."""
+
+
+READ_POOL_TIMEOUT_S = 5.0
+# The event store retries a failed call up to ten times itself, each waiting this long for a connection.
+STORE_POOL_TIMEOUT_S = 2
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.2, 2.0
+_STARTUP_FAILURES = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    eventsourcing.persistence.OperationalError,
+    eventsourcing.persistence.InterfaceError,
+    nats.errors.Error,
+    BusError,
+    OSError,
+)
+# PostgreSQL answers these FATALs while it cannot take connections yet; every other FATAL is final.
+_PG_TRANSIENT_FATALS = ("starting up", "shutting down", "in recovery", "too many clients", "not yet accepting")
+
+
+@dataclass
+class _Startup:
+    """What start-up is waiting for, and the last reason it did not get it."""
+
+    timeout: float
+    target: str = "the servers"
+    reason: str = ""
+
+    def failure(self, reason: str | None = None) -> StartupError:
+        why = reason or self.reason or "no answer"
+        return StartupError(f"cannot reach {self.target} within {self.timeout:g} s: {why}")
+
+    def refused(self, reason: str) -> StartupError:
+        return StartupError(f"cannot use {self.target}: {reason}")
+
+
+def _reason(exc: BaseException) -> str:
+    """One clean line about why a connection failed: no credentials, no control characters."""
+    if isinstance(exc, OSError) and exc.errno:
+        text = os.strerror(exc.errno)
+    elif isinstance(exc, TimeoutError):
+        text = "no answer"
+    else:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "Is the server running" not in ln]
+        text = lines[-1] if lines else type(exc).__name__
+        text = text.rpartition(" failed: ")[2].removeprefix("FATAL:").strip() or text
+    return escape_text(mask_secrets(text))[:300]
+
+
+@contextlib.asynccontextmanager
+async def _starting(timeout: float, stop: asyncio.Event | None) -> AsyncIterator[_Startup]:
+    """Bound the start-up to `timeout` seconds, and end it at once when `stop` is set."""
+    startup = _Startup(timeout=timeout)
+    task = asyncio.current_task()
+    interrupted = False
+
+    async def cancel_on_stop(event: asyncio.Event, starting: asyncio.Task[Any]) -> None:
+        nonlocal interrupted
+        await event.wait()
+        interrupted = True
+        starting.cancel()
+
+    watcher = asyncio.create_task(cancel_on_stop(stop, task)) if stop is not None and task is not None else None
+    bound = asyncio.timeout(timeout)
+    try:
+        async with bound:
+            yield startup
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        raise startup.failure() from None
+    except asyncio.CancelledError:
+        if not interrupted or task is None:
+            raise
+        task.uncancel()
+        raise StartupInterrupted() from None
+    except _STARTUP_FAILURES as exc:
+        raise startup.refused(_reason(exc)) from None
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _wait_for_postgres(database_url: str, startup: _Startup) -> None:
+    """Retry connecting until PostgreSQL takes a connection; give up at once on a final refusal."""
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            startup.reason = _reason(exc)
+            message = str(exc)
+            if "FATAL" in message and not any(t in message for t in _PG_TRANSIENT_FATALS):
+                raise startup.refused(startup.reason) from None
+        else:
+            await conn.close()
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _RETRY_MAX_S)
+
+
+async def _probe_nats(nats_url: str) -> None:
+    """One connection attempt that fails instead of retrying forever, then closes again."""
+    probe = Client()
+    seen: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        seen.append(exc)
+
+    try:
+        await probe.connect(
+            nats_url,
+            name="wattledger-probe",
+            allow_reconnect=False,
+            # nats-py's first connect retries each server until it is past this count, forever at -1.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            connect_timeout=2,
+            error_cb=remember,
+        )
+    except nats.errors.NoServersError:
+        raise seen[-1] if seen else TimeoutError() from None
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.close()
+
+
+async def _wait_for_nats(nats_url: str, startup: _Startup) -> None:
+    """Retry until a NATS server takes a connection; give up at once when it refuses our credentials."""
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            await _probe_nats(nats_url)
+            return
+        except nats.errors.AuthorizationError as exc:
+            raise startup.refused(_reason(exc) or "authorization violation") from None
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            startup.reason = _reason(exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _RETRY_MAX_S)
+
+
+def _store_env(database_url: str) -> dict[str, str]:
+    # Pre-ping off: psycopg_pool's check sleeps 1 s, 2 s, 4 s... between dead connections (five dead
+    # ones took 7 s to get past), while the store's own retry drops one per attempt, 0.2 s apart.
+    return {
+        **store_env(database_url),
+        "POSTGRES_PRE_PING": "n",
+        "POSTGRES_CONNECT_TIMEOUT": str(STORE_POOL_TIMEOUT_S),
+    }
+
+
+class ReadPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """The API's read pool: every connection is tested as it is handed out, and a dead one is
+    dropped for the next at once.
+
+    psycopg_pool's own `check` runs the same test but sleeps 1 s, 2 s, 4 s... between failures,
+    so after the server ended all the pool's connections a request waited seconds or timed out.
+    """
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        for _ in range(self.max_size):
+            conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
+            try:
+                await self.check_connection(conn)
+            except psycopg.Error:
+                await self.putconn(conn)
+                continue
+            return conn
+        return await super().getconn(max(deadline - time.monotonic(), 0.0))
+
+
 @asynccontextmanager
-async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> AsyncIterator[Runtime]:
-    """Connect to PostgreSQL and NATS, create what is missing, and close everything on exit."""
-    await asyncio.to_thread(ensure_events_schema, database_url)
-    app = await asyncio.to_thread(WattLedger, store_env(database_url))
-    engine = ProjectionEngine(app, database_url, all_projectors(settings))
+async def open_runtime(
+    settings: Settings, database_url: str, nats_url: str, *, stop: asyncio.Event | None = None
+) -> AsyncIterator[Runtime]:
+    """Connect to PostgreSQL and NATS, create what is missing, and close everything on exit.
+
+    Start-up waits for the servers at most `settings.startup_timeout` seconds, then raises
+    StartupError; it raises StartupInterrupted as soon as `stop` is set. Once running,
+    NATS reconnects without end and the read pool replaces connections it finds dead.
+    """
+    app: WattLedger | None = None
+    engine: ProjectionEngine | None = None
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
     nc: Client | None = None
     relay: Relay | None = None
     driver = KasaDriver(timeout=settings.poll_timeout)
     try:
-        await asyncio.to_thread(engine.setup)
-        read_pool = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False)
-        await read_pool.open(wait=True, timeout=30)
-        nc = await connect_nats(nats_url, name="wattledger")
-        js = nc.jetstream()
-        stream = StreamConfig(name=settings.stream_name, subject_prefix=settings.subject_prefix)
-        await ensure_stream(js, stream)
+        async with _starting(settings.startup_timeout, stop) as startup:
+            # Both servers answer before anything is created or logged.
+            startup.target = f"PostgreSQL at {postgres_endpoint(database_url)}"
+            await _wait_for_postgres(database_url, startup)
+            startup.target, startup.reason = f"NATS at {nats_endpoint(nats_url)}", ""
+            await _wait_for_nats(nats_url, startup)
+            startup.target, startup.reason = f"PostgreSQL at {postgres_endpoint(database_url)}", ""
+            await asyncio.to_thread(ensure_events_schema, database_url)
+            app = await asyncio.to_thread(WattLedger, _store_env(database_url))
+            engine = ProjectionEngine(app, database_url, all_projectors(settings))
+            await asyncio.to_thread(engine.setup)
+            read_pool = ReadPool(
+                database_url, min_size=1, max_size=8, open=False, name="wattledger-read", timeout=READ_POOL_TIMEOUT_S
+            )
+            await read_pool.open(wait=True, timeout=settings.startup_timeout)
+            startup.target = f"NATS at {nats_endpoint(nats_url)}"
+            nc = await connect_nats(nats_url, name="wattledger")
+            js = nc.jetstream()
+            stream = StreamConfig(name=settings.stream_name, subject_prefix=settings.subject_prefix)
+            startup.target = f"JetStream on NATS at {nats_endpoint(nats_url)}"
+            await ensure_stream(js, stream)
         relay = Relay(app, js, database_url=database_url, stream=stream)
         yield Runtime(
             settings=settings,
@@ -142,8 +362,10 @@ async def open_runtime(settings: Settings, database_url: str, nats_url: str) -> 
             await nc.drain()
         if read_pool is not None:
             await read_pool.close()
-        await asyncio.to_thread(engine.close)
-        await asyncio.to_thread(app.close)
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+        if app is not None:
+            await asyncio.to_thread(app.close)
 
 
 class _QuietServer(uvicorn.Server):

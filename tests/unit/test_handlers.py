@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from datetime import date, datetime, timedelta, timezone
+from typing import TypeVar
 from uuid import UUID
 
 import pytest
@@ -35,6 +36,7 @@ from domain.ports import Clock, DeviceDriver, EventStore
 from domain.readings import DeviceSnapshot
 
 T0 = datetime(2026, 3, 8, 6, 0, tzinfo=timezone.utc)
+A = TypeVar("A", bound=Aggregate)
 
 
 def plug(total_wh: float = 10.0, *, is_on: bool = True) -> DeviceSnapshot:
@@ -70,6 +72,12 @@ class MemoryStore(EventStore):
     async def meter_day(self, device_id: UUID, day: date) -> MeterDay | None:
         loaded = self._load(meter_day_id(device_id, day))
         assert loaded is None or isinstance(loaded, MeterDay)
+        return loaded
+
+    async def aggregate(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        loaded = self._load(aggregate_id)
+        if loaded is not None and not isinstance(loaded, kind):
+            raise TypeError(f"{aggregate_id} is a {type(loaded).__name__}")
         return loaded
 
     async def save(self, *aggregates: Aggregate) -> int:
