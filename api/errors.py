@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import eventsourcing.persistence as es
 import psycopg
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import ClientException, HTTPException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, PermissionDeniedException, ValidationException
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from domain.errors import DomainError, status_of
@@ -65,8 +66,48 @@ class RefusedInput(ClientException):
         self.error_code = error_code
 
 
+class AccessNotDeclared(PermissionDeniedException):
+    """A route that declares neither a permission nor that it is public: refused to everyone."""
+
+    error_code = "ACCESS_NOT_DECLARED"
+
+
 def error_body(status_code: int, detail: str, error_code: str, **extra: Any) -> dict[str, Any]:
     return {"detail": detail, "status_code": status_code, "error_code": error_code, **extra}
+
+
+LOGIN_PAGE = "/login"
+# Required with every 401 (RFC 9110); both credentials are accepted.
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="wattledger", ApiKey header="X-API-Key"'}
+FORBIDDEN_MESSAGE = "You don't have permission to access this resource"
+# error_code of a 401 -> its `error` and the message a client may show as is.
+_UNAUTHENTICATED: dict[str, tuple[str, str]] = {
+    "AUTHENTICATION_REQUIRED": ("authentication_required", "Please log in, or send an API key, to use this resource."),
+    "TOKEN_EXPIRED": ("authentication_expired", "Your session has expired. Please log in again."),
+    "SESSION_ENDED": ("authentication_expired", "Your session has ended. Please log in again."),
+    "TOKEN_REUSED": ("authentication_expired", "Your session was ended for safety. Please log in again."),
+    "TOKEN_INVALID": ("authentication_invalid", "Your credentials are not valid. Please log in again."),
+    "INVALID_API_KEY": ("authentication_invalid", "The API key is not valid."),
+    "ACCOUNT_DISABLED": ("account_disabled", "This account is deactivated."),
+    "INVALID_CREDENTIALS": ("authentication_failed", "Wrong user name or password."),
+    "TOTP_REQUIRED": ("authentication_failed", "Enter the code from your authenticator app, or a backup code."),
+    "INVALID_TOTP_CODE": ("authentication_failed", "The code is wrong or was already used."),
+}
+
+
+def unauthenticated_body(detail: str, error_code: str) -> dict[str, Any]:
+    """The structured 401: the standard fields plus `error`, `message`, `timestamp`, `redirect_to`."""
+    error, message = _UNAUTHENTICATED.get(error_code, ("authentication_failed", "Authentication failed."))
+    timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return error_body(401, detail, error_code, error=error, message=message, timestamp=timestamp,
+                      redirect_to=LOGIN_PAGE)  # fmt: skip
+
+
+def forbidden_body(detail: str, error_code: str, required_permission: str | None) -> dict[str, Any]:
+    """The structured 403: the standard fields plus `error`, `message`, `required_permission` (null when
+    no permission would help, e.g. a read-only key that tried to write)."""
+    return error_body(403, detail, error_code, error="authorization_failed", message=FORBIDDEN_MESSAGE,
+                      required_permission=required_permission)  # fmt: skip
 
 
 def _response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
@@ -78,10 +119,14 @@ def handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response
     status_code = status_of(exc)
     if status_code >= 500 and status_code != 503:
         return handle_unexpected(request, exc)
+    detail = str(exc) or exc.code
+    if status_code == 401:
+        return _response(401, unauthenticated_body(detail, exc.code), CHALLENGE)
+    if status_code == 403:
+        required = getattr(exc, "required", None)
+        return _response(403, forbidden_body(detail, exc.code, required if isinstance(required, str) else None))
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status_code == 503 else None
-    required = getattr(exc, "required", None)
-    extra = {"required_permission": required} if isinstance(required, str) else {}
-    return _response(status_code, error_body(status_code, str(exc) or exc.code, exc.code, **extra), headers)
+    return _response(status_code, error_body(status_code, detail, exc.code), headers)
 
 
 def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -89,7 +134,7 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and exc.extra:
         extra["errors"] = exc.extra
-    if isinstance(exc, RefusedInput):
+    if isinstance(exc, (RefusedInput, AccessNotDeclared)):
         code = exc.error_code
     elif isinstance(exc, ValidationException):
         code = "VALIDATION_ERROR"
@@ -97,6 +142,12 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         code = HTTP_CODES.get(status_code, "HTTP_ERROR")
     if status_code >= 500:
         return handle_unexpected(request, exc)
+    if status_code == 401:
+        body = unauthenticated_body(exc.detail, "AUTHENTICATION_REQUIRED")
+        return _response(401, body, {**CHALLENGE, **(exc.headers or {})})
+    if status_code == 403:
+        body = forbidden_body(exc.detail, "INSUFFICIENT_PERMISSIONS" if code == "FORBIDDEN" else code, None)
+        return _response(403, body, exc.headers)
     return _response(status_code, error_body(status_code, exc.detail, code, **extra), exc.headers)
 
 
