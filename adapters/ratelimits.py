@@ -1,0 +1,333 @@
+"""Fixed-window request counters in PostgreSQL, shared by every API process.
+
+One row per bucket and window in `wl_ops.rate_counters`. Windows are aligned to the
+epoch by the database's clock (`date_bin`), so every process agrees on where a window
+starts whatever its own clock says. A bucket's text names what is counted and the
+window's length (`ip:60:203.0.113.7`), so two limits on one subject never share a row.
+
+`hit` is one statement: it counts the first stage of windows, reads (without counting) a
+third, and counts the second only if the request is admitted by both: no first-stage
+window over its limit, no third-stage window at its limit. Rows are
+locked in the order of their bucket text, so concurrent statements never deadlock.
+Expired rows are deleted by `sweep`, which `hit` starts now and then in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+log = structlog.get_logger(__name__)
+
+OPS_SCHEMA = "wl_ops"
+TABLE = f"{OPS_SCHEMA}.rate_counters"
+
+MAX_COUNT = 1_000_000_000
+MAX_WINDOW_S = 30 * 86_400
+SWEEP_EVERY_S = 60.0
+
+_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {OPS_SCHEMA};
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    bucket text NOT NULL,
+    window_start timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (bucket, window_start)
+);
+CREATE INDEX IF NOT EXISTS rate_counters_expires_at ON {TABLE} (expires_at);
+"""
+
+_HIT = f"""
+WITH clock AS (SELECT now() AS t),
+req AS (
+    SELECT r.stage, r.bucket, r.secs, r.lim,
+           date_bin(make_interval(secs => r.secs), clock.t, timestamptz 'epoch') AS start
+    FROM unnest(%(stages)s::int[], %(buckets)s::text[], %(secs)s::int[], %(lims)s::bigint[])
+         AS r(stage, bucket, secs, lim)
+    CROSS JOIN clock
+),
+first_stage AS (
+    INSERT INTO {TABLE} AS c (bucket, window_start, expires_at, count)
+    SELECT bucket, start, start + make_interval(secs => secs), 1 FROM req WHERE stage = 1 ORDER BY bucket
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = c.count + 1
+    RETURNING c.bucket, c.count
+),
+admitted AS (
+    SELECT NOT EXISTS (
+        SELECT 1 FROM first_stage f JOIN req ON req.bucket = f.bucket WHERE f.count > req.lim
+    ) AND NOT EXISTS (
+        SELECT 1 FROM req JOIN {TABLE} p ON p.bucket = req.bucket AND p.window_start = req.start
+        WHERE req.stage = 3 AND p.count >= req.lim
+    ) AS ok
+),
+second_stage AS (
+    INSERT INTO {TABLE} AS c (bucket, window_start, expires_at, count)
+    SELECT bucket, start, start + make_interval(secs => secs), 1
+    FROM req CROSS JOIN admitted WHERE stage = 2 AND admitted.ok ORDER BY bucket
+    ON CONFLICT (bucket, window_start) DO UPDATE SET count = c.count + 1
+    RETURNING c.bucket, c.count
+)
+SELECT req.bucket, req.start, req.start + make_interval(secs => req.secs), clock.t,
+       CASE req.stage WHEN 1 THEN f.count WHEN 2 THEN s.count ELSE coalesce(p.count, 0) END
+FROM req CROSS JOIN clock
+LEFT JOIN first_stage f ON req.stage = 1 AND f.bucket = req.bucket
+LEFT JOIN second_stage s ON req.stage = 2 AND s.bucket = req.bucket
+LEFT JOIN {TABLE} p ON req.stage = 3 AND p.bucket = req.bucket AND p.window_start = req.start
+"""
+
+_REFUND = f"""
+UPDATE {TABLE} AS c SET count = c.count - 1
+FROM unnest(%(buckets)s::text[], %(starts)s::timestamptz[]) AS r(bucket, start)
+WHERE c.bucket = r.bucket AND c.window_start = r.start AND c.count > 0
+"""
+
+_SWEEP = f"DELETE FROM {TABLE} WHERE expires_at < now()"
+
+# Serialises creating the table between processes starting at once.
+_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('wl_ops.rate_counters'))"
+
+_UNITS = ((86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second"))
+_UNIT_SECONDS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hour", "hours"), 3_600),
+    **dict.fromkeys(("d", "day", "days"), 86_400),
+}
+_ITEM = re.compile(r"(\d{1,10})\s*/\s*(\d{0,7})\s*([a-z]+)")
+_SYNTAX = "must be limits like 100/minute, 5/15min or 60/minute,10000/day (units s, min, h, day), or off"
+
+
+async def _ensure_table(conn: psycopg.AsyncConnection[Any]) -> None:
+    for attempt in (1, 2):
+        try:
+            async with conn.transaction():
+                await conn.execute(_DDL_LOCK)
+                await conn.execute(_DDL)
+            return
+        except psycopg.errors.UniqueViolation:
+            # Another part creating the wl_ops schema at the same moment, under its own lock.
+            if attempt == 2:
+                raise
+
+
+class Limit(msgspec.Struct, frozen=True):
+    """At most `count` requests (or failures) per fixed window of `seconds`."""
+
+    count: int
+    seconds: int
+
+    def describe(self) -> str:
+        """`100 per minute`, `5 per 15 minutes`: how the limit reads in a 429 body."""
+        for size, name in _UNITS:
+            if self.seconds % size == 0:
+                windows = self.seconds // size
+                return f"{self.count} per {name}" if windows == 1 else f"{self.count} per {windows} {name}s"
+        raise AssertionError("unreachable: every window is a whole number of seconds")
+
+
+def parse_limits(text: str) -> tuple[Limit, ...]:
+    """Limits from a setting such as `60/minute,10000/day`; `off`, `0` or `none` is no limit.
+
+    Raises ValueError, with a one-line message, for anything else.
+    """
+    spec = text.strip().lower()
+    if spec in {"0", "off", "none"}:
+        return ()
+    limits: list[Limit] = []
+    for item in spec.split(","):
+        match = _ITEM.fullmatch(item.strip())
+        if match is None or match[3] not in _UNIT_SECONDS:
+            raise ValueError(_SYNTAX)
+        count, windows = int(match[1]), int(match[2] or 1)
+        seconds = windows * _UNIT_SECONDS[match[3]]
+        if not 1 <= count <= MAX_COUNT:
+            raise ValueError(f"a limit's count must be from 1 to {MAX_COUNT} (off disables it)")
+        if not 1 <= seconds <= MAX_WINDOW_S:
+            raise ValueError("a limit's window must be from 1 second to 30 days")
+        if any(limit.seconds == seconds for limit in limits):
+            raise ValueError("two limits over the same window")
+        limits.append(Limit(count, seconds))
+    return tuple(sorted(limits, key=lambda limit: limit.seconds))
+
+
+class Window(msgspec.Struct, frozen=True):
+    """One limit applied to one subject, e.g. `Window("ip", "203.0.113.7", Limit(100, 60))`."""
+
+    kind: str
+    subject: str
+    limit: Limit
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.kind}:{self.limit.seconds}:{self.subject}"
+
+
+class Tally(msgspec.Struct, frozen=True, kw_only=True):
+    """A window's count after a `hit`, by the database's clock (`now`)."""
+
+    window: Window
+    count: int | None
+    """None: not counted, because the first stage refused the request."""
+    window_start: datetime
+    resets_at: datetime
+    now: datetime
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.window.limit.count - (self.count or 0))
+
+    @property
+    def resets_in(self) -> float:
+        """Seconds until the window ends."""
+        return max(0.0, (self.resets_at - self.now).total_seconds())
+
+
+class CountersUnavailable(Exception):
+    """The counters could not be read or written in time; callers let the request through."""
+
+
+class PgRateCounters:
+    """The counters of every API process, in one PostgreSQL table.
+
+    Opens its own small pool on first use (a process that never serves HTTP never connects).
+    A call that fails or takes longer than `timeout` raises CountersUnavailable, and so does
+    every call for `backoff` seconds after, so an unreachable database slows no request
+    for long. The first failure is logged, and the recovery; nothing in between.
+    """
+
+    def __init__(
+        self, database_url: str, *, timeout: float = 1.0, backoff: float = 5.0, max_size: int = 4
+    ) -> None:
+        self.timeout = timeout
+        self.backoff = backoff
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            name="wattledger-ratelimit",
+            timeout=timeout,
+            kwargs={"autocommit": True},
+        )
+        self._opened = False
+        self._ready = False
+        self._closed = False
+        self._failing_since: float | None = None
+        self._retry_at = 0.0
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def hit(
+        self, first: Sequence[Window], then: Sequence[Window] = (), peek: Sequence[Window] = ()
+    ) -> list[Tally]:
+        """Count `first`, read `peek`, and count `then` only if no `first` window is now over its
+        limit and no `peek` window is at its limit.
+
+        One statement, one round trip. Tallies come back in the order of the windows given.
+        Raises CountersUnavailable.
+        """
+        windows = [*first, *then, *peek]
+        if not windows:
+            return []
+        stages = [1] * len(first) + [2] * len(then) + [3] * len(peek)
+        buckets = [w.bucket for w in windows]
+        if len(set(buckets)) != len(buckets):
+            raise ValueError("a window is given twice")
+        params = {
+            "stages": stages,
+            "buckets": buckets,
+            "secs": [w.limit.seconds for w in windows],
+            "lims": [w.limit.count for w in windows],
+        }
+        rows = await self._run(_HIT, params, fetch=True)
+        by_bucket = {row[0]: row for row in rows}
+        tallies = []
+        for window in windows:
+            _, start, end, now, count = by_bucket[window.bucket]
+            tallies.append(Tally(window=window, count=count, window_start=start, resets_at=end, now=now))
+        self._maybe_sweep()
+        return tallies
+
+    async def refund(self, tallies: Sequence[Tally]) -> None:
+        """Take back one count from each counted tally's window (if that window still exists)."""
+        counted = [t for t in tallies if t.count is not None]
+        if counted:
+            params = {"buckets": [t.window.bucket for t in counted], "starts": [t.window_start for t in counted]}
+            await self._run(_REFUND, params)
+
+    async def sweep(self) -> int:
+        """Delete the windows that have ended; returns how many."""
+        deleted: int = await self._run(_SWEEP, {}, count_rows=True)
+        return deleted
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._opened:
+            await self._pool.close()
+
+    def _maybe_sweep(self) -> None:
+        if time.monotonic() < self._next_sweep or self._closed:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        task = asyncio.create_task(self._sweep_quietly())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_quietly(self) -> None:
+        try:
+            deleted = await self.sweep()
+        except CountersUnavailable:
+            return
+        if deleted:
+            log.debug("ratelimit.swept", windows=deleted)
+
+    async def _run(self, query: str, params: dict[str, Any], *, fetch: bool = False, count_rows: bool = False) -> Any:
+        if self._closed:
+            raise CountersUnavailable("the counters are closed")
+        if self._failing_since is not None and time.monotonic() < self._retry_at:
+            raise CountersUnavailable("the counters failed a moment ago")
+        try:
+            async with asyncio.timeout(self.timeout):
+                if not self._opened:
+                    self._opened = True
+                    await self._pool.open(wait=False)
+                async with self._pool.connection() as conn:
+                    if not self._ready:
+                        await _ensure_table(conn)
+                        self._ready = True
+                    cur = await conn.execute(query, params)
+                    result: Any = await cur.fetchall() if fetch else cur.rowcount if count_rows else None
+        except (psycopg.Error, PoolTimeout, PoolClosed, TimeoutError, OSError) as exc:
+            self._failed(exc)
+            raise CountersUnavailable(type(exc).__name__) from exc
+        if self._failing_since is not None:
+            log.info("ratelimit.counters_recovered", after_s=round(time.monotonic() - self._failing_since, 1))
+            self._failing_since = None
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        # A missing table (dropped, or a fresh database after a failover) is created again on the next try.
+        self._ready = False
+        self._retry_at = time.monotonic() + self.backoff
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            sqlstate = getattr(exc, "sqlstate", None)
+            log.warning(
+                "ratelimit.counters_unavailable",
+                error=type(exc).__name__,
+                sqlstate=sqlstate,
+                note="requests pass unlimited until the counters answer again",
+            )

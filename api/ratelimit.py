@@ -1,0 +1,489 @@
+"""Rate limits and CORS at the outermost edge of the app.
+
+The limiter wraps the whole Litestar app (outside its CORS layer and its own exception
+handling), so it counts every request: unknown paths, the auth guard's 401s, everything
+but `/api/health` and CORS preflights. Per request it runs one
+statement against the shared counters (`adapters.ratelimits`):
+
+- the client's IP (an IPv6 client by its /64) is counted first;
+- the user (`sub` of a Bearer token) and the API key (`X-API-Key`, `wl_<key id>_<secret>`)
+  are counted only if the request is admitted otherwise, so a client over its own limit
+  cannot spend someone else's allowance. Who the caller is cannot be known before the auth
+  layer has run, so the token's `sub` is read unverified, for counting only. The count
+  stands only if the auth layer then leaves that same `Principal` in
+  `scope["state"]["principal"]` (the guard does, for every route that takes credentials);
+  otherwise (a bad token, a public route that never looked at it) it is taken back;
+- sign-in (`POST /api/auth/login`) and second-factor (`POST /api/auth/2fa/...`) attempts also
+  read the failure counts of the account and of the IP, and are refused while either is at
+  its limit. A failure (a 401 that says the password or code was wrong) is counted before
+  the 401 reaches the client, so the next attempt already sees it.
+
+Every counted answer carries `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix time the
+window ends) for the tightest limit that applied; a 429 carries `Retry-After` as well.
+When the counters do not answer, requests pass unlimited and without these headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+from uuid import UUID
+
+import msgspec
+import structlog
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import Headers, MutableScopeHeaders
+from litestar.enums import HttpMethod, ScopeType
+
+from adapters.ratelimits import CountersUnavailable, Limit, PgRateCounters, Tally, Window
+from api.errors import error_body
+from domain.errors import ApiKeyInvalid
+from domain.identity import Principal, parse_api_key, user_id_for
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, ReceiveMessage, Scope, Send
+
+log = structlog.get_logger(__name__)
+
+EXEMPT_PATHS = frozenset({"/api/health", "/api/health/"})
+LOGIN_PATHS = frozenset({"/api/auth/login", "/api/auth/login/"})
+SECOND_FACTOR_PREFIX = "/api/auth/2fa/"
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "Idempotency-Key")
+CORS_METHODS = (HttpMethod.GET, HttpMethod.HEAD, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH,
+                HttpMethod.DELETE, HttpMethod.OPTIONS)  # fmt: skip
+
+MAX_LOGIN_BODY = 16 * 1024
+MAX_ERROR_BODY = 64 * 1024
+MAX_TOKEN_LENGTH = 8 * 1024
+
+_MESSAGE = "Too many requests. Please try again later."
+_DETAILS = {
+    "ip": "Rate limit exceeded for this address: {limit}",
+    "user": "Rate limit exceeded for this user: {limit}",
+    "key": "Rate limit exceeded for this API key: {limit}",
+    "login": "Too many failed sign-in attempts for this account: {limit}",
+    "login-ip": "Too many failed sign-in attempts from this address: {limit}",
+}
+# A sign-in answered with these proved the password right: not a guess.
+_LOGIN_NOT_GUESSES = frozenset({"TOTP_REQUIRED", "ACCOUNT_DISABLED"})
+# A second-factor call answered with these was judged by its handler, past authentication.
+_WRONG_SECRETS = frozenset({"INVALID_TOTP_CODE", "INVALID_CREDENTIALS"})
+
+
+class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Every limit the edge applies; an empty tuple is no limit of that kind."""
+
+    ip: tuple[Limit, ...] = ()
+    user: tuple[Limit, ...] = ()
+    key: tuple[Limit, ...] = ()
+    login: tuple[Limit, ...] = ()
+    """Failed sign-in and second-factor attempts per account."""
+    login_ip: tuple[Limit, ...] = ()
+    """Failed sign-in and second-factor attempts per client IP."""
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.ip, self.user, self.key, self.login, self.login_ip))
+
+
+@dataclass(frozen=True)
+class EdgePolicy:
+    """What the app enforces around every route: rate limits (with their counters) and CORS."""
+
+    limits: RateLimits = field(default_factory=RateLimits)
+    counters: PgRateCounters | None = None
+    cors_origins: tuple[str, ...] = ()
+
+
+def cors_config(origins: Sequence[str]) -> CORSConfig | None:
+    """CORS for exactly these origins, no credentials (the API authenticates by headers, not
+    cookies); None, so no CORS header at all, when there are none."""
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(origins),
+        allow_methods=list(CORS_METHODS),
+        allow_headers=list(CORS_ALLOW_HEADERS),
+        allow_credentials=False,
+        expose_headers=list(RATE_LIMIT_HEADERS),
+    )
+
+
+def install_edge(app: Litestar, edge: EdgePolicy) -> None:
+    """Wrap the whole app in the rate limiter, if any limit is on.
+
+    Route middleware (Litestar's own auth middleware included) runs only for matched routes,
+    and an exception it raises is answered outside it; wrapping the app's handler is the one
+    place that sees every request and every answer.
+    """
+    if edge.counters is not None and edge.limits.enabled:
+        app.asgi_handler = RateLimiter(app.asgi_handler, edge.limits, edge.counters, cors=app.cors_config)
+
+
+def client_subject(scope: Scope) -> str:
+    """The client address a request is counted under: IPv4 as is, IPv6 by its /64 network."""
+    client = scope.get("client")
+    host = str(client[0])[:100] if client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class _Subject(msgspec.Struct):
+    sub: Any = None
+
+
+class _LoginName(msgspec.Struct):
+    username: Any = None
+
+
+class _ErrorCode(msgspec.Struct):
+    error_code: Any = None
+
+
+_SUBJECT = msgspec.json.Decoder(_Subject)
+_LOGIN_NAME = msgspec.json.Decoder(_LoginName)
+_ERROR_CODE = msgspec.json.Decoder(_ErrorCode)
+
+
+def unverified_subject(token: str) -> UUID | None:
+    """The `sub` of a JWT, read without checking its signature: for counting, never for access."""
+    parts = token.split(".")
+    if len(token) > MAX_TOKEN_LENGTH or len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        sub = _SUBJECT.decode(payload).sub
+        return UUID(sub) if isinstance(sub, str) else None
+    except (ValueError, msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _principal(scope: Scope) -> Principal | None:
+    """The principal the auth layer left for this request, if it did."""
+    state = scope.get("state") or {}
+    for candidate in (state.get("principal"), scope.get("user")):
+        if isinstance(candidate, Principal):
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class _Caller:
+    ip: str
+    user_id: UUID | None
+    key_id: UUID | None
+    verified: bool
+
+
+def _caller(scope: Scope, headers: Headers) -> _Caller:
+    ip = client_subject(scope)
+    principal = _principal(scope)
+    if principal is not None:
+        user_id = principal.user_id if principal.kind == "user" else None
+        return _Caller(ip=ip, user_id=user_id, key_id=principal.key_id, verified=True)
+    key_id = None
+    if api_key := headers.get("x-api-key"):
+        try:
+            key_id, _ = parse_api_key(api_key)
+        except ApiKeyInvalid:
+            pass
+    user_id = None
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        user_id = unverified_subject(token.strip())
+    return _Caller(ip=ip, user_id=user_id, key_id=key_id, verified=False)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """A sign-in or second-factor call, with the account it is against (if known)."""
+
+    kind: Literal["login", "second_factor"]
+    account: UUID | None
+
+
+async def _read_body(receive: Receive, cap: int) -> tuple[list[ReceiveMessage], bytes | None]:
+    """The request's messages read so far, and its body if it was complete within `cap` bytes."""
+    messages: list[ReceiveMessage] = []
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            return messages, None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return messages, b"".join(chunks)
+
+
+def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
+    pending = deque(messages)
+
+    async def replay() -> ReceiveMessage:
+        return pending.popleft() if pending else await receive()
+
+    return replay
+
+
+async def _login_username(headers: Headers, receive: Receive) -> tuple[Receive, str | None]:
+    """The `username` of a sign-in body (read here and handed on unchanged), if it has one."""
+    length = headers.get("content-length", "")
+    if length and (not length.isdigit() or int(length) > MAX_LOGIN_BODY):
+        return receive, None
+    messages, body = await _read_body(receive, MAX_LOGIN_BODY)
+    replay = _replaying(messages, receive)
+    if not body:
+        return replay, None
+    try:
+        name = _LOGIN_NAME.decode(body).username
+    except (msgspec.DecodeError, RecursionError):
+        return replay, None
+    return replay, name if isinstance(name, str) and 0 < len(name) <= 256 else None
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        code = _ERROR_CODE.decode(body).error_code
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+def _tightest(tallies: Sequence[Tally]) -> Tally | None:
+    counted = [t for t in tallies if t.count is not None]
+    return min(counted, key=lambda t: (t.remaining, -t.resets_in), default=None)
+
+
+def _limit_headers(tally: Tally) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(tally.window.limit.count),
+        "X-RateLimit-Remaining": str(tally.remaining),
+        "X-RateLimit-Reset": str(math.ceil(tally.resets_at.timestamp())),
+    }
+
+
+class RateLimiter:
+    """The ASGI wrapper that counts, refuses (429) and labels every answer; see the module doc."""
+
+    def __init__(self, app: ASGIApp, limits: RateLimits, counters: PgRateCounters, *, cors: CORSConfig | None) -> None:
+        self.app = app
+        self.limits = limits
+        self.counters = counters
+        self.cors = cors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers.from_scope(scope)
+        method = scope["method"]
+        if method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers:
+            await self.app(scope, receive, send)
+            return
+        caller = _caller(scope, headers)
+        attempt: _Attempt | None = None
+        if method == "POST" and scope["path"] in LOGIN_PATHS:
+            receive, username = await _login_username(headers, receive)
+            attempt = _Attempt("login", user_id_for(username) if username else None)
+        elif method == "POST" and scope["path"].startswith(SECOND_FACTOR_PREFIX):
+            attempt = _Attempt("second_factor", caller.user_id)
+
+        limits = self.limits
+        first = [Window("ip", caller.ip, limit) for limit in limits.ip]
+        then = [Window("user", str(caller.user_id), limit) for limit in limits.user if caller.user_id] + [
+            Window("key", str(caller.key_id), limit) for limit in limits.key if caller.key_id
+        ]
+        peek = self.failure_windows(attempt, caller.ip) if attempt else []
+        try:
+            tallies = await self.counters.hit(first, then, peek)
+        except CountersUnavailable:
+            await self.app(scope, receive, send)
+            return
+        counted, peeked = tallies[: len(first) + len(then)], tallies[len(first) + len(then) :]
+        refused = [t for t in counted if t.count is not None and t.count > t.window.limit.count]
+        refused += [t for t in peeked if (t.count or 0) >= t.window.limit.count]
+        if refused:
+            await self._refuse(scope, headers, refused, send)
+            return
+
+        exchange = _Exchange(self, scope, send, caller, attempt, counted, peeked)
+        await self.app(scope, receive, exchange.send)
+        await exchange.finish()
+
+    def failure_windows(self, attempt: _Attempt, ip: str, account: UUID | None = None) -> list[Window]:
+        account = account or attempt.account
+        windows = [Window("login", str(account), limit) for limit in self.limits.login if account]
+        return windows + [Window("login-ip", ip, limit) for limit in self.limits.login_ip]
+
+    async def _refuse(self, scope: Scope, headers: Headers, refused: Sequence[Tally], send: Send) -> None:
+        binding = max(refused, key=lambda t: t.resets_in)
+        window = binding.window
+        retry_after = max(1, math.ceil(binding.resets_in))
+        body = error_body(
+            429,
+            _DETAILS[window.kind].format(limit=window.limit.describe()),
+            "RATE_LIMIT_EXCEEDED",
+            error="rate_limit_exceeded",
+            message=_MESSAGE,
+            retry_after=retry_after,
+            limit=window.limit.describe(),
+        )
+        content = msgspec.json.encode(body)
+        response_headers = {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(content)),
+            "Retry-After": str(retry_after),
+            **_limit_headers(binding),
+            **self._cors_headers(headers),
+        }
+        # Once per window and subject: the first refusal (a lockout was logged as it began).
+        if binding.count == window.limit.count + 1:
+            log.info("ratelimit.refused", kind=window.kind, limit=window.limit.describe(), path=scope["path"],
+                     retry_after=retry_after)  # fmt: skip
+        await send({
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers.items()],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    def _cors_headers(self, headers: Headers) -> dict[str, str]:
+        """What the CORS layer would have added to an answer it never saw."""
+        origin = headers.get("origin")
+        if self.cors is None or not origin:
+            return {}
+        added = dict(self.cors.simple_headers)
+        if self.cors.is_origin_allowed(origin) and not self.cors.is_allow_all_origins:
+            added["Access-Control-Allow-Origin"] = origin
+            added["Vary"] = "Origin"
+        return added
+
+
+class _Exchange:
+    """One admitted request on its way out: labels the answer, counts a failed attempt before the
+    client sees it, and takes back what was counted against an identity the auth layer did not confirm."""
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        scope: Scope,
+        send: Send,
+        caller: _Caller,
+        attempt: _Attempt | None,
+        counted: list[Tally],
+        peeked: list[Tally],
+    ) -> None:
+        self.limiter = limiter
+        self.scope = scope
+        self._send = send
+        self.caller = caller
+        self.attempt = attempt
+        self.counted = counted
+        self.peeked = peeked
+        self.status: int | None = None
+        self._start: HTTPResponseStartEvent | None = None
+        self._held: list[Message] = []
+        self._body = bytearray()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            if self.attempt is not None and self.status == 401:
+                self._start = message
+                return
+            self._label(message)
+            await self._send(message)
+        elif self._start is not None:
+            self._held.append(message)
+            if message["type"] == "http.response.body":
+                self._body += message.get("body", b"")
+                if message.get("more_body", False) and len(self._body) <= MAX_ERROR_BODY:
+                    return
+            await self._release()
+        else:
+            await self._send(message)
+
+    async def finish(self) -> None:
+        """After the app is done: send what is still held, then take back unproven identity counts."""
+        if self._start is not None:
+            await self._release()
+        if self.caller.verified:
+            return
+        principal = _principal(self.scope)
+        unproven = [
+            t for t in self.counted
+            if t.window.kind in {"user", "key"} and t.count is not None
+            and (principal is None or not _belongs(t.window, principal))
+        ]  # fmt: skip
+        if unproven:
+            try:
+                await self.limiter.counters.refund(unproven)
+            except CountersUnavailable:
+                pass
+
+    async def _release(self) -> None:
+        start, held, self._start, self._held = self._start, self._held, None, []
+        if start is None:
+            return
+        await self._count_failure(_error_code(bytes(self._body)) if len(self._body) <= MAX_ERROR_BODY else None)
+        self._label(start)
+        await self._send(start)
+        for message in held:
+            await self._send(message)
+
+    async def _count_failure(self, code: str | None) -> None:
+        attempt = self.attempt
+        if attempt is None:
+            return
+        if attempt.kind == "login":
+            failed, account = code not in _LOGIN_NOT_GUESSES, attempt.account
+        else:
+            principal = _principal(self.scope)
+            failed = code in _WRONG_SECRETS
+            account = principal.user_id if principal is not None else attempt.account
+        if not failed:
+            return
+        windows = self.limiter.failure_windows(attempt, self.caller.ip, account)
+        try:
+            tallies = await self.limiter.counters.hit(windows)
+        except CountersUnavailable:
+            return
+        for tally in tallies:
+            if tally.count == tally.window.limit.count:
+                log.info("ratelimit.attempts_locked", kind=tally.window.kind, limit=tally.window.limit.describe(),
+                         path=self.scope["path"])  # fmt: skip
+        self.peeked = tallies
+
+    def _label(self, message: HTTPResponseStartEvent) -> None:
+        tightest = _tightest([*self.counted, *self.peeked])
+        if tightest is None:
+            return
+        message.setdefault("headers", [])
+        headers = MutableScopeHeaders.from_message(message)
+        for name, value in _limit_headers(tightest).items():
+            headers[name] = value
+
+
+def _belongs(window: Window, principal: Principal) -> bool:
+    if window.kind == "user":
+        return principal.kind == "user" and window.subject == str(principal.user_id)
+    return principal.key_id is not None and window.subject == str(principal.key_id)

@@ -1,0 +1,143 @@
+"""The shared rate-limit counters against a real PostgreSQL: one count for every process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+from structlog.testing import capture_logs
+
+from adapters.ratelimits import MAX_WINDOW_S, TABLE, CountersUnavailable, Limit, PgRateCounters, Window
+
+# A window this long is not crossed while a test runs, so every count lands in one window.
+LONG = MAX_WINDOW_S
+
+
+@pytest.fixture
+async def two_processes(database_url: str) -> AsyncIterator[tuple[PgRateCounters, PgRateCounters]]:
+    """Two stores with their own pools over one database, as two API processes have."""
+    first, second = PgRateCounters(database_url), PgRateCounters(database_url)
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_two_processes_share_one_count(two_processes: tuple[PgRateCounters, PgRateCounters]) -> None:
+    a, b = two_processes
+    window = Window("ip", "203.0.113.7", Limit(100, LONG))
+    counts = []
+    for store in (a, b, a, b, b, a):
+        (tally,) = await store.hit([window])
+        counts.append(tally.count)
+    assert counts == [1, 2, 3, 4, 5, 6]
+    (peeked,) = await b.hit([], peek=[window])
+    assert peeked.count == 6 and peeked.remaining == 94
+
+
+async def test_concurrent_increments_from_two_processes_are_exact(
+    two_processes: tuple[PgRateCounters, PgRateCounters],
+) -> None:
+    a, b = two_processes
+    x = Window("ip", "198.51.100.1", Limit(1000, LONG))
+    y = Window("ip", "198.51.100.2", Limit(1000, LONG))
+    user = Window("user", "7b0c0f6e-2f57-4d5c-9a5a-0d3c8f1f1a11", Limit(1000, LONG))
+    # Both orders of the same buckets at once: rows are locked in one order, so no deadlock.
+    calls = [
+        (a if i % 2 else b).hit([x, y] if i % 3 else [y, x], then=[user])
+        for i in range(120)
+    ]  # fmt: skip
+    results = await asyncio.gather(*calls)
+    for window in (x, y, user):
+        counts = sorted(next(t for t in tallies if t.window == window).count or 0 for tallies in results)
+        assert counts == list(range(1, 121)), window
+    assert [t.count for t in await a.hit([], peek=[x, y, user])] == [120, 120, 120]
+
+
+async def test_a_new_window_counts_from_one(two_processes: tuple[PgRateCounters, PgRateCounters]) -> None:
+    a, b = two_processes
+    window = Window("key", "4f1c2d", Limit(10, 1))
+    first, second = (await a.hit([window]))[0], (await b.hit([window]))[0]
+    while second.window_start != first.window_start:  # the window ended between the two
+        first, second = second, (await b.hit([window]))[0]
+    assert (first.count, second.count) == (1, 2)
+    await asyncio.sleep(second.resets_in + 0.05)
+    (after,) = await a.hit([window])
+    assert after.window_start >= second.resets_at
+    assert after.count == 1
+
+
+async def test_the_second_stage_is_counted_only_while_the_first_admits(
+    two_processes: tuple[PgRateCounters, PgRateCounters],
+) -> None:
+    a, _ = two_processes
+    ip = Window("ip", "192.0.2.9", Limit(2, LONG))
+    victim = Window("user", "victim", Limit(1000, LONG))
+    seen = [[t.count for t in await a.hit([ip], then=[victim])] for _ in range(4)]
+    assert seen == [[1, 1], [2, 2], [3, None], [4, None]]
+    assert (await a.hit([], peek=[victim]))[0].count == 2
+
+
+async def test_a_refund_takes_back_one_count(two_processes: tuple[PgRateCounters, PgRateCounters]) -> None:
+    a, b = two_processes
+    window = Window("user", "someone", Limit(5, LONG))
+    await a.hit([window])
+    (tally,) = await a.hit([window])
+    await b.refund([tally])
+    (peeked,) = await a.hit([], peek=[window])
+    assert peeked.count == 1
+
+
+async def test_a_sweep_deletes_ended_windows_only(
+    database_url: str, two_processes: tuple[PgRateCounters, PgRateCounters]
+) -> None:
+    a, _ = two_processes
+    short = Window("ip", "192.0.2.1", Limit(5, 1))
+    long = Window("ip", "192.0.2.1", Limit(5, LONG))
+    short_tally, _ = await a.hit([short, long])
+    await asyncio.sleep(short_tally.resets_in + 0.05)
+    assert await a.sweep() >= 1
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        rows = await (await conn.execute(f"SELECT bucket, count FROM {TABLE} ORDER BY bucket")).fetchall()
+    assert rows == [(long.bucket, 1)]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_an_unreachable_database_is_reported_once_and_raises_unavailable() -> None:
+    store = PgRateCounters(f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres", timeout=0.3, backoff=60)
+    window = Window("ip", "192.0.2.2", Limit(5, 60))
+    try:
+        with capture_logs() as logs:
+            for _ in range(3):
+                with pytest.raises(CountersUnavailable):
+                    await store.hit([window])
+    finally:
+        await store.close()
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["ratelimit.counters_unavailable"]
+
+
+async def test_counting_resumes_when_the_database_answers_again(database_url: str) -> None:
+    """A table dropped under a running store (a restored or failed-over database) is created again."""
+    store = PgRateCounters(database_url, backoff=0)
+    window = Window("ip", "192.0.2.3", Limit(5, LONG))
+    try:
+        await store.hit([window])
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            await conn.execute(f"DROP TABLE {TABLE}")
+        with capture_logs() as logs:
+            with pytest.raises(CountersUnavailable):
+                await store.hit([window])
+            (tally,) = await store.hit([window])
+    finally:
+        await store.close()
+    assert tally.count == 1
+    assert [entry["event"] for entry in logs] == ["ratelimit.counters_unavailable", "ratelimit.counters_recovered"]
