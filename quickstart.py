@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
         return run(str(BIN / "wattledger"), "serve", "--demo", "--polling-interval", "5", *extra)
     if command == "test":
         return run(str(PYTHON), "-m", "mypy") or run(str(PYTHON), "-m", "pytest", *extra)
-    for script in ("bench_poll_store.py", "bench_projection.py", "bench_relay.py"):
+    for script in ("bench_poll_store.py", "bench_poll_fanout.py", "bench_projection.py", "bench_relay.py"):
         if code := run(str(PYTHON), str(ROOT / "bench" / script), *extra):
             return code
     return 0

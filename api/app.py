@@ -1,15 +1,101 @@
-"""The Litestar application factory."""
+"""The Litestar application factory, with the edge guards every route shares."""
 
 from __future__ import annotations
 
-from litestar import Litestar
-from litestar.di import Provide
-from litestar.openapi.config import OpenAPIConfig
+import asyncio
+import unicodedata
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import structlog
+from litestar import Litestar, Request
+from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.exceptions import SerializationException
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.controllers.auth import AuthController
 from api.controllers.devices import DevicesController
+from api.controllers.keys import KeysController
 from api.controllers.system import SystemController
-from api.errors import EXCEPTION_HANDLERS
+from api.controllers.users import UsersController
+from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
+from api.guards import Authorizer, provide_principal, schema_config
+from api.ratelimit import cors_config, install_edge
 from api.services import VERSION, Services
+
+log = structlog.get_logger(__name__)
+
+READ_ATTEMPTS = 4
+READ_RETRY_BACKOFF_S = 0.05
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class RetryLostConnections(ASGIMiddleware):
+    """Repeat a read (GET, HEAD) whose database connection broke under it, a bounded number of times.
+
+    Reads change nothing, so running one again is safe. The failed attempt's response is dropped
+    before any of it is sent; the last attempt's response goes out whatever it is. Before a
+    retry, `on_lost` gets rid of the pools' other dead connections.
+    """
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, on_lost: Callable[[], Awaitable[None]]) -> None:
+        self.on_lost = on_lost
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope.get("method") not in _SAFE_METHODS:
+            await next_app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            state.pop(CONNECTION_LOST_FLAG, None)
+            last = attempt == READ_ATTEMPTS
+            dropped = False
+
+            async def send_unless_retried(message: Message) -> None:
+                nonlocal dropped
+                if message["type"] == "http.response.start" and not last and state.get(CONNECTION_LOST_FLAG):
+                    dropped = True
+                if not dropped:
+                    await send(message)
+
+            await next_app(scope, receive, send_unless_retried)
+            if not dropped:
+                return
+            log.info("api.read_retried", path=scope.get("path"), attempt=attempt)
+            try:
+                await self.on_lost()
+            except Exception as exc:  # best effort: the retry runs anyway
+                log.warning("api.pool_check_failed", error=repr(exc))
+            await asyncio.sleep(READ_RETRY_BACKOFF_S * attempt)
+
+
+class RefuseUnsafeInput(ASGIMiddleware):
+    """400 for input no route can use and some would choke on: control characters in the path,
+    and JSON bodies nested deeper than the decoder can go."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        path = scope.get("path", "")
+        if not path.isprintable() and any(unicodedata.category(c) == "Cc" for c in path):
+            log.info("api.path_refused", path=path, method=scope.get("method"))
+            raise RefusedInput("The path holds control characters", "INVALID_PATH")
+        if scope.get("method") in _BODY_METHODS:
+            request: Request[Any, Any, Any] = Request(scope, receive)
+            if await request.body():
+                try:
+                    # Decoded once here; the handler reuses the cached value.
+                    await request.json()
+                except RecursionError:
+                    raise RefusedInput("The JSON body is nested too deeply", "JSON_TOO_DEEP") from None
+                except SerializationException:
+                    pass
+        await next_app(scope, receive, send)
 
 
 def create_app(services: Services) -> Litestar:
@@ -18,10 +104,18 @@ def create_app(services: Services) -> Litestar:
     def provide_services() -> Services:
         return services
 
-    return Litestar(
-        route_handlers=[SystemController, DevicesController],
-        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+    app = Litestar(
+        route_handlers=[SystemController, DevicesController, AuthController, UsersController, KeysController],
+        dependencies={
+            "services": Provide(provide_services, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
+        guards=[Authorizer(services.identity, services.tokens)],
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(title="WattLedger", version=VERSION, path="/schema"),
+        middleware=[RetryLostConnections(services.drop_dead_connections), RefuseUnsafeInput()],
+        openapi_config=schema_config(VERSION),
+        cors_config=cors_config(services.edge.cors_origins),
         debug=False,
     )
+    install_edge(app, services.edge)
+    return app

@@ -11,11 +11,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from adapters.eventstore import WattLedger
+from adapters.identity import TokenService
 from adapters.kasa_driver import KasaDriver
+from api.errors import connection_lost
+from api.ratelimit import EdgePolicy
 from domain.handlers import CommandHandlers
+from domain.identity_handlers import IdentityHandlers
 from projections.engine import READ_SCHEMA
 
 VERSION = "0.1.0"
@@ -23,18 +27,61 @@ VERSION = "0.1.0"
 
 @dataclass
 class Services:
-    """The application service, the device driver and the read-model pool."""
+    """The application service, the device driver, the read-model pool, identity and its tokens."""
 
     app: WattLedger
     driver: KasaDriver
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     commands: CommandHandlers
+    identity: IdentityHandlers
+    tokens: TokenService
     discovery_target: str = "255.255.255.255"
     discovery_port: int | None = None
+    stream_name: str = "WL_EVENTS"
     zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     on_saved: Callable[[], None] = lambda: None
+    edge: EdgePolicy = field(default_factory=EdgePolicy)
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    async def database_answers(self, *, timeout: float = 2.0, attempts: int = 3) -> bool:
+        """Whether PostgreSQL answers a query now.
+
+        A pooled connection that turns out dead is replaced and the query tried again. When the
+        pool has none to give (it backs off between reconnects after an outage), the server is
+        asked over a connection of its own, so the answer follows the server, not the pool.
+        """
+        for _ in range(attempts):
+            try:
+                async with self.read_pool.connection(timeout=timeout) as conn:
+                    await conn.execute("SELECT 1")
+                return True
+            except PoolTimeout:
+                break
+            except (psycopg.Error, OSError) as exc:
+                if not connection_lost(exc):
+                    return False
+        conninfo = self.read_pool.conninfo
+        if not isinstance(conninfo, str):
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await psycopg.AsyncConnection.connect(conninfo)
+        except (psycopg.Error, OSError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    async def drop_dead_connections(self) -> None:
+        """Test the idle connections of both pools and replace the dead ones.
+
+        Called after a request lost its connection: when the server ended one (restart,
+        failover, `pg_terminate_backend`), it usually ended the others as well.
+        """
+        await self.read_pool.check()
+        store_pool = getattr(getattr(self.app.recorder, "datastore", None), "pool", None)
+        if isinstance(store_pool, ConnectionPool):
+            await asyncio.to_thread(store_pool.check)
 
     async def wait_projected(self, notification_id: int, *, projector: str = "devices", timeout: float = 3.0) -> bool:
         """Wait until `projector` has applied `notification_id` (read-your-writes for commands)."""
@@ -53,3 +100,12 @@ class Services:
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    async def wait_identity(self, *, timeout: float = 3.0) -> bool:
+        """Wait until the identity read models hold everything stored so far.
+
+        Per-request authentication reads them, so an ended session, a revoked key or a
+        deactivated user stops working once this returns True.
+        """
+        newest = await asyncio.to_thread(self.app.recorder.max_notification_id)
+        return await self.wait_projected(newest or 0, projector="identity", timeout=timeout)

@@ -1,15 +1,16 @@
-"""Storing poll cycles: `record_polls` against a plain multi-aggregate `save()` baseline, same run.
+"""Storing poll cycles: the handlers' `record_polls` against a plain multi-aggregate `save()` baseline, same run.
 
     python bench/bench_poll_store.py [--devices 500] [--cycles 10]
 
-A poll cycle of N devices is N readings plus the devices' relay / online checks, stored
-in one `save()`. The baseline saves N new readings streams with one reading each in one
+A poll cycle of N devices is N readings plus the devices' relay / online checks, stored by
+`CommandHandlers.record_polls` over the poller's caching store (one transaction per 100 devices). The baseline saves N new readings streams with one reading each in one
 `save()` (no loading of devices): the floor set by the event store itself. Uses a scratch
 database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres), dropped at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -19,8 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.scratch import bench_main  # noqa: E402
 
-from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
+from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env  # noqa: E402
+from domain.address import DeviceAddress  # noqa: E402
+from domain.commands import PollResult, RecordPolls  # noqa: E402
 from domain.device import Device  # noqa: E402
+from domain.handlers import CommandHandlers  # noqa: E402
+from domain.ports import DeviceDriver  # noqa: E402
 from domain.meter import MeterDay  # noqa: E402
 from domain.readings import DeviceSnapshot  # noqa: E402
 
@@ -32,21 +37,37 @@ def plug(i: int, total_wh: float) -> DeviceSnapshot:
     )
 
 
+class NoDriver(DeviceDriver):
+    """Storing polls contacts no device."""
+
+    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
+        raise AssertionError("record_polls contacted a device")
+
+    async def discover(self, target: str, *, port: int | None = None) -> list[DeviceAddress]:
+        return []
+
+
+async def store_cycles(app: WattLedger, fleet: list[Device], start: datetime, cycles: int) -> None:
+    handlers = CommandHandlers(StoreUnitOfWork(app, cache=True), NoDriver(), SystemClock())
+    for cycle in range(cycles):
+        at = start + timedelta(minutes=cycle + 1)
+        results = tuple(PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
+                        for i, d in enumerate(fleet))
+        await handlers.record_polls(RecordPolls(results=results, actor="bench"))
+
+
 def run(url: str, devices: int, cycles: int) -> None:
     ensure_events_schema(url)
     app = WattLedger(store_env(url))
     try:
         fleet = [Device.from_snapshot(f"10.8.{i // 256}.{i % 256}", plug(i, 0), alias=None, actor="bench")
                  for i in range(devices)]
-        app.save(*fleet)
+        for first in range(0, len(fleet), 100):
+            app.save(*fleet[first : first + 100])
         start = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
 
         began = time.perf_counter()
-        for cycle in range(cycles):
-            at = start + timedelta(minutes=cycle + 1)
-            results = [PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
-                       for i, d in enumerate(fleet)]
-            app.record_polls(results, {}, actor="bench")
+        asyncio.run(store_cycles(app, fleet, start, cycles))
         ours = devices * cycles / (time.perf_counter() - began)
 
         began = time.perf_counter()

@@ -110,6 +110,12 @@ class UnsupportedDevice(DeviceError):
     code = "UNSUPPORTED_DEVICE"
 
 
+class AuthenticationRequired(Unauthenticated):
+    """No credentials came with a request that needs them (`Authorization: Bearer` or `X-API-Key`)."""
+
+    code = "AUTHENTICATION_REQUIRED"
+
+
 class InvalidCredentials(Unauthenticated):
     """Unknown user name or wrong password (the message never says which)."""
 

@@ -280,6 +280,8 @@ class SessionGrant(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime
     user: UserSummary
     position: int
+    evicted: tuple[UUID, ...] = ()
+    """Sessions a sign-in ended to make room (their tokens stop once the read model has the end)."""
 
 
 class TotpEnrollment(msgspec.Struct, frozen=True, kw_only=True):

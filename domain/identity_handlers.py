@@ -266,6 +266,7 @@ class IdentityHandlers:
             grant = SessionGrant(
                 session_id=session.id, user_id=user_id, generation=session.generation,
                 expires_at=session.expires_at, user=user.summary(), position=0,
+                evicted=tuple(s.id for s in evicted),
             )
             return [user, session, *evicted], grant
 

@@ -23,21 +23,25 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import BusError, StreamConfig, connect_nats, ensure_stream
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
+from adapters.identity import Argon2Hasher, PyotpVerifier, RandomSecrets, TokenService, open_secret_box
 from adapters.kasa_driver import KasaDriver
 from adapters.nats_commands import CommandResponder
 from adapters.leases import Leases
 from adapters.poller import Poller
+from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
 from api.app import create_app
+from api.ratelimit import EdgePolicy, RateLimits
 from api.services import Services
 from domain.energy import EnergyRules
 from domain.handlers import CommandHandlers
+from domain.identity_handlers import IdentityHandlers
 from infra.logging import escape_text
 from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
 from projections.devices import TABLE as DEVICES_TABLE
 from projections.devices import DevicesProjector, active_devices
 from projections.engine import ProjectionEngine, Projector
-from projections.identity import IdentityProjector
+from projections.identity import IdentityProjector, IdentityReadModels
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +66,10 @@ class Runtime:
     js: JetStreamContext
     stream: StreamConfig
     relay: Relay
+    identity: IdentityHandlers
+    tokens: TokenService
     wakers: list[Callable[[], None]] = field(default_factory=list)
+    rate_counters: PgRateCounters | None = None
 
     def saved(self) -> None:
         """Something was stored: nudge the in-process relay and projectors."""
@@ -115,12 +122,24 @@ class Runtime:
             driver=self.driver,
             read_pool=self.read_pool,
             commands=self.handlers(),
+            identity=self.identity,
+            tokens=self.tokens,
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
             stream_name=self.stream.name,
             zone=self.settings.zone,
             on_saved=self.saved,
+            edge=self.edge(),
         )
+
+    def edge(self) -> EdgePolicy:
+        """The settings' rate limits and CORS origins, over the counters every API process shares."""
+        s = self.settings
+        limits = RateLimits(
+            ip=s.rate_limit_ip, user=s.rate_limit_user, key=s.rate_limit_key,
+            login=s.rate_limit_login, login_ip=s.rate_limit_login_ip,
+        ) if s.rate_limits else RateLimits()  # fmt: skip
+        return EdgePolicy(limits=limits, counters=self.rate_counters, cors_origins=s.cors_origins)
 
 
 class StartupError(Exception):
@@ -133,6 +152,9 @@ class StartupInterrupted(Exception):
 
 
 READ_POOL_TIMEOUT_S = 5.0
+# psycopg_pool retries a lost connection with growing pauses (1 s, 2 s, 4 s...) for this long, then
+# connects again on demand: a short window lets the API notice a returning server within seconds.
+READ_POOL_RECONNECT_S = 10.0
 # The event store retries a failed call up to ten times itself, each waiting this long for a connection.
 STORE_POOL_TIMEOUT_S = 2
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.2, 2.0
@@ -189,7 +211,10 @@ async def _starting(timeout: float, stop: asyncio.Event | None) -> AsyncIterator
         nonlocal interrupted
         await event.wait()
         interrupted = True
-        starting.cancel()
+        while True:
+            # Asked again until start-up ends: a library may swallow one cancellation.
+            starting.cancel()
+            await asyncio.sleep(0.5)
 
     watcher = asyncio.create_task(cancel_on_stop(stop, task)) if stop is not None and task is not None else None
     bound = asyncio.timeout(timeout)
@@ -203,7 +228,8 @@ async def _starting(timeout: float, stop: asyncio.Event | None) -> AsyncIterator
     except asyncio.CancelledError:
         if not interrupted or task is None:
             raise
-        task.uncancel()
+        while task.uncancel():
+            pass
         raise StartupInterrupted() from None
     except _STARTUP_FAILURES as exc:
         raise startup.refused(_reason(exc)) from None
@@ -317,6 +343,7 @@ async def open_runtime(
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
     nc: Client | None = None
     relay: Relay | None = None
+    rate_counters: PgRateCounters | None = None
     driver = KasaDriver(timeout=settings.poll_timeout)
     try:
         async with _starting(settings.startup_timeout, stop) as startup:
@@ -331,9 +358,17 @@ async def open_runtime(
             engine = ProjectionEngine(app, database_url, all_projectors(settings))
             await asyncio.to_thread(engine.setup)
             read_pool = ReadPool(
-                database_url, min_size=1, max_size=8, open=False, name="wattledger-read", timeout=READ_POOL_TIMEOUT_S
+                database_url,
+                min_size=1,
+                max_size=8,
+                open=False,
+                name="wattledger-read",
+                timeout=READ_POOL_TIMEOUT_S,
+                reconnect_timeout=READ_POOL_RECONNECT_S,
             )
             await read_pool.open(wait=True, timeout=settings.startup_timeout)
+            box = await open_secret_box(database_url, settings.secret_key)
+            tokens = await TokenService.open(database_url, clock=SystemClock())
             startup.target = f"NATS at {nats_endpoint(nats_url)}"
             nc = await connect_nats(nats_url, name="wattledger")
             js = nc.jetstream()
@@ -341,6 +376,11 @@ async def open_runtime(
             startup.target = f"JetStream on NATS at {nats_endpoint(nats_url)}"
             await ensure_stream(js, stream)
         relay = Relay(app, js, database_url=database_url, stream=stream)
+        rate_counters = PgRateCounters(database_url)
+        identity = IdentityHandlers(
+            StoreUnitOfWork(app), Argon2Hasher(), box, PyotpVerifier(), RandomSecrets(), SystemClock(),
+            IdentityReadModels(read_pool),
+        )  # fmt: skip
         yield Runtime(
             settings=settings,
             database_url=database_url,
@@ -353,9 +393,14 @@ async def open_runtime(
             js=js,
             stream=stream,
             relay=relay,
+            identity=identity,
+            tokens=tokens,
+            rate_counters=rate_counters,
         )
     finally:
         await driver.close()
+        if rate_counters is not None:
+            await rate_counters.close()
         if relay is not None:
             await relay.aclose()
         if nc is not None:

@@ -9,8 +9,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import msgspec
@@ -18,9 +18,10 @@ import structlog
 
 from domain.commands import AddDevice, Command, RemoveDevice, RenameDevice, device_key
 from domain.errors import DeviceAlreadyExists, DomainError
-from infra.bootstrap import Runtime, open_runtime, run_parts
+from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runtime, run_parts
+from infra.embedded import EmbeddedError, embedded_servers
 from infra.logging import configure_logging
-from infra.settings import Settings, SettingsError, load_settings
+from infra.settings import Settings, SettingsError, load_settings, mask_secrets
 from projections.engine import ProjectionEngine
 
 log = structlog.get_logger(__name__)
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("device", help="device id or address")
     for sub in (add, rename, remove):
         _settings_options(sub)
+    auth = commands.add_parser("auth", help="manage sign-in security")
+    auth_actions = auth.add_subparsers(dest="action", required=True)
+    rotate = auth_actions.add_parser(
+        "rotate-keys", help="add a JWT signing key: new tokens use it, tokens signed before stay valid until they expire"
+    )
+    _settings_options(rotate)
     emulate = commands.add_parser("emulate", help="run emulated Kasa devices on loopback")
     emulate.add_argument("--devices", default=",".join(DEMO_PROFILES), help="comma-separated profiles")
     emulate.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
@@ -90,8 +97,30 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(os.environ, **{f: getattr(args, f, None) for f in fields})
 
 
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while no event loop was there to turn it into a clean stop."""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While synchronous start-up or shutdown runs, SIGINT and SIGTERM unwind it (closing what it opened)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run until done; the first SIGINT/SIGTERM asks for a clean stop, a second one cancels."""
+    """Run until done; the first SIGINT/SIGTERM asks for a clean stop, a second one cancels.
+
+    Start-up counts as running: a stop asked for while connecting ends the start-up at once.
+    """
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -112,7 +141,13 @@ def _run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         except asyncio.CancelledError:
             log.info("shutdown.forced")
 
-    asyncio.run(runner())
+    outer = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        asyncio.run(runner())
+    finally:
+        # The loop resets the handlers it installed to the defaults; put back the ones from before.
+        for sig, handler in outer.items():
+            signal.signal(sig, handler)
 
 
 async def _serve(
@@ -122,9 +157,12 @@ async def _serve(
     if getattr(args, "demo", False):
         # The demo's devices live on loopback; discovery must not go out to the LAN.
         settings = msgspec.structs.replace(settings, discovery_target="127.0.0.1")
-    async with open_runtime(settings, database_url, nats_url) as runtime:
+    async with open_runtime(settings, database_url, nats_url, stop=stop) as runtime:
         if command == "device":
             await _device_command(runtime, args)
+            return
+        if command == "auth":
+            await _rotate_signing_keys(runtime)
             return
         if command == "project" and args.rebuild:
             await _rebuild(runtime.engine, args.rebuild)
@@ -141,6 +179,16 @@ async def _serve(
             relay=command in ("serve", "relay"),
             project=command in ("serve", "project"),
         )
+
+
+async def _rotate_signing_keys(runtime: Runtime) -> None:
+    """Add a signing key and print its id (never the key) as JSON.
+
+    Processes started from now on sign with it; running ones take it up when they meet a
+    token signed with it. Every stored key still verifies the tokens it signed."""
+    kid = await runtime.tokens.rotate()
+    log.info("auth.signing_key_rotated", kid=kid)
+    print(msgspec.json.encode({"signing_key_id": kid}).decode())
 
 
 async def _device_command(runtime: Runtime, args: argparse.Namespace) -> None:
@@ -165,20 +213,28 @@ async def _device_command(runtime: Runtime, args: argparse.Namespace) -> None:
 async def _rebuild(engine: ProjectionEngine, name: str) -> None:
     if name not in engine.projectors:
         raise SettingsError(f"unknown read model {name!r}; known: {', '.join(engine.projectors)}")
+    from time import perf_counter
+
     await asyncio.to_thread(engine.setup)
     total = await asyncio.to_thread(engine.app.recorder.max_notification_id) or 0
     done = 0
+    began = perf_counter()
+
+    def rate() -> str:
+        return f"{done / max(perf_counter() - began, 1e-9):,.0f} events/s"
 
     def progress(applied: int) -> None:
         nonlocal done
         done += applied
         width = 40
         filled = int(width * min(done, total) / total) if total else width
-        sys.stderr.write(f"\rrebuilding {name} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events")
+        sys.stderr.write(
+            f"\rrebuilding {name} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {rate()}"
+        )
         sys.stderr.flush()
 
-    applied = await asyncio.to_thread(engine.rebuild, name, progress)
-    sys.stderr.write(f"\rrebuilt {name}: {applied} events replayed{' ' * 40}\n")
+    done = await asyncio.to_thread(engine.rebuild, name, progress)
+    sys.stderr.write(f"\rrebuilt {name}: {done} events replayed, {rate()}{' ' * 40}\n")
 
 
 @asynccontextmanager
@@ -261,9 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = _settings(args)
         configure_logging(settings.log_level, json=settings.log_json)
-        from infra.embedded import embedded_servers
-
-        with embedded_servers(
+        with _signals_interrupt(), embedded_servers(
             settings.data_dir,
             database_url=settings.database_url,
             nats_url=settings.nats_url,
@@ -273,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"wattledger: {exc}", file=sys.stderr)
         return 2
+    except (StartupError, EmbeddedError) as exc:
+        print(f"wattledger: {mask_secrets(str(exc))}", file=sys.stderr)
+        return 1
+    except (StartupInterrupted, _Interrupted):
+        return 0
     return 0
 
 

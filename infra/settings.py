@@ -7,12 +7,22 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import psycopg
 
+from adapters.ratelimits import Limit, parse_limits
+
 T = TypeVar("T")
+
+MASK = "***"
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s?#]*)@")
+_SECRET_KEYWORD = re.compile(
+    r"(?i)(?P<key>\b(?:password|passwd|pwd|pass|token|secret|sslpassword|auth_token|nkey)\s*=\s*)"
+    r"(?P<value>'(?:[^'\\]|\\.)*'?|[^\s&;,]*)"
+)
 
 
 class SettingsError(ValueError):
@@ -27,7 +37,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path("data")
     polling_interval: float = 60.0
     poll_timeout: float = 5.0
-    poll_concurrency: int = 16
+    poll_concurrency: int = 64
+    poll_suspect_concurrency: int = 64
+    poll_stop_grace: float = 10.0
+    poll_lease: float = 30.0
     offline_after: int = 3
     host: str = "127.0.0.1"
     port: int = 5272
@@ -39,6 +52,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timezone: str = "UTC"
     log_level: str = "info"
     log_json: bool = False
+    startup_timeout: float = 30.0
+    secret_key: str | None = None
+    """Keys the secret box (sealed TOTP secrets); without it a key generated once is kept in PostgreSQL."""
+    rate_limits: bool = True
+    rate_limit_ip: tuple[Limit, ...] = (Limit(100, 60),)
+    rate_limit_user: tuple[Limit, ...] = (Limit(1000, 3600),)
+    rate_limit_key: tuple[Limit, ...] = (Limit(60, 60), Limit(10_000, 86_400))
+    rate_limit_login: tuple[Limit, ...] = (Limit(5, 900),)
+    rate_limit_login_ip: tuple[Limit, ...] = (Limit(20, 900),)
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def zone(self) -> ZoneInfo:
@@ -47,6 +70,49 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def embedded(self) -> bool:
         return self.database_url is None or self.nats_url is None
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    scheme, userinfo = match["scheme"], match["userinfo"]
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        return f"{scheme}{user}:{MASK}@"
+    # A NATS URL with a user and no password carries a token there.
+    if scheme.lower().startswith(("nats", "tls", "ws")):
+        return f"{scheme}{MASK}@"
+    return match[0]
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the passwords and tokens of any URL or libpq/key=value string in it replaced by ***."""
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    return _SECRET_KEYWORD.sub(lambda m: f"{m['key']}{MASK}", text)
+
+
+def postgres_endpoint(database_url: str) -> str:
+    """Where a libpq URL or connection string points, as `host:port` (or `socket-dir:port`), no credentials."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(database_url)
+    except psycopg.ProgrammingError:
+        return "an unparseable DATABASE_URL"
+    hosts = str(parts.get("host") or parts.get("hostaddr") or "localhost").split(",")
+    ports = str(parts.get("port") or "5432").split(",")
+    pairs = [f"{h or 'localhost'}:{ports[i] if i < len(ports) else ports[-1]}" for i, h in enumerate(hosts)]
+    return mask_secrets(",".join(pairs))
+
+
+def nats_endpoint(nats_url: str) -> str:
+    """Where a NATS URL (or comma-separated list of them) points, as `host:port`, no credentials."""
+    endpoints = []
+    for server in nats_url.split(","):
+        split = urlsplit(server.strip())
+        try:
+            port = split.port or 4222
+        except ValueError:
+            port = 4222
+        host = split.hostname or "localhost"
+        endpoints.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return mask_secrets(",".join(endpoints))
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -118,6 +184,34 @@ def _flag(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    """Comma-separated origins (`https://app.example.com`, `http://localhost:3000`); never a wildcard."""
+    origins: list[str] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "*" in item:
+            raise ValueError("must name each origin: a wildcard would let any site call the API")
+        split = urlsplit(item.rstrip("/"))
+        try:
+            port = split.port
+        except ValueError:
+            port = -1
+        if split.scheme.lower() not in {"http", "https"} or not split.hostname or split.path or split.query \
+                or split.fragment or "@" in split.netloc or port == -1:
+            raise ValueError("must be origins such as https://app.example.com or http://localhost:3000")
+        scheme, host = split.scheme.lower(), split.netloc.lower()
+        # A browser's Origin leaves out the default port.
+        origin = f"{scheme}://{host.removesuffix({'http': ':80', 'https': ':443'}[scheme])}"
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
+
+
+def _secret_key(text: str) -> str:
+    if len(text) < 16:
+        raise ValueError("must have at least 16 characters")
+    return text
+
+
 def _host(text: str) -> str:
     if not text or any(c.isspace() for c in text):
         raise ValueError("must be a host name or IP address")
@@ -131,6 +225,9 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_POLLING_INTERVAL": ("polling_interval", _number(float, 1, 86400)),
     "WATTLEDGER_POLL_TIMEOUT": ("poll_timeout", _number(float, 0.1, 120)),
     "WATTLEDGER_POLL_CONCURRENCY": ("poll_concurrency", _number(int, 1, 1024)),
+    "WATTLEDGER_POLL_SUSPECT_CONCURRENCY": ("poll_suspect_concurrency", _number(int, 1, 1024)),
+    "WATTLEDGER_POLL_STOP_GRACE": ("poll_stop_grace", _number(float, 0, 600)),
+    "WATTLEDGER_POLL_LEASE": ("poll_lease", _number(float, 3, 3600)),
     "WATTLEDGER_OFFLINE_AFTER": ("offline_after", _number(int, 1, 1000)),
     "WATTLEDGER_HOST": ("host", _host),
     "WATTLEDGER_PORT": ("port", _number(int, 1, 65535)),
@@ -142,15 +239,38 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_TIMEZONE": ("timezone", _zone),
     "WATTLEDGER_LOG_LEVEL": ("log_level", _level),
     "WATTLEDGER_LOG_JSON": ("log_json", _flag),
+    "WATTLEDGER_STARTUP_TIMEOUT": ("startup_timeout", _number(float, 0.5, 3600)),
+    "WATTLEDGER_SECRET_KEY": ("secret_key", _secret_key),
+    "WATTLEDGER_RATE_LIMITS": ("rate_limits", _flag),
+    "WATTLEDGER_RATE_LIMIT_IP": ("rate_limit_ip", parse_limits),
+    "WATTLEDGER_RATE_LIMIT_USER": ("rate_limit_user", parse_limits),
+    "WATTLEDGER_RATE_LIMIT_KEY": ("rate_limit_key", parse_limits),
+    "WATTLEDGER_RATE_LIMIT_LOGIN": ("rate_limit_login", parse_limits),
+    "WATTLEDGER_RATE_LIMIT_LOGIN_IP": ("rate_limit_login_ip", parse_limits),
+    "WATTLEDGER_CORS_ORIGINS": ("cors_origins", _origins),
 }
 
 OPTION_ENV = {field: env for env, (field, _) in _FIELDS.items()}
+
+_URL_SETTINGS = frozenset({"DATABASE_URL", "NATS_URL"})
+_SECRET_SETTINGS = frozenset({"WATTLEDGER_SECRET_KEY"})
+_LEADING_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?[^/\s?#]*@")
+
+
+def _shown(env: str, text: str) -> str:
+    """An invalid value as an error may show it: a URL setting keeps no user, password or token at
+    all, even when its scheme is missing or wrong; a secret is never shown."""
+    if env in _SECRET_SETTINGS:
+        return MASK
+    if env in _URL_SETTINGS:
+        text = _LEADING_USERINFO.sub(lambda m: f"{m['scheme'] or ''}{MASK}@", text)
+    return mask_secrets(text)
 
 
 def load_settings(environ: Mapping[str, str], **overrides: str | None) -> Settings:
     """Settings from environment variables, then from command-line overrides (by field name).
 
-    Raises SettingsError naming the first invalid setting.
+    Raises SettingsError naming the first invalid setting; its message never holds a password.
     """
     values: dict[str, Any] = {}
     raw = {env: environ[env] for env in _FIELDS if environ.get(env, "") != ""}
@@ -162,5 +282,5 @@ def load_settings(environ: Mapping[str, str], **overrides: str | None) -> Settin
         try:
             values[field] = parse(text.strip())
         except ValueError as exc:
-            raise SettingsError(f"invalid {env}={text!r}: {exc}") from None
+            raise SettingsError(mask_secrets(f"invalid {env}={_shown(env, text)!r}: {exc}")) from None
     return Settings(**values)

@@ -72,12 +72,22 @@ def test_serve_demo_shows_live_devices_then_stops_cleanly_and_rebuild_gives_same
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
             while time.monotonic() < deadline and server.poll() is None:
                 try:
-                    devices = http.get("/api/devices").json()
+                    if http.get("/api/health").status_code == 200:
+                        break
                 except httpx.TransportError:
-                    devices = []
+                    time.sleep(0.3)
+            assert http.get("/api/devices").status_code == 401
+            assert http.get("/api/auth/setup-required").json() == {"setup_required": True}
+            account = {"username": "admin", "password": "A demo passphrase"}
+            assert http.post("/api/auth/setup", json=account).status_code == 201
+            login = http.post("/api/auth/login", json=account)
+            assert login.status_code == 200, login.text
+            http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+            while time.monotonic() < deadline and server.poll() is None:
+                devices = http.get("/api/devices").json()
                 if len(devices) == 5 and all(d["last_seen"] != d["added_at"] for d in devices):
                     break
-                time.sleep(0.3)
+                time.sleep(0.5)
             models = sorted(str(d["model"]) for d in devices)
             assert models == ["HS100", "HS110", "HS300", "KP115", "KP303"], server.poll()
             assert http.get("/schema/openapi.json").status_code == 200

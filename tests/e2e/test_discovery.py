@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
-import httpx
 import msgspec
 import pytest
 
 from adapters.emulator import EmulatorFleet, loopback_hosts
 from api.app import create_app
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background
+from tests.e2e.conftest import background, http_client, set_up_and_log_in
 
 
 @pytest.fixture
@@ -25,10 +25,8 @@ async def test_discovery_adds_new_devices_once(runtime: Runtime, discoverable: E
     runtime.settings = msgspec.structs.replace(
         runtime.settings, discovery_target="127.255.255.255", discovery_port=discoverable.discovery_port
     )
-    transport = httpx.ASGITransport(app=create_app(runtime.services()), client=("127.0.0.1", 50000))
-    async with background(runtime, poll=False), httpx.AsyncClient(
-        transport=transport, base_url="http://wattledger.test"
-    ) as client:
+    async with background(runtime, poll=False), http_client(create_app(runtime.services())) as client:
+        admin = await set_up_and_log_in(client)
         first = (await client.post("/api/discover", json={})).json()
         assert first["discovered"] == 3
         assert sorted(first["added"]) == sorted(discoverable.addresses)
@@ -36,3 +34,6 @@ async def test_discovery_adds_new_devices_once(runtime: Runtime, discoverable: E
         assert sorted(d["model"] for d in listed) == ["HS110", "HS300", "KP303"]
         again = (await client.post("/api/discover")).json()
         assert again["added"] == [] and sorted(again["already_known"]) == sorted(discoverable.addresses)
+    notifications = await asyncio.to_thread(runtime.app.recorder.select_notifications, start=1, limit=10_000)
+    added = [runtime.app.mapper.to_domain_event(n) for n in notifications if n.topic.endswith("Device.Added")]
+    assert len(added) == 3 and {e.actor for e in added} == {f"user:{admin.user_id}"}

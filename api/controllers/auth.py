@@ -1,0 +1,442 @@
+"""Authentication: first-run setup, sign-in, token refresh, sessions, one's own account and two-factor.
+
+The shapes follow the Kasa Monitor API. Answers that carry a secret (tokens, a new TOTP
+secret and its backup codes) are sent with `Cache-Control: no-store`; nothing here logs
+a password, token, code or request body.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+import structlog
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from adapters.identity import ALGORITHM, qr_png_data_uri
+from api.guards import NO_CREDENTIALS
+from api.services import Services
+from domain.errors import RefreshTokenReused, Unauthenticated, UserNotFound
+from domain.identity import (
+    ACCESS_TOKEN_LIFETIME,
+    MAX_PASSWORD_LENGTH,
+    MAX_SESSIONS,
+    SESSION_LIFETIME,
+    Login,
+    Permission,
+    Principal,
+    Role,
+    Scope,
+    SessionGrant,
+    SetupAdmin,
+    UserSummary,
+)
+from projections.identity import SessionView, UserView, find_user, list_sessions
+
+log = structlog.get_logger(__name__)
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+LoginName = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="the user name")]
+Username = Annotated[
+    str, msgspec.Meta(min_length=3, max_length=64, description="3 to 64 letters, digits and . _ @ -")
+]
+Email = Annotated[str, msgspec.Meta(max_length=254, description="name@host")]
+FullName = Annotated[str, msgspec.Meta(max_length=200)]
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
+NewPassword = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_PASSWORD_LENGTH,
+        description="12 to 256 characters mixing two kinds (lower, upper, digits, other), without the user name",
+    ),
+]
+Code = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, description="a 6-digit code from the app, or a backup code")
+]
+
+
+class SetupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The first administrator."""
+
+    username: Username
+    password: NewPassword
+    email: Email | None = None
+    full_name: FullName = ""
+
+
+class LoginRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`totp_code` is needed when the account has two-factor authentication: a code or a backup code."""
+
+    username: LoginName
+    password: Password
+    totp_code: Code | None = None
+
+
+class RefreshRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class ChangePasswordRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    current_password: Password
+    new_password: NewPassword
+
+
+class CodeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A code from the authenticator app (or, to disable two-factor, a backup code)."""
+
+    token: Code
+
+
+class SetupStatus(msgspec.Struct, frozen=True, kw_only=True):
+    setup_required: bool
+
+
+class AccountView(msgspec.Struct, frozen=True, kw_only=True):
+    """A user as a write answers with it (GET /api/users adds `created_at` and `updated_at`)."""
+
+    id: UUID
+    username: str
+    email: str | None
+    full_name: str
+    role: Role
+    permissions: list[Permission]
+    is_active: bool
+    totp_enabled: bool
+
+    @classmethod
+    def of(cls, user: UserSummary) -> AccountView:
+        return cls(
+            id=user.user_id, username=user.username, email=user.email, full_name=user.full_name, role=user.role,
+            permissions=list(user.permissions), is_active=user.active, totp_enabled=user.totp_enabled,
+        )  # fmt: skip
+
+
+class SignedInUser(msgspec.Struct, frozen=True, kw_only=True):
+    id: UUID
+    username: str
+    email: str | None
+    role: Role
+    permissions: list[Permission]
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The session a sign-in started; it (and its refresh tokens) ends at `expires_at` at the latest."""
+
+    session_id: UUID
+    created_at: datetime
+    expires_at: datetime
+
+
+class LoginAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    access_token: str
+    refresh_token: str
+    token_type: str
+    expires_in: int
+    user: SignedInUser
+    session: SessionInfo
+
+
+class RefreshAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    access_token: str
+    refresh_token: str
+    token_type: str
+    expires_in: int
+    user: SignedInUser
+
+
+class LogoutAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    sessions_terminated: int
+
+
+class SessionsAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    sessions: list[SessionView]
+    total: int
+    max_allowed: int
+
+
+class SessionEndedAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    session_id: UUID
+
+
+class Me(msgspec.Struct, frozen=True, kw_only=True):
+    """The caller: its user, and how it signed in. `permissions` are this caller's: a key's are cut to its scope."""
+
+    id: UUID
+    username: str
+    email: str | None
+    full_name: str
+    role: Role
+    permissions: list[Permission]
+    is_active: bool
+    totp_enabled: bool
+    created_at: datetime
+    auth: Literal["user", "key"]
+    session_id: UUID | None
+    key_id: UUID | None
+    scope: Scope | None
+
+
+class JwtConfiguration(msgspec.Struct, frozen=True, kw_only=True):
+    algorithm: str
+    access_token_expire_minutes: int
+    refresh_token_expire_days: int
+
+
+class SecurityFeatures(msgspec.Struct, frozen=True, kw_only=True):
+    token_refresh_enabled: bool
+    session_management_available: bool
+    audit_logging_enabled: bool
+    structured_error_responses: bool
+    two_factor_available: bool
+    api_keys_available: bool
+
+
+class SecurityStatus(msgspec.Struct, frozen=True, kw_only=True):
+    jwt_configuration: JwtConfiguration
+    security_features: SecurityFeatures
+    max_sessions_per_user: int
+
+
+class PasswordChanged(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+
+
+class TotpStatus(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool
+
+
+class TotpSetup(msgspec.Struct, frozen=True, kw_only=True):
+    """The only answer that holds the secret and the backup codes: store them now."""
+
+    secret: str
+    otpauth_uri: str
+    qr_code: str
+    backup_codes: list[str]
+
+
+class TotpChanged(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool
+    message: str
+
+
+def client_ip(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else ""
+
+
+def signed_in_user(user: UserSummary) -> SignedInUser:
+    return SignedInUser(
+        id=user.user_id, username=user.username, email=user.email, role=user.role, permissions=list(user.permissions)
+    )
+
+
+async def account_of(services: Services, principal: Principal) -> UserView:
+    """The caller's user from the read model, waiting for it once if it is not there yet."""
+    for attempt in (1, 2):
+        async with services.read_pool.connection() as conn:
+            view = await find_user(conn, principal.user_id)
+        if view is not None:
+            return view
+        if attempt == 1:
+            await services.wait_identity()
+    raise UserNotFound(f"no user with id {principal.user_id}")
+
+
+def session_info(grant: SessionGrant) -> SessionInfo:
+    return SessionInfo(
+        session_id=grant.session_id, created_at=grant.expires_at - SESSION_LIFETIME, expires_at=grant.expires_at
+    )
+
+
+class AuthController(Controller):
+    path = "/api/auth"
+    tags = ["auth"]
+
+    @get("/setup-required", operation_id="getSetupRequired", opt={"public": True}, security=NO_CREDENTIALS)
+    async def setup_required(self, services: NamedDependency[Services]) -> SetupStatus:
+        """Whether first-run setup is still open (no administrator was ever created)."""
+        return SetupStatus(setup_required=await services.identity.setup_required())
+
+    @post("/setup", operation_id="setupFirstAdmin", status_code=201, opt={"public": True}, security=NO_CREDENTIALS)
+    async def setup(self, data: JSONBody[SetupRequest], services: NamedDependency[Services]) -> AccountView:
+        """Create the first administrator. Open until it succeeds once: then, and for every
+        request that lost a race with it, 409 SETUP_ALREADY_DONE."""
+        user = await services.identity.setup(
+            SetupAdmin(username=data.username, password=data.password, email=data.email, full_name=data.full_name)
+        )
+        log.info("auth.setup_done", user_id=str(user.user_id))
+        return AccountView.of(user)
+
+    @post("/login", operation_id="login", status_code=200, opt={"public": True}, security=NO_CREDENTIALS)
+    async def login(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[LoginRequest],
+        services: NamedDependency[Services],
+    ) -> Response[LoginAnswer]:
+        """Sign in: an access token (30 minutes) and a refresh token (as long as the session, 7 days).
+
+        With two-factor authentication on, `totp_code` is needed (401 TOTP_REQUIRED without it).
+        A user has at most 3 sessions: a fourth sign-in ends the oldest."""
+        ip = client_ip(request)
+        command = Login(
+            username=data.username, password=data.password, totp_code=data.totp_code, ip=ip,
+            user_agent=request.headers.get("user-agent", ""),
+        )  # fmt: skip
+        try:
+            grant = await services.identity.login(command)
+        except Unauthenticated as exc:
+            log.info("auth.sign_in_refused", error_code=exc.code, ip=ip)
+            raise
+        if grant.evicted:
+            await services.wait_projected(grant.position, projector="identity")
+        pair = services.tokens.issue(grant)
+        log.info("auth.signed_in", user_id=str(grant.user_id), session_id=str(grant.session_id), ip=ip,
+                 evicted=len(grant.evicted))  # fmt: skip
+        answer = LoginAnswer(
+            access_token=pair.access_token, refresh_token=pair.refresh_token, token_type=pair.token_type,
+            expires_in=pair.expires_in, user=signed_in_user(grant.user), session=session_info(grant),
+        )  # fmt: skip
+        return Response(answer, headers=NO_STORE)
+
+    @post("/refresh", operation_id="refreshTokens", status_code=200, opt={"public": True}, security=NO_CREDENTIALS)
+    async def refresh(
+        self, data: JSONBody[RefreshRequest], services: NamedDependency[Services]
+    ) -> Response[RefreshAnswer]:
+        """Trade a refresh token for a new pair; the one presented is spent. Presenting a spent one
+        again ends its session (401 TOKEN_REUSED): every token of it stops working."""
+        claims = await services.tokens.verify_refresh(data.refresh_token)
+        try:
+            grant = await services.identity.refresh(claims.session_id, claims.generation)
+        except RefreshTokenReused:
+            log.warning("auth.refresh_token_reused", session_id=str(claims.session_id), user_id=str(claims.user_id))
+            await services.wait_identity()
+            raise
+        pair = services.tokens.issue(grant)
+        answer = RefreshAnswer(
+            access_token=pair.access_token, refresh_token=pair.refresh_token, token_type=pair.token_type,
+            expires_in=pair.expires_in, user=signed_in_user(grant.user),
+        )  # fmt: skip
+        return Response(answer, headers=NO_STORE)
+
+    @post("/logout", operation_id="logout", status_code=200, opt={"authenticated": True})
+    async def logout(
+        self,
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+        everywhere: FromQuery[bool] = False,
+    ) -> LogoutAnswer:
+        """End this session (with `?everywhere=true`, every session of the user). Its tokens stop
+        working before the answer is sent. API keys have no session: 403 SESSION_REQUIRED."""
+        ended = await services.identity.logout(principal, everywhere=everywhere)
+        if ended:
+            await services.wait_identity()
+        log.info("auth.signed_out", user_id=str(principal.user_id), sessions=ended)
+        return LogoutAnswer(message="Logged out successfully", sessions_terminated=ended)
+
+    @get("/me", operation_id="getCurrentUser", opt={"authenticated": True})
+    async def me(self, principal: NamedDependency[Principal], services: NamedDependency[Services]) -> Me:
+        """The caller's user, with the permissions this request has (a key's are cut down to its scope)."""
+        user = await account_of(services, principal)
+        return Me(
+            id=user.id, username=user.username, email=user.email, full_name=user.full_name, role=user.role,
+            permissions=sorted(principal.permissions), is_active=user.is_active, totp_enabled=user.totp_enabled,
+            created_at=user.created_at, auth=principal.kind, session_id=principal.session_id,
+            key_id=principal.key_id, scope=principal.scope,
+        )  # fmt: skip
+
+    @get("/sessions", operation_id="listSessions", opt={"authenticated": True})
+    async def sessions(
+        self, principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> SessionsAnswer:
+        """The caller's active sessions, oldest first; `is_current` marks the one of this request."""
+        async with services.read_pool.connection() as conn:
+            found = await list_sessions(
+                conn, principal.user_id, current=principal.session_id, now=datetime.now(timezone.utc)
+            )
+        return SessionsAnswer(sessions=found, total=len(found), max_allowed=MAX_SESSIONS)
+
+    @delete(
+        "/sessions/{session_id:uuid}", operation_id="terminateSession", status_code=200, opt={"authenticated": True}
+    )
+    async def terminate(
+        self, session_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> SessionEndedAnswer:
+        """End one of the caller's sessions (with USERS_MANAGE, anyone's); its tokens stop working at once."""
+        stored = await services.identity.end_session(principal, session_id)
+        await services.wait_projected(stored.position, projector="identity")
+        return SessionEndedAnswer(message="Session terminated", session_id=session_id)
+
+    @get("/security-status", operation_id="getSecurityStatus", opt={"permission": Permission.SYSTEM_CONFIG})
+    async def security_status(self) -> SecurityStatus:
+        """How tokens and sessions are configured (administrators)."""
+        return SecurityStatus(
+            jwt_configuration=JwtConfiguration(
+                algorithm=ALGORITHM,
+                access_token_expire_minutes=int(ACCESS_TOKEN_LIFETIME.total_seconds() // 60),
+                refresh_token_expire_days=SESSION_LIFETIME.days,
+            ),
+            security_features=SecurityFeatures(
+                token_refresh_enabled=True, session_management_available=True, audit_logging_enabled=True,
+                structured_error_responses=True, two_factor_available=True, api_keys_available=True,
+            ),  # fmt: skip
+            max_sessions_per_user=MAX_SESSIONS,
+        )
+
+    @post("/change-password", operation_id="changePassword", status_code=200, opt={"authenticated": True})
+    async def change_password(
+        self,
+        data: JSONBody[ChangePasswordRequest],
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+    ) -> PasswordChanged:
+        """Change one's own password (signed in, not with a key); every other session ends at once.
+        422 WRONG_PASSWORD when `current_password` is wrong, 422 PASSWORD_POLICY for a weak new one."""
+        stored = await services.identity.change_password(principal, data.current_password, data.new_password)
+        await services.wait_projected(stored.position, projector="identity")
+        return PasswordChanged(message="Password changed; your other sessions were ended")
+
+    @get("/2fa/status", operation_id="getTwoFactorStatus", opt={"authenticated": True})
+    async def totp_status(
+        self, principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> TotpStatus:
+        """Whether sign-in asks for a second factor."""
+        return TotpStatus(enabled=(await account_of(services, principal)).totp_enabled)
+
+    @post("/2fa/setup", operation_id="setupTwoFactor", status_code=200, opt={"authenticated": True})
+    async def totp_setup(
+        self, principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> Response[TotpSetup]:
+        """Start two-factor set-up: a new secret (also as an otpauth URI and a QR code) and backup codes,
+        shown this once. It is in force after a code is verified with POST /api/auth/2fa/verify."""
+        enrollment = await services.identity.totp_setup(principal)
+        answer = TotpSetup(
+            secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri,
+            qr_code=qr_png_data_uri(enrollment.otpauth_uri), backup_codes=enrollment.backup_codes,
+        )  # fmt: skip
+        return Response(answer, headers=NO_STORE)
+
+    @post("/2fa/verify", operation_id="verifyTwoFactor", status_code=200, opt={"authenticated": True})
+    async def totp_verify(
+        self, data: JSONBody[CodeRequest], principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> TotpChanged:
+        """Turn two-factor authentication on with a current code of the set-up's secret."""
+        stored = await services.identity.totp_verify(principal, data.token)
+        await services.wait_projected(stored.position, projector="identity")
+        return TotpChanged(enabled=True, message="Two-factor authentication is on")
+
+    @post("/2fa/disable", operation_id="disableTwoFactor", status_code=200, opt={"authenticated": True})
+    async def totp_disable(
+        self, data: JSONBody[CodeRequest], principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> TotpChanged:
+        """Turn two-factor authentication off, given a current code or an unused backup code."""
+        stored = await services.identity.totp_disable(principal, data.token)
+        await services.wait_projected(stored.position, projector="identity")
+        return TotpChanged(enabled=False, message="Two-factor authentication is off")
