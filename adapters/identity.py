@@ -39,8 +39,9 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from domain.errors import TokenExpired, TokenInvalid
-from domain.identity import ACCESS_TOKEN_LIFETIME, SessionGrant
+from domain.errors import AuthenticationRequired, TokenExpired, TokenInvalid
+from domain.identity import ACCESS_TOKEN_LIFETIME, Principal, SessionGrant
+from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
 
 log = structlog.get_logger(__name__)
@@ -433,3 +434,28 @@ class TokenService:
         if self._clock.now() >= expires_at:
             raise TokenExpired("the token has expired")
         return user_id, session_id, expires_at, payload
+
+
+API_KEY_HEADER = "x-api-key"
+
+
+async def authenticate_headers(
+    headers: Mapping[str, str], tokens: TokenService, identity: IdentityHandlers
+) -> Principal:
+    """The principal of `Authorization: Bearer <access token>` or `X-API-Key` (header names in any case).
+
+    Raises AuthenticationRequired without either, and the token or key errors of
+    `TokenService` and `IdentityHandlers` for bad ones. Writes no event.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    authorization = lowered.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenInvalid("send the access token as `Authorization: Bearer <token>`")
+        claims = await tokens.verify_access(token.strip())
+        return await identity.authenticate_session(claims.session_id, claims.user_id)
+    api_key = lowered.get(API_KEY_HEADER)
+    if api_key is not None:
+        return await identity.authenticate_key(api_key)
+    raise AuthenticationRequired("this needs `Authorization: Bearer <access token>` or an `X-API-Key` header")

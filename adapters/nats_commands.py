@@ -1,5 +1,7 @@
 """Commands over NATS request/reply: `<prefix>.cmd.device.<verb>` mirrors the REST commands.
 
+Requests carry credentials as headers (`Authorization: Bearer <access token>` or
+`X-API-Key`) and need DEVICES_MANAGE; events name the user or key, as over REST.
 Every API process subscribes in one queue group, so a request is handled once
 however many processes run. A request body is JSON (unknown fields refused); the
 reply is `{"ok": true, "result": {...}}` or `{"ok": false, "error": {"status_code",
@@ -17,7 +19,7 @@ cannot be decoded is answered with a 400 error and changes nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -29,6 +31,7 @@ from nats.aio.subscription import Subscription
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice, RenameDevice, device_key
 from domain.errors import DomainError, InvalidRequest, NotFound, Unavailable, status_of
 from domain.handlers import CommandHandlers
+from domain.identity import Permission, Principal
 
 log = structlog.get_logger(__name__)
 
@@ -72,10 +75,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 _ENCODER = msgspec.json.Encoder()
 
 
-def actor_of(msg: Msg) -> str:
-    """Who asks. Until NATS clients authenticate, a request acts as an anonymous NATS client."""
-    client = (msg.headers or {}).get("WL-Client", "anonymous")
-    return f"nats:{client[:64]}" if client.isprintable() else "nats:anonymous"
+Authenticate = Callable[[Mapping[str, str]], Awaitable[Principal]]
 
 
 class CommandResponder:
@@ -85,6 +85,7 @@ class CommandResponder:
         self,
         nc: Client,
         commands: CommandHandlers,
+        authenticate: Authenticate,
         *,
         subject_prefix: str,
         discovery_target: str,
@@ -93,6 +94,7 @@ class CommandResponder:
     ) -> None:
         self._nc = nc
         self._commands = commands
+        self._authenticate = authenticate
         self._prefix = subject_prefix
         self._discovery_target = discovery_target
         self._discovery_port = discovery_port
@@ -125,17 +127,24 @@ class CommandResponder:
 
     async def _on_message(self, msg: Msg) -> None:
         verb = msg.subject.rpartition(".")[2]
-        reply = await self.answer(verb, msg.data, actor_of(msg))
+        reply = await self.answer(verb, msg.data, msg.headers or {})
         if msg.reply:
             await msg.respond(_ENCODER.encode(reply))
 
-    async def answer(self, verb: str, body: bytes, actor: str) -> Reply:
-        """Run one command and build its reply; every failure becomes an error reply."""
+    async def answer(self, verb: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Authenticate, check DEVICES_MANAGE, run one command and build its reply.
+
+        Credentials travel as message headers, as over HTTP: `Authorization: Bearer <access
+        token>` or `X-API-Key`. Every failure becomes an error reply and stores nothing.
+        """
         route = self._routes.get(verb)
         try:
+            principal = await self._authenticate(headers)
+            principal.require(Permission.DEVICES_MANAGE)
+            principal.check_method("POST")
             if route is None:
                 raise NotFound(f"no command {verb!r}; known: {', '.join(self._routes)}")
-            result = await route(body or b"{}", actor)
+            result = await route(body or b"{}", principal.actor)
         except msgspec.ValidationError as exc:
             return _error(400, "VALIDATION_ERROR", str(exc))
         except msgspec.DecodeError:

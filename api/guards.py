@@ -31,9 +31,9 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
-from adapters.identity import TokenService
+from adapters.identity import API_KEY_HEADER, TokenService, authenticate_headers
 from api.errors import AccessNotDeclared
-from domain.errors import AuthenticationRequired, DomainError, TokenInvalid
+from domain.errors import AuthenticationRequired, DomainError
 from domain.identity import Permission, Principal
 from domain.identity_handlers import IdentityHandlers
 
@@ -42,7 +42,6 @@ log = structlog.get_logger(__name__)
 PUBLIC = "public"
 PERMISSION = "permission"
 AUTHENTICATED = "authenticated"
-API_KEY_HEADER = "x-api-key"
 
 NO_CREDENTIALS: list[SecurityRequirement] = [{}]
 """The OpenAPI `security` of a public operation: it may be called without credentials."""
@@ -115,17 +114,7 @@ class Authorizer:
     async def authenticate(self, connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
         """The principal of the request's credentials. Raises AuthenticationRequired without any,
         and the token or key errors of `TokenService` and `IdentityHandlers` for bad ones."""
-        authorization = connection.headers.get("authorization")
-        if authorization is not None:
-            scheme, _, token = authorization.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise TokenInvalid("send the access token as `Authorization: Bearer <token>`")
-            claims = await self.tokens.verify_access(token.strip())
-            return await self.identity.authenticate_session(claims.session_id, claims.user_id)
-        api_key = connection.headers.get(API_KEY_HEADER)
-        if api_key is not None:
-            return await self.identity.authenticate_key(api_key)
-        raise AuthenticationRequired("this needs `Authorization: Bearer <access token>` or an `X-API-Key` header")
+        return await authenticate_headers(connection.headers, self.tokens, self.identity)
 
 
 def provide_principal(request: Request[Any, Any, Any]) -> Principal:

@@ -23,7 +23,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import BusError, StreamConfig, connect_nats, ensure_stream
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
-from adapters.identity import Argon2Hasher, PyotpVerifier, RandomSecrets, TokenService, open_secret_box
+from adapters.identity import (
+    Argon2Hasher,
+    PyotpVerifier,
+    RandomSecrets,
+    TokenService,
+    authenticate_headers,
+    open_secret_box,
+)
 from adapters.kasa_driver import KasaDriver
 from adapters.nats_commands import CommandResponder
 from adapters.leases import Leases
@@ -110,6 +117,7 @@ class Runtime:
         return CommandResponder(
             self.nc,
             self.handlers(),
+            lambda headers: authenticate_headers(headers, self.tokens, self.identity),
             subject_prefix=self.stream.subject_prefix,
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
