@@ -467,6 +467,10 @@ class IdentityHandlers:
 
     # ---- one's own account ----
 
+    async def account(self, principal: Principal) -> UserSummary:
+        """The principal's own user as stored now (the read models may not have it yet). Raises UserNotFound."""
+        return (await self._user(principal.user_id)).summary()
+
     async def change_password(self, principal: Principal, current_password: str, new_password: str) -> Stored:
         """Change one's own password; every other session of the user ends (`revoked`).
 

@@ -20,7 +20,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from adapters.identity import ALGORITHM, qr_png_data_uri
 from api.guards import NO_CREDENTIALS
 from api.services import Services
-from domain.errors import RefreshTokenReused, Unauthenticated, UserNotFound
+from domain.errors import RefreshTokenReused, Unauthenticated
 from domain.identity import (
     ACCESS_TOKEN_LIFETIME,
     MAX_PASSWORD_LENGTH,
@@ -35,7 +35,7 @@ from domain.identity import (
     SetupAdmin,
     UserSummary,
 )
-from projections.identity import SessionView, UserView, find_user, list_sessions
+from projections.identity import SessionView, list_sessions
 
 log = structlog.get_logger(__name__)
 
@@ -177,7 +177,6 @@ class Me(msgspec.Struct, frozen=True, kw_only=True):
     permissions: list[Permission]
     is_active: bool
     totp_enabled: bool
-    created_at: datetime
     auth: Literal["user", "key"]
     session_id: UUID | None
     key_id: UUID | None
@@ -235,18 +234,6 @@ def signed_in_user(user: UserSummary) -> SignedInUser:
     return SignedInUser(
         id=user.user_id, username=user.username, email=user.email, role=user.role, permissions=list(user.permissions)
     )
-
-
-async def account_of(services: Services, principal: Principal) -> UserView:
-    """The caller's user from the read model, waiting for it once if it is not there yet."""
-    for attempt in (1, 2):
-        async with services.read_pool.connection() as conn:
-            view = await find_user(conn, principal.user_id)
-        if view is not None:
-            return view
-        if attempt == 1:
-            await services.wait_identity()
-    raise UserNotFound(f"no user with id {principal.user_id}")
 
 
 def session_info(grant: SessionGrant) -> SessionInfo:
@@ -344,12 +331,11 @@ class AuthController(Controller):
     @get("/me", operation_id="getCurrentUser", opt={"authenticated": True})
     async def me(self, principal: NamedDependency[Principal], services: NamedDependency[Services]) -> Me:
         """The caller's user, with the permissions this request has (a key's are cut down to its scope)."""
-        user = await account_of(services, principal)
+        user = await services.identity.account(principal)
         return Me(
-            id=user.id, username=user.username, email=user.email, full_name=user.full_name, role=user.role,
-            permissions=sorted(principal.permissions), is_active=user.is_active, totp_enabled=user.totp_enabled,
-            created_at=user.created_at, auth=principal.kind, session_id=principal.session_id,
-            key_id=principal.key_id, scope=principal.scope,
+            id=user.user_id, username=user.username, email=user.email, full_name=user.full_name, role=user.role,
+            permissions=sorted(principal.permissions), is_active=user.active, totp_enabled=user.totp_enabled,
+            auth=principal.kind, session_id=principal.session_id, key_id=principal.key_id, scope=principal.scope,
         )  # fmt: skip
 
     @get("/sessions", operation_id="listSessions", opt={"authenticated": True})
@@ -408,7 +394,7 @@ class AuthController(Controller):
         self, principal: NamedDependency[Principal], services: NamedDependency[Services]
     ) -> TotpStatus:
         """Whether sign-in asks for a second factor."""
-        return TotpStatus(enabled=(await account_of(services, principal)).totp_enabled)
+        return TotpStatus(enabled=(await services.identity.account(principal)).totp_enabled)
 
     @post("/2fa/setup", operation_id="setupTwoFactor", status_code=200, opt={"authenticated": True})
     async def totp_setup(

@@ -85,3 +85,11 @@ def test_endpoints_name_host_and_port_without_credentials() -> None:
     assert postgres_endpoint("postgresql:///db") == "localhost:5432"
     assert nats_endpoint("nats://wl:topsecret@127.0.0.1:4999") == "127.0.0.1:4999"
     assert nats_endpoint("tls://nats.example") == "nats.example:4222"
+
+
+def test_a_secret_key_is_taken_and_a_short_one_is_refused_without_showing_it() -> None:
+    assert load_settings({}).secret_key is None
+    assert load_settings({"WATTLEDGER_SECRET_KEY": "a box key long enough"}).secret_key == "a box key long enough"
+    with pytest.raises(SettingsError) as error:
+        load_settings({"WATTLEDGER_SECRET_KEY": "tooshort"})
+    assert "WATTLEDGER_SECRET_KEY" in str(error.value) and "tooshort" not in str(error.value)
