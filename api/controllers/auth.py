@@ -133,21 +133,18 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime
 
 
-class LoginAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    access_token: str
-    refresh_token: str
-    token_type: str
-    expires_in: int
-    user: SignedInUser
-    session: SessionInfo
-
-
 class RefreshAnswer(msgspec.Struct, frozen=True, kw_only=True):
     access_token: str
     refresh_token: str
     token_type: str
     expires_in: int
     user: SignedInUser
+
+
+class LoginAnswer(RefreshAnswer, frozen=True, kw_only=True):
+    """A refresh's answer plus the session the sign-in started."""
+
+    session: SessionInfo
 
 
 class LogoutAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,17 +163,9 @@ class SessionEndedAnswer(msgspec.Struct, frozen=True, kw_only=True):
     session_id: UUID
 
 
-class Me(msgspec.Struct, frozen=True, kw_only=True):
+class Me(AccountView, frozen=True, kw_only=True):
     """The caller: its user, and how it signed in. `permissions` are this caller's: a key's are cut to its scope."""
 
-    id: UUID
-    username: str
-    email: str | None
-    full_name: str
-    role: Role
-    permissions: list[Permission]
-    is_active: bool
-    totp_enabled: bool
     auth: Literal["user", "key"]
     session_id: UUID | None
     key_id: UUID | None
