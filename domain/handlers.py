@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -192,26 +192,40 @@ class CommandHandlers:
     async def _record_part(
         self, results: Sequence[PollResult], offline: Sequence[MissedPolls], *, actor: str
     ) -> tuple[int, int]:
-        aggregates: list[Aggregate] = []
+        """Decide one part; a device (or meter day) met twice in the part is loaded once, so several
+        readings of one device in one call become successive events of the same aggregates."""
+        devices: dict[UUID, Device | None] = {}
+        meters: dict[tuple[UUID, date], MeterDay] = {}
+        changed: dict[UUID, Aggregate] = {}
         recorded = 0
+
+        async def device_of(device_id: UUID) -> Device | None:
+            if device_id not in devices:
+                devices[device_id] = await self.store.device(device_id)
+            return devices[device_id]
+
         for result in results:
-            device = await self.store.device(result.device_id)
+            device = await device_of(result.device_id)
             if device is None or device.removed:
                 continue
             device.came_online(actor=actor)
             device.observe_relays(result.snapshot, actor=actor)
-            meter = await self._meter(result.device_id, result.measured_at)
+            key = (result.device_id, utc_day(result.measured_at))
+            if key not in meters:
+                meters[key] = await self._meter(result.device_id, result.measured_at)
+            meter = meters[key]
             recorded += meter.record(result.measured_at, result.snapshot, actor=actor)
-            aggregates += [device, meter]
+            changed.setdefault(device.id, device)
+            changed.setdefault(meter.id, meter)
         for missed in offline:
-            device = await self.store.device(missed.device_id)
+            device = await device_of(missed.device_id)
             if device is None:
                 continue
             device.went_offline(missed.count, actor=actor)
-            aggregates.append(device)
-        if not aggregates:
+            changed.setdefault(device.id, device)
+        if not changed:
             return 0, 0
-        return recorded, await self.store.save(*aggregates)
+        return recorded, await self.store.save(*changed.values())
 
     async def _meter(self, device_id: UUID, measured_at: datetime) -> MeterDay:
         day = utc_day(measured_at)

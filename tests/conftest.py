@@ -18,6 +18,7 @@ import nats
 import nats.js.errors
 import psycopg
 import pytest
+import structlog
 from psycopg import sql
 
 from adapters.bus import StreamConfig
@@ -85,6 +86,18 @@ async def _delete_stream(nats_url: str, name: str) -> None:
         pass
     finally:
         await nc.close()
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that runs a CLI command in-process configures logging onto its captured stderr, which
+    pytest closes afterwards: later log lines (from any thread) would fail. Put the defaults back."""
+    yield
+    if structlog.is_configured():
+        structlog.reset_defaults()
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if h.get_name() == "wattledger"]:
+            root.removeHandler(handler)
 
 
 # pgserver logs from its atexit hook, after pytest has closed the streams it captured.

@@ -231,6 +231,20 @@ async def test_a_repeated_poll_result_records_its_reading_once() -> None:
     assert len(store.readings(added.device_id)) == 2
 
 
+async def test_several_readings_of_one_device_in_one_call_are_all_recorded() -> None:
+    """A poller that fell behind hands over more than one reading per device, some on a new UTC day."""
+    cmd, store, _ = handlers({"10.0.0.5": plug()})
+    added = await cmd.add_device(AddDevice(address="10.0.0.5", actor="u"))
+    late = T0.replace(hour=23, minute=59)
+    times = [late, late + timedelta(seconds=30), late + timedelta(minutes=1), late + timedelta(minutes=2)]
+    results = tuple(
+        PollResult(device_id=added.device_id, measured_at=at, snapshot=plug(12.0 + n)) for n, at in enumerate(times)
+    )
+    stored = await cmd.record_polls(RecordPolls(results=results, actor="system:poller"))
+    assert stored.recorded == 4
+    assert sorted(e.measured_at for e in store.readings(added.device_id))[-4:] == times
+
+
 async def test_polls_are_stored_in_parts_and_a_device_offline_once() -> None:
     devices = {f"10.0.{n // 256}.{n % 256}": plug() for n in range(POLLS_PER_SAVE + 20)}
     cmd, store, _ = handlers(devices)
