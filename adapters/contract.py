@@ -36,9 +36,14 @@ import msgspec
 import structlog
 from eventsourcing.domain import DomainEventProtocol
 
+from domain.compliance import ComplianceExport
+from domain.config import SystemConfig
+from domain.control import ControlCommand
 from domain.device import Device
+from domain.exports import DataExport
 from domain.identity import ApiKey, Roster, Session, User
 from domain.meter import MeterDay
+from domain.rates import Tariff
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +126,12 @@ class DeviceWentOffline(EventData, frozen=True, kw_only=True):
 
 class DeviceCameOnline(EventData, frozen=True, kw_only=True):
     """The first good poll after the device went offline."""
+
+
+class DeviceSessionThresholdSet(EventData, frozen=True, kw_only=True):
+    """The power (W) at or above which the device is in a usage session; null: the setting's default."""
+
+    threshold_w: float | None
 
 
 class MeterDayOpened(EventData, frozen=True, kw_only=True):
@@ -260,6 +271,148 @@ class ApiKeyIssued(EventData, frozen=True, kw_only=True):
     expires_at: datetime | None
 
 
+class RelayState(msgspec.Struct, frozen=True, kw_only=True):
+    """One strip outlet's confirmed relay state in a control outcome."""
+
+    index: int
+    outlet_id: str
+    is_on: bool
+
+
+class ControlRequested(EventData, frozen=True, kw_only=True):
+    """A control request was recorded (`originator_id` is the command id); `outlet` None: the plug's
+    relay or every outlet of a strip. The executor runs it before `deadline` or fails it `expired`."""
+
+    device_id: UUID
+    outlet: int | None
+    action: str
+    idempotency_key: str | None
+    deadline: datetime
+
+
+class ControlAttempted(EventData, frozen=True, kw_only=True):
+    """An executor claimed the command and is about to switch the device to `desired`."""
+
+    device_id: UUID
+    outlet: int | None
+    action: str
+    desired: bool
+    executor: str
+
+
+class ControlSucceeded(EventData, frozen=True, kw_only=True):
+    """The device was read back in the wanted state: `is_on` of the relay switched; `outlets` of a strip."""
+
+    device_id: UUID
+    outlet: int | None
+    action: str
+    is_on: bool
+    outlets: list[RelayState]
+
+
+class ControlFailed(EventData, frozen=True, kw_only=True):
+    """`reason`: device_offline, timeout, refused, state_not_confirmed or expired; `detail` says more."""
+
+    device_id: UUID
+    outlet: int | None
+    action: str
+    reason: str
+    detail: str
+
+
+class SystemConfigInitialised(EventData, frozen=True, kw_only=True):
+    """The system configuration was first changed (its defaults are the process's settings)."""
+
+
+class ConfigChanged(EventData, frozen=True, kw_only=True):
+    """The fields changed, with their new values; a field not changed is null."""
+
+    polling_interval: float | None = None
+    data_retention_days: int | None = None
+    allow_device_control: bool | None = None
+    require_https: bool | None = None
+    offline_after: int | None = None
+    poll_timeout: float | None = None
+    poll_concurrency: int | None = None
+
+
+class TariffOpened(EventData, frozen=True, kw_only=True):
+    """The tariff was set up, with its first rate version following."""
+
+
+class TariffRateSet(EventData, frozen=True, kw_only=True):
+    """A rate version: prices are decimal strings; it applies from `effective_from` on."""
+
+    version_number: int
+    rate_type: str
+    currency: str
+    timezone: str
+    effective_from: datetime
+    rate_structure: dict[str, str | None]
+    time_of_use_rates: list[dict[str, Any]]
+    weekend_time_of_use_rates: list[dict[str, Any]]
+    billing_cycle_day: int
+    daily_charge: str
+
+
+class ComplianceExportRequested(EventData, frozen=True, kw_only=True):
+    """A compliance export of the event history was asked for: its format and filters."""
+
+    format: str
+    filters: dict[str, Any]
+
+
+class ComplianceExportCompleted(EventData, frozen=True, kw_only=True):
+    """What the export holds: the count, positions, the chain link it ends on, each file's SHA-256."""
+
+    count: int
+    first_position: int | None
+    last_position: int | None
+    chain_position: int | None
+    chain_hash: str | None
+    files: dict[str, str]
+
+
+class ComplianceExportFailed(EventData, frozen=True, kw_only=True):
+    reason: str
+
+
+class DataExportRequested(EventData, frozen=True, kw_only=True):
+    """A data export of device readings was asked for: by whom, of what, in which shape."""
+
+    owner_id: UUID
+    owner: str
+    export_type: str
+    format: str
+    devices: list[UUID]
+    start: datetime
+    end: datetime
+    fields: list[str]
+    aggregation: str
+    timezone: str
+
+
+class DataExportCompleted(EventData, frozen=True, kw_only=True):
+    file_size: int
+    record_count: int
+    sha256: str
+    expires_at: datetime
+
+
+class DataExportFailed(EventData, frozen=True, kw_only=True):
+    error: str
+
+
+class DataExportDownloaded(EventData, frozen=True, kw_only=True):
+    pass
+
+
+class DataExportDeleted(EventData, frozen=True, kw_only=True):
+    """`reason`: `deleted` by its owner or an admin, or `expired` by the retention sweep."""
+
+    reason: str
+
+
 def _event_fields(event_cls: type) -> set[str]:
     if dataclasses.is_dataclass(event_cls):
         return {f.name for f in dataclasses.fields(event_cls)}
@@ -288,6 +441,7 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Device.StateChanged: DeviceStateChanged,
         Device.WentOffline: DeviceWentOffline,
         Device.CameOnline: DeviceCameOnline,
+        Device.SessionThresholdSet: DeviceSessionThresholdSet,
         MeterDay.Opened: MeterDayOpened,
         MeterDay.ReadingRecorded: ReadingRecorded,
         # Identity: secrets (password hashes, TOTP secrets, backup code and key hashes) are never listed.
@@ -312,6 +466,22 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Session.Ended: SessionEnded,
         ApiKey.Issued: ApiKeyIssued,
         ApiKey.Revoked: ApiKeyRevoked,
+        Tariff.Opened: TariffOpened,
+        Tariff.RateSet: TariffRateSet,
+        ControlCommand.ControlRequested: ControlRequested,
+        ControlCommand.ControlAttempted: ControlAttempted,
+        ControlCommand.ControlSucceeded: ControlSucceeded,
+        ControlCommand.ControlFailed: ControlFailed,
+        SystemConfig.Initialised: SystemConfigInitialised,
+        SystemConfig.ConfigChanged: ConfigChanged,
+        ComplianceExport.Requested: ComplianceExportRequested,
+        ComplianceExport.Completed: ComplianceExportCompleted,
+        ComplianceExport.Failed: ComplianceExportFailed,
+        DataExport.Requested: DataExportRequested,
+        DataExport.Completed: DataExportCompleted,
+        DataExport.Failed: DataExportFailed,
+        DataExport.Downloaded: DataExportDownloaded,
+        DataExport.Deleted: DataExportDeleted,
     }
 )
 
@@ -322,6 +492,8 @@ def aggregate_name(event_cls: type[Any]) -> str:
         return "meter"
     if issubclass(event_cls, Device.Event):
         return "device"
+    if issubclass(event_cls, ControlCommand.Event):
+        return "command"
     owner = event_cls.__qualname__.rpartition(".")[0].rpartition(".")[2] or event_cls.__name__
     return owner.lower()
 

@@ -19,8 +19,8 @@ from kasa.iot import IotPlug, IotStrip
 from kasa.iot.iotstrip import IotStripPlug
 
 from domain.address import KASA_PORT, DeviceAddress
-from domain.errors import DeviceError, DeviceUnreachable, OutletNotFound, UnsupportedDevice
-from domain.ports import DeviceDriver
+from domain.errors import DeviceError, DeviceTimeout, DeviceUnreachable, OutletNotFound, UnsupportedDevice
+from domain.ports import DeviceDriver, DeviceSwitch
 from domain.readings import DeviceSnapshot, OutletReading
 
 log = structlog.get_logger(__name__)
@@ -122,7 +122,7 @@ def _outlet_reading(index: int, child: Device, has_emeter: bool) -> OutletReadin
     )
 
 
-class KasaDriver(DeviceDriver):
+class KasaDriver(DeviceDriver, DeviceSwitch):
     """Talks to Kasa IOT devices; one cached connection per address.
 
     Calls for one address run one at a time; calls for different addresses run
@@ -173,6 +173,14 @@ class KasaDriver(DeviceDriver):
             return snapshot_of(device)
 
         return await self._with_device(address, switch)
+
+    async def set_alias(self, address: DeviceAddress, alias: str) -> None:
+        """Store a new name on the device (a strip's own name, not an outlet's)."""
+
+        async def rename(device: Device, fresh: bool) -> None:
+            await device.set_alias(alias)
+
+        await self._with_device(address, rename)
 
     async def discover(
         self, target: str, *, port: int | None = None, timeout: float = 3.0
@@ -257,7 +265,10 @@ class KasaDriver(DeviceDriver):
             except (UnsupportedDevice, UnsupportedDeviceError) as exc:
                 await self._drop(address)
                 raise UnsupportedDevice(f"{address}: {exc}") from exc
-            except (KasaException, OSError, TimeoutError, *_MALFORMED_ANSWER) as exc:
+            except TimeoutError as exc:
+                await self._drop(address)
+                raise DeviceTimeout(f"{address}: no answer within {self._timeout:g} s") from exc
+            except (KasaException, OSError, *_MALFORMED_ANSWER) as exc:
                 await self._drop(address)
                 log.debug("kasa_device_unreachable", address=str(address), error=repr(exc))
                 raise DeviceUnreachable(f"{address}: {str(exc) or type(exc).__name__}") from exc

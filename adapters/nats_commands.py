@@ -14,6 +14,11 @@ cannot be decoded is answered with a 400 error and changes nothing.
 | `<prefix>.cmd.device.remove` | `{"device"}` (id or address) | `{"position"}` |
 | `<prefix>.cmd.device.rename` | `{"device", "alias"}` | `{"position"}` |
 | `<prefix>.cmd.device.discover` | `{"target"?, "port"?}` | `{"discovered", "added", "already_known", "unreachable", "position"}` |
+| `<prefix>.cmd.device.<device id>.control` | `{"action", "outlet"?, "wait"?, "idempotency_key"?}` | `{"command_id", "created", "status", "outcome"}` |
+
+Control requests need an `X-API-Key` header (a Bearer token is not taken there) whose key
+holds DEVICES_CONTROL (`read-write` or `admin` scope); `Idempotency-Key` may come as a
+header or in the body.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from adapters.identity import API_KEY_HEADER
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice, RenameDevice, device_key
-from domain.errors import DomainError, InvalidRequest, NotFound, Unavailable, status_of
+from domain.control import Action, RequestControl, outcome_of
+from domain.control_handlers import ControlHandlers
+from domain.errors import AuthenticationRequired, DomainError, InvalidRequest, NotFound, Unavailable, status_of
 from domain.handlers import CommandHandlers
 from domain.identity import Permission, Principal
 
@@ -58,6 +66,16 @@ class RenameBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 class DiscoverBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     target: str | None = None
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+
+
+class ControlBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    action: Action
+    outlet: Annotated[int, msgspec.Meta(ge=0, le=64)] | Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    wait: bool = False
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+
+
+MAX_WAIT_S = 30.0
 
 
 class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,8 +109,11 @@ class CommandResponder:
         discovery_target: str,
         discovery_port: int | None,
         on_saved: Callable[[], None] = lambda: None,
+        control: ControlHandlers | None = None,
     ) -> None:
         self._nc = nc
+        self._control = control
+        self._control_subscription: Subscription | None = None
         self._commands = commands
         self._authenticate = authenticate
         self._prefix = subject_prefix
@@ -112,11 +133,68 @@ class CommandResponder:
             f"{self._prefix}.cmd.device.*", queue=QUEUE_GROUP, cb=self._on_message
         )
         log.info("commands.listening", subjects=f"{self._prefix}.cmd.device.*")
+        if self._control is not None:
+            self._control_subscription = await self._nc.subscribe(
+                f"{self._prefix}.cmd.device.*.control", queue=QUEUE_GROUP, cb=self._on_control
+            )
+            log.info("commands.listening", subjects=f"{self._prefix}.cmd.device.*.control")
 
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
+        if self._control_subscription is not None:
+            await self._control_subscription.unsubscribe()
+            self._control_subscription = None
+
+    async def _on_control(self, msg: Msg) -> None:
+        device = msg.subject.split(".")[-2]
+        reply = await self.answer_control(device, msg.data, msg.headers or {})
+        if msg.reply:
+            await msg.respond(_ENCODER.encode(reply))
+
+    async def answer_control(self, device: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Authenticate an `X-API-Key`, check DEVICES_CONTROL, record the request, wait for it if asked.
+
+        No key (a Bearer token is not taken here), a bad key, a `read` key or a key without
+        DEVICES_CONTROL is an error reply and switches nothing; so is turned-off control
+        (403 DEVICE_CONTROL_DISABLED) and every REST error (400, 404, 422).
+        """
+        try:
+            if self._control is None:
+                raise Unavailable("device control is not served here")
+            if not any(name.lower() == API_KEY_HEADER.lower() for name in headers):
+                raise AuthenticationRequired("control over NATS needs an X-API-Key header")
+            key_only = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            principal = await self._authenticate(key_only)
+            principal.require(Permission.DEVICES_CONTROL)
+            principal.check_method("POST")
+            request = msgspec.json.decode(body or b"{}", type=ControlBody)
+            header_key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), None)
+            accepted = await self._control.request_control(
+                RequestControl(
+                    device_id=device_key(device), action=request.action, outlet=request.outlet,
+                    idempotency_key=request.idempotency_key or header_key, actor=principal.actor,
+                )
+            )  # fmt: skip
+            self._on_saved()
+            timeout = MAX_WAIT_S if request.wait else 0.0
+            control = await self._control.wait_outcome(accepted.command_id, timeout)
+        except msgspec.ValidationError as exc:
+            return _error(400, "VALIDATION_ERROR", str(exc))
+        except msgspec.DecodeError:
+            return _error(400, "INVALID_REQUEST", "the body is not valid JSON")
+        except DomainError as exc:
+            return _error(status_of(exc), exc.code, str(exc) or exc.code)
+        except Exception as exc:
+            log.error("commands.control_failed", device=device, error=repr(exc))
+            unavailable = Unavailable("the command could not be recorded; try again")
+            return _error(503, unavailable.code, str(unavailable))
+        outcome = outcome_of(control)
+        return Reply(ok=True, result={
+            "command_id": str(accepted.command_id), "created": accepted.created, "status": outcome.status,
+            "outcome": msgspec.to_builtins(outcome),
+        })  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()

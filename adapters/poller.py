@@ -39,6 +39,7 @@ from eventsourcing.persistence import DataError, IntegrityError, PersistenceErro
 from adapters.eventstore import StoreUnitOfWork
 from domain.address import DeviceAddress, parse_address
 from domain.commands import MissedPolls, PollResult, PollsRecorded, RecordPolls
+from domain.config import ConfigValues
 from domain.errors import ConcurrencyConflict, DeviceError
 from domain.handlers import POLLS_PER_SAVE, CommandHandlers
 from domain.ports import DeviceDriver
@@ -251,6 +252,7 @@ class Poller:
         self.max_pending = max_pending
         self.on_saved = on_saved
         self._healthy = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._suspect = asyncio.Semaphore(suspect_concurrency)
         self._devices: dict[UUID, _Device] = {}
         self._valid_until = 0.0
@@ -283,6 +285,40 @@ class Poller:
             pending=len(self._queue),
             store_lag=round(now - self._queue[0].queued, 3) if self._queue else 0.0,
         )
+
+    def apply_config(self, config: ConfigValues) -> None:
+        """Take up a changed system configuration at once: interval, poll timeout, offline count, concurrency.
+
+        A shorter interval brings each device's next poll forward to its place on the new
+        clock (its loop restarts; a poll in flight then is abandoned); a longer one applies
+        from each device's next poll on.
+        """
+        timeout = config.poll_timeout + 1.0
+        if timeout != self.timeout or config.offline_after != self.offline_after:
+            log.info("poller.config_changed", timeout=timeout, offline_after=config.offline_after)
+        self.timeout, self.offline_after = timeout, config.offline_after
+        if config.poll_concurrency != self._concurrency:
+            self._concurrency = config.poll_concurrency
+            self._healthy = asyncio.Semaphore(config.poll_concurrency)
+        if config.polling_interval == self.interval:
+            return
+        log.info("poller.interval_changed", interval=config.polling_interval, was=self.interval)
+        self.interval = config.polling_interval
+        for state in self._devices.values():
+            due = self._first_due(state.device_id)
+            if state.missed == 0 and due < state.due and state.task is not None:
+                state.task.cancel()
+                state.due = due
+                state.task = asyncio.create_task(self._device_loop(state), name=f"poll-{state.device_id}")
+
+    async def follow_config(self, current: Callable[[], Awaitable[ConfigValues]], *, every: float = 2.0) -> None:
+        """Read the system configuration every `every` seconds and apply it; a failed read is retried."""
+        while True:
+            try:
+                self.apply_config(await current())
+            except Exception as exc:
+                log.debug("poller.config_read_failed", error=repr(exc))
+            await asyncio.sleep(every)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll until cancelled or `stop` is set, then store what was read (within `grace`)."""

@@ -16,14 +16,24 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.controllers.auth import AuthController
+from api.controllers.compliance import ComplianceController
+from api.controllers.config import ConfigController
+from api.controllers.control import ControlController
 from api.controllers.devices import DevicesController
+from api.controllers.energy import EnergyController
+from api.controllers.events import EventsController
+from api.controllers.exports import ExportsController
 from api.controllers.keys import KeysController
+from api.controllers.live import LiveController, live_socket
+from api.controllers.rates import RatesController
+from api.controllers.relay_api import RelayApiController
 from api.controllers.system import SystemController
 from api.controllers.users import UsersController
 from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
 from api.guards import Authorizer, provide_principal, schema_config
 from api.ratelimit import cors_config, install_edge
 from api.services import VERSION, Services
+from api.socketio import socketio_route
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +115,13 @@ def create_app(services: Services) -> Litestar:
         return services
 
     app = Litestar(
-        route_handlers=[SystemController, DevicesController, AuthController, UsersController, KeysController],
+        route_handlers=[
+            SystemController, DevicesController, AuthController, UsersController, KeysController, EventsController,
+            ComplianceController, ExportsController,
+            ControlController, RelayApiController, ConfigController,
+            EnergyController, RatesController,
+            LiveController, live_socket, socketio_route(services),
+        ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),

@@ -13,11 +13,17 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from adapters.compliance import ComplianceJobs
+from adapters.data_exports import DataExportJobs
 from adapters.eventstore import WattLedger
+from adapters.fanout import FanOut
 from adapters.identity import TokenService
 from adapters.kasa_driver import KasaDriver
 from api.errors import connection_lost
 from api.ratelimit import EdgePolicy
+from domain.control_handlers import ConfigHandlers, ControlHandlers
+from domain.energy import EnergyRules
+from domain.energy_handlers import EnergyHandlers
 from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
 from projections.engine import READ_SCHEMA
@@ -39,8 +45,16 @@ class Services:
     discovery_port: int | None = None
     stream_name: str = "WL_EVENTS"
     zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    energy_rules: EnergyRules = field(default_factory=EnergyRules)
+    exports: DataExportJobs | None = None
     on_saved: Callable[[], None] = lambda: None
     edge: EdgePolicy = field(default_factory=EdgePolicy)
+    fanout: FanOut | None = None
+    control: ControlHandlers | None = None
+    config: ConfigHandlers | None = None
+    compliance: ComplianceJobs | None = None
+    energy: EnergyHandlers | None = None
+    host: str = "127.0.0.1"
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 

@@ -105,3 +105,55 @@ def local_month(moment: datetime, zone: ZoneInfo) -> tuple[date, datetime, datet
     """The first day of the local month of `moment` and the month's [start, end) as UTC instants."""
     period = local_period(moment, zone, "month")
     return period.label, period.start, period.end
+
+
+BoundaryUnit = Literal["hour", "6hour", "day", "week", "month"]
+
+
+QUARTER = timedelta(minutes=15)
+
+
+def _local_hours(start: datetime, end: datetime, zone: ZoneInfo, every: int) -> list[datetime]:
+    """UTC instants in [start, end), and the last one before, at which a local hour divisible by `every` begins.
+
+    Every UTC offset in use is a multiple of 15 minutes, so local hours begin on
+    UTC quarter hours; a repeated (fall-back) hour begins twice.
+    """
+    moment = start.astimezone(timezone.utc)
+    moment = moment - timedelta(minutes=moment.minute % 15, seconds=moment.second, microseconds=moment.microsecond)
+    found: list[datetime] = []
+    back = moment
+    while not found:
+        back -= QUARTER
+        local = back.astimezone(zone)
+        if local.minute == 0 and local.hour % every == 0:
+            found.append(back)
+    while moment < end:
+        local = moment.astimezone(zone)
+        if local.minute == 0 and local.hour % every == 0:
+            if moment <= start:
+                found = [moment]
+            else:
+                found.append(moment)
+        moment += QUARTER
+    return found
+
+
+def boundaries(start: datetime, end: datetime, zone: ZoneInfo, unit: BoundaryUnit) -> list[datetime]:
+    """The UTC starts of the local periods of `zone` that [start, end) touches, in order.
+
+    Hours follow the wall clock (a spring-forward day has 23, a fall-back day 25);
+    weeks start on Monday; every list starts at or before `start`.
+    """
+    if unit in ("hour", "6hour"):
+        return _local_hours(start, end, zone, 1 if unit == "hour" else 6)
+    if unit == "week":
+        day = local_period(start, zone, "day")
+        monday = local_period(day.start - timedelta(days=day.label.weekday()) + timedelta(hours=12), zone, "day")
+        starts = [monday.start]
+        label = monday.label
+        while starts[-1] < end:
+            label += timedelta(days=7)
+            starts.append(_local_midnight(label, zone))
+        return starts[:-1]
+    return [p.start for p in local_periods(start, end, zone, "day" if unit == "day" else "month")]

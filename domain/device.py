@@ -68,6 +68,12 @@ class Device(Aggregate):
     class CameOnline(Aggregate.Event):
         actor: str
 
+    class SessionThresholdSet(Aggregate.Event):
+        """Power at or above which the device (or any of its outlets) is in a usage session; None: the default."""
+
+        threshold_w: float | None
+        actor: str
+
     @staticmethod
     def create_id(address: str, **_: object) -> UUID:
         return device_id_for(address)
@@ -169,3 +175,12 @@ class Device(Aggregate):
     @event(CameOnline)
     def _came_online(self, actor: str) -> None:
         self.online = True
+
+    def set_session_threshold(self, threshold_w: float | None, *, actor: str) -> None:
+        """Set (None: clear) the device's usage-session threshold. Raises DeviceRemoved for a removed device."""
+        self.check_present()
+        self._session_threshold_set(threshold_w=threshold_w, actor=actor)
+
+    @event(SessionThresholdSet)
+    def _session_threshold_set(self, threshold_w: float | None, actor: str) -> None:
+        self.session_threshold_w = threshold_w

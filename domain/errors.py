@@ -7,6 +7,8 @@ answers with the error's `code`, so a code is written here and nowhere else.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class DomainError(Exception):
     """Base of every error the domain raises."""
@@ -256,6 +258,161 @@ class WrongPassword(Unprocessable):
     code = "WRONG_PASSWORD"
 
 
+class DeviceTimeout(DeviceUnreachable):
+    """The device did not answer within the time allowed."""
+
+    code = "DEVICE_TIMEOUT"
+
+
+class DeviceControlDisabled(Forbidden):
+    """The system configuration has `allow_device_control` off: nothing may be switched."""
+
+    code = "DEVICE_CONTROL_DISABLED"
+
+
+class CommandNotFound(NotFound):
+    code = "COMMAND_NOT_FOUND"
+
+
+class CommandSettled(Conflict):
+    """The control command was already claimed or has its outcome: it is never executed twice."""
+
+    code = "COMMAND_SETTLED"
+
+
+class IdempotencyKeyReused(Unprocessable):
+    """An `Idempotency-Key` already used by this caller for a different request."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class InvalidPayload(InvalidRequest):
+    """A relay command payload that names no relay the device has, or an output it lacks."""
+
+    code = "INVALID_PAYLOAD"
+
+
+class InvalidType(InvalidRequest):
+    """A data API `type` that is not one of its component types."""
+
+    code = "INVALID_TYPE"
+
+
+class InvalidConfig(Unprocessable):
+    """A system configuration value out of range; `field` names it."""
+
+    code = "INVALID_CONFIG"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidReadings(Unprocessable):
+    """Readings to import that break a rule; the message names the first bad item and field."""
+
+    code = "INVALID_READINGS"
+
+
+class InvalidRate(Unprocessable):
+    """A rate structure that cannot price energy; `field` names the first bad field."""
+
+    code = "INVALID_RATE"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidRange(Unprocessable):
+    """A time range, period, aggregation or time zone a query cannot use."""
+
+    code = "INVALID_RANGE"
+
+
+class RateNotFound(NotFound):
+    """No rate version is in force at the time asked about."""
+
+    code = "RATE_NOT_FOUND"
+
+
+class InvalidCursor(InvalidRequest):
+    """A pagination cursor that was not given out by this API, or was given out for other filters."""
+
+    code = "INVALID_CURSOR"
+
+
+class PageLimitExceeded(Unprocessable):
+    """A page `limit` beyond the most one page may hold."""
+
+    code = "LIMIT_TOO_LARGE"
+
+
+class ComplianceExportNotFound(NotFound):
+    code = "EXPORT_NOT_FOUND"
+
+
+class ComplianceExportSettled(Conflict):
+    """The export already completed or failed: its outcome is recorded once."""
+
+    code = "EXPORT_SETTLED"
+
+
+class ComplianceExportNotReady(Conflict):
+    """The export's files are not there to download: still running, or failed."""
+
+    code = "EXPORT_NOT_READY"
+
+
+class TooManyRequests(DomainError):
+    """The caller used up an allowance; the same request succeeds after `retry_after`."""
+
+    code = "RATE_LIMIT_EXCEEDED"
+
+
+class DataExportLimit(TooManyRequests):
+    """The user requested `limit` data exports within the last hour already."""
+
+    code = "RATE_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, limit: int, retry_after: datetime) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class DataExportNotFound(NotFound):
+    code = "DATA_EXPORT_NOT_FOUND"
+
+
+class DataExportAccessDenied(Forbidden):
+    """Another user's data export: only its owner and admins may see, download or delete it."""
+
+    code = "ACCESS_DENIED"
+
+    def __init__(self, message: str, *, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+class DataExportNotReady(Conflict):
+    """The export's file is not there: still being written, failed, deleted or expired."""
+
+    code = "DATA_EXPORT_NOT_READY"
+
+
+class DataExportGone(DataExportNotReady):
+    """The export was deleted or expired; its file is gone."""
+
+    code = "DATA_EXPORT_GONE"
+
+
+class InvalidExport(InvalidRequest):
+    """A data export request naming an unknown device, field, format, aggregation, zone or a bad range."""
+
+    code = "INVALID_EXPORT"
+
+
 STATUS_OF_KIND: dict[type[DomainError], int] = {
     InvalidRequest: 400,
     Unauthenticated: 401,
@@ -264,6 +421,7 @@ STATUS_OF_KIND: dict[type[DomainError], int] = {
     Conflict: 409,
     Unprocessable: 422,
     Unavailable: 503,
+    TooManyRequests: 429,
 }
 """The status (HTTP numbering, used by REST and by NATS replies alike) of each kind of error."""
 

@@ -50,6 +50,23 @@ class DeviceDriver(Protocol):
     async def discover(self, target: str, *, port: int | None = None) -> list[DeviceAddress]: ...
 
 
+class DeviceSwitch(Protocol):
+    """Switches relays and renames devices. Failures raise `DeviceError` subclasses
+    (`DeviceTimeout` when the device did not answer in time, `OutletNotFound` for a bad index)."""
+
+    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
+        """The device's state read now."""
+        ...
+
+    async def set_relay(self, address: DeviceAddress, *, on: bool, outlet_index: int | None = None) -> DeviceSnapshot:
+        """Switch a plug, one strip outlet or (index None) every outlet; the state read right after."""
+        ...
+
+    async def set_alias(self, address: DeviceAddress, alias: str) -> None:
+        """Store a new name on the device itself."""
+        ...
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, timezone-aware."""

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +23,11 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import BusError, StreamConfig, connect_nats, ensure_stream
+from adapters.fanout import DeviceEntry, FanOut, LiveOptions
+from adapters.compliance import ComplianceJobs
+from adapters.data_exports import DataExportJobs
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
+from adapters.executor import CommandExecutor
 from adapters.identity import (
     Argon2Hasher,
     PyotpVerifier,
@@ -40,13 +45,24 @@ from adapters.relay import Relay
 from api.app import create_app
 from api.ratelimit import EdgePolicy, RateLimits
 from api.services import Services
+from domain.config import ConfigValues
+from domain.control_handlers import ConfigHandlers, ControlHandlers
 from domain.energy import EnergyRules
+from domain.energy_handlers import EnergyHandlers
+from domain.export_handlers import ExportHandlers
+from domain.compliance_handlers import ComplianceHandlers
 from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
+from domain.usage import EnergySettings
 from infra.logging import escape_text
 from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
+from projections.audit import AuditProjector
+from projections.chain import ChainProjector, chain_link
+from projections.commands import CommandsProjector
 from projections.devices import TABLE as DEVICES_TABLE
 from projections.devices import DevicesProjector, active_devices
+from projections.energy import EnergyProjector
+from projections.exports import ExportReadModel, ExportsProjector
 from projections.engine import ProjectionEngine, Projector
 from projections.identity import IdentityProjector, IdentityReadModels
 
@@ -54,8 +70,20 @@ log = structlog.get_logger(__name__)
 
 
 def all_projectors(settings: Settings) -> list[Projector]:
-    rules = EnergyRules.for_polling_interval(settings.polling_interval)
-    return [DevicesProjector(settings.zone, rules), IdentityProjector()]
+    rules = EnergyRules.for_polling_interval(settings.polling_interval, max_power_w=settings.max_power_w)
+    return [
+        DevicesProjector(settings.zone, rules), IdentityProjector(), CommandsProjector(), ChainProjector(),
+        AuditProjector(), EnergyProjector(rules), ExportsProjector(),
+    ]
+
+
+def energy_settings(settings: Settings) -> EnergySettings:
+    """The energy fold's rules and the session defaults the settings give."""
+    return EnergySettings(
+        rules=EnergyRules.for_polling_interval(settings.polling_interval, max_power_w=settings.max_power_w),
+        session_threshold_w=settings.session_threshold_w,
+        session_min_duration=timedelta(seconds=settings.session_min_duration),
+    )
 
 
 @dataclass
@@ -77,6 +105,8 @@ class Runtime:
     tokens: TokenService
     wakers: list[Callable[[], None]] = field(default_factory=list)
     rate_counters: PgRateCounters | None = None
+    fanout: FanOut | None = None
+    exports: DataExportJobs | None = None
 
     def saved(self) -> None:
         """Something was stored: nudge the in-process relay and projectors."""
@@ -108,6 +138,31 @@ class Runtime:
             on_saved=self.saved,
         )
 
+    def config_defaults(self) -> ConfigValues:
+        """The system configuration before any change is recorded: this process's settings."""
+        s = self.settings
+        return ConfigValues(
+            polling_interval=s.polling_interval, offline_after=s.offline_after,
+            poll_timeout=s.poll_timeout, poll_concurrency=s.poll_concurrency,
+        )  # fmt: skip
+
+    def config(self) -> ConfigHandlers:
+        return ConfigHandlers(StoreUnitOfWork(self.app), self.config_defaults())
+
+    def control(self) -> ControlHandlers:
+        """Control requests, their execution and device renames, over this process's store and driver."""
+        return ControlHandlers(
+            StoreUnitOfWork(self.app), self.driver, SystemClock(), self.config(),
+            deadline_s=self.settings.control_deadline,
+        )  # fmt: skip
+
+    def executor(self) -> CommandExecutor:
+        """The command executor, sharing the requests with every other executor through one durable consumer."""
+        return CommandExecutor(
+            self.js, self.control(), stream=self.stream, ack_wait=self.settings.executor_ack_wait,
+            on_saved=self.saved,
+        )  # fmt: skip
+
     def handlers(self, *, cache: bool = False) -> CommandHandlers:
         """The write side over this process's store and driver; `cache` for a single writer (the poller)."""
         return CommandHandlers(StoreUnitOfWork(self.app, cache=cache), self.driver, SystemClock())
@@ -122,6 +177,7 @@ class Runtime:
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
             on_saved=self.saved,
+            control=self.control(),
         )
 
     def services(self) -> Services:
@@ -135,10 +191,51 @@ class Runtime:
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
             stream_name=self.stream.name,
+            fanout=self.fanout,
             zone=self.settings.zone,
+            energy_rules=EnergyRules.for_polling_interval(
+                self.settings.polling_interval, max_power_w=self.settings.max_power_w
+            ),
+            exports=self.data_exports(),
             on_saved=self.saved,
             edge=self.edge(),
+            control=self.control(),
+            config=self.config(),
+            host=self.settings.host,
+            energy=EnergyHandlers(StoreUnitOfWork(self.app), SystemClock(), energy_settings(self.settings)),
+            compliance=ComplianceJobs(
+                self.settings.compliance_dir, self.database_url, self.app, chain_link,
+                ComplianceHandlers(StoreUnitOfWork(self.app)),
+            ),
         )
+
+    def data_exports(self) -> DataExportJobs:
+        """This process's data export jobs (created on first use; `run_parts` sweeps them with the API)."""
+        if self.exports is None:
+            s = self.settings
+            catalog = ExportReadModel(self.read_pool)
+            handlers = ExportHandlers(StoreUnitOfWork(self.app), catalog, SystemClock(), limit=s.exports_per_hour)
+            self.exports = DataExportJobs(
+                self.app, handlers, catalog, s.exports_dir, retention=timedelta(days=s.export_retention_days),
+                rules=EnergyRules.for_polling_interval(s.polling_interval, max_power_w=s.max_power_w),
+                on_saved=self.saved,
+            )
+        return self.exports
+
+    def live_fanout(self) -> FanOut:
+        """This process's one live fan-out (created on first use, started by `run_parts` with the API)."""
+        if self.fanout is None:
+            s = self.settings
+            options = LiveOptions(queue_size=s.live_queue, heartbeat=s.live_heartbeat,
+                                  auth_timeout=s.live_auth_timeout, recheck=s.live_recheck)  # fmt: skip
+            self.fanout = FanOut(self.nc, self.js, self.stream, directory=self.device_directory, options=options)
+        return self.fanout
+
+    async def device_directory(self) -> dict[UUID, DeviceEntry]:
+        """Address and alias of every device the read model knows, removed ones too."""
+        async with self.read_pool.connection() as conn:
+            cur = await conn.execute(f"SELECT device_id, address, alias FROM {DEVICES_TABLE}")
+            return {r[0]: DeviceEntry(address=r[1], alias=r[2]) for r in await cur.fetchall()}
 
     def edge(self) -> EdgePolicy:
         """The settings' rate limits and CORS origins, over the counters every API process shares."""
@@ -456,9 +553,13 @@ async def serve_api(runtime: Runtime, stop: asyncio.Event) -> None:
 
 
 async def run_parts(
-    runtime: Runtime, stop: asyncio.Event, *, api: bool, poll: bool, relay: bool, project: bool
+    runtime: Runtime, stop: asyncio.Event, *, api: bool, poll: bool, relay: bool, project: bool,
+    execute: bool = False,
 ) -> None:
-    """Run the chosen parts side by side until `stop` is set or one of them fails."""
+    """Run the chosen parts side by side until `stop` is set or one of them fails.
+
+    The poller follows the system configuration as it changes; `execute` runs the command executor.
+    """
     background: list[asyncio.Task[None]] = []
     if relay:
         runtime.wakers.append(runtime.relay.wake)
@@ -467,12 +568,18 @@ async def run_parts(
         runtime.wakers.append(runtime.engine.wake)
         background.append(asyncio.create_task(runtime.engine.run(), name="projector"))
     if poll:
-        background.append(asyncio.create_task(runtime.poller().run(), name="poller"))
+        poller = runtime.poller()
+        background.append(asyncio.create_task(poller.run(), name="poller"))
+        background.append(asyncio.create_task(poller.follow_config(runtime.config().current), name="poller-config"))
+    if execute:
+        background.append(asyncio.create_task(runtime.executor().run(stop), name="executor"))
     try:
         stopper = asyncio.create_task(stop.wait())
         if api:
+            await runtime.live_fanout().start()
             background.append(asyncio.create_task(serve_api(runtime, stop), name="api"))
             background.append(asyncio.create_task(runtime.responder().run(stop), name="commands"))
+            background.append(asyncio.create_task(runtime.data_exports().run(), name="exports"))
         done, _ = await asyncio.wait([*background, stopper], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         for task in done:
@@ -482,6 +589,10 @@ async def run_parts(
         if api_task is not None:
             await asyncio.wait_for(asyncio.shield(api_task), timeout=10)
     finally:
+        if runtime.fanout is not None:
+            await runtime.fanout.stop()
+        if runtime.exports is not None:
+            await runtime.exports.close()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

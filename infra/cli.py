@@ -16,12 +16,14 @@ from typing import Any
 import msgspec
 import structlog
 
+from adapters.bus import StreamConfig
 from domain.commands import AddDevice, Command, RemoveDevice, RenameDevice, device_key
 from domain.errors import DeviceAlreadyExists, DomainError
+from infra import audit_cli, replay
 from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runtime, run_parts
 from infra.embedded import EmbeddedError, embedded_servers
 from infra.logging import configure_logging
-from infra.settings import Settings, SettingsError, load_settings, mask_secrets
+from infra.settings import Settings, SettingsError, load_settings, mask_secrets, nats_endpoint
 from projections.engine import ProjectionEngine
 
 log = structlog.get_logger(__name__)
@@ -54,10 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("api", "run the HTTP API only"),
         ("poll", "run the device poller only"),
         ("relay", "run the event store -> JetStream relay only"),
+        ("execute", "run the command executor only (switches devices for control requests)"),
     ):
         _settings_options(commands.add_parser(name, help=text))
-    project = commands.add_parser("project", help="run the projectors, or rebuild one from zero")
-    project.add_argument("--rebuild", metavar="NAME", help="replay one read model from the first event and exit")
+    project = commands.add_parser("project", help="run the projectors, or rebuild read models from zero")
+    project.add_argument(
+        "--rebuild", metavar="NAME|all",
+        help="replay a read model (or all) from the first event into fresh tables, swap them in and exit",
+    )
+    project.add_argument(
+        "--verify", action="store_true",
+        help="with --rebuild (all if none named): replay beside the live tables, print every row that differs "
+        "and exit 1 if any, swapping nothing",
+    )
     _settings_options(project)
     device = commands.add_parser("device", help="add, rename or remove a device (the same commands as the API)")
     actions = device.add_subparsers(dest="action", required=True)
@@ -77,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate-keys", help="add a JWT signing key: new tokens use it, tokens signed before stay valid until they expire"
     )
     _settings_options(rotate)
+    audit_cli.add_commands(commands, _settings_options)
+    tail = commands.add_parser("tail", help="print live readings and device status from NATS as they happen")
+    tail.add_argument("--device", default=None, help="only this device (id or address)")
+    tail.add_argument("--json", action="store_true", help="print each event's envelope as published, one per line")
+    _settings_options(tail)
     emulate = commands.add_parser("emulate", help="run emulated Kasa devices on loopback")
     emulate.add_argument("--devices", default=",".join(DEMO_PROFILES), help="comma-separated profiles")
     emulate.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
@@ -164,12 +180,15 @@ async def _serve(
         if command == "auth":
             await _rotate_signing_keys(runtime)
             return
-        if command == "project" and args.rebuild:
-            await _rebuild(runtime.engine, args.rebuild)
+        if command in audit_cli.COMMANDS:
+            await audit_cli.run(runtime, args)
+            return
+        if command == "project" and (args.rebuild or args.verify):
+            await _rebuild(runtime.engine, args.rebuild or replay.ALL, verify=args.verify)
             return
         if getattr(args, "demo", False):
             async with _demo(runtime):
-                await run_parts(runtime, stop, api=True, poll=True, relay=True, project=True)
+                await run_parts(runtime, stop, api=True, poll=True, relay=True, project=True, execute=True)
             return
         await run_parts(
             runtime,
@@ -178,6 +197,7 @@ async def _serve(
             poll=command in ("serve", "poll"),
             relay=command in ("serve", "relay"),
             project=command in ("serve", "project"),
+            execute=command in ("serve", "execute"),
         )
 
 
@@ -210,31 +230,19 @@ async def _device_command(runtime: Runtime, args: argparse.Namespace) -> None:
     print(msgspec.json.encode(result).decode())
 
 
-async def _rebuild(engine: ProjectionEngine, name: str) -> None:
-    if name not in engine.projectors:
-        raise SettingsError(f"unknown read model {name!r}; known: {', '.join(engine.projectors)}")
-    from time import perf_counter
-
+async def _rebuild(engine: ProjectionEngine, name: str, *, verify: bool) -> None:
+    """Rebuild (or verify) the read models `name` stands for; exit 1 on differences or a replay already running."""
+    try:
+        names = replay.chosen_read_models(engine, name)
+    except replay.UnknownReadModel as exc:
+        raise SettingsError(str(exc)) from None
     await asyncio.to_thread(engine.setup)
-    total = await asyncio.to_thread(engine.app.recorder.max_notification_id) or 0
-    done = 0
-    began = perf_counter()
-
-    def rate() -> str:
-        return f"{done / max(perf_counter() - began, 1e-9):,.0f} events/s"
-
-    def progress(applied: int) -> None:
-        nonlocal done
-        done += applied
-        width = 40
-        filled = int(width * min(done, total) / total) if total else width
-        sys.stderr.write(
-            f"\rrebuilding {name} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events, {rate()}"
-        )
-        sys.stderr.flush()
-
-    done = await asyncio.to_thread(engine.rebuild, name, progress)
-    sys.stderr.write(f"\rrebuilt {name}: {done} events replayed, {rate()}{' ' * 40}\n")
+    if verify:
+        code = await asyncio.to_thread(replay.verify, engine, names, sys.stdout, sys.stderr)
+    else:
+        code = await asyncio.to_thread(replay.rebuild, engine, names, sys.stderr)
+    if code:
+        raise SystemExit(code)
 
 
 @asynccontextmanager
@@ -286,6 +294,25 @@ def _free_or_any(port: int) -> int:
     return port
 
 
+def _tail(settings: Settings, args: argparse.Namespace) -> int:
+    """`wattledger tail`: NATS only, at NATS_URL or the embedded server's port; exit 2 for a bad --device."""
+    import nats.errors
+
+    from infra.tail import run_tail
+
+    nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    stream = StreamConfig(name=settings.stream_name, subject_prefix=settings.subject_prefix)
+    try:
+        _run(lambda stop: run_tail(nats_url, stream, stop, device=args.device, as_json=args.json))
+    except DomainError as exc:
+        print(f"wattledger: {exc} ({exc.code})", file=sys.stderr)
+        return 2
+    except (OSError, nats.errors.Error) as exc:
+        print(f"wattledger: cannot reach NATS at {nats_endpoint(nats_url)}: {exc!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -317,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         settings = _settings(args)
         configure_logging(settings.log_level, json=settings.log_json)
+        if args.command == "tail":
+            return _tail(settings, args)
         with _signals_interrupt(), embedded_servers(
             settings.data_dir,
             database_url=settings.database_url,

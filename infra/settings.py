@@ -42,6 +42,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     poll_stop_grace: float = 10.0
     poll_lease: float = 30.0
     offline_after: int = 3
+    control_deadline: float = 30.0
+    """Seconds a control request may wait for the executor; later it is failed `expired`, never run."""
+    executor_ack_wait: float = 30.0
+    """Seconds without news from an executor before JetStream hands its request to another."""
     host: str = "127.0.0.1"
     port: int = 5272
     discovery_target: str = "255.255.255.255"
@@ -50,6 +54,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     subject_prefix: str = "wl"
     embedded_nats_port: int = 4222
     timezone: str = "UTC"
+    max_power_w: float = 3700.0
+    """The most a meter can draw: a counter rise implying more is a reset, not energy."""
+    session_threshold_w: float = 5.0
+    session_min_duration: float = 60.0
     log_level: str = "info"
     log_json: bool = False
     startup_timeout: float = 30.0
@@ -62,10 +70,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_login: tuple[Limit, ...] = (Limit(5, 900),)
     rate_limit_login_ip: tuple[Limit, ...] = (Limit(20, 900),)
     cors_origins: tuple[str, ...] = ()
+    live_queue: int = 256
+    """Unread messages a live client may have before it is dropped as too slow."""
+    live_heartbeat: float = 15.0
+    live_auth_timeout: float = 5.0
+    live_recheck: float = 30.0
+    export_retention_days: float = 7.0
+    """Days a data export's file is kept after it was written; then it is deleted and the export shows expired."""
+    exports_per_hour: int = 10
+    """Data exports one user may request per hour."""
 
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def compliance_dir(self) -> Path:
+        """Where compliance exports of the event history are written (one directory per export)."""
+        return self.data_dir / "compliance"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Where data export files are written."""
+        return self.data_dir / "exports"
 
     @property
     def embedded(self) -> bool:
@@ -229,6 +256,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_POLL_STOP_GRACE": ("poll_stop_grace", _number(float, 0, 600)),
     "WATTLEDGER_POLL_LEASE": ("poll_lease", _number(float, 3, 3600)),
     "WATTLEDGER_OFFLINE_AFTER": ("offline_after", _number(int, 1, 1000)),
+    "WATTLEDGER_CONTROL_DEADLINE": ("control_deadline", _number(float, 1, 3600)),
+    "WATTLEDGER_EXECUTOR_ACK_WAIT": ("executor_ack_wait", _number(float, 1, 3600)),
     "WATTLEDGER_HOST": ("host", _host),
     "WATTLEDGER_PORT": ("port", _number(int, 1, 65535)),
     "WATTLEDGER_DISCOVERY_TARGET": ("discovery_target", _ip),
@@ -237,6 +266,9 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_SUBJECT_PREFIX": ("subject_prefix", _identifier),
     "WATTLEDGER_EMBEDDED_NATS_PORT": ("embedded_nats_port", _number(int, 0, 65535)),
     "WATTLEDGER_TIMEZONE": ("timezone", _zone),
+    "WATTLEDGER_MAX_POWER_W": ("max_power_w", _number(float, 1, 100_000)),
+    "WATTLEDGER_SESSION_THRESHOLD_W": ("session_threshold_w", _number(float, 0, 100_000)),
+    "WATTLEDGER_SESSION_MIN_DURATION": ("session_min_duration", _number(float, 0, 86_400)),
     "WATTLEDGER_LOG_LEVEL": ("log_level", _level),
     "WATTLEDGER_LOG_JSON": ("log_json", _flag),
     "WATTLEDGER_STARTUP_TIMEOUT": ("startup_timeout", _number(float, 0.5, 3600)),
@@ -248,6 +280,12 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_RATE_LIMIT_LOGIN": ("rate_limit_login", parse_limits),
     "WATTLEDGER_RATE_LIMIT_LOGIN_IP": ("rate_limit_login_ip", parse_limits),
     "WATTLEDGER_CORS_ORIGINS": ("cors_origins", _origins),
+    "WATTLEDGER_LIVE_QUEUE": ("live_queue", _number(int, 1, 100_000)),
+    "WATTLEDGER_LIVE_HEARTBEAT": ("live_heartbeat", _number(float, 0.1, 3600)),
+    "WATTLEDGER_LIVE_AUTH_TIMEOUT": ("live_auth_timeout", _number(float, 0.1, 600)),
+    "WATTLEDGER_LIVE_RECHECK": ("live_recheck", _number(float, 0.1, 3600)),
+    "WATTLEDGER_EXPORT_RETENTION_DAYS": ("export_retention_days", _number(float, 0.001, 3650)),
+    "WATTLEDGER_EXPORTS_PER_HOUR": ("exports_per_hour", _number(int, 1, 10_000)),
 }
 
 OPTION_ENV = {field: env for env, (field, _) in _FIELDS.items()}

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from domain.calendar import LocalCalendar, Period
+from domain.control import ControlCommand
 from domain.device import Device
 from domain.energy import EnergyRules, Interval, MeterState, reading_of, split, step
 from domain.meter import MeterDay
@@ -85,6 +86,16 @@ class DeviceRow(msgspec.Struct, kw_only=True):
     added_at: datetime
     updated_at: datetime
     meter: MeterState | None = None
+    relays_since: dict[str, datetime] = msgspec.field(default_factory=dict)
+    """When each relay last changed (as far as the log knows): the data API's `stateTime`."""
+    confirmed_at: datetime | None = None
+    """When a control command last confirmed the relays; older readings no longer set them."""
+
+    def set_relays(self, states: dict[str, bool], at: datetime) -> None:
+        for relay, is_on in states.items():
+            if self.relays.get(relay) is not is_on:
+                self.relays_since[relay] = at
+            self.relays[relay] = is_on
 
     @classmethod
     def added(cls, event: Device.Added) -> DeviceRow:
@@ -106,7 +117,13 @@ class DeviceRow(msgspec.Struct, kw_only=True):
             case Device.Removed():
                 self.removed = True
             case Device.StateChanged(is_on=is_on, outlet_index=index):
-                self.relays["plug" if index is None else str(index)] = is_on
+                self.set_relays({"plug" if index is None else str(index): is_on}, event.timestamp)
+            case ControlCommand.ControlSucceeded(is_on=is_on, outlets=outlets):
+                if outlets:
+                    self.set_relays({str(o["index"]): bool(o["is_on"]) for o in outlets}, event.timestamp)
+                else:
+                    self.set_relays({"plug": is_on}, event.timestamp)
+                self.confirmed_at = event.timestamp
             case Device.WentOffline():
                 self.online = False
             case Device.CameOnline():
@@ -139,7 +156,9 @@ class DeviceRow(msgspec.Struct, kw_only=True):
         self.power_w, self.voltage_v, self.current_a = event.power_w, event.voltage_v, event.current_a
         self.total_wh, self.rssi = event.total_wh, event.rssi
         self.outlets = list(event.outlets)
-        self.relays = {str(o.index): o.is_on for o in event.outlets} if event.outlets else {"plug": event.is_on}
+        if self.confirmed_at is None or at > self.confirmed_at:
+            states = {str(o.index): o.is_on for o in event.outlets} if event.outlets else {"plug": event.is_on}
+            self.set_relays(states, at)
         self.last_seen = at
         self.updated_at = event.timestamp
 
@@ -168,7 +187,7 @@ DEVICES = Table(TABLE, DeviceRow, key="device_id", unique=("address",))
 
 def _subject(event: object) -> UUID | None:
     """The device an event is about, or None for events this read model ignores."""
-    if isinstance(event, MeterDay.ReadingRecorded):
+    if isinstance(event, (MeterDay.ReadingRecorded, ControlCommand.ControlSucceeded)):
         return event.device_id
     if isinstance(event, Device.Event):
         return event.originator_id
@@ -183,7 +202,7 @@ class DevicesProjector:
     """
 
     name = "devices"
-    version = 2
+    version = 3
     tables = (DEVICES,)
 
     def __init__(self, zone: ZoneInfo | None = None, rules: EnergyRules | None = None) -> None:
@@ -282,3 +301,11 @@ async def active_devices(conn: psycopg.AsyncConnection[Any]) -> list[tuple[UUID,
     """(id, address) of every present device: what the poller polls."""
     cur = await conn.execute(f"SELECT device_id, address FROM {TABLE} WHERE NOT removed ORDER BY address")
     return [(r[0], r[1]) for r in await cur.fetchall()]
+
+
+async def relay_times(conn: psycopg.AsyncConnection[Any], device_id: UUID) -> dict[str, datetime]:
+    """When each relay of a present device last changed (`plug`, or outlet indexes as text)."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(f"{DEVICES.select} WHERE device_id = %s AND NOT removed", (device_id,))
+        record = await cur.fetchone()
+    return DEVICES.decode(record).relays_since if record else {}

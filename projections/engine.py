@@ -8,23 +8,36 @@ with backoff, and does not hold the others back.
 
 Each projector declares a schema `version`; the tracking table records the
 version its tables were built with. `setup()` drops, recreates and replays from
-zero any read model whose version differs or whose tables are missing.
+zero any read model whose version differs or whose tables are missing (in
+place: the old tables cannot answer for the new version anyway).
+
+`rebuild_many()` replays read models from zero into fresh tables in a shadow
+schema while the live tables keep answering queries and the live engine keeps
+projecting into them; when the replay has caught up it locks the read models'
+tracking rows, replays the last events and swaps the fresh tables in, all in
+one transaction. `verify()` builds the same shadow and compares it with the
+live tables row by row instead of swapping. Projectors name their tables only
+through their `Table` objects, which point at the shadow while it is built.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
 import psycopg
 import structlog
+from psycopg import sql
 from eventsourcing.persistence import Notification
 from psycopg.types.json import Jsonb
 
@@ -37,6 +50,13 @@ TRACKING = f"{READ_SCHEMA}.projector_tracking"
 
 # Serialises set-up between processes starting at once (an arbitrary constant key).
 _SETUP_LOCK = 0x574C_5052
+# With a read model's name hashed, keeps two replays of one read model apart.
+_REPLAY_LOCK = 0x574C_5242
+
+SHADOW_SCHEMA = "wl_rebuild"
+"""Where `rebuild` builds fresh tables before they are swapped into their home schema."""
+VERIFY_SCHEMA = "wl_verify"
+"""Where `verify` builds the tables it compares with the live ones (dropped afterwards)."""
 
 # The tracking table is the engine's own; columns added since its first version
 # are added in place so an existing deployment keeps its rows (and, with no
@@ -89,18 +109,52 @@ def _json(value: Any) -> Jsonb:
     return Jsonb(value, dumps=msgspec.json.encode)
 
 
+class _Target(NamedTuple):
+    """Where the tables of the read models being built live while `building` is in effect."""
+
+    schema: str
+    tables: frozenset[int]
+
+
+_TARGET: ContextVar[_Target | None] = ContextVar("wattledger_projection_target", default=None)
+
+
+@contextmanager
+def building(schema: str, tables: Collection[Table[Any]]) -> Iterator[None]:
+    """While inside, `tables` name themselves in `schema` (a rebuild's shadow schema), in this context only.
+
+    Every other table, and every other thread or task, keeps naming the live tables,
+    so readers are never pointed at a half-built read model.
+    """
+    token = _TARGET.set(_Target(schema, frozenset(id(t) for t in tables)))
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
 class Table(Generic[R]):
     """A read-model table declared by its row Struct alone.
 
     The column names, their SQL types (nullable where the field may be None,
     jsonb for structured fields), the DDL, the select and the upsert all come
     from the Struct's fields, in their order.
+
+    `name` may be bare (`devices`, which lives in `wl_read`) or qualified
+    (`wl_read.devices`). Every SQL string the table gives (`name`, `ddl`,
+    `select`, `upsert`, `indexes`) is qualified with the schema it currently
+    lives in: its home schema, or the shadow schema of a rebuild in progress
+    (see `building`). Index DDL may name the table qualified with its home
+    schema or bare; either way it lands beside the table being built, and index
+    names only need to be unique within a schema.
     """
 
     def __init__(
         self, name: str, row: type[R], *, key: str, unique: Sequence[str] = (), indexes: Sequence[str] = ()
     ) -> None:
-        self.name = name
+        home, _, bare = name.rpartition(".")
+        self.home = home or READ_SCHEMA
+        self.bare = bare
         self.row = row
         self.key = key
         info = mi.type_info(row)
@@ -109,21 +163,46 @@ class Table(Generic[R]):
         types = {f.name: _column_type(f) for f in info.fields}
         self._json = frozenset(name for name, sql_type in types.items() if sql_type.startswith("jsonb"))
         constraints = [f"PRIMARY KEY ({key})"] + [f"UNIQUE ({column})" for column in unique]
-        self.ddl = (
-            f"CREATE TABLE {name} (\n    "
-            + ",\n    ".join([f"{c} {types[c]}" for c in self.columns] + constraints)
-            + "\n)"
-        )
-        self.indexes = tuple(indexes)
-        self.select = f"SELECT {', '.join(self.columns)} FROM {name}"
-        self.upsert = (
-            f"INSERT INTO {name} ({', '.join(self.columns)}) VALUES ({', '.join('%s' for _ in self.columns)}) "
+        self._body = " (\n    " + ",\n    ".join([f"{c} {types[c]}" for c in self.columns] + constraints) + "\n)"
+        self._indexes = tuple(indexes)
+        self._home_name = re.compile(rf"(?<![\w.\"]){re.escape(self.home)}\.{re.escape(bare)}(?![\w\"])")
+        self._upsert_tail = (
+            f" ({', '.join(self.columns)}) VALUES ({', '.join('%s' for _ in self.columns)}) "
             f"ON CONFLICT ({key}) DO UPDATE SET "
             + ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != key)
         )
 
+    @property
+    def schema(self) -> str:
+        """The schema the table lives in for the caller: its home, or the shadow it is being rebuilt in."""
+        target = _TARGET.get()
+        return target.schema if target is not None and id(self) in target.tables else self.home
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.bare}"
+
+    @property
+    def ddl(self) -> str:
+        return f"CREATE TABLE {self.name}{self._body}"
+
+    @property
+    def indexes(self) -> tuple[str, ...]:
+        schema = self.schema
+        if schema == self.home:
+            return self._indexes
+        return tuple(self._home_name.sub(f"{schema}.{self.bare}", index) for index in self._indexes)
+
+    @property
+    def select(self) -> str:
+        return f"SELECT {', '.join(self.columns)} FROM {self.name}"
+
+    @property
+    def upsert(self) -> str:
+        return f"INSERT INTO {self.name}{self._upsert_tail}"
+
     def create(self, cur: psycopg.Cursor[Any]) -> None:
-        """Drop the table if it exists and create it afresh from the declaration."""
+        """Drop the table if it exists and create it afresh from the declaration, where it currently lives."""
         cur.execute(f"DROP TABLE IF EXISTS {self.name} CASCADE")
         cur.execute(self.ddl)
         for index in self.indexes:
@@ -189,12 +268,255 @@ async def projector_status(conn: psycopg.AsyncConnection[Any], max_notification_
     ]
 
 
+def _homes(tables: Sequence[Table[Any]]) -> list[str]:
+    """The home schemas of `tables`, each once, in order."""
+    return list(dict.fromkeys(t.home for t in tables))
+
+
+def _search_path(cur: psycopg.Cursor[Any], schemas: Sequence[str]) -> None:
+    """Point unqualified names at `schemas` for the rest of the caller's transaction."""
+    path = sql.SQL(", ").join([*map(sql.Identifier, schemas), sql.Identifier("public")])
+    cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(path))
+
+
 class _Section(msgspec.Struct, frozen=True):
     """Notifications read after `after`, decoded once for every projector."""
 
     after: int
     ids: list[int]
     events: list[object]
+
+
+class ReplayBusy(RuntimeError):
+    """Another rebuild or verify of the same read model holds its replay lock."""
+
+
+class ReplayProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a replay is: it has read `events` notifications, up to `position` of the log's `head`.
+
+    `head` is the last notification id when last looked at; it grows while
+    events keep arriving. `phase` is `replay`, then `swap` or `compare` once
+    the tracking rows are locked.
+    """
+
+    phase: str
+    position: int
+    head: int
+    events: int
+
+
+class RowDifference(msgspec.Struct, frozen=True, kw_only=True):
+    """One row in which a live read model differs from its replay.
+
+    `missing`: the replay has the row, the live table does not; `extra`: the
+    other way round; `changed`: both have it, `columns` name the differing
+    columns. `live` and `rebuilt` hold the row's values (None where absent).
+    """
+
+    read_model: str
+    table: str
+    key: dict[str, Any]
+    kind: str
+    columns: tuple[str, ...] = ()
+    live: dict[str, Any] | None = None
+    rebuilt: dict[str, Any] | None = None
+
+
+def _key_columns(table: Table[Any]) -> list[str]:
+    return [column.strip() for column in table.key.split(",")]
+
+
+class _Shadow:
+    """Read models replayed from zero into a shadow schema, on one connection held by the replay.
+
+    Every section is read and decoded once and applied to all of the read
+    models with their tables pointed at the shadow schema (`building`), and
+    committed with nothing else: no reader and no live engine sees these
+    tables until `swap` moves them into their home schemas.
+    """
+
+    def __init__(
+        self, app: WattLedger, conn: psycopg.Connection[Any], projectors: Sequence[Projector], schema: str, batch: int
+    ) -> None:
+        self.app = app
+        self.conn = conn
+        self.projectors = list(projectors)
+        self.schema = schema
+        self.batch = batch
+        self.tables = [table for projector in self.projectors for table in projector.tables]
+        self.names = [projector.name for projector in self.projectors]
+        self.position = 0
+        self.events = 0
+        self.head = 0
+        bare = [table.bare for table in self.tables]
+        if len(set(bare)) != len(bare):
+            raise ValueError(f"tables of {', '.join(self.names)} share a name; they cannot be rebuilt side by side")
+
+    @contextmanager
+    def _targeted(self, cur: psycopg.Cursor[Any]) -> Iterator[None]:
+        _search_path(cur, [self.schema])
+        with building(self.schema, self.tables):
+            yield
+
+    def create(self) -> None:
+        """The shadow schema and empty tables in it (replacing any a crashed replay left behind)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            with self._targeted(cur):
+                for table in self.tables:
+                    table.create(cur)
+
+    def drop(self) -> None:
+        """Drop whatever shadow tables remain (none after a swap)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for table in self.tables:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(
+                    sql.Identifier(self.schema), sql.Identifier(table.bare)
+                ))
+
+    def _report(self, progress: Callable[[ReplayProgress], None] | None, phase: str) -> None:
+        self.head = max(self.head, self.position, self.app.recorder.max_notification_id() or 0)
+        if progress is not None:
+            progress(ReplayProgress(phase=phase, position=self.position, head=self.head, events=self.events))
+
+    def _step(self, cur: psycopg.Cursor[Any], until: int | None = None) -> int:
+        """Apply the next section (up to `until`) to the shadow tables in the caller's transaction.
+
+        Returns the notifications it held: 0 at the end of the log."""
+        notifications = self.app.recorder.select_notifications(
+            start=self.position, limit=self.batch, stop=until, inclusive_of_start=False
+        )
+        if not notifications:
+            return 0
+        events = [self.app.mapper.to_domain_event(n) for n in notifications]
+        with self._targeted(cur):
+            for projector in self.projectors:
+                projector.apply_batch(cur, events)
+        self.position = notifications[-1].id
+        self.events += len(notifications)
+        return len(notifications)
+
+    def catch_up(self, progress: Callable[[ReplayProgress], None] | None) -> None:
+        """Replay to the log's head, one committed transaction per section, locking nothing live.
+
+        It stops at the first section shorter than a full one (the head as it was then), so a
+        log that keeps growing cannot keep it going; what was stored since is replayed by `swap`
+        or `compare` under the tracking locks."""
+        self._report(progress, "replay")
+        while True:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                read = self._step(cur)
+            if read:
+                self._report(progress, "replay")
+            if read < self.batch:
+                return
+
+    def _lock_tracking(self, cur: psycopg.Cursor[Any]) -> dict[str, int]:
+        """Lock the read models' tracking rows (in name order, so two replays cannot deadlock); their positions."""
+        cur.execute(
+            f"SELECT name, position FROM {TRACKING} WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (self.names,)
+        )
+        return {name: int(position) for name, position in cur.fetchall()}
+
+    def swap(self, progress: Callable[[ReplayProgress], None] | None) -> None:
+        """In one transaction: hold off the live engine, replay the last events, put the fresh tables in place.
+
+        The live tables are dropped (their indexes with them) and the shadow
+        tables moved into their home schemas, and the tracking rows take the
+        replay's position and the projectors' versions. Readers wait for the
+        commit at most, then see the new tables.
+        """
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self._lock_tracking(cur)
+            while self._step(cur):
+                pass
+            for schema in _homes(self.tables):
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            for table in self.tables:
+                bare = sql.Identifier(table.bare)
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(table.home), bare))
+                cur.execute(sql.SQL("ALTER TABLE {}.{} SET SCHEMA {}").format(
+                    sql.Identifier(self.schema), bare, sql.Identifier(table.home)
+                ))
+            for projector in self.projectors:
+                cur.execute(
+                    f"INSERT INTO {TRACKING} (name, version, position) VALUES (%s, %s, %s) "
+                    f"ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position, "
+                    f"updated_at = now(), {_CLEARED}",
+                    (projector.name, projector.version, self.position),
+                )
+        self._report(progress, "swap")
+
+    def compare(self, progress: Callable[[ReplayProgress], None] | None) -> list[RowDifference]:
+        """Bring shadow and live read models to one position under their tracking locks, then diff every table."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            live = self._lock_tracking(cur)
+            target = max([self.app.recorder.max_notification_id() or 0, self.position, *live.values()])
+            while self._step(cur, until=target):
+                pass
+            for projector in self.projectors:
+                self._catch_up_live(cur, projector, live.get(projector.name, 0), target)
+            self._report(progress, "compare")
+            differences: list[RowDifference] = []
+            for projector in self.projectors:
+                for table in projector.tables:
+                    differences.extend(self._diff(cur, projector.name, table))
+        return differences
+
+    def _catch_up_live(self, cur: psycopg.Cursor[Any], projector: Projector, position: int, target: int) -> None:
+        """Project the live read model from `position` to `target`, as the engine would, in the caller's transaction."""
+        moved = False
+        while notifications := self.app.recorder.select_notifications(
+            start=position, limit=self.batch, stop=target, inclusive_of_start=False
+        ):
+            _search_path(cur, _homes(projector.tables))
+            projector.apply_batch(cur, [self.app.mapper.to_domain_event(n) for n in notifications])
+            position, moved = notifications[-1].id, True
+        if moved:
+            cur.execute(
+                f"UPDATE {TRACKING} SET position = %s, updated_at = now(), {_CLEARED} WHERE name = %s",
+                (position, projector.name),
+            )
+
+    def _diff(self, cur: psycopg.Cursor[Any], read_model: str, table: Table[Any]) -> list[RowDifference]:
+        """Every row of `table` that differs between its live and shadow copies, by primary key."""
+        keys = _key_columns(table)
+        bare = sql.Identifier(table.bare)
+        live = sql.SQL("{}.{}").format(sql.Identifier(table.home), bare)
+        if cur.execute("SELECT to_regclass(%s)", (f"{table.home}.{table.bare}",)).fetchone() == (None,):
+            live = sql.SQL("(SELECT * FROM {}.{} WHERE false)").format(sql.Identifier(self.schema), bare)
+        rebuilt = sql.SQL("{}.{}").format(sql.Identifier(self.schema), bare)
+
+        def side(alias: str) -> sql.Composable:
+            return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
+                                      for c in table.columns)
+
+        query = sql.SQL(
+            "SELECT {l}, {r}, l.{k} IS NULL, r.{k} IS NULL FROM {live} l FULL JOIN {rebuilt} r ON {on} "
+            "WHERE ROW({l}) IS DISTINCT FROM ROW({r})"
+        ).format(
+            l=side("l"), r=side("r"), k=sql.Identifier(keys[0]), live=live, rebuilt=rebuilt,
+            on=sql.SQL(" AND ").join(sql.SQL("l.{c} = r.{c}").format(c=sql.Identifier(c)) for c in keys),
+        )
+        width = len(table.columns)
+        found: list[RowDifference] = []
+        for record in cur.execute(query):
+            ours = dict(zip(table.columns, record[:width], strict=True))
+            theirs = dict(zip(table.columns, record[width:2 * width], strict=True))
+            no_live, no_rebuilt = record[2 * width], record[2 * width + 1]
+            present = theirs if no_live else ours
+            key = {c: present[c] for c in keys}
+            if no_live:
+                found.append(RowDifference(read_model=read_model, table=table.bare, key=key, kind="missing",
+                                           rebuilt=theirs))
+            elif no_rebuilt:
+                found.append(RowDifference(read_model=read_model, table=table.bare, key=key, kind="extra", live=ours))
+            else:
+                columns = tuple(c for c in table.columns if ours[c] != theirs[c])
+                found.append(RowDifference(read_model=read_model, table=table.bare, key=key, kind="changed",
+                                           columns=columns, live=ours, rebuilt=theirs))
+        found.sort(key=lambda d: repr(sorted(d.key.items(), key=lambda kv: kv[0])))
+        return found
 
 
 class ProjectionEngine:
@@ -231,16 +553,26 @@ class ProjectionEngine:
         self._retry_at: dict[str, float] = {}
         self._wakeup = asyncio.Event()
         self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
         self._lock = threading.RLock()
 
     def _connection(self) -> psycopg.Connection[Any]:
-        """One connection kept between batches (idle polls would otherwise connect twice a second)."""
+        """One connection kept between batches (idle polls would otherwise connect twice a second).
+
+        Raises RuntimeError once the engine is closed, so a pass still running in a
+        worker thread ends instead of opening a connection nobody closes.
+        """
+        if self._closed:
+            raise RuntimeError("the projection engine is closed")
         if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
             self._conn = psycopg.connect(self.database_url, autocommit=True)
         return self._conn
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -275,6 +607,7 @@ class ProjectionEngine:
 
     def _reset(self, cur: psycopg.Cursor[Any], projector: Projector) -> None:
         """Fresh tables and position zero, in the caller's transaction."""
+        _search_path(cur, _homes(projector.tables))
         for table in projector.tables:
             table.create(cur)
         cur.execute(
@@ -343,6 +676,7 @@ class ProjectionEngine:
                 first = bisect_right(section.ids, position)
                 if first == len(section.ids):
                     return 0
+                _search_path(cur, _homes(projector.tables))
                 projector.apply_batch(cur, section.events[first:])
                 cur.execute(
                     f"UPDATE {TRACKING} SET position = %s, updated_at = now(), {_CLEARED} WHERE name = %s",
@@ -411,14 +745,73 @@ class ProjectionEngine:
                 add(self.project_batch(ahead)[1])
         return totals
 
-    def rebuild(self, name: str, progress: Callable[[int], None] | None = None) -> int:
-        """Recreate one read model's tables and replay it from the first event."""
-        projector = self.projectors[name]
-        with self._lock, psycopg.connect(self.database_url) as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(f"SELECT position FROM {TRACKING} WHERE name = %s FOR UPDATE", (name,))
-            self._reset(cur, projector)
-        log.info("projector.rebuild.started", projector=name)
-        return self.catch_up(name, progress)
+    def rebuild(self, name: str, progress: Callable[[ReplayProgress], None] | None = None) -> int:
+        """Replay one read model from the first event into fresh tables and swap them in; returns the events replayed."""
+        return self.rebuild_many([name], progress)
+
+    def rebuild_many(self, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None) -> int:
+        """Replay read models from the first event into fresh tables, then swap them in atomically.
+
+        The live tables keep answering queries, and the live engine keeps
+        projecting into them, until the swap. The log is read and decoded once
+        for all of `names`. Returns the events replayed. Raises `LookupError` for
+        an unknown name, `ReplayBusy` if another rebuild or verify of one of them
+        runs, and whatever a projector raises (the shadow tables are dropped and
+        the live read model is left as it was).
+        """
+        chosen = self._chosen(names)
+        with self._shadow(chosen, SHADOW_SCHEMA) as shadow:
+            log.info("projector.rebuild.started", projectors=list(names))
+            shadow.catch_up(progress)
+            shadow.swap(progress)
+        with self._lock:
+            for projector in chosen:
+                self._failures.pop(projector.name, None)
+                self._retry_at.pop(projector.name, None)
+        log.info("projector.rebuild.swapped", projectors=list(names), position=shadow.position, events=shadow.events)
+        return shadow.events
+
+    def verify(
+        self, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
+    ) -> list[RowDifference]:
+        """Rebuild `names` beside the live tables and return every row in which they differ.
+
+        The comparison is made at one position: with the read models' tracking
+        rows locked, both the shadow and the live read models are brought to the
+        log's head (the live ones as the engine would have), then compared by
+        primary key. The shadow tables are dropped afterwards, whatever happens.
+        Raises like `rebuild_many`, and the live projector's error if it cannot
+        catch up.
+        """
+        chosen = self._chosen(names)
+        with self._shadow(chosen, VERIFY_SCHEMA) as shadow:
+            shadow.catch_up(progress)
+            return shadow.compare(progress)
+
+    def _chosen(self, names: Sequence[str]) -> list[Projector]:
+        if unknown := [n for n in names if n not in self.projectors]:
+            raise LookupError(f"unknown read model {', '.join(unknown)}; known: {', '.join(self.projectors)}")
+        if not names:
+            raise LookupError("no read model named")
+        return [self.projectors[n] for n in dict.fromkeys(names)]
+
+    @contextmanager
+    def _shadow(self, projectors: Sequence[Projector], schema: str) -> Iterator[_Shadow]:
+        """Fresh tables for `projectors` in `schema`, on a connection of their own; dropped if left behind."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            for projector in projectors:
+                row = conn.execute(
+                    "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_REPLAY_LOCK, projector.name)
+                ).fetchone()
+                if not (row and row[0]):
+                    raise ReplayBusy(f"a rebuild or verify of {projector.name} is already running")
+            shadow = _Shadow(self.app, conn, projectors, schema, self.batch_size)
+            shadow.create()
+            try:
+                yield shadow
+            finally:
+                if not conn.broken:
+                    shadow.drop()
 
     def wake(self) -> None:
         self._wakeup.set()

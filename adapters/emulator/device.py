@@ -161,6 +161,7 @@ class EmulatedDevice:
         self._last = now
         self._next_reboot = None if reboot_every is None else now + reboot_every
         self._reboots = 0
+        self._relay_requests: list[int | None] = []
 
         sysinfo = copy.deepcopy(profile.sysinfo)
         for dynamic in ("children", "relay_state", "on_time"):
@@ -256,6 +257,12 @@ class EmulatedDevice:
         """How many times the device rebooted (on demand or scheduled)."""
         self._advance(self._clock())
         return self._reboots
+
+    @property
+    def relay_requests(self) -> list[int | None]:
+        """Every `set_relay_state` request received over the protocol, in order: the outlet index it
+        named, or None for a plug's relay or a whole strip. Tests count switches with it."""
+        return list(self._relay_requests)
 
     def is_on(self, outlet: int | None = None) -> bool:
         """Relay state of a plug, of one strip outlet, or whether any strip outlet is on."""
@@ -417,6 +424,10 @@ class EmulatedDevice:
         state = args.get("state")
         if state not in (0, 1) or isinstance(state, float):
             raise _InvalidArgument
+        if targets:
+            self._relay_requests.extend(t.index for t in targets)
+        else:
+            self._relay_requests.append(None)
         for outlet in targets or self._outlets:
             self._switch(outlet, bool(state), self._last)
         return {}

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated
 from uuid import UUID
 
+import anyio.to_thread
 import msgspec
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.services import Services
 from domain.address import parse_address
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice
-from domain.errors import DeviceNotFound, InvalidAddress
+from domain.control import RenameOnDevice
+from domain.device import device_id_for
+from domain.errors import DeviceNotFound, InvalidAddress, InvalidRange, Unavailable
 from domain.identity import Permission, Principal
+from projections.device_as_of import device_as_of
 from projections.devices import DeviceView, find_device, list_devices
 
 Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]*$")]
@@ -31,6 +36,12 @@ class DeviceAccepted(msgspec.Struct, frozen=True, kw_only=True):
     device_id: UUID
     device_ip: str
     status: str = "accepted"
+
+
+class DeviceUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The new name, stored on the device itself and in the log."""
+
+    alias: Alias
 
 
 class DeviceRemovedView(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +78,49 @@ async def resolve_device(services: Services, key: str) -> DeviceView:
     return view
 
 
+def as_of_time(text: str | None) -> datetime | None:
+    """The `as_of` query value as a UTC time, or None without one.
+    Raises InvalidRange (422) unless it is ISO 8601 with its UTC offset."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRange("as_of must be an ISO 8601 time, e.g. 2026-01-15T10:30:00Z") from None
+    if moment.tzinfo is None:
+        raise InvalidRange("as_of must name its UTC offset (e.g. Z)")
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidRange("as_of is out of range") from None
+
+
+def device_key_of(key: str) -> UUID:
+    """The device id a path segment names: a UUID, or the id derived from an address (any spelling).
+    Raises DeviceNotFound for a segment that is neither."""
+    try:
+        return UUID(key)
+    except ValueError:
+        pass
+    try:
+        return device_id_for(str(parse_address(key)))
+    except InvalidAddress:
+        raise DeviceNotFound(f"no device {key!r}") from None
+
+
+async def device_at(services: Services, key: str, moment: datetime) -> DeviceView:
+    """The device `key` names as it was at `moment` (a future moment: now); DeviceNotFound if it was not
+    there then."""
+    device_id = device_key_of(key)
+    moment = min(moment, datetime.now(timezone.utc))
+    view = await anyio.to_thread.run_sync(
+        device_as_of, services.app, device_id, moment, services.zone, services.energy_rules
+    )
+    if view is None:
+        raise DeviceNotFound(f"no device {key!r} at {moment.isoformat()}")
+    return view
+
+
 class DevicesController(Controller):
     path = "/api"
     tags = ["devices"]
@@ -95,9 +149,38 @@ class DevicesController(Controller):
         return Response(DeviceAccepted(device_id=added.device_id, device_ip=added.address), status_code=202)
 
     @get("/device/{device:str}", operation_id="getDevice", opt={"permission": Permission.DEVICES_VIEW})
-    async def show(self, device: FromPath[str], services: NamedDependency[Services]) -> DeviceView:
-        """One device by id or address, e.g. `127.0.0.1:9999` or its UUID."""
-        return await resolve_device(services, device)
+    async def show(
+        self, device: FromPath[str], services: NamedDependency[Services], as_of: FromQuery[str | None] = None
+    ) -> DeviceView:
+        """One device by id or address, e.g. `127.0.0.1:9999` or its UUID.
+
+        With `as_of` (ISO 8601 with its offset) the device as it was then, folded from the events
+        stored up to that time, with its latest reading at or before it (today's and this month's
+        energy as of then). 422 `INVALID_RANGE` for a bad time; 404 `DEVICE_NOT_FOUND` if it had not
+        been added yet, or was removed, at that time."""
+        moment = as_of_time(as_of)
+        if moment is None:
+            return await resolve_device(services, device)
+        return await device_at(services, device, moment)
+
+    @patch("/device/{device:str}", operation_id="updateDevice", opt={"permission": Permission.DEVICES_MANAGE})
+    async def update(
+        self,
+        device: FromPath[str],
+        data: JSONBody[DeviceUpdate],
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+    ) -> DeviceView:
+        """Rename a device: on the device itself first (python-kasa), then in the log. 404 unknown or
+        removed device; 422 `DEVICE_UNREACHABLE` when the device does not take the name (nothing stored)."""
+        view = await resolve_device(services, device)
+        if services.control is None:
+            raise Unavailable("renaming devices is not served by this process")
+        stored = await services.control.rename_on_device(
+            RenameOnDevice(device_id=view.device_id, alias=data.alias, actor=principal.actor)
+        )
+        await services.wait_projected(stored.position)
+        return await resolve_device(services, str(view.device_id))
 
     @delete(
         "/devices/{device:str}", operation_id="removeDevice", status_code=200,

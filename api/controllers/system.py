@@ -11,6 +11,7 @@ import msgspec
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
+from adapters.fanout import FanOutStatus
 from adapters.relay import RelayStatus, relay_status
 from api.errors import RETRY_AFTER_S
 from api.guards import NO_CREDENTIALS
@@ -23,6 +24,8 @@ from projections.engine import READ_SCHEMA, ProjectorStatus, projector_status
 class Health(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     timestamp: datetime
+    live: FanOutStatus | None = None
+    """This process's live fan-out: following the stream, connected to NATS, messages still pending."""
 
 
 class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,11 +47,13 @@ class SystemController(Controller):
     @get("/health", operation_id="getHealth", opt={"public": True}, security=NO_CREDENTIALS)
     async def health(self, services: NamedDependency[Services]) -> Response[Health]:
         """Liveness and database reachability: 200 whenever the database answers, 503 with
-        Retry-After when it does not (within about 2 s)."""
+        Retry-After when it does not (within about 2 s). `live` is the live fan-out's state (absent
+        in a process that serves no live clients)."""
+        live = await services.fanout.status() if services.fanout is not None else None
         if await services.database_answers():
-            return Response(Health(status="healthy", timestamp=datetime.now(timezone.utc)))
+            return Response(Health(status="healthy", timestamp=datetime.now(timezone.utc), live=live))
         return Response(
-            Health(status="unhealthy", timestamp=datetime.now(timezone.utc)),
+            Health(status="unhealthy", timestamp=datetime.now(timezone.utc), live=live),
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )

@@ -22,7 +22,8 @@ for name in list(sys.modules):
 sys.meta_path.insert(0, Block())
 import pkgutil, importlib, domain
 # The command handlers may compose coroutines (asyncio) but, like the rest, open nothing.
-ASYNC_ALLOWED = {"domain.handlers", "domain.identity_handlers"}
+ASYNC_ALLOWED = {"domain.handlers", "domain.identity_handlers", "domain.control_handlers", "domain.energy_handlers",
+                 "domain.compliance_handlers"}
 modules = [info.name for info in pkgutil.walk_packages(domain.__path__, "domain.")]
 for name in modules:
     if name not in ASYNC_ALLOWED:

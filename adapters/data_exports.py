@@ -1,0 +1,273 @@
+"""Data export jobs: device readings from the event store written to CSV, JSON or Excel files, and retention.
+
+Jobs run in the API process that accepted the request, a few at a time, each
+in a worker thread (reading the store and writing the file block). The files
+are written by `adapters.export_files` (JSON through its JSON Lines writer,
+then wrapped into one JSON array) under `<data dir>/exports/<export id>.<ext>`.
+A sweep, run every minute by the API process, resumes the exports left queued
+for long (an API process stopped mid-job) and deletes the files whose
+retention ended, recording each as expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import anyio.to_thread
+import msgspec
+import psycopg
+import structlog
+from eventsourcing.utils import get_topic
+from psycopg import sql
+
+from adapters.eventstore import EVENTS_SCHEMA, WattLedger
+from adapters.export_files import open_writer, sha256_file
+from domain.energy import EnergyRules
+from domain.export_handlers import ExportHandlers
+from domain.exports import DataExport, DeviceLabel, ExportSpec, bucket_rows, raw_rows
+from domain.meter import MeterDay, meter_day_id, utc_day
+
+log = structlog.get_logger(__name__)
+
+WRITER_FORMAT = {"csv": "csv", "json": "jsonl", "excel": "xlsx"}
+EXTENSION = {"csv": ".csv", "json": ".json", "excel": ".xlsx"}
+STALE = timedelta(minutes=15)
+"""A queued export older than this is taken to be abandoned by the process that accepted it, and resumed."""
+PRIMING = timedelta(days=1)
+"""How far before an export's start readings are folded, so its first bucket has the counter to start from."""
+
+
+class WrittenExport(msgspec.Struct, frozen=True, kw_only=True):
+    file_name: str
+    file_size: int
+    record_count: int
+    sha256: str
+
+
+def _days(start: datetime, end: datetime) -> list[Any]:
+    first, last = utc_day(start), utc_day(end)
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def device_readings(app: WattLedger, device_id: UUID, start: datetime, end: datetime) -> list[MeterDay.ReadingRecorded]:
+    """The device's readings measured in [start, end), in time order, from its meter-day streams."""
+    readings: list[MeterDay.ReadingRecorded] = []
+    for day in _days(start, end):
+        day_readings = [
+            e for e in app.events.get(meter_day_id(device_id, day))
+            if isinstance(e, MeterDay.ReadingRecorded) and start <= e.measured_at < end
+        ]
+        day_readings.sort(key=lambda e: e.measured_at)
+        readings += day_readings
+    return readings
+
+
+def export_rows(
+    app: WattLedger, spec: ExportSpec, labels: dict[UUID, DeviceLabel], rules: EnergyRules,
+    progress: Callable[[float], None] = lambda share: None,
+) -> Iterator[list[Any]]:
+    """Every row of an export, device by device in the order asked, each in time order."""
+    zone = ZoneInfo(spec.timezone)
+    for done, device_id in enumerate(spec.devices):
+        label = labels[device_id]
+        if spec.aggregation == "raw":
+            yield from raw_rows(label, device_readings(app, device_id, spec.start, spec.end), spec, zone)
+        else:
+            readings = device_readings(app, device_id, spec.start - PRIMING, spec.end)
+            yield from bucket_rows(label, readings, spec, zone, rules)
+        progress((done + 1) / len(spec.devices))
+
+
+def _json_array(lines: Path, target: Path) -> None:
+    """Wrap a JSON Lines file into one JSON array, line by line, then remove it."""
+    part = target.with_name(target.name + ".part")
+    with lines.open("rb") as source, part.open("wb") as out:
+        out.write(b"[")
+        for index, line in enumerate(source):
+            out.write(b"\n" if index == 0 else b",\n")
+            out.write(line.rstrip(b"\r\n"))
+        out.write(b"\n]\n")
+    os.replace(part, target)
+    lines.unlink()
+
+
+def _drop_header(path: Path) -> None:
+    part = path.with_name(path.name + ".part")
+    with path.open("rb") as source, part.open("wb") as out:
+        source.readline()
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+    os.replace(part, path)
+
+
+def write_export(
+    app: WattLedger, export_id: UUID, spec: ExportSpec, labels: dict[UUID, DeviceLabel], directory: Path,
+    rules: EnergyRules, progress: Callable[[float], None] = lambda share: None,
+) -> WrittenExport:
+    """Write an export's file under `directory`; blocking. Raises OSError if the disk refuses (nothing is left)."""
+    with open_writer(WRITER_FORMAT[spec.format], directory, str(export_id), spec.columns()) as writer:
+        for row in export_rows(app, spec, labels, rules, progress):
+            writer.write(row)
+        [path] = writer.close()
+    if spec.format == "json":
+        target = directory / f"{export_id}{EXTENSION['json']}"
+        _json_array(path, target)
+        path = target
+    elif spec.format == "csv" and not spec.include_headers:
+        _drop_header(path)
+    return WrittenExport(file_name=path.name, file_size=path.stat().st_size, record_count=writer.rows,
+                         sha256=sha256_file(path))  # fmt: skip
+
+
+async def readings_stored(conn: psycopg.AsyncConnection[Any], app: WattLedger, device_id: UUID, since: datetime) -> int:
+    """How many readings of the device the event store holds, counted over its meter days from `since` to today."""
+    days = _days(since, datetime.now(timezone.utc))
+    table = sql.SQL("{}.{}").format(sql.Identifier(EVENTS_SCHEMA), sql.Identifier(getattr(app.recorder, "events_table_name")))
+    cur = await conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE originator_id = ANY(%s) AND topic = %s").format(table),
+        ([meter_day_id(device_id, day) for day in days], get_topic(MeterDay.ReadingRecorded)),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+class ExportCatalog(Protocol):
+    """What the jobs read from the read models."""
+
+    async def labels(self, device_ids: list[UUID]) -> dict[UUID, DeviceLabel]:
+        """Address, name and MAC of each device known (removed ones too)."""
+        ...
+
+    async def due(self, now: datetime, queued_before: datetime) -> tuple[list[UUID], list[UUID]]:
+        """(exports queued before `queued_before`, oldest first; completed exports whose retention ended by `now`)."""
+        ...
+
+
+class DataExportJobs:
+    """Runs data export jobs in this process and sweeps expired files.
+
+    `progress` holds the share done (0 to 1) of the jobs running here. An
+    export whose devices are gone from the read model, or whose writing
+    fails, is recorded as failed with the reason.
+    """
+
+    def __init__(
+        self,
+        app: WattLedger,
+        handlers: ExportHandlers,
+        catalog: ExportCatalog,
+        directory: Path,
+        *,
+        retention: timedelta,
+        rules: EnergyRules,
+        on_saved: Callable[[], None] = lambda: None,
+        concurrency: int = 2,
+    ) -> None:
+        self.app = app
+        self.handlers = handlers
+        self.catalog = catalog
+        self.directory = directory
+        self.retention = retention
+        self.rules = rules
+        self.on_saved = on_saved
+        self.progress: dict[UUID, float] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+
+    def path_of(self, file_name: str) -> Path:
+        return self.directory / file_name
+
+    def start(self, export_id: UUID) -> None:
+        """Start the export's job unless it already runs here."""
+        if export_id in self._tasks:
+            return
+        self.progress[export_id] = 0.0
+        task = asyncio.get_running_loop().create_task(self._run(export_id))
+        self._tasks[export_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(export_id, None))
+
+    async def wait(self, export_id: UUID) -> None:
+        """Until the export's job (if it runs here) has finished."""
+        task = self._tasks.get(export_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _run(self, export_id: UUID) -> None:
+        try:
+            async with self._slots:
+                export = await anyio.to_thread.run_sync(self.app.load, export_id)
+                assert isinstance(export, DataExport)
+                if export.status != "queued":
+                    return
+                labels = await self.catalog.labels(list(export.spec.devices))
+                missing = [str(d) for d in export.spec.devices if d not in labels]
+                if missing:
+                    await self.handlers.settle(export_id, outcome="failed", error=f"unknown devices {missing}")
+                    return
+
+                def note(share: float) -> None:
+                    self.progress[export_id] = share
+
+                written = await anyio.to_thread.run_sync(
+                    write_export, self.app, export_id, export.spec, labels, self.directory, self.rules, note
+                )
+                stored = await self.handlers.settle(
+                    export_id, outcome="completed", file_name=written.file_name, file_size=written.file_size,
+                    record_count=written.record_count, sha256=written.sha256, retention=self.retention,
+                )
+                if not stored.position:
+                    self.path_of(written.file_name).unlink(missing_ok=True)
+                log.info("export.completed", export_id=str(export_id), rows=written.record_count,
+                         bytes=written.file_size)  # fmt: skip
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("export.failed", export_id=str(export_id))
+            await self.handlers.settle(export_id, outcome="failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.progress.pop(export_id, None)
+            self.on_saved()
+
+    def remove_file(self, file_name: str | None) -> None:
+        if file_name:
+            self.path_of(file_name).unlink(missing_ok=True)
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """Resume exports queued for longer than `STALE` (their process stopped); delete files past retention,
+        each recorded expired. Returns the exports expired."""
+        moment = now or datetime.now(timezone.utc)
+        queued, expired = await self.catalog.due(moment, moment - STALE)
+        for export_id in queued:
+            self.start(export_id)
+        for export_id in expired:
+            export = await anyio.to_thread.run_sync(self.app.load, export_id)
+            assert isinstance(export, DataExport)
+            self.remove_file(export.file_name)
+            await self.handlers.expire(export_id)
+            log.info("export.expired", export_id=str(export_id))
+        if expired:
+            self.on_saved()
+        return len(expired)
+
+    async def run(self, *, interval: float = 60.0) -> None:
+        """Sweep every `interval` seconds until cancelled; a failed sweep is logged and retried."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("export.sweep_failed")
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Cancel the jobs running here (they stay queued and are resumed by the next sweep)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,176 @@
+"""The command executor: runs the `ControlRequested` events it takes from JetStream, at most once each.
+
+Every executor process pulls from one durable consumer (`wattledger-executor`) on
+`<prefix>.events.command.*.ControlRequested` with explicit acks, so several executors share
+the requests and each request goes to one of them at a time. A request is acked only once its
+outcome is stored; while it runs, the executor tells JetStream it is still working on it
+(`in_progress`, a third of the ack wait), so a live executor never sees its request handed to
+another. Commands for one device run one after another (a lock per device), so concurrent
+toggles are resolved in order; different devices run side by side, up to `concurrency`.
+
+Crash semantics (see `domain.control_handlers`): a request whose executor died is redelivered
+once the ack wait has passed. If the dead executor had not stored `ControlAttempted`, the next
+one runs the command normally (or fails it `expired`); if it had, the command is settled by
+reading the device back and never switched again. A store failure naks the request (retried
+after a second); a request naming no stored command is acked and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from uuid import UUID, uuid4
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from adapters.bus import StreamConfig
+from adapters.contract import decode_envelope
+from domain.control_handlers import ControlHandlers
+from domain.errors import CommandNotFound
+
+log = structlog.get_logger(__name__)
+
+DURABLE = "wattledger-executor"
+FETCH_WAIT_S = 1.0
+NAK_DELAY_S = 1.0
+STOP_GRACE_S = 5.0
+
+
+def executor_name() -> str:
+    """`host:pid:random`: names the executor that claimed a command in `ControlAttempted`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}"
+
+
+class CommandExecutor:
+    """Pulls control requests from JetStream and runs each through `ControlHandlers.execute`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        handlers: ControlHandlers,
+        *,
+        stream: StreamConfig,
+        ack_wait: float = 30.0,
+        concurrency: int = 64,
+        name: str | None = None,
+        on_saved: Callable[[], None] = lambda: None,
+    ) -> None:
+        if ack_wait < 1 or concurrency < 1:
+            raise ValueError("ack_wait must be at least 1 s and concurrency at least 1")
+        self._js = js
+        self._handlers = handlers
+        self._stream = stream
+        self._ack_wait = ack_wait
+        self._concurrency = concurrency
+        self.name = name or executor_name()
+        self._on_saved = on_saved
+        self._device_locks: dict[UUID, asyncio.Lock] = {}
+        self._running: dict[UUID, asyncio.Task[None]] = {}
+        self.executed = 0
+
+    @property
+    def subject(self) -> str:
+        return f"{self._stream.subject_prefix}.events.command.*.ControlRequested"
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            durable_name=DURABLE,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            filter_subject=self.subject,
+            max_ack_pending=max(self._concurrency * 4, 256),
+        )
+        return await self._js.pull_subscribe(self.subject, durable=DURABLE, stream=self._stream.name, config=config)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Pull and execute until `stop` is set; running commands then get STOP_GRACE_S to finish. Cancelled,
+        it abandons them at once, as a killed process would (their requests are redelivered)."""
+        stop = stop or asyncio.Event()
+        subscription = await self._subscribe()
+        log.info("executor.started", executor=self.name, subject=self.subject)
+        graceful = False
+        try:
+            while not stop.is_set():
+                room = self._concurrency - len(self._running)
+                if room <= 0:
+                    await asyncio.wait(list(self._running.values()), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    messages = await subscription.fetch(batch=min(room, 16), timeout=FETCH_WAIT_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+                    log.warning("executor.fetch_failed", error=repr(exc))
+                    await asyncio.sleep(NAK_DELAY_S)
+                    continue
+                for message in messages:
+                    await self._take(message)
+            graceful = True
+        finally:
+            running = list(self._running.values())
+            if running and graceful:
+                await asyncio.wait(running, timeout=STOP_GRACE_S)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            try:
+                await subscription.unsubscribe()
+            except (nats.errors.Error, asyncio.CancelledError):
+                pass
+
+    async def _take(self, message: Msg) -> None:
+        try:
+            envelope = decode_envelope(message.data)
+            command_id = envelope.originator_id
+            device_id = UUID(str(envelope.data["device_id"]))
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError) as exc:
+            log.warning("executor.message_dropped", subject=message.subject, error=repr(exc))
+            await message.term()
+            return
+        if command_id in self._running:
+            return  # a redelivery of a command this executor is running: its heartbeat keeps it
+        task = asyncio.create_task(self._execute(message, command_id, device_id), name=f"control-{command_id}")
+        self._running[command_id] = task
+        task.add_done_callback(lambda _: self._running.pop(command_id, None))
+
+    async def _execute(self, message: Msg, command_id: UUID, device_id: UUID) -> None:
+        heartbeat = asyncio.create_task(self._keep_alive(message))
+        try:
+            async with self._device_locks.setdefault(device_id, asyncio.Lock()):
+                outcome = await self._handlers.execute(command_id, executor=self.name)
+            self._on_saved()
+            self.executed += 1
+            if outcome is not None:
+                log.info(
+                    "executor.command_done", command_id=str(command_id), device_id=str(device_id),
+                    status=outcome.status.value, reason=outcome.reason,
+                )  # fmt: skip
+            await message.ack()
+        except CommandNotFound:
+            log.warning("executor.unknown_command", command_id=str(command_id))
+            await message.ack()
+        except Exception as exc:
+            log.error("executor.command_failed", command_id=str(command_id), error=repr(exc))
+            try:
+                await message.nak(delay=NAK_DELAY_S)
+            except nats.errors.Error:
+                pass
+        finally:
+            heartbeat.cancel()
+
+    async def _keep_alive(self, message: Msg) -> None:
+        """Tell JetStream the request is still being worked on, so it is not handed to another executor."""
+        while True:
+            await asyncio.sleep(self._ack_wait / 3)
+            try:
+                await message.in_progress()
+            except nats.errors.Error:
+                pass

@@ -1,0 +1,513 @@
+"""The live fan-out: one JetStream consumer per API process, delivering to that process's clients.
+
+The fan-out follows the events stream from the moment it starts with an ordered, ephemeral
+push consumer (nats-py recreates it from the last stream sequence it saw after a gap, a
+missed heartbeat or a reconnect, so an outage loses nothing). Each message is decoded once
+into a `LiveEvent` and offered to the subscribers that want it: those watching its device,
+those watching every device, and those watching every event. Identity events that may end a
+subscriber's credentials (a session ended, a key revoked, a user changed) are signalled to
+the subscribers of that session, key or user.
+
+A subscriber is a bounded queue. Offering never waits: when a subscriber's queue is full it
+is ended with `TOO_SLOW` and removed, so one client that does not read never slows the
+others nor grows memory. Several API processes each run their own fan-out for their own
+clients.
+
+The events are translated once into the shapes of the Kasa Monitor API's WebSocket events
+(`device_update`, `device_status`) plus `command_update`, by `seed_message`; the device's
+address comes from a directory loaded at start and kept current from `device.Added` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from adapters.bus import StreamConfig
+from adapters.contract import Envelope, decode_envelope
+
+log = structlog.get_logger(__name__)
+
+DEVICE_AGGREGATES = frozenset({"device", "meter", "command"})
+"""What `DEVICES_VIEW` may see: devices, their readings, and the control commands run on them."""
+
+COMMAND_EVENTS = {"ControlRequested": "requested", "ControlSucceeded": "succeeded", "ControlFailed": "failed"}
+IDENTITY_AGGREGATES = frozenset({"session", "apikey", "user"})
+ENDING_EVENTS = {
+    ("session", "Ended"): ("SESSION_ENDED", "the session has ended; sign in again"),
+    ("apikey", "Revoked"): ("INVALID_API_KEY", "this API key was revoked"),
+    ("user", "Deactivated"): ("ACCOUNT_DISABLED", "this account is deactivated"),
+    ("user", "Deleted"): ("TOKEN_INVALID", "this account was deleted"),
+}
+"""Identity events that end the credentials of every subscriber they name, without asking again."""
+
+_SEEN = 10_000
+_ENCODER = msgspec.json.Encoder()
+
+
+class LiveOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Knobs of live delivery: the queue bound per client, SSE heartbeats, auth deadlines, re-checks."""
+
+    queue_size: int = 256
+    heartbeat: float = 15.0
+    auth_timeout: float = 5.0
+    recheck: float = 30.0
+
+
+class DeviceEntry(msgspec.Struct, frozen=True, kw_only=True):
+    address: str
+    alias: str
+
+
+class LiveEvent:
+    """One message of the stream, decoded once and shared by every subscriber it is offered to."""
+
+    __slots__ = ("envelope", "raw", "device_id", "address", "_seed", "_object")
+
+    def __init__(self, envelope: Envelope[dict[str, Any]], raw: bytes, address: str | None = None) -> None:
+        self.envelope = envelope
+        self.raw = raw
+        self.device_id = device_of(envelope)
+        self.address = address
+        self._seed: bytes | None | Literal[False] = False
+        self._object: dict[str, Any] | None | Literal[False] = False
+
+    @property
+    def notification_id(self) -> int:
+        return self.envelope.notification_id
+
+    def seed(self) -> bytes | None:
+        """The message for WebSocket and socket.io clients (JSON), or None for an event they are not sent."""
+        if self._seed is False:
+            message = self.seed_object()
+            self._seed = _ENCODER.encode(message) if message is not None else None
+        return self._seed
+
+    def seed_object(self) -> dict[str, Any] | None:
+        """`seed()` as a JSON object (for socket.io's `emit`), built once."""
+        if self._object is False:
+            self._object = seed_message(self.envelope, self.address)
+        return self._object
+
+
+def device_of(envelope: Envelope[dict[str, Any]]) -> UUID | None:
+    """The device an event is about: a device event's aggregate, a reading's or a command's `device_id`."""
+    if envelope.aggregate == "device":
+        return envelope.originator_id
+    if envelope.aggregate == "meter" or envelope.event in COMMAND_EVENTS:
+        raw = envelope.data.get("device_id")
+        try:
+            return UUID(str(raw)) if raw is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+def seed_message(envelope: Envelope[dict[str, Any]], address: str | None) -> dict[str, Any] | None:
+    """An event in the Kasa Monitor API's WebSocket shapes, or None for events those clients do not get.
+
+    `device_update` for readings (`is_on`, `current_power_w`, `voltage`, `current`, `total_wh`,
+    `timestamp`, and `outlets` for strips) and for relay switches; `device_status` for a device
+    going offline or coming back; `command_update` for control commands.
+    """
+    device_id = device_of(envelope)
+    if device_id is None:
+        return None
+    head = {"device_ip": address or str(device_id), "device_id": str(device_id)}
+    data = envelope.data
+    match (envelope.aggregate, envelope.event):
+        case ("meter", "ReadingRecorded"):
+            update: dict[str, Any] = {
+                "is_on": data.get("is_on"),
+                "current_power_w": data.get("power_w"),
+                "voltage": data.get("voltage_v"),
+                "current": data.get("current_a"),
+                "total_wh": data.get("total_wh"),
+                "timestamp": data.get("measured_at"),
+            }
+            outlets = data.get("outlets") or []
+            if outlets:
+                update["outlets"] = [
+                    {
+                        "outlet_id": o.get("outlet_id"), "index": o.get("index"), "alias": o.get("alias"),
+                        "is_on": o.get("is_on"), "current_power_w": o.get("power_w"), "voltage": o.get("voltage_v"),
+                        "current": o.get("current_a"), "total_wh": o.get("total_wh"),
+                    }
+                    for o in outlets
+                ]  # fmt: skip
+            return {"event": "device_update", **head, "data": update}
+        case ("device", "StateChanged"):
+            return {
+                "event": "device_update", **head,
+                "data": {"is_on": data.get("is_on"), "outlet_index": data.get("outlet_index"),
+                         "timestamp": _iso(envelope.timestamp)},
+            }  # fmt: skip
+        case ("device", "WentOffline" | "CameOnline"):
+            status = "offline" if envelope.event == "WentOffline" else "online"
+            return {"event": "device_status", **head, "status": status, "timestamp": _iso(envelope.timestamp)}
+        case (_, event) if event in COMMAND_EVENTS:
+            command: dict[str, Any] = {
+                "event": "command_update", **head, "command_id": str(envelope.originator_id),
+                "status": COMMAND_EVENTS[event], "outlet": data.get("outlet"), "action": data.get("action"),
+                "timestamp": _iso(envelope.timestamp),
+            }  # fmt: skip
+            for extra in ("is_on", "reason"):
+                if extra in data:
+                    command[extra] = data[extra]
+            return command
+    return None
+
+
+class Ended(Exception):
+    """The subscriber was ended: `code` names why (`TOO_SLOW`, `CREDENTIALS_ENDED`, `STOPPED`...)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+TOO_SLOW = "TOO_SLOW"
+STOPPED = "STOPPED"
+
+
+class Subscriber:
+    """One client's bounded queue and what it watches: some devices, every device, or every event.
+
+    Items are `LiveEvent`s from the stream and `bytes` the client's own handler queued (replies,
+    current state). `identity` holds the identity events seen about this client's session, key
+    or user since its handler last looked; `recheck` is set when one arrives.
+    """
+
+    def __init__(self, fanout: FanOut, *, queue_size: int, principal_ids: Iterable[UUID] = ()) -> None:
+        self._fanout = fanout
+        self.queue: asyncio.Queue[LiveEvent | bytes] = asyncio.Queue(maxsize=queue_size)
+        self.devices: set[UUID] = set()
+        self.all_devices = False
+        self.all_events = False
+        self.principal_ids = frozenset(principal_ids)
+        self.identity: list[Envelope[dict[str, Any]]] = []
+        self.recheck = asyncio.Event()
+        self.ended: Ended | None = None
+        self._end_signal = asyncio.Event()
+        self._held: dict[UUID, list[LiveEvent]] = {}
+        self._held_all: list[LiveEvent] | None = None
+
+    def wants(self, event: LiveEvent) -> bool:
+        """Whether `event` is one this subscriber watches."""
+        if self.all_events:
+            return True
+        if event.envelope.aggregate not in DEVICE_AGGREGATES or event.device_id is None:
+            return False
+        return self.all_devices or event.device_id in self.devices
+
+    def watch(self, device_id: UUID, *, hold: bool = False) -> None:
+        """Watch one device; with `hold`, its events wait until `release` (to send its current state first)."""
+        if hold:
+            self._held.setdefault(device_id, [])
+        self.devices.add(device_id)
+        self._fanout._index(self, device_id)
+
+    def release(self, device_id: UUID, first: Iterable[bytes] = ()) -> None:
+        """Queue `first` (the device's current state), then the device's events held since `watch`."""
+        items: list[LiveEvent | bytes] = [*first, *self._held.pop(device_id, [])]
+        for item in items:
+            if not self.offer(item):
+                return
+
+    def unwatch(self, device_id: UUID) -> None:
+        self.devices.discard(device_id)
+        self._held.pop(device_id, None)
+        self._fanout._unindex(self, device_id)
+
+    def watch_all(self, *, events: bool = False, hold: bool = False) -> None:
+        """Watch every device (or, with `events`, every event of the stream); `hold` as for `watch`."""
+        if hold:
+            self._held_all = []
+        self.all_devices = True
+        self.all_events = self.all_events or events
+        if self.ended is None:
+            self._fanout._broad.add(self)
+
+    def release_all(self, first: Iterable[bytes] = ()) -> None:
+        """Queue `first` (every device's current state), then the events held since `watch_all`."""
+        items: list[LiveEvent | bytes] = [*first, *(self._held_all or [])]
+        self._held_all = None
+        for item in items:
+            if not self.offer(item):
+                return
+
+    def offer(self, item: LiveEvent | bytes) -> bool:
+        """Queue an item without waiting. A full queue ends the subscriber (`TOO_SLOW`): returns False."""
+        if self.ended is not None:
+            return False
+        if isinstance(item, LiveEvent):
+            if self._held_all is not None:
+                self._held_all.append(item)
+                return True
+            if item.device_id in self._held:
+                self._held[item.device_id].append(item)
+                return True
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._fanout.dropped += 1
+            log.info("live.client_dropped", reason="queue full", queue_size=self.queue.maxsize)
+            self.end(TOO_SLOW, f"too slow: {self.queue.maxsize} messages unread")
+            return False
+        return True
+
+    def notice(self, envelope: Envelope[dict[str, Any]]) -> None:
+        """An identity event about this subscriber's session, key or user."""
+        self.identity.append(envelope)
+        self.recheck.set()
+
+    def end(self, code: str, reason: str) -> None:
+        """Stop delivering to this subscriber (idempotent); `next()` raises Ended from then on."""
+        if self.ended is not None:
+            return
+        self.ended = Ended(code, reason)
+        self._end_signal.set()
+        self._fanout._remove(self)
+
+    async def next(self, timeout: float | None = None) -> LiveEvent | bytes | None:
+        """The next item, or None after `timeout` seconds without one.
+
+        Raises Ended once the subscriber was ended (items still queued are dropped then).
+        """
+        if self.ended is not None:
+            raise self.ended
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        getter = asyncio.ensure_future(self.queue.get())
+        ender = asyncio.ensure_future(self._end_signal.wait())
+        try:
+            await asyncio.wait((getter, ender), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ender.cancel()
+            if not getter.done():
+                getter.cancel()
+        if self.ended is not None:
+            raise self.ended
+        return getter.result() if getter.done() and not getter.cancelled() else None
+
+    def close(self) -> None:
+        """The client left: stop delivering to it."""
+        self.end(STOPPED, "the client left")
+
+
+class FanOutStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What `/api/health` shows: whether the fan-out follows the stream, how far behind, for whom."""
+
+    running: bool
+    connected: bool
+    subscribers: int
+    position: int
+    pending: int | None
+    delivered: int
+    dropped_clients: int
+    last_event_at: datetime | None
+
+
+DirectoryLoader = Callable[[], Awaitable[Mapping[UUID, DeviceEntry]]]
+
+
+class FanOut:
+    """Follows `<prefix>.events.>` from now on and offers each event to this process's subscribers.
+
+    `start()` creates the consumer and loads the device directory (after subscribing, so no
+    device added in between is missed); `stop()` ends every subscriber with `STOPPED`.
+    A message that is not a contract envelope is logged and skipped; an event seen already
+    (JetStream redelivery, a relay re-publishing) is skipped by its `notification_id`.
+    """
+
+    def __init__(
+        self, nc: Client, js: JetStreamContext, stream: StreamConfig, *, directory: DirectoryLoader,
+        options: LiveOptions | None = None,
+    ) -> None:  # fmt: skip
+        self.nc = nc
+        self.js = js
+        self.stream = stream
+        self.options = options or LiveOptions()
+        self._load_directory = directory
+        self.directory: dict[UUID, DeviceEntry] = {}
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._by_device: dict[UUID, set[Subscriber]] = {}
+        self._broad: set[Subscriber] = set()
+        self._by_principal: dict[UUID, set[Subscriber]] = {}
+        self._subscribers: set[Subscriber] = set()
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self.position = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.last_event_at: datetime | None = None
+        self.last_event_monotonic: float | None = None
+        self._reloading: asyncio.Future[None] | None = None
+        self._reloaded_at = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._sub is not None
+
+    async def start(self) -> None:
+        """Subscribe from now on (new messages only), then load the directory. Raises nats errors."""
+        if self._sub is not None:
+            return
+        self._sub = await self.js.subscribe(
+            f"{self.stream.subject_prefix}.events.>",
+            stream=self.stream.name,
+            cb=self._on_message,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+            idle_heartbeat=5.0,
+            pending_msgs_limit=100_000,
+        )
+        try:
+            loaded = await self._load_directory()
+        except Exception as exc:  # the directory fills from the stream as well
+            log.warning("live.directory_not_loaded", error=repr(exc))
+            loaded = {}
+        self.directory = {**loaded, **self.directory}
+        log.info("live.fanout_started", stream=self.stream.name, devices=len(self.directory))
+
+    async def stop(self) -> None:
+        """Unsubscribe and end every subscriber with `STOPPED`."""
+        sub, self._sub = self._sub, None
+        for subscriber in list(self._subscribers):
+            subscriber.end(STOPPED, "the server is stopping")
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # a closed connection has no subscription left to end
+                log.debug("live.unsubscribe_failed", error=repr(exc))
+
+    def subscribe(self, *, principal_ids: Iterable[UUID] = (), queue_size: int | None = None) -> Subscriber:
+        """A new subscriber watching nothing yet; identity events naming `principal_ids` reach it."""
+        subscriber = Subscriber(self, queue_size=queue_size or self.options.queue_size, principal_ids=principal_ids)
+        self._subscribers.add(subscriber)
+        for pid in subscriber.principal_ids:
+            self._by_principal.setdefault(pid, set()).add(subscriber)
+        return subscriber
+
+    def address_of(self, device_id: UUID) -> str | None:
+        entry = self.directory.get(device_id)
+        return entry.address if entry else None
+
+    async def status(self) -> FanOutStatus:
+        """The fan-out's state; `pending` asks the server (1 s at most) and is None when it cannot."""
+        pending: int | None = None
+        if self._sub is not None and self.nc.is_connected:
+            try:
+                info = await asyncio.wait_for(self._sub.consumer_info(), timeout=1.0)
+                pending = int(info.num_pending or 0) + self._sub.pending_msgs
+            except Exception:  # reported as unknown
+                pending = None
+        return FanOutStatus(
+            running=self.running,
+            connected=self.nc.is_connected,
+            subscribers=len(self._subscribers),
+            position=self.position,
+            pending=pending,
+            delivered=self.delivered,
+            dropped_clients=self.dropped,
+            last_event_at=self.last_event_at,
+        )
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            envelope = decode_envelope(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("live.message_skipped", subject=msg.subject, error=str(exc)[:200])
+            return
+        self.dispatch(envelope, msg.data)
+
+    def dispatch(self, envelope: Envelope[dict[str, Any]], raw: bytes) -> None:
+        """Offer one event to the subscribers that want it (never waits for any of them)."""
+        nid = envelope.notification_id
+        if nid in self._seen:
+            return
+        self._seen[nid] = None
+        if len(self._seen) > _SEEN:
+            self._seen.popitem(last=False)
+        self.position = max(self.position, nid)
+        self.delivered += 1
+        self.last_event_at = envelope.timestamp
+        self.last_event_monotonic = time.monotonic()
+        if envelope.aggregate == "device" and envelope.event in ("Added", "Renamed"):
+            self._learn(envelope)
+        if envelope.aggregate in IDENTITY_AGGREGATES:
+            for subscriber in list(self._by_principal.get(envelope.originator_id, ())):
+                subscriber.notice(envelope)
+        event = LiveEvent(envelope, raw)
+        if event.device_id is not None:
+            event.address = self.address_of(event.device_id)
+            if event.address is None:
+                self._reload_soon()
+        targets = set(self._broad)
+        if event.device_id is not None:
+            targets.update(self._by_device.get(event.device_id, ()))
+        for subscriber in targets:
+            if subscriber.wants(event):
+                subscriber.offer(event)
+
+    def _reload_soon(self) -> None:
+        """Reload the directory in the background (at most once a second) after meeting an unknown device."""
+        now = time.monotonic()
+        if self._reloading is not None or now - self._reloaded_at < 1.0:
+            return
+        self._reloaded_at = now
+
+        async def reload() -> None:
+            try:
+                self.directory = {**(await self._load_directory()), **self.directory}
+            except Exception as exc:  # tried again at the next unknown device
+                log.warning("live.directory_not_loaded", error=repr(exc))
+            finally:
+                self._reloading = None
+
+        self._reloading = asyncio.ensure_future(reload())
+
+    def _learn(self, envelope: Envelope[dict[str, Any]]) -> None:
+        data = envelope.data
+        known = self.directory.get(envelope.originator_id)
+        address = str(data.get("address") or (known.address if known else envelope.originator_id))
+        alias = str(data.get("alias") or (known.alias if known else ""))
+        self.directory[envelope.originator_id] = DeviceEntry(address=address, alias=alias)
+
+    def _index(self, subscriber: Subscriber, device_id: UUID) -> None:
+        if subscriber.ended is None:
+            self._by_device.setdefault(device_id, set()).add(subscriber)
+
+    def _unindex(self, subscriber: Subscriber, device_id: UUID) -> None:
+        watchers = self._by_device.get(device_id)
+        if watchers is not None:
+            watchers.discard(subscriber)
+            if not watchers:
+                del self._by_device[device_id]
+
+    def _remove(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+        self._broad.discard(subscriber)
+        for device_id in list(subscriber.devices):
+            self._unindex(subscriber, device_id)
+        for pid in subscriber.principal_ids:
+            watchers = self._by_principal.get(pid)
+            if watchers is not None:
+                watchers.discard(subscriber)
+                if not watchers:
+                    del self._by_principal[pid]

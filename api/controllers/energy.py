@@ -1,0 +1,376 @@
+"""Energy: readings import, history with rollups, statistics, usage sessions."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Annotated
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from litestar import Controller, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from api.controllers.devices import resolve_device
+from api.services import Services
+from domain.calendar import local_period
+from domain.commands import device_key
+from domain.energy import DEVICE_CHANNEL, Interval
+from domain.energy_handlers import EnergyHandlers, ImportReadings, SetSessionThreshold
+from domain.errors import InvalidRange, Unavailable
+from domain.identity import Permission, Principal
+from domain.imports import ImportedReading
+from domain.rollups import BUCKET, EPOCH, split_buckets
+from domain.usage import sessions as find_sessions
+from projections.energy import (
+    AGGREGATIONS,
+    Point,
+    bucket_prices,
+    channel_runs,
+    history,
+    power_summary,
+    session_threshold,
+    totals,
+)
+
+PERIODS = {
+    "24h": timedelta(days=1),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "3m": timedelta(days=91),
+    "6m": timedelta(days=182),
+    "1y": timedelta(days=365),
+}
+AUTO = {"24h": "5min", "7d": "hourly", "30d": "6hourly", "3m": "daily", "6m": "daily", "1y": "weekly"}
+MAX_SPAN = timedelta(days=3 * 366)
+MAX_RAW_SPAN = timedelta(days=31)
+MAX_SESSION_SPAN = timedelta(days=92)
+IMPORT_PROJECTION_WAIT_S = 30.0
+
+
+class ImportRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Readings of one device: up to 10,000, checked as a whole."""
+
+    readings: list[ImportedReading]
+
+
+class ImportResult(msgspec.Struct, frozen=True, kw_only=True):
+    received: int
+    recorded: int
+    duplicates: int
+    projected: bool
+
+
+class ThresholdRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The device's usage-session threshold in W; null returns it to the setting's default."""
+
+    threshold_w: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] | None
+
+
+class ThresholdView(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: UUID
+    threshold_w: float | None
+
+
+class HistoryMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    count: int
+    period: str | None
+    aggregation: str
+    timezone: str
+    start_time: datetime
+    end_time: datetime
+    query_time_ms: float
+
+
+class HistoryView(msgspec.Struct, frozen=True, kw_only=True):
+    data: list[Point]
+    metadata: HistoryMetadata
+
+
+class StatsView(msgspec.Struct, frozen=True, kw_only=True):
+    daily_usage_kwh: float
+    weekly_usage_kwh: float
+    monthly_usage_kwh: float
+    daily_cost: float
+    weekly_cost: float
+    monthly_cost: float
+    average_power_w: float
+    peak_power_w: float
+    total_on_time_hours: float
+    timezone: str
+
+
+class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+    outlet: str | None
+    start: datetime
+    end: datetime
+    duration_s: float
+    energy_kwh: float
+    cost: float
+    peak_power_w: float
+
+
+class SessionsView(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: UUID
+    sessions: list[SessionView]
+    count: int
+    threshold_w: float
+    min_duration_s: float
+    start_time: datetime
+    end_time: datetime
+
+
+def parse_zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
+    """An IANA zone by name (the default when None); raises InvalidRange for an unknown one."""
+    if name is None:
+        return default
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRange(f"timezone {name!r} is not an IANA time zone") from None
+
+
+def parse_time(text: str | None, field: str) -> datetime | None:
+    """An ISO 8601 time with its offset; raises InvalidRange naming `field` otherwise."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRange(f"{field} must be an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise InvalidRange(f"{field} must name its UTC offset (e.g. Z)")
+    if moment.year < 2000 or moment.year > 9000:
+        raise InvalidRange(f"{field} must be from the year 2000 to 9000")
+    return moment.astimezone(timezone.utc)
+
+
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    return EPOCH + ((moment - EPOCH) // step) * step
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    return EPOCH - ((EPOCH - moment) // step) * step
+
+
+def _auto(span: timedelta) -> str:
+    for limit, aggregation in (
+        (timedelta(days=1), "5min"), (timedelta(days=7), "hourly"), (timedelta(days=31), "6hourly"),
+        (timedelta(days=183), "daily"),
+    ):  # fmt: skip
+        if span <= limit:
+            return aggregation
+    return "weekly"
+
+
+def history_range(
+    period: str | None, start_time: str | None, end_time: str | None, aggregation: str, now: datetime
+) -> tuple[datetime, datetime, str]:
+    """[start, end) and the aggregation a history query asks for; raises InvalidRange (422) for a bad one.
+
+    A period ends now; its range is widened to whole buckets (whole hours above
+    5 minutes). A range given by `start_time` / `end_time` is taken as given.
+    """
+    if period is not None and period not in PERIODS:
+        raise InvalidRange(f"period must be one of {', '.join(PERIODS)}")
+    if aggregation != "auto" and aggregation not in AGGREGATIONS:
+        raise InvalidRange(f"aggregation must be auto or one of {', '.join(AGGREGATIONS)}")
+    start, end = parse_time(start_time, "start_time"), parse_time(end_time, "end_time")
+    if start is None and end is None:
+        length = PERIODS[period or "24h"]
+        chosen = AUTO[period or "24h"] if aggregation == "auto" else aggregation
+        step = BUCKET if chosen in ("raw", "5min") else timedelta(hours=1)
+        start, end = _floor(now - length, step), _ceil(now, step) if chosen != "raw" else now
+    else:
+        end = end or now
+        start = start or end - PERIODS[period or "24h"]
+        if start >= end:
+            raise InvalidRange("start_time must be before end_time")
+        chosen = _auto(end - start) if aggregation == "auto" else aggregation
+    if end - start > (MAX_RAW_SPAN if chosen == "raw" else MAX_SPAN):
+        raise InvalidRange(f"the range is too long for aggregation {chosen}")
+    return start, end, chosen
+
+
+def energy_of(services: Services) -> EnergyHandlers:
+    if services.energy is None:
+        raise Unavailable("energy is not configured in this process")
+    return services.energy
+
+
+class EnergyController(Controller):
+    path = "/api"
+    tags = ["energy"]
+
+    @post(
+        "/devices/{device:str}/readings", operation_id="importReadings", status_code=200,
+        opt={"permission": Permission.DEVICES_MANAGE},
+    )  # fmt: skip
+    async def import_readings(
+        self,
+        device: FromPath[str],
+        data: JSONBody[ImportRequest],
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+    ) -> ImportResult:
+        """Import up to 10,000 readings of a device (late, in any order); the same events as polled readings.
+
+        422 `INVALID_READINGS` names the first bad item and nothing is stored; 404 for an unknown or removed
+        device, 400 for an address that is not one.
+        A reading whose timestamp is already recorded changes nothing."""
+        result = await energy_of(services).import_readings(
+            ImportReadings(device_id=device_key(device), readings=tuple(data.readings), actor=principal.actor)
+        )
+        projected = True
+        if result.position:
+            projected = await services.wait_projected(
+                result.position, projector="energy", timeout=IMPORT_PROJECTION_WAIT_S
+            )
+        return ImportResult(
+            received=result.received, recorded=result.recorded, duplicates=result.duplicates, projected=projected
+        )
+
+    @put(
+        "/device/{device:str}/session-threshold", operation_id="setSessionThreshold",
+        opt={"permission": Permission.DEVICES_MANAGE},
+    )  # fmt: skip
+    async def set_threshold(
+        self,
+        device: FromPath[str],
+        data: JSONBody[ThresholdRequest],
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+    ) -> ThresholdView:
+        """Set the power at or above which this device (or an outlet of it) is in a usage session; recorded
+        as a device event with its actor. 404 for an unknown device."""
+        device_id = device_key(device)
+        position = await energy_of(services).set_session_threshold(
+            SetSessionThreshold(device_id=device_id, threshold_w=data.threshold_w, actor=principal.actor)
+        )
+        await services.wait_projected(position, projector="energy")
+        return ThresholdView(device_id=device_id, threshold_w=data.threshold_w)
+
+    @get("/device/{device:str}/history", operation_id="getDeviceHistory", opt={"permission": Permission.DEVICES_VIEW})
+    async def history(
+        self,
+        device: FromPath[str],
+        services: NamedDependency[Services],
+        period: FromQuery[str | None] = None,
+        start_time: FromQuery[str | None] = None,
+        end_time: FromQuery[str | None] = None,
+        aggregation: FromQuery[str] = "auto",
+        timezone: FromQuery[str | None] = None,
+    ) -> HistoryView:
+        """Energy, cost and power of a device over a period (24h, 7d, 30d, 3m, 6m, 1y) or
+        [start_time, end_time), by raw reading, 5 minutes, or local hour, 6 hours, day, week or month of
+        `timezone`. 422 `INVALID_RANGE` for a bad period, range, aggregation or zone."""
+        began = time.perf_counter()
+        zone = parse_zone(timezone, services.zone)
+        start, end, chosen = history_range(period, start_time, end_time, aggregation, datetime.now(tz=_UTC))
+        view = await resolve_device(services, device)
+        async with services.read_pool.connection() as conn:
+            points = await history(conn, view.device_id, start, end, chosen, zone)
+        return HistoryView(
+            data=points,
+            metadata=HistoryMetadata(
+                count=len(points), period=period, aggregation=chosen, timezone=zone.key, start_time=start,
+                end_time=end, query_time_ms=round((time.perf_counter() - began) * 1000, 3),
+            ),
+        )  # fmt: skip
+
+    @get("/device/{device:str}/stats", operation_id="getDeviceStats", opt={"permission": Permission.DEVICES_VIEW})
+    async def stats(self, device: FromPath[str], services: NamedDependency[Services]) -> StatsView:
+        """Today's, this week's (from Monday) and this month's kWh and cost in the configured zone; average
+        and peak power and on-time this month."""
+        view = await resolve_device(services, device)
+        zone = services.zone
+        now = datetime.now(tz=_UTC)
+        day = local_period(now, zone, "day")
+        month = local_period(now, zone, "month")
+        monday = local_period(day.start - timedelta(days=now.astimezone(zone).weekday()) + timedelta(hours=12),
+                              zone, "day")  # fmt: skip
+        async with services.read_pool.connection() as conn:
+            today, week, this_month = await totals(
+                conn, view.device_id, [(day.start, day.end), (monday.start, day.end), (month.start, month.end)]
+            )
+            power = await power_summary(conn, view.device_id, month.start, month.end)
+        return StatsView(
+            daily_usage_kwh=round(today.wh / 1000, 6), weekly_usage_kwh=round(week.wh / 1000, 6),
+            monthly_usage_kwh=round(this_month.wh / 1000, 6), daily_cost=_round(today.cost),
+            weekly_cost=_round(week.cost), monthly_cost=_round(this_month.cost),
+            average_power_w=power.average_power_w, peak_power_w=power.peak_power_w,
+            total_on_time_hours=power.on_time_hours, timezone=zone.key,
+        )  # fmt: skip
+
+    @get(
+        "/device/{device:str}/sessions", operation_id="getDeviceSessions", opt={"permission": Permission.DEVICES_VIEW}
+    )
+    async def sessions(
+        self,
+        device: FromPath[str],
+        services: NamedDependency[Services],
+        start_time: FromQuery[str | None] = None,
+        end_time: FromQuery[str | None] = None,
+        threshold_w: FromQuery[float | None] = None,
+        min_duration_s: FromQuery[float | None] = None,
+    ) -> SessionsView:
+        """Usage sessions of a device or its outlets in [start_time, end_time) (default: the last 24 hours):
+        each run above `threshold_w` (default: the device's own threshold, else the setting, 5 W) lasting
+        `min_duration_s` or longer, with its
+        energy, cost and peak power. 422 `INVALID_RANGE` for a bad range or limit."""
+        settings = energy_of(services).settings
+        end = parse_time(end_time, "end_time") or datetime.now(tz=_UTC)
+        start = parse_time(start_time, "start_time") or end - timedelta(days=1)
+        if start >= end or end - start > MAX_SESSION_SPAN:
+            raise InvalidRange("start_time must be before end_time, at most 92 days apart")
+        if (threshold_w is not None and not 0 <= threshold_w < 1e6) or (
+            min_duration_s is not None and not 0 <= min_duration_s <= 92 * 86400
+        ):
+            raise InvalidRange("threshold_w must be from 0 to 1e6 W and min_duration_s from 0 s to 92 days")
+        minimum = settings.session_min_duration if min_duration_s is None else timedelta(seconds=min_duration_s)
+        view = await resolve_device(services, device)
+        found: list[SessionView] = []
+        async with services.read_pool.connection() as conn:
+            own = await session_threshold(conn, view.device_id)
+            threshold = threshold_w if threshold_w is not None else settings.session_threshold_w if own is None else own
+            for channel, runs in sorted((await channel_runs(conn, view.device_id, start, end)).items()):
+                spans = find_sessions(runs, threshold_w=threshold, min_duration=minimum, max_gap=settings.rules.max_gap)
+                if not spans:
+                    continue
+                prices = await bucket_prices(conn, view.device_id, channel, start - BUCKET, end + BUCKET)
+                for span in spans:
+                    found.append(SessionView(
+                        outlet=None if channel == DEVICE_CHANNEL else channel, start=span.start, end=span.end,
+                        duration_s=(span.end - span.start).total_seconds(), energy_kwh=round(span.wh / 1000, 6),
+                        cost=_round(_session_cost(span.intervals, channel, prices)), peak_power_w=span.peak_w,
+                    ))  # fmt: skip
+        found.sort(key=lambda s: (s.start, s.outlet or ""))
+        return SessionsView(
+            device_id=view.device_id, sessions=found, count=len(found), threshold_w=threshold,
+            min_duration_s=minimum.total_seconds(), start_time=start, end_time=end,
+        )  # fmt: skip
+
+
+_UTC = timezone.utc
+
+
+def _round(value: Decimal, places: int = 4) -> float:
+    return float(round(value, places))
+
+
+def _session_cost(
+    intervals: tuple[tuple[datetime, datetime, float], ...], channel: str, prices: dict[datetime, tuple[float, Decimal]]
+) -> Decimal:
+    """A session's energy charged at the average price of each 5-minute bucket it falls in."""
+    cost = Decimal(0)
+    for start, end, wh in intervals:
+        if wh <= 0:
+            continue
+        for bucket, part in split_buckets(Interval(channel=channel, start=start, end=end, wh=wh)):
+            bucket_wh, bucket_cost = prices.get(bucket, (0.0, Decimal(0)))
+            if bucket_wh > 0:
+                cost += bucket_cost * Decimal(repr(part)) / Decimal(repr(bucket_wh))
+    return cost

@@ -1,0 +1,198 @@
+"""Electricity rates (versioned) and cost analysis."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody
+
+from api.controllers.energy import energy_of, parse_time, parse_zone
+from api.services import Services
+from domain.energy_handlers import SetRate
+from domain.errors import InvalidRange, RateNotFound
+from domain.identity import Permission, Principal
+from domain.rates import RateVersion, TouPeriod, in_force
+from projections.energy import cost_report, rate_versions
+
+MAX_COST_DAYS = 3 * 366
+Number = float | str
+
+
+class RateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A new rate version, in the Kasa Monitor shape; tier and flat prices may also sit at the top level."""
+
+    rate_type: str
+    currency: str | None = None
+    rate_structure: dict[str, Any] | None = None
+    time_of_use_rates: list[Any] | None = None
+    weekend_time_of_use_rates: list[Any] | None = None
+    billing_cycle_day: int | None = None
+    daily_charge: Number | None = None
+    timezone: str | None = None
+    effective_from: str | None = None
+    rate_per_kwh: Number | None = None
+    tier1_limit: Number | None = None
+    tier1_rate: Number | None = None
+    tier2_limit: Number | None = None
+    tier2_rate: Number | None = None
+    tier3_rate: Number | None = None
+
+
+class TouView(msgspec.Struct, frozen=True, kw_only=True):
+    start_hour: int
+    end_hour: int
+    rate: float
+    label: str
+
+
+class RateView(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    rate_type: str
+    currency: str
+    timezone: str
+    effective_from: datetime
+    rate_structure: dict[str, float]
+    time_of_use_rates: list[TouView]
+    weekend_time_of_use_rates: list[TouView]
+    billing_cycle_day: int
+    daily_charge: float
+    recorded_at: datetime | None
+    actor: str
+
+
+class RateHistoryView(msgspec.Struct, frozen=True, kw_only=True):
+    versions: list[RateView]
+    count: int
+
+
+class DeviceCost(msgspec.Struct, frozen=True, kw_only=True):
+    device_id: UUID
+    device_ip: str
+    device_name: str
+    total_kwh: float
+    total_cost: float
+    percentage: float
+
+
+class DayCostView(msgspec.Struct, frozen=True, kw_only=True):
+    date: date
+    kwh: float
+    cost: float
+
+
+class CostsView(msgspec.Struct, frozen=True, kw_only=True):
+    start_date: date
+    end_date: date
+    timezone: str
+    currency: str
+    total_cost: float
+    total_kwh: float
+    average_daily_cost: float
+    fixed_charges: float
+    devices: list[DeviceCost]
+    daily_breakdown: list[DayCostView]
+
+
+def _periods(periods: tuple[TouPeriod, ...]) -> list[TouView]:
+    return [TouView(start_hour=p.start_hour, end_hour=p.end_hour, rate=float(p.rate), label=p.label) for p in periods]
+
+
+def rate_view(rate: RateVersion) -> RateView:
+    names = ("rate_per_kwh", "tier1_limit", "tier1_rate", "tier2_limit", "tier2_rate", "tier3_rate")
+    structure = {n: float(v) for n in names if (v := getattr(rate, n)) is not None}
+    return RateView(
+        version=rate.version, rate_type=rate.rate_type, currency=rate.currency, timezone=rate.timezone,
+        effective_from=rate.effective_from, rate_structure=structure,
+        time_of_use_rates=_periods(rate.time_of_use_rates),
+        weekend_time_of_use_rates=_periods(rate.weekend_time_of_use_rates),
+        billing_cycle_day=rate.billing_cycle_day, daily_charge=float(rate.daily_charge),
+        recorded_at=rate.recorded_at, actor=rate.actor,
+    )  # fmt: skip
+
+
+def _date(text: str | None, field: str) -> date | None:
+    """A local date (YYYY-MM-DD) from 2000 on; raises InvalidRange naming `field` otherwise."""
+    if text is None:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise InvalidRange(f"{field} must be a date (YYYY-MM-DD)") from None
+    if not 2000 <= day.year <= 9000:
+        raise InvalidRange(f"{field} must be from the year 2000 on")
+    return day
+
+
+class RatesController(Controller):
+    path = "/api"
+    tags = ["rates"]
+
+    @get("/rates", operation_id="getRates", opt={"permission": Permission.DEVICES_VIEW})
+    async def current(self, services: NamedDependency[Services], as_of: FromQuery[str | None] = None) -> RateView:
+        """The rate version in force now, or at `as_of` (ISO 8601). 404 `RATE_NOT_FOUND` when none is."""
+        moment = parse_time(as_of, "as_of") or datetime.now(timezone.utc)
+        async with services.read_pool.connection() as conn:
+            rate = in_force(await rate_versions(conn), moment)
+        if rate is None:
+            raise RateNotFound(f"no rate is in force at {moment.isoformat()}")
+        return rate_view(rate)
+
+    @get("/rates/history", operation_id="getRateHistory", opt={"permission": Permission.DEVICES_VIEW})
+    async def history(self, services: NamedDependency[Services]) -> RateHistoryView:
+        """Every rate version, oldest first, with who set it and when it took effect."""
+        async with services.read_pool.connection() as conn:
+            versions = [rate_view(r) for r in await rate_versions(conn)]
+        return RateHistoryView(versions=versions, count=len(versions))
+
+    @post("/rates", operation_id="setRates", status_code=201, opt={"permission": Permission.RATES_EDIT})
+    async def set_rates(
+        self, data: JSONBody[RateRequest], principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> RateView:
+        """A new rate version (`simple`, `tiered` or `time_of_use`), in force from `effective_from` (default now,
+        moved up to the next 5-minute boundary); energy used before it keeps its cost. 422 `INVALID_RATE`
+        names the first bad field."""
+        body = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        stored = await energy_of(services).set_rate(
+            SetRate(body=body, default_zone=services.zone.key, actor=principal.actor)
+        )
+        await services.wait_projected(stored.position, projector="energy", timeout=30.0)
+        return rate_view(stored.rate)
+
+    @get("/costs", operation_id="getCosts", opt={"permission": Permission.DEVICES_VIEW})
+    async def costs(
+        self,
+        services: NamedDependency[Services],
+        start_date: FromQuery[str | None] = None,
+        end_date: FromQuery[str | None] = None,
+        timezone: FromQuery[str | None] = None,
+    ) -> CostsView:
+        """Energy and cost from `start_date` to `end_date` (local dates of `timezone`, both inclusive; default
+        this month so far): per device with its share of the energy, and per day, fixed daily charges
+        included in the days. Each figure is rounded once, so the days sum to the total exactly.
+        422 `INVALID_RANGE` for a bad range or zone."""
+        zone = parse_zone(timezone, services.zone)
+        today = datetime.now(zone).date()
+        first = _date(start_date, "start_date") or today.replace(day=1)
+        last = _date(end_date, "end_date") or today
+        if last < first or (last - first).days >= MAX_COST_DAYS:
+            raise InvalidRange("end_date must be on or after start_date, at most three years later")
+        async with services.read_pool.connection() as conn:
+            report = await cost_report(conn, first, last, zone)
+        return CostsView(
+            start_date=first, end_date=last, timezone=zone.key, currency=report.currency,
+            total_cost=float(report.total_cost), total_kwh=round(report.total_wh / 1000, 6),
+            average_daily_cost=float(report.average_daily_cost), fixed_charges=float(report.fixed_charges),
+            devices=[
+                DeviceCost(
+                    device_id=d.device_id, device_ip=d.address, device_name=d.alias, total_kwh=round(d.wh / 1000, 6),
+                    total_cost=float(d.cost), percentage=d.percentage,
+                )
+                for d in report.devices
+            ],
+            daily_breakdown=[DayCostView(date=d.day, kwh=round(d.wh / 1000, 6), cost=float(d.cost)) for d in report.days],
+        )  # fmt: skip

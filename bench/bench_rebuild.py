@@ -1,0 +1,85 @@
+"""`rebuild all`: every registered read model replayed into shadow tables and swapped in, against reading the log.
+
+    python bench/bench_rebuild.py [--devices 200] [--cycles 100]
+
+Stores `devices x cycles` readings (plus the devices), then times in the same run
+(1) the baseline: reading and decoding the whole notification log in sections of
+2000, and (2) `rebuild_many(all)` over `all_projectors` (default settings): one
+read and decode of each section for every read model, each section committed to
+the shadow tables, then the swap. Prints events/s of both, and the ratio; then
+each read model's rebuild alone, to show which one sets the pace.
+Uses a scratch database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
+from bench.bench_poll_store import plug  # noqa: E402
+from bench.scratch import PollRecorder, bench_main  # noqa: E402
+from domain.device import Device  # noqa: E402
+from infra.bootstrap import all_projectors  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+from projections.engine import ProjectionEngine  # noqa: E402
+
+SECTION = 2000
+
+
+def run(url: str, devices: int, cycles: int) -> None:
+    ensure_events_schema(url)
+    app = WattLedger(store_env(url))
+    projectors = all_projectors(Settings())
+    engine = ProjectionEngine(app, url, projectors, batch_size=SECTION)
+    names = [p.name for p in projectors]
+    try:
+        fleet = [Device.from_snapshot(f"10.8.{i // 256}.{i % 256}", plug(i, 0), alias=None, actor="bench")
+                 for i in range(devices)]
+        for start in range(0, len(fleet), 100):
+            app.save(*fleet[start:start + 100])
+        began_at = datetime(2026, 1, 5, tzinfo=timezone.utc)
+        recorder = PollRecorder(app)
+        for cycle in range(cycles):
+            at = began_at + timedelta(minutes=cycle + 1)
+            recorder.record([PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
+                             for i, d in enumerate(fleet)])
+        recorder.close()
+        total = app.recorder.max_notification_id() or 0
+
+        began = time.perf_counter()
+        position = 0
+        while batch := app.recorder.select_notifications(start=position, limit=SECTION, inclusive_of_start=False):
+            for notification in batch:
+                app.mapper.to_domain_event(notification)
+            position = batch[-1].id
+        baseline = total / (time.perf_counter() - began)
+
+        engine.setup()
+        engine.catch_up_all()
+        began = time.perf_counter()
+        replayed = engine.rebuild_many(names)
+        ours = replayed / (time.perf_counter() - began)
+        differences = engine.verify(names)
+        alone: dict[str, float] = {}
+        for name in names:
+            began = time.perf_counter()
+            alone[name] = engine.rebuild(name) / (time.perf_counter() - began)
+    finally:
+        engine.close()
+        app.close()
+    print(f"read models           {', '.join(names)}")
+    print(f"read + decode log     {baseline:10,.0f} events/s  ({total} events)")
+    print(f"rebuild all           {ours:10,.0f} events/s  ({replayed} events, sections of {SECTION}, then swap)")
+    print(f"ratio                 {ours / baseline:10.2f}")
+    print(f"verify after rebuild  {len(differences)} rows differ")
+    for name, rate in alone.items():
+        print(f"  rebuild {name:<13} {rate:10,.0f} events/s alone")
+
+
+if __name__ == "__main__":
+    bench_main(__doc__, run, devices=200, cycles=100)

@@ -1,0 +1,125 @@
+"""The command executor against real JetStream and PostgreSQL: killed mid-command, restarted, expired commands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from uuid import UUID
+
+from adapters.emulator import EmulatorFleet
+from adapters.eventstore import StoreUnitOfWork
+from adapters.executor import CommandExecutor
+from domain.address import DeviceAddress
+from domain.commands import AddDevice
+from domain.control import Action, ControlCommand, RequestControl, Status
+from domain.control_handlers import ControlHandlers
+from domain.ports import DeviceSwitch
+from domain.readings import DeviceSnapshot
+from infra.bootstrap import Runtime
+from tests.e2e.conftest import background, fleet, runtime, settings  # noqa: F401  (fixtures)
+from tests.support import FixedClock
+
+
+class KilledAt(DeviceSwitch):
+    """Switches through the real driver, then hangs where the process would have died: before
+    (`after_switch=False`) or after the device call, never storing the outcome."""
+
+    def __init__(self, inner: DeviceSwitch, *, after_switch: bool) -> None:
+        self.inner = inner
+        self.after_switch = after_switch
+        self.reached = asyncio.Event()
+
+    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
+        return await self.inner.poll(address)
+
+    async def set_relay(self, address: DeviceAddress, *, on: bool, outlet_index: int | None = None) -> DeviceSnapshot:
+        if self.after_switch:
+            await self.inner.set_relay(address, on=on, outlet_index=outlet_index)
+        self.reached.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def set_alias(self, address: DeviceAddress, alias: str) -> None:
+        await self.inner.set_alias(address, alias)
+
+
+@asynccontextmanager
+async def executor_task(runtime: Runtime, handlers: ControlHandlers) -> AsyncIterator[asyncio.Task[None]]:
+    executor = CommandExecutor(runtime.js, handlers, stream=runtime.stream, ack_wait=1.0, on_saved=runtime.saved)
+    task = asyncio.create_task(executor.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _plug(runtime: Runtime, fleet: EmulatorFleet, model: str) -> tuple[UUID, list[int | None], bool]:
+    device, server = next((d, s) for d, s in fleet if d.profile_name == model)
+    added = await runtime.handlers().add_device(AddDevice(address=server.address, actor="test"))
+    return added.device_id, device.relay_requests, device.is_on()
+
+
+def outcomes(runtime: Runtime, command_id: UUID) -> list[str]:
+    events = [runtime.app.mapper.to_domain_event(n) for n in runtime.app.recorder.select_notifications(1, 1000)]
+    return [
+        type(e).__name__ for e in events
+        if e.originator_id == command_id and type(e).__name__ in ("ControlSucceeded", "ControlFailed")
+    ]
+
+
+async def _kill_and_restart(runtime: Runtime, fleet: EmulatorFleet, *, after_switch: bool) -> tuple[ControlCommand, UUID]:
+    device_id, _, was_on = await _plug(runtime, fleet, "HS100" if after_switch else "HS110")
+    dying = runtime.control()
+    killer = KilledAt(runtime.driver, after_switch=after_switch)
+    dying.switch = killer
+    accepted = await runtime.control().request_control(
+        RequestControl(device_id=device_id, action=Action.OFF if was_on else Action.ON, actor="test")
+    )
+    runtime.saved()
+    async with executor_task(runtime, dying):
+        await asyncio.wait_for(killer.reached.wait(), 15)
+    # Killed: the attempt is stored, the outcome is not, the request is unacked.
+    assert (await runtime.control().command(accepted.command_id)).status is Status.EXECUTING
+    async with executor_task(runtime, runtime.control()):
+        settled = await runtime.control().wait_outcome(accepted.command_id, 20)
+    return settled, accepted.command_id
+
+
+async def test_an_executor_killed_after_switching_is_settled_by_the_next_without_a_second_switch(
+    runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    device, _ = next((d, s) for d, s in fleet if d.profile_name == "HS100")
+    async with background(runtime, poll=False):
+        settled, command_id = await _kill_and_restart(runtime, fleet, after_switch=True)
+    assert settled.status is Status.SUCCEEDED
+    assert outcomes(runtime, command_id) == ["ControlSucceeded"]
+    assert device.relay_requests == [None]
+
+
+async def test_an_executor_killed_before_switching_leaves_the_command_failed_not_run_twice(
+    runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    device, _ = next((d, s) for d, s in fleet if d.profile_name == "HS110")
+    async with background(runtime, poll=False):
+        settled, command_id = await _kill_and_restart(runtime, fleet, after_switch=False)
+    assert (settled.status, settled.reason) == (Status.FAILED, "state_not_confirmed")
+    assert outcomes(runtime, command_id) == ["ControlFailed"]
+    assert device.relay_requests == []
+
+
+async def test_an_expired_command_is_never_executed(runtime: Runtime, fleet: EmulatorFleet) -> None:
+    device_id, switched, _ = await _plug(runtime, fleet, "KP115")
+    late = ControlHandlers(
+        StoreUnitOfWork(runtime.app), runtime.driver, FixedClock(datetime.now(timezone.utc) - timedelta(minutes=2)),
+        runtime.config(), deadline_s=30,
+    )  # fmt: skip
+    accepted = await late.request_control(RequestControl(device_id=device_id, action=Action.TOGGLE, actor="test"))
+    async with background(runtime, poll=False), executor_task(runtime, runtime.control()):
+        runtime.saved()
+        settled = await runtime.control().wait_outcome(accepted.command_id, 15)
+    assert (settled.status, settled.reason) == (Status.FAILED, "expired")
+    device = next(d for d, _ in fleet if d.profile_name == "KP115")
+    assert device.relay_requests == [] == switched
