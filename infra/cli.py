@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import msgspec
+import psycopg
 import structlog
 
 from adapters.bus import StreamConfig
@@ -24,6 +25,8 @@ from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runt
 from infra.embedded import EmbeddedError, embedded_servers
 from infra.logging import configure_logging
 from infra.settings import Settings, SettingsError, load_settings, mask_secrets, nats_endpoint
+from projections.chain import ChainProjector, Problem
+from projections.chain import verify as verify_chain
 from projections.engine import ProjectionEngine
 
 log = structlog.get_logger(__name__)
@@ -68,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true",
         help="with --rebuild (all if none named): replay beside the live tables, print every row that differs "
         "and exit 1 if any, swapping nothing",
+    )
+    project.add_argument(
+        "--force", action="store_true",
+        help="rebuild the hash chain even when the stored history no longer matches it (re-chains tampering)",
     )
     _settings_options(project)
     device = commands.add_parser("device", help="add, rename or remove a device (the same commands as the API)")
@@ -184,7 +191,7 @@ async def _serve(
             await audit_cli.run(runtime, args)
             return
         if command == "project" and (args.rebuild or args.verify):
-            await _rebuild(runtime.engine, args.rebuild or replay.ALL, verify=args.verify)
+            await _rebuild(runtime.engine, args.rebuild or replay.ALL, verify=args.verify, force=args.force)
             return
         if getattr(args, "demo", False):
             async with _demo(runtime):
@@ -230,19 +237,42 @@ async def _device_command(runtime: Runtime, args: argparse.Namespace) -> None:
     print(msgspec.json.encode(result).decode())
 
 
-async def _rebuild(engine: ProjectionEngine, name: str, *, verify: bool) -> None:
-    """Rebuild (or verify) the read models `name` stands for; exit 1 on differences or a replay already running."""
+async def _rebuild(engine: ProjectionEngine, name: str, *, verify: bool, force: bool = False) -> None:
+    """Rebuild (or verify) the read models `name` stands for; exit 1 on differences or a replay already running.
+
+    Rebuilding the hash chain hashes the history as it is stored now, which would bless an edited
+    event: unless `force`, the chain is checked first and a history that no longer matches it
+    stops the rebuild (exit 1, naming the first position, nothing rebuilt).
+    """
     try:
         names = replay.chosen_read_models(engine, name)
     except replay.UnknownReadModel as exc:
         raise SettingsError(str(exc)) from None
     await asyncio.to_thread(engine.setup)
+    if not verify and not force and CHAIN_READ_MODEL in names:
+        found = await asyncio.to_thread(_chain_check, engine.database_url)
+        if found is not None:
+            print(
+                f"wattledger: the stored history no longer matches its hash chain: position {found.position} "
+                f"{found.kind} ({found.detail}); nothing rebuilt. See `wattledger audit verify`; "
+                "`--force` rebuilds the chain over the history as it is now",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
     if verify:
         code = await asyncio.to_thread(replay.verify, engine, names, sys.stdout, sys.stderr)
     else:
         code = await asyncio.to_thread(replay.rebuild, engine, names, sys.stderr)
     if code:
         raise SystemExit(code)
+
+
+CHAIN_READ_MODEL = ChainProjector.name
+
+
+def _chain_check(database_url: str) -> Problem | None:
+    with psycopg.connect(database_url) as conn:
+        return verify_chain(conn).problem
 
 
 @asynccontextmanager

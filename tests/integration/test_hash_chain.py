@@ -162,3 +162,12 @@ def test_the_command_exits_1_naming_the_tampered_position(store: Store, nats_url
                           text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert f"position {target} changed" in done.stderr
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=90, check=False)  # fmt: skip
+
+    refused = cli("project", "--rebuild", "all")
+    assert refused.returncode == 1, refused.stderr
+    assert f"position {target} changed" in refused.stderr and "nothing rebuilt" in refused.stderr
+    assert store.verify().problem is not None and store.verify().problem.position == target  # type: ignore[union-attr]
