@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 from uuid import UUID
@@ -31,7 +32,7 @@ from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 from adapters.export_files import open_writer, sha256_file
 from domain.energy import EnergyRules
 from domain.export_handlers import ExportHandlers
-from domain.exports import DataExport, DeviceLabel, ExportSpec, bucket_rows, raw_rows
+from domain.exports import DataExport, DeviceLabel, ExportSpec, bucket_costs, bucket_rows, raw_rows
 from domain.meter import MeterDay, meter_day_id, utc_day
 
 log = structlog.get_logger(__name__)
@@ -72,8 +73,13 @@ def device_readings(app: WattLedger, device_id: UUID, start: datetime, end: date
 def export_rows(
     app: WattLedger, spec: ExportSpec, labels: dict[UUID, DeviceLabel], rules: EnergyRules,
     progress: Callable[[float], None] = lambda share: None,
+    priced: Mapping[UUID, Sequence[tuple[datetime, Decimal]]] | None = None,
 ) -> Iterator[list[Any]]:
-    """Every row of an export, device by device in the order asked, each in time order."""
+    """Every row of an export, device by device in the order asked, each in time order.
+
+    `priced` holds each device's priced 5-minute buckets (from the energy read model) when the
+    export asks for `cost`; hourly and daily rows then carry the cost of their energy.
+    """
     zone = ZoneInfo(spec.timezone)
     for done, device_id in enumerate(spec.devices):
         label = labels[device_id]
@@ -81,7 +87,8 @@ def export_rows(
             yield from raw_rows(label, device_readings(app, device_id, spec.start, spec.end), spec, zone)
         else:
             readings = device_readings(app, device_id, spec.start - PRIMING, spec.end)
-            yield from bucket_rows(label, readings, spec, zone, rules)
+            costs = None if priced is None else bucket_costs(priced.get(device_id, ()), spec, zone)
+            yield from bucket_rows(label, readings, spec, zone, rules, costs=costs)
         progress((done + 1) / len(spec.devices))
 
 
@@ -110,10 +117,11 @@ def _drop_header(path: Path) -> None:
 def write_export(
     app: WattLedger, export_id: UUID, spec: ExportSpec, labels: dict[UUID, DeviceLabel], directory: Path,
     rules: EnergyRules, progress: Callable[[float], None] = lambda share: None,
+    priced: Mapping[UUID, Sequence[tuple[datetime, Decimal]]] | None = None,
 ) -> WrittenExport:
     """Write an export's file under `directory`; blocking. Raises OSError if the disk refuses (nothing is left)."""
     with open_writer(WRITER_FORMAT[spec.format], directory, str(export_id), spec.columns()) as writer:
-        for row in export_rows(app, spec, labels, rules, progress):
+        for row in export_rows(app, spec, labels, rules, progress, priced):
             writer.write(row)
         [path] = writer.close()
     if spec.format == "json":
@@ -147,6 +155,10 @@ class ExportCatalog(Protocol):
 
     async def due(self, now: datetime, queued_before: datetime) -> tuple[list[UUID], list[UUID]]:
         """(exports queued before `queued_before`, oldest first; completed exports whose retention ended by `now`)."""
+        ...
+
+    async def priced_buckets(self, device_id: UUID, start: datetime, end: datetime) -> list[tuple[datetime, Decimal]]:
+        """(start, cost) of the device's priced 5-minute buckets in [start, end), all its channels together."""
         ...
 
 
@@ -215,8 +227,12 @@ class DataExportJobs:
                 def note(share: float) -> None:
                     self.progress[export_id] = share
 
+                spec = export.spec
+                priced = None
+                if "cost" in spec.fields and spec.aggregation != "raw":
+                    priced = {d: await self.catalog.priced_buckets(d, spec.start, spec.end) for d in spec.devices}
                 written = await anyio.to_thread.run_sync(
-                    write_export, self.app, export_id, export.spec, labels, self.directory, self.rules, note
+                    write_export, self.app, export_id, spec, labels, self.directory, self.rules, note, priced
                 )
                 stored = await self.handlers.settle(
                     export_id, outcome="completed", file_name=written.file_name, file_size=written.file_size,

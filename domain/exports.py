@@ -13,8 +13,9 @@ within it, whatever the polling rhythm.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, Final, Literal
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
@@ -74,6 +75,9 @@ METRICS: Final[tuple[MetricInfo, ...]] = (
                data_type="float", unit="W"),
     MetricInfo(field="readings", name="Readings", description="Readings in the bucket (1 for raw)",
                data_type="integer", unit=""),
+    MetricInfo(field="cost", name="Cost", data_type="float", unit="currency",
+               description="Cost of the energy used within the bucket, priced by the rate in force (hourly, "
+               "daily; empty for raw rows)"),
 )
 METRIC_FIELDS: Final = frozenset(m.field for m in METRICS)
 DEFAULT_FIELDS: Final = ("timestamp", "power_w", "energy_kwh")
@@ -239,8 +243,26 @@ def raw_rows(
             "is_on": reading.is_on,
             "max_power_w": reading.power_w,
             "readings": 1,
+            "cost": None,
         }
         yield [_local(reading.measured_at, zone), device.address, device.name, *(values[m] for m in metrics)]
+
+
+COST_QUANTUM = Decimal("0.000001")
+
+
+def bucket_costs(
+    priced: Iterable[tuple[datetime, Decimal]], spec: ExportSpec, zone: ZoneInfo
+) -> dict[datetime, Decimal]:
+    """The cost of each hourly or daily bucket of an export, summed from the energy read model's priced
+    5-minute buckets (start, cost) that lie in the export's range. Five minutes divides every zone
+    offset, so each 5-minute bucket falls in exactly one local hour and day."""
+    costs: dict[datetime, Decimal] = {}
+    for start, cost in priced:
+        if spec.start <= start < spec.end:
+            key = _bucket_of(start, zone, spec.aggregation)
+            costs[key] = costs.get(key, Decimal(0)) + cost
+    return costs
 
 
 class _Bucket:
@@ -297,6 +319,7 @@ def bucket_rows(
     zone: ZoneInfo,
     rules: EnergyRules,
     state: MeterState | None = None,
+    costs: Mapping[datetime, Decimal] | None = None,
 ) -> list[list[Any]]:
     """Hourly or daily rows of one device over [start, end): the energy used within both the bucket and
     the range, and mean and peak power of the readings in both.
@@ -305,7 +328,8 @@ def bucket_rows(
     fold (`state` may carry it in), so the first bucket counts the energy since
     the reading before it. A bucket is labelled by its local start, which may
     lie before `start` when the range does not begin on a bucket boundary.
-    Buckets with neither readings nor energy are left out.
+    Buckets with neither readings nor energy are left out. `costs` holds the cost of each
+    bucket by its start (see `bucket_costs`); without it the cost column stays empty.
     """
     buckets: dict[datetime, _Bucket] = {}
     for reading in readings:
@@ -338,6 +362,7 @@ def bucket_rows(
             "is_on": None,
             "max_power_w": bucket.power_max,
             "readings": bucket.count,
+            "cost": None if costs is None else float(costs.get(start, Decimal(0)).quantize(COST_QUANTUM)),
         }
         rows.append([_local(start, zone), device.address, device.name, *(_value(m, values) for m in metrics)])
     return rows

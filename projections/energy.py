@@ -567,6 +567,18 @@ async def bucket_prices(
     return {s: (wh, Decimal(cost)) for s, wh, cost in await cur.fetchall()}
 
 
+async def device_bucket_costs(
+    conn: psycopg.AsyncConnection[Any], device_id: UUID, start: datetime, end: datetime
+) -> list[tuple[datetime, Decimal]]:
+    """(start, cost) of a device's 5-minute buckets in [start, end), its channels (a strip's outlets) summed."""
+    cur = await conn.execute(
+        f"SELECT start, sum(cost) FROM {BUCKETS.name} WHERE device_id = %s AND start >= %s AND start < %s "
+        "GROUP BY start ORDER BY start",
+        (device_id, start, end),
+    )
+    return [(s, Decimal(cost)) for s, cost in await cur.fetchall()]
+
+
 async def rate_versions(conn: psycopg.AsyncConnection[Any]) -> list[RateVersion]:
     """Every rate version, oldest first."""
     cur = await conn.execute(f"{RATES.select} ORDER BY version")

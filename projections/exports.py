@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -16,6 +17,7 @@ from adapters.data_exports import ExportCatalog
 from domain.export_handlers import ExportLedger
 from domain.exports import DataExport, DeviceLabel
 from projections.devices import DEVICES
+from projections.energy import device_bucket_costs
 from projections.engine import Table
 
 
@@ -196,3 +198,7 @@ class ExportReadModel(ExportLedger, ExportCatalog):
     async def due(self, now: datetime, queued_before: datetime) -> tuple[list[UUID], list[UUID]]:
         async with self.pool.connection() as conn:
             return await exports_due(conn, now, queued_before)
+
+    async def priced_buckets(self, device_id: UUID, start: datetime, end: datetime) -> list[tuple[datetime, Decimal]]:
+        async with self.pool.connection() as conn:
+            return await device_bucket_costs(conn, device_id, start, end)

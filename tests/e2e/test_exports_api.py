@@ -265,3 +265,24 @@ def test_a_spring_forward_day_has_23_hourly_buckets_holding_the_whole_day() -> N
         assert sum(r[3] for r in rows) == pytest.approx(23 * 60 / 1000)
         assert rows[0][0] == "2026-03-29T00:00:00+01:00"
     assert rows[0][3] == pytest.approx(1.38)
+
+
+async def test_hourly_rows_carry_the_cost_of_their_energy_at_the_rate_in_force(
+    client: httpx.AsyncClient, runtime: Runtime, device: dict[str, Any]
+) -> None:
+    """The seed's `cost` field: each bucket's energy priced by the energy read model."""
+    rate = await client.post("/api/rates", json={
+        "rate_type": "simple", "currency": "EUR", "rate_structure": {"rate_per_kwh": 0.20},
+        "effective_from": "2026-01-01T00:00:00Z",
+    })  # fmt: skip
+    assert rate.status_code == 201, rate.text
+    await asyncio.to_thread(runtime.engine.catch_up_all)
+    async with background(runtime, poll=False):
+        status = await finished(client, runtime, await create(
+            client, device, format="json", aggregation="hourly", fields=["timestamp", "energy_kwh", "cost"],
+            options={"timezone": "UTC"},
+        ))  # fmt: skip
+        assert status["status"] == "completed", status
+        rows = json.loads((await client.get(status["download_url"])).content)
+    assert [round(r["energy_kwh"], 6) for r in rows] == [0.04, 0.04, 0.03]
+    assert [r["cost"] for r in rows] == [pytest.approx(r["energy_kwh"] * 0.2, abs=1e-6) for r in rows]
