@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
-from bench.bench_poll_store import plug  # noqa: E402
-from bench.scratch import PollRecorder, bench_main  # noqa: E402
-from domain.device import Device  # noqa: E402
+from adapters.eventstore import WattLedger, ensure_events_schema, store_env  # noqa: E402
+from bench.scratch import bench_main, log_read_rate, seed_fleet_history  # noqa: E402
 from infra.bootstrap import all_projectors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.engine import ProjectionEngine  # noqa: E402
@@ -38,26 +35,8 @@ def run(url: str, devices: int, cycles: int) -> None:
     engine = ProjectionEngine(app, url, projectors, batch_size=SECTION)
     names = [p.name for p in projectors]
     try:
-        fleet = [Device.from_snapshot(f"10.8.{i // 256}.{i % 256}", plug(i, 0), alias=None, actor="bench")
-                 for i in range(devices)]
-        for start in range(0, len(fleet), 100):
-            app.save(*fleet[start:start + 100])
-        began_at = datetime(2026, 1, 5, tzinfo=timezone.utc)
-        recorder = PollRecorder(app)
-        for cycle in range(cycles):
-            at = began_at + timedelta(minutes=cycle + 1)
-            recorder.record([PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
-                             for i, d in enumerate(fleet)])
-        recorder.close()
-        total = app.recorder.max_notification_id() or 0
-
-        began = time.perf_counter()
-        position = 0
-        while batch := app.recorder.select_notifications(start=position, limit=SECTION, inclusive_of_start=False):
-            for notification in batch:
-                app.mapper.to_domain_event(notification)
-            position = batch[-1].id
-        baseline = total / (time.perf_counter() - began)
+        total = seed_fleet_history(app, devices, cycles, subnet=8)
+        baseline = log_read_rate(app, SECTION)
 
         engine.setup()
         engine.catch_up_all()

@@ -73,3 +73,39 @@ class NoDriver(DeviceDriver):
 
     async def discover(self, target: str, *, port: int | None = None) -> list[DeviceAddress]:
         return []
+
+
+def seed_fleet_history(app: WattLedger, devices: int, cycles: int, *, subnet: int) -> int:
+    """Store `devices` plugs (at 10.<subnet>.x.y) and `cycles` readings of each, a minute apart, through
+    the poller's write path; returns the number of events stored."""
+    from datetime import datetime, timedelta, timezone
+
+    from bench.bench_poll_store import plug
+    from domain.device import Device
+
+    fleet = [Device.from_snapshot(f"10.{subnet}.{i // 256}.{i % 256}", plug(i, 0), alias=None, actor="bench")
+             for i in range(devices)]  # fmt: skip
+    for start in range(0, len(fleet), 100):
+        app.save(*fleet[start : start + 100])
+    began_at = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    recorder = PollRecorder(app)
+    for cycle in range(cycles):
+        at = began_at + timedelta(minutes=cycle + 1)
+        recorder.record([PollResult(device_id=d.id, measured_at=at, snapshot=plug(i, cycle + 1.0))
+                         for i, d in enumerate(fleet)])  # fmt: skip
+    recorder.close()
+    return app.recorder.max_notification_id() or 0
+
+
+def log_read_rate(app: WattLedger, section: int) -> float:
+    """Events/s of reading and decoding the whole notification log in sections: every rebuild's floor."""
+    import time
+
+    total = app.recorder.max_notification_id() or 0
+    began = time.perf_counter()
+    position = 0
+    while batch := app.recorder.select_notifications(start=position, limit=section, inclusive_of_start=False):
+        for notification in batch:
+            app.mapper.to_domain_event(notification)
+        position = batch[-1].id
+    return total / (time.perf_counter() - began)
