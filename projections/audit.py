@@ -14,6 +14,7 @@ public contract's data of each event, so no secret can reach the log.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,7 +49,18 @@ from adapters.contract import (
     aggregate_name,
     event_data,
 )
-from adapters.history import records_for_events
+from adapters.eventstore import WattLedger
+from adapters.history import (
+    DEFAULT_SCAN,
+    EVENTS_TABLE,
+    EventFilter,
+    HistoryPage,
+    StoredRecord,
+    decode_records,
+    read_page,
+    records_for_events,
+    windowed,
+)
 from projections.engine import READ_SCHEMA, Table
 
 LOG_TABLE = f"{READ_SCHEMA}.audit_log"
@@ -379,3 +391,61 @@ async def audit_page(
     more = len(rows) > limit
     entries = [msgspec.convert(msgspec.structs.asdict(r), AuditEntry) for r in rows[:limit]]
     return entries, entries[-1].position if more and entries else None
+
+
+async def read_events_page(
+    conn: psycopg.AsyncConnection[Any],
+    app: WattLedger,
+    where: EventFilter,
+    *,
+    after: int,
+    limit: int,
+    scan: int = DEFAULT_SCAN,
+) -> HistoryPage:
+    """One keyset page of `GET /api/events`, using this read model's indexes for the filters the store
+    has none for (type, aggregate, actor, time).
+
+    Up to the audit log's own position the matching positions come from its indexes, so a page
+    holds `limit` events wherever they lie; the events themselves are read from the store and
+    checked against the filters again. Past that position (the few events not projected yet) the
+    page continues the bounded way of `read_page`, which may come back short with a position to
+    go on from.
+    """
+    if not windowed(where):
+        return await read_page(conn, app, where, after=after, limit=limit, scan=scan)
+    cur = await conn.execute(f"SELECT position FROM {READ_SCHEMA}.projector_tracking WHERE name = %s",
+                             (AuditProjector.name,))  # fmt: skip
+    row = await cur.fetchone()
+    indexed = int(row[0]) if row else 0
+    start = max(after, where.from_position - 1)
+    if start >= indexed:
+        return await read_page(conn, app, where, after=start, limit=limit, scan=scan)
+    clauses: list[str] = ["position > %s", "position <= %s"]
+    params: list[Any] = [start, indexed]
+    for column, value in (("aggregate", where.aggregate), ("event", where.event_type), ("actor", where.actor),
+                          ("originator_id", where.originator_id)):  # fmt: skip
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if where.since is not None:
+        clauses.append("at >= %s")
+        params.append(where.since)
+    if where.until is not None:
+        clauses.append("at < %s")
+        params.append(where.until)
+    cur = await conn.execute(
+        f"SELECT position FROM {AUDIT_LOG.name} WHERE {' AND '.join(clauses)} ORDER BY position LIMIT %s",
+        [*params, limit],
+    )
+    positions = [int(r[0]) for r in await cur.fetchall()]
+    cur = await conn.execute(
+        f"SELECT notification_id, originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "
+        "WHERE notification_id = ANY(%s) ORDER BY notification_id",
+        (positions,),
+    )
+    records = [StoredRecord(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in await cur.fetchall()]
+    events = await asyncio.to_thread(decode_records, app, records, where)
+    if len(positions) == limit:
+        return HistoryPage(events=events, next_position=positions[-1])
+    rest = await read_page(conn, app, where, after=indexed, limit=limit - len(positions), scan=scan)
+    return HistoryPage(events=events + rest.events, next_position=rest.next_position)

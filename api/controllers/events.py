@@ -14,11 +14,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 
 from adapters.contract import EventData, Envelope
-from adapters.history import CursorError, EventFilter, decode_cursor, encode_cursor, fingerprint, read_page
+from adapters.history import CursorError, EventFilter, decode_cursor, encode_cursor, fingerprint
 from api.services import Services
 from domain.errors import InvalidCursor, PageLimitExceeded
 from domain.identity import Permission
-from projections.audit import AuditEntry, AuditFilter, audit_page
+from projections.audit import AuditEntry, AuditFilter, audit_page, read_events_page
 from projections.chain import ALGORITHM, GENESIS, chain_head
 
 MAX_LIMIT = 1000
@@ -126,8 +126,9 @@ class EventsController(Controller):
         (`Added`, `ReadingRecorded`, ...), `actor` (`user:<id>`, `key:<id>`, `system:poller`, ...),
         `since` (inclusive) and `until` (exclusive) on the event's time (UTC when no zone is given),
         `from_position`. Pages are keyset pages: follow `next_cursor` (also in `Link: rel="next"`)
-        with the same filters. With a filter other than `originator_id` a page looks at the next 10,000
-        positions of the log at most, so it may be short, even empty, while `next_cursor` still leads on.
+        with the same filters. Type, aggregate, actor and time filters are served by the audit log's
+        indexes; only past its position (events not projected yet) does a page look at the next 10,000
+        positions at most, so such a page may be short while `next_cursor` still leads on.
         422 LIMIT_TOO_LARGE above 1000; 400 INVALID_CURSOR for a cursor of other filters.
         """
         _check_limit(limit)
@@ -137,7 +138,7 @@ class EventsController(Controller):
         )  # fmt: skip
         after = _position(cursor, where.fingerprint())
         async with services.read_pool.connection() as conn:
-            page = await read_page(conn, services.app, where, after=after or 0, limit=limit)
+            page = await read_events_page(conn, services.app, where, after=after or 0, limit=limit)
         next_cursor = None if page.next_position is None else encode_cursor(page.next_position, where.fingerprint())
         body = EventPage(events=[EventView.of(e) for e in page.events], next_cursor=next_cursor, limit=limit)
         return _with_link(request, body, next_cursor)
