@@ -13,6 +13,11 @@ once the ack wait has passed. If the dead executor had not stored `ControlAttemp
 one runs the command normally (or fails it `expired`); if it had, the command is settled by
 reading the device back and never switched again. A store failure naks the request (retried
 after a second); a request naming no stored command is acked and dropped.
+
+An executor given `interrupted` (the commands read model) does not wait for the redelivery: every
+few seconds it settles the commands attempted more than `settle_after` seconds ago that still have
+no outcome, the same way. `settle_after` is longer than a live executor's device call can take,
+so it never settles a command another executor is still switching.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
 from uuid import UUID, uuid4
 
 import msgspec
@@ -41,6 +47,7 @@ DURABLE = "wattledger-executor"
 FETCH_WAIT_S = 1.0
 NAK_DELAY_S = 1.0
 STOP_GRACE_S = 5.0
+SWEEP_S = 2.0
 
 
 def executor_name() -> str:
@@ -61,6 +68,8 @@ class CommandExecutor:
         concurrency: int = 64,
         name: str | None = None,
         on_saved: Callable[[], None] = lambda: None,
+        interrupted: Callable[[datetime], Awaitable[list[UUID]]] | None = None,
+        settle_after: float = 30.0,
     ) -> None:
         if ack_wait < 1 or concurrency < 1:
             raise ValueError("ack_wait must be at least 1 s and concurrency at least 1")
@@ -73,7 +82,10 @@ class CommandExecutor:
         self._on_saved = on_saved
         self._device_locks: dict[UUID, asyncio.Lock] = {}
         self._running: dict[UUID, asyncio.Task[None]] = {}
+        self._interrupted = interrupted
+        self._settle_after = settle_after
         self.executed = 0
+        self.settled_interrupted = 0
 
     @property
     def subject(self) -> str:
@@ -97,6 +109,7 @@ class CommandExecutor:
         subscription = await self._subscribe()
         log.info("executor.started", executor=self.name, subject=self.subject)
         graceful = False
+        sweeper = asyncio.create_task(self._sweep(), name="executor-sweep") if self._interrupted else None
         try:
             while not stop.is_set():
                 room = self._concurrency - len(self._running)
@@ -115,6 +128,9 @@ class CommandExecutor:
                     await self._take(message)
             graceful = True
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
             running = list(self._running.values())
             if running and graceful:
                 await asyncio.wait(running, timeout=STOP_GRACE_S)
@@ -125,6 +141,31 @@ class CommandExecutor:
                 await subscription.unsubscribe()
             except (nats.errors.Error, asyncio.CancelledError):
                 pass
+
+    async def _sweep(self) -> None:
+        """Settle, every SWEEP_S, the commands whose executor died after storing its attempt.
+
+        A failure (database away) is logged and tried again at the next round; the redelivery
+        from JetStream remains as the fallback.
+        """
+        assert self._interrupted is not None
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                before = datetime.now(timezone.utc) - timedelta(seconds=self._settle_after)
+                for command_id in await self._interrupted(before):
+                    if command_id in self._running:
+                        continue
+                    control = await self._handlers.command(command_id)
+                    async with self._device_locks.setdefault(control.device_id, asyncio.Lock()):
+                        outcome = await self._handlers.execute(command_id, executor=self.name)
+                    if outcome is not None and outcome.settled:
+                        self.settled_interrupted += 1
+                        self._on_saved()
+                        log.info("executor.interrupted_settled", command_id=str(command_id),
+                                 status=outcome.status.value, reason=outcome.reason)  # fmt: skip
+            except Exception as exc:
+                log.warning("executor.sweep_failed", error=repr(exc))
 
     async def _take(self, message: Msg) -> None:
         try:

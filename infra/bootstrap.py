@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -58,7 +58,7 @@ from infra.logging import escape_text
 from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
 from projections.audit import AuditProjector
 from projections.chain import ChainProjector, chain_link
-from projections.commands import CommandsProjector
+from projections.commands import CommandsProjector, interrupted_commands
 from projections.devices import TABLE as DEVICES_TABLE
 from projections.devices import DevicesProjector, active_devices
 from projections.energy import EnergyProjector
@@ -158,9 +158,15 @@ class Runtime:
 
     def executor(self) -> CommandExecutor:
         """The command executor, sharing the requests with every other executor through one durable consumer."""
+        async def interrupted(attempted_before: datetime) -> list[UUID]:
+            async with self.read_pool.connection() as conn:
+                return await interrupted_commands(conn, attempted_before)
+
+        # A live executor's device call ends within the driver's timeout, and its read-back within another.
+        settle_after = 3 * (self.settings.poll_timeout + 1.0)
         return CommandExecutor(
             self.js, self.control(), stream=self.stream, ack_wait=self.settings.executor_ack_wait,
-            on_saved=self.saved,
+            on_saved=self.saved, interrupted=interrupted, settle_after=settle_after,
         )  # fmt: skip
 
     def handlers(self, *, cache: bool = False) -> CommandHandlers:

@@ -142,3 +142,13 @@ async def device_commands(
         await cur.execute(f"SELECT count(*) FROM {COMMANDS.name} WHERE device_id = %s", (device_id,))
         total = await cur.fetchone()
     return [_view(COMMANDS.decode(r)) for r in records], int(total[0]) if total else 0
+
+
+async def interrupted_commands(conn: psycopg.AsyncConnection[Any], attempted_before: datetime) -> list[UUID]:
+    """Commands attempted before `attempted_before` that have no outcome yet (their executor died), oldest first."""
+    cur = await conn.execute(
+        f"SELECT command_id FROM {COMMANDS.name} WHERE attempted_at < %s AND finished_at IS NULL "
+        "ORDER BY attempted_at LIMIT 100",
+        (attempted_before,),
+    )
+    return [row[0] for row in await cur.fetchall()]

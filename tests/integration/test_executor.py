@@ -46,8 +46,11 @@ class KilledAt(DeviceSwitch):
 
 
 @asynccontextmanager
-async def executor_task(runtime: Runtime, handlers: ControlHandlers) -> AsyncIterator[asyncio.Task[None]]:
-    executor = CommandExecutor(runtime.js, handlers, stream=runtime.stream, ack_wait=1.0, on_saved=runtime.saved)
+async def executor_task(
+    runtime: Runtime, handlers: ControlHandlers, executor: CommandExecutor | None = None
+) -> AsyncIterator[asyncio.Task[None]]:
+    executor = executor or CommandExecutor(runtime.js, handlers, stream=runtime.stream, ack_wait=1.0,
+                                           on_saved=runtime.saved)  # fmt: skip
     task = asyncio.create_task(executor.run())
     try:
         yield task
@@ -123,3 +126,30 @@ async def test_an_expired_command_is_never_executed(runtime: Runtime, fleet: Emu
     assert (settled.status, settled.reason) == (Status.FAILED, "expired")
     device = next(d for d, _ in fleet if d.profile_name == "KP115")
     assert device.relay_requests == [] == switched
+
+
+async def test_a_restarted_executor_settles_an_interrupted_command_without_waiting_for_redelivery(
+    runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    """With an ack wait of a minute the redelivery cannot be what settles it within the test: the sweep does."""
+    device, server = next((d, s) for d, s in fleet if d.profile_name == "HS100")
+    device_id, _, was_on = await _plug(runtime, fleet, "HS100")
+    dying = runtime.control()
+    killer = KilledAt(runtime.driver, after_switch=True)
+    dying.switch = killer
+    slow = CommandExecutor(runtime.js, dying, stream=runtime.stream, ack_wait=60.0, on_saved=runtime.saved)
+    async with background(runtime, poll=False):
+        accepted = await runtime.control().request_control(
+            RequestControl(device_id=device_id, action=Action.OFF if was_on else Action.ON, actor="test")
+        )
+        runtime.saved()
+        async with executor_task(runtime, dying, slow):
+            await asyncio.wait_for(killer.reached.wait(), 15)
+        restarted = runtime.executor()
+        restarted._settle_after = 0.5
+        async with executor_task(runtime, runtime.control(), restarted):
+            settled = await runtime.control().wait_outcome(accepted.command_id, 20)
+    assert settled.status is Status.SUCCEEDED
+    assert restarted.settled_interrupted == 1
+    assert outcomes(runtime, accepted.command_id) == ["ControlSucceeded"]
+    assert device.relay_requests == [None]
