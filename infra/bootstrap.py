@@ -558,6 +558,25 @@ async def serve_api(runtime: Runtime, stop: asyncio.Event) -> None:
         raise OSError(f"the API could not listen on {runtime.settings.host}:{runtime.settings.port}")
 
 
+async def cancel_all(tasks: Sequence[asyncio.Task[Any]], *, every: float = 0.5, attempts: int = 20) -> None:
+    """Cancel `tasks` and wait for them to end, cancelling again every `every` seconds: a library
+    that swallows one cancellation (seen with nats-py) must not hold a process's stop forever.
+    Tasks still running after `attempts` rounds are logged by name and left behind."""
+    for _ in range(attempts):
+        pending = [task for task in tasks if not task.done()]
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=every)
+    stuck = [task.get_name() for task in tasks if not task.done()]
+    if stuck:
+        log.warning("process.tasks_not_stopped", tasks=stuck)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a failure was already reported by whoever awaited it
+
+
 async def run_parts(
     runtime: Runtime, stop: asyncio.Event, *, api: bool, poll: bool, relay: bool, project: bool,
     execute: bool = False,
@@ -599,6 +618,4 @@ async def run_parts(
             await runtime.fanout.stop()
         if runtime.exports is not None:
             await runtime.exports.close()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await cancel_all(background)

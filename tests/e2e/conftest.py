@@ -25,7 +25,7 @@ from adapters.emulator import EmulatorFleet
 from adapters.identity import Argon2Hasher
 from api.app import create_app
 from domain.identity import NewKey, NewUser, Principal, Role, Scope
-from infra.bootstrap import Runtime, open_runtime
+from infra.bootstrap import Runtime, cancel_all, open_runtime
 from infra.settings import Settings
 
 ADMIN = "root"
@@ -70,9 +70,7 @@ async def background(runtime: Runtime, *, poll: bool = True) -> AsyncIterator[No
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
 
 
 class SignedIn(msgspec.Struct, kw_only=True):
