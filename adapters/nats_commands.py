@@ -180,16 +180,8 @@ class CommandResponder:
             self._on_saved()
             timeout = MAX_WAIT_S if request.wait else 0.0
             control = await self._control.wait_outcome(accepted.command_id, timeout)
-        except msgspec.ValidationError as exc:
-            return _error(400, "VALIDATION_ERROR", str(exc))
-        except msgspec.DecodeError:
-            return _error(400, "INVALID_REQUEST", "the body is not valid JSON")
-        except DomainError as exc:
-            return _error(status_of(exc), exc.code, str(exc) or exc.code)
         except Exception as exc:
-            log.error("commands.control_failed", device=device, error=repr(exc))
-            unavailable = Unavailable("the command could not be recorded; try again")
-            return _error(503, unavailable.code, str(unavailable))
+            return _failure(exc, "the command could not be recorded; try again", command="control", device=device)
         outcome = outcome_of(control)
         return Reply(ok=True, result={
             "command_id": str(accepted.command_id), "created": accepted.created, "status": outcome.status,
@@ -223,16 +215,8 @@ class CommandResponder:
             if route is None:
                 raise NotFound(f"no command {verb!r}; known: {', '.join(self._routes)}")
             result = await route(body or b"{}", principal.actor)
-        except msgspec.ValidationError as exc:
-            return _error(400, "VALIDATION_ERROR", str(exc))
-        except msgspec.DecodeError:
-            return _error(400, "INVALID_REQUEST", "the body is not valid JSON")
-        except DomainError as exc:
-            return _error(status_of(exc), exc.code, str(exc) or exc.code)
         except Exception as exc:
-            log.error("commands.failed", verb=verb, error=repr(exc))
-            unavailable = Unavailable("the command could not be completed; try again")
-            return _error(503, unavailable.code, str(unavailable))
+            return _failure(exc, "the command could not be completed; try again", command=verb)
         self._on_saved()
         return Reply(ok=True, result=msgspec.to_builtins(result))
 
@@ -262,3 +246,17 @@ class CommandResponder:
 
 def _error(status_code: int, error_code: str, detail: str) -> Reply:
     return Reply(ok=False, error=ErrorReply(status_code=status_code, error_code=error_code, detail=detail))
+
+
+def _failure(exc: Exception, unavailable: str, **context: str) -> Reply:
+    """The error reply for a failed command, as REST would answer it: 400 for a body that does not
+    decode or fit, the domain error's status and code, else (logged) 503 with `unavailable`."""
+    if isinstance(exc, msgspec.ValidationError):
+        return _error(400, "VALIDATION_ERROR", str(exc))
+    if isinstance(exc, msgspec.DecodeError):
+        return _error(400, "INVALID_REQUEST", "the body is not valid JSON")
+    if isinstance(exc, DomainError):
+        return _error(status_of(exc), exc.code, str(exc) or exc.code)
+    log.error("commands.failed", error=repr(exc), **context)
+    failure = Unavailable(unavailable)
+    return _error(503, failure.code, str(failure))

@@ -67,8 +67,9 @@ LOG_TABLE = f"{READ_SCHEMA}.audit_log"
 NAMES_TABLE = f"{READ_SCHEMA}.audit_names"
 
 
-class AuditRow(msgspec.Struct, kw_only=True):
-    """One row of `wl_read.audit_log`: `summary` is the whole sentence (`actor_name action`)."""
+class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of `wl_read.audit_log` (and one line of `GET /api/audit`): `summary` is the whole
+    sentence (`actor_name action`)."""
 
     position: int
     at: datetime
@@ -322,21 +323,8 @@ class AuditProjector:
             cur.executemany(AUDIT_NAMES.upsert, [AUDIT_NAMES.values(names.rows[i]) for i in names.changed])
 
 
-class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One line of the audit log as the API shows it."""
-
-    position: int
-    at: datetime
-    actor: str
-    actor_kind: str
-    actor_name: str
-    action: str
-    target: str
-    source: str | None
-    summary: str
-    aggregate: str
-    event: str
-    originator_id: UUID
+AuditEntry = AuditRow
+"""The API shows audit rows as they are stored."""
 
 
 class AuditFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -389,7 +377,7 @@ async def audit_page(
     )
     rows = [AUDIT_LOG.decode(r) for r in await cur.fetchall()]
     more = len(rows) > limit
-    entries = [msgspec.convert(msgspec.structs.asdict(r), AuditEntry) for r in rows[:limit]]
+    entries = rows[:limit]
     return entries, entries[-1].position if more and entries else None
 
 
