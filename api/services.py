@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from adapters.compliance import ComplianceJobs
 from adapters.data_exports import DataExportJobs
-from adapters.eventstore import WattLedger
+from adapters.eventstore import SystemClock, WattLedger
 from adapters.fanout import FanOut
 from adapters.identity import TokenService
 from adapters.kasa_driver import KasaDriver
@@ -25,6 +25,7 @@ from domain.control_handlers import ConfigHandlers, ControlHandlers
 from domain.energy import EnergyRules
 from domain.energy_handlers import EnergyHandlers
 from domain.handlers import CommandHandlers
+from domain.ports import Clock
 from domain.identity_handlers import IdentityHandlers
 from projections.engine import READ_SCHEMA
 
@@ -55,6 +56,7 @@ class Services:
     compliance: ComplianceJobs | None = None
     energy: EnergyHandlers | None = None
     host: str = "127.0.0.1"
+    clock: Clock = field(default_factory=SystemClock)
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 

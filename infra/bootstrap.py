@@ -53,6 +53,7 @@ from domain.export_handlers import ExportHandlers
 from domain.compliance_handlers import ComplianceHandlers
 from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
+from domain.ports import Clock
 from domain.usage import EnergySettings
 from infra.logging import escape_text
 from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
@@ -107,6 +108,7 @@ class Runtime:
     rate_counters: PgRateCounters | None = None
     fanout: FanOut | None = None
     exports: DataExportJobs | None = None
+    clock: Clock = field(default_factory=SystemClock)
 
     def saved(self) -> None:
         """Something was stored: nudge the in-process relay and projectors."""
@@ -152,7 +154,7 @@ class Runtime:
     def control(self) -> ControlHandlers:
         """Control requests, their execution and device renames, over this process's store and driver."""
         return ControlHandlers(
-            StoreUnitOfWork(self.app), self.driver, SystemClock(), self.config(),
+            StoreUnitOfWork(self.app), self.driver, self.clock, self.config(),
             deadline_s=self.settings.control_deadline,
         )  # fmt: skip
 
@@ -171,7 +173,7 @@ class Runtime:
 
     def handlers(self, *, cache: bool = False) -> CommandHandlers:
         """The write side over this process's store and driver; `cache` for a single writer (the poller)."""
-        return CommandHandlers(StoreUnitOfWork(self.app, cache=cache), self.driver, SystemClock())
+        return CommandHandlers(StoreUnitOfWork(self.app, cache=cache), self.driver, self.clock)
 
     def responder(self) -> CommandResponder:
         """NATS request/reply commands (`<prefix>.cmd.device.*`) over the same handlers as REST."""
@@ -208,7 +210,8 @@ class Runtime:
             control=self.control(),
             config=self.config(),
             host=self.settings.host,
-            energy=EnergyHandlers(StoreUnitOfWork(self.app), SystemClock(), energy_settings(self.settings)),
+            energy=EnergyHandlers(StoreUnitOfWork(self.app), self.clock, energy_settings(self.settings)),
+            clock=self.clock,
             compliance=ComplianceJobs(
                 self.settings.compliance_dir, self.database_url, self.app, chain_link,
                 ComplianceHandlers(StoreUnitOfWork(self.app)),
@@ -220,7 +223,7 @@ class Runtime:
         if self.exports is None:
             s = self.settings
             catalog = ExportReadModel(self.read_pool)
-            handlers = ExportHandlers(StoreUnitOfWork(self.app), catalog, SystemClock(), limit=s.exports_per_hour)
+            handlers = ExportHandlers(StoreUnitOfWork(self.app), catalog, self.clock, limit=s.exports_per_hour)
             self.exports = DataExportJobs(
                 self.app, handlers, catalog, s.exports_dir, retention=timedelta(days=s.export_retention_days),
                 rules=EnergyRules.for_polling_interval(s.polling_interval, max_power_w=s.max_power_w),

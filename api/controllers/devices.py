@@ -112,7 +112,7 @@ async def device_at(services: Services, key: str, moment: datetime) -> DeviceVie
     """The device `key` names as it was at `moment` (a future moment: now); DeviceNotFound if it was not
     there then."""
     device_id = device_key_of(key)
-    moment = min(moment, datetime.now(timezone.utc))
+    moment = min(moment, services.clock.now())
     view = await anyio.to_thread.run_sync(
         device_as_of, services.app, device_id, moment, services.zone, services.energy_rules
     )

@@ -269,7 +269,7 @@ class EnergyController(Controller):
         `timezone`. 422 `INVALID_RANGE` for a bad period, range, aggregation or zone."""
         began = time.perf_counter()
         zone = parse_zone(timezone, services.zone)
-        start, end, chosen = history_range(period, start_time, end_time, aggregation, datetime.now(tz=_UTC))
+        start, end, chosen = history_range(period, start_time, end_time, aggregation, services.clock.now())
         view = await resolve_device(services, device)
         async with services.read_pool.connection() as conn:
             points = await history(conn, view.device_id, start, end, chosen, zone)
@@ -287,7 +287,7 @@ class EnergyController(Controller):
         and peak power and on-time this month."""
         view = await resolve_device(services, device)
         zone = services.zone
-        now = datetime.now(tz=_UTC)
+        now = services.clock.now()
         day = local_period(now, zone, "day")
         month = local_period(now, zone, "month")
         monday = local_period(day.start - timedelta(days=now.astimezone(zone).weekday()) + timedelta(hours=12),
@@ -322,7 +322,7 @@ class EnergyController(Controller):
         `min_duration_s` or longer, with its
         energy, cost and peak power. 422 `INVALID_RANGE` for a bad range or limit."""
         settings = energy_of(services).settings
-        end = parse_time(end_time, "end_time") or datetime.now(tz=_UTC)
+        end = parse_time(end_time, "end_time") or services.clock.now()
         start = parse_time(start_time, "start_time") or end - timedelta(days=1)
         if start >= end or end - start > MAX_SESSION_SPAN:
             raise InvalidRange("start_time must be before end_time, at most 92 days apart")
@@ -352,9 +352,6 @@ class EnergyController(Controller):
             device_id=view.device_id, sessions=found, count=len(found), threshold_w=threshold,
             min_duration_s=minimum.total_seconds(), start_time=start, end_time=end,
         )  # fmt: skip
-
-
-_UTC = timezone.utc
 
 
 def _round(value: Decimal, places: int = 4) -> float:

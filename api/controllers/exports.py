@@ -263,7 +263,7 @@ class ExportsController(Controller):
         """Every present device with the readings stored for it over the last 366 days (`data_points`)."""
         async with services.read_pool.connection() as conn:
             views = await list_devices(conn, services.zone)
-            since = datetime.now(timezone.utc) - DATA_POINTS_SPAN
+            since = services.clock.now() - DATA_POINTS_SPAN
             counts = [await readings_stored(conn, services.app, v.device_id, since) for v in views]
         return DeviceList(devices=[
             ExportableDevice(device_id=v.device_id, device_ip=v.device_ip, device_name=v.alias,
@@ -311,7 +311,7 @@ class ExportsController(Controller):
         """Counts over the caller's exports (everyone's for an admin) and the caller's exports left this hour."""
         jobs = _jobs(services)
         owner = None if principal.role is Role.ADMIN else principal.user_id
-        local = datetime.now(services.zone)
+        local = services.clock.now().astimezone(services.zone)
         month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         async with services.read_pool.connection() as conn:
             counted = await export_stats(conn, owner, month_start)
@@ -336,7 +336,7 @@ class ExportsController(Controller):
     ) -> Preview:
         """The first rows an export with these parameters would hold (the last day unless `start`/`end` say
         otherwise), how many there would be and about how large a CSV of them is."""
-        until = end or datetime.now(timezone.utc)
+        until = end or services.clock.now()
         if not 2000 <= until.year <= 9000:
             raise InvalidExport("end: from the year 2000 to 9000")
         spec, labels = await _spec(

@@ -135,7 +135,7 @@ class RatesController(Controller):
     @get("/rates", operation_id="getRates", opt={"permission": Permission.DEVICES_VIEW})
     async def current(self, services: NamedDependency[Services], as_of: FromQuery[str | None] = None) -> RateView:
         """The rate version in force now, or at `as_of` (ISO 8601). 404 `RATE_NOT_FOUND` when none is."""
-        moment = parse_time(as_of, "as_of") or datetime.now(timezone.utc)
+        moment = parse_time(as_of, "as_of") or services.clock.now()
         async with services.read_pool.connection() as conn:
             rate = in_force(await rate_versions(conn), moment)
         if rate is None:
@@ -176,7 +176,7 @@ class RatesController(Controller):
         included in the days. Each figure is rounded once, so the days sum to the total exactly.
         422 `INVALID_RANGE` for a bad range or zone."""
         zone = parse_zone(timezone, services.zone)
-        today = datetime.now(zone).date()
+        today = services.clock.now().astimezone(zone).date()
         first = _date(start_date, "start_date") or today.replace(day=1)
         last = _date(end_date, "end_date") or today
         if last < first or (last - first).days >= MAX_COST_DAYS:

@@ -22,9 +22,11 @@ from litestar import Litestar
 
 from adapters.bus import StreamConfig
 from adapters.emulator import EmulatorFleet
+from adapters.eventstore import SystemClock
 from adapters.identity import Argon2Hasher
 from api.app import create_app
 from domain.identity import NewKey, NewUser, Principal, Role, Scope
+from domain.ports import Clock
 from infra.bootstrap import Runtime, cancel_all, open_runtime
 from infra.settings import Settings
 
@@ -51,9 +53,16 @@ def settings(tmp_path: Path, stream_config: StreamConfig) -> Settings:
 
 
 @pytest.fixture
-async def runtime(settings: Settings, database_url: str, nats_url: str) -> AsyncIterator[Runtime]:
+def clock() -> Clock:
+    """The clock the API's queries and the write handlers read; a test module may put a fixed one here."""
+    return SystemClock()
+
+
+@pytest.fixture
+async def runtime(settings: Settings, database_url: str, nats_url: str, clock: Clock) -> AsyncIterator[Runtime]:
     async with open_runtime(settings, database_url, nats_url) as rt:
         rt.identity.hasher = Argon2Hasher(time_cost=1, memory_cost=8192, parallelism=1)
+        rt.clock = clock
         yield rt
 
 

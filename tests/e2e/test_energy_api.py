@@ -259,26 +259,6 @@ async def test_local_hours_and_days_follow_the_zone(client: Client, runtime: Run
     assert day["timestamp"] == "2026-10-31T18:30:00Z" and day["energy_kwh"] == pytest.approx(2.88)
 
 
-async def test_stats_count_today_this_week_and_this_month(client: Client, runtime: Runtime) -> None:
-    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
-    start = now - timedelta(minutes=90)
-    device_id = seed_device(runtime.app, "10.9.0.7", PLUG, measured_at=start - timedelta(days=3))
-    async with background(runtime, poll=False):
-        assert (await client.post("/api/rates", json={
-            "rate_type": "simple", "rate_structure": {"rate_per_kwh": 0.5}, "effective_from": iso(start - timedelta(days=1)),
-        })).status_code == 201  # fmt: skip
-        response = await client.post(f"/api/devices/{device_id}/readings", json={"readings": minutes(start, 91, 600.0)})
-        assert response.status_code == 200, response.text
-        stats = (await client.get(f"/api/device/{device_id}/stats")).json()
-    midnight = now.replace(hour=0, minute=0)
-    today_kwh = 0.6 * (now - max(start, midnight)).total_seconds() / 3600
-    assert stats["daily_usage_kwh"] == pytest.approx(today_kwh, abs=1e-6)
-    assert stats["daily_cost"] == pytest.approx(today_kwh * 0.5, abs=1e-4)
-    assert stats["monthly_usage_kwh"] >= stats["daily_usage_kwh"] <= stats["weekly_usage_kwh"]
-    assert stats["peak_power_w"] == 600.0 and stats["average_power_w"] == 600.0
-    assert stats["timezone"] == "UTC"
-
-
 async def test_a_device_threshold_shapes_its_sessions(client: Client, viewer: Client, runtime: Runtime) -> None:
     device_id = seed_device(runtime.app, "10.9.0.8", PLUG, measured_at=T0 - timedelta(days=1))
     readings = minutes(T0, 10, 50.0) + minutes(T0 + timedelta(minutes=10), 10, 500.0, total0=50 * 10 / 60)
