@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
@@ -30,6 +31,17 @@ from domain.identity_handlers import IdentityHandlers
 from projections.engine import READ_SCHEMA
 
 VERSION = "0.1.0"
+
+
+class PartStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One supervised part of this process: `running`, `degraded` (failed within the last minute or
+    waiting to restart) or `stopped`; its restarts and the last error, as one line."""
+
+    name: str
+    state: str
+    restarts: int
+    last_error: str | None = None
+    last_failure_at: datetime | None = None
 
 
 @dataclass
@@ -57,6 +69,7 @@ class Services:
     energy: EnergyHandlers | None = None
     host: str = "127.0.0.1"
     clock: Clock = field(default_factory=SystemClock)
+    parts: Callable[[], list[PartStatus]] = list
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 

@@ -57,6 +57,7 @@ from domain.ports import Clock
 from domain.usage import EnergySettings
 from infra.logging import escape_text
 from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
+from infra.supervisor import Supervisor, cancel_all, together
 from projections.audit import AuditProjector
 from projections.chain import ChainProjector, chain_link
 from projections.commands import CommandsProjector, interrupted_commands
@@ -108,6 +109,7 @@ class Runtime:
     rate_counters: PgRateCounters | None = None
     fanout: FanOut | None = None
     exports: DataExportJobs | None = None
+    supervisor: Supervisor | None = None
     clock: Clock = field(default_factory=SystemClock)
 
     def saved(self) -> None:
@@ -212,6 +214,7 @@ class Runtime:
             host=self.settings.host,
             energy=EnergyHandlers(StoreUnitOfWork(self.app), self.clock, energy_settings(self.settings)),
             clock=self.clock,
+            parts=self.supervisor.status if self.supervisor is not None else list,
             compliance=ComplianceJobs(
                 self.settings.compliance_dir, self.database_url, self.app, chain_link,
                 ComplianceHandlers(StoreUnitOfWork(self.app)),
@@ -561,64 +564,42 @@ async def serve_api(runtime: Runtime, stop: asyncio.Event) -> None:
         raise OSError(f"the API could not listen on {runtime.settings.host}:{runtime.settings.port}")
 
 
-async def cancel_all(tasks: Sequence[asyncio.Task[Any]], *, every: float = 0.5, attempts: int = 20) -> None:
-    """Cancel `tasks` and wait for them to end, cancelling again every `every` seconds: a library
-    that swallows one cancellation (seen with nats-py) must not hold a process's stop forever.
-    Tasks still running after `attempts` rounds are logged by name and left behind."""
-    for _ in range(attempts):
-        pending = [task for task in tasks if not task.done()]
-        if not pending:
-            break
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=every)
-    stuck = [task.get_name() for task in tasks if not task.done()]
-    if stuck:
-        log.warning("process.tasks_not_stopped", tasks=stuck)
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: a failure was already reported by whoever awaited it
-
-
 async def run_parts(
     runtime: Runtime, stop: asyncio.Event, *, api: bool, poll: bool, relay: bool, project: bool,
-    execute: bool = False,
+    execute: bool = False, supervisor: Supervisor | None = None,
 ) -> None:
-    """Run the chosen parts side by side until `stop` is set or one of them fails.
+    """Run the chosen parts side by side, each supervised, until `stop` is set.
 
-    The poller follows the system configuration as it changes; `execute` runs the command executor.
+    A part that fails is logged and restarted alone with backoff (see `infra.supervisor`); one
+    that fails too often raises PartFailedTooOften, after every part was stopped. The poller
+    follows the system configuration as it changes; `execute` runs the command executor.
     """
-    background: list[asyncio.Task[None]] = []
+    supervisor = supervisor or Supervisor()
+    runtime.supervisor = supervisor
     if relay:
         runtime.wakers.append(runtime.relay.wake)
-        background.append(asyncio.create_task(runtime.relay.run(), name="relay"))
+        supervisor.add("relay", runtime.relay.run)
     if project:
         runtime.wakers.append(runtime.engine.wake)
-        background.append(asyncio.create_task(runtime.engine.run(), name="projector"))
+        supervisor.add("projector", runtime.engine.run)
     if poll:
-        poller = runtime.poller()
-        background.append(asyncio.create_task(poller.run(), name="poller"))
-        background.append(asyncio.create_task(poller.follow_config(runtime.config().current), name="poller-config"))
+
+        async def run_poller() -> None:
+            poller = runtime.poller()
+            await together(poller.run(), poller.follow_config(runtime.config().current))
+
+        supervisor.add("poller", run_poller)
     if execute:
-        background.append(asyncio.create_task(runtime.executor().run(stop), name="executor"))
+        supervisor.add("executor", lambda: runtime.executor().run(stop), watches_stop=True)
     try:
-        stopper = asyncio.create_task(stop.wait())
         if api:
             await runtime.live_fanout().start()
-            background.append(asyncio.create_task(serve_api(runtime, stop), name="api"))
-            background.append(asyncio.create_task(runtime.responder().run(stop), name="commands"))
-            background.append(asyncio.create_task(runtime.data_exports().run(), name="exports"))
-        done, _ = await asyncio.wait([*background, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        api_task = next((t for t in background if t.get_name() == "api"), None)
-        if api_task is not None:
-            await asyncio.wait_for(asyncio.shield(api_task), timeout=10)
+            supervisor.add("api", lambda: serve_api(runtime, stop), watches_stop=True)
+            supervisor.add("commands", lambda: runtime.responder().run(stop), watches_stop=True)
+            supervisor.add("exports", runtime.data_exports().run)
+        await supervisor.run(stop)
     finally:
         if runtime.fanout is not None:
             await runtime.fanout.stop()
         if runtime.exports is not None:
             await runtime.exports.close()
-        await cancel_all(background)

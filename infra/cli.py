@@ -22,6 +22,7 @@ from domain.commands import AddDevice, Command, RemoveDevice, RenameDevice, devi
 from domain.errors import DeviceAlreadyExists, DomainError
 from infra import audit_cli, replay
 from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runtime, run_parts
+from infra.supervisor import PartFailedTooOften
 from infra.embedded import EmbeddedError, embedded_servers
 from infra.logging import configure_logging
 from infra.settings import Settings, SettingsError, load_settings, mask_secrets, nats_endpoint
@@ -386,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"wattledger: {exc}", file=sys.stderr)
         return 2
-    except (StartupError, EmbeddedError) as exc:
+    except (StartupError, EmbeddedError, PartFailedTooOften) as exc:
         print(f"wattledger: {mask_secrets(str(exc))}", file=sys.stderr)
         return 1
     except (StartupInterrupted, _Interrupted):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -15,7 +15,7 @@ from adapters.fanout import FanOutStatus
 from adapters.relay import RelayStatus, relay_status
 from api.errors import RETRY_AFTER_S
 from api.guards import NO_CREDENTIALS
-from api.services import VERSION, Services
+from api.services import VERSION, PartStatus, Services
 from domain.identity import Permission
 from projections.devices import count_devices
 from projections.engine import READ_SCHEMA, ProjectorStatus, projector_status
@@ -26,6 +26,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     timestamp: datetime
     live: FanOutStatus | None = None
     """This process's live fan-out: following the stream, connected to NATS, messages still pending."""
+    parts: list[PartStatus] = msgspec.field(default_factory=list)
+    """This process's supervised parts, each `running`, `degraded` or `stopped`, with restarts and last error."""
 
 
 class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,13 +49,17 @@ class SystemController(Controller):
     @get("/health", operation_id="getHealth", opt={"public": True}, security=NO_CREDENTIALS)
     async def health(self, services: NamedDependency[Services]) -> Response[Health]:
         """Liveness and database reachability: 200 whenever the database answers, 503 with
-        Retry-After when it does not (within about 2 s). `live` is the live fan-out's state (absent
+        Retry-After when it does not (within about 2 s). `status` is `degraded` (still 200) while a
+        supervised part of this process is failing or restarting; `parts` says which. `live` is the live fan-out's state (absent
         in a process that serves no live clients)."""
         live = await services.fanout.status() if services.fanout is not None else None
+        parts = services.parts()
         if await services.database_answers():
-            return Response(Health(status="healthy", timestamp=datetime.now(timezone.utc), live=live))
+            degraded = any(part.state != "running" for part in parts)
+            return Response(Health(status="degraded" if degraded else "healthy", timestamp=services.clock.now(),
+                                   live=live, parts=parts))  # fmt: skip
         return Response(
-            Health(status="unhealthy", timestamp=datetime.now(timezone.utc), live=live),
+            Health(status="unhealthy", timestamp=services.clock.now(), live=live, parts=parts),
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
