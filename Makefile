@@ -1,7 +1,7 @@
 # Conveniences over quickstart.py, which needs nothing but Python 3.11+.
 PYTHON ?= python3
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench lock clean
 
 demo:
 	$(PYTHON) quickstart.py demo
@@ -11,6 +11,9 @@ test:
 
 bench:
 	$(PYTHON) quickstart.py bench
+
+lock:
+	$(PYTHON) quickstart.py lock
 
 clean:
 	rm -rf .venv build *.egg-info
