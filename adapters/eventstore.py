@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import date, datetime, timezone
 from typing import Any, TypeVar
 from uuid import UUID
@@ -113,6 +114,25 @@ class SystemClock(Clock):
         return datetime.now(timezone.utc)
 
 
+class WriteMarker:
+    """Set once anything of the current request or job was handed to the store for saving."""
+
+    __slots__ = ("wrote",)
+
+    def __init__(self) -> None:
+        self.wrote = False
+
+
+_WRITES: ContextVar[WriteMarker | None] = ContextVar("wattledger_writes", default=None)
+
+
+def watch_writes() -> WriteMarker:
+    """A fresh marker for what runs from here in this context (threads started from it included)."""
+    marker = WriteMarker()
+    _WRITES.set(marker)
+    return marker
+
+
 class StoreUnitOfWork(EventStore):
     """The domain's `EventStore` port over a `WattLedger` application.
 
@@ -156,6 +176,9 @@ class StoreUnitOfWork(EventStore):
         return loaded
 
     async def save(self, *aggregates: Aggregate) -> int:
+        marker = _WRITES.get()
+        if marker is not None:
+            marker.wrote = True
         try:
             position = await asyncio.to_thread(self.app.store, *aggregates)
         except BaseException:

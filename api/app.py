@@ -13,8 +13,9 @@ from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import SerializationException
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, Scope, Send
 
+from adapters.eventstore import watch_writes
 from api.controllers.auth import AuthController
 from api.controllers.compliance import ComplianceController
 from api.controllers.config import ConfigController
@@ -44,11 +45,14 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class RetryLostConnections(ASGIMiddleware):
-    """Repeat a read (GET, HEAD) whose database connection broke under it, a bounded number of times.
+    """Repeat a request whose database connection broke under it before it stored anything, a
+    bounded number of times.
 
-    Reads change nothing, so running one again is safe. The failed attempt's response is dropped
-    before any of it is sent; the last attempt's response goes out whatever it is. Before a
-    retry, `on_lost` gets rid of the pools' other dead connections.
+    A read (GET, HEAD) changes nothing, and a command that lost its connection before handing any
+    event to the store has changed nothing either, so running either again is safe; a command that
+    lost it while saving is not repeated (its outcome is unknown: 503). The failed attempt's
+    response is dropped before any of it is sent; the last attempt's response goes out whatever it
+    is. Before a retry, `on_lost` gets rid of the pools' other dead connections.
     """
 
     scopes = (ScopeType.HTTP,)
@@ -57,18 +61,22 @@ class RetryLostConnections(ASGIMiddleware):
         self.on_lost = on_lost
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if scope.get("method") not in _SAFE_METHODS:
-            await next_app(scope, receive, send)
-            return
+        safe = scope.get("method") in _SAFE_METHODS
         state: dict[str, Any] = scope.setdefault("state", {})
+        if not safe:
+            # The body is read once and handed to every attempt.
+            body = await Request(scope, receive).body()
+            receive = _replaying(body)
         for attempt in range(1, READ_ATTEMPTS + 1):
             state.pop(CONNECTION_LOST_FLAG, None)
             last = attempt == READ_ATTEMPTS
             dropped = False
+            writes = watch_writes()
 
             async def send_unless_retried(message: Message) -> None:
                 nonlocal dropped
-                if message["type"] == "http.response.start" and not last and state.get(CONNECTION_LOST_FLAG):
+                if (message["type"] == "http.response.start" and not last and state.get(CONNECTION_LOST_FLAG)
+                        and (safe or not writes.wrote)):  # fmt: skip
                     dropped = True
                 if not dropped:
                     await send(message)
@@ -82,6 +90,15 @@ class RetryLostConnections(ASGIMiddleware):
             except Exception as exc:  # best effort: the retry runs anyway
                 log.warning("api.pool_check_failed", error=repr(exc))
             await asyncio.sleep(READ_RETRY_BACKOFF_S * attempt)
+
+
+def _replaying(body: bytes) -> Receive:
+    """An ASGI `receive` that hands out `body` whole, as often as a request is run."""
+
+    async def receive() -> HTTPRequestEvent:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 class RefuseUnsafeInput(ASGIMiddleware):
