@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
 from typing import Annotated
 from uuid import UUID
 
@@ -28,6 +27,14 @@ Outlet = Annotated[int, msgspec.Meta(ge=0, le=64)] | Annotated[str, msgspec.Meta
 IdempotencyKey = Annotated[
     str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=255, required=False)
 ]
+Prefer = Annotated[str | None, HeaderParameter(name="Prefer", max_length=1024, required=False)]
+
+
+def respond_async(prefer: str | None) -> bool:
+    """Whether a `Prefer` header (RFC 7240) asks for `respond-async`."""
+    if not prefer:
+        return False
+    return any(item.split(";")[0].strip().lower() == "respond-async" for item in prefer.split(","))
 
 
 class ControlRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,7 +65,7 @@ async def settle_view(services: Services, accepted: ControlAccepted, *, wait: bo
     timeout = 0.0
     if wait:
         first = await control.command(accepted.command_id)
-        timeout = min(MAX_WAIT_S, max((first.deadline - datetime.now(timezone.utc)).total_seconds(), 0.0) + 1.0)
+        timeout = min(MAX_WAIT_S, max((first.deadline - services.clock.now()).total_seconds(), 0.0) + 1.0)
     command = await control.wait_outcome(accepted.command_id, timeout)
     if command.settled and wait:
         newest = await asyncio.to_thread(services.app.recorder.max_notification_id)
@@ -98,11 +105,14 @@ class ControlController(Controller):
         principal: NamedDependency[Principal],
         services: NamedDependency[Services],
         idempotency_key: IdempotencyKey = None,
-        wait: FromQuery[bool] = False,
+        prefer: Prefer = None,
+        wait: FromQuery[bool | None] = None,
     ) -> Response[ControlOutcome]:
         """Switch a plug, one strip outlet, or a whole strip: `on`, `off` or `toggle` (against the state
-        read at execution time). Answers 202 with the recorded command; `?wait=true` waits for its outcome
-        and answers 200 with it (202 if it did not come in time). A repeated `Idempotency-Key` with the same
+        read at execution time). Waits for the outcome (up to the command's deadline, at most 30 s) and
+        answers 200 with it, or 202 with the command if it did not come in time. `Prefer: respond-async`
+        (RFC 7240) or `?wait=false` answers 202 at once with the recorded command (`Preference-Applied`
+        says so); `?wait=true` always waits. A repeated `Idempotency-Key` with the same
         request returns the first command and switches nothing again; with another request, 422
         `IDEMPOTENCY_KEY_REUSED`. 403 `DEVICE_CONTROL_DISABLED` when control is turned off, 404
         `DEVICE_NOT_FOUND` / `OUTLET_NOT_FOUND`. A device known to be offline fails at once (`device_offline`)."""
@@ -113,7 +123,11 @@ class ControlController(Controller):
                 idempotency_key=idempotency_key, actor=principal.actor,
             )
         )  # fmt: skip
-        return await settle_view(services, accepted, wait=wait)
+        asynchronous = respond_async(prefer) if wait is None else not wait
+        answer = await settle_view(services, accepted, wait=not asynchronous)
+        if asynchronous and answer.status_code == 202 and respond_async(prefer):
+            answer.headers["Preference-Applied"] = "respond-async"
+        return answer
 
     @get("/commands/{command_id:uuid}", operation_id="getCommand", opt={"permission": Permission.DEVICES_VIEW})
     async def show(self, command_id: FromPath[UUID], services: NamedDependency[Services]) -> CommandView:

@@ -180,3 +180,27 @@ async def test_control_needs_the_control_permission_and_stops_when_turned_off(
     assert len(device.relay_requests) == 1 and device.is_on()
     bad = await client.post(f"/api/device/{device_id}/control", json={"action": "explode"})
     assert bad.status_code == 400
+
+
+async def test_control_answers_the_outcome_by_default_and_202_when_the_client_prefers_async(
+    client: httpx.AsyncClient, fleet: EmulatorFleet, running: CommandExecutor
+) -> None:
+    device, address = emulated(fleet, "HS110")
+    device_id = await add(client, address)
+    plain = await client.post(f"/api/device/{device_id}/control", json={"action": "off"})
+    assert plain.status_code == 200, plain.text
+    assert (plain.json()["status"], plain.json()["is_on"]) == ("succeeded", False)
+    preferred = await client.post(
+        f"/api/device/{device_id}/control", json={"action": "on"}, headers={"Prefer": "respond-async, wait=5"}
+    )
+    # Answered at once: 202 with the command still to run (200 only if it had already run by then).
+    if preferred.json()["status"] in ("requested", "executing"):
+        assert preferred.status_code == 202 and preferred.headers["preference-applied"] == "respond-async"
+    else:
+        assert preferred.status_code == 200 and preferred.json()["status"] == "succeeded"
+    waited = await client.post(
+        f"/api/device/{device_id}/control", params={"wait": "true"}, json={"action": "on"},
+        headers={"Prefer": "respond-async"},
+    )  # fmt: skip
+    assert waited.status_code == 200 and "preference-applied" not in waited.headers
+    assert device.is_on()

@@ -136,7 +136,7 @@ async def clients(http: httpx.AsyncClient, answers: Answers, devices: list[str],
             ("GET", "/api/devices", None),
             ("GET", f"/api/device/{device}", None),
             ("GET", "/api/system/status", None),
-            ("POST", f"/api/device/{device}/control", {"action": "toggle"}),
+            ("POST", f"/api/device/{device}/control?wait=false", {"action": "toggle"}),
         ):
             try:
                 response = await http.request(method, route, json=body)
