@@ -11,7 +11,10 @@ most `XLSX_MAX_ROWS` data rows under its header; the next row starts a new sheet
 Values: None, bool, int, float and str stay as they are; datetimes are ISO 8601 (UTC
 as `Z`), dates ISO, UUIDs and Decimals their text (XLSX keeps numbers as numbers,
 Decimals included). Structured values (dicts, lists, Structs) are JSON objects in JSON
-Lines and JSON text in a CSV or XLSX cell. A file appears under its final name only
+Lines and JSON text in a CSV or XLSX cell. No text cell is ever read as a formula by a
+spreadsheet: in CSV, text starting with `=`, `+`, `-`, `@`, a tab or a carriage return is
+prefixed with `'` (OWASP's rule for CSV injection); in XLSX every text cell is stored as
+a string, those starting so marked quote-prefixed as well. Numbers are never prefixed. A file appears under its final name only
 when `close()` succeeds: until then it is written as `<name>.part`, and `abort()` (or
 leaving the `with` block by an exception) deletes it.
 """
@@ -30,6 +33,8 @@ from typing import IO, Any, Final, Literal, Protocol
 
 import msgspec
 from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import Cell
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 __all__ = [
@@ -59,6 +64,8 @@ _BUFFER = 1 << 20
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 # Characters XML 1.0 cannot carry, which openpyxl refuses in a cell.
 _XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# What makes a spreadsheet read a cell's text as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Room for the `_<n>` of later sheets within Excel's 31 characters.
 _SHEET_NAME = re.compile(r"[^\[\]:*?/\\']{1,24}")
 
@@ -130,12 +137,28 @@ def sha256_file(path: Path) -> str:
 
 
 def _text(value: Any) -> Any:
-    """A value as a CSV cell shows it: scalars plain, structured values as JSON text."""
+    """A value as a text cell shows it: scalars plain, structured values as JSON text."""
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, (dict, list, tuple, msgspec.Struct)):
         return _ENCODER.encode(value).decode()
     return msgspec.to_builtins(value)
+
+
+def looks_like_formula(text: str) -> bool:
+    """Whether a spreadsheet would take this text for a formula (or the start of one)."""
+    return text.startswith(_FORMULA_START)
+
+
+def _csv_cell(value: Any) -> Any:
+    """A value as a CSV cell holds it: numbers as they are, text that a spreadsheet would evaluate
+    prefixed with `'`."""
+    if isinstance(value, Decimal):
+        return str(value)
+    text = _text(value)
+    if isinstance(text, str) and looks_like_formula(text):
+        return "'" + text
+    return text
 
 
 class _FileWriter:
@@ -206,11 +229,11 @@ class _CsvWriter(_FileWriter):
         super().__init__(path, columns)
         self._file: IO[str] = self.part.open("w", encoding="utf-8", newline="", buffering=_BUFFER)
         self._csv = csv.writer(self._file)
-        self._csv.writerow(self.columns)
+        self._csv.writerow([_csv_cell(column) for column in self.columns])
 
     def write(self, row: Sequence[Any]) -> None:
         self._check(row)
-        self._csv.writerow([_text(value) for value in row])
+        self._csv.writerow([_csv_cell(value) for value in row])
         self.rows += 1
 
     def close(self) -> list[Path]:
@@ -224,8 +247,9 @@ class _CsvWriter(_FileWriter):
         self._discard()
 
 
-def _cell(value: Any) -> Any:
-    """A value as an XLSX cell holds it: numbers as numbers, text cleaned of what XML cannot carry."""
+def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
+    """A value as an XLSX cell holds it: numbers as numbers; text cleaned of what XML cannot carry, in a
+    cell typed as a string, so that openpyxl never writes it as a formula (or an error value)."""
     if value is None or isinstance(value, (bool, int, float, Decimal)):
         return value
     text = value if isinstance(value, str) else _text(value)
@@ -235,7 +259,12 @@ def _cell(value: Any) -> Any:
         text = _XML_ILLEGAL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
     if len(text) > XLSX_MAX_CELL:
         text = text[: XLSX_MAX_CELL - 1] + "…"
-    return text
+    cell: Cell = WriteOnlyCell(sheet, value=text)
+    cell.data_type = "s"
+    if looks_like_formula(text):
+        # Excel keeps a quote-prefixed cell text even when it is edited.
+        cell.quotePrefix = True
+    return cell
 
 
 class _XlsxWriter(_FileWriter):
@@ -254,7 +283,7 @@ class _XlsxWriter(_FileWriter):
         self._sheets += 1
         title = self.sheet_title if self._sheets == 1 else f"{self.sheet_title}_{self._sheets}"
         sheet: WriteOnlyWorksheet = self._book.create_sheet(title)
-        sheet.append(list(self.columns))
+        sheet.append([_cell(sheet, column) for column in self.columns])
         self._sheet_rows = 0
         return sheet
 
@@ -262,7 +291,7 @@ class _XlsxWriter(_FileWriter):
         self._check(row)
         if self._sheet_rows >= self.max_rows:
             self._sheet = self._new_sheet()
-        self._sheet.append([_cell(value) for value in row])
+        self._sheet.append([_cell(self._sheet, value) for value in row])
         self._sheet_rows += 1
         self.rows += 1
 

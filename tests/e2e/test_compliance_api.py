@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import io
 import json
+import zipfile
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 import openpyxl
 
+from adapters.export_files import looks_like_formula
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import ADMIN
-from tests.e2e.test_events_api import all_pages, seed
+from tests.e2e.test_events_api import PLUG, all_pages, seed
+from tests.support import seed_device
 
 Client = httpx.AsyncClient
 
@@ -89,3 +94,26 @@ async def test_exports_are_for_administrators_and_unknown_ones_are_404(
     other = await client.get(f"/api/compliance/exports/{job['id']}/files/..%2F..%2Fsecrets")
     assert other.status_code == 404
     assert (await operator.get(f"/api/compliance/exports/{job['id']}")).status_code == 403
+
+
+async def test_compliance_exports_hold_no_cell_a_spreadsheet_would_evaluate(client: Client, runtime: Runtime) -> None:
+    formula = '=HYPERLINK("http://evil.test","x")'
+    added_at = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    await asyncio.to_thread(seed_device, runtime.app, "10.2.0.9", PLUG, measured_at=added_at, alias=formula)
+    files: dict[str, bytes] = {}
+    for fmt in ("csv", "xlsx"):
+        job = await finished(client, (await client.post("/api/compliance/exports", json={"format": fmt})).json())
+        assert job["status"] == "completed", job
+        files[fmt] = (await client.get(f"/api/compliance/exports/{job['id']}/files/events.{fmt}")).content
+    rows = list(csv.reader(io.StringIO(files["csv"].decode())))
+    assert not any(looks_like_formula(cell) for row in rows for cell in row)
+    added = next(r for r in rows if r[4] == "Added")
+    assert json.loads(added[7])["alias"] == formula
+    with zipfile.ZipFile(io.BytesIO(files["xlsx"])) as archive:
+        sheet = archive.read("xl/worksheets/sheet1.xml").decode()
+    assert "<f>" not in sheet and "<f " not in sheet
+    book = openpyxl.load_workbook(io.BytesIO(files["xlsx"]))
+    cells = [cell for row in book.worksheets[0].iter_rows() for cell in row]
+    assert all(c.data_type != "f" for c in cells)
+    data = [json.loads(str(row[7].value)) for row in book.worksheets[0].iter_rows(min_row=2)]
+    assert formula in [d.get("alias") for d in data]

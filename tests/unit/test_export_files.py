@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import zipfile
 import json
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -70,3 +71,34 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
             open_writer(fmt, tmp_path, stem, columns)
     with open_writer("jsonl", tmp_path, "out", COLUMNS) as writer, pytest.raises(ValueError):
         writer.write([1, 2])
+
+
+FORMULAS = ["=HYPERLINK(\"http://x.test\",\"click\")", "+1+1", "-2+3", "@SUM(A1:A2)", "\t=1+1", "\r=1+1", "#N/A"]
+
+
+def test_csv_text_a_spreadsheet_would_evaluate_is_prefixed_and_numbers_are_not(tmp_path: Path) -> None:
+    with open_writer("csv", tmp_path, "out", ["text", "int", "float", "decimal"]) as writer:
+        for text in FORMULAS:
+            writer.write([text, -1, -2.5, Decimal("-0.25")])
+        writer.write(["plain - text", 0, 0.0, Decimal(0)])
+    with (tmp_path / "out.csv").open(newline="") as file:
+        rows = list(csv.reader(file))[1:]
+    assert [r[0] for r in rows] == [*("'" + t for t in FORMULAS[:-1]), "#N/A", "plain - text"]
+    assert all(r[1:] == ["-1", "-2.5", "-0.25"] for r in rows[:-1])
+
+
+def test_xlsx_text_cells_are_strings_never_formulas(tmp_path: Path) -> None:
+    with open_writer("xlsx", tmp_path, "out", ["=header", "number"]) as writer:
+        for text in FORMULAS:
+            writer.write([text, -1.5])
+    path = tmp_path / "out.xlsx"
+    with zipfile.ZipFile(path) as archive:
+        sheet_xml = archive.read("xl/worksheets/sheet1.xml").decode()
+    assert "<f>" not in sheet_xml and "<f " not in sheet_xml
+    book = openpyxl.load_workbook(path)
+    cells = list(book.worksheets[0].iter_rows())
+    # XML reads a carriage return back as a line feed.
+    expected = [(t.replace("\r", "\n"), "s") for t in ["=header", *FORMULAS]]
+    assert [(c[0].value, c[0].data_type) for c in cells] == expected
+    assert [c[0].quotePrefix for c in cells] == [True, True, True, True, True, True, True, False]
+    assert all(c[1].value == -1.5 and c[1].data_type == "n" for c in cells[1:])
