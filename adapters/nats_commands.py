@@ -37,7 +37,15 @@ from adapters.identity import API_KEY_HEADER
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice, RenameDevice, device_key
 from domain.control import Action, RequestControl, outcome_of
 from domain.control_handlers import ControlHandlers
-from domain.errors import AuthenticationRequired, DomainError, InvalidRequest, NotFound, Unavailable, status_of
+from domain.errors import (
+    AuthenticationRequired,
+    DomainError,
+    InvalidRequest,
+    NoKasaDevice,
+    NotFound,
+    Unavailable,
+    status_of,
+)
 from domain.handlers import CommandHandlers
 from domain.identity import Permission, Principal
 
@@ -222,7 +230,11 @@ class CommandResponder:
 
     async def _add(self, body: bytes, actor: str) -> Any:
         request = msgspec.json.decode(body, type=AddBody)
-        added = await self._commands.add_device(AddDevice(address=request.ip, alias=request.alias, actor=actor))
+        try:
+            added = await self._commands.add_device(AddDevice(address=request.ip, alias=request.alias, actor=actor))
+        except NoKasaDevice as exc:
+            log.warning("commands.add_unreachable", address=request.ip, reason=exc.reason, actor=actor)
+            raise
         return {"device_id": added.device_id, "device_ip": added.address, "position": added.position}
 
     async def _remove(self, body: bytes, actor: str) -> Any:

@@ -106,6 +106,21 @@ class DeviceUnreachable(DeviceError):
     code = "DEVICE_UNREACHABLE"
 
 
+class NoKasaDevice(DeviceUnreachable):
+    """Adding a device found no Kasa device answering at the address.
+
+    One answer whatever went wrong (refused, silent, another service, garbage), so that adding
+    devices cannot tell open ports from closed ones nor show what they answered. `reason` says
+    what did go wrong, for the server's log only.
+    """
+
+    MESSAGE = "no Kasa device answered at this address"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(self.MESSAGE)
+        self.reason = reason
+
+
 class UnsupportedDevice(DeviceError):
     """The device answered but is not a supported plug or strip."""
 

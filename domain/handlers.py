@@ -37,6 +37,7 @@ from domain.errors import (
     DeviceError,
     DeviceNotFound,
     InvalidRequest,
+    NoKasaDevice,
 )
 from domain.meter import MeterDay, utc_day
 from domain.ports import Clock, DeviceDriver, EventStore
@@ -74,11 +75,15 @@ class CommandHandlers:
         """Contact the device first; nothing is stored unless it answers.
 
         Raises InvalidAddress, DeviceAlreadyExists (also when another writer added
-        it meanwhile) and the driver's DeviceError.
+        it meanwhile), and NoKasaDevice for any failure to reach a Kasa device there (its `reason`
+        says which, for the log only).
         """
         address = parse_address(command.address)
         await self._check_absent(address)
-        snapshot = await self.driver.poll(address)
+        try:
+            snapshot = await self.driver.poll(address)
+        except DeviceError as exc:
+            raise NoKasaDevice(f"{type(exc).__name__}: {exc}"[:500]) from exc
         return await self._add_polled(address, snapshot, alias=command.alias, actor=command.actor)
 
     async def _check_absent(self, address: DeviceAddress) -> None:

@@ -19,7 +19,7 @@ import structlog
 
 from adapters.bus import StreamConfig
 from domain.commands import AddDevice, Command, RemoveDevice, RenameDevice, device_key
-from domain.errors import DeviceAlreadyExists, DomainError
+from domain.errors import DeviceAlreadyExists, DomainError, NoKasaDevice
 from infra import audit_cli, replay
 from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runtime, run_parts
 from infra.supervisor import PartFailedTooOften
@@ -233,6 +233,8 @@ async def _device_command(runtime: Runtime, args: argparse.Namespace) -> None:
             command = RemoveDevice(device_id=device_key(args.device), actor=actor)
         result = await handlers.handle(command)
     except DomainError as exc:
+        if isinstance(exc, NoKasaDevice):
+            log.warning("devices.add_unreachable", address=args.address, reason=exc.reason, actor=actor)
         print(f"wattledger: {exc} ({exc.code})", file=sys.stderr)
         raise SystemExit(1) from None
     print(msgspec.json.encode(result).decode())

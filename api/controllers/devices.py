@@ -8,6 +8,7 @@ from uuid import UUID
 
 import anyio.to_thread
 import msgspec
+import structlog
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -17,10 +18,12 @@ from domain.address import parse_address
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice
 from domain.control import RenameOnDevice
 from domain.device import device_id_for
-from domain.errors import DeviceNotFound, InvalidAddress, InvalidRange, Unavailable
+from domain.errors import DeviceNotFound, InvalidAddress, InvalidRange, NoKasaDevice, Unavailable
 from domain.identity import Permission, Principal
 from projections.device_as_of import device_as_of
 from projections.devices import DeviceView, find_device, list_devices
+
+log = structlog.get_logger(__name__)
 
 Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]*$")]
 
@@ -139,10 +142,15 @@ class DevicesController(Controller):
         services: NamedDependency[Services],
     ) -> Response[DeviceView | DeviceAccepted]:
         """Add a device by address. The device is contacted first: its first reading is stored
-        with the add, so it shows at once. 400 bad address, 409 already added, 422 unreachable."""
-        added = await services.commands.add_device(
-            AddDevice(address=data.ip, alias=data.alias, actor=principal.actor)
-        )
+        with the add, so it shows at once. 400 bad address, 409 already added, 422 `DEVICE_UNREACHABLE`
+        "no Kasa device answered at this address" whatever kept it from answering (the reason is logged)."""
+        try:
+            added = await services.commands.add_device(
+                AddDevice(address=data.ip, alias=data.alias, actor=principal.actor)
+            )
+        except NoKasaDevice as exc:
+            log.warning("devices.add_unreachable", address=data.ip, reason=exc.reason, actor=principal.actor)
+            raise
         if await services.wait_projected(added.position):
             view = await resolve_device(services, str(added.device_id))
             return Response(view, status_code=201)

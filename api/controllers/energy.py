@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.controllers.devices import resolve_device
 from api.services import Services
@@ -76,6 +76,9 @@ class ThresholdView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class HistoryMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """`aggregation` in the seed's interval names (`raw`, `5m`, `1h`, `6h`, `1d`, `1w`, `1mo`);
+    `cached` is always false: every answer is read from the read model as it is."""
+
     count: int
     period: str | None
     aggregation: str
@@ -83,6 +86,7 @@ class HistoryMetadata(msgspec.Struct, frozen=True, kw_only=True):
     start_time: datetime
     end_time: datetime
     query_time_ms: float
+    cached: bool = False
 
 
 class HistoryView(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,8 +137,9 @@ def parse_zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
         raise InvalidRange(f"timezone {name!r} is not an IANA time zone") from None
 
 
-def parse_time(text: str | None, field: str) -> datetime | None:
-    """An ISO 8601 time with its offset; raises InvalidRange naming `field` otherwise."""
+def parse_time(text: str | None, field: str, zone: ZoneInfo) -> datetime | None:
+    """An ISO 8601 time; one without a UTC offset is wall-clock time in `zone` (the earlier of a
+    repeated hour). Raises InvalidRange naming `field` for anything else."""
     if text is None:
         return None
     try:
@@ -142,7 +147,7 @@ def parse_time(text: str | None, field: str) -> datetime | None:
     except ValueError:
         raise InvalidRange(f"{field} must be an ISO 8601 time") from None
     if moment.tzinfo is None:
-        raise InvalidRange(f"{field} must name its UTC offset (e.g. Z)")
+        moment = moment.replace(tzinfo=zone)
     if moment.year < 2000 or moment.year > 9000:
         raise InvalidRange(f"{field} must be from the year 2000 to 9000")
     return moment.astimezone(timezone.utc)
@@ -166,19 +171,38 @@ def _auto(span: timedelta) -> str:
     return "weekly"
 
 
+INTERVALS = {"5m": "5min", "1h": "hourly", "6h": "6hourly", "1d": "daily", "1w": "weekly", "1mo": "monthly"}
+"""The seed's interval names (the deprecated `interval` parameter, and `metadata.aggregation`)."""
+INTERVAL_OF = {"raw": "raw", **{aggregation: name for name, aggregation in INTERVALS.items()}}
+
+
+def chosen_aggregation(aggregation: str, interval: str | None) -> str:
+    """The aggregation asked for: `aggregation` by name or seed interval; with `auto`, the deprecated
+    `interval` if given. Raises InvalidRange naming the accepted forms."""
+    if interval is not None and interval not in INTERVALS:
+        raise InvalidRange(f"interval must be one of {', '.join(INTERVALS)}")
+    if aggregation == "auto":
+        return INTERVALS[interval] if interval is not None else "auto"
+    if aggregation in INTERVALS:
+        return INTERVALS[aggregation]
+    if aggregation not in AGGREGATIONS:
+        raise InvalidRange(f"aggregation must be auto or one of {', '.join(AGGREGATIONS)} (or {', '.join(INTERVALS)})")
+    return aggregation
+
+
 def history_range(
-    period: str | None, start_time: str | None, end_time: str | None, aggregation: str, now: datetime
+    period: str | None, start_time: str | None, end_time: str | None, aggregation: str, now: datetime,
+    zone: ZoneInfo,
 ) -> tuple[datetime, datetime, str]:
     """[start, end) and the aggregation a history query asks for; raises InvalidRange (422) for a bad one.
 
     A period ends now; its range is widened to whole buckets (whole hours above
-    5 minutes). A range given by `start_time` / `end_time` is taken as given.
+    5 minutes). A range given by `start_time` / `end_time` is taken as given, a time
+    without an offset read in `zone`.
     """
     if period is not None and period not in PERIODS:
         raise InvalidRange(f"period must be one of {', '.join(PERIODS)}")
-    if aggregation != "auto" and aggregation not in AGGREGATIONS:
-        raise InvalidRange(f"aggregation must be auto or one of {', '.join(AGGREGATIONS)}")
-    start, end = parse_time(start_time, "start_time"), parse_time(end_time, "end_time")
+    start, end = parse_time(start_time, "start_time", zone), parse_time(end_time, "end_time", zone)
     if start is None and end is None:
         length = PERIODS[period or "24h"]
         chosen = AUTO[period or "24h"] if aggregation == "auto" else aggregation
@@ -263,20 +287,25 @@ class EnergyController(Controller):
         end_time: FromQuery[str | None] = None,
         aggregation: FromQuery[str] = "auto",
         timezone: FromQuery[str | None] = None,
+        interval: Annotated[str | None, QueryParameter(description="deprecated: use aggregation")] = None,
     ) -> HistoryView:
         """Energy, cost and power of a device over a period (24h, 7d, 30d, 3m, 6m, 1y) or
-        [start_time, end_time), by raw reading, 5 minutes, or local hour, 6 hours, day, week or month of
-        `timezone`. 422 `INVALID_RANGE` for a bad period, range, aggregation or zone."""
+        [start_time, end_time) (a time without an offset is read in `timezone`), by raw reading, 5 minutes,
+        or local hour, 6 hours, day, week or month of `timezone`. `aggregation` takes these names or the
+        seed's intervals (5m, 1h, 6h, 1d, 1w); the deprecated `interval` is honoured when `aggregation` is
+        auto. 422 `INVALID_RANGE` for a bad period, range, aggregation or zone."""
         began = time.perf_counter()
         zone = parse_zone(timezone, services.zone)
-        start, end, chosen = history_range(period, start_time, end_time, aggregation, services.clock.now())
+        start, end, chosen = history_range(
+            period, start_time, end_time, chosen_aggregation(aggregation, interval), services.clock.now(), zone
+        )
         view = await resolve_device(services, device)
         async with services.read_pool.connection() as conn:
             points = await history(conn, view.device_id, start, end, chosen, zone)
         return HistoryView(
             data=points,
             metadata=HistoryMetadata(
-                count=len(points), period=period, aggregation=chosen, timezone=zone.key, start_time=start,
+                count=len(points), period=period, aggregation=INTERVAL_OF[chosen], timezone=zone.key, start_time=start,
                 end_time=end, query_time_ms=round((time.perf_counter() - began) * 1000, 3),
             ),
         )  # fmt: skip
@@ -322,8 +351,8 @@ class EnergyController(Controller):
         `min_duration_s` or longer, with its
         energy, cost and peak power. 422 `INVALID_RANGE` for a bad range or limit."""
         settings = energy_of(services).settings
-        end = parse_time(end_time, "end_time") or services.clock.now()
-        start = parse_time(start_time, "start_time") or end - timedelta(days=1)
+        end = parse_time(end_time, "end_time", services.zone) or services.clock.now()
+        start = parse_time(start_time, "start_time", services.zone) or end - timedelta(days=1)
         if start >= end or end - start > MAX_SESSION_SPAN:
             raise InvalidRange("start_time must be before end_time, at most 92 days apart")
         if (threshold_w is not None and not 0 <= threshold_w < 1e6) or (

@@ -135,7 +135,7 @@ class RatesController(Controller):
     @get("/rates", operation_id="getRates", opt={"permission": Permission.DEVICES_VIEW})
     async def current(self, services: NamedDependency[Services], as_of: FromQuery[str | None] = None) -> RateView:
         """The rate version in force now, or at `as_of` (ISO 8601). 404 `RATE_NOT_FOUND` when none is."""
-        moment = parse_time(as_of, "as_of") or services.clock.now()
+        moment = parse_time(as_of, "as_of", services.zone) or services.clock.now()
         async with services.read_pool.connection() as conn:
             rate = in_force(await rate_versions(conn), moment)
         if rate is None:

@@ -89,7 +89,7 @@ async def test_imported_readings_give_history_stats_sessions_and_costs(client: C
         })).json()  # fmt: skip
         assert [p["energy_kwh"] for p in hourly["data"]] == [0.0, 0.6, 0.0]
         assert [p["cost"] for p in hourly["data"]] == [0.0, 0.15, 0.0]
-        assert hourly["metadata"]["aggregation"] == "hourly" and hourly["metadata"]["count"] == 3
+        assert hourly["metadata"]["aggregation"] == "1h" and hourly["metadata"]["count"] == 3
         five = (await client.get(f"/api/device/{device_id}/history", params={
             "start_time": iso(T0 + timedelta(hours=1)), "end_time": iso(T0 + timedelta(hours=2)), "aggregation": "5min",
         })).json()  # fmt: skip
@@ -98,6 +98,20 @@ async def test_imported_readings_give_history_stats_sessions_and_costs(client: C
             "start_time": iso(T0), "end_time": iso(T0 + timedelta(minutes=5)), "aggregation": "raw",
         })).json()  # fmt: skip
         assert len(raw["data"]) == 5
+        # The seed's deprecated `interval`, and times without an offset read in the request's zone.
+        seed_style = (await client.get(f"/api/device/{device_id}/history", params={
+            "start_time": "2026-03-06T19:00:00", "end_time": "2026-03-06T22:00:00", "interval": "1h",
+            "timezone": "America/New_York",
+        })).json()  # fmt: skip
+        assert [p["energy_kwh"] for p in seed_style["data"]] == [0.0, 0.6, 0.0]
+        assert seed_style["metadata"]["aggregation"] == "1h" and seed_style["metadata"]["cached"] is False
+        assert seed_style["metadata"]["start_time"] == iso(T0)
+        by_seed_name = await client.get(f"/api/device/{device_id}/history", params={
+            "start_time": iso(T0), "end_time": iso(T0 + timedelta(hours=3)), "aggregation": "1h",
+        })  # fmt: skip
+        assert by_seed_name.json()["data"] == hourly["data"]
+        bad = await client.get(f"/api/device/{device_id}/history", params={"interval": "2h"})
+        assert bad.status_code == 422 and "5m, 1h, 6h, 1d, 1w" in bad.json()["detail"]
 
         sessions = (await client.get(f"/api/device/{device_id}/sessions", params={
             "start_time": iso(T0), "end_time": iso(T0 + timedelta(hours=3)),
