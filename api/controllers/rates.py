@@ -14,9 +14,9 @@ from litestar.params import FromQuery, JSONBody
 from api.controllers.energy import energy_of, parse_time, parse_zone
 from api.services import Services
 from domain.energy_handlers import SetRate
-from domain.errors import InvalidRange, RateNotFound
+from domain.errors import InvalidRange
 from domain.identity import Permission, Principal
-from domain.rates import RateVersion, TouPeriod, in_force
+from domain.rates import RateVersion, TouPeriod, align_up, in_force
 from projections.energy import cost_report, rate_versions
 
 MAX_COST_DAYS = 3 * 366
@@ -51,11 +51,14 @@ class TouView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RateView(msgspec.Struct, frozen=True, kw_only=True):
+    """A rate version; before any is set (`configured` false) `rate_type` is `none`, version 0 and
+    `effective_from` null."""
+
     version: int
     rate_type: str
     currency: str
     timezone: str
-    effective_from: datetime
+    effective_from: datetime | None
     rate_structure: dict[str, float]
     time_of_use_rates: list[TouView]
     weekend_time_of_use_rates: list[TouView]
@@ -63,6 +66,16 @@ class RateView(msgspec.Struct, frozen=True, kw_only=True):
     daily_charge: float
     recorded_at: datetime | None
     actor: str
+    configured: bool = True
+
+
+def no_rate(zone: str) -> RateView:
+    """The answer when no rate is in force: the seed's shape, priced at nothing."""
+    return RateView(
+        version=0, rate_type="none", currency="USD", timezone=zone, effective_from=None, rate_structure={},
+        time_of_use_rates=[], weekend_time_of_use_rates=[], billing_cycle_day=1, daily_charge=0.0,
+        recorded_at=None, actor="", configured=False,
+    )  # fmt: skip
 
 
 class RateHistoryView(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,13 +147,14 @@ class RatesController(Controller):
 
     @get("/rates", operation_id="getRates", opt={"permission": Permission.DEVICES_VIEW})
     async def current(self, services: NamedDependency[Services], as_of: FromQuery[str | None] = None) -> RateView:
-        """The rate version in force now, or at `as_of` (ISO 8601). 404 `RATE_NOT_FOUND` when none is."""
-        moment = parse_time(as_of, "as_of", services.zone) or services.clock.now()
+        """The rate version in force at `as_of` (ISO 8601), or, without it, the one in force from the current
+        5-minute bucket's end: a rate just set (which takes effect at the next 5-minute boundary) shows
+        at once. With none in force, `configured` is false and `rate_type` is `none`."""
+        given = parse_time(as_of, "as_of", services.zone)
+        moment = given or align_up(services.clock.now())
         async with services.read_pool.connection() as conn:
             rate = in_force(await rate_versions(conn), moment)
-        if rate is None:
-            raise RateNotFound(f"no rate is in force at {moment.isoformat()}")
-        return rate_view(rate)
+        return rate_view(rate) if rate is not None else no_rate(services.zone.key)
 
     @get("/rates/history", operation_id="getRateHistory", opt={"permission": Permission.DEVICES_VIEW})
     async def history(self, services: NamedDependency[Services]) -> RateHistoryView:

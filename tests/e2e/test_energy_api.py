@@ -213,7 +213,9 @@ async def test_bad_input_is_refused_and_stores_nothing(client: Client, runtime: 
 
 async def test_rates_are_versioned_with_their_actor(client: Client, runtime: Runtime) -> None:
     async with background(runtime, poll=False):
-        assert_error(await client.get("/api/rates"), 404, "RATE_NOT_FOUND")
+        unset = await client.get("/api/rates")
+        assert unset.status_code == 200 and unset.json()["configured"] is False
+        assert (unset.json()["rate_type"], unset.json()["rate_structure"]) == ("none", {})
         first = await client.post("/api/rates", json={
             "rate_type": "time_of_use", "timezone": "Europe/Berlin", "effective_from": "2026-01-01T00:00:00Z",
             "time_of_use_rates": [{"start_hour": 0, "end_hour": 6, "rate": 0.08, "label": "Off-Peak"},
@@ -230,6 +232,12 @@ async def test_rates_are_versioned_with_their_actor(client: Client, runtime: Run
         assert then["version"] == 1 and then["time_of_use_rates"][0]["label"] == "Off-Peak"
         history = (await client.get("/api/rates/history")).json()
         assert [v["version"] for v in history["versions"]] == [1, 2]
+        # A rate set now takes effect at the next 5-minute boundary, and reads back at once.
+        third = await client.post("/api/rates", json={"rate_type": "simple", "rate_structure": {"rate_per_kwh": 0.25}})
+        assert third.status_code == 201, third.text
+        now = (await client.get("/api/rates")).json()
+        assert (now["version"], now["configured"]) == (3, True)
+        assert now["effective_from"] == third.json()["effective_from"]
 
 
 async def test_permissions_of_energy_routes(
