@@ -58,6 +58,16 @@ class Unavailable(DomainError):
     code = "SERVICE_UNAVAILABLE"
 
 
+class InvalidText(InvalidRequest):
+    """Free text holding a character no text field may hold (`domain.text`); `field` names the field."""
+
+    code = "INVALID_TEXT"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class InvalidAddress(InvalidRequest):
     """A device address that is not `host` or `host:port`."""
 

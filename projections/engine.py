@@ -11,6 +11,17 @@ version its tables were built with. `setup()` drops, recreates and replays from
 zero any read model whose version differs or whose tables are missing (in
 place: the old tables cannot answer for the new version anyway).
 
+An event a read model cannot apply never holds up the events behind it. A section
+that fails with a data error (one PostgreSQL refuses, such as a NUL in text, or a
+value the projector cannot use) is applied again in halves, each under a
+savepoint, down to the one event that fails alone; that event is quarantined
+(`wl_read.projector_quarantine`: read model, position, event, error) and the read
+model goes on past it. An event that cannot even be decoded is quarantined for
+every read model. Transient faults (a lost connection, a serialization failure, a
+lock timeout) and bugs (any other exception) quarantine nothing: the read model
+is rolled back and retried with backoff. `retry()` replays the read models that
+have quarantined events from zero, so the events that now apply land in order.
+
 `rebuild_many()` replays read models from zero into fresh tables in a shadow
 schema while the live tables keep answering queries and the live engine keeps
 projecting into them; when the replay has caught up it locks the read models'
@@ -32,21 +43,26 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from uuid import UUID
 
+import eventsourcing.persistence as es
 import msgspec
 import msgspec.inspect as mi
 import psycopg
 import structlog
-from psycopg import sql
 from eventsourcing.persistence import Notification
+from psycopg import sql
 from psycopg.types.json import Jsonb
+from psycopg_pool import PoolTimeout
 
 from adapters.eventstore import WattLedger
+from domain.text import escape_text
 
 log = structlog.get_logger(__name__)
 
 READ_SCHEMA = "wl_read"
 TRACKING = f"{READ_SCHEMA}.projector_tracking"
+QUARANTINE = f"{READ_SCHEMA}.projector_quarantine"
 
 # Serialises set-up between processes starting at once (an arbitrary constant key).
 _SETUP_LOCK = 0x574C_5052
@@ -74,6 +90,16 @@ ALTER TABLE {TRACKING}
     ADD COLUMN IF NOT EXISTS failed_at timestamptz,
     ADD COLUMN IF NOT EXISTS failing_since timestamptz,
     ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS {QUARANTINE} (
+    projector text NOT NULL,
+    position bigint NOT NULL,
+    originator_id uuid NOT NULL,
+    originator_version bigint NOT NULL,
+    topic text NOT NULL,
+    error text NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projector, position)
+);
 """
 
 _CLEARED = "last_error = NULL, failed_at = NULL, failing_since = NULL, attempts = 0"
@@ -239,8 +265,25 @@ class Projector(Protocol):
         ...
 
 
+class QuarantinedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event a read model could not apply and went on past: where it is in the log, and why."""
+
+    projector: str
+    position: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    error: str
+    quarantined_at: datetime
+
+
 class ProjectorStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """How far a read model is, and whether it is failing."""
+    """How far a read model is, whether it is failing, and the events it quarantined.
+
+    `state` is `current`, `failing` (its last attempt failed; it is retried with backoff) or
+    `degraded` (it goes on, but `quarantined` events are missing from it until
+    `wattledger project --retry` applies them). `quarantine` lists the newest of them.
+    """
 
     name: str
     version: int
@@ -248,13 +291,33 @@ class ProjectorStatus(msgspec.Struct, frozen=True, kw_only=True):
     lag: int
     last_error: str | None
     failing_since: datetime | None
+    state: str = "current"
+    quarantined: int = 0
+    quarantine: list[QuarantinedEvent] = msgspec.field(default_factory=list)
+
+
+QUARANTINE_SHOWN = 10
+"""Quarantined events listed per read model in its status (the newest; `quarantined` counts them all)."""
+
+_QUARANTINE_COLUMNS = "projector, position, originator_id, originator_version, topic, error, quarantined_at"
 
 
 async def projector_status(conn: psycopg.AsyncConnection[Any], max_notification_id: int) -> list[ProjectorStatus]:
-    """Every read model's version, position and lag behind `max_notification_id`, with its failure if any."""
+    """Every read model's version, position and lag behind `max_notification_id`, its failure and quarantine."""
     cur = await conn.execute(
         f"SELECT name, coalesce(version, 0), position, last_error, failing_since FROM {TRACKING} ORDER BY name"
     )
+    tracked = await cur.fetchall()
+    counts = await quarantine_counts(conn)
+    cur = await conn.execute(
+        f"SELECT {_QUARANTINE_COLUMNS} FROM (SELECT *, row_number() OVER (PARTITION BY projector "
+        f"ORDER BY position DESC) AS n FROM {QUARANTINE}) q WHERE n <= %s ORDER BY projector, position",
+        (QUARANTINE_SHOWN,),
+    )
+    shown: dict[str, list[QuarantinedEvent]] = {}
+    for record in await cur.fetchall():
+        event = _quarantined(record)
+        shown.setdefault(event.projector, []).append(event)
     return [
         ProjectorStatus(
             name=name,
@@ -263,9 +326,192 @@ async def projector_status(conn: psycopg.AsyncConnection[Any], max_notification_
             lag=max(max_notification_id - position, 0),
             last_error=last_error,
             failing_since=failing_since,
+            state=_state(last_error, counts.get(name, 0)),
+            quarantined=counts.get(name, 0),
+            quarantine=shown.get(name, []),
         )
-        for name, version, position, last_error, failing_since in await cur.fetchall()
+        for name, version, position, last_error, failing_since in tracked
     ]
+
+
+async def quarantine_counts(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+    """How many events each read model has quarantined (read models with none are left out)."""
+    cur = await conn.execute(f"SELECT projector, count(*) FROM {QUARANTINE} GROUP BY projector")
+    return {name: int(count) for name, count in await cur.fetchall()}
+
+
+async def projector_states(conn: psycopg.AsyncConnection[Any]) -> dict[str, str]:
+    """Each read model's `state` alone (`current`, `failing`, `degraded`), for health checks."""
+    counts = await quarantine_counts(conn)
+    cur = await conn.execute(f"SELECT name, last_error FROM {TRACKING} ORDER BY name")
+    return {name: _state(last_error, counts.get(name, 0)) for name, last_error in await cur.fetchall()}
+
+
+def _state(last_error: str | None, quarantined: int) -> str:
+    if last_error is not None:
+        return "failing"
+    return "degraded" if quarantined else "current"
+
+
+def _quarantined(record: Sequence[Any]) -> QuarantinedEvent:
+    projector, position, originator_id, version, topic, error, at = record
+    return QuarantinedEvent(
+        projector=projector, position=position, originator_id=originator_id, originator_version=version,
+        topic=topic, error=error, quarantined_at=at,
+    )
+
+
+def quarantined_events(conn: psycopg.Connection[Any], names: Collection[str] | None = None) -> list[QuarantinedEvent]:
+    """The events quarantined by `names` (every read model by default), in read model and log order."""
+    where, params = ("", ()) if names is None else (" WHERE projector = ANY(%s)", (list(names),))
+    records = conn.execute(f"SELECT {_QUARANTINE_COLUMNS} FROM {QUARANTINE}{where} ORDER BY projector, position",
+                           params).fetchall()  # fmt: skip
+    return [_quarantined(record) for record in records]
+
+
+# ---- what a failure means ----
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # lost connections, serialization failures, deadlocks, lock and statement timeouts
+    psycopg.InterfaceError,
+    es.OperationalError,
+    es.InterfaceError,
+    PoolTimeout,
+    OSError,
+)
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.DataError,  # NUL in text (UntranslatableCharacter), numbers out of range, bad encodings
+    psycopg.IntegrityError,
+    es.DataError,
+    es.IntegrityError,
+    ValueError,  # decoding (msgspec, UnicodeError), values a projector cannot use
+    TypeError,
+    LookupError,
+    ArithmeticError,
+)
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed while a pass still ran in a worker thread."""
+
+
+def expected_fault(error: BaseException) -> bool:
+    """Whether `error` says a server was away or busy (retrying may succeed), not that the code or the data is wrong."""
+    if isinstance(error, EngineClosed) or isinstance(error, _TRANSIENT):
+        return True
+    # The event store wraps a driver error in its own classes, keeping the cause.
+    return type(error) is es.DatabaseError or (
+        isinstance(error, es.PersistenceError) and error.__cause__ is not None and expected_fault(error.__cause__)
+    )
+
+
+def data_error(error: BaseException) -> bool:
+    """Whether `error` is about the event being applied (so it fails the same way every time), not a fault."""
+    return isinstance(error, _DATA_ERRORS) and not expected_fault(error)
+
+
+def one_line(error: BaseException, limit: int = 2000) -> str:
+    """`Type: message` on one line, escaped, at most `limit` characters: storable in `text` and loggable."""
+    return escape_text(f"{type(error).__name__}: {error}".strip())[:limit]
+
+
+class Undecodable(msgspec.Struct, frozen=True):
+    """Stands in a section for a notification whose event could not be decoded."""
+
+    error: str
+
+
+def decode_notifications(app: WattLedger, notifications: Sequence[Notification]) -> list[object]:
+    """The domain events of `notifications`; one that cannot be decoded is an `Undecodable` in its place."""
+    try:
+        return [app.mapper.to_domain_event(n) for n in notifications]
+    except Exception:
+        pass
+    events: list[object] = []
+    for notification in notifications:
+        try:
+            events.append(app.mapper.to_domain_event(notification))
+        except Exception as error:
+            events.append(Undecodable(one_line(error)))
+    return events
+
+
+def _quarantine(
+    projector: str, notification: Notification, error: str
+) -> tuple[str, int, UUID, int, str, str]:
+    return (projector, notification.id, UUID(str(notification.originator_id)), notification.originator_version,
+            notification.topic, error)  # fmt: skip
+
+
+def apply_isolating(
+    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], notifications: Sequence[Notification]
+) -> list[tuple[str, int, UUID, int, str, str]]:
+    """Apply `events` in the caller's transaction, skipping those that fail alone with a data error.
+
+    Each span is applied under a savepoint; a span that fails with a data error is rolled back
+    and applied again in halves until the one event that fails alone is found. That event, and
+    any `Undecodable`, is left out and returned as a quarantine row (projector, position,
+    originator id and version, topic, error). Any other error (a fault, a bug) is raised.
+    """
+    found: list[tuple[str, int, UUID, int, str, str]] = []
+    start, end = 0, len(events)
+    while start < end:
+        marker = events[start]
+        if isinstance(marker, Undecodable):
+            found.append(_quarantine(projector.name, notifications[start], marker.error))
+            start += 1
+            continue
+        stop = next((i for i in range(start, end) if isinstance(events[i], Undecodable)), end)
+        failed, error = _apply_span(cur, projector, events, start, stop)
+        if error is not None:
+            found.append(_quarantine(projector.name, notifications[failed], one_line(error)))
+            start = failed + 1
+        else:
+            start = stop
+    return found
+
+
+def _apply_span(
+    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], start: int, stop: int
+) -> tuple[int, BaseException | None]:
+    """Apply events[start:stop] under savepoints, up to the first one that fails alone with a data error.
+
+    Returns (that event's index, its error), or (stop, None) when all applied."""
+    chunk = stop - start
+    while start < stop:
+        try:
+            with cur.connection.transaction():
+                projector.apply_batch(cur, events[start:start + chunk])
+        except Exception as error:
+            if not data_error(error) or cur.connection.broken:
+                raise
+            if chunk == 1:
+                return start, error
+            chunk //= 2
+            continue
+        start += chunk
+        chunk = stop - start
+    return stop, None
+
+
+_INSERT_QUARANTINE = (
+    f"INSERT INTO {QUARANTINE} (projector, position, originator_id, originator_version, topic, error) "
+    f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (projector, position) DO UPDATE SET error = EXCLUDED.error, "
+    f"quarantined_at = now()"
+)
+
+
+def _record_quarantine(cur: psycopg.Cursor[Any], rows: Sequence[tuple[str, int, UUID, int, str, str]]) -> None:
+    """Insert quarantine rows in the caller's transaction."""
+    if rows:
+        cur.executemany(_INSERT_QUARANTINE, list(rows))
+
+
+def _log_quarantine(rows: Sequence[tuple[str, int, UUID, int, str, str]]) -> None:
+    """One warning line per event quarantined (once its transaction committed)."""
+    for projector, position, originator_id, version, topic, error in rows:
+        log.warning("projector.event_quarantined", projector=projector, position=position,
+                    originator_id=str(originator_id), originator_version=version, topic=topic, error=error)  # fmt: skip
 
 
 def _homes(tables: Sequence[Table[Any]]) -> list[str]:
@@ -280,11 +526,12 @@ def _search_path(cur: psycopg.Cursor[Any], schemas: Sequence[str]) -> None:
 
 
 class _Section(msgspec.Struct, frozen=True):
-    """Notifications read after `after`, decoded once for every projector."""
+    """Notifications read after `after`, decoded once for every projector (`Undecodable` where that failed)."""
 
     after: int
     ids: list[int]
     events: list[object]
+    notifications: list[Any]
 
 
 class ReplayBusy(RuntimeError):
@@ -348,6 +595,8 @@ class _Shadow:
         self.position = 0
         self.events = 0
         self.head = 0
+        self.quarantined: list[tuple[str, int, UUID, int, str, str]] = []
+        self.live_quarantined: list[tuple[str, int, UUID, int, str, str]] = []
         bare = [table.bare for table in self.tables]
         if len(set(bare)) != len(bare):
             raise ValueError(f"tables of {', '.join(self.names)} share a name; they cannot be rebuilt side by side")
@@ -388,10 +637,10 @@ class _Shadow:
         )
         if not notifications:
             return 0
-        events = [self.app.mapper.to_domain_event(n) for n in notifications]
+        events = decode_notifications(self.app, notifications)
         with self._targeted(cur):
             for projector in self.projectors:
-                projector.apply_batch(cur, events)
+                self.quarantined.extend(apply_isolating(cur, projector, events, notifications))
         self.position = notifications[-1].id
         self.events += len(notifications)
         return len(notifications)
@@ -445,6 +694,10 @@ class _Shadow:
                     f"updated_at = now(), {_CLEARED}",
                     (projector.name, projector.version, self.position),
                 )
+            # The replay saw every event up to its position: what it quarantined is the whole quarantine.
+            cur.execute(f"DELETE FROM {QUARANTINE} WHERE projector = ANY(%s)", (self.names,))
+            _record_quarantine(cur, self.quarantined)
+        _log_quarantine(self.quarantined)
         self._report(progress, "swap")
 
     def compare(self, progress: Callable[[ReplayProgress], None] | None) -> list[RowDifference]:
@@ -461,17 +714,22 @@ class _Shadow:
             for projector in self.projectors:
                 for table in projector.tables:
                     differences.extend(self._diff(cur, projector.name, table))
+        _log_quarantine(self.live_quarantined)
         return differences
 
     def _catch_up_live(self, cur: psycopg.Cursor[Any], projector: Projector, position: int, target: int) -> None:
         """Project the live read model from `position` to `target`, as the engine would, in the caller's transaction."""
         moved = False
+        quarantined: list[tuple[str, int, UUID, int, str, str]] = []
         while notifications := self.app.recorder.select_notifications(
             start=position, limit=self.batch, stop=target, inclusive_of_start=False
         ):
             _search_path(cur, _homes(projector.tables))
-            projector.apply_batch(cur, [self.app.mapper.to_domain_event(n) for n in notifications])
+            events = decode_notifications(self.app, notifications)
+            quarantined.extend(apply_isolating(cur, projector, events, notifications))
             position, moved = notifications[-1].id, True
+        _record_quarantine(cur, quarantined)
+        self.live_quarantined.extend(quarantined)
         if moved:
             cur.execute(
                 f"UPDATE {TRACKING} SET position = %s, updated_at = now(), {_CLEARED} WHERE name = %s",
@@ -563,7 +821,7 @@ class ProjectionEngine:
         worker thread ends instead of opening a connection nobody closes.
         """
         if self._closed:
-            raise RuntimeError("the projection engine is closed")
+            raise EngineClosed("the projection engine is closed")
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
@@ -616,6 +874,7 @@ class ProjectionEngine:
             f"updated_at = now(), {_CLEARED}",
             (projector.name, projector.version),
         )
+        cur.execute(f"DELETE FROM {QUARANTINE} WHERE projector = %s", (projector.name,))
         self._failures.pop(projector.name, None)
         self._retry_at.pop(projector.name, None)
 
@@ -642,31 +901,24 @@ class ProjectionEngine:
             positions: dict[str, int] = dict(cur.fetchall())
             if unknown := set(chosen) - set(positions):
                 raise LookupError(f"read models not set up: {', '.join(sorted(unknown))}; run setup() first")
-            section = self._read(min(positions.values()), chosen, raise_errors)
+            section = self._read(min(positions.values()))
             if section is None:
                 return 0, {}
             applied = {name: self._apply(conn, name, section, raise_errors) for name in chosen}
             return len(section.ids), applied
 
-    def _read(self, after: int, names: Sequence[str], raise_errors: bool) -> _Section | None:
+    def _read(self, after: int) -> _Section | None:
         notifications: Sequence[Notification] = self.app.recorder.select_notifications(
             start=after, limit=self.batch_size, inclusive_of_start=False
         )
         if not notifications:
             return None
-        try:
-            events: list[object] = [self.app.mapper.to_domain_event(n) for n in notifications]
-        except Exception as error:
-            # An event nobody can decode stops every projector behind it.
-            for name in names:
-                self._failed(self._connection(), name, error)
-            if raise_errors:
-                raise
-            return None
-        return _Section(after, [n.id for n in notifications], events)
+        events = decode_notifications(self.app, notifications)
+        return _Section(after, [n.id for n in notifications], events, list(notifications))
 
     def _apply(self, conn: psycopg.Connection[Any], name: str, section: _Section, raise_errors: bool) -> int:
         projector = self.projectors[name]
+        quarantined: list[tuple[str, int, UUID, int, str, str]] = []
         try:
             with conn.transaction(), conn.cursor() as cur:
                 row = cur.execute(f"SELECT position FROM {TRACKING} WHERE name = %s FOR UPDATE", (name,)).fetchone()
@@ -677,7 +929,10 @@ class ProjectionEngine:
                 if first == len(section.ids):
                     return 0
                 _search_path(cur, _homes(projector.tables))
-                projector.apply_batch(cur, section.events[first:])
+                quarantined = apply_isolating(
+                    cur, projector, section.events[first:], section.notifications[first:]
+                )
+                _record_quarantine(cur, quarantined)
                 cur.execute(
                     f"UPDATE {TRACKING} SET position = %s, updated_at = now(), {_CLEARED} WHERE name = %s",
                     (section.ids[-1], name),
@@ -689,24 +944,33 @@ class ProjectionEngine:
             if raise_errors:
                 raise
             return 0
+        _log_quarantine(quarantined)
         if self._failures.pop(name, None):
             self._retry_at.pop(name, None)
             log.info("projector.recovered", projector=name)
         return len(section.ids) - first
 
     def _failed(self, conn: psycopg.Connection[Any], name: str, error: BaseException) -> None:
-        """Record a failure in the projector's tracking row and schedule its retry."""
+        """Record a failure in the projector's tracking row and schedule its retry.
+
+        A fault (the database away or busy) is one warning line; anything else is a bug in the
+        read model, logged with its traceback when it first fails and as one line after that."""
         attempts = self._failures[name] = self._failures.get(name, 0) + 1
         delay = min(self.retry_base * 2 ** (attempts - 1), self.retry_max)
         self._retry_at[name] = self._clock() + delay
-        text = f"{type(error).__name__}: {error}"[:2000]
+        text = one_line(error)
         with conn.transaction():
             conn.execute(
                 f"UPDATE {TRACKING} SET last_error = %s, failed_at = now(), "
                 f"failing_since = coalesce(failing_since, now()), attempts = attempts + 1 WHERE name = %s",
                 (text, name),
             )
-        log.error("projector.failed", projector=name, attempts=attempts, retry_in_s=delay, error=text)
+        if expected_fault(error):
+            log.warning("projector.failed", projector=name, attempts=attempts, retry_in_s=delay, error=text)
+        elif attempts == 1:
+            log.error("projector.failed", projector=name, attempts=attempts, retry_in_s=delay, exc_info=error)
+        else:
+            log.error("projector.failed", projector=name, attempts=attempts, retry_in_s=delay, error=text)
 
     def due(self) -> list[str]:
         """The projectors not waiting out a backoff."""
@@ -744,6 +1008,31 @@ class ProjectionEngine:
             if ahead and len(ahead) < len(due):
                 add(self.project_batch(ahead)[1])
         return totals
+
+    def quarantined(self) -> list[str]:
+        """The read models with quarantined events, in registration order."""
+        with psycopg.connect(self.database_url) as conn:
+            names = {row[0] for row in conn.execute(f"SELECT DISTINCT projector FROM {QUARANTINE}").fetchall()}
+        return [name for name in self.projectors if name in names]
+
+    def retry(
+        self, names: Sequence[str] | None = None, progress: Callable[[ReplayProgress], None] | None = None
+    ) -> tuple[list[QuarantinedEvent], list[QuarantinedEvent]]:
+        """Apply the quarantined events of `names` (default: every read model that has some) again.
+
+        Each such read model is replayed from zero (`rebuild_many`), so the events that now apply
+        land in log order among the others; the ones that still fail stay quarantined. Returns
+        the quarantined events before and after.
+        """
+        chosen = self.quarantined() if names is None else list(names)
+        with psycopg.connect(self.database_url) as conn:
+            before = quarantined_events(conn, chosen)
+        if not chosen:
+            return before, []
+        self.rebuild_many(chosen, progress)
+        with psycopg.connect(self.database_url) as conn:
+            after = quarantined_events(conn, chosen)
+        return before, after
 
     def rebuild(self, name: str, progress: Callable[[ReplayProgress], None] | None = None) -> int:
         """Replay one read model from the first event into fresh tables and swap them in; returns the events replayed."""
@@ -816,20 +1105,36 @@ class ProjectionEngine:
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def run(self, *, poll_interval: float = 0.5) -> None:
-        """Keep every read model current: woken by `wake()`, and polling as a fallback."""
+    async def run(self, *, poll_interval: float = 0.5, fault_backoff_max: float = 30.0) -> None:
+        """Keep every read model current: woken by `wake()`, and polling as a fallback.
+
+        A pass that fails because the database is away is one warning line when the outage
+        starts, and is retried after a pause that doubles up to `fault_backoff_max`; any other
+        failure is logged with its traceback."""
         await asyncio.to_thread(self.setup)
+        failures = 0
         while True:
             self._wakeup.clear()
+            wait = poll_interval
             try:
                 applied = await asyncio.to_thread(self.catch_up_all)
                 for name, count in applied.items():
                     if count:
                         log.debug("projector.applied", projector=name, events=count)
-            except Exception:
+                if failures:
+                    log.info("projector.pass_recovered", failed_passes=failures)
+                failures = 0
+            except Exception as error:
                 # The database or the log failed, not one projector: the next pass retries.
-                log.exception("projector.pass_failed")
+                failures += 1
+                wait = min(poll_interval * 2 ** min(failures - 1, 16), max(fault_backoff_max, poll_interval))
+                if not expected_fault(error):
+                    log.exception("projector.pass_failed", failed_passes=failures)
+                elif failures == 1:
+                    log.warning("projector.pass_failed", error=one_line(error, 300), retry_in_s=wait)
+                else:
+                    log.debug("projector.pass_failed", error=one_line(error, 300), failed_passes=failures)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), poll_interval)
+                await asyncio.wait_for(self._wakeup.wait(), wait)
             except TimeoutError:
                 pass
