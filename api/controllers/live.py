@@ -37,7 +37,7 @@ from litestar.params import FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from adapters.contract import decode_envelope, encode_envelope
-from adapters.fanout import DEVICE_AGGREGATES, ENDING_EVENTS, STOPPED, TOO_SLOW, Ended, LiveEvent, Subscriber
+from adapters.fanout import DEVICE_AGGREGATES, STOPPED, TOO_SLOW, Ended, LiveEvent, Subscriber
 from adapters.identity import API_KEY_HEADER, authenticate_headers
 from api.controllers.devices import resolve_device
 from api.services import Services
@@ -55,6 +55,8 @@ CLOSE_TOO_SLOW = 4429
 CLOSE_UNAVAILABLE = 1013
 CLOSE_GOING_AWAY = 1001
 CLOSE_TIMEOUT_S = 10.0
+RECHECKS_AFTER_IDENTITY_EVENT = 5
+"""Seconds, after an identity event names a live client's principal, during which it is checked every second."""
 REPLAY_SECTION = 1000
 SSE_RETRY_MS = 5000
 
@@ -127,28 +129,32 @@ def principal_ids(principal: Principal) -> list[UUID]:
 
 
 async def keep_checking(services: Services, grant: Grant, subscriber: Subscriber, every: float) -> Refusal:
-    """Return once the grant's credentials no longer hold, with why.
+    """Return once the grant's credentials no longer hold, or no longer allow what they allowed, with why.
 
-    Wakes on identity events naming the principal (an ending one ends at once, others make it
-    ask again), every `every` seconds, and at the access token's expiry.
+    Asks again every `every` seconds, at the access token's expiry, and whenever an identity event
+    names the principal. Such an event is never taken at its word (anyone who can publish on NATS
+    could forge one): it only makes the credentials be checked again against the store, every
+    second for a few seconds, so a revocation ends the stream within about a second.
     """
+    soon = 0
     while True:
-        wait = every
+        wait = 1.0 if soon > 0 else every
         if grant.expires_at is not None:
             wait = min(wait, max((grant.expires_at - datetime.now(timezone.utc)).total_seconds(), 0.0))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscriber.recheck.wait(), timeout=wait)
         subscriber.recheck.clear()
         seen, subscriber.identity = subscriber.identity, []
-        for envelope in seen:
-            ending = ENDING_EVENTS.get((envelope.aggregate, envelope.event))
-            if ending is not None:
-                return Refusal(CLOSE_CREDENTIALS_ENDED, *ending)
+        soon = RECHECKS_AFTER_IDENTITY_EVENT if seen else max(soon - 1, 0)
         try:
-            grant.principal = (await authenticate(services, grant.headers)).principal
+            principal = (await authenticate(services, grant.headers)).principal
         except Refusal as refusal:
             code = CLOSE_FORBIDDEN if refusal.close_code == CLOSE_FORBIDDEN else CLOSE_CREDENTIALS_ENDED
             return Refusal(code, refusal.error_code, refusal.reason)
+        if principal.permissions != grant.principal.permissions:
+            return Refusal(CLOSE_CREDENTIALS_ENDED, "PERMISSIONS_CHANGED",
+                           "the permissions of these credentials changed; connect again")  # fmt: skip
+        grant.principal = principal
 
 
 def _reply(message: dict[str, Any]) -> bytes:

@@ -223,6 +223,31 @@ async def test_a_revoked_session_or_key_ends_the_stream(
         assert code == 4001 and "INVALID_API_KEY" in reason
 
 
+async def test_a_forged_ending_event_changes_nothing_and_a_demotion_ends_the_stream(
+    live: LiveServer, runtime: Runtime, devices: list[str], operator: httpx.AsyncClient,
+    admin: tuple[SignedIn, httpx.AsyncClient],
+) -> None:
+    token = operator.headers["Authorization"].partition(" ")[2]
+    user_id = (await operator.get("/api/auth/me")).json()["id"]
+    async with connect(live.ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        assert (await next_message(ws))["event"] == "authenticated"
+        await ws.send(msgspec.json.encode({"event": "subscribe_all"}).decode())
+        await until(ws, is_update_of(devices[0]))
+        # Anyone who can publish on NATS could send this; the socket must ask the store instead.
+        forged = msgspec.json.encode({
+            "notification_id": 10_000_000, "originator_id": user_id, "version": 9, "aggregate": "user",
+            "event": "Deactivated", "timestamp": datetime.now(timezone.utc).isoformat(), "actor": "forged", "data": {},
+        })  # fmt: skip
+        subject = f"{runtime.stream.subject_prefix}.events.user.{user_id}.Deactivated"
+        await runtime.js.publish(subject, forged, stream=runtime.stream.name)
+        for _ in range(3):
+            await until(ws, is_update_of(devices[0]))
+        demoted = await admin[1].patch(f"/api/users/{user_id}", json={"role": "viewer"})
+        assert demoted.status_code == 200, demoted.text
+        code, reason = await close_code(ws)
+        assert code == 4001 and "PERMISSIONS_CHANGED" in reason
+
+
 def _command_envelope(runtime: Runtime, device_id: uuid.UUID, event: str, **data: Any) -> bytes:
     return msgspec.json.encode({
         "notification_id": 10_000_000 + int(uuid.uuid4().int % 1_000_000_000), "originator_id": str(uuid.uuid4()),
