@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import httpx
+from structlog.testing import capture_logs
 
 from adapters.emulator import EmulatorFleet
 from infra.bootstrap import Runtime
@@ -85,6 +90,91 @@ async def test_unreachable_device_is_refused_and_stores_nothing(client: Client, 
     before = await events_stored(runtime)
     response = await client.post("/api/devices/manual", json={"ip": f"127.0.0.1:{closed_loopback_port()}"})
     assert_error(response, 422, "DEVICE_UNREACHABLE")
+    assert await events_stored(runtime) == before
+
+
+Service = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _xor(data: bytes) -> bytes:
+    key, out = 171, bytearray()
+    for byte in data:
+        key ^= byte
+        out.append(key)
+    return bytes(out)
+
+
+async def _banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def _web_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(4096)
+    writer.write(b"HTTP/1.1 400 Bad Request\r\nServer: nginx/1.25\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def _not_a_plug(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(4096)
+    answer = _xor(b'{"hello": "world"}')
+    writer.write(struct.pack(">I", len(answer)) + answer)
+    await writer.drain()
+    writer.close()
+
+
+async def _hangs_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(1 << 20)
+
+
+@asynccontextmanager
+async def listening(service: Service | None) -> AsyncIterator[str]:
+    """`host:port` of a loopback TCP service behaving as `service`, or of a closed port for None."""
+    if service is None:
+        yield f"127.0.0.1:{closed_loopback_port()}"
+        return
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await service(reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), timeout=5)
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("service", [None, _banner, _web_server, _not_a_plug, _hangs_up, _silent],
+                         ids=["closed", "banner", "web server", "json not kasa", "hangs up", "silent"])  # fmt: skip
+async def test_adding_a_device_cannot_probe_the_network(
+    client: Client, runtime: Runtime, service: Service | None
+) -> None:
+    """Whatever keeps an address from being a Kasa device, the answer is the same and shows nothing of what
+    answered there; the reason is logged on the server."""
+    before = await events_stored(runtime)
+    async with listening(service) as address:
+        with capture_logs() as logs:
+            response = await client.post("/api/devices/manual", json={"ip": address})
+    assert response.status_code == 422, response.text
+    assert response.json() == {"detail": "no Kasa device answered at this address", "status_code": 422,
+                               "error_code": "DEVICE_UNREACHABLE"}  # fmt: skip
+    [logged] = [e for e in logs if e["event"] == "devices.add_unreachable"]
+    assert logged["log_level"] == "warning" and logged["address"] == address and logged["reason"]
     assert await events_stored(runtime) == before
 
 

@@ -95,6 +95,8 @@ async def test_bad_requests_over_nats_get_error_replies_and_store_nothing(
         reply = await ask(runtime, requester, verb, body, creds)
         assert reply["ok"] is False, (verb, body, reply)
         assert (reply["error"]["status_code"], reply["error"]["error_code"]) == (status, code), (verb, body, reply)
+        if code == "DEVICE_UNREACHABLE":
+            assert reply["error"]["detail"] == "no Kasa device answered at this address"
     assert runtime.app.recorder.max_notification_id() == before
     address = fleet.addresses[1]
     assert (await ask(runtime, requester, "add", msgspec.json.encode({"ip": address}), creds))["ok"]

@@ -27,8 +27,12 @@ from domain.errors import (
     DeviceAlreadyExists,
     DeviceNotFound,
     DeviceRemoved,
+    DeviceError,
+    DeviceTimeout,
     DeviceUnreachable,
     InvalidAddress,
+    NoKasaDevice,
+    UnsupportedDevice,
 )
 from domain.handlers import POLLS_PER_SAVE, CommandHandlers
 from domain.meter import MeterDay, meter_day_id
@@ -165,6 +169,32 @@ async def test_an_unreachable_device_stores_nothing() -> None:
     cmd, store, _ = handlers({})
     with pytest.raises(DeviceUnreachable):
         await cmd.add_device(AddDevice(address="10.0.0.9", actor="user:ann"))
+    assert store.events == {}
+
+
+class FailingDriver(ScriptedDriver):
+    def __init__(self, failure: DeviceError) -> None:
+        super().__init__({})
+        self.failure = failure
+
+    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", [
+    DeviceUnreachable("10.0.0.9:22: Unable to connect to the device: [Errno 111] Connect call failed"),
+    DeviceUnreachable("10.0.0.9:22: 17 bytes read on a total of 1397966893 expected bytes"),
+    DeviceTimeout("10.0.0.9:22: no answer within 5 s"),
+    UnsupportedDevice("10.0.0.9:22: IotBulb is not a plug or strip"),
+    DeviceError("10.0.0.9:22: anything else"),
+])  # fmt: skip
+async def test_adding_gives_one_answer_whatever_kept_the_device_from_answering(failure: DeviceError) -> None:
+    store = MemoryStore()
+    cmd = CommandHandlers(store, FailingDriver(failure), SteppingClock())
+    with pytest.raises(NoKasaDevice) as raised:
+        await cmd.add_device(AddDevice(address="10.0.0.9:22", actor="user:ann"))
+    assert (str(raised.value), raised.value.code) == ("no Kasa device answered at this address", "DEVICE_UNREACHABLE")
+    assert str(failure) in raised.value.reason and raised.value.__cause__ is failure
     assert store.events == {}
 
 
