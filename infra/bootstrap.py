@@ -547,6 +547,7 @@ async def serve_api(runtime: Runtime, stop: asyncio.Event) -> None:
         log_config=None,
         access_log=False,
         lifespan="on",
+        **runtime.settings.proxy_options(),
     )
     server = _QuietServer(config)
 

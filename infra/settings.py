@@ -70,6 +70,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_login: tuple[Limit, ...] = (Limit(5, 900),)
     rate_limit_login_ip: tuple[Limit, ...] = (Limit(20, 900),)
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses and networks of the reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are
+    believed; empty: no proxy header is believed, the client is the connection's peer."""
     live_queue: int = 256
     """Unread messages a live client may have before it is dropped as too slow."""
     live_heartbeat: float = 15.0
@@ -97,6 +100,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def embedded(self) -> bool:
         return self.database_url is None or self.nats_url is None
+
+    def proxy_options(self) -> dict[str, Any]:
+        """uvicorn's options for proxy headers: believed from the trusted proxies only, and not at all
+        without any (uvicorn's own default believes them from loopback)."""
+        return {"proxy_headers": bool(self.trusted_proxies), "forwarded_allow_ips": list(self.trusted_proxies)}
 
 
 def _mask_userinfo(match: re.Match[str]) -> str:
@@ -233,6 +241,22 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses and CIDR networks (`10.0.0.1,192.168.0.0/24,::1`); never a wildcard."""
+    networks: list[str] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if "*" in item:
+            raise ValueError("must name each proxy: a wildcard would let any client choose its own address")
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError("must be IP addresses or networks such as 10.0.0.1 or 192.168.0.0/24") from None
+        name = str(network.network_address) if network.num_addresses == 1 else str(network)
+        if name not in networks:
+            networks.append(name)
+    return tuple(networks)
+
+
 def _secret_key(text: str) -> str:
     if len(text) < 16:
         raise ValueError("must have at least 16 characters")
@@ -280,6 +304,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_RATE_LIMIT_LOGIN": ("rate_limit_login", parse_limits),
     "WATTLEDGER_RATE_LIMIT_LOGIN_IP": ("rate_limit_login_ip", parse_limits),
     "WATTLEDGER_CORS_ORIGINS": ("cors_origins", _origins),
+    "WATTLEDGER_TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "WATTLEDGER_LIVE_QUEUE": ("live_queue", _number(int, 1, 100_000)),
     "WATTLEDGER_LIVE_HEARTBEAT": ("live_heartbeat", _number(float, 0.1, 3600)),
     "WATTLEDGER_LIVE_AUTH_TIMEOUT": ("live_auth_timeout", _number(float, 0.1, 600)),

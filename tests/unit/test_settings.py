@@ -93,3 +93,16 @@ def test_a_secret_key_is_taken_and_a_short_one_is_refused_without_showing_it() -
     with pytest.raises(SettingsError) as error:
         load_settings({"WATTLEDGER_SECRET_KEY": "tooshort"})
     assert "WATTLEDGER_SECRET_KEY" in str(error.value) and "tooshort" not in str(error.value)
+
+
+def test_no_proxy_header_is_believed_unless_proxies_are_named() -> None:
+    assert load_settings({}).proxy_options() == {"proxy_headers": False, "forwarded_allow_ips": []}
+    named = load_settings({"WATTLEDGER_TRUSTED_PROXIES": " 10.0.0.1, 192.168.0.7/24,::1 ,10.0.0.1/32"})
+    assert named.trusted_proxies == ("10.0.0.1", "192.168.0.0/24", "::1")
+    assert named.proxy_options() == {"proxy_headers": True, "forwarded_allow_ips": ["10.0.0.1", "192.168.0.0/24", "::1"]}
+
+
+@pytest.mark.parametrize("text", ["*", "proxy.example.com", "10.0.0.0/33", "10.0.0.1,*"])
+def test_a_trusted_proxy_must_be_an_address_or_network(text: str) -> None:
+    with pytest.raises(SettingsError, match=r"^invalid WATTLEDGER_TRUSTED_PROXIES=[^\n]*$"):
+        load_settings({"WATTLEDGER_TRUSTED_PROXIES": text})
