@@ -126,6 +126,13 @@ class WriteMarker:
 _WRITES: ContextVar[WriteMarker | None] = ContextVar("wattledger_writes", default=None)
 
 
+def note_write() -> None:
+    """Record, for whoever watches this context, that something is being handed to the store."""
+    marker = _WRITES.get()
+    if marker is not None:
+        marker.wrote = True
+
+
 def watch_writes() -> WriteMarker:
     """A fresh marker for what runs from here in this context (threads started from it included)."""
     marker = WriteMarker()
@@ -176,9 +183,7 @@ class StoreUnitOfWork(EventStore):
         return loaded
 
     async def save(self, *aggregates: Aggregate) -> int:
-        marker = _WRITES.get()
-        if marker is not None:
-            marker.wrote = True
+        note_write()
         try:
             position = await asyncio.to_thread(self.app.store, *aggregates)
         except BaseException:

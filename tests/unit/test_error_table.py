@@ -13,6 +13,7 @@ from litestar import Litestar, get, post
 from litestar.params import FromPath, JSONBody
 from psycopg_pool import PoolTimeout
 
+from adapters.eventstore import note_write
 from api.app import READ_ATTEMPTS, RefuseUnsafeInput, RetryLostConnections
 from api.errors import EXCEPTION_HANDLERS
 
@@ -56,14 +57,21 @@ async def harness() -> AsyncIterator[tuple[httpx.AsyncClient, Calls]]:
 
     @post("/write", sync_to_thread=False)
     def write(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
+        note_write()
         next_failure()
+        return data
+
+    @post("/decide", sync_to_thread=False)
+    def decide(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
+        next_failure()  # fails while still reading, before anything is handed to the store
+        note_write()
         return data
 
     async def drop_dead() -> None:
         calls.checks += 1
 
     app = Litestar(
-        route_handlers=[read, write],
+        route_handlers=[read, write, decide],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RetryLostConnections(drop_dead), RefuseUnsafeInput()],
     )
@@ -123,6 +131,16 @@ async def test_writes_are_never_repeated(harness: tuple[httpx.AsyncClient, Calls
     calls.raise_first = [psycopg.OperationalError("server closed the connection unexpectedly")]
     assert_unavailable(await client.post("/write", json={"a": 1}))
     assert calls.count == 1
+
+
+async def test_a_command_that_lost_its_connection_before_storing_anything_is_run_again_with_its_body(
+    harness: tuple[httpx.AsyncClient, Calls],
+) -> None:
+    client, calls = harness
+    calls.raise_first = [psycopg.OperationalError("server closed the connection unexpectedly")]
+    response = await client.post("/decide", json={"a": 1})
+    assert (response.status_code, response.json()) == (201, {"a": 1})
+    assert (calls.count, calls.checks) == (2, 1)
 
 
 @pytest.mark.parametrize("make", [lambda: psycopg.DataError("NUL bytes"), lambda: es.DataError("bad value")])
