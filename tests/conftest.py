@@ -22,6 +22,8 @@ import structlog
 from psycopg import sql
 
 from adapters.bus import StreamConfig
+from adapters.eventstore import SystemClock
+from domain.ports import Clock
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +88,12 @@ async def _delete_stream(nats_url: str, name: str) -> None:
         pass
     finally:
         await nc.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The clock a runtime's API queries and write handlers read; a test module may put a fixed one here."""
+    return SystemClock()
 
 
 @pytest.fixture(autouse=True)

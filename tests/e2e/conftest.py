@@ -22,7 +22,6 @@ from litestar import Litestar
 
 from adapters.bus import StreamConfig
 from adapters.emulator import EmulatorFleet
-from adapters.eventstore import SystemClock
 from adapters.identity import Argon2Hasher
 from api.app import create_app
 from domain.identity import NewKey, NewUser, Principal, Role, Scope
@@ -50,12 +49,6 @@ def settings(tmp_path: Path, stream_config: StreamConfig) -> Settings:
         # Tests send far more than 100 requests a minute from one address; the rate-limit tests turn them on.
         rate_limits=False,
     )
-
-
-@pytest.fixture
-def clock() -> Clock:
-    """The clock the API's queries and the write handlers read; a test module may put a fixed one here."""
-    return SystemClock()
 
 
 @pytest.fixture
