@@ -71,8 +71,13 @@ from projections.identity import IdentityProjector, IdentityReadModels
 log = structlog.get_logger(__name__)
 
 
+def energy_rules(settings: Settings) -> EnergyRules:
+    """The energy fold's rules for this installation's polling interval and meter limit."""
+    return EnergyRules.for_polling_interval(settings.polling_interval, max_power_w=settings.max_power_w)
+
+
 def all_projectors(settings: Settings) -> list[Projector]:
-    rules = EnergyRules.for_polling_interval(settings.polling_interval, max_power_w=settings.max_power_w)
+    rules = energy_rules(settings)
     return [
         DevicesProjector(settings.zone, rules), IdentityProjector(), CommandsProjector(), ChainProjector(),
         AuditProjector(), EnergyProjector(rules), ExportsProjector(),
@@ -82,7 +87,7 @@ def all_projectors(settings: Settings) -> list[Projector]:
 def energy_settings(settings: Settings) -> EnergySettings:
     """The energy fold's rules and the session defaults the settings give."""
     return EnergySettings(
-        rules=EnergyRules.for_polling_interval(settings.polling_interval, max_power_w=settings.max_power_w),
+        rules=energy_rules(settings),
         session_threshold_w=settings.session_threshold_w,
         session_min_duration=timedelta(seconds=settings.session_min_duration),
     )
@@ -203,9 +208,7 @@ class Runtime:
             stream_name=self.stream.name,
             fanout=self.fanout,
             zone=self.settings.zone,
-            energy_rules=EnergyRules.for_polling_interval(
-                self.settings.polling_interval, max_power_w=self.settings.max_power_w
-            ),
+            energy_rules=energy_rules(self.settings),
             exports=self.data_exports(),
             on_saved=self.saved,
             edge=self.edge(),
@@ -229,7 +232,7 @@ class Runtime:
             handlers = ExportHandlers(StoreUnitOfWork(self.app), catalog, self.clock, limit=s.exports_per_hour)
             self.exports = DataExportJobs(
                 self.app, handlers, catalog, s.exports_dir, retention=timedelta(days=s.export_retention_days),
-                rules=EnergyRules.for_polling_interval(s.polling_interval, max_power_w=s.max_power_w),
+                rules=energy_rules(s),
                 on_saved=self.saved,
             )
         return self.exports
