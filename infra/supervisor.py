@@ -105,10 +105,7 @@ class Supervisor:
         tasks = [asyncio.create_task(self._keep(record, stop), name=f"supervise-{record.name}")
                  for record in self._parts.values()]  # fmt: skip
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await first_failure(tasks)
         finally:
             stop.set()
             # Each keeper stops its own part (a part that watches `stop` gets its patience first).
@@ -175,12 +172,17 @@ async def together(*runs: Coroutine[Any, Any, None]) -> None:
     """Run coroutines side by side as one part: the first to fail ends the others and raises."""
     tasks = [asyncio.create_task(run) for run in runs]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        await first_failure(tasks)
     finally:
         await cancel_all(tasks)
+
+
+async def first_failure(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Wait until every task ended or one failed; raise the failure."""
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 async def cancel_all(tasks: Sequence[asyncio.Task[Any]], *, every: float = 0.5, attempts: int = 20) -> None:
