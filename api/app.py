@@ -32,6 +32,7 @@ from api.controllers.system import SystemController
 from api.controllers.users import UsersController
 from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
 from api.guards import Authorizer, provide_principal, schema_config
+from api.pending import ReportPendingReadModels
 from api.ratelimit import cors_config, install_edge
 from api.services import VERSION, Services
 from api.socketio import socketio_route
@@ -145,7 +146,8 @@ def create_app(services: Services) -> Litestar:
         },
         guards=[Authorizer(services.identity, services.tokens)],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RetryLostConnections(services.drop_dead_connections), RefuseUnsafeInput()],
+        middleware=[RetryLostConnections(services.drop_dead_connections), RefuseUnsafeInput(),
+                    ReportPendingReadModels()],
         openapi_config=schema_config(VERSION),
         cors_config=cors_config(services.edge.cors_origins),
         debug=False,

@@ -21,6 +21,7 @@ from adapters.fanout import FanOut
 from adapters.identity import TokenService
 from adapters.kasa_driver import KasaDriver
 from api.errors import connection_lost
+from api.pending import note_pending
 from api.ratelimit import EdgePolicy
 from domain.control_handlers import ConfigHandlers, ControlHandlers
 from domain.energy import EnergyRules
@@ -113,7 +114,10 @@ class Services:
             await asyncio.to_thread(store_pool.check)
 
     async def wait_projected(self, notification_id: int, *, projector: str = "devices", timeout: float = 3.0) -> bool:
-        """Wait until `projector` has applied `notification_id` (read-your-writes for commands)."""
+        """Wait until `projector` has applied `notification_id` (read-your-writes for commands).
+
+        False when `timeout` runs out first: the answer then names the read model in
+        `X-Read-Models-Pending` (see `api.pending`)."""
         self.on_saved()
         deadline = time.monotonic() + timeout
         delay = 0.01
@@ -126,15 +130,16 @@ class Services:
             if row and row[0] >= notification_id:
                 return True
             if time.monotonic() >= deadline:
+                note_pending(projector, notification_id)
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
     async def wait_identity(self, *, timeout: float = 3.0) -> bool:
-        """Wait until the identity read models hold everything stored so far.
+        """Wait until the identity read models hold everything stored so far, for the lists they answer.
 
-        Per-request authentication reads them, so an ended session, a revoked key or a
-        deactivated user stops working once this returns True.
+        Authentication does not need it: it reads the event store, so an ended session, a revoked
+        key or a deactivated user stops working as soon as the change is stored.
         """
         newest = await asyncio.to_thread(self.app.recorder.max_notification_id)
         return await self.wait_projected(newest or 0, projector="identity", timeout=timeout)

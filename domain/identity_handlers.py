@@ -4,9 +4,12 @@
 decides with the aggregates and stores every aggregate it touched in one
 `save`; a `ConcurrencyConflict` reloads and decides again once, a second one
 reaches the caller. The per-request checks (`authenticate_session`,
-`authenticate_key`) store no event: they read the read models through the
-`IdentityReader` port (falling back to the event store for ids the read
-models do not have yet) and note activity in plain tables.
+`authenticate_key`) store no event and never trust a read model: each asks the
+event store for the current version of the session or key and of its user (one
+indexed query through the `IdentityReader` port), and uses the state of each at
+exactly that version, kept in memory from an earlier request or loaded from the
+store. A revocation, a logout, a deactivation or a role change is in force for
+the next request, whatever the projectors do. Activity is noted in plain tables.
 
 Plain secrets (passwords, TOTP secrets, backup codes, keys) are only ever in
 arguments and in the one return value that hands them out; nothing here logs.
@@ -81,14 +84,19 @@ from domain.identity import (
     user_id_for,
 )
 from domain.ports import Clock, EventStore, IdentityReader, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
+from domain.text import check_text
 
 T = TypeVar("T")
 A = TypeVar("A", bound=Aggregate)
+S = TypeVar("S")
 
 SYSTEM_ACTOR = "system:auth"
 """The actor of what the system decides by itself (expiry, reuse detection)."""
 
 MAX_NAME_LENGTH = 200
+MAX_KEY_NAME_LENGTH = 100
+REMEMBERED_STATES = 10_000
+"""Sessions, keys and users whose state per-request checks keep in memory (by their stored version)."""
 
 
 def user_actor(user_id: UUID) -> str:
@@ -116,6 +124,7 @@ class IdentityHandlers:
         self.clock = clock
         self.reader = reader
         self._decoy_hash: str | None = None
+        self._states = VersionedStates(REMEMBERED_STATES)
 
     # ---- helpers ----
 
@@ -202,7 +211,7 @@ class IdentityHandlers:
         """Create the first administrator, once.
 
         Raises SetupAlreadyDone (also when another setup won a race), InvalidUsername,
-        InvalidEmail, PasswordPolicy.
+        InvalidText, InvalidEmail, PasswordPolicy.
         """
         if not await self.setup_required():
             raise SetupAlreadyDone("setup was already done")
@@ -384,7 +393,7 @@ class IdentityHandlers:
         """Add a user. Needs USERS_MANAGE.
 
         Raises InsufficientPermissions, UserExists (names of deleted users stay
-        taken), InvalidUsername, InvalidEmail, PasswordPolicy.
+        taken), InvalidUsername, InvalidText, InvalidEmail, PasswordPolicy.
         """
         principal.require(Permission.USERS_MANAGE)
         username = check_username(command.username)
@@ -410,7 +419,7 @@ class IdentityHandlers:
 
         Deactivating ends the user's sessions (`user_disabled`); a new password ends
         them too (`revoked`). Raises InsufficientPermissions, UserNotFound, LastAdmin
-        (the change would leave no active administrator), InvalidEmail, PasswordPolicy.
+        (the change would leave no active administrator), InvalidText, InvalidEmail, PasswordPolicy.
         """
         principal.require(Permission.USERS_MANAGE)
         email = check_email(changes.email) if not isinstance(changes.email, msgspec.UnsetType) else changes.email
@@ -559,13 +568,13 @@ class IdentityHandlers:
         """Issue an API key of the principal's user; the plain key is in the result only.
 
         A key acts with its owner's permissions cut down to its scope, as they are
-        at each request. Raises SessionRequired (keys cannot issue keys),
+        at each request. Raises SessionRequired (keys cannot issue keys), InvalidText,
         InvalidRequest (empty or long name, expiry not in the future).
         """
         principal.require_session()
-        name = command.name.strip()
-        if not name or len(name) > 100:
-            raise InvalidRequest("a key's name has 1 to 100 characters")
+        name = check_text(command.name, field="name").strip()
+        if not name or len(name) > MAX_KEY_NAME_LENGTH:
+            raise InvalidRequest(f"a key's name has 1 to {MAX_KEY_NAME_LENGTH} characters")
         expires_at = command.expires_at
         if expires_at is not None and (expires_at.tzinfo is None or expires_at <= self.clock.now()):
             raise InvalidRequest("a key's expiry is a moment in the future, with its time zone")
@@ -600,23 +609,39 @@ class IdentityHandlers:
 
     # ---- per-request checks (no events) ----
 
-    async def _account(self, user_id: UUID) -> AccountState | None:
-        account = await self.reader.account(user_id)
-        if account is None:
-            user = await self._load(user_id, User)
-            account = user.account() if user is not None else None
-        return account
+    async def _state(
+        self, aggregate_id: UUID, version: int | None, kind: type[A], view: Callable[[A], S], shape: type[S]
+    ) -> S | None:
+        """The state (`view`) of the aggregate at its stored `version`: remembered, or loaded from the store.
+
+        None when the store has no such aggregate or it is not a `kind`."""
+        if version is None:
+            return None
+        remembered = self._states.get(aggregate_id, version, shape)
+        if remembered is not None:
+            return remembered
+        aggregate = await self._load(aggregate_id, kind)
+        if aggregate is None:
+            return None
+        state = view(aggregate)
+        self._states.put(aggregate_id, aggregate.version, state)
+        return state
+
+    async def _versions(self, *ids: UUID | None) -> dict[UUID, int]:
+        return await self.reader.versions([i for i in ids if i is not None])
+
+    async def _account(self, user_id: UUID, version: int | None) -> AccountState | None:
+        return await self._state(user_id, version, User, User.account, AccountState)
 
     async def authenticate_session(self, session_id: UUID, user_id: UUID) -> Principal:
         """The principal of a verified access token's session and user (the token service checked the token).
 
-        Raises TokenInvalid (unknown session, another user's, deleted user),
-        SessionEnded, TokenExpired (the session's lifetime is over), AccountDisabled.
+        Reads the session and the user as the event store holds them now. Raises TokenInvalid
+        (unknown session, another user's, deleted user), SessionEnded, TokenExpired (the
+        session's lifetime is over), AccountDisabled.
         """
-        state: SessionState | None = await self.reader.session(session_id)
-        if state is None:
-            session = await self._load(session_id, Session)
-            state = session.state() if session is not None else None
+        versions = await self._versions(session_id, user_id)
+        state = await self._state(session_id, versions.get(session_id), Session, Session.state, SessionState)
         if state is None or state.user_id != user_id:
             raise TokenInvalid("unknown session")
         if state.ended:
@@ -624,7 +649,7 @@ class IdentityHandlers:
         now = self.clock.now()
         if now >= state.expires_at:
             raise TokenExpired("the session has expired; sign in again")
-        account = await self._account(user_id)
+        account = await self._account(user_id, versions.get(user_id))
         if account is None or account.deleted:
             raise TokenInvalid("unknown user")
         if not account.active:
@@ -638,14 +663,13 @@ class IdentityHandlers:
     async def authenticate_key(self, plain: str) -> Principal:
         """The principal of a plain API key (`X-API-Key`), with its owner's permissions within its scope.
 
-        Raises ApiKeyInvalid (malformed, unknown, wrong secret, revoked, expired,
-        owner deleted) and AccountDisabled.
+        Reads the key and its owner as the event store holds them now. Raises ApiKeyInvalid
+        (malformed, unknown, wrong secret, revoked, expired, owner deleted) and AccountDisabled.
         """
         key_id, secret = parse_api_key(plain)
-        state: ApiKeyState | None = await self.reader.api_key(key_id)
-        if state is None:
-            key = await self._load(key_id, ApiKey)
-            state = key.state() if key is not None else None
+        # A key's owner never changes: once the key is known, one query gives both versions.
+        versions = await self._versions(key_id, self._states.owner(key_id))
+        state = await self._state(key_id, versions.get(key_id), ApiKey, ApiKey.state, ApiKeyState)
         if state is None or not hmac.compare_digest(self.secrets.digest(secret), state.key_hash):
             raise ApiKeyInvalid("unknown API key")
         if state.revoked:
@@ -653,7 +677,9 @@ class IdentityHandlers:
         now = self.clock.now()
         if state.expires_at is not None and now >= state.expires_at:
             raise ApiKeyInvalid("this API key has expired")
-        account = await self._account(state.user_id)
+        if state.user_id not in versions:
+            versions = await self._versions(state.user_id)
+        account = await self._account(state.user_id, versions.get(state.user_id))
         if account is None or account.deleted:
             raise ApiKeyInvalid("the owner of this API key was deleted")
         if not account.active:
@@ -665,8 +691,38 @@ class IdentityHandlers:
         )
 
 
+class VersionedStates:
+    """The states of sessions, keys and users, each remembered with the stored version it belongs to.
+
+    A state is only ever used for the version it was read at, so it never goes stale: a new
+    event gives a new version, and the next check loads the aggregate again. At most `size`
+    states are kept; the oldest is forgotten first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._states: dict[UUID, tuple[int, object]] = {}
+
+    def get(self, aggregate_id: UUID, version: int, shape: type[S]) -> S | None:
+        found = self._states.get(aggregate_id)
+        if found is None or found[0] != version or not isinstance(found[1], shape):
+            return None
+        return found[1]
+
+    def put(self, aggregate_id: UUID, version: int, state: object) -> None:
+        self._states.pop(aggregate_id, None)
+        if len(self._states) >= self.size:
+            del self._states[next(iter(self._states))]
+        self._states[aggregate_id] = (version, state)
+
+    def owner(self, key_id: UUID) -> UUID | None:
+        """The user of a key whose state is remembered (whatever its version), else None."""
+        found = self._states.get(key_id)
+        return found[1].user_id if found is not None and isinstance(found[1], ApiKeyState) else None
+
+
 def _name(full_name: str) -> str:
-    name = full_name.strip()
+    name = check_text(full_name, field="full_name").strip()
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"a full name has at most {MAX_NAME_LENGTH} characters")
     return name

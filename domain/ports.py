@@ -6,6 +6,7 @@ system clock); tests subclass them with fakes. Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
@@ -14,7 +15,6 @@ from eventsourcing.domain import Aggregate
 
 from domain.address import DeviceAddress
 from domain.device import Device
-from domain.identity import AccountState, ApiKeyState, SessionState
 from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
 
@@ -120,17 +120,16 @@ class SecretMaker(Protocol):
 
 
 class IdentityReader(Protocol):
-    """What per-request authentication reads (read models) and the activity it notes (no events).
+    """What per-request authentication reads and the activity it notes (no events).
 
-    The read models lag the event store a little: a miss is not proof of absence, so
-    the handlers fall back to the event store for an id they do not find here.
+    Authentication never trusts a read model, which may lag the log or be stuck behind
+    an event it cannot hold: it asks the event store itself which version each session,
+    key and user is at now.
     """
 
-    async def session(self, session_id: UUID) -> SessionState | None: ...
-
-    async def account(self, user_id: UUID) -> AccountState | None: ...
-
-    async def api_key(self, key_id: UUID) -> ApiKeyState | None: ...
+    async def versions(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The version of each aggregate as stored now (its last event); ids with no event are left out."""
+        ...
 
     async def touch_session(self, session_id: UUID, at: datetime) -> None:
         """Note the session's last activity (kept at minute precision)."""

@@ -2,8 +2,8 @@
 
 Rows come from events alone, so a replay from zero gives the same rows. No
 query result carries a secret: the only secret column, `api_keys.key_hash`, is
-read by `IdentityReadModels.api_key` to check a presented key and by nothing
-that answers a client. Last activity of sessions and last use of keys live in
+read by nothing that answers a client (authentication checks keys against the
+event store, not against this table). Last activity of sessions and last use of keys live in
 the plain tables of `wl_auth` (written by authentication, not by events) and
 are joined in here.
 """
@@ -20,19 +20,9 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from adapters.history import EVENTS_TABLE
 from adapters.identity import KEY_USAGE_TABLE, SESSION_ACTIVITY_TABLE
-from domain.identity import (
-    AccountState,
-    ApiKey,
-    ApiKeyState,
-    Permission,
-    Role,
-    Scope,
-    Session,
-    SessionState,
-    User,
-    permissions_for,
-)
+from domain.identity import ApiKey, Permission, Role, Scope, Session, User, permissions_for
 from domain.ports import IdentityReader
 from projections.engine import READ_SCHEMA, Table
 
@@ -336,7 +326,10 @@ async def list_api_keys(
 
 
 class IdentityReadModels(IdentityReader):
-    """The `IdentityReader` port over the read models, for per-request authentication.
+    """The `IdentityReader` port for per-request authentication, on the read pool.
+
+    `versions` reads the event store's own table (its primary key index), never a read
+    model, so authentication follows the log even while the identity projector lags.
 
     Activity is noted at most once per ACTIVITY_RESOLUTION per session or key:
     this process skips the write when it wrote recently, and the statement
@@ -348,39 +341,16 @@ class IdentityReadModels(IdentityReader):
         self._remember = remember
         self._noted: dict[UUID, datetime] = {}
 
-    async def session(self, session_id: UUID) -> SessionState | None:
+    async def versions(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, int]:
+        if not aggregate_ids:
+            return {}
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                f"SELECT user_id, expires_at, ended_at IS NOT NULL FROM {SESSIONS_TABLE} WHERE id = %s", (session_id,)
+                f"SELECT originator_id, max(originator_version) FROM {EVENTS_TABLE} "
+                f"WHERE originator_id = ANY(%s) GROUP BY originator_id",
+                (list(aggregate_ids),),
             )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return SessionState(session_id=session_id, user_id=row[0], expires_at=row[1], ended=row[2])
-
-    async def account(self, user_id: UUID) -> AccountState | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT username, role, active, deleted FROM {USERS_TABLE} WHERE id = %s", (user_id,)
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return AccountState(user_id=user_id, username=row[0], role=Role(row[1]), active=row[2], deleted=row[3])
-
-    async def api_key(self, key_id: UUID) -> ApiKeyState | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT user_id, scope, key_hash, expires_at, revoked_at IS NOT NULL FROM {API_KEYS_TABLE} "
-                f"WHERE id = %s",
-                (key_id,),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return ApiKeyState(
-            key_id=key_id, user_id=row[0], scope=Scope(row[1]), key_hash=row[2], expires_at=row[3], revoked=row[4]
-        )
+            return {originator_id: int(version) for originator_id, version in await cur.fetchall()}
 
     async def touch_session(self, session_id: UUID, at: datetime) -> None:
         await self._note(SESSION_ACTIVITY_TABLE, "session_id", "last_activity", session_id, at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import TypeVar
 from uuid import UUID, uuid4
@@ -41,9 +42,7 @@ from domain.errors import (
 from domain.identity import (
     MAX_SESSIONS,
     ROSTER_ID,
-    AccountState,
     ApiKey,
-    ApiKeyState,
     EndReason,
     Login,
     NewKey,
@@ -55,7 +54,6 @@ from domain.identity import (
     Scope,
     Session,
     SessionGrant,
-    SessionState,
     SetupAdmin,
     User,
     UserChanges,
@@ -135,24 +133,16 @@ class MemoryStore(EventStore):
 
 
 class StoreReader(IdentityReader):
-    """Read models that are always current (or, with `lagging`, have not caught up at all)."""
+    """The versions of aggregates as the store holds them, and the activity noted."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
-        self.lagging = False
         self.touched: list[UUID] = []
+        self.asked: list[list[UUID]] = []
 
-    async def session(self, session_id: UUID) -> SessionState | None:
-        found = None if self.lagging else self.store.load(session_id)
-        return found.state() if isinstance(found, Session) else None
-
-    async def account(self, user_id: UUID) -> AccountState | None:
-        found = None if self.lagging else self.store.load(user_id)
-        return found.account() if isinstance(found, User) else None
-
-    async def api_key(self, key_id: UUID) -> ApiKeyState | None:
-        found = None if self.lagging else self.store.load(key_id)
-        return found.state() if isinstance(found, ApiKey) else None
+    async def versions(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, int]:
+        self.asked.append(list(aggregate_ids))
+        return {i: len(self.store.events[i]) for i in aggregate_ids if self.store.events.get(i)}
 
     async def touch_session(self, session_id: UUID, at: datetime) -> None:
         self.touched.append(session_id)
@@ -640,14 +630,38 @@ async def test_per_request_checks_store_no_event_and_note_activity() -> None:
     assert w.store.position == before and admin.session_id in w.reader.touched
 
 
-async def test_sessions_and_keys_not_yet_in_the_read_models_are_found_in_the_store() -> None:
+async def test_a_check_reads_the_store_once_per_change_and_follows_every_change_at_once() -> None:
     w = world()
     admin = await set_up(w)
-    key = await w.handlers.issue_key(admin, NewKey(name="fresh", scope=Scope.READ_WRITE))
-    grant = await sign_in(w, "root")
-    w.reader.lagging = True
-    assert (await principal(w, grant)).session_id == grant.session_id
-    assert (await w.handlers.authenticate_key(key.key)).key_id == key.key_id
+    await add_user(w, admin, "olga", Role.OPERATOR)
+    olga = await principal(w, await sign_in(w, "olga"))
+    key = await w.handlers.issue_key(olga, NewKey(name="ha", scope=Scope.READ_WRITE))
+    loads: list[UUID] = []
+    aggregate = w.store.aggregate
+
+    async def counted(aggregate_id: UUID, kind: type[A]) -> A | None:
+        loads.append(aggregate_id)
+        return await aggregate(aggregate_id, kind)
+
+    w.store.aggregate = counted  # type: ignore[method-assign]
+    await w.handlers.authenticate_key(key.key)
+    assert loads == [key.key_id], "olga's user and session were read by her own sign-in check"
+    for _ in range(5):
+        assert Permission.DEVICES_MANAGE in (await w.handlers.authenticate_key(key.key)).permissions
+        await w.handlers.authenticate_session(olga.session_id or uuid4(), olga.user_id)
+    assert loads == [key.key_id], "a state is loaded again only when its version changed"
+    assert w.reader.asked[-2] == [key.key_id, olga.user_id], "one query gives the key's and its owner's versions"
+
+    await w.handlers.update_user(admin, olga.user_id, UserChanges(role=Role.VIEWER))
+    loads.clear()
+    assert (await w.handlers.authenticate_key(key.key)).permissions == {Permission.DEVICES_VIEW}
+    assert loads == [olga.user_id], "the demotion gave the user a new version"
+    await w.handlers.revoke_key(olga, key.key_id)
+    with pytest.raises(ApiKeyInvalid):
+        await w.handlers.authenticate_key(key.key)
+    await w.handlers.logout(olga)
+    with pytest.raises(SessionEnded):
+        await w.handlers.authenticate_session(olga.session_id or uuid4(), olga.user_id)
 
 
 async def test_a_session_token_of_another_user_is_refused() -> None:
