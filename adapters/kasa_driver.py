@@ -22,6 +22,7 @@ from domain.address import KASA_PORT, DeviceAddress
 from domain.errors import DeviceError, DeviceTimeout, DeviceUnreachable, OutletNotFound, UnsupportedDevice
 from domain.ports import DeviceDriver, DeviceSwitch
 from domain.readings import DeviceSnapshot, OutletReading
+from domain.text import clean_text
 
 log = structlog.get_logger(__name__)
 
@@ -74,11 +75,12 @@ def snapshot_of(device: Device) -> DeviceSnapshot:
     if not isinstance(device, (IotPlug, IotStrip)):
         raise UnsupportedDevice(f"{type(device).__name__} at {device.host} is not a plug or strip")
     has_emeter = bool(device.has_emeter)
+    # What a device says about itself is free text from outside: kept without the characters text may not hold.
     common = {
-        "alias": device.alias or "",
-        "model": device.model,
-        "mac": device.mac,
-        "firmware": str(device.sys_info["sw_ver"]),
+        "alias": clean_text(device.alias or ""),
+        "model": clean_text(device.model),
+        "mac": clean_text(device.mac),
+        "firmware": clean_text(str(device.sys_info["sw_ver"])),
         "has_emeter": has_emeter,
         "rssi": device.rssi,
     }
@@ -111,9 +113,9 @@ def snapshot_of(device: Device) -> DeviceSnapshot:
 def _outlet_reading(index: int, child: Device, has_emeter: bool) -> OutletReading:
     meter = _Meter(child) if has_emeter else None
     return OutletReading(
-        outlet_id=child.child_id if isinstance(child, IotStripPlug) else child.device_id,
+        outlet_id=clean_text(child.child_id if isinstance(child, IotStripPlug) else child.device_id),
         index=index,
-        alias=child.alias or "",
+        alias=clean_text(child.alias or ""),
         is_on=bool(child.is_on),
         power_w=meter.power_w if meter else None,
         voltage_v=meter.voltage_v if meter else None,

@@ -53,7 +53,7 @@ log = structlog.get_logger(__name__)
 
 QUEUE_GROUP = "wattledger-commands"
 
-Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]*$")]
+Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 DeviceKey = Annotated[str, msgspec.Meta(min_length=1, max_length=261)]
 
 

@@ -8,6 +8,7 @@ from uuid import UUID
 from domain.compliance import ComplianceExport, ExportSummary
 from domain.errors import ComplianceExportNotFound
 from domain.ports import EventStore
+from domain.text import check_text
 
 
 class ComplianceHandlers:
@@ -21,7 +22,11 @@ class ComplianceHandlers:
         self.store = store
 
     async def request(self, export_id: UUID, *, format: str, filters: dict[str, Any], actor: str) -> int:
-        """Record the request; returns its position. Raises InvalidRequest for an unknown format."""
+        """Record the request; returns its position. Raises InvalidRequest for an unknown format, InvalidText
+        for a filter's text that breaks the rule for free text."""
+        for name, value in filters.items():
+            if isinstance(value, str):
+                check_text(value, field=name)
         export = ComplianceExport.request(export_id, format=format, filters=filters, actor=actor)
         return await self.store.save(export)
 

@@ -47,6 +47,7 @@ from domain.errors import (
 )
 from domain.ports import Clock, DeviceSwitch, EventStore
 from domain.readings import DeviceSnapshot
+from domain.text import check_optional_text, check_text, clean_text
 
 EXECUTOR_ACTOR = "system:executor"
 DEFAULT_DEADLINE_S = 30.0
@@ -141,10 +142,12 @@ class ControlHandlers:
     async def request_control(self, command: RequestControl) -> ControlAccepted:
         """Record a control request for the executor; a device known to be offline fails at once.
 
-        Raises DeviceControlDisabled, DeviceNotFound (unknown or removed), OutletNotFound, and
-        IdempotencyKeyReused when the caller's key already named a different request. The same
-        key with the same request returns the first command (`created=False`), stores nothing.
+        Raises InvalidText (the idempotency key), DeviceControlDisabled, DeviceNotFound (unknown or
+        removed), OutletNotFound, and IdempotencyKeyReused when the caller's key already named a
+        different request. The same key with the same request returns the first command
+        (`created=False`), stores nothing.
         """
+        check_optional_text(command.idempotency_key, field="idempotency_key")
         await self.check_enabled()
         device = await self.store.device(command.device_id)
         if device is None or device.removed:
@@ -282,7 +285,7 @@ class ControlHandlers:
         return await self._save_outcome(control)
 
     async def _fail(self, control: ControlCommand, reason: Reason, detail: str) -> ControlCommand:
-        control.fail(reason, detail[:500], actor=EXECUTOR_ACTOR)
+        control.fail(reason, clean_text(detail)[:500], actor=EXECUTOR_ACTOR)
         return await self._save_outcome(control)
 
     async def _save_outcome(self, control: ControlCommand) -> ControlCommand:
@@ -296,8 +299,10 @@ class ControlHandlers:
     async def rename_on_device(self, command: RenameOnDevice) -> Stored:
         """Rename on the device first (python-kasa), then record `Renamed`.
 
-        Raises DeviceNotFound (unknown or removed) and the switch's DeviceError (nothing stored).
+        Raises InvalidText (the alias), DeviceNotFound (unknown or removed) and the switch's
+        DeviceError (nothing stored).
         """
+        check_text(command.alias, field="alias")
         device = await self.store.device(command.device_id)
         if device is None or device.removed:
             raise DeviceNotFound(f"no device with id {command.device_id}")

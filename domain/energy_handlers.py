@@ -16,6 +16,7 @@ from domain.meter import MeterDay, utc_day
 from domain.ports import Clock, EventStore
 from domain.rates import TARIFF_ID, RateVersion, Tariff, parse_rate
 from domain.readings import DeviceSnapshot
+from domain.text import check_text
 from domain.usage import EnergySettings
 
 EVENTS_PER_SAVE = 2000
@@ -129,7 +130,8 @@ class EnergyHandlers:
         raise AssertionError("unreachable")
 
     async def set_rate(self, command: SetRate) -> RateStored:
-        """Validate and store a new rate version. Raises InvalidRate naming the first bad field."""
+        """Validate and store a new rate version. Raises InvalidRate naming the first bad field, InvalidText
+        for a period label that holds a character text may not hold."""
         for attempt in (1, 2):
             tariff = await self.store.aggregate(TARIFF_ID, Tariff)
             if tariff is None:
@@ -138,6 +140,7 @@ class EnergyHandlers:
                 command.body, version=tariff.versions + 1, now=self.clock.now(), default_zone=command.default_zone,
                 actor=command.actor,
             )  # fmt: skip
+            _check_labels(rate)
             tariff.set_rate(rate, actor=command.actor)
             try:
                 return RateStored(rate=rate, position=await self.store.save(tariff))
@@ -145,6 +148,15 @@ class EnergyHandlers:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+
+def _check_labels(rate: RateVersion) -> None:
+    """Raises InvalidText for a time-of-use period label that breaks the rule for free text."""
+    for field, periods in (
+        ("time_of_use_rates", rate.time_of_use_rates), ("weekend_time_of_use_rates", rate.weekend_time_of_use_rates)
+    ):
+        for number, period in enumerate(periods):
+            check_text(period.label, field=f"{field}[{number}].label")
 
 
 def _parts(

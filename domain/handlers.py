@@ -42,6 +42,7 @@ from domain.errors import (
 from domain.meter import MeterDay, utc_day
 from domain.ports import Clock, DeviceDriver, EventStore
 from domain.readings import DeviceSnapshot
+from domain.text import check_optional_text, check_text
 
 POLLS_PER_SAVE = 100
 """Devices per transaction when storing polls: one huge pipelined save was seen to hang its connection."""
@@ -74,10 +75,11 @@ class CommandHandlers:
     async def add_device(self, command: AddDevice) -> DeviceAdded:
         """Contact the device first; nothing is stored unless it answers.
 
-        Raises InvalidAddress, DeviceAlreadyExists (also when another writer added
-        it meanwhile), and NoKasaDevice for any failure to reach a Kasa device there (its `reason`
+        Raises InvalidAddress, InvalidText (the alias), DeviceAlreadyExists (also when
+        another writer added it meanwhile), and NoKasaDevice for any failure to reach a Kasa device there (its `reason`
         says which, for the log only).
         """
+        check_optional_text(command.alias, field="alias")
         address = parse_address(command.address)
         await self._check_absent(address)
         try:
@@ -121,6 +123,8 @@ class CommandHandlers:
         return await self._change_device(command.device_id, lambda d: d.remove(actor=command.actor))
 
     async def rename_device(self, command: RenameDevice) -> Stored:
+        """Raises InvalidText (the alias), DeviceNotFound / DeviceRemoved."""
+        check_text(command.alias, field="alias")
         return await self._change_device(
             command.device_id, lambda d: d.rename(command.alias, actor=command.actor)
         )

@@ -47,6 +47,7 @@ from domain.errors import (
     TotpNotSetUp,
     UserNotFound,
 )
+from domain.text import check_text, clean_text
 
 IDENTITY_NAMESPACE = uuid5(NAMESPACE_URL, "https://wattledger.invalid/identity")
 ROSTER_ID = uuid5(IDENTITY_NAMESPACE, "roster")
@@ -148,10 +149,10 @@ def check_username(username: str) -> str:
 
 
 def check_email(email: str | None) -> str | None:
-    """None, or something shaped like `name@host` of at most 254 characters. Raises InvalidEmail."""
+    """None, or something shaped like `name@host` of at most 254 characters. Raises InvalidText, InvalidEmail."""
     if email is None:
         return None
-    email = email.strip()
+    email = check_text(email, field="email").strip()
     if len(email) > 254 or not _EMAIL.fullmatch(email):
         raise InvalidEmail("an e-mail address looks like name@host")
     return email
@@ -700,8 +701,9 @@ class Session(Aggregate):
 
     @classmethod
     def start(cls, *, user_id: UUID, ip: str, user_agent: str, now: datetime, actor: str) -> Session:
-        return cls(user_id=user_id, ip=ip[:64], user_agent=user_agent[:512], expires_at=now + SESSION_LIFETIME,
-                   actor=actor)
+        """A new session; the client's address and user agent are kept without characters text may not hold."""
+        return cls(user_id=user_id, ip=clean_text(ip)[:64], user_agent=clean_text(user_agent)[:512],
+                   expires_at=now + SESSION_LIFETIME, actor=actor)
 
     @property
     def ended(self) -> bool:

@@ -25,7 +25,9 @@ from projections.devices import DeviceView, find_device, list_devices
 
 log = structlog.get_logger(__name__)
 
-Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]*$")]
+Alias = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, description="no control or format characters (400 INVALID_TEXT)")
+]
 
 
 class AddDeviceRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
