@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and exit 1 if any, swapping nothing",
     )
     project.add_argument(
+        "--retry", action="store_true",
+        help="apply the events the read models quarantined again (each such read model is replayed from zero); "
+        "list those that still fail and exit 1 if any",
+    )
+    project.add_argument(
         "--force", action="store_true",
         help="rebuild the hash chain even when the stored history no longer matches it (re-chains tampering)",
     )
@@ -191,6 +196,9 @@ async def _serve(
         if command in audit_cli.COMMANDS:
             await audit_cli.run(runtime, args)
             return
+        if command == "project" and args.retry:
+            await _retry(runtime.engine, force=args.force)
+            return
         if command == "project" and (args.rebuild or args.verify):
             await _rebuild(runtime.engine, args.rebuild or replay.ALL, verify=args.verify, force=args.force)
             return
@@ -252,20 +260,37 @@ async def _rebuild(engine: ProjectionEngine, name: str, *, verify: bool, force: 
     except replay.UnknownReadModel as exc:
         raise SettingsError(str(exc)) from None
     await asyncio.to_thread(engine.setup)
-    if not verify and not force and CHAIN_READ_MODEL in names:
-        found = await asyncio.to_thread(_chain_check, engine.database_url)
-        if found is not None:
-            print(
-                f"wattledger: the stored history no longer matches its hash chain: position {found.position} "
-                f"{found.kind} ({found.detail}); nothing rebuilt. See `wattledger audit verify`; "
-                "`--force` rebuilds the chain over the history as it is now",
-                file=sys.stderr,
-            )
-            raise SystemExit(1)
+    if not verify:
+        await _refuse_edited_chain(engine, names, force=force)
     if verify:
         code = await asyncio.to_thread(replay.verify, engine, names, sys.stdout, sys.stderr)
     else:
         code = await asyncio.to_thread(replay.rebuild, engine, names, sys.stderr)
+    if code:
+        raise SystemExit(code)
+
+
+async def _refuse_edited_chain(engine: ProjectionEngine, names: Sequence[str], *, force: bool) -> None:
+    """Exit 1 before a replay of `names` would re-chain an edited history (unless `force`)."""
+    if force or CHAIN_READ_MODEL not in names:
+        return
+    found = await asyncio.to_thread(_chain_check, engine.database_url)
+    if found is not None:
+        print(
+            f"wattledger: the stored history no longer matches its hash chain: position {found.position} "
+            f"{found.kind} ({found.detail}); nothing rebuilt. See `wattledger audit verify`; "
+            "`--force` rebuilds the chain over the history as it is now",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+
+
+async def _retry(engine: ProjectionEngine, *, force: bool = False) -> None:
+    """Apply the quarantined events again; exit 1 while some still fail (or another replay runs)."""
+    await asyncio.to_thread(engine.setup)
+    names = await asyncio.to_thread(engine.quarantined)
+    await _refuse_edited_chain(engine, names, force=force)
+    code = await asyncio.to_thread(replay.retry, engine, names, sys.stdout, sys.stderr)
     if code:
         raise SystemExit(code)
 

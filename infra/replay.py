@@ -1,4 +1,4 @@
-"""`wattledger project --rebuild NAME|all [--verify]`: replay read models with a progress display.
+"""`wattledger project --rebuild NAME|all [--verify]` and `--retry`: replay read models with a progress display.
 
 The replay itself is the engine's (`ProjectionEngine.rebuild_many` and
 `verify`); this module names what to replay, draws the progress on stderr and
@@ -13,7 +13,7 @@ from datetime import date, datetime
 from typing import Any, TextIO
 from uuid import UUID
 
-from projections.engine import ProjectionEngine, ReplayBusy, ReplayProgress, RowDifference
+from projections.engine import ProjectionEngine, QuarantinedEvent, ReplayBusy, ReplayProgress, RowDifference
 
 ALL = "all"
 
@@ -162,3 +162,38 @@ def verify(
     verdict = "identical" if not differences else f"{len(differences):,} rows differ"
     display.finish(f"verified {', '.join(names)} at position {position:,}: {verdict}")
     return 1 if differences else 0
+
+
+def quarantined_line(event: QuarantinedEvent) -> str:
+    """One line for an event a read model quarantined: read model, position, event, error."""
+    name = event.topic.rpartition(":")[2] or event.topic
+    return (f"{event.projector} position {event.position:,}: {name} of {event.originator_id} "
+            f"v{event.originator_version}: {event.error}")  # fmt: skip
+
+
+def retry(
+    engine: ProjectionEngine, names: Sequence[str], out: TextIO, err: TextIO, *, tty: bool | None = None
+) -> int:
+    """Replay the read models `names` that quarantined events, so those events are applied again in order.
+
+    Prints each event still quarantined on `out`; the exit code is 1 if any still fail (or
+    another replay of one of them runs), 0 otherwise (also when nothing was quarantined)."""
+    if not names:
+        err.write("no read model has quarantined events\n")
+        return 0
+    display = ProgressDisplay(err, f"retrying {', '.join(names)}", tty=tty)
+    try:
+        before, after = engine.retry(names, display)
+    except ReplayBusy as exc:
+        err.write(f"\nwattledger: {exc}\n")
+        return 1
+    for event in after:
+        out.write(quarantined_line(event) + "\n")
+    out.flush()
+    still = {(e.projector, e.position) for e in after}
+    applied = sum((e.projector, e.position) not in still for e in before)
+    display.finish(
+        f"retried {len(before):,} quarantined events of {', '.join(names)}: "
+        f"{applied:,} now apply, {len(after):,} quarantined"
+    )
+    return 1 if after else 0

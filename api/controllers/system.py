@@ -8,8 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import psycopg
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from psycopg_pool import PoolTimeout
 
 from adapters.fanout import FanOutStatus
 from adapters.relay import RelayStatus, relay_status
@@ -18,7 +20,9 @@ from api.guards import NO_CREDENTIALS
 from api.services import VERSION, PartStatus, Services
 from domain.identity import Permission
 from projections.devices import count_devices
-from projections.engine import READ_SCHEMA, ProjectorStatus, projector_status
+from projections.engine import READ_SCHEMA, ProjectorStatus, projector_states, projector_status
+
+PROJECTOR_CHECK_S = 1.0
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +32,9 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     """This process's live fan-out: following the stream, connected to NATS, messages still pending."""
     parts: list[PartStatus] = msgspec.field(default_factory=list)
     """This process's supervised parts, each `running`, `degraded` or `stopped`, with restarts and last error."""
+    projectors: dict[str, str] = msgspec.field(default_factory=dict)
+    """Each read model's state (shared by every process): `current`, `failing` (retried with backoff) or
+    `degraded` (it quarantined events it could not apply; `wattledger project --retry` applies them again)."""
 
 
 class SystemStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,14 +57,18 @@ class SystemController(Controller):
     async def health(self, services: NamedDependency[Services]) -> Response[Health]:
         """Liveness and database reachability: 200 whenever the database answers, 503 with
         Retry-After when it does not (within about 2 s). `status` is `degraded` (still 200) while a
-        supervised part of this process is failing or restarting; `parts` says which. `live` is the live fan-out's state (absent
+        supervised part of this process is failing or restarting, or a read model is failing or has
+        quarantined events; `parts` and `projectors` say which. `live` is the live fan-out's state (absent
         in a process that serves no live clients)."""
         live = await services.fanout.status() if services.fanout is not None else None
         parts = services.parts()
         if await services.database_answers():
-            degraded = any(part.state != "running" for part in parts)
+            projectors = await _projector_states(services)
+            degraded = any(part.state != "running" for part in parts) or any(
+                state != "current" for state in projectors.values()
+            )
             return Response(Health(status="degraded" if degraded else "healthy", timestamp=services.clock.now(),
-                                   live=live, parts=parts))  # fmt: skip
+                                   live=live, parts=parts, projectors=projectors))  # fmt: skip
         return Response(
             Health(status="unhealthy", timestamp=services.clock.now(), live=live, parts=parts),
             status_code=503,
@@ -70,7 +81,9 @@ class SystemController(Controller):
 
         `relay` gives the relay's position in the event log, its lag behind the newest event,
         and the events JetStream refused for good (stored, but missing from the stream).
-        `projectors` gives each read model's schema version, position, lag and failure if any.
+        `projectors` gives each read model's schema version, position, lag, failure if any, `state`
+        (`current`, `failing`, `degraded`) and the events it quarantined (`quarantined`, the newest
+        in `quarantine`: position, event, error).
         """
         max_id = await asyncio.to_thread(services.app.recorder.max_notification_id)
         async with services.read_pool.connection() as conn:
@@ -93,3 +106,12 @@ class SystemController(Controller):
             relay=relay,
             projectors=projectors,
         )
+
+
+async def _projector_states(services: Services) -> dict[str, str]:
+    """Each read model's state, or none when the database does not tell within PROJECTOR_CHECK_S."""
+    try:
+        async with asyncio.timeout(PROJECTOR_CHECK_S), services.read_pool.connection() as conn:
+            return await projector_states(conn)
+    except (psycopg.Error, TimeoutError, PoolTimeout):
+        return {}
