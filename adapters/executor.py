@@ -31,6 +31,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -38,6 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters.bus import StreamConfig
 from adapters.contract import decode_envelope
+from adapters.faults import DATABASE_FAULTS, DEVICE_FAULTS, NATS_FAULTS, Backoff, describe, reraise_if_cancelled, report
 from domain.control_handlers import ControlHandlers
 from domain.errors import CommandNotFound
 
@@ -48,6 +50,7 @@ FETCH_WAIT_S = 1.0
 NAK_DELAY_S = 1.0
 STOP_GRACE_S = 5.0
 SWEEP_S = 2.0
+FAULT_PAUSE_MAX_S = 5.0
 
 
 def executor_name() -> str:
@@ -104,26 +107,51 @@ class CommandExecutor:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Pull and execute until `stop` is set; running commands then get STOP_GRACE_S to finish. Cancelled,
-        it abandons them at once, as a killed process would (their requests are redelivered)."""
+        it abandons them at once, as a killed process would (their requests are redelivered).
+
+        NATS away is waited out: a fetch that times out (whichever timeout nats-py raises) is an
+        empty fetch, the other faults of `NATS_FAULTS` are one warning and a retry after a pause,
+        and a consumer that JetStream no longer serves is subscribed again (created if gone).
+        """
         stop = stop or asyncio.Event()
-        subscription = await self._subscribe()
+        subscription = await self._subscribe_until(stop)
+        if subscription is None:
+            return
         log.info("executor.started", executor=self.name, subject=self.subject)
         graceful = False
+        backoff = Backoff(first=0.2, cap=FAULT_PAUSE_MAX_S)
         sweeper = asyncio.create_task(self._sweep(), name="executor-sweep") if self._interrupted else None
         try:
             while not stop.is_set():
+                if sweeper is not None and sweeper.done():
+                    sweeper.result()
                 room = self._concurrency - len(self._running)
                 if room <= 0:
                     await asyncio.wait(list(self._running.values()), return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
                     messages = await subscription.fetch(batch=min(room, 16), timeout=FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
+                except asyncio.TimeoutError:
+                    reraise_if_cancelled()
+                    backoff.reset()
                     continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
-                    log.warning("executor.fetch_failed", error=repr(exc))
-                    await asyncio.sleep(NAK_DELAY_S)
+                except nats.js.errors.ServiceUnavailableError as exc:
+                    report("executor", exc, action="subscribe again")
+                    await backoff.wait(stop)
+                    await _unsubscribe(subscription)
+                    resubscribed = await self._subscribe_until(stop)
+                    if resubscribed is None:
+                        break
+                    subscription = resubscribed
                     continue
+                except NATS_FAULTS as exc:
+                    report("executor", exc)
+                    await backoff.wait(stop)
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    reraise_if_cancelled()
+                    raise
+                backoff.reset()
                 for message in messages:
                     await self._take(message)
             graceful = True
@@ -137,16 +165,26 @@ class CommandExecutor:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await _unsubscribe(subscription)
+
+    async def _subscribe_until(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
+        """The pull subscription, retried through NATS faults; None if `stop` is set first."""
+        backoff = Backoff(first=0.2, cap=FAULT_PAUSE_MAX_S)
+        while not stop.is_set():
             try:
-                await subscription.unsubscribe()
-            except (nats.errors.Error, asyncio.CancelledError):
-                pass
+                return await self._subscribe()
+            except NATS_FAULTS as exc:
+                reraise_if_cancelled()
+                report("executor", exc, action="subscribe")
+                await backoff.wait(stop)
+        return None
 
     async def _sweep(self) -> None:
         """Settle, every SWEEP_S, the commands whose executor died after storing its attempt.
 
-        A failure (database away) is logged and tried again at the next round; the redelivery
-        from JetStream remains as the fallback.
+        A fault of the database (or of a device, though the handlers settle those) is logged
+        and tried again at the next round; the redelivery from JetStream remains as the fallback.
+        Anything else is a bug: it ends the sweep, and `run` raises it.
         """
         assert self._interrupted is not None
         while True:
@@ -164,8 +202,8 @@ class CommandExecutor:
                         self._on_saved()
                         log.info("executor.interrupted_settled", command_id=str(command_id),
                                  status=outcome.status.value, reason=outcome.reason)  # fmt: skip
-            except Exception as exc:
-                log.warning("executor.sweep_failed", error=repr(exc))
+            except DATABASE_FAULTS + DEVICE_FAULTS as exc:
+                report("executor", exc, action="sweep")
 
     async def _take(self, message: Msg) -> None:
         try:
@@ -174,7 +212,7 @@ class CommandExecutor:
             device_id = UUID(str(envelope.data["device_id"]))
         except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError) as exc:
             log.warning("executor.message_dropped", subject=message.subject, error=repr(exc))
-            await message.term()
+            await _settle_message(message.term())
             return
         if command_id in self._running:
             return  # a redelivery of a command this executor is running: its heartbeat keeps it
@@ -187,25 +225,28 @@ class CommandExecutor:
         try:
             async with self._device_locks.setdefault(device_id, asyncio.Lock()):
                 outcome = await self._handlers.execute(command_id, executor=self.name)
-            self._on_saved()
-            self.executed += 1
-            if outcome is not None:
-                log.info(
-                    "executor.command_done", command_id=str(command_id), device_id=str(device_id),
-                    status=outcome.status.value, reason=outcome.reason,
-                )  # fmt: skip
-            await message.ack()
         except CommandNotFound:
             log.warning("executor.unknown_command", command_id=str(command_id))
-            await message.ack()
-        except Exception as exc:
-            log.error("executor.command_failed", command_id=str(command_id), error=repr(exc))
-            try:
-                await message.nak(delay=NAK_DELAY_S)
-            except nats.errors.Error:
-                pass
+            await _settle_message(message.ack())
+            return
+        except DATABASE_FAULTS + DEVICE_FAULTS as exc:
+            report("executor", exc, command_id=str(command_id), action="redeliver")
+            await _settle_message(message.nak(delay=NAK_DELAY_S))
+            return
+        except Exception:
+            log.exception("executor.command_failed", command_id=str(command_id))
+            await _settle_message(message.nak(delay=NAK_DELAY_S))
+            return
         finally:
             heartbeat.cancel()
+        self._on_saved()
+        self.executed += 1
+        if outcome is not None:
+            log.info(
+                "executor.command_done", command_id=str(command_id), device_id=str(device_id),
+                status=outcome.status.value, reason=outcome.reason,
+            )  # fmt: skip
+        await _settle_message(message.ack())
 
     async def _keep_alive(self, message: Msg) -> None:
         """Tell JetStream the request is still being worked on, so it is not handed to another executor."""
@@ -213,5 +254,23 @@ class CommandExecutor:
             await asyncio.sleep(self._ack_wait / 3)
             try:
                 await message.in_progress()
-            except nats.errors.Error:
-                pass
+            except nats.errors.Error as exc:  # the next beat, or the redelivery, makes up for it
+                log.debug("executor.in_progress_not_sent", error=describe(exc))
+
+
+async def _settle_message(answer: Awaitable[None]) -> None:
+    """Ack or nak a request; when NATS is away the request is redelivered after its ack wait instead."""
+    try:
+        await answer
+    except nats.errors.MsgAlreadyAckdError:
+        pass
+    except NATS_FAULTS + (nats.errors.ConnectionClosedError,) as exc:
+        reraise_if_cancelled()
+        report("executor", exc, action="ack")
+
+
+async def _unsubscribe(subscription: JetStreamContext.PullSubscription) -> None:
+    try:
+        await subscription.unsubscribe()
+    except nats.errors.Error as exc:  # a closed or reconnecting connection keeps no subscription to end
+        log.debug("executor.unsubscribe_failed", error=describe(exc))

@@ -57,6 +57,8 @@ async def executor_task(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled() and task.exception() is not None:
+        raise AssertionError("the executor ended by itself before the test was done with it") from task.exception()
 
 
 async def _plug(runtime: Runtime, fleet: EmulatorFleet, model: str) -> tuple[UUID, list[int | None], bool]:
