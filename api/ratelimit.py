@@ -13,10 +13,15 @@ statement against the shared counters (`adapters.ratelimits`):
   stands only if the auth layer then leaves that same `Principal` in
   `scope["state"]["principal"]` (the guard does, for every route that takes credentials);
   otherwise (a bad token, a public route that never looked at it) it is taken back;
-- sign-in (`POST /api/auth/login`) and second-factor (`POST /api/auth/2fa/...`) attempts also
-  read the failure counts of the account and of the IP, and are refused while either is at
-  its limit. A failure (a 401 that says the password or code was wrong) is counted before
-  the 401 reaches the client, so the next attempt already sees it.
+- sign-in (`POST /api/auth/login`), second-factor (`POST /api/auth/2fa/...`) and password-change
+  (`POST /api/auth/change-password`) attempts also read the failure counts of the account from
+  this IP and of the IP alone, and are refused while either is at its limit: a stranger's
+  failures lock the account from the stranger's address only, never its owner elsewhere. A
+  failure (a 401 that says the password or code was wrong, a 422 `WRONG_PASSWORD`) is counted
+  before the answer reaches the client, so the next attempt already sees it. A sign-in is
+  counted against the account its handler judged (`SIGN_IN_ACCOUNT`), and its body is read here
+  first for the user name: one over `MAX_AUTH_BODY` is refused (413) unread, so no sign-in can
+  escape its account's count.
 
 Every counted answer carries `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix time the
 window ends) for the tightest limit that applied; a 429 carries `Retry-After` as well.
@@ -39,9 +44,10 @@ import structlog
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import HttpMethod, ScopeType
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from adapters.ratelimits import CountersUnavailable, Limit, PgRateCounters, Tally, Window
-from api.errors import error_body
+from api.errors import HTTP_CODES, error_body
 from domain.errors import ApiKeyInvalid
 from domain.identity import Principal, parse_api_key, user_id_for
 
@@ -54,12 +60,17 @@ log = structlog.get_logger(__name__)
 EXEMPT_PATHS = frozenset({"/api/health", "/api/health/"})
 LOGIN_PATHS = frozenset({"/api/auth/login", "/api/auth/login/"})
 SECOND_FACTOR_PREFIX = "/api/auth/2fa/"
+PASSWORD_PATHS = frozenset({"/api/auth/change-password", "/api/auth/change-password/"})
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
 CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "Idempotency-Key")
 CORS_METHODS = (HttpMethod.GET, HttpMethod.HEAD, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH,
                 HttpMethod.DELETE, HttpMethod.OPTIONS)  # fmt: skip
 
-MAX_LOGIN_BODY = 16 * 1024
+MAX_AUTH_BODY = 16 * 1024
+"""Bytes a sign-in, second-factor, refresh or password-change body may hold (more: 413). The limiter
+reads a sign-in's user name before the app does; none of these bodies needs more."""
+SIGN_IN_ACCOUNT = "wattledger_sign_in_account"
+"""Key of scope["state"] where the sign-in handler leaves the account it judged."""
 MAX_ERROR_BODY = 64 * 1024
 MAX_TOKEN_LENGTH = 8 * 1024
 
@@ -68,13 +79,17 @@ _DETAILS = {
     "ip": "Rate limit exceeded for this address: {limit}",
     "user": "Rate limit exceeded for this user: {limit}",
     "key": "Rate limit exceeded for this API key: {limit}",
-    "login": "Too many failed sign-in attempts for this account: {limit}",
+    "login": "Too many failed sign-in attempts for this account from this address: {limit}",
     "login-ip": "Too many failed sign-in attempts from this address: {limit}",
 }
 # A sign-in answered with these proved the password right: not a guess.
 _LOGIN_NOT_GUESSES = frozenset({"TOTP_REQUIRED", "ACCOUNT_DISABLED"})
 # A second-factor call answered with these was judged by its handler, past authentication.
 _WRONG_SECRETS = frozenset({"INVALID_TOTP_CODE", "INVALID_CREDENTIALS"})
+# A password change answered with this had its current password guessed wrong.
+_WRONG_PASSWORD = "WRONG_PASSWORD"
+# Answers of an attempt held until its failure is counted.
+_JUDGED = frozenset({401, 422})
 
 
 class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,9 +99,9 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     user: tuple[Limit, ...] = ()
     key: tuple[Limit, ...] = ()
     login: tuple[Limit, ...] = ()
-    """Failed sign-in and second-factor attempts per account."""
+    """Failed sign-in, second-factor and password-change attempts per account and client IP."""
     login_ip: tuple[Limit, ...] = ()
-    """Failed sign-in and second-factor attempts per client IP."""
+    """Failed sign-in, second-factor and password-change attempts per client IP."""
 
     @property
     def enabled(self) -> bool:
@@ -210,14 +225,15 @@ def _caller(scope: Scope, headers: Headers) -> _Caller:
 
 @dataclass(frozen=True)
 class _Attempt:
-    """A sign-in or second-factor call, with the account it is against (if known)."""
+    """A sign-in, second-factor or password-change call, with the account it is against (if known)."""
 
-    kind: Literal["login", "second_factor"]
+    kind: Literal["login", "second_factor", "password"]
     account: UUID | None
 
 
-async def _read_body(receive: Receive, cap: int) -> tuple[list[ReceiveMessage], bytes | None]:
-    """The request's messages read so far, and its body if it was complete within `cap` bytes."""
+async def _read_body(receive: Receive, cap: int) -> tuple[list[ReceiveMessage], bytes | None, bool]:
+    """The request's messages read so far, its body if it was complete within `cap` bytes, and whether
+    it went past `cap`."""
     messages: list[ReceiveMessage] = []
     chunks: list[bytes] = []
     size = 0
@@ -225,14 +241,14 @@ async def _read_body(receive: Receive, cap: int) -> tuple[list[ReceiveMessage], 
         message = await receive()
         messages.append(message)
         if message["type"] != "http.request":
-            return messages, None
+            return messages, None, False
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
-            return messages, None
+            return messages, None, True
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return messages, b"".join(chunks)
+            return messages, b"".join(chunks), False
 
 
 def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
@@ -244,20 +260,21 @@ def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
     return replay
 
 
-async def _login_username(headers: Headers, receive: Receive) -> tuple[Receive, str | None]:
-    """The `username` of a sign-in body (read here and handed on unchanged), if it has one."""
+async def _login_username(headers: Headers, receive: Receive) -> tuple[Receive, str | None, bool]:
+    """The `username` of a sign-in body (read here and handed on unchanged), if it has one, and whether
+    the body is over MAX_AUTH_BODY (then it is not read to its end)."""
     length = headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > MAX_LOGIN_BODY):
-        return receive, None
-    messages, body = await _read_body(receive, MAX_LOGIN_BODY)
+    if length and (not length.isdigit() or int(length) > MAX_AUTH_BODY):
+        return receive, None, True
+    messages, body, oversized = await _read_body(receive, MAX_AUTH_BODY)
     replay = _replaying(messages, receive)
     if not body:
-        return replay, None
+        return replay, None, oversized
     try:
         name = _LOGIN_NAME.decode(body).username
     except (msgspec.DecodeError, RecursionError):
-        return replay, None
-    return replay, name if isinstance(name, str) and 0 < len(name) <= 256 else None
+        return replay, None, False
+    return replay, name if isinstance(name, str) and 0 < len(name) <= 256 else None, False
 
 
 def _error_code(body: bytes) -> str | None:
@@ -301,11 +318,14 @@ class RateLimiter:
             return
         caller = _caller(scope, headers)
         attempt: _Attempt | None = None
+        oversized = False
         if method == "POST" and scope["path"] in LOGIN_PATHS:
-            receive, username = await _login_username(headers, receive)
+            receive, username, oversized = await _login_username(headers, receive)
             attempt = _Attempt("login", user_id_for(username) if username else None)
         elif method == "POST" and scope["path"].startswith(SECOND_FACTOR_PREFIX):
             attempt = _Attempt("second_factor", caller.user_id)
+        elif method == "POST" and scope["path"] in PASSWORD_PATHS:
+            attempt = _Attempt("password", caller.user_id)
 
         limits = self.limits
         first = [Window("ip", caller.ip, limit) for limit in limits.ip]
@@ -324,15 +344,36 @@ class RateLimiter:
         if refused:
             await self._refuse(scope, headers, refused, send)
             return
+        if oversized:
+            body = error_body(413, RequestEntityTooLarge.detail, HTTP_CODES[413])
+            await self._answer(413, body, {**self._labels(counted, peeked), **self._cors_headers(headers)}, send)
+            return
 
         exchange = _Exchange(self, scope, send, caller, attempt, counted, peeked)
         await self.app(scope, receive, exchange.send)
         await exchange.finish()
 
     def failure_windows(self, attempt: _Attempt, ip: str, account: UUID | None = None) -> list[Window]:
+        """The failed-attempt windows of the account from this IP, and of the IP alone."""
         account = account or attempt.account
-        windows = [Window("login", str(account), limit) for limit in self.limits.login if account]
+        windows = [Window("login", f"{account}@{ip}", limit) for limit in self.limits.login if account]
         return windows + [Window("login-ip", ip, limit) for limit in self.limits.login_ip]
+
+    @staticmethod
+    def _labels(counted: Sequence[Tally], peeked: Sequence[Tally]) -> dict[str, str]:
+        tightest = _tightest([*counted, *peeked])
+        return _limit_headers(tightest) if tightest is not None else {}
+
+    @staticmethod
+    async def _answer(status: int, body: dict[str, Any], headers: dict[str, str], send: Send) -> None:
+        content = msgspec.json.encode(body)
+        response_headers = {"Content-Type": "application/json", "Content-Length": str(len(content)), **headers}
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers.items()],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": content, "more_body": False})
 
     async def _refuse(self, scope: Scope, headers: Headers, refused: Sequence[Tally], send: Send) -> None:
         binding = max(refused, key=lambda t: t.resets_in)
@@ -347,24 +388,12 @@ class RateLimiter:
             retry_after=retry_after,
             limit=window.limit.describe(),
         )
-        content = msgspec.json.encode(body)
-        response_headers = {
-            "Content-Type": "application/json",
-            "Content-Length": str(len(content)),
-            "Retry-After": str(retry_after),
-            **_limit_headers(binding),
-            **self._cors_headers(headers),
-        }
         # Once per window and subject: the first refusal (a lockout was logged as it began).
         if binding.count == window.limit.count + 1:
             log.info("ratelimit.refused", kind=window.kind, limit=window.limit.describe(), path=scope["path"],
                      retry_after=retry_after)  # fmt: skip
-        await send({
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers.items()],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": content, "more_body": False})
+        extra = {"Retry-After": str(retry_after), **_limit_headers(binding), **self._cors_headers(headers)}
+        await self._answer(429, body, extra, send)
 
     def _cors_headers(self, headers: Headers) -> dict[str, str]:
         """What the CORS layer would have added to an answer it never saw."""
@@ -407,7 +436,7 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
-            if self.attempt is not None and self.status == 401:
+            if self.attempt is not None and self.status in _JUDGED:
                 self._start = message
                 return
             self._label(message)
@@ -455,10 +484,12 @@ class _Exchange:
         if attempt is None:
             return
         if attempt.kind == "login":
-            failed, account = code not in _LOGIN_NOT_GUESSES, attempt.account
+            judged = (self.scope.get("state") or {}).get(SIGN_IN_ACCOUNT)
+            failed = self.status == 401 and code not in _LOGIN_NOT_GUESSES
+            account = judged if isinstance(judged, UUID) else attempt.account
         else:
             principal = _principal(self.scope)
-            failed = code in _WRONG_SECRETS
+            failed = code == _WRONG_PASSWORD if attempt.kind == "password" else code in _WRONG_SECRETS
             account = principal.user_id if principal is not None else attempt.account
         if not failed:
             return

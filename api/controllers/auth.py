@@ -2,7 +2,9 @@
 
 The shapes follow the Kasa Monitor API. Answers that carry a secret (tokens, a new TOTP
 secret and its backup codes) are sent with `Cache-Control: no-store`; nothing here logs
-a password, token, code or request body.
+a password, token, code or request body. Bodies are JSON of at most `MAX_AUTH_BODY` bytes:
+another content type is refused (415), as a browser may send text/plain from any site
+without asking first, and a larger body too (413).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import msgspec
 import structlog
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import ClientException
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from adapters.identity import ALGORITHM, qr_png_data_uri
 from api.guards import NO_CREDENTIALS
+from api.ratelimit import MAX_AUTH_BODY, SIGN_IN_ACCOUNT
 from api.services import Services
 from domain.errors import RefreshTokenReused, Unauthenticated
 from domain.identity import (
@@ -34,6 +38,7 @@ from domain.identity import (
     SessionGrant,
     SetupAdmin,
     UserSummary,
+    user_id_for,
 )
 from projections.identity import SessionView, list_sessions
 
@@ -225,6 +230,18 @@ def signed_in_user(user: UserSummary) -> SignedInUser:
     )
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def json_bodies_only(request: Request[Any, Any, Any]) -> None:
+    """415 for a request body not declared JSON."""
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    if has_body and not _is_json(request.headers.get("content-type", "")):
+        raise ClientException("Send the body as JSON (Content-Type: application/json)", status_code=415)
+
+
 def session_info(grant: SessionGrant) -> SessionInfo:
     return SessionInfo(
         session_id=grant.session_id, created_at=grant.expires_at - SESSION_LIFETIME, expires_at=grant.expires_at
@@ -234,6 +251,8 @@ def session_info(grant: SessionGrant) -> SessionInfo:
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
+    request_max_body_size = MAX_AUTH_BODY
+    before_request = staticmethod(json_bodies_only)
 
     @get("/setup-required", operation_id="getSetupRequired", opt={"public": True}, security=NO_CREDENTIALS)
     async def setup_required(self, services: NamedDependency[Services]) -> SetupStatus:
@@ -262,6 +281,8 @@ class AuthController(Controller):
         With two-factor authentication on, `totp_code` is needed (401 TOTP_REQUIRED without it).
         A user has at most 3 sessions: a fourth sign-in ends the oldest."""
         ip = client_ip(request)
+        # The rate limiter counts a failure against the account judged here.
+        request.scope.setdefault("state", {})[SIGN_IN_ACCOUNT] = user_id_for(data.username)
         command = Login(
             username=data.username, password=data.password, totp_code=data.totp_code, ip=ip,
             user_agent=request.headers.get("user-agent", ""),

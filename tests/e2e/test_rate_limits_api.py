@@ -105,7 +105,7 @@ async def test_every_answer_carries_the_limit_headers(anonymous: httpx.AsyncClie
     assert reset % LONG == 0 and time.time() < reset <= time.time() + LONG
     assert all(h and int(h[2]) == reset for h in headers)
     # A sign-in's tightest limit is the one on failed attempts.
-    assert sign_in.status_code == 400 and limit_headers(sign_in) == ("3", "3", str(reset))
+    assert sign_in.status_code == 422 and limit_headers(sign_in) == ("3", "3", str(reset))
 
 
 async def test_the_health_check_is_neither_counted_nor_labelled(anonymous: httpx.AsyncClient) -> None:
@@ -225,21 +225,29 @@ async def test_an_address_over_its_limit_spends_no_one_elses_allowance(
 # ---- failed sign-ins and second factors ----
 
 
-async def test_failed_sign_ins_lock_that_account_only(runtime: Runtime, admin_principal: Principal) -> None:
+async def test_failed_sign_ins_lock_that_account_from_that_address_only(
+    runtime: Runtime, admin_principal: Principal
+) -> None:
     await member(runtime, admin_principal)
+    right = {"username": OPERATOR.upper(), "password": OPERATOR_PASSWORD}
     async with http(runtime, "127.0.0.8") as client:
         wrong = [await client.post("/api/auth/login", json={"username": OPERATOR, "password": "not the password"})
                  for _ in range(3)]  # fmt: skip
-        right = {"username": OPERATOR.upper(), "password": OPERATOR_PASSWORD}
         locked = await client.post("/api/auth/login", json=right)
         admin = await client.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD})
+    async with http(runtime, "127.0.0.80") as owner:
+        elsewhere = await owner.post("/api/auth/login", json=right)
     assert [w.json()["error_code"] for w in wrong] == ["INVALID_CREDENTIALS"] * 3
     assert remaining(wrong) == ["2", "1", "0"]
     assert locked.status_code == 429, locked.text
     assert locked.json()["limit"] == "3 per 30 days"
-    assert locked.json()["detail"] == "Too many failed sign-in attempts for this account: 3 per 30 days"
+    assert locked.json()["detail"] == (
+        "Too many failed sign-in attempts for this account from this address: 3 per 30 days"
+    )
     assert int(locked.headers["Retry-After"]) >= 1
     assert admin.status_code == 200 and admin.json()["access_token"]
+    # The stranger's failures do not lock the owner out from another address.
+    assert elsewhere.status_code == 200, elsewhere.text
 
 
 async def test_failures_from_one_address_lock_it_for_every_account(
@@ -289,37 +297,120 @@ async def test_wrong_second_factor_codes_lock_the_signed_in_account(
     forged = {"Authorization": f"Bearer {forged_token(operator.user_id)}"}
     async with http(runtime, "127.0.0.11", forged) as forger:
         naming_operator = [await forger.post("/api/auth/2fa/disable", json={"token": "000000"}) for _ in range(4)]
-    async with http(runtime, "127.0.0.12") as fresh:
-        admin = await fresh.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD})
-        theirs = await fresh.post("/api/auth/login", json={"username": OPERATOR, "password": OPERATOR_PASSWORD})
+    async with http(runtime, "127.0.0.1") as same_address:
+        admin = await same_address.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD})
+        theirs = await same_address.post("/api/auth/login",
+                                         json={"username": OPERATOR, "password": OPERATOR_PASSWORD})  # fmt: skip
+    async with http(runtime, "127.0.0.12") as elsewhere:
+        admin_elsewhere = await elsewhere.post("/api/auth/login",
+                                               json={"username": ADMIN, "password": ADMIN_PASSWORD})  # fmt: skip
     assert [w.json()["error_code"] for w in wrong] == ["INVALID_TOTP_CODE"] * 3
     assert [n.json()["error_code"] for n in naming_operator] == ["TOKEN_INVALID"] * 4
     assert admin.status_code == 429 and "account" in admin.json()["detail"]
     assert theirs.status_code == 200
+    assert admin_elsewhere.json()["error_code"] == "TOTP_REQUIRED"
+
+
+async def parts(body: bytes, size: int = 7_000) -> AsyncIterator[bytes]:
+    """The body sent chunked, in parts of `size` bytes."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def padded(body: dict[str, Any], size: int = 40_000) -> bytes:
+    """`body` as JSON with `size` spaces of padding in it."""
+    text = json.dumps(body)
+    return (text[:1] + " " * size + text[1:]).encode()
 
 
 async def test_a_sign_in_body_reaches_the_app_whole(
     runtime: Runtime, admin: tuple[SignedIn, httpx.AsyncClient]
 ) -> None:
-    """Bodies the limiter reads for the user name, in parts and past its cap, arrive unchanged (`admin` ran
-    first-run setup, so the administrator can sign in)."""
-    padded = f'{{"username": "{ADMIN}",{" " * 40_000}"password": "{ADMIN_PASSWORD}"}}'.encode()
-    small = json.dumps({"username": ADMIN, "password": ADMIN_PASSWORD}).encode()
-
-    async def parts(body: bytes) -> AsyncIterator[bytes]:
-        for start in range(0, len(body), 7_000):
-            yield body[start : start + 7_000]
-
+    """Bodies the limiter reads for the user name, in parts or whole, arrive unchanged (`admin` ran first-run
+    setup, so the administrator can sign in)."""
+    right = {"username": ADMIN, "password": ADMIN_PASSWORD}
+    small = json.dumps(right).encode()
     as_json = {"Content-Type": "application/json"}
     async with background(runtime, poll=False), http(runtime, "127.0.0.13", as_json) as client:
         answers = [
-            await client.post("/api/auth/login", content=padded),
-            await client.post("/api/auth/login", content=parts(padded)),
-            await client.post("/api/auth/login", content=parts(small)),
+            await client.post("/api/auth/login", content=small),
+            await client.post("/api/auth/login", content=parts(small, 10)),
+            await client.post("/api/auth/login", content=padded(right, 16_000)),
             await client.post("/api/auth/login", content=b'{"username": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"),
             await client.post("/api/auth/login", content=b"\xff\xfe not json"),
         ]
     assert [a.status_code for a in answers] == [200, 200, 200, 400, 400], [a.text[:200] for a in answers]
+
+
+async def test_a_padded_sign_in_neither_bypasses_nor_escapes_the_lockout(
+    runtime: Runtime, admin: tuple[SignedIn, httpx.AsyncClient]
+) -> None:
+    """A sign-in body over 16 KiB, whole or chunked, is refused unread; so the limiter always knows the account."""
+    right, wrong = {"username": ADMIN, "password": ADMIN_PASSWORD}, {"username": ADMIN, "password": "a guess"}
+    as_json = {"Content-Type": "application/json"}
+    async with http(runtime, "127.0.0.14", as_json) as client:
+        oversized = [
+            await client.post("/api/auth/login", content=padded(wrong)),
+            await client.post("/api/auth/login", content=parts(padded(wrong))),
+            await client.post("/api/auth/login", content=padded(right)),
+        ]
+        guesses = [await client.post("/api/auth/login", content=padded(wrong, 10_000)) for _ in range(3)]
+        locked = [
+            await client.post("/api/auth/login", content=padded(right, 10_000)),
+            await client.post("/api/auth/login", content=parts(padded(right, 10_000), 1_000)),
+            await client.post("/api/auth/login", content=parts(padded(right))),
+        ]
+    assert [o.status_code for o in oversized] == [413] * 3, [o.text for o in oversized]
+    assert oversized[0].json() == {"detail": "Request Entity Too Large", "status_code": 413,
+                                   "error_code": "PAYLOAD_TOO_LARGE"}  # fmt: skip
+    assert [g.json()["error_code"] for g in guesses] == ["INVALID_CREDENTIALS"] * 3
+    # Locked whatever the body's size: the account from it, or too large to be read at all.
+    assert [lock.status_code for lock in locked] == [429, 429, 413]
+
+
+@pytest.mark.parametrize("path", ["/api/auth/refresh", "/api/auth/change-password", "/api/auth/2fa/verify"])
+async def test_other_auth_bodies_over_16_kib_are_refused(
+    runtime: Runtime, admin: tuple[SignedIn, httpx.AsyncClient], path: str
+) -> None:
+    headers = {"Content-Type": "application/json", **bearer(admin[0])}
+    async with http(runtime, "127.0.0.15", headers) as client:
+        whole = await client.post(path, content=padded({"token": "x"}))
+        chunked = await client.post(path, content=parts(padded({"token": "x"})))
+    assert (whole.status_code, chunked.status_code) == (413, 413)
+    assert whole.json()["error_code"] == chunked.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_sign_in_not_sent_as_json_is_refused(
+    runtime: Runtime, admin: tuple[SignedIn, httpx.AsyncClient], content_type: str | None
+) -> None:
+    """A browser sends text/plain and forms from any site without asking first: only JSON is taken."""
+    body = json.dumps({"username": ADMIN, "password": ADMIN_PASSWORD}).encode()
+    async with http(runtime, "127.0.0.16") as client:
+        request = client.build_request("POST", "/api/auth/login", content=body)
+        if content_type is not None:
+            request.headers["Content-Type"] = content_type
+        answer = await client.send(request)
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["error_code"] == "UNSUPPORTED_MEDIA_TYPE" and "access_token" not in answer.text
+
+
+async def test_wrong_current_passwords_count_as_failed_sign_ins(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    wrong = [await client.post("/api/auth/change-password", json={"current_password": "a guess",
+                                                                  "new_password": "Another-long-passphrase-9"})
+             for _ in range(3)]  # fmt: skip
+    locked = await client.post("/api/auth/change-password", json={"current_password": ADMIN_PASSWORD,
+                                                                   "new_password": "Another-long-passphrase-9"})
+    async with http(runtime, "127.0.0.1") as same_address, http(runtime, "127.0.0.17") as elsewhere:
+        sign_in_here = await same_address.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD})
+        sign_in_there = await elsewhere.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD})
+    assert [w.json()["error_code"] for w in wrong] == ["WRONG_PASSWORD"] * 3
+    assert remaining(wrong) == ["2", "1", "0"]
+    assert locked.status_code == 429 and "account" in locked.json()["detail"]
+    assert sign_in_here.status_code == 429
+    assert sign_in_there.status_code == 200
 
 
 # ---- without counters, and settings ----
