@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,17 +12,21 @@ import psycopg
 import psycopg.errors
 import pytest
 from eventsourcing.persistence import Notification
+from structlog.testing import capture_logs
 
 from adapters.eventstore import WattLedger
-from projections.engine import QUARANTINE, READ_SCHEMA, Table, projector_status
+from projections.engine import QUARANTINE, READ_SCHEMA, ProjectionEngine, Table, projector_status
 from tests.integration.test_projection_engine import (  # noqa: F401 (the `app` fixture)
+    T0,
     CountingProjector,
     app,
     engine_for,
+    plug,
     seed_history,
     table_rows,
     tracking,
 )
+from tests.support import seed_device
 
 
 class Note(msgspec.Struct, kw_only=True):
@@ -170,3 +176,41 @@ async def test_retry_applies_what_now_applies_in_log_order_and_keeps_what_still_
         assert (await status_of(database_url, head))["noting"].state == "current"
     finally:
         engine.close()
+
+
+async def test_a_killed_database_connection_is_one_warning_line_without_traceback_and_the_engine_goes_on(
+    app: WattLedger, database_url: str
+) -> None:
+    counting = CountingProjector("counting")
+    engine = engine_for(app, database_url, counting)
+    with capture_logs() as logs:
+        task = asyncio.create_task(engine.run(poll_interval=0.05, fault_backoff_max=0.2))
+        try:
+            seed_history(app)
+            await reaches(engine, "counting", app.recorder.max_notification_id() or 0)
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                killed = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchone()
+            assert killed is not None and killed[0] >= 1
+            seed_device(app, "127.0.0.1:10300", plug(1.0), measured_at=T0)
+            engine.wake()
+            await reaches(engine, "counting", app.recorder.max_notification_id() or 0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            engine.close()
+    failures = [e for e in logs if e["event"] in ("projector.pass_failed", "projector.failed")]
+    assert failures, "the killed connection was met"
+    warned = [e for e in failures if e["log_level"] == "warning"]
+    assert len(warned) == 1 and "exc_info" not in warned[0] and "\n" not in warned[0]["error"], failures
+    assert all(e["log_level"] in ("warning", "debug") and "exc_info" not in e for e in failures), failures
+    assert quarantine(database_url) == []
+
+
+async def reaches(engine: ProjectionEngine, name: str, position: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(engine.position, name) < position:
+        assert time.monotonic() < deadline, f"{name} did not reach {position}"
+        await asyncio.sleep(0.02)
