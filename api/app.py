@@ -32,6 +32,7 @@ from api.controllers.system import SystemController
 from api.controllers.users import UsersController
 from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
 from api.guards import Authorizer, provide_principal, schema_config
+from api.headers import SecurityHeaders
 from api.pending import ReportPendingReadModels
 from api.ratelimit import cors_config, install_edge
 from api.services import VERSION, Services
@@ -153,4 +154,5 @@ def create_app(services: Services) -> Litestar:
         debug=False,
     )
     install_edge(app, services.edge)
+    app.asgi_handler = SecurityHeaders(app.asgi_handler)
     return app

@@ -2,7 +2,7 @@
 
 Every route needs `DATA_EXPORT`. A user sees, downloads and deletes only their
 own exports, admins everyone's; another user's export answers 403
-`ACCESS_DENIED` naming its owner. A user may request `WATTLEDGER_EXPORTS_PER_HOUR`
+`ACCESS_DENIED`, which does not say whose it is. A user may request `WATTLEDGER_EXPORTS_PER_HOUR`
 exports per hour (429 with `retry_after`). Requests, completions, failures,
 downloads and deletions are events of the `DataExport` aggregate with their actor.
 """
@@ -174,7 +174,7 @@ def human_size(size: int) -> str:
 
 def _access_denied(request: Request[Any, Any, Any], exc: DataExportAccessDenied) -> Response[Any]:
     body = {"detail": "Access denied to export", "status_code": 403, "error_code": "ACCESS_DENIED",
-            "message": "You don't have access to this export", "export_owner": exc.owner}  # fmt: skip
+            "message": "You don't have access to this export"}  # fmt: skip
     return Response(body, status_code=403, media_type="application/json")
 
 

@@ -174,7 +174,7 @@ async def test_another_users_export_is_refused_and_an_admin_may_see_and_delete_i
             assert refused.status_code == 403, refused.text
             assert refused.json() == {
                 "detail": "Access denied to export", "status_code": 403, "error_code": "ACCESS_DENIED",
-                "message": "You don't have access to this export", "export_owner": "root",
+                "message": "You don't have access to this export",
             }
         assert (await operator.delete(f"/api/exports/{mine['export_id']}")).status_code == 403
         listed = (await operator.get("/api/exports/history")).json()

@@ -1,0 +1,84 @@
+"""Security headers on every HTTP answer, added at the outermost edge (the rate limiter's 429s included).
+
+- `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY` everywhere;
+- `Content-Security-Policy`: the API's answers are data, never pages, so nothing may load or frame
+  them (`default-src 'none'; frame-ancestors 'none'`); the OpenAPI pages under `/schema` get
+  `SCHEMA_CSP`, which lets their renderers load from the CDNs Litestar takes them from;
+- `Strict-Transport-Security` when the request came over HTTPS (the connection's scheme, or
+  `X-Forwarded-Proto` from a trusted proxy);
+- `Cache-Control: no-store` on sign-in, session, user and key answers, which carry tokens and
+  account details.
+
+A header the route set itself is kept, except `Cache-Control` on those answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# The renderers' bundles come from these CDNs (Litestar's defaults); their start-up script is inline,
+# Redoc searches in a blob: worker, and some bundles compile code at run time. The pages hold the
+# OpenAPI document only, never user data.
+_CDNS = "https://cdn.redoc.ly https://cdn.jsdelivr.net https://unpkg.com"
+SCHEMA_CSP = "; ".join((
+    "default-src 'none'",
+    f"script-src 'self' 'unsafe-inline' 'unsafe-eval' {_CDNS}",
+    f"style-src 'self' 'unsafe-inline' https://fonts.googleapis.com {_CDNS}",
+    f"font-src 'self' data: https://fonts.gstatic.com {_CDNS}",
+    f"img-src 'self' data: {_CDNS}",
+    "connect-src 'self'",
+    "worker-src 'self' blob:",
+    "child-src 'self' blob:",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",
+))  # fmt: skip
+HSTS = "max-age=31536000"
+NO_STORE_PREFIXES = ("/api/auth/", "/api/users", "/api/keys")
+SCHEMA_PATH = "/schema"
+
+
+def security_headers(path: str, scheme: str) -> dict[str, str]:
+    """The headers an answer to a request for `path` over `scheme` carries."""
+    schema = path == SCHEMA_PATH or path.startswith(SCHEMA_PATH + "/")
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": SCHEMA_CSP if schema else API_CSP,
+    }
+    if scheme == "https":
+        headers["Strict-Transport-Security"] = HSTS
+    if path.startswith(NO_STORE_PREFIXES):
+        headers["Cache-Control"] = "no-store"
+    return headers
+
+
+class SecurityHeaders:
+    """The ASGI wrapper that adds `security_headers` to every HTTP answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        added = security_headers(scope["path"], scope.get("scheme", "http"))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                headers = MutableScopeHeaders.from_message(message)
+                for name, value in added.items():
+                    if name == "Cache-Control" or name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
