@@ -14,13 +14,20 @@ from litestar.params import FromQuery, JSONBody
 from api.controllers.energy import energy_of, parse_time, parse_zone
 from api.services import Services
 from domain.energy_handlers import SetRate
-from domain.errors import InvalidRange
+from domain.errors import InvalidRange, InvalidRate
 from domain.identity import Permission, Principal
-from domain.rates import RateVersion, TouPeriod, align_up, in_force
+from domain.rates import RATE_TYPES, RateVersion, TouPeriod, align_up, in_force
 from projections.energy import cost_report, rate_versions
 
 MAX_COST_DAYS = 3 * 366
 Number = float | str
+PRICES_OF = {
+    "simple": ("rate_per_kwh",),
+    "tiered": ("tier1_limit", "tier1_rate", "tier2_limit", "tier2_rate", "tier3_rate"),
+    "time_of_use": (),
+}
+"""The prices each rate type reads from `rate_structure` (or the top level); any other price is refused."""
+PERIOD_LISTS = ("time_of_use_rates", "weekend_time_of_use_rates")
 
 
 class RateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -128,6 +135,29 @@ def rate_view(rate: RateVersion) -> RateView:
     )  # fmt: skip
 
 
+def check_all_used(data: RateRequest) -> None:
+    """Raises InvalidRate naming the first field the rate type would not use, so nothing sent is dropped
+    in silence: prices of another type (in `rate_structure` or at the top level), unknown names in
+    `rate_structure`, time-of-use periods on a simple or tiered rate. One rate has one type."""
+    if data.rate_type not in RATE_TYPES:
+        return
+    used = PRICES_OF[data.rate_type]
+    reads = f"a {data.rate_type} rate reads " + (", ".join(used) if used else "only time_of_use_rates")
+    known = {name for names in PRICES_OF.values() for name in names}
+    given = [(f"rate_structure.{k}", k, v) for k, v in (data.rate_structure or {}).items()]
+    given += [(k, k, getattr(data, k)) for k in sorted(known)]
+    for field, name, value in given:
+        if name not in known:
+            raise InvalidRate(f"{field} is not a price a rate has; {reads}", field=field)
+        if value is not None and name not in used:
+            raise InvalidRate(f"{field} does not apply: {reads}", field=field)
+    if data.rate_type != "time_of_use":
+        for field in PERIOD_LISTS:
+            if getattr(data, field):
+                raise InvalidRate(f"{field} does not apply: it is read only by rate_type time_of_use, and "
+                                  f"{reads}", field=field)  # fmt: skip
+
+
 def _date(text: str | None, field: str) -> date | None:
     """A local date (YYYY-MM-DD) from 2000 on; raises InvalidRange naming `field` otherwise."""
     if text is None:
@@ -169,7 +199,9 @@ class RatesController(Controller):
     ) -> RateView:
         """A new rate version (`simple`, `tiered` or `time_of_use`), in force from `effective_from` (default now,
         moved up to the next 5-minute boundary); energy used before it keeps its cost. 422 `INVALID_RATE`
-        names the first bad field."""
+        names the first bad field, or a field the rate type would not use (time-of-use periods on a tiered
+        rate, say): nothing sent is dropped."""
+        check_all_used(data)
         body = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
         stored = await energy_of(services).set_rate(
             SetRate(body=body, default_zone=services.zone.key, actor=principal.actor)

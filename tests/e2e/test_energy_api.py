@@ -211,6 +211,35 @@ async def test_bad_input_is_refused_and_stores_nothing(client: Client, runtime: 
         assert await stored(runtime) == before
 
 
+SEED_TIERS = {"tier1_limit": 500, "tier1_rate": 0.10, "tier2_limit": 1000, "tier2_rate": 0.12, "tier3_rate": 0.15}
+SEED_PERIODS = [{"start_hour": 0, "end_hour": 6, "rate": 0.08, "label": "Off-Peak"},
+                {"start_hour": 6, "end_hour": 22, "rate": 0.12, "label": "Peak"},
+                {"start_hour": 22, "end_hour": 24, "rate": 0.08, "label": "Late"}]  # fmt: skip
+
+
+async def test_a_rate_never_drops_what_its_type_would_not_use(client: Client, runtime: Runtime) -> None:
+    """Tiers and time-of-use periods together (the shape of the seed's GET example), or prices of another
+    type, are refused naming the field rather than stored with a part left out."""
+    before = await stored(runtime)
+    for body, field in [
+        ({"rate_type": "tiered", "currency": "USD", "rate_structure": SEED_TIERS, "time_of_use_rates": SEED_PERIODS},
+         "time_of_use_rates"),
+        ({"rate_type": "tiered", "rate_structure": SEED_TIERS, "weekend_time_of_use_rates": SEED_PERIODS},
+         "weekend_time_of_use_rates"),
+        ({"rate_type": "time_of_use", "rate_structure": {"rate_per_kwh": 0.1}, "time_of_use_rates": SEED_PERIODS},
+         "rate_structure.rate_per_kwh"),
+        ({"rate_type": "simple", "rate_structure": {"rate_per_kwh": 0.1}, "tier1_rate": 0.2}, "tier1_rate"),
+        ({"rate_type": "simple", "rate_structure": {"rate_per_kwh": 0.1, "peak_rate": 0.2}}, "rate_structure.peak_rate"),
+    ]:
+        assert_error(await client.post("/api/rates", json=body), 422, "INVALID_RATE", field)
+    assert await stored(runtime) == before
+    async with background(runtime, poll=False):
+        empty_periods = await client.post("/api/rates", json={"rate_type": "tiered", "rate_structure": SEED_TIERS,
+                                                               "time_of_use_rates": []})  # fmt: skip
+    assert empty_periods.status_code == 201, empty_periods.text
+    assert empty_periods.json()["rate_structure"] == SEED_TIERS
+
+
 async def test_rates_are_versioned_with_their_actor(client: Client, runtime: Runtime) -> None:
     async with background(runtime, poll=False):
         unset = await client.get("/api/rates")
