@@ -129,6 +129,25 @@ def handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return _response(status_code, error_body(status_code, detail, exc.code), headers)
 
 
+VALIDATION_STATUS = "validation_status"
+"""A route's `opt` key for the status its schema violations answer, where its contract is not 422."""
+
+
+def validation_status(request: Request[Any, Any, Any], exc: ValidationException) -> int:
+    """422 for a request whose body, query or headers break the route's schema (wrong type, missing
+    field or parameter, constraint), as the Kasa Monitor API answers; 400 for a malformed request: a
+    path value the route cannot parse, or a multipart body without its boundary. A route may
+    declare another status for its schema violations in `opt` (`VALIDATION_STATUS`)."""
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    sources = {e.get("source") for e in errors if isinstance(e, dict)}
+    missing_parameter = isinstance(exc.__cause__, KeyError)
+    if "path" in sources or not (sources or missing_parameter):
+        return 400
+    handler = request.scope.get("route_handler")
+    declared = handler.opt.get(VALIDATION_STATUS) if handler is not None else None
+    return declared if isinstance(declared, int) else 422
+
+
 def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status_code = exc.status_code
     extra: dict[str, Any] = {}
@@ -138,6 +157,7 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         code = exc.error_code
     elif isinstance(exc, ValidationException):
         code = "VALIDATION_ERROR"
+        status_code = validation_status(request, exc)
     else:
         code = HTTP_CODES.get(status_code, "HTTP_ERROR")
     if status_code >= 500:

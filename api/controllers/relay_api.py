@@ -18,7 +18,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.controllers.control import control_handlers
 from api.controllers.devices import resolve_device
-from api.errors import error_body
+from api.errors import VALIDATION_STATUS, error_body
 from api.services import Services
 from domain.control import Action, RequestControl
 from domain.errors import InvalidPayload, InvalidType
@@ -26,7 +26,13 @@ from domain.identity import Permission, Principal
 from projections.devices import DeviceView, relay_times
 
 PLUG_RELAY_ID = "0"
+SEED_RELAY_PREFIX = "255."
+"""The relay API's own id form: `255.<n>` is relay n of the device, counted from 0."""
+ID_FORMS = (f'the id GET /api/devices/{{device}}/data/ lists ("{PLUG_RELAY_ID}" for a plug; an outlet\'s id or '
+            f'index for a strip) or "{SEED_RELAY_PREFIX}<n>" for relay n, counted from 0')
 MODE = "On/Off Switch"
+COLOR = {True: "Green", False: "Red"}
+"""The colour a relay shows in the relay API: one fixed colour per state."""
 TYPES = ("all", "relay", "relay_c", "gpio", "gpio_c", "adc", "adc_c")
 _LISTS = {"relay": "Relays", "relay_c": "Relay_Cs", "gpio": "GPIOs", "gpio_c": "GPIO_Cs", "adc": "ADCs", "adc_c": "ADC_Cs"}
 
@@ -63,6 +69,12 @@ def _relays(view: DeviceView) -> list[tuple[str, str, int | None, bool | None]]:
     return [(o.outlet_id, o.alias, o.index, o.is_on) for o in view.outlets]
 
 
+def _position(relay_id: str) -> int | None:
+    """n of a relay id in the relay API's `255.<n>` form; None for any other id."""
+    number = relay_id.removeprefix(SEED_RELAY_PREFIX)
+    return int(number) if number != relay_id and number.isascii() and number.isdigit() else None
+
+
 def _outlet_of(view: DeviceView, switch: RelaySwitch) -> int | None:
     """The outlet a relay entry names; raises InvalidPayload for none or one the device lacks."""
     relays = _relays(view)
@@ -70,7 +82,10 @@ def _outlet_of(view: DeviceView, switch: RelaySwitch) -> int | None:
         for relay_id, _, index, _ in relays:
             if switch.id == relay_id or (index is not None and switch.id == str(index)):
                 return index
-        raise InvalidPayload(f"device {view.device_ip} has no relay with id {switch.id!r}")
+        position = _position(switch.id)
+        if position is not None and position < len(relays):
+            return relays[position][2]
+        raise InvalidPayload(f"device {view.device_ip} has no relay with id {switch.id!r}; a relay id is {ID_FORMS}")
     if switch.relay is not None:
         for _, name, index, _ in relays:
             if switch.relay == name:
@@ -89,7 +104,7 @@ class RelayApiController(Controller):
 
     @post(
         "/{device:str}/command", operation_id="sendDeviceCommand", status_code=200,
-        opt={"permission": Permission.DEVICES_CONTROL},
+        opt={"permission": Permission.DEVICES_CONTROL, VALIDATION_STATUS: 400},
     )  # fmt: skip
     async def command(
         self,
@@ -98,9 +113,10 @@ class RelayApiController(Controller):
         principal: NamedDependency[Principal],
         services: NamedDependency[Services],
     ) -> Response[Any]:
-        """Set one or several relays: `{"payload": {"Output": "Relay", "Relays": [{"id"?, "relay"?, "state"}]}}`.
-        Every relay is checked before anything is recorded. 200 `{"status": "Command sent successfully"}`;
-        400 bad payload or unknown relay (`INVALID_PAYLOAD`); 403 (scope, or `DEVICE_CONTROL_DISABLED`);
+        """Set one or several relays: `{"payload": {"Output": "Relay", "Relays": [{"id"?, "relay"?, "state"}]}}`;
+        `id` as the data API lists it or `255.<n>` (relay n from 0). Every relay is checked before anything
+        is recorded. 200 `{"status": "Command sent successfully"}`; 400 for any bad payload, as the relay
+        API answers (`VALIDATION_ERROR`, or `INVALID_PAYLOAD` for an unknown relay); 403 (scope, or `DEVICE_CONTROL_DISABLED`);
         404 `DEVICE_NOT_FOUND`; 500 `COMMAND_NOT_SENT` when the device is offline."""
         if data.payload.output != "Relay":
             raise InvalidPayload(f"Output {data.payload.output!r} is not supported; Kasa devices have only Relay")
@@ -125,16 +141,17 @@ class RelayApiController(Controller):
             return Response(error_body(500, detail, "COMMAND_NOT_SENT"), status_code=500)
         return Response(CommandSent(), status_code=200)
 
-    @get("/{device:str}/data", operation_id="getDeviceData", opt={"permission": Permission.DEVICES_VIEW})
+    @get("/{device:str}/data", operation_id="getDeviceData",
+         opt={"permission": Permission.DEVICES_VIEW, VALIDATION_STATUS: 400})  # fmt: skip
     async def data(
         self,
         device: FromPath[str],
         services: NamedDependency[Services],
         component: Annotated[str, QueryParameter(name="type", max_length=16)] = "all",
     ) -> dict[str, Any]:
-        """The device's relays (state and configuration) in the relay API's shape; `type` is one of
-        all, relay, relay_c, gpio, gpio_c, adc, adc_c (400 `INVALID_TYPE` otherwise). GPIO and ADC lists
-        are empty: Kasa devices have none."""
+        """The device's relays (state and configuration) in the relay API's shape, each relay's `color`
+        green when on and red when off; `type` is one of all, relay, relay_c, gpio, gpio_c, adc, adc_c
+        (400 `INVALID_TYPE` otherwise). GPIO and ADC lists are empty: Kasa devices have none."""
         if component not in TYPES:
             raise InvalidType(f"type must be one of {', '.join(TYPES)}")
         view = await resolve_device(services, device)
@@ -147,7 +164,7 @@ class RelayApiController(Controller):
             changed = since.get("plug" if index is None else str(index))
             lists["Relays"].append({
                 "id": relay_id, "name": name, "state": "1" if is_on else "0", "text": "On" if is_on else "Off",
-                "stateTime": _stamp(changed or view.last_seen), "mode": MODE,
+                "stateTime": _stamp(changed or view.last_seen), "mode": MODE, "color": COLOR[bool(is_on)],
             })  # fmt: skip
             lists["Relay_Cs"].append({"id": relay_id, "name": name, "mode": MODE, "index": index})
         body: dict[str, Any] = {"s_time": _stamp(view.last_seen), "status": "online" if view.online else "offline"}

@@ -128,7 +128,7 @@ async def test_login_answers_tokens_the_user_and_the_session(
         assert refused.json()["error"] == "authentication_failed" and refused.json()["redirect_to"] == "/login"
     assert wrong.json()["detail"] == unknown.json()["detail"]
     extra = await anonymous.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD, "x": 1})
-    assert error_of(extra, 400) == "VALIDATION_ERROR"
+    assert error_of(extra, 422) == "VALIDATION_ERROR"
 
 
 async def test_refresh_rotates_the_pair_and_a_reused_token_ends_the_session(
@@ -294,7 +294,7 @@ async def test_api_keys_act_within_their_scope_and_their_owners_role(
         assert body["scope"] == scope and body["key"].startswith(body["prefix"])
         keys[scope] = {"X-API-Key": body["key"]}
     bad = await client.post("/api/keys", json={"name": "x", "scope": "root"})
-    assert error_of(bad, 400) == "VALIDATION_ERROR"
+    assert error_of(bad, 422) == "VALIDATION_ERROR"
     past = await client.post("/api/keys", json={"name": "x", "expires_at": "2001-01-01T00:00:00Z"})
     assert error_of(past, 400) == "INVALID_REQUEST"
 

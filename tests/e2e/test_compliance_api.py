@@ -89,7 +89,7 @@ async def test_exports_are_for_administrators_and_unknown_ones_are_404(
     missing = await client.get("/api/compliance/exports/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404 and missing.json()["error_code"] == "EXPORT_NOT_FOUND"
     bad = await client.post("/api/compliance/exports", json={"format": "pdf"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422
     job = await finished(client, (await client.post("/api/compliance/exports", json={"format": "csv"})).json())
     other = await client.get(f"/api/compliance/exports/{job['id']}/files/..%2F..%2Fsecrets")
     assert other.status_code == 404

@@ -179,7 +179,7 @@ async def test_control_needs_the_control_permission_and_stops_when_turned_off(
     assert (relay.status_code, relay.json()["error_code"]) == (403, "DEVICE_CONTROL_DISABLED")
     assert len(device.relay_requests) == 1 and device.is_on()
     bad = await client.post(f"/api/device/{device_id}/control", json={"action": "explode"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422
 
 
 async def test_control_answers_the_outcome_by_default_and_202_when_the_client_prefers_async(

@@ -37,7 +37,8 @@ async def test_relays_of_a_strip_are_listed_and_set_by_id_or_name(
     assert data["status"] == "online" and data["GPIOs"] == [] == data["ADCs"] == data["GPIO_Cs"] == data["ADC_Cs"]
     relays = data["Relays"]
     assert [r["id"] for r in relays] == strip.outlet_ids
-    assert {"id", "name", "state", "text", "stateTime", "mode"} <= set(relays[0])
+    assert {"id", "name", "state", "text", "stateTime", "mode", "color"} <= set(relays[0])
+    assert [r["color"] for r in relays] == [{"1": "Green", "0": "Red"}[r["state"]] for r in relays]
     assert [r["state"] for r in relays] == [str(int(strip.is_on(i))) for i in range(len(relays))]
     first, second = relays[0], relays[1]
     payload = {"payload": {"Output": "Relay", "Relays": [
@@ -54,6 +55,14 @@ async def test_relays_of_a_strip_are_listed_and_set_by_id_or_name(
     assert relay_only["Relays"][0]["state"] == str(int(strip.is_on(0)))
     config = (await client.get(f"/api/devices/{device_id}/data/", params={"type": "relay_c"})).json()
     assert [c["id"] for c in config["Relay_Cs"]] == strip.outlet_ids
+    # The relay API's own id form: 255.<n> is relay n, counted from 0 (the seed's "255.1" is the second).
+    before = strip.is_on(2)
+    seed_form = {"payload": {"Output": "Relay", "Relays": [{"relay": "SecurityAlarm", "id": "255.2",
+                                                            "state": 0 if before else 1}]}}  # fmt: skip
+    sent = await client.post(f"/api/devices/{device_id}/command/", json=seed_form)
+    assert (sent.status_code, sent.json()) == (200, {"status": "Command sent successfully"})
+    await settled(runtime, device_id, 3)
+    assert strip.is_on(2) is not before and strip.is_on(1) is (second["state"] == "0")
 
 
 async def test_a_plug_has_one_relay_and_bad_commands_are_refused_changing_nothing(
@@ -76,6 +85,10 @@ async def test_a_plug_has_one_relay_and_bad_commands_are_refused_changing_nothin
         assert response.status_code == 400, (case, response.text)
         assert {"detail", "status_code", "error_code"} <= set(response.json()), case
     assert plug.relay_requests == []
+    beyond = await client.post(f"/api/devices/{device_id}/command/", json={"payload": {"Output": "Relay", "Relays": [
+        {"id": "255.1", "state": 1}]}})  # fmt: skip
+    assert (beyond.status_code, beyond.json()["error_code"]) == (400, "INVALID_PAYLOAD")
+    assert '"0" for a plug' in beyond.json()["detail"] and '"255.<n>" for relay n' in beyond.json()["detail"]
     missing = await client.post("/api/devices/127.0.0.9/command/", json={"payload": {"Output": "Relay", "Relays": [
         {"id": "0", "state": 1}]}})  # fmt: skip
     assert missing.status_code == 404

@@ -76,7 +76,7 @@ async def test_malformed_address_is_refused_and_stores_nothing(client: Client, r
     [{"ip": "127.0.0.1", "extra": 1}, {"alias": "x"}, {"ip": 5}, {"ip": "127.0.0.1", "alias": ""}],
 )
 async def test_invalid_body_is_a_validation_error(client: Client, body: dict[str, Any]) -> None:
-    assert_error(await client.post("/api/devices/manual", json=body), 400, "VALIDATION_ERROR")
+    assert_error(await client.post("/api/devices/manual", json=body), 422, "VALIDATION_ERROR")
 
 
 async def test_body_that_is_not_json_is_refused(client: Client) -> None:

@@ -326,4 +326,4 @@ async def test_a_device_threshold_shapes_its_sessions(client: Client, viewer: Cl
     assert [s["duration_s"] for s in default["sessions"]] == [1200.0]
     assert own["threshold_w"] == 100 and [s["duration_s"] for s in own["sessions"]] == [600.0]
     assert own["sessions"][0]["start"].startswith("2026-03-07T00:10")
-    assert refused.status_code == 403 and bad.status_code == 400
+    assert refused.status_code == 403 and bad.status_code == 422

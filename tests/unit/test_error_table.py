@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 import eventsourcing.persistence as es
 import httpx
+import msgspec
 import psycopg
 import pytest
 from litestar import Litestar, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 from psycopg_pool import PoolTimeout
 
 from adapters.eventstore import note_write
 from api.app import READ_ATTEMPTS, RefuseUnsafeInput, RetryLostConnections
-from api.errors import EXCEPTION_HANDLERS
+from api.errors import EXCEPTION_HANDLERS, VALIDATION_STATUS
 
 
 def _es_lost() -> Exception:
@@ -185,3 +187,65 @@ async def test_printable_unicode_paths_and_ordinary_bodies_pass(harness: tuple[h
     client, _ = harness
     assert (await client.get("/read/%C3%A9%E2%9C%93")).json() == {"key": "é✓"}
     assert (await client.post("/write", json={"nested": [[{"ok": True}]]})).json() == {"nested": [[{"ok": True}]]}
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    item: Annotated[str, msgspec.Meta(min_length=1)]
+    count: int
+
+
+@pytest.fixture
+async def validating() -> AsyncIterator[httpx.AsyncClient]:
+    """Routes with a typed body, typed query parameters and a constrained path parameter."""
+
+    @post("/orders", sync_to_thread=False)
+    def order(data: JSONBody[Order]) -> dict[str, Any]:
+        return {"item": data.item}
+
+    @post("/relay-orders", sync_to_thread=False, opt={VALIDATION_STATUS: 400})
+    def relay_order(data: JSONBody[Order]) -> dict[str, Any]:
+        return {"item": data.item}
+
+    @get("/pages", sync_to_thread=False)
+    def pages(limit: Annotated[int, QueryParameter(ge=1, le=10)], since: FromQuery[datetime | None] = None) -> int:
+        return limit
+
+    @get("/shelves/{shelf:int}", sync_to_thread=False)
+    def shelf(shelf: Annotated[int, Parameter(ge=1)]) -> int:
+        return shelf
+
+    app = Litestar(route_handlers=[order, relay_order, pages, shelf], exception_handlers=EXCEPTION_HANDLERS,
+                   middleware=[RefuseUnsafeInput()])  # fmt: skip
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        yield client
+
+
+@pytest.mark.parametrize("body", [
+    {"item": "tea", "count": "two"}, {"item": "tea"}, {"item": "", "count": 1}, {"item": "tea", "count": 1, "x": 1},
+    ["tea", 1], None,
+])  # fmt: skip
+async def test_a_body_that_breaks_the_schema_is_a_422_naming_the_field(
+    validating: httpx.AsyncClient, body: Any
+) -> None:
+    response = await validating.post("/orders", json=body)
+    assert (response.status_code, response.json()["error_code"]) == (422, "VALIDATION_ERROR"), response.text
+    assert response.json()["status_code"] == 422 and response.json()["errors"]
+
+
+@pytest.mark.parametrize("query", ["", "?limit=0", "?limit=many", "?limit=1&since=yesterday"])
+async def test_query_parameters_that_break_the_schema_are_a_422(validating: httpx.AsyncClient, query: str) -> None:
+    response = await validating.get(f"/pages{query}")
+    assert (response.status_code, response.json()["error_code"]) == (422, "VALIDATION_ERROR"), response.text
+
+
+async def test_malformed_requests_stay_400(validating: httpx.AsyncClient) -> None:
+    syntax = await validating.post("/orders", content=b'{"item": "tea",', headers={"content-type": "application/json"})
+    assert (syntax.status_code, syntax.json()["error_code"]) == (400, "INVALID_REQUEST"), syntax.text
+    path = await validating.get("/shelves/0")
+    assert (path.status_code, path.json()["error_code"]) == (400, "VALIDATION_ERROR"), path.text
+    assert (await validating.get("/shelves/3")).json() == 3
+
+
+async def test_a_route_whose_contract_answers_400_declares_it(validating: httpx.AsyncClient) -> None:
+    response = await validating.post("/relay-orders", json={"item": "tea"})
+    assert (response.status_code, response.json()["error_code"]) == (400, "VALIDATION_ERROR"), response.text
