@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from uuid import UUID
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
@@ -42,26 +44,35 @@ def subject_for(prefix: str, aggregate: str, key: UUID | str, event_name: str) -
 
 
 class _ConnectionLog:
-    """Callbacks that log one line per outage instead of one traceback per reconnect attempt."""
+    """Callbacks that log one line per kind of error and outage instead of one traceback per reconnect attempt.
+
+    An error of the kind logged last (the same reconnect failing again) goes to debug until the
+    client reconnects; an error of another kind (a slow consumer) is a warning of its own, and
+    one that our subscription callback raised, a bug, is an error with its traceback.
+    """
 
     def __init__(self, name: str, client: Client) -> None:
         self.name = name
         self.client = client
-        self.failing = False
+        self.last: type[BaseException] | None = None
 
     async def error(self, exc: Exception) -> None:
-        level = log.debug if self.failing else log.warning
-        self.failing = True
-        level("nats.error", client=self.name, error=repr(exc))
+        repeat = type(exc) is self.last
+        self.last = type(exc)
+        if repeat:
+            log.debug("nats.error", client=self.name, error=repr(exc))
+        elif isinstance(exc, (nats.errors.Error, OSError, asyncio.TimeoutError)):
+            log.warning("nats.error", client=self.name, error=repr(exc))
+        else:  # raised by our code in a subscription callback: a bug
+            log.error("nats.callback_failed", client=self.name, error=repr(exc), exc_info=exc)
 
     async def disconnected(self) -> None:
         if self.client.is_closed or self.client.is_draining:
             return
-        self.failing = True
         log.warning("nats.disconnected", client=self.name)
 
     async def reconnected(self) -> None:
-        self.failing = False
+        self.last = None
         log.info("nats.reconnected", client=self.name)
 
     async def closed(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -36,6 +37,7 @@ from nats.js import JetStreamContext, api
 
 from adapters.bus import StreamConfig
 from adapters.contract import Envelope, decode_envelope
+from adapters.faults import DATABASE_FAULTS, report
 
 log = structlog.get_logger(__name__)
 
@@ -379,8 +381,8 @@ class FanOut:
         )
         try:
             loaded = await self._load_directory()
-        except Exception as exc:  # the directory fills from the stream as well
-            log.warning("live.directory_not_loaded", error=repr(exc))
+        except DATABASE_FAULTS as exc:  # the directory fills from the stream as well
+            report("live", exc, action="load directory")
             loaded = {}
         self.directory = {**loaded, **self.directory}
         log.info("live.fanout_started", stream=self.stream.name, devices=len(self.directory))
@@ -393,7 +395,7 @@ class FanOut:
         if sub is not None:
             try:
                 await sub.unsubscribe()
-            except Exception as exc:  # a closed connection has no subscription left to end
+            except nats.errors.Error as exc:  # a closed connection has no subscription left to end
                 log.debug("live.unsubscribe_failed", error=repr(exc))
 
     def subscribe(self, *, principal_ids: Iterable[UUID] = (), queue_size: int | None = None) -> Subscriber:
@@ -415,7 +417,7 @@ class FanOut:
             try:
                 info = await asyncio.wait_for(self._sub.consumer_info(), timeout=1.0)
                 pending = int(info.num_pending or 0) + self._sub.pending_msgs
-            except Exception:  # reported as unknown
+            except (nats.errors.Error, asyncio.TimeoutError):  # reported as unknown
                 pending = None
         return FanOutStatus(
             running=self.running,
@@ -475,8 +477,10 @@ class FanOut:
         async def reload() -> None:
             try:
                 self.directory = {**(await self._load_directory()), **self.directory}
-            except Exception as exc:  # tried again at the next unknown device
-                log.warning("live.directory_not_loaded", error=repr(exc))
+            except DATABASE_FAULTS as exc:  # tried again at the next unknown device
+                report("live", exc, action="load directory")
+            except Exception:
+                log.exception("live.directory_not_loaded")
             finally:
                 self._reloading = None
 

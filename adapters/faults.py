@@ -65,9 +65,10 @@ def describe(exc: BaseException) -> str:
     return first if name in first else f"{name}: {first}"
 
 
-def report(part: str, exc: BaseException, **context: Any) -> None:
-    """One warning line for an expected fault of `part`; never a traceback."""
-    log.warning("part.fault", part=part, error=describe(exc), **context)
+def report(part: str, exc: BaseException, *, repeat: bool = False, **context: Any) -> None:
+    """One warning line for an expected fault of `part`, never a traceback; a `repeat` of the
+    fault before it (a loop that warns once per outage) goes to debug."""
+    (log.debug if repeat else log.warning)("part.fault", part=part, error=describe(exc), **context)
 
 
 def reraise_if_cancelled() -> None:

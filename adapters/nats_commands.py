@@ -28,11 +28,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from adapters.faults import DATABASE_FAULTS, NATS_FAULTS, report
 from adapters.identity import API_KEY_HEADER
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice, RenameDevice, device_key
 from domain.control import Action, RequestControl, outcome_of
@@ -148,18 +150,19 @@ class CommandResponder:
             log.info("commands.listening", subjects=f"{self._prefix}.cmd.device.*.control")
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
-            self._subscription = None
-        if self._control_subscription is not None:
-            await self._control_subscription.unsubscribe()
-            self._control_subscription = None
+        subscriptions = (self._subscription, self._control_subscription)
+        self._subscription = self._control_subscription = None
+        for subscription in subscriptions:
+            if subscription is None:
+                continue
+            try:
+                await subscription.unsubscribe()
+            except nats.errors.Error as exc:  # a closed connection has no subscription left to end
+                log.debug("commands.unsubscribe_failed", error=repr(exc))
 
     async def _on_control(self, msg: Msg) -> None:
         device = msg.subject.split(".")[-2]
-        reply = await self.answer_control(device, msg.data, msg.headers or {})
-        if msg.reply:
-            await msg.respond(_ENCODER.encode(reply))
+        await _respond(msg, await self.answer_control(device, msg.data, msg.headers or {}))
 
     async def answer_control(self, device: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Authenticate an `X-API-Key`, check DEVICES_CONTROL, record the request, wait for it if asked.
@@ -205,9 +208,7 @@ class CommandResponder:
 
     async def _on_message(self, msg: Msg) -> None:
         verb = msg.subject.rpartition(".")[2]
-        reply = await self.answer(verb, msg.data, msg.headers or {})
-        if msg.reply:
-            await msg.respond(_ENCODER.encode(reply))
+        await _respond(msg, await self.answer(verb, msg.data, msg.headers or {}))
 
     async def answer(self, verb: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Authenticate, check DEVICES_MANAGE, run one command and build its reply.
@@ -256,6 +257,16 @@ class CommandResponder:
         )
 
 
+async def _respond(msg: Msg, reply: Reply) -> None:
+    """Send the reply, if one is asked for; with NATS away it is lost, and the requester times out and may retry."""
+    if not msg.reply:
+        return
+    try:
+        await msg.respond(_ENCODER.encode(reply))
+    except NATS_FAULTS + (nats.errors.ConnectionClosedError,) as exc:
+        report("commands", exc, action="reply")
+
+
 def _error(status_code: int, error_code: str, detail: str) -> Reply:
     return Reply(ok=False, error=ErrorReply(status_code=status_code, error_code=error_code, detail=detail))
 
@@ -269,6 +280,10 @@ def _failure(exc: Exception, unavailable: str, **context: str) -> Reply:
         return _error(400, "INVALID_REQUEST", "the body is not valid JSON")
     if isinstance(exc, DomainError):
         return _error(status_of(exc), exc.code, str(exc) or exc.code)
-    log.error("commands.failed", error=repr(exc), **context)
+    if isinstance(exc, DATABASE_FAULTS + NATS_FAULTS):
+        fields: dict[str, Any] = dict(context)
+        report("commands", exc, **fields)
+    else:
+        log.error("commands.failed", error=repr(exc), exc_info=exc, **context)
     failure = Unavailable(unavailable)
     return _error(503, failure.code, str(failure))

@@ -37,10 +37,11 @@ import structlog
 from eventsourcing.persistence import DataError, IntegrityError, PersistenceError
 
 from adapters.eventstore import StoreUnitOfWork
+from adapters.faults import DATABASE_FAULTS, DEVICE_FAULTS, report
 from domain.address import DeviceAddress, parse_address
 from domain.commands import MissedPolls, PollResult, PollsRecorded, RecordPolls
 from domain.config import ConfigValues
-from domain.errors import ConcurrencyConflict, DeviceError
+from domain.errors import ConcurrencyConflict
 from domain.handlers import POLLS_PER_SAVE, CommandHandlers
 from domain.ports import DeviceDriver
 
@@ -312,12 +313,17 @@ class Poller:
                 state.task = asyncio.create_task(self._device_loop(state), name=f"poll-{state.device_id}")
 
     async def follow_config(self, current: Callable[[], Awaitable[ConfigValues]], *, every: float = 2.0) -> None:
-        """Read the system configuration every `every` seconds and apply it; a failed read is retried."""
+        """Read the system configuration every `every` seconds and apply it; a read the database
+        fails is one warning per outage and tried again at the next round."""
+        failing = False
         while True:
             try:
                 self.apply_config(await current())
-            except Exception as exc:
-                log.debug("poller.config_read_failed", error=repr(exc))
+            except DATABASE_FAULTS as exc:
+                report("poller", exc, repeat=failing, action="read config")
+                failing = True
+            else:
+                failing = False
             await asyncio.sleep(every)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -358,8 +364,10 @@ class Poller:
     async def _leave(self) -> None:
         try:
             await self.assignment.leave()
-        except Exception as exc:
-            log.warning("poller.leave_failed", error=repr(exc))
+        except DATABASE_FAULTS as exc:  # the leases expire by themselves
+            report("poller", exc, action="leave")
+        except Exception:
+            log.exception("poller.leave_failed")
 
     # Assignment ---------------------------------------------------------------------
 
@@ -371,8 +379,8 @@ class Poller:
             try:
                 async with asyncio.timeout(max(every, 5.0)):
                     assigned = await self.assignment.refresh(self._drop)
-            except Exception as exc:
-                (log.debug if failing else log.warning)("poller.assignment_failed", error=repr(exc))
+            except DATABASE_FAULTS + (TimeoutError,) as exc:
+                report("poller", exc, repeat=failing, action="assignment")
                 failing = True
                 if loop.time() >= self._valid_until and self._devices:
                     log.warning("poller.assignment_expired", devices=len(self._devices))
@@ -475,15 +483,15 @@ class Poller:
         self._counts["failures"] += 1
         state.missed += 1
         kind = type(exc).__name__
-        fields = {"device_id": str(state.device_id), "address": state.address, "missed": state.missed}
-        if state.failing_since != kind:
-            state.failing_since = kind
-            if isinstance(exc, (DeviceError, TimeoutError)):
-                log.info("poll.failed", error=str(exc) or kind, **fields)
-            else:
-                log.error("poll.error", error=repr(exc), exc_info=self._first_of_kind(exc), **fields)
+        fields: dict[str, Any] = {"device_id": str(state.device_id), "address": state.address, "missed": state.missed}
+        repeat = state.failing_since == kind
+        state.failing_since = kind
+        if isinstance(exc, DEVICE_FAULTS):
+            report("poller", exc, repeat=repeat, **fields)
+        elif repeat:
+            log.debug("poll.error", error=repr(exc), **fields)
         else:
-            log.debug("poll.failed", error=str(exc) or kind, **fields)
+            log.error("poll.error", error=repr(exc), exc_info=self._first_of_kind(exc), **fields)
         if state.missed == self.offline_after:
             log.info("poll.offline", **fields)
             self._enqueue(MissedPolls(device_id=state.device_id, count=state.missed))
@@ -597,9 +605,8 @@ class Poller:
         self._counts["save_failures"] += 1
         if _transient(exc):
             delay = min(max(backoff * 2, 0.2), 5.0)
-            (log.warning if backoff == 0 else log.debug)(
-                "poller.save_failed", entries=len(chunk), pending=len(self._queue), retry_in=delay, error=repr(exc)
-            )
+            report("poller", exc, repeat=backoff != 0, action="save", entries=len(chunk), pending=len(self._queue),
+                   retry_in=delay)  # fmt: skip
             return delay
         if len(chunk) > 1:
             log.error("poller.save_rejected", entries=len(chunk), error=repr(exc), retry="one entry at a time")

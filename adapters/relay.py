@@ -23,10 +23,11 @@ A message settles in one of two ways:
 
 Everything else is transient and retried in log order, the position stopping before it: no
 ack within `ack_timeout`, no responders (the stream does not exist yet, or JetStream is down),
-a closed or reconnecting connection, and every other API error, because those (the subject
+a reconnecting connection (these three are `part.fault` warnings), and every other API error
+(logged as errors: someone has to act on them), because those (the subject
 bound to another stream, a stream full with the discard-new policy, a sealed stream, server
 errors) would refuse every message after it as well, and skipping them would empty the log
-into the rejections table.
+into the rejections table. A closed client never reconnects: `run` raises it.
 
 nats-py 2.16 loses the JetStream API errors of `publish_async` (nats.py issue #985: the ack
 future never resolves and the error goes to the connection's error callback). So a message
@@ -48,7 +49,7 @@ import psycopg
 import structlog
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
-from nats.errors import MaxPayloadError
+from nats.errors import ConnectionClosedError, MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
 from nats.js.errors import APIError
@@ -58,6 +59,7 @@ from psycopg_pool import AsyncConnectionPool
 from adapters.bus import BusError, StreamConfig, subject_for
 from adapters.contract import aggregate_name, decode_envelope, encode_envelope
 from adapters.eventstore import WattLedger
+from adapters.faults import DATABASE_FAULTS, NATS_FAULTS, describe, reraise_if_cancelled, report
 from domain.meter import MeterDay
 
 __all__ = [
@@ -391,21 +393,29 @@ class Relay:
             )
         if result.error is not None:
             failed = batch[result.settled].notification_id
-            log.error(
-                "relay.publish_failed",
-                stream=self._stream.name,
-                notification_id=failed,
-                position=position,
-                error=repr(result.error),
-            )
+            if isinstance(result.error, NATS_FAULTS):
+                report("relay", result.error, stream=self._stream.name, notification_id=failed, position=position)
+            else:
+                log.error(
+                    "relay.publish_failed",
+                    stream=self._stream.name,
+                    notification_id=failed,
+                    position=position,
+                    error=describe(result.error),
+                )
             raise RelayPublishError(
                 f"notification {failed} was not acknowledged by stream {self._stream.name}"
             ) from result.error
         return position, result.settled - len(result.refused)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Publish until cancelled or `stop` is set; failures are logged and retried with backoff."""
-        await self.open()
+        """Publish until cancelled or `stop` is set.
+
+        A fault of the database (`DATABASE_FAULTS`) or of JetStream (a `RelayPublishError`) is one
+        line and a retry after a pause doubling from `poll_interval` to 30 s; the next pass starts
+        at the saved position. A closed NATS client never comes back, and anything else is a bug:
+        both are raised, for the supervisor to restart the relay.
+        """
         stop = stop or asyncio.Event()
         listener = asyncio.create_task(self._listen()) if self._channel else None
         stopped = asyncio.create_task(stop.wait())
@@ -413,14 +423,20 @@ class Relay:
         log.info("relay.started", stream=self._stream.name, channel=self._channel)
         try:
             while not stop.is_set():
+                if listener is not None and listener.done():
+                    listener.result()
                 self._wake.clear()
                 try:
                     await self.publish_pending()
                     failures = 0
-                except Exception as exc:
+                except RelayPublishError as exc:
+                    if isinstance(exc.__cause__, ConnectionClosedError):
+                        reraise_if_cancelled()
+                        raise
                     failures += 1
-                    if not isinstance(exc, RelayPublishError):
-                        log.error("relay.pass_failed", stream=self._stream.name, error=repr(exc))
+                except DATABASE_FAULTS as exc:
+                    failures += 1
+                    report("relay", exc, stream=self._stream.name)
                 if failures:
                     delay = min(self._poll_interval * 2**failures, 30.0)
                     await asyncio.wait({stopped}, timeout=delay)
@@ -440,6 +456,7 @@ class Relay:
             await _cancel(woken)
 
     async def _listen(self) -> None:
+        """Wake the relay on the event store's notifications; a lost connection is one warning and a reconnect."""
         assert self._channel is not None
         delay = 0.5
         while True:
@@ -455,8 +472,8 @@ class Relay:
                         async for _ in conn.notifies(timeout=30.0):
                             self._wake.set()
                         await conn.execute("SELECT 1")
-            except Exception as exc:
-                log.warning("relay.listen_failed", channel=self._channel, error=repr(exc), retry_in=delay)
+            except DATABASE_FAULTS as exc:
+                report("relay", exc, channel=self._channel, retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 

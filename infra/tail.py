@@ -17,16 +17,16 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 
 from adapters.bus import StreamConfig, connect_nats
 from adapters.contract import Envelope, decode_envelope
 from adapters.fanout import device_of
+from adapters.faults import NATS_FAULTS, report
 from domain.address import parse_address
 from domain.device import device_id_for
 from domain.errors import InvalidAddress
@@ -40,6 +40,11 @@ def device_filter(device: str) -> UUID:
         return UUID(device)
     except ValueError:
         return device_id_for(str(parse_address(device)))
+
+
+def _named() -> api.ConsumerConfig:
+    """A consumer with a name of its own: a NATS `reader` may create consumers only by name."""
+    return api.ConsumerConfig(name=f"wattledger-tail-{uuid4().hex}")
 
 
 def _when(value: Any) -> str:
@@ -86,21 +91,34 @@ def _learn(envelope: Envelope[dict[str, Any]], names: dict[UUID, tuple[str, str]
     names[envelope.originator_id] = (str(envelope.data.get("address") or address), str(envelope.data.get("alias") or alias))
 
 
+BACKLOG_WAIT_S = 5.0
+"""Longest pause between two messages of the device backlog before tail prints without the rest of it."""
+
+
 async def _known_devices(js: Any, stream: StreamConfig) -> dict[UUID, tuple[str, str]]:
-    """Address and alias of the devices whose `Added` / `Renamed` messages are still in the stream."""
+    """Address and alias of the devices whose `Added` / `Renamed` messages are still in the stream.
+
+    The backlog ends at the message after which its consumer has nothing pending (or at once when
+    it starts with nothing), not at a pause: on a busy machine a pause says nothing. NATS away
+    while it is read is one warning, and tail goes on with the names it has (later ones arrive live).
+    """
     names: dict[UUID, tuple[str, str]] = {}
     sub = await js.subscribe(f"{stream.subject_prefix}.events.device.*.*", stream=stream.name, ordered_consumer=True,
-                             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)  # fmt: skip
+                             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, config=_named())  # fmt: skip
     try:
+        info = await sub.consumer_info()
+        if not info.num_pending and not sub.pending_msgs:
+            return names
         while True:
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except (NatsTimeout, TimeoutError):
-                break
+            msg = await sub.next_msg(timeout=BACKLOG_WAIT_S)
             try:
                 _learn(decode_envelope(msg.data), names)
             except Exception:  # not an envelope: nothing to learn
-                continue
+                pass
+            if msg.metadata.num_pending == 0:
+                break
+    except NATS_FAULTS as exc:
+        report("tail", exc, action="read device names")
     finally:
         await sub.unsubscribe()
     return names
@@ -138,11 +156,12 @@ async def run_tail(
                 write.flush()
 
         sub = await js.subscribe(subject, stream=stream.name, cb=show, ordered_consumer=True,
-                                 deliver_policy=api.DeliverPolicy.NEW)  # fmt: skip
+                                 deliver_policy=api.DeliverPolicy.NEW, config=_named())  # fmt: skip
         if device_id is not None:
             # Commands are keyed by their own id, not the device's: follow them separately.
             command_sub = await js.subscribe(f"{stream.subject_prefix}.events.command.>", stream=stream.name, cb=show,
-                                             ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW)  # fmt: skip
+                                             ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW,
+                                             config=_named())  # fmt: skip
         if ready is not None:
             ready()
         await stop.wait()
