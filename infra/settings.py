@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     database_url: str | None = None
     nats_url: str | None = None
+    nats_relay_url: str | None = None
+    """Where the relay publishes events, with the credentials of a user allowed to (none: `nats_url`)."""
     data_dir: Path = Path("data")
     polling_interval: float = 60.0
     poll_timeout: float = 5.0
@@ -272,6 +274,7 @@ def _host(text: str) -> str:
 _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _database_url),
     "NATS_URL": ("nats_url", _url("nats", "tls")),
+    "WATTLEDGER_NATS_RELAY_URL": ("nats_relay_url", _url("nats", "tls")),
     "WATTLEDGER_DATA_DIR": ("data_dir", Path),
     "WATTLEDGER_POLLING_INTERVAL": ("polling_interval", _number(float, 1, 86400)),
     "WATTLEDGER_POLL_TIMEOUT": ("poll_timeout", _number(float, 0.1, 120)),
@@ -315,7 +318,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 OPTION_ENV = {field: env for env, (field, _) in _FIELDS.items()}
 
-_URL_SETTINGS = frozenset({"DATABASE_URL", "NATS_URL"})
+_URL_SETTINGS = frozenset({"DATABASE_URL", "NATS_URL", "WATTLEDGER_NATS_RELAY_URL"})
 _SECRET_SETTINGS = frozenset({"WATTLEDGER_SECRET_KEY"})
 _LEADING_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?[^/\s?#]*@")
 

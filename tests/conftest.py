@@ -36,6 +36,8 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         database_url=os.environ.get("DATABASE_URL") or None,
         nats_url=os.environ.get("NATS_URL") or None,
         nats_port=0,
+        # Like the NATS that CI names: tests publish and subscribe as they please.
+        nats_authorization=False,
     ) as urls:
         yield urls
 
