@@ -173,8 +173,10 @@ async def force_key(runtime: Runtime, user_id: UUID, name: str) -> tuple[UUID, s
     """An API key stored straight into the event store, past every check (as older data would be)."""
     key_id = uuid4()
     secret = runtime.identity.secrets.key_secret()
-    key = ApiKey.issue(key_id, user_id=user_id, name=name, scope=Scope.READ,
-                       key_hash=runtime.identity.secrets.digest(secret), expires_at=None, actor=f"user:{user_id}")  # fmt: skip
+    key = ApiKey.issue(
+        key_id, user_id=user_id, name=name, scope=Scope.READ, key_hash=runtime.identity.secrets.digest(secret),
+        expires_at=None, actor=f"user:{user_id}",
+    )
     await asyncio.to_thread(runtime.app.save, key)
     return key_id, api_key_text(key_id, secret)
 
@@ -192,8 +194,8 @@ def cleaning_nul(projector: Any) -> Any:
 
 
 async def test_an_event_with_nul_is_quarantined_shown_and_applied_again_by_retry_once_it_can_be(
-    runtime: Runtime, client: httpx.AsyncClient, anonymous: httpx.AsyncClient, admin: tuple[SignedIn, httpx.AsyncClient],
-    database_url: str,
+    runtime: Runtime, client: httpx.AsyncClient, anonymous: httpx.AsyncClient,
+    admin: tuple[SignedIn, httpx.AsyncClient], database_url: str,
     nats_url: str, stream_config: StreamConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with background(runtime, poll=False):
