@@ -77,14 +77,20 @@ def clean_text(text: str) -> str:
     return "".join(c for c in text if not is_refused(c))
 
 
-def escape_text(text: str) -> str:
-    """`text` with every character that is not printable written as `\\xNN`, `\\uNNNN` or `\\UNNNNNNNN`."""
+def escape_text(text: str, *, keep: str = "") -> str:
+    """`text` with every character that is not printable (but those in `keep`) written as `\\n`,
+    `\\r`, `\\t`, `\\xNN`, `\\uNNNN` or `\\UNNNNNNNN`."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
+    return "".join(c if c.isprintable() or c in keep else _escape(c) for c in text)
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _escape(char: str) -> str:
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"

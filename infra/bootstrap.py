@@ -55,7 +55,7 @@ from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
 from domain.usage import EnergySettings
-from infra.logging import escape_text
+from domain.text import escape_text
 from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
 from infra.supervisor import Supervisor, cancel_all, together
 from projections.audit import AuditProjector

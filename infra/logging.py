@@ -9,32 +9,12 @@ from typing import Any
 
 import structlog
 
+from domain.text import escape_text
 from infra.settings import mask_secrets
 
 # Tracebacks keep their line structure; every other control character is escaped there too.
 _MULTILINE_KEYS = frozenset({"exception", "stack"})
 _HANDLER_NAME = "wattledger"
-
-
-_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(char: str) -> str:
-    if char in _SHORT_ESCAPES:
-        return _SHORT_ESCAPES[char]
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def escape_text(text: str, *, keep: str = "") -> str:
-    """`text` with control characters and other non-printables written as `\\n`, `\\xNN`, `\\uNNNN` escapes."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c in keep else _escape_char(c) for c in text)
 
 
 def _safe(value: Any, keep: str = "") -> Any:
