@@ -20,9 +20,10 @@ written with mode 0600.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -45,6 +46,7 @@ __all__ = [
 
 RELAY, APP, READER, COMMANDER = "relay", "app", "reader", "commander"
 ROLES = (APP, RELAY, READER, COMMANDER)
+_URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class Credential(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,8 +166,14 @@ def server_config(credentials: dict[str, Credential], permissions: dict[str, Per
 
 
 def with_credential(url: str, credential: Credential) -> str:
-    """`url` (or each of a comma-separated list) with `credential` as its user and password."""
-    userinfo = f"{quote(credential.user, safe='')}:{quote(credential.password, safe='')}"
+    """`url` (or each of a comma-separated list) with `credential` as its user and password.
+
+    nats-py takes a URL's user and password as written (it decodes no %-escapes), so both must be
+    URL-safe, as generated ones are; anything else raises ValueError.
+    """
+    if not all(_URL_SAFE.match(part) for part in (credential.user, credential.password)):
+        raise ValueError("a NATS user and password in a URL must be letters, digits, '-' and '_'")
+    userinfo = f"{credential.user}:{credential.password}"
     servers = []
     for server in url.split(","):
         split = urlsplit(server.strip())

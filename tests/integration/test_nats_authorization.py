@@ -251,6 +251,13 @@ async def test_a_runtime_on_the_authorized_server_stores_relays_and_a_reader_tai
     assert reader.errors == []
 
 
+def test_credentials_go_into_urls_as_written_so_only_url_safe_ones_are_taken() -> None:
+    url = with_credential("nats://a:1@h1:4222,nats://h2:4222", Credential(user="reader", password="s3cret-_x"))
+    assert url == "nats://reader:s3cret-_x@h1:4222,nats://reader:s3cret-_x@h2:4222"
+    with pytest.raises(ValueError):
+        with_credential("nats://h:4222", Credential(user="reader", password="p@ss:word"))
+
+
 def test_embedded_servers_hands_out_the_app_url_and_the_other_roles_from_the_data_dir(tmp_path: Path) -> None:
     given = "postgresql://wattledger@127.0.0.1:1/wattledger"
     with embedded_servers(tmp_path, database_url=given, nats_url=None, nats_port=0) as (database_url, nats_url):
