@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
+from litestar.exceptions import ValidationException
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.services import Services
@@ -56,7 +57,8 @@ class DeviceRemovedView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DiscoverRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Cloud credentials are accepted for compatibility; local legacy devices need none."""
+    """The Kasa Monitor API's optional cloud credentials, which discovery has no use for: devices on the
+    local network take none. Sending them is refused (422) rather than ignored."""
 
     username: Annotated[str, msgspec.Meta(max_length=256)] | None = None
     password: Annotated[str, msgspec.Meta(max_length=256)] | None = None
@@ -215,7 +217,13 @@ class DevicesController(Controller):
         data: JSONBody[DiscoverRequest | None] = None,
     ) -> DiscoverResult:
         """Discover devices at the configured discovery target and add the new ones
-        (contacted concurrently, a bounded number at a time)."""
+        (contacted concurrently, a bounded number at a time). A body may be left out or `{}`; cloud
+        credentials (`username`, `password`) are refused with 422: nothing here would use them."""
+        given = [name for name in ("username", "password") if data is not None and getattr(data, name) is not None]
+        if given:
+            reason = "cloud credentials are not used: devices are discovered on the local network and take none"
+            raise ValidationException(f"{', '.join(given)}: {reason}; send the request without them",
+                                      extra=[{"key": name, "message": reason, "source": "body"} for name in given])  # fmt: skip
         found = await services.commands.discover_devices(
             DiscoverDevices(
                 target=services.discovery_target, port=services.discovery_port, actor=principal.actor

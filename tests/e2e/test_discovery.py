@@ -27,6 +27,9 @@ async def test_discovery_adds_new_devices_once(runtime: Runtime, discoverable: E
     )
     async with background(runtime, poll=False), http_client(create_app(runtime.services())) as client:
         admin = await set_up_and_log_in(client)
+        cloud = await client.post("/api/discover", json={"username": "me@example.com", "password": "tplink"})
+        assert (cloud.status_code, cloud.json()["error_code"]) == (422, "VALIDATION_ERROR"), cloud.text
+        assert cloud.json()["detail"].startswith("username, password: cloud credentials are not used")
         first = (await client.post("/api/discover", json={})).json()
         assert first["discovered"] == 3
         assert sorted(first["added"]) == sorted(discoverable.addresses)
