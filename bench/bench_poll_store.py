@@ -18,33 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.scratch import bench_main  # noqa: E402
+from bench.scratch import NoDriver, bench_main, plug  # noqa: E402
 
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env  # noqa: E402
-from domain.address import DeviceAddress  # noqa: E402
 from domain.commands import PollResult, RecordPolls  # noqa: E402
 from domain.device import Device  # noqa: E402
 from domain.handlers import CommandHandlers  # noqa: E402
-from domain.ports import DeviceDriver  # noqa: E402
 from domain.meter import MeterDay  # noqa: E402
-from domain.readings import DeviceSnapshot  # noqa: E402
-
-
-def plug(i: int, total_wh: float) -> DeviceSnapshot:
-    return DeviceSnapshot(
-        alias=f"plug {i}", model="HS110", device_type="plug", mac=f"m{i}", firmware="1", is_on=True,
-        has_emeter=True, power_w=40.0, voltage_v=230.0, current_a=0.17, total_wh=total_wh,
-    )
-
-
-class NoDriver(DeviceDriver):
-    """Storing polls contacts no device."""
-
-    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
-        raise AssertionError("record_polls contacted a device")
-
-    async def discover(self, target: str, *, port: int | None = None) -> list[DeviceAddress]:
-        return []
 
 
 async def store_cycles(app: WattLedger, fleet: list[Device], start: datetime, cycles: int) -> None:

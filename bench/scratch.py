@@ -38,6 +38,13 @@ def scratch_database(prefix: str = "wl_bench") -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def plug(i: int, total_wh: float) -> DeviceSnapshot:
+    return DeviceSnapshot(
+        alias=f"plug {i}", model="HS110", device_type="plug", mac=f"m{i}", firmware="1", is_on=True,
+        has_emeter=True, power_w=40.0, voltage_v=230.0, current_a=0.17, total_wh=total_wh,
+    )
+
+
 def bench_main(doc: str | None, run: Callable[[str, int, int], None], *, devices: int, cycles: int) -> None:
     """Parse `--devices` / `--cycles` and run one benchmark on a scratch database."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,7 +87,6 @@ def seed_fleet_history(app: WattLedger, devices: int, cycles: int, *, subnet: in
     the poller's write path; returns the number of events stored."""
     from datetime import datetime, timedelta, timezone
 
-    from bench.bench_poll_store import plug
     from domain.device import Device
 
     fleet = [Device.from_snapshot(f"10.{subnet}.{i // 256}.{i % 256}", plug(i, 0), alias=None, actor="bench")
