@@ -76,7 +76,9 @@ class EnergyHandlers:
             alias=device.alias, model=device.model, device_type=device.device_type, mac=device.mac,
             outlets=tuple(device.outlets),
         )  # fmt: skip
-        checked = check_readings(command.readings, shape, self.clock.now())
+        checked = check_readings(
+            command.readings, shape, self.clock.now(), max_power_w=self.settings.rules.max_power_w
+        )
         by_day: dict[date, list[tuple[datetime, DeviceSnapshot]]] = {}
         for at, snapshot in snapshots(checked, shape):
             by_day.setdefault(utc_day(at), []).append((at, snapshot))

@@ -26,6 +26,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.energy import EnergyRules, Interval, MeterState, reading_of, share_within, split, step
 from domain.errors import DataExportGone
 from domain.meter import MeterDay
+from domain.pricing import STORED
 
 Aggregation = Literal["raw", "hourly", "daily"]
 Format = Literal["csv", "json", "excel"]
@@ -362,7 +363,7 @@ def bucket_rows(
             "is_on": None,
             "max_power_w": bucket.power_max,
             "readings": bucket.count,
-            "cost": None if costs is None else float(costs.get(start, Decimal(0)).quantize(COST_QUANTUM)),
+            "cost": None if costs is None else float(costs.get(start, Decimal(0)).quantize(COST_QUANTUM, context=STORED)),
         }
         rows.append([_local(start, zone), device.address, device.name, *(_value(m, values) for m in metrics)])
     return rows

@@ -9,27 +9,42 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Annotated
 
 import msgspec
 
 from domain.errors import InvalidReadings
-from domain.readings import DeviceSnapshot, OutletReading
+from domain.readings import (
+    MAX_CHANNEL_POWER_W,
+    MAX_COUNTER_WH,
+    MAX_CURRENT_A,
+    MAX_VOLTAGE_V,
+    DeviceSnapshot,
+    OutletReading,
+)
 
 MAX_READINGS = 10_000
 FUTURE_SLACK = timedelta(minutes=5)
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
-class ImportedReading(msgspec.Struct, frozen=True, kw_only=True):
-    """One reading as a client sends it; every field but `timestamp` is optional."""
+Watts = Annotated[float, msgspec.Meta(le=MAX_CHANNEL_POWER_W, description="0 to WATTLEDGER_MAX_POWER_W")]
+Counter = Annotated[float, msgspec.Meta(lt=MAX_COUNTER_WH, description="the meter's counter in Wh, 0 to 1e9")]
+Volts = Annotated[float, msgspec.Meta(ge=-MAX_VOLTAGE_V, le=MAX_VOLTAGE_V)]
+Amperes = Annotated[float, msgspec.Meta(le=MAX_CURRENT_A, description="0 to 1000")]
 
-    timestamp: str
-    power_w: float | None = None
-    total_wh: float | None = None
-    voltage: float | None = None
-    current: float | None = None
+
+class ImportedReading(msgspec.Struct, frozen=True, kw_only=True):
+    """One reading as a client sends it; every field but `timestamp` is optional. A strip's reading is
+    one outlet's (`outlet`), so `power_w` is at most WATTLEDGER_MAX_POWER_W in every reading."""
+
+    timestamp: Annotated[str, msgspec.Meta(max_length=64)]
+    power_w: Watts | None = None
+    total_wh: Counter | None = None
+    voltage: Volts | None = None
+    current: Amperes | None = None
     is_on: bool | None = None
-    outlet: int | str | None = None
+    outlet: Annotated[int, msgspec.Meta(ge=0, le=1024)] | Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class DeviceShape(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,13 +63,15 @@ class Checked(msgspec.Struct, frozen=True, kw_only=True):
     reading: ImportedReading
 
 
-def _measure(value: float | None, where: str, *, negative: bool = False) -> None:
+def _measure(value: float | None, where: str, most: float, *, negative: bool = False) -> None:
     if value is None:
         return
     if not math.isfinite(value):
         raise InvalidReadings(f"{where} must be a finite number")
     if not negative and value < 0:
         raise InvalidReadings(f"{where} must not be negative")
+    if abs(value) > most:
+        raise InvalidReadings(f"{where} must be at most {most:g}")
 
 
 def _outlet(value: int | str | None, device: DeviceShape, where: str) -> int | None:
@@ -72,12 +89,17 @@ def _outlet(value: int | str | None, device: DeviceShape, where: str) -> int | N
     raise InvalidReadings(f"{where}.outlet: unknown outlet {value!r}")
 
 
-def check_readings(readings: Sequence[ImportedReading], device: DeviceShape, now: datetime) -> list[Checked]:
+def check_readings(
+    readings: Sequence[ImportedReading], device: DeviceShape, now: datetime, *,
+    max_power_w: float = MAX_CHANNEL_POWER_W,
+) -> list[Checked]:
     """Every reading checked, in the order given; raises InvalidReadings naming the first bad one.
 
     Refused: more than MAX_READINGS, a timestamp that is not ISO 8601 with an
     offset, before 2000 or more than 5 minutes ahead of `now`, non-finite or
-    negative power, counter, current, non-finite voltage, an unknown outlet.
+    negative power, counter, current, non-finite voltage, an unknown outlet; and
+    numbers no meter measures: power above `max_power_w` (one plug, or one outlet of
+    a strip), a counter of 1e9 Wh or more, voltage beyond ±1000 V, current above 1000 A.
     """
     if len(readings) > MAX_READINGS:
         raise InvalidReadings(f"at most {MAX_READINGS} readings a request, got {len(readings)}")
@@ -100,10 +122,10 @@ def check_readings(readings: Sequence[ImportedReading], device: DeviceShape, now
             raise InvalidReadings(f"{where}.timestamp is before 2000")
         if at > now + FUTURE_SLACK:
             raise InvalidReadings(f"{where}.timestamp is more than 5 minutes in the future")
-        _measure(reading.power_w, f"{where}.power_w")
-        _measure(reading.total_wh, f"{where}.total_wh")
-        _measure(reading.current, f"{where}.current")
-        _measure(reading.voltage, f"{where}.voltage", negative=True)
+        _measure(reading.power_w, f"{where}.power_w", max_power_w)
+        _measure(reading.total_wh, f"{where}.total_wh", math.nextafter(MAX_COUNTER_WH, 0))
+        _measure(reading.current, f"{where}.current", MAX_CURRENT_A)
+        _measure(reading.voltage, f"{where}.voltage", MAX_VOLTAGE_V, negative=True)
         checked.append(Checked(at=at, outlet=_outlet(reading.outlet, device, where), reading=reading))
     return checked
 

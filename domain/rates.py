@@ -23,6 +23,14 @@ from domain.rollups import BUCKET, EPOCH
 RateType = Literal["simple", "tiered", "time_of_use"]
 TARIFF_ID = uuid5(NAMESPACE_URL, "https://wattledger.invalid/tariff")
 RATE_TYPES = ("simple", "tiered", "time_of_use")
+PLACES = 6
+"""Decimal places a price or a tier limit may have."""
+MAX_PRICE = Decimal("999999.999999")
+"""The most a kWh, or a day's fixed charge, may cost: six digits before the point and six after."""
+MAX_TIER_KWH = Decimal("999999999.999999")
+"""The highest tier limit, in kWh of a billing cycle."""
+MAX_NUMBER_TEXT = 32
+"""Characters a price or limit given as text may have."""
 
 
 class TouPeriod(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,20 +74,36 @@ def align_up(moment: datetime) -> datetime:
     return EPOCH + steps * BUCKET
 
 
-def _price(value: Any, field: str, *, required: bool = True) -> Decimal | None:
-    """A finite non-negative Decimal from a JSON number or string; raises InvalidRate naming `field`."""
+def decimal_places(number: Decimal) -> int:
+    """How many decimal places a finite Decimal needs (trailing zeros do not count)."""
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    significant = "".join(map(str, digits)).rstrip("0")
+    if not significant:
+        return 0
+    return max(0, -(exponent + len(digits) - len(significant)))
+
+
+def _price(value: Any, field: str, *, required: bool = True, most: Decimal = MAX_PRICE) -> Decimal | None:
+    """A Decimal from 0 to `most` with at most six decimal places, from a JSON number or string; raises
+    InvalidRate naming `field`."""
     if value is None:
         if required:
             raise InvalidRate(f"{field} is required", field=field)
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
         raise InvalidRate(f"{field} must be a number", field=field)
+    text = str(value).strip()
+    if len(text) > MAX_NUMBER_TEXT:
+        raise InvalidRate(f"{field} must be a number of at most {MAX_NUMBER_TEXT} characters", field=field)
     try:
-        number = Decimal(str(value))
+        number = Decimal(text)
     except InvalidOperation:
         raise InvalidRate(f"{field} must be a number", field=field) from None
-    if not number.is_finite() or number < 0:
-        raise InvalidRate(f"{field} must be a finite number, 0 or more", field=field)
+    if not number.is_finite() or not 0 <= number <= most:
+        raise InvalidRate(f"{field} must be a number from 0 to {most}", field=field)
+    if decimal_places(number) > PLACES:
+        raise InvalidRate(f"{field} must have at most {PLACES} decimal places", field=field)
     return number
 
 
@@ -144,7 +168,8 @@ def parse_rate(
         fields["rate_per_kwh"] = _price(merged.get("rate_per_kwh"), "rate_structure.rate_per_kwh")
     elif rate_type == "tiered":
         for name in ("tier1_limit", "tier1_rate", "tier2_limit", "tier2_rate", "tier3_rate"):
-            fields[name] = _price(merged.get(name), f"rate_structure.{name}")
+            most = MAX_TIER_KWH if name.endswith("_limit") else MAX_PRICE
+            fields[name] = _price(merged.get(name), f"rate_structure.{name}", most=most)
         if fields["tier1_limit"] <= 0:
             raise InvalidRate("rate_structure.tier1_limit must be above 0", field="rate_structure.tier1_limit")
         if fields["tier2_limit"] <= fields["tier1_limit"]:

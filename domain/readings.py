@@ -8,6 +8,23 @@ import msgspec
 
 DeviceType = Literal["plug", "strip"]
 
+MAX_CHANNEL_POWER_W = 100_000.0
+"""No meter (a plug, or one outlet of a strip) draws more; `WATTLEDGER_MAX_POWER_W` is at most this."""
+MAX_COUNTER_WH = 1e9
+"""A meter's energy counter stays below 1 GWh (a 3.7 kW plug at full load for thirty years)."""
+MAX_VOLTAGE_V = 1_000.0
+MAX_CURRENT_A = 1_000.0
+
+
+def bounded(value: float | None, ceiling: float) -> float | None:
+    """A measurement as the read side takes it: None unless finite and at most `ceiling` either way.
+
+    Readings are stored as devices and clients reported them; one no meter can measure (left by
+    old data or a faulty device) is treated as unknown rather than summed into statistics."""
+    if value is None or not -ceiling <= value <= ceiling:
+        return None
+    return value
+
 
 class OutletReading(msgspec.Struct, frozen=True, kw_only=True):
     """One child outlet of a power strip, as polled. Meter fields are None without a meter."""

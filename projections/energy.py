@@ -15,14 +15,16 @@ A channel is a plug's meter (`device`) or one outlet of a strip. Each batch:
 
 Every figure is a function of the set of readings and rate versions, so a
 rebuild from zero, or the same readings arriving in another order, gives the
-same rows.
+same rows. A reading's power or counter that no meter measures (`domain.readings`
+bounds, e.g. 1e300 W left by old data) is unknown here, and every amount, however
+large, rounds: no stored value makes a query fail.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -34,8 +36,9 @@ from domain.calendar import BoundaryUnit, boundaries
 from domain.device import Device
 from domain.energy import DEVICE_CHANNEL, EnergyRules
 from domain.meter import MeterDay
-from domain.pricing import kwh_of, price_rows, round_parts
+from domain.pricing import PRICING, kwh_of, money, price_rows, round_money, round_parts
 from domain.rates import RateVersion, Tariff, in_force, version_of
+from domain.readings import MAX_CHANNEL_POWER_W, MAX_COUNTER_WH, bounded
 from domain.rollups import EPOCH, Bucket, ChannelReading, Folded, bucket_start, refold, rollup
 from domain.usage import Run
 from projections.engine import READ_SCHEMA, Table
@@ -124,24 +127,25 @@ def _folded(row: ReadingRow) -> Folded:
     )
 
 
+def _reading(event: MeterDay.ReadingRecorded, mac: str, power_w: float | None, total_wh: float | None,
+             is_on: bool) -> ChannelReading:  # fmt: skip
+    return ChannelReading(
+        at=event.measured_at, meter=mac, power_w=bounded(power_w, MAX_CHANNEL_POWER_W),
+        total_wh=bounded(total_wh, MAX_COUNTER_WH), is_on=is_on,
+    )  # fmt: skip
+
+
 def _channel_readings(event: MeterDay.ReadingRecorded, mac: str) -> list[tuple[str, ChannelReading]]:
     if event.outlets:
-        return [
-            (o.outlet_id, ChannelReading(at=event.measured_at, meter=mac, power_w=o.power_w, total_wh=o.total_wh,
-                                         is_on=o.is_on))
-            for o in event.outlets
-        ]  # fmt: skip
-    reading = ChannelReading(
-        at=event.measured_at, meter=mac, power_w=event.power_w, total_wh=event.total_wh, is_on=event.is_on
-    )
-    return [(DEVICE_CHANNEL, reading)]
+        return [(o.outlet_id, _reading(event, mac, o.power_w, o.total_wh, o.is_on)) for o in event.outlets]
+    return [(DEVICE_CHANNEL, _reading(event, mac, event.power_w, event.total_wh, event.is_on))]
 
 
 class EnergyProjector:
     """Projects readings, devices and rate versions into the energy tables."""
 
     name = "energy"
-    version = 3
+    version = 4
 
     def __init__(self, rules: EnergyRules | None = None) -> None:
         self.rules = rules or EnergyRules()
@@ -395,7 +399,7 @@ def _base(starts: Sequence[datetime], start: datetime, end: datetime) -> Table[B
 
 
 def _money(value: Decimal | None, places: int = 6) -> float | None:
-    return None if value is None else float(round(value, places))
+    return None if value is None else money(value, places)
 
 
 async def history(
@@ -630,6 +634,15 @@ async def cost_report(conn: psycopg.AsyncConnection[Any], first: date, last: dat
     rows = await daily_costs(conn, start, end, zone)
     versions = await rate_versions(conn)
     devices = await energy_devices(conn)
+    with localcontext(PRICING):
+        return _report(rows, versions, devices, first, last, zone, end)
+
+
+def _report(
+    rows: Sequence[DayCost], versions: list[RateVersion], devices: dict[UUID, EnergyDeviceRow], first: date,
+    last: date, zone: ZoneInfo, end: datetime,
+) -> CostReport:
+    """The report's sums, in PRICING: an amount beyond what can be stored becomes Infinity, never an error."""
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     day_cost = {d: Decimal(0) for d in days}
     day_wh = {d: 0.0 for d in days}
@@ -657,8 +670,8 @@ async def cost_report(conn: psycopg.AsyncConnection[Any], first: date, last: dat
         currency=current.currency if current else "USD",
         total_cost=total,
         total_wh=total_wh,
-        average_daily_cost=round(total / len(days), MONEY_PLACES),
-        fixed_charges=round(fixed, MONEY_PLACES),
+        average_daily_cost=round_money(total / len(days), MONEY_PLACES),
+        fixed_charges=round_money(fixed, MONEY_PLACES),
         devices=[
             DeviceShare(
                 device_id=d, address=devices[d].address if d in devices else "",

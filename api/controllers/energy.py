@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Annotated
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,6 +23,7 @@ from domain.energy_handlers import EnergyHandlers, ImportReadings, SetSessionThr
 from domain.errors import InvalidRange, Unavailable
 from domain.identity import Permission, Principal
 from domain.imports import ImportedReading
+from domain.pricing import PRICING, money
 from domain.rollups import BUCKET, EPOCH, split_buckets
 from domain.usage import sessions as find_sessions
 from projections.energy import (
@@ -384,19 +385,21 @@ class EnergyController(Controller):
 
 
 def _round(value: Decimal, places: int = 4) -> float:
-    return float(round(value, places))
+    return money(value, places)
 
 
 def _session_cost(
     intervals: tuple[tuple[datetime, datetime, float], ...], channel: str, prices: dict[datetime, tuple[float, Decimal]]
 ) -> Decimal:
-    """A session's energy charged at the average price of each 5-minute bucket it falls in."""
+    """A session's energy charged at the average price of each 5-minute bucket it falls in (in PRICING: a
+    stored cost of any size gives an answer, never an error)."""
     cost = Decimal(0)
-    for start, end, wh in intervals:
-        if wh <= 0:
-            continue
-        for bucket, part in split_buckets(Interval(channel=channel, start=start, end=end, wh=wh)):
-            bucket_wh, bucket_cost = prices.get(bucket, (0.0, Decimal(0)))
-            if bucket_wh > 0:
-                cost += bucket_cost * Decimal(repr(part)) / Decimal(repr(bucket_wh))
+    with localcontext(PRICING):
+        for start, end, wh in intervals:
+            if wh <= 0:
+                continue
+            for bucket, part in split_buckets(Interval(channel=channel, start=start, end=end, wh=wh)):
+                bucket_wh, bucket_cost = prices.get(bucket, (0.0, Decimal(0)))
+                if bucket_wh > 0:
+                    cost += bucket_cost * Decimal(repr(part)) / Decimal(repr(bucket_wh))
     return cost

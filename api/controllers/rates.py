@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -16,11 +16,20 @@ from api.services import Services
 from domain.energy_handlers import SetRate
 from domain.errors import InvalidRange, InvalidRate
 from domain.identity import Permission, Principal
+from domain.rates import MAX_NUMBER_TEXT, MAX_PRICE, MAX_TIER_KWH
 from domain.rates import RATE_TYPES, RateVersion, TouPeriod, align_up, in_force
 from projections.energy import cost_report, rate_versions
 
 MAX_COST_DAYS = 3 * 366
-Number = float | str
+Price = (
+    Annotated[float, msgspec.Meta(ge=0, le=float(MAX_PRICE), description="at most 6 decimal places")]
+    | Annotated[str, msgspec.Meta(max_length=MAX_NUMBER_TEXT, description="a decimal number, as for a number")]
+)
+TierLimit = (
+    Annotated[float, msgspec.Meta(gt=0, le=float(MAX_TIER_KWH), description="kWh per billing cycle")]
+    | Annotated[str, msgspec.Meta(max_length=MAX_NUMBER_TEXT, description="a decimal number, as for a number")]
+)
+Periods = Annotated[list[Any], msgspec.Meta(max_length=24)]
 PRICES_OF = {
     "simple": ("rate_per_kwh",),
     "tiered": ("tier1_limit", "tier1_rate", "tier2_limit", "tier2_rate", "tier3_rate"),
@@ -35,19 +44,19 @@ class RateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     rate_type: str
     currency: str | None = None
-    rate_structure: dict[str, Any] | None = None
-    time_of_use_rates: list[Any] | None = None
-    weekend_time_of_use_rates: list[Any] | None = None
+    rate_structure: Annotated[dict[str, Any], msgspec.Meta(max_length=16)] | None = None
+    time_of_use_rates: Periods | None = None
+    weekend_time_of_use_rates: Periods | None = None
     billing_cycle_day: int | None = None
-    daily_charge: Number | None = None
+    daily_charge: Price | None = None
     timezone: str | None = None
     effective_from: str | None = None
-    rate_per_kwh: Number | None = None
-    tier1_limit: Number | None = None
-    tier1_rate: Number | None = None
-    tier2_limit: Number | None = None
-    tier2_rate: Number | None = None
-    tier3_rate: Number | None = None
+    rate_per_kwh: Price | None = None
+    tier1_limit: TierLimit | None = None
+    tier1_rate: Price | None = None
+    tier2_limit: TierLimit | None = None
+    tier2_rate: Price | None = None
+    tier3_rate: Price | None = None
 
 
 class TouView(msgspec.Struct, frozen=True, kw_only=True):
