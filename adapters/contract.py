@@ -228,6 +228,10 @@ class UserTotpDisabled(EventData, frozen=True, kw_only=True):
     """Two-factor authentication is no longer asked for."""
 
 
+class UserTotpReset(EventData, frozen=True, kw_only=True):
+    """An administrator (the `actor`) removed the user's two-factor authentication; nothing secret is published."""
+
+
 class UserTotpCodeAccepted(EventData, frozen=True, kw_only=True):
     """A TOTP code was accepted (sign-in, enabling or disabling two-factor)."""
 
@@ -458,6 +462,7 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         User.TotpSetupStarted: UserTotpSetupStarted,
         User.TotpEnabled: UserTotpEnabled,
         User.TotpDisabled: UserTotpDisabled,
+        User.TotpReset: UserTotpReset,
         User.TotpCodeAccepted: UserTotpCodeAccepted,
         User.BackupCodeUsed: UserBackupCodeUsed,
         User.SignedIn: UserSignedIn,

@@ -13,8 +13,10 @@ statement against the shared counters (`adapters.ratelimits`):
   stands only if the auth layer then leaves that same `Principal` in
   `scope["state"]["principal"]` (the guard does, for every route that takes credentials);
   otherwise (a bad token, a public route that never looked at it) it is taken back;
-- sign-in (`POST /api/auth/login`), second-factor (`POST /api/auth/2fa/...`) and password-change
-  (`POST /api/auth/change-password`) attempts also read the failure counts of the account from
+- sign-in (`POST /api/auth/login`), second-factor (`POST /api/auth/2fa/...`), password-change
+  (`POST /api/auth/change-password`) and step-up attempts (a body sent to `POST /api/keys`,
+  `POST /api/auth/logout` or `DELETE /api/auth/sessions/...`, which may confirm the change with the
+  current password or a TOTP code) also read the failure counts of the account from
   this IP and of the IP alone, and are refused while either is at its limit: a stranger's
   failures lock the account from the stranger's address only, never its owner elsewhere. A
   failure (a 401 that says the password or code was wrong, a 422 `WRONG_PASSWORD`) is counted
@@ -61,6 +63,8 @@ EXEMPT_PATHS = frozenset({"/api/health", "/api/health/"})
 LOGIN_PATHS = frozenset({"/api/auth/login", "/api/auth/login/"})
 SECOND_FACTOR_PREFIX = "/api/auth/2fa/"
 PASSWORD_PATHS = frozenset({"/api/auth/change-password", "/api/auth/change-password/"})
+STEP_UP_PATHS = frozenset({"/api/keys", "/api/keys/", "/api/auth/logout", "/api/auth/logout/"})
+STEP_UP_DELETE_PREFIX = "/api/auth/sessions/"
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
 CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "Idempotency-Key")
 CORS_METHODS = (HttpMethod.GET, HttpMethod.HEAD, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH,
@@ -225,10 +229,19 @@ def _caller(scope: Scope, headers: Headers) -> _Caller:
 
 @dataclass(frozen=True)
 class _Attempt:
-    """A sign-in, second-factor or password-change call, with the account it is against (if known)."""
+    """A sign-in, second-factor, password-change or step-up call, with the account it is against (if known)."""
 
-    kind: Literal["login", "second_factor", "password"]
+    kind: Literal["login", "second_factor", "password", "step_up"]
     account: UUID | None
+
+
+def _step_up_attempt(method: str, path: str, headers: Headers) -> bool:
+    """A body sent to a route whose changes are confirmed in it (step-up): it may hold a password guess."""
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return False
+    if method == "DELETE":
+        return path.startswith(STEP_UP_DELETE_PREFIX)
+    return method == "POST" and path in STEP_UP_PATHS
 
 
 async def _read_body(receive: Receive, cap: int) -> tuple[list[ReceiveMessage], bytes | None, bool]:
@@ -326,6 +339,8 @@ class RateLimiter:
             attempt = _Attempt("second_factor", caller.user_id)
         elif method == "POST" and scope["path"] in PASSWORD_PATHS:
             attempt = _Attempt("password", caller.user_id)
+        elif _step_up_attempt(method, scope["path"], headers):
+            attempt = _Attempt("step_up", caller.user_id)
 
         limits = self.limits
         first = [Window("ip", caller.ip, limit) for limit in limits.ip]

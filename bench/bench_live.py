@@ -95,7 +95,7 @@ def serve(options: dict[str, Any], conn: Connection) -> None:
 
 
 async def _serve(options: dict[str, Any], conn: Connection) -> None:
-    from domain.identity import Login, NewKey, Scope, SetupAdmin
+    from domain.identity import Login, NewKey, Scope, SetupAdmin, StepUp
     from infra.bootstrap import open_runtime, run_parts
     from infra.logging import configure_logging
     from infra.settings import Settings
@@ -109,7 +109,8 @@ async def _serve(options: dict[str, Any], conn: Connection) -> None:
         await runtime.identity.setup(SetupAdmin(username="bench", password="Live-passphrase-42"))
         grant = await runtime.identity.login(Login(username="bench", password="Live-passphrase-42"))
         principal = await runtime.identity.authenticate_session(grant.session_id, grant.user_id)
-        issued = await runtime.identity.issue_key(principal, NewKey(name="bench", scope=Scope.READ))
+        issued = await runtime.identity.issue_key(principal, NewKey(name="bench", scope=Scope.READ),
+                                                  StepUp(current_password="Live-passphrase-42"))  # fmt: skip
         runtime.saved()
         newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
         while True:

@@ -208,9 +208,16 @@ class InsufficientPermissions(Forbidden):
 
 
 class SessionRequired(Forbidden):
-    """Account security (password, two-factor, API keys) is changed from a signed-in session, not with a key."""
+    """Account security (password, two-factor, issuing keys) is changed from a signed-in session, not with a key;
+    sessions and keys are managed from a session or with an `admin`-scope key."""
 
     code = "SESSION_REQUIRED"
+
+
+class StepUpRequired(Forbidden):
+    """The change needs proof that the account's owner asks for it: the current password or a current TOTP code."""
+
+    code = "STEP_UP_REQUIRED"
 
 
 class UserNotFound(NotFound):

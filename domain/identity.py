@@ -271,6 +271,12 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
         if self.kind != "user" or self.session_id is None:
             raise SessionRequired("sign in to do this: API keys cannot")
 
+    def require_account_access(self) -> None:
+        """Raises SessionRequired unless this is a signed-in user or an `admin`-scope key: the account's
+        sessions and keys are not managed with a narrower key."""
+        if self.kind == "key" and self.scope is not Scope.ADMIN:
+            raise SessionRequired("sign in, or use an admin-scope API key, to manage sessions and API keys")
+
 
 class SessionGrant(msgspec.Struct, frozen=True, kw_only=True):
     """A started or refreshed session: what the token service signs into an access and a refresh token."""
@@ -375,6 +381,21 @@ class NewKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     expires_at: datetime | None = None
 
 
+class StepUp(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Proof, sent with a change that could take an account over, that its owner asks for it.
+
+    A stolen access token alone does not carry it: the current password, or a current
+    code of the authenticator app (two-factor on). Each one given must be right.
+    """
+
+    current_password: str | None = None
+    totp_code: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.current_password or self.totp_code)
+
+
 # ---- aggregates ----
 
 
@@ -464,6 +485,11 @@ class User(Aggregate):
         actor: str
 
     class TotpDisabled(Aggregate.Event):
+        actor: str
+
+    class TotpReset(Aggregate.Event):
+        """An administrator removed the user's two-factor set-up (the user lost the device, or never set it)."""
+
         actor: str
 
     class TotpCodeAccepted(Aggregate.Event):
@@ -657,6 +683,21 @@ class User(Aggregate):
 
     @event(TotpDisabled)
     def _totp_disabled(self, actor: str) -> None:
+        self.totp_enabled = False
+        self.totp_secret_sealed = None
+        self.totp_pending = None
+        self.backup_code_hashes = ()
+        self.backup_codes_used = set()
+
+    def reset_totp(self, *, actor: str) -> None:
+        """Remove two-factor authentication, or a set-up not yet verified, without a code. Raises TotpNotEnabled."""
+        self.check_present()
+        if not self.totp_enabled and self.totp_pending is None:
+            raise TotpNotEnabled("two-factor authentication is not enabled nor being set up")
+        self._totp_reset(actor=actor)
+
+    @event(TotpReset)
+    def _totp_reset(self, actor: str) -> None:
         self.totp_enabled = False
         self.totp_secret_sealed = None
         self.totp_pending = None

@@ -41,6 +41,7 @@ from domain.errors import (
     SessionNotFound,
     SetupAlreadyDone,
     SetupRequired,
+    StepUpRequired,
     TokenExpired,
     TokenInvalid,
     TotpRequired,
@@ -68,6 +69,7 @@ from domain.identity import (
     SessionGrant,
     SessionState,
     SetupAdmin,
+    StepUp,
     TotpEnrollment,
     User,
     UserChanges,
@@ -195,6 +197,30 @@ class IdentityHandlers:
             user.accept_totp_step(step, actor=actor)
         else:
             user.use_backup_code(self.secrets.digest(normalize_backup_code(code)), actor=actor)
+
+    async def _step_up(self, user: User, proof: StepUp | None, *, actor: str) -> None:
+        """Check the proof that the account's owner asks for a change; a TOTP code's step is spent on `user`.
+
+        Raises StepUpRequired (no proof), InvalidCredentials (a wrong current password), InvalidTotpCode
+        (a wrong or used code, a backup code, or a code while two-factor is off).
+        """
+        if proof is None or not proof.given:
+            raise StepUpRequired(
+                "confirm this with your current password (`current_password`) or a current code from your "
+                "authenticator app (`totp_code`)"
+            )
+        if proof.current_password and not await self.hasher.verify(user.password_hash, proof.current_password):
+            raise InvalidCredentials("the current password is wrong")
+        if proof.totp_code:
+            if not user.totp_enabled:
+                raise InvalidTotpCode("two-factor authentication is off: confirm with your current password")
+            if not is_totp_code(proof.totp_code):
+                raise InvalidTotpCode("enter the 6-digit code from your authenticator app (backup codes only sign in)")
+            secret = self.box.open(user.active_totp_secret())
+            step = self.totp.matching_step(secret, proof.totp_code.replace(" ", ""), self.clock.now())
+            if step is None:
+                raise InvalidTotpCode("wrong code")
+            user.accept_totp_step(step, actor=actor)
 
     async def _decoy(self) -> str:
         if self._decoy_hash is None:
@@ -346,33 +372,43 @@ class IdentityHandlers:
         if fresh is not None and fresh.end(reason, actor=SYSTEM_ACTOR):
             await self.store.save(fresh)
 
-    async def logout(self, principal: Principal, *, everywhere: bool = False) -> int:
+    async def logout(self, principal: Principal, *, everywhere: bool = False, step_up: StepUp | None = None) -> int:
         """End the principal's session, or with `everywhere` every session of the user; returns how many ended.
 
-        Raises SessionRequired for an API key.
+        Ending the other sessions too needs `step_up`. Raises SessionRequired for an API key, and
+        with `everywhere` the errors of a missing or wrong step-up (StepUpRequired, InvalidCredentials,
+        InvalidTotpCode).
         """
         principal.require_session()
         assert principal.session_id is not None
         current = principal.session_id
 
         async def decide() -> tuple[list[Aggregate], int]:
-            ids = list((await self._user(principal.user_id)).sessions) if everywhere else []
+            confirmed: list[Aggregate] = []
+            ids: list[UUID] = []
+            if everywhere:
+                user = await self._user(principal.user_id)
+                await self._step_up(user, step_up, actor=principal.actor)
+                confirmed, ids = [user], list(user.sessions)
             if current not in ids:
                 ids.append(current)
             ended: list[Aggregate] = [
                 s for s in await self._sessions(ids) if s is not None and s.end(EndReason.LOGOUT, actor=principal.actor)
             ]
-            return ended, len(ended)
+            return [*confirmed, *ended], len(ended)
 
         count, _ = await self._retrying(decide)
         return count
 
-    async def end_session(self, principal: Principal, session_id: UUID) -> Stored:
+    async def end_session(self, principal: Principal, session_id: UUID, step_up: StepUp | None = None) -> Stored:
         """End one session: one's own, or with USERS_MANAGE anyone's.
 
-        Raises SessionNotFound (also for another user's session without USERS_MANAGE).
-        Ending an ended session changes nothing.
+        Any session but the caller's own needs `step_up`, and a key needs the `admin` scope.
+        Raises SessionRequired (a narrower key), SessionNotFound (also for another user's session
+        without USERS_MANAGE), StepUpRequired, InvalidCredentials, InvalidTotpCode. Ending an
+        ended session changes nothing.
         """
+        principal.require_account_access()
 
         async def decide() -> tuple[list[Aggregate], None]:
             session = await self._load(session_id, Session)
@@ -380,9 +416,13 @@ class IdentityHandlers:
                 session.user_id != principal.user_id and not principal.can(Permission.USERS_MANAGE)
             ):
                 raise SessionNotFound(f"no session with id {session_id}")
-            reason = EndReason.LOGOUT if session_id == principal.session_id else EndReason.REVOKED
-            session.end(reason, actor=principal.actor)
-            return [session], None
+            if session_id == principal.session_id:
+                session.end(EndReason.LOGOUT, actor=principal.actor)
+                return [session], None
+            user = await self._user(principal.user_id)
+            await self._step_up(user, step_up, actor=principal.actor)
+            session.end(EndReason.REVOKED, actor=principal.actor)
+            return [user, session], None
 
         _, position = await self._retrying(decide)
         return Stored(position=position)
@@ -474,16 +514,40 @@ class IdentityHandlers:
         _, position = await self._retrying(decide)
         return Stored(position=position)
 
+    async def reset_totp(self, principal: Principal, user_id: UUID) -> Stored:
+        """An administrator's reset of a user's two-factor authentication (the device is lost). Needs USERS_MANAGE.
+
+        The secret, the backup codes and a set-up not yet verified are gone (`TotpReset`, the
+        administrator its actor); the user signs in with the password alone and can set two-factor
+        up again. The user's sessions end (`revoked`), but the caller's own: whoever holds one
+        may have put the second factor there. Raises InsufficientPermissions, UserNotFound,
+        TotpNotEnabled (nothing to reset).
+        """
+        principal.require(Permission.USERS_MANAGE)
+
+        async def decide() -> tuple[list[Aggregate], None]:
+            user = await self._user(user_id)
+            user.reset_totp(actor=principal.actor)
+            ended = await self._end_sessions(user, EndReason.REVOKED, actor=principal.actor,
+                                             keep=principal.session_id)
+            return [user, *ended], None
+
+        _, position = await self._retrying(decide)
+        return Stored(position=position)
+
     # ---- one's own account ----
 
     async def account(self, principal: Principal) -> UserSummary:
         """The principal's own user as stored now (the read models may not have it yet). Raises UserNotFound."""
         return (await self._user(principal.user_id)).summary()
 
-    async def change_password(self, principal: Principal, current_password: str, new_password: str) -> Stored:
+    async def change_password(
+        self, principal: Principal, current_password: str, new_password: str, *, revoke_api_keys: bool = False
+    ) -> Stored:
         """Change one's own password; every other session of the user ends (`revoked`).
 
-        Raises SessionRequired (API keys cannot), WrongPassword, PasswordPolicy.
+        The user's API keys keep working unless `revoke_api_keys`: then each is revoked, in the
+        same save. Raises SessionRequired (API keys cannot), WrongPassword, PasswordPolicy.
         """
         principal.require_session()
         user = await self._user(principal.user_id)
@@ -497,16 +561,19 @@ class IdentityHandlers:
             user.change_password(password_hash, actor=principal.actor)
             ended = await self._end_sessions(user, EndReason.REVOKED, actor=principal.actor,
                                              keep=principal.session_id)
-            return [user, *ended], None
+            revoked = await self._revoke_keys_of(user.id, actor=principal.actor) if revoke_api_keys else []
+            return [user, *ended, *revoked], None
 
         _, position = await self._retrying(decide)
         return Stored(position=position)
 
-    async def totp_setup(self, principal: Principal) -> TotpEnrollment:
+    async def totp_setup(self, principal: Principal, step_up: StepUp | None) -> TotpEnrollment:
         """Start two-factor set-up: a new secret and BACKUP_CODE_COUNT backup codes, in force after `totp_verify`.
 
-        The returned secret, URI and codes are the only plain copies. Raises
-        SessionRequired, TotpAlreadyEnabled.
+        Needs `step_up` (the current password: two-factor is off), so a stolen token cannot put
+        a second factor of its own on the account. The returned secret, URI and codes are the
+        only plain copies. Raises SessionRequired, StepUpRequired, InvalidCredentials,
+        InvalidTotpCode, TotpAlreadyEnabled.
         """
         principal.require_session()
         secret = self.totp.new_secret()
@@ -516,6 +583,7 @@ class IdentityHandlers:
 
         async def decide() -> tuple[list[Aggregate], str]:
             user = await self._user(principal.user_id)
+            await self._step_up(user, step_up, actor=principal.actor)
             user.start_totp_setup(sealed, hashes, actor=principal.actor)
             return [user], user.username
 
@@ -564,12 +632,13 @@ class IdentityHandlers:
 
     # ---- API keys ----
 
-    async def issue_key(self, principal: Principal, command: NewKey) -> IssuedKey:
+    async def issue_key(self, principal: Principal, command: NewKey, step_up: StepUp | None) -> IssuedKey:
         """Issue an API key of the principal's user; the plain key is in the result only.
 
-        A key acts with its owner's permissions cut down to its scope, as they are
-        at each request. Raises SessionRequired (keys cannot issue keys), InvalidText,
-        InvalidRequest (empty or long name, expiry not in the future).
+        A key acts with its owner's permissions cut down to its scope, as they are at each
+        request, and outlives sign-outs and password changes: so issuing one needs `step_up`.
+        Raises SessionRequired (keys cannot issue keys), InvalidText, InvalidRequest (empty or
+        long name, expiry not in the future), StepUpRequired, InvalidCredentials, InvalidTotpCode.
         """
         principal.require_session()
         name = check_text(command.name, field="name").strip()
@@ -578,14 +647,19 @@ class IdentityHandlers:
         expires_at = command.expires_at
         if expires_at is not None and (expires_at.tzinfo is None or expires_at <= self.clock.now()):
             raise InvalidRequest("a key's expiry is a moment in the future, with its time zone")
-        await self._user(principal.user_id)
         key_id = uuid4()
         secret = self.secrets.key_secret()
-        key = ApiKey.issue(
-            key_id, user_id=principal.user_id, name=name, scope=command.scope, key_hash=self.secrets.digest(secret),
-            expires_at=expires_at, actor=principal.actor,
-        )
-        position = await self.store.save(key)
+
+        async def decide() -> tuple[list[Aggregate], None]:
+            user = await self._user(principal.user_id)
+            await self._step_up(user, step_up, actor=principal.actor)
+            key = ApiKey.issue(
+                key_id, user_id=principal.user_id, name=name, scope=command.scope,
+                key_hash=self.secrets.digest(secret), expires_at=expires_at, actor=principal.actor,
+            )
+            return [user, key], None
+
+        _, position = await self._retrying(decide)
         return IssuedKey(
             key_id=key_id, key=api_key_text(key_id, secret), prefix=key_prefix(key_id), name=name,
             scope=command.scope, expires_at=expires_at, position=position,
@@ -594,8 +668,10 @@ class IdentityHandlers:
     async def revoke_key(self, principal: Principal, key_id: UUID) -> Stored:
         """Revoke a key: one's own, or with USERS_MANAGE anyone's. Revoking twice changes nothing.
 
-        Raises ApiKeyNotFound (also for another user's key without USERS_MANAGE).
+        Raises SessionRequired (a key narrower than `admin`), ApiKeyNotFound (also for another
+        user's key without USERS_MANAGE).
         """
+        principal.require_account_access()
 
         async def decide() -> tuple[list[Aggregate], None]:
             key = await self._load(key_id, ApiKey)
@@ -606,6 +682,15 @@ class IdentityHandlers:
 
         _, position = await self._retrying(decide)
         return Stored(position=position)
+
+    async def _revoke_keys_of(self, user_id: UUID, *, actor: str) -> list[ApiKey]:
+        """Every key of the user the read model lists, revoked; returns those to save."""
+        ids = await self.reader.api_key_ids(user_id)
+        keys = await asyncio.gather(*(self._load(i, ApiKey) for i in ids))
+        revoked = [k for k in keys if k is not None and k.user_id == user_id and not k.revoked]
+        for key in revoked:
+            key.revoke(actor=actor)
+        return revoked
 
     # ---- per-request checks (no events) ----
 

@@ -120,7 +120,7 @@ class SecretMaker(Protocol):
 
 
 class IdentityReader(Protocol):
-    """What per-request authentication reads and the activity it notes (no events).
+    """What per-request authentication reads and the activity it notes (no events), and a user's keys.
 
     Authentication never trusts a read model, which may lag the log or be stuck behind
     an event it cannot hold: it asks the event store itself which version each session,
@@ -137,4 +137,8 @@ class IdentityReader(Protocol):
 
     async def touch_key(self, key_id: UUID, at: datetime) -> None:
         """Note the key's last use (kept at minute precision)."""
+        ...
+
+    async def api_key_ids(self, user_id: UUID) -> list[UUID]:
+        """The ids of the user's keys not revoked, as the identity read model lists them (to revoke them all)."""
         ...

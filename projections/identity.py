@@ -155,7 +155,7 @@ class IdentityProjector:
                 row.active, row.deleted = False, True
             case User.TotpEnabled():
                 row.totp_enabled = True
-            case User.TotpDisabled():
+            case User.TotpDisabled() | User.TotpReset():
                 row.totp_enabled = False
             case _:
                 return False
@@ -351,6 +351,14 @@ class IdentityReadModels(IdentityReader):
                 (list(aggregate_ids),),
             )
             return {originator_id: int(version) for originator_id, version in await cur.fetchall()}
+
+    async def api_key_ids(self, user_id: UUID) -> list[UUID]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT id FROM {API_KEYS_TABLE} WHERE user_id = %s AND revoked_at IS NULL ORDER BY created_at, id",
+                (user_id,),
+            )
+            return [key_id for (key_id,) in await cur.fetchall()]
 
     async def touch_session(self, session_id: UUID, at: datetime) -> None:
         await self._note(SESSION_ACTIVITY_TABLE, "session_id", "last_activity", session_id, at)

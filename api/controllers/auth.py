@@ -37,6 +37,7 @@ from domain.identity import (
     Scope,
     SessionGrant,
     SetupAdmin,
+    StepUp,
     UserSummary,
     user_id_for,
 )
@@ -64,6 +65,7 @@ NewPassword = Annotated[
 Code = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, description="a 6-digit code from the app, or a backup code")
 ]
+AppCode = Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="a current 6-digit code from the app")]
 
 
 class SetupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,8 +90,26 @@ class RefreshRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class ChangePasswordRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`revoke_api_keys: true` revokes every API key of the user as well: keys outlive password changes."""
+
     current_password: Password
     new_password: NewPassword
+    revoke_api_keys: bool = False
+
+
+class StepUpRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Confirms a change a stolen access token must not make: the current password, or (two-factor on)
+    a current code of the authenticator app. Each one given must be right."""
+
+    current_password: Password | None = None
+    totp_code: AppCode | None = None
+
+    def proof(self) -> StepUp:
+        return StepUp(current_password=self.current_password, totp_code=self.totp_code)
+
+
+def step_up_of(data: StepUpRequest | None) -> StepUp | None:
+    return data.proof() if data is not None else None
 
 
 class CodeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -329,10 +349,12 @@ class AuthController(Controller):
         principal: NamedDependency[Principal],
         services: NamedDependency[Services],
         everywhere: FromQuery[bool] = False,
+        data: JSONBody[StepUpRequest | None] = None,
     ) -> LogoutAnswer:
-        """End this session (with `?everywhere=true`, every session of the user). Its tokens stop
+        """End this session (with `?everywhere=true`, every session of the user, confirmed by
+        `current_password` or `totp_code` in the body: else 403 STEP_UP_REQUIRED). Its tokens stop
         working before the answer is sent. API keys have no session: 403 SESSION_REQUIRED."""
-        ended = await services.identity.logout(principal, everywhere=everywhere)
+        ended = await services.identity.logout(principal, everywhere=everywhere, step_up=step_up_of(data))
         if ended:
             await services.wait_identity()
         log.info("auth.signed_out", user_id=str(principal.user_id), sessions=ended)
@@ -363,10 +385,16 @@ class AuthController(Controller):
         "/sessions/{session_id:uuid}", operation_id="terminateSession", status_code=200, opt={"authenticated": True}
     )
     async def terminate(
-        self, session_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self,
+        session_id: FromPath[UUID],
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+        data: JSONBody[StepUpRequest | None] = None,
     ) -> SessionEndedAnswer:
-        """End one of the caller's sessions (with USERS_MANAGE, anyone's); its tokens stop working at once."""
-        stored = await services.identity.end_session(principal, session_id)
+        """End one of the caller's sessions (with USERS_MANAGE, anyone's); its tokens stop working at once.
+        A session other than the caller's own takes `current_password` or `totp_code` in the body
+        (else 403 STEP_UP_REQUIRED); keys other than `admin`-scope ones: 403 SESSION_REQUIRED."""
+        stored = await services.identity.end_session(principal, session_id, step_up_of(data))
         await services.wait_projected(stored.position, projector="identity")
         return SessionEndedAnswer(message="Session terminated", session_id=session_id)
 
@@ -394,9 +422,17 @@ class AuthController(Controller):
         services: NamedDependency[Services],
     ) -> PasswordChanged:
         """Change one's own password (signed in, not with a key); every other session ends at once.
-        422 WRONG_PASSWORD when `current_password` is wrong, 422 PASSWORD_POLICY for a weak new one."""
-        stored = await services.identity.change_password(principal, data.current_password, data.new_password)
+        API keys keep working unless `revoke_api_keys` is true. 422 WRONG_PASSWORD when
+        `current_password` is wrong, 422 PASSWORD_POLICY for a weak new one."""
+        if data.revoke_api_keys:
+            # The keys to revoke are those the identity read model lists: let it catch up first.
+            await services.wait_identity()
+        stored = await services.identity.change_password(
+            principal, data.current_password, data.new_password, revoke_api_keys=data.revoke_api_keys
+        )
         await services.wait_projected(stored.position, projector="identity")
+        if data.revoke_api_keys:
+            return PasswordChanged(message="Password changed; your other sessions were ended and your API keys revoked")
         return PasswordChanged(message="Password changed; your other sessions were ended")
 
     @get("/2fa/status", operation_id="getTwoFactorStatus", opt={"authenticated": True})
@@ -408,11 +444,15 @@ class AuthController(Controller):
 
     @post("/2fa/setup", operation_id="setupTwoFactor", status_code=200, opt={"authenticated": True})
     async def totp_setup(
-        self, principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self,
+        principal: NamedDependency[Principal],
+        services: NamedDependency[Services],
+        data: JSONBody[StepUpRequest | None] = None,
     ) -> Response[TotpSetup]:
-        """Start two-factor set-up: a new secret (also as an otpauth URI and a QR code) and backup codes,
-        shown this once. It is in force after a code is verified with POST /api/auth/2fa/verify."""
-        enrollment = await services.identity.totp_setup(principal)
+        """Start two-factor set-up, confirmed by `current_password` in the body (else 403 STEP_UP_REQUIRED,
+        401 INVALID_CREDENTIALS when wrong): a new secret (also as an otpauth URI and a QR code) and backup
+        codes, shown this once. It is in force after a code is verified with POST /api/auth/2fa/verify."""
+        enrollment = await services.identity.totp_setup(principal, step_up_of(data))
         answer = TotpSetup(
             secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri,
             qr_code=qr_png_data_uri(enrollment.otpauth_uri), backup_codes=enrollment.backup_codes,

@@ -2,7 +2,9 @@
 
 A key is sent as `X-API-Key: <key>` and acts as its owner, with the owner's permissions
 cut down to the key's scope: `read` (view, safe methods only), `read-write` (view,
-control and manage devices) or `admin` (everything the owner may do).
+control and manage devices) or `admin` (everything the owner may do). A key outlives its
+owner's sign-outs and password changes, so issuing one is confirmed with the current
+password or a current TOTP code; only sessions and `admin`-scope keys revoke keys.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from api.controllers.auth import NO_STORE
+from api.controllers.auth import NO_STORE, AppCode, Password
 from api.services import Services
-from domain.identity import NewKey, Permission, Principal, Scope
+from domain.identity import NewKey, Permission, Principal, Scope, StepUp
 from projections.identity import ApiKeyView, list_api_keys
 
 
 class CreateKeyRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`current_password`, or `totp_code` (two-factor on), confirms that the account's owner asks for the key."""
+
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, description="what the key is for")]
     scope: Scope = Scope.READ
     expires_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    current_password: Password | None = None
+    totp_code: AppCode | None = None
 
 
 class IssuedKeyView(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,9 +62,13 @@ class KeysController(Controller):
         principal: NamedDependency[Principal],
         services: NamedDependency[Services],
     ) -> Response[IssuedKeyView]:
-        """Issue a key for the signed-in user (keys cannot issue keys: 403 SESSION_REQUIRED)."""
+        """Issue a key for the signed-in user (keys cannot issue keys: 403 SESSION_REQUIRED), confirmed by
+        `current_password` or `totp_code` (else 403 STEP_UP_REQUIRED; wrong: 401 INVALID_CREDENTIALS or
+        INVALID_TOTP_CODE, counted as failed sign-ins)."""
         issued = await services.identity.issue_key(
-            principal, NewKey(name=data.name, scope=data.scope, expires_at=data.expires_at)
+            principal,
+            NewKey(name=data.name, scope=data.scope, expires_at=data.expires_at),
+            StepUp(current_password=data.current_password, totp_code=data.totp_code),
         )
         await services.wait_projected(issued.position, projector="identity")
         answer = IssuedKeyView(
@@ -85,7 +95,8 @@ class KeysController(Controller):
     async def revoke(
         self, key_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
     ) -> KeyRevoked:
-        """Revoke one of the caller's keys (with USERS_MANAGE, anyone's); it stops working at once."""
+        """Revoke one of the caller's keys (with USERS_MANAGE, anyone's); it stops working at once.
+        Keys other than `admin`-scope ones cannot: 403 SESSION_REQUIRED."""
         stored = await services.identity.revoke_key(principal, key_id)
         await services.wait_projected(stored.position, projector="identity")
         return KeyRevoked(message="API key revoked", key_id=key_id)

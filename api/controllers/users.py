@@ -1,4 +1,4 @@
-"""Users: list, create, change and delete accounts (administrators, USERS_MANAGE)."""
+"""Users: list, create, change and delete accounts, reset their two-factor (administrators, USERS_MANAGE)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ class UpdateUserRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
 
 
 class UserDeleted(msgspec.Struct, frozen=True, kw_only=True):
+    message: str
+    user_id: UUID
+
+
+class TwoFactorReset(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     user_id: UUID
 
@@ -91,3 +96,16 @@ class UsersController(Controller):
         stored = await services.identity.delete_user(principal, user_id)
         await services.wait_projected(stored.position, projector="identity")
         return UserDeleted(message="User deleted", user_id=user_id)
+
+    @delete("/{user_id:uuid}/2fa", operation_id="resetUserTwoFactor", status_code=200,
+            opt={"permission": Permission.USERS_MANAGE})  # fmt: skip
+    async def reset_two_factor(
+        self, user_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
+    ) -> TwoFactorReset:
+        """Reset a user's two-factor authentication (a lost device): its secret and backup codes are gone,
+        it signs in with the password alone, and its sessions end (the caller's own stays).
+        409 TOTP_NOT_ENABLED when two-factor is neither on nor being set up."""
+        stored = await services.identity.reset_totp(principal, user_id)
+        await services.wait_projected(stored.position, projector="identity")
+        return TwoFactorReset(message="Two-factor authentication reset; the user's sessions were ended",
+                              user_id=user_id)  # fmt: skip

@@ -24,7 +24,7 @@ from adapters.bus import StreamConfig
 from adapters.emulator import EmulatorFleet
 from adapters.identity import Argon2Hasher
 from api.app import create_app
-from domain.identity import NewKey, NewUser, Principal, Role, Scope
+from domain.identity import NewKey, NewUser, Principal, Role, Scope, StepUp
 from domain.ports import Clock
 from infra.bootstrap import Runtime, cancel_all, open_runtime
 from infra.settings import Settings
@@ -170,7 +170,8 @@ async def operator(runtime: Runtime, api: Litestar, admin_principal: Principal) 
 @pytest.fixture
 async def read_key(runtime: Runtime, api: Litestar, admin_principal: Principal) -> AsyncIterator[httpx.AsyncClient]:
     """A client sending a `read` API key of the administrator (`X-API-Key`)."""
-    issued = await runtime.identity.issue_key(admin_principal, NewKey(name="dashboard", scope=Scope.READ))
+    issued = await runtime.identity.issue_key(admin_principal, NewKey(name="dashboard", scope=Scope.READ),
+                                              StepUp(current_password=ADMIN_PASSWORD))  # fmt: skip
     async with http_client(api, headers={"X-API-Key": issued.key}) as http:
         yield http
 

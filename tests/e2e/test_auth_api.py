@@ -31,6 +31,7 @@ from tests.e2e.conftest import (
     ADMIN_PASSWORD,
     OPERATOR,
     OPERATOR_PASSWORD,
+    VIEWER_PASSWORD,
     SignedIn,
     background,
     bearer,
@@ -182,7 +183,8 @@ async def test_logout_makes_its_access_token_fail_at_once(
     assert error_of(refresh, 401) == "SESSION_ENDED"
     assert (await anonymous.get("/api/auth/me", headers=bearer(other))).status_code == 200
 
-    everywhere = await anonymous.post("/api/auth/logout?everywhere=true", headers=bearer(other))
+    everywhere = await anonymous.post("/api/auth/logout?everywhere=true", headers=bearer(other),
+                                      json={"current_password": ADMIN_PASSWORD})  # fmt: skip
     assert everywhere.json()["sessions_terminated"] == 1
     assert error_of(await anonymous.get("/api/auth/me", headers=bearer(other)), 401) == "SESSION_ENDED"
 
@@ -204,7 +206,8 @@ async def test_a_fourth_login_ends_the_oldest_session(
         "session_id", "user_id", "ip_address", "user_agent", "created_at", "last_activity", "expires_at", "is_current",
     }  # fmt: skip
 
-    ended = await anonymous.delete(f"/api/auth/sessions/{later[0].session_id}", headers=bearer(later[-1]))
+    ended = await anonymous.request("DELETE", f"/api/auth/sessions/{later[0].session_id}", headers=bearer(later[-1]),
+                                    json={"current_password": ADMIN_PASSWORD})  # fmt: skip
     assert ended.status_code == 200, ended.text
     assert error_of(await anonymous.get("/api/devices", headers=bearer(later[0])), 401) == "SESSION_ENDED"
     assert (await anonymous.get("/api/devices", headers=bearer(later[1]))).status_code == 200
@@ -216,7 +219,8 @@ async def test_deactivating_a_user_stops_its_tokens_and_keys_at_once(
     olga = await create_user(client, OPERATOR, OPERATOR_PASSWORD, "operator")
     assert olga["role"] == "operator" and "USERS_MANAGE" not in olga["permissions"]
     session = await log_in(anonymous, OPERATOR, OPERATOR_PASSWORD)
-    issued = await anonymous.post("/api/keys", json={"name": "ha", "scope": "read-write"}, headers=bearer(session))
+    issued = await anonymous.post("/api/keys", json={"name": "ha", "scope": "read-write",
+                                                     "current_password": OPERATOR_PASSWORD}, headers=bearer(session))
     assert issued.status_code == 201, issued.text
     key = {"X-API-Key": issued.json()["key"]}
     assert (await anonymous.get("/api/devices", headers=bearer(session))).status_code == 200
@@ -251,7 +255,7 @@ async def test_two_factor_asks_for_a_code_and_takes_each_code_once(
     projecting: None, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     assert (await client.get("/api/auth/2fa/status")).json() == {"enabled": False}
-    started = await client.post("/api/auth/2fa/setup")
+    started = await client.post("/api/auth/2fa/setup", json={"current_password": ADMIN_PASSWORD})
     assert started.status_code == 200 and started.headers["cache-control"] == "no-store", started.text
     enrollment = started.json()
     assert set(enrollment) == {"secret", "otpauth_uri", "qr_code", "backup_codes"}
@@ -288,7 +292,8 @@ async def test_api_keys_act_within_their_scope_and_their_owners_role(
 ) -> None:
     keys: dict[str, dict[str, str]] = {}
     for scope in ("read", "read-write", "admin"):
-        issued = await client.post("/api/keys", json={"name": f"{scope} key", "scope": scope})
+        issued = await client.post("/api/keys", json={"name": f"{scope} key", "scope": scope,
+                                                      "current_password": ADMIN_PASSWORD})
         assert issued.status_code == 201 and issued.headers["cache-control"] == "no-store", issued.text
         body = issued.json()
         assert body["scope"] == scope and body["key"].startswith(body["prefix"])
@@ -312,7 +317,8 @@ async def test_api_keys_act_within_their_scope_and_their_owners_role(
     no_keys_from_keys = await anonymous.post("/api/keys", json={"name": "child"}, headers=full)
     assert error_of(no_keys_from_keys, 403) == "SESSION_REQUIRED"
 
-    viewer_key = (await viewer.post("/api/keys", json={"name": "wide", "scope": "admin"})).json()["key"]
+    viewer_key = (await viewer.post("/api/keys", json={"name": "wide", "scope": "admin",
+                                                       "current_password": VIEWER_PASSWORD})).json()["key"]
     assert error_of(await anonymous.get("/api/users", headers={"X-API-Key": viewer_key}), 403) == (
         "INSUFFICIENT_PERMISSIONS"
     )
@@ -400,7 +406,8 @@ async def test_every_event_written_through_the_api_names_the_user_or_key_behind_
     fleet: EmulatorFleet,
 ) -> None:
     signed_in, client = admin
-    issued = (await client.post("/api/keys", json={"name": "automation", "scope": "read-write"})).json()
+    issued = (await client.post("/api/keys", json={"name": "automation", "scope": "read-write",
+                                                   "current_password": ADMIN_PASSWORD})).json()
     async with http_client(api, headers={"X-API-Key": issued["key"]}) as by_key:
         added = await client.post("/api/devices/manual", json={"ip": fleet.addresses[0]})
         assert added.status_code == 201, added.text

@@ -14,7 +14,7 @@ from adapters.emulator import EmulatorFleet
 from domain.commands import RenameDevice
 from infra.bootstrap import Runtime
 from projections.engine import READ_SCHEMA
-from tests.e2e.conftest import background
+from tests.e2e.conftest import ADMIN_PASSWORD, background
 from tests.e2e.test_cli import cli_env, wattledger
 
 
@@ -31,7 +31,8 @@ async def make_history(client: httpx.AsyncClient, runtime: Runtime, fleet: Emula
         user = await client.post("/api/users", json={"username": "olga", "password": "an operator passphrase",
                                                      "role": "operator"})
         assert user.status_code == 201, user.text
-        assert (await client.post("/api/keys", json={"name": "panel"})).status_code == 201
+        key = await client.post("/api/keys", json={"name": "panel", "current_password": ADMIN_PASSWORD})
+        assert key.status_code == 201, key.text
         export = await client.post("/api/exports/create", json={
             "devices": [ids[0]], "date_range": {"start": "2026-01-01T00:00:00Z", "end": "2027-01-01T00:00:00Z"},
         })

@@ -14,8 +14,9 @@ from nats.aio.client import Client
 from adapters.bus import connect_nats
 from adapters.emulator import EmulatorFleet
 from adapters.executor import CommandExecutor
-from domain.identity import NewKey, Principal, Scope
+from domain.identity import NewKey, Principal, Scope, StepUp
 from infra.bootstrap import Runtime
+from tests.e2e.conftest import ADMIN_PASSWORD
 from tests.e2e.test_control_api import add, emulated, running  # noqa: F401  (fixture)
 
 
@@ -45,7 +46,8 @@ async def test_control_over_nats_needs_a_key_with_control_and_replies_with_the_o
     device, address = emulated(fleet, "HS110")
     device_id = await add(client, address)
     keys = {
-        scope: (await runtime.identity.issue_key(admin_principal, NewKey(name=scope.value, scope=scope))).key
+        scope: (await runtime.identity.issue_key(admin_principal, NewKey(name=scope.value, scope=scope),
+                                                 StepUp(current_password=ADMIN_PASSWORD))).key
         for scope in (Scope.READ, Scope.READ_WRITE, Scope.ADMIN)
     }
     before = device.is_on()

@@ -24,10 +24,10 @@ from websockets.exceptions import ConnectionClosed
 from adapters.emulator import EmulatorFleet
 from api.app import create_app
 from domain.commands import AddDevice
-from domain.identity import ACCESS_TOKEN_LIFETIME, NewKey, Principal, Scope
+from domain.identity import ACCESS_TOKEN_LIFETIME, NewKey, Principal, Scope, StepUp
 from domain.ports import Clock
 from infra.bootstrap import Runtime, _QuietServer
-from tests.e2e.conftest import SignedIn, background
+from tests.e2e.conftest import ADMIN_PASSWORD, SignedIn, background
 
 WAIT_S = 15.0
 
@@ -207,7 +207,8 @@ async def test_a_revoked_session_or_key_ends_the_stream(
     admin: tuple[SignedIn, httpx.AsyncClient],
 ) -> None:
     token = viewer.headers["Authorization"].partition(" ")[2]
-    issued = await runtime.identity.issue_key(admin_principal, NewKey(name="board", scope=Scope.READ))
+    issued = await runtime.identity.issue_key(admin_principal, NewKey(name="board", scope=Scope.READ),
+                                              StepUp(current_password=ADMIN_PASSWORD))  # fmt: skip
     async with connect(live.ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as as_viewer, \
             connect(live.ws_url) as with_key:  # fmt: skip
         await with_key.send(msgspec.json.encode({"event": "auth", "token": issued.key}).decode())

@@ -24,9 +24,9 @@ from adapters.emulator import EmulatorFleet, loopback_hosts
 from api.app import create_app
 from domain.address import parse_address
 from domain.errors import InvalidAddress
-from domain.identity import NewKey, Scope
+from domain.identity import NewKey, Scope, StepUp
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import http_client, set_up_and_log_in
+from tests.e2e.conftest import ADMIN_PASSWORD, http_client, set_up_and_log_in
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,7 +170,8 @@ async def sweep_client(runtime: Runtime, discoverable: EmulatorFleet) -> AsyncIt
     async with http_client(create_app(runtime.services()), timeout=30) as http:
         admin = await set_up_and_log_in(http)
         principal = await runtime.identity.authenticate_session(admin.session_id, admin.user_id)
-        issued = await runtime.identity.issue_key(principal, NewKey(name="sweep", scope=Scope.ADMIN))
+        issued = await runtime.identity.issue_key(principal, NewKey(name="sweep", scope=Scope.ADMIN),
+                                                  StepUp(current_password=ADMIN_PASSWORD))  # fmt: skip
         del http.headers["Authorization"]
         http.headers["X-API-Key"] = issued.key
         yield http

@@ -88,7 +88,7 @@ async def identity_flow(http: httpx.AsyncClient) -> list[str]:
         "/api/auth/change-password", json={"current_password": ADMIN_PASSWORD, "new_password": NEW_ADMIN_PASSWORD}
     ))  # fmt: skip
 
-    enrollment = ok(await http.post("/api/auth/2fa/setup"))
+    enrollment = ok(await http.post("/api/auth/2fa/setup", json={"current_password": NEW_ADMIN_PASSWORD}))
     plain += [enrollment["secret"], *enrollment["backup_codes"]]
     plain += [code.replace("-", "") for code in enrollment["backup_codes"]]
     totp = pyotp.TOTP(enrollment["secret"])
@@ -99,7 +99,8 @@ async def identity_flow(http: httpx.AsyncClient) -> list[str]:
     plain += [with_code["refresh_token"], with_backup["refresh_token"], with_backup["access_token"]]
     ok(await http.post("/api/auth/2fa/disable", json={"token": enrollment["backup_codes"][1]}))
 
-    issued = ok(await http.post("/api/keys", json={"name": "home assistant", "scope": "read-write"}), 201)
+    issued = ok(await http.post("/api/keys", json={"name": "home assistant", "scope": "read-write",
+                                                   "current_password": NEW_ADMIN_PASSWORD}), 201)
     plain += [issued["key"], issued["key"].split("_", 2)[2]]
     ok(await http.get("/api/devices", headers={"X-API-Key": issued["key"]}))
     ok(await http.get("/api/keys"))

@@ -29,12 +29,12 @@ from nats.aio.client import Client
 from adapters.bus import StreamConfig, connect_nats
 from adapters.emulator import EmulatorFleet
 from api.pending import PENDING_HEADER
-from domain.identity import ApiKey, NewKey, Scope, api_key_text, user_id_for
+from domain.identity import ApiKey, NewKey, Scope, StepUp, api_key_text, user_id_for
 from domain.text import refused_character
 from infra import replay
 from infra.bootstrap import Runtime
 from projections.engine import QUARANTINE, TRACKING
-from tests.e2e.conftest import SignedIn, background, bearer, log_in
+from tests.e2e.conftest import ADMIN_PASSWORD, VIEWER_PASSWORD, SignedIn, background, bearer, log_in
 from tests.e2e.test_cli import cli_env, wattledger
 
 NASTY = ["a\x00b", "\x1b[31mred", "line\u2028break", "para\u2029", "evil\u202etxt.exe", "iso\u2066late\u2069",
@@ -91,7 +91,7 @@ async def test_a_key_named_with_nul_is_refused_and_nothing_is_stored(
     for name in NASTY:
         assert error_of(await viewer.post("/api/keys", json={"name": name}), 400) == "INVALID_TEXT", name
     assert head(runtime) == before
-    kept = await viewer.post("/api/keys", json={"name": "Küche 💡 \u200d ok"})
+    kept = await viewer.post("/api/keys", json={"name": "Küche 💡 \u200d ok", "current_password": VIEWER_PASSWORD})
     assert kept.status_code == 201, kept.text
 
 
@@ -152,7 +152,8 @@ async def test_nats_commands_refuse_the_same_text(
 ) -> None:
     creds = bearer(admin[0])
     principal = await runtime.identity.authenticate_session(admin[0].session_id, admin[0].user_id)
-    issued = await runtime.identity.issue_key(principal, NewKey(name="nats", scope=Scope.READ_WRITE))
+    issued = await runtime.identity.issue_key(principal, NewKey(name="nats", scope=Scope.READ_WRITE),
+                                              StepUp(current_password=ADMIN_PASSWORD))  # fmt: skip
     added = await ask(runtime, requester, "add", {"ip": fleet.addresses[0]}, creds)
     assert added["ok"], added
     device = added["result"]["device_id"]
@@ -201,7 +202,8 @@ async def test_an_event_with_nul_is_quarantined_shown_and_applied_again_by_retry
     async with background(runtime, poll=False):
         key_id, plain = await force_key(runtime, admin[0].user_id, "a\x00b")
         position = head(runtime)
-        assert (await client.post("/api/keys", json={"name": "after"})).status_code == 201
+        after = await client.post("/api/keys", json={"name": "after", "current_password": ADMIN_PASSWORD})
+        assert after.status_code == 201, after.text
         lags = await all_projected(runtime)
         assert lags and all(lag == 0 for lag in lags.values()), lags
         held = await quarantined(runtime)
@@ -263,7 +265,8 @@ async def test_revoking_a_key_ending_a_session_and_demoting_a_user_hold_at_once_
     admin: tuple[SignedIn, httpx.AsyncClient], requester: Client, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     principal = await runtime.identity.authenticate_session(admin[0].session_id, admin[0].user_id)
-    issued = await runtime.identity.issue_key(principal, NewKey(name="panel", scope=Scope.READ_WRITE))
+    issued = await runtime.identity.issue_key(principal, NewKey(name="panel", scope=Scope.READ_WRITE),
+                                              StepUp(current_password=ADMIN_PASSWORD))  # fmt: skip
     key = {"X-API-Key": issued.key}
     session = await log_in(anonymous, "root", "Admin-passphrase-4-tests")
     olga = user_id_for("olga")
@@ -330,7 +333,7 @@ async def test_any_text_in_a_free_text_field_is_refused_or_stored_and_projected(
     client, device_id, viewer_id = text_world
     tou = [{"start_hour": 0, "end_hour": 24, "rate": 0.25, "label": text}]
     answers = [
-        await client.post("/api/keys", json={"name": text}),
+        await client.post("/api/keys", json={"name": text, "current_password": ADMIN_PASSWORD}),
         await client.patch(f"/api/users/{viewer_id}", json={"full_name": text}),
         await client.patch(f"/api/device/{device_id}", json={"alias": text}),
         await client.post("/api/rates", json={"rate_type": "time_of_use", "time_of_use_rates": tou}),

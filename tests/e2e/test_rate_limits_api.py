@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from adapters.ratelimits import MAX_WINDOW_S, Limit, PgRateCounters
 from api.app import create_app
-from domain.identity import NewKey, NewUser, Principal, Role, Scope
+from domain.identity import NewKey, NewUser, Principal, Role, Scope, StepUp
 from infra.bootstrap import Runtime
 from infra.settings import Settings, SettingsError, load_settings
 from tests.e2e.conftest import ADMIN, ADMIN_PASSWORD, OPERATOR, OPERATOR_PASSWORD, SignedIn, background, bearer, log_in
@@ -152,8 +152,11 @@ async def test_an_ipv6_client_is_counted_by_its_64_network(runtime: Runtime) -> 
 
 
 async def test_each_api_key_has_its_own_allowance(runtime: Runtime, admin_principal: Principal) -> None:
-    first = (await runtime.identity.issue_key(admin_principal, NewKey(name="dashboard", scope=Scope.READ))).key
-    second = (await runtime.identity.issue_key(admin_principal, NewKey(name="backup", scope=Scope.READ))).key
+    confirmed = StepUp(current_password=ADMIN_PASSWORD)
+    first, second = [
+        (await runtime.identity.issue_key(admin_principal, NewKey(name=name, scope=Scope.READ), confirmed)).key
+        for name in ("dashboard", "backup")
+    ]
     async with http(runtime, "127.0.0.3", {"X-API-Key": first}) as with_first:
         answers = [await with_first.get("/api/devices") for _ in range(3)]
         refused = await with_first.get("/api/devices")
@@ -199,7 +202,8 @@ async def test_forged_tokens_spend_nothing_of_the_user_they_name(
 async def test_a_key_sent_beside_a_token_is_charged_only_when_it_was_used(
     runtime: Runtime, admin_principal: Principal
 ) -> None:
-    key = (await runtime.identity.issue_key(admin_principal, NewKey(name="dashboard", scope=Scope.READ))).key
+    key = (await runtime.identity.issue_key(admin_principal, NewKey(name="dashboard", scope=Scope.READ),
+                                            StepUp(current_password=ADMIN_PASSWORD))).key
     operator = await member(runtime, admin_principal)
     async with http(runtime, "127.0.0.7", {**bearer(operator), "X-API-Key": key}) as both:
         answers = [await both.get("/api/devices") for _ in range(3)]
@@ -267,7 +271,7 @@ async def test_failures_from_one_address_lock_it_for_every_account(
 
 async def enable_two_factor(client: httpx.AsyncClient) -> list[str]:
     """Two-factor on for the client's user; returns its backup codes."""
-    enrollment = (await client.post("/api/auth/2fa/setup")).json()
+    enrollment = (await client.post("/api/auth/2fa/setup", json={"current_password": ADMIN_PASSWORD})).json()
     verified = await client.post("/api/auth/2fa/verify", json={"token": pyotp.TOTP(enrollment["secret"]).now()})
     assert verified.status_code == 200, verified.text
     return list(enrollment["backup_codes"])

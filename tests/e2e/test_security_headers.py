@@ -73,7 +73,7 @@ async def test_account_answers_are_never_stored(
         "sessions": await client.get("/api/auth/sessions"),
         "users": await client.get("/api/users"),
         "keys": await client.get("/api/keys"),
-        "new key": await client.post("/api/keys", json={"name": "dashboard"}),
+        "new key": await client.post("/api/keys", json={"name": "dashboard", "current_password": ADMIN_PASSWORD}),
     }
     devices = await client.get("/api/devices")
     assert {name: a.headers.get("Cache-Control") for name, a in answers.items()} == dict.fromkeys(answers, "no-store")

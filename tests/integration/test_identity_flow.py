@@ -48,6 +48,7 @@ from domain.identity import (
     Role,
     Scope,
     SetupAdmin,
+    StepUp,
     User,
     UserChanges,
 )
@@ -176,7 +177,7 @@ async def test_the_identity_flow_end_to_end(identity: Identity) -> None:
     olga_pair = await sign_in(idy, "olga", OLGA_PASSWORD)
     olga = await principal_of(idy, olga_pair)
 
-    enrollment = await handlers.totp_setup(olga)
+    enrollment = await handlers.totp_setup(olga, StepUp(current_password=OLGA_PASSWORD))
     plain += [enrollment.secret, *enrollment.backup_codes]
     totp = pyotp.TOTP(enrollment.secret)
     await handlers.totp_verify(olga, totp.at(idy.clock.now()))
@@ -186,7 +187,8 @@ async def test_the_identity_flow_end_to_end(identity: Identity) -> None:
     second_pair = await sign_in(idy, "olga", OLGA_PASSWORD, totp.at(idy.clock.now()))
     await sign_in(idy, "olga", OLGA_PASSWORD, enrollment.backup_codes[0])
 
-    issued = await handlers.issue_key(olga, NewKey(name="home assistant", scope=Scope.READ_WRITE))
+    issued = await handlers.issue_key(olga, NewKey(name="home assistant", scope=Scope.READ_WRITE),
+                                      StepUp(current_password=OLGA_PASSWORD))
     plain += [issued.key, issued.key.split("_", 2)[2]]
     as_key = await handlers.authenticate_key(issued.key)
     assert as_key.permissions == {Permission.DEVICES_VIEW, Permission.DEVICES_CONTROL, Permission.DEVICES_MANAGE}
@@ -202,7 +204,7 @@ async def test_the_identity_flow_end_to_end(identity: Identity) -> None:
     await handlers.update_user(root, vic_id, UserChanges(active=False, full_name="Vic"))
     with pytest.raises(AccountDisabled):
         await sign_in(idy, "vic", PASSWORD)
-    revoked = await handlers.issue_key(root, NewKey(name="old", scope=Scope.ADMIN))
+    revoked = await handlers.issue_key(root, NewKey(name="old", scope=Scope.ADMIN), StepUp(current_password=PASSWORD))
     plain += [revoked.key]
     await handlers.revoke_key(root, revoked.key_id)
 
@@ -223,6 +225,8 @@ async def test_the_identity_flow_end_to_end(identity: Identity) -> None:
         ("home assistant", Scope.READ_WRITE, issued.prefix, True)
     ]
     assert len(all_keys) == 2 and all_keys[1].revoked_at is not None
+    reader = IdentityReadModels(idy.pool)
+    assert (await reader.api_key_ids(olga_id), await reader.api_key_ids(root.user_id)) == ([issued.key_id], [])
     for view in (UserView, SessionView, ApiKeyView):
         assert not {"password_hash", "key_hash", "secret", "secret_sealed"} & set(view.__struct_fields__)
 
@@ -317,7 +321,7 @@ async def test_key_use_and_session_activity_are_noted_at_most_once_a_minute(iden
     await idy.handlers.setup(SetupAdmin(username="root", password=PASSWORD))
     pair = await sign_in(idy, "root", PASSWORD)
     root = await principal_of(idy, pair)
-    issued = await idy.handlers.issue_key(root, NewKey(name="k"))
+    issued = await idy.handlers.issue_key(root, NewKey(name="k"), StepUp(current_password=PASSWORD))
     first_use = idy.clock.now()
     await idy.handlers.authenticate_key(issued.key)
     fresh_process = build(idy.app, idy.pool, idy.box, idy.clock)

@@ -31,8 +31,10 @@ from domain.errors import (
     SessionNotFound,
     SessionRequired,
     SetupAlreadyDone,
+    StepUpRequired,
     TokenExpired,
     TokenInvalid,
+    TotpNotEnabled,
     TotpRequired,
     UserExists,
     UserNotFound,
@@ -55,6 +57,7 @@ from domain.identity import (
     Session,
     SessionGrant,
     SetupAdmin,
+    StepUp,
     User,
     UserChanges,
     api_key_text,
@@ -67,6 +70,7 @@ from domain.ports import Clock, EventStore, IdentityReader, PasswordHasher, Secr
 A = TypeVar("A", bound=Aggregate)
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=timezone.utc)
 PASSWORD = "correct horse battery"
+CONFIRMED = StepUp(current_password=PASSWORD)
 
 
 class MemoryStore(EventStore):
@@ -149,6 +153,10 @@ class StoreReader(IdentityReader):
 
     async def touch_key(self, key_id: UUID, at: datetime) -> None:
         self.touched.append(key_id)
+
+    async def api_key_ids(self, user_id: UUID) -> list[UUID]:
+        keys = [self.store.load(e.originator_id) for e in self.store.of_type(ApiKey.Issued)]
+        return [k.id for k in keys if isinstance(k, ApiKey) and k.user_id == user_id and not k.revoked]
 
 
 def _digest(text: str) -> str:
@@ -388,7 +396,7 @@ async def test_deactivating_a_user_ends_its_sessions_and_stops_its_keys_until_re
     ann_id = await add_user(w, admin, "ann")
     grant = await sign_in(w, "ann")
     ann = await principal(w, grant)
-    key = await w.handlers.issue_key(ann, NewKey(name="script", scope=Scope.READ))
+    key = await w.handlers.issue_key(ann, NewKey(name="script", scope=Scope.READ), CONFIRMED)
     await w.handlers.update_user(admin, ann_id, UserChanges(active=False))
     ended = w.store.load(grant.session_id)
     assert isinstance(ended, Session) and ended.end_reason is EndReason.USER_DISABLED
@@ -406,7 +414,7 @@ async def test_a_deleted_users_keys_stop_working() -> None:
     w = world()
     admin = await set_up(w)
     ann_id = await add_user(w, admin, "ann")
-    key = await w.handlers.issue_key(await principal(w, await sign_in(w, "ann")), NewKey(name="k"))
+    key = await w.handlers.issue_key(await principal(w, await sign_in(w, "ann")), NewKey(name="k"), CONFIRMED)
     await w.handlers.delete_user(admin, ann_id)
     with pytest.raises(ApiKeyInvalid):
         await w.handlers.authenticate_key(key.key)
@@ -445,7 +453,7 @@ async def test_login_checks_the_password_without_saying_which_part_was_wrong() -
 
 
 async def enable_totp(w: World, who: Principal) -> tuple[str, list[str]]:
-    enrollment = await w.handlers.totp_setup(who)
+    enrollment = await w.handlers.totp_setup(who, CONFIRMED)
     await w.handlers.totp_verify(who, code_for(enrollment.secret, step_of(w.clock.now())))
     return enrollment.secret, enrollment.backup_codes
 
@@ -473,7 +481,7 @@ async def test_with_two_factor_a_code_is_required_and_accepted_once() -> None:
 async def test_the_code_that_enabled_two_factor_cannot_sign_in() -> None:
     w = world()
     admin = await set_up(w)
-    enrollment = await w.handlers.totp_setup(admin)
+    enrollment = await w.handlers.totp_setup(admin, CONFIRMED)
     code = code_for(enrollment.secret, step_of(w.clock.now()))
     await w.handlers.totp_verify(admin, code)
     with pytest.raises(InvalidTotpCode):
@@ -496,7 +504,7 @@ async def test_a_backup_code_signs_in_once() -> None:
 async def test_the_secret_and_codes_are_in_events_only_sealed_and_hashed() -> None:
     w = world()
     admin = await set_up(w)
-    enrollment = await w.handlers.totp_setup(admin)
+    enrollment = await w.handlers.totp_setup(admin, CONFIRMED)
     assert enrollment.otpauth_uri.endswith(f"secret={enrollment.secret}")
     stored = repr(w.store.all_events())
     assert enrollment.secret not in stored
@@ -556,7 +564,7 @@ async def test_logout_everywhere_ends_every_session() -> None:
     w = world()
     admin = await set_up(w)
     await sign_in(w, "root")
-    assert await w.handlers.logout(admin, everywhere=True) == 2
+    assert await w.handlers.logout(admin, everywhere=True, step_up=CONFIRMED) == 2
     assert active_sessions(w, admin.user_id) == []
 
 
@@ -635,7 +643,7 @@ async def test_a_check_reads_the_store_once_per_change_and_follows_every_change_
     admin = await set_up(w)
     await add_user(w, admin, "olga", Role.OPERATOR)
     olga = await principal(w, await sign_in(w, "olga"))
-    key = await w.handlers.issue_key(olga, NewKey(name="ha", scope=Scope.READ_WRITE))
+    key = await w.handlers.issue_key(olga, NewKey(name="ha", scope=Scope.READ_WRITE), CONFIRMED)
     loads: list[UUID] = []
     aggregate = w.store.aggregate
 
@@ -678,7 +686,7 @@ async def test_a_key_acts_with_its_owners_permissions_within_its_scope() -> None
     admin = await set_up(w)
     await add_user(w, admin, "olga", Role.OPERATOR)
     olga = await principal(w, await sign_in(w, "olga"))
-    issued = await w.handlers.issue_key(olga, NewKey(name="ha", scope=Scope.ADMIN))
+    issued = await w.handlers.issue_key(olga, NewKey(name="ha", scope=Scope.ADMIN), CONFIRMED)
     assert issued.key.startswith(f"{issued.prefix}") and issued.key == api_key_text(
         issued.key_id, issued.key.split("_", 2)[2]
     )
@@ -686,7 +694,7 @@ async def test_a_key_acts_with_its_owners_permissions_within_its_scope() -> None
     assert as_key.kind == "key" and as_key.actor == f"key:{issued.key_id}"
     assert as_key.permissions == olga.permissions and Permission.USERS_MANAGE not in as_key.permissions
     reader = await w.handlers.authenticate_key(
-        (await w.handlers.issue_key(olga, NewKey(name="ro", scope=Scope.READ))).key
+        (await w.handlers.issue_key(olga, NewKey(name="ro", scope=Scope.READ), CONFIRMED)).key
     )
     assert reader.permissions == {Permission.DEVICES_VIEW} and reader.read_only
     assert issued.key not in repr(w.store.all_events())
@@ -695,7 +703,7 @@ async def test_a_key_acts_with_its_owners_permissions_within_its_scope() -> None
 async def test_wrong_revoked_expired_or_forged_keys_are_refused() -> None:
     w = world()
     admin = await set_up(w)
-    issued = await w.handlers.issue_key(admin, NewKey(name="k", expires_at=T0 + timedelta(days=1)))
+    issued = await w.handlers.issue_key(admin, NewKey(name="k", expires_at=T0 + timedelta(days=1)), CONFIRMED)
     for bad in (issued.key + "x", api_key_text(issued.key_id, "guess"), "wl_nothex_x", "",
                 api_key_text(admin.user_id, "x"), api_key_text(uuid4(), "x")):
         with pytest.raises(ApiKeyInvalid):
@@ -703,7 +711,7 @@ async def test_wrong_revoked_expired_or_forged_keys_are_refused() -> None:
     w.clock.advance(days=1)
     with pytest.raises(ApiKeyInvalid, match="expired"):
         await w.handlers.authenticate_key(issued.key)
-    other = await w.handlers.issue_key(admin, NewKey(name="k2"))
+    other = await w.handlers.issue_key(admin, NewKey(name="k2"), CONFIRMED)
     await w.handlers.revoke_key(admin, other.key_id)
     with pytest.raises(ApiKeyInvalid, match="revoked"):
         await w.handlers.authenticate_key(other.key)
@@ -712,17 +720,17 @@ async def test_wrong_revoked_expired_or_forged_keys_are_refused() -> None:
 async def test_keys_cannot_issue_keys_or_change_account_security() -> None:
     w = world()
     admin = await set_up(w)
-    as_key = await w.handlers.authenticate_key((await w.handlers.issue_key(admin, NewKey(name="k"))).key)
+    as_key = await w.handlers.authenticate_key((await w.handlers.issue_key(admin, NewKey(name="k"), CONFIRMED)).key)
     for attempt in (
-        w.handlers.issue_key(as_key, NewKey(name="more")),
+        w.handlers.issue_key(as_key, NewKey(name="more"), CONFIRMED),
         w.handlers.change_password(as_key, PASSWORD, "another passphrase"),
-        w.handlers.totp_setup(as_key),
+        w.handlers.totp_setup(as_key, CONFIRMED),
         w.handlers.logout(as_key),
     ):
         with pytest.raises(SessionRequired):
             await attempt
     with pytest.raises(InvalidRequest):
-        await w.handlers.issue_key(admin, NewKey(name="past", expires_at=T0 - timedelta(seconds=1)))
+        await w.handlers.issue_key(admin, NewKey(name="past", expires_at=T0 - timedelta(seconds=1)), CONFIRMED)
 
 
 async def test_only_owners_or_user_managers_revoke_keys_and_end_sessions() -> None:
@@ -730,14 +738,14 @@ async def test_only_owners_or_user_managers_revoke_keys_and_end_sessions() -> No
     admin = await set_up(w)
     await add_user(w, admin, "vic")
     vic = await principal(w, await sign_in(w, "vic"))
-    admins_key = await w.handlers.issue_key(admin, NewKey(name="k"))
+    admins_key = await w.handlers.issue_key(admin, NewKey(name="k"), CONFIRMED)
     with pytest.raises(ApiKeyNotFound):
         await w.handlers.revoke_key(vic, admins_key.key_id)
     with pytest.raises(SessionNotFound):
         await w.handlers.end_session(vic, admin.session_id or uuid4())
     with pytest.raises(SessionNotFound):
         await w.handlers.end_session(vic, admins_key.key_id)
-    await w.handlers.end_session(admin, vic.session_id or uuid4())
+    await w.handlers.end_session(admin, vic.session_id or uuid4(), CONFIRMED)
     ended = w.store.load(vic.session_id or uuid4())
     assert isinstance(ended, Session) and ended.end_reason is EndReason.REVOKED
 
@@ -755,3 +763,166 @@ async def test_changing_ones_password_ends_every_other_session() -> None:
         await principal(w, other)
     assert (await w.handlers.authenticate_session(admin.session_id or uuid4(), admin.user_id)) == admin
     await sign_in(w, "root", "a new passphrase")
+
+
+# ---- step-up: what a stolen access token alone cannot do ----
+
+
+def wrong_code(secret: str, at: datetime) -> str:
+    return next(c for c in ("000000", "111111", "222222") if c not in {code_for(secret, step_of(at) + d)
+                                                                      for d in (-1, 0, 1)})
+
+
+async def test_issuing_a_key_needs_the_current_password_or_a_current_code() -> None:
+    w = world()
+    admin = await set_up(w)
+    before = w.store.position
+    for proof, refused in (
+        (None, StepUpRequired), (StepUp(), StepUpRequired), (StepUp(current_password="a guess"), InvalidCredentials),
+        (StepUp(totp_code="123456"), InvalidTotpCode),
+    ):  # fmt: skip
+        with pytest.raises(refused) as caught:
+            await w.handlers.issue_key(admin, NewKey(name="k"), proof)
+        assert status_of(caught.value) == (403 if refused is StepUpRequired else 401)
+    assert w.store.position == before, "a refused step-up stores nothing"
+    assert (await w.handlers.issue_key(admin, NewKey(name="k"), CONFIRMED)).key
+
+
+async def test_a_current_code_confirms_one_change_and_is_spent_with_it() -> None:
+    w = world()
+    admin = await set_up(w)
+    secret, backup_codes = await enable_totp(w, admin)
+    w.clock.advance(seconds=30)
+    code = code_for(secret, step_of(w.clock.now()))
+    issued = await w.handlers.issue_key(admin, NewKey(name="k"), StepUp(totp_code=code))
+    accepted = w.store.events[admin.user_id][-1]
+    assert isinstance(accepted, User.TotpCodeAccepted) and accepted.actor == admin.actor
+    assert w.store.load(issued.key_id) is not None
+    for refused in (code, wrong_code(secret, w.clock.now()), backup_codes[0]):
+        with pytest.raises(InvalidTotpCode):
+            await w.handlers.issue_key(admin, NewKey(name="again"), StepUp(totp_code=refused))
+    with pytest.raises(InvalidCredentials):
+        await w.handlers.issue_key(admin, NewKey(name="both"),
+                                   StepUp(current_password="a guess", totp_code=code_for(secret, step_of(T0) + 2)))
+    assert len(w.store.of_type(ApiKey.Issued)) == 1
+
+
+async def test_setting_up_two_factor_needs_the_current_password() -> None:
+    w = world()
+    admin = await set_up(w)
+    with pytest.raises(StepUpRequired):
+        await w.handlers.totp_setup(admin, None)
+    with pytest.raises(InvalidCredentials):
+        await w.handlers.totp_setup(admin, StepUp(current_password="a guess"))
+    with pytest.raises(InvalidTotpCode, match="off"):
+        await w.handlers.totp_setup(admin, StepUp(totp_code="123456"))
+    assert w.store.of_type(User.TotpSetupStarted) == [] and w.totp.issued == 3
+    await enable_totp(w, admin)
+
+
+async def test_ending_other_sessions_needs_step_up_but_ending_ones_own_does_not() -> None:
+    w = world()
+    admin = await set_up(w)
+    other = await sign_in(w, "root")
+    with pytest.raises(StepUpRequired):
+        await w.handlers.logout(admin, everywhere=True)
+    with pytest.raises(StepUpRequired):
+        await w.handlers.end_session(admin, other.session_id)
+    with pytest.raises(InvalidCredentials):
+        await w.handlers.end_session(admin, other.session_id, StepUp(current_password="a guess"))
+    assert len(active_sessions(w, admin.user_id)) == 2
+    await w.handlers.end_session(admin, other.session_id, CONFIRMED)
+    ended = w.store.load(other.session_id)
+    assert isinstance(ended, Session) and ended.end_reason is EndReason.REVOKED
+    third = await principal(w, await sign_in(w, "root"))
+    await w.handlers.end_session(third, third.session_id or uuid4())
+    assert await w.handlers.logout(admin) == 1
+    assert active_sessions(w, admin.user_id) == []
+
+
+async def test_only_sessions_and_admin_scope_keys_manage_sessions_and_keys() -> None:
+    w = world()
+    admin = await set_up(w)
+    keys = {scope: await w.handlers.issue_key(admin, NewKey(name=scope.value, scope=scope), CONFIRMED)
+            for scope in Scope}  # fmt: skip
+    as_key = {scope: await w.handlers.authenticate_key(issued.key) for scope, issued in keys.items()}
+    for scope in (Scope.READ, Scope.READ_WRITE):
+        with pytest.raises(SessionRequired) as refused:
+            await w.handlers.end_session(as_key[scope], admin.session_id or uuid4(), CONFIRMED)
+        assert status_of(refused.value) == 403
+        with pytest.raises(SessionRequired):
+            await w.handlers.revoke_key(as_key[scope], keys[Scope.ADMIN].key_id)
+    assert active_sessions(w, admin.user_id) == [admin.session_id]
+    assert not w.store.of_type(ApiKey.Revoked)
+
+    full = as_key[Scope.ADMIN]
+    with pytest.raises(SessionRequired):
+        await w.handlers.issue_key(full, NewKey(name="child"), CONFIRMED)
+    with pytest.raises(StepUpRequired):
+        await w.handlers.end_session(full, admin.session_id or uuid4())
+    await w.handlers.end_session(full, admin.session_id or uuid4(), CONFIRMED)
+    await w.handlers.revoke_key(full, keys[Scope.READ_WRITE].key_id)
+    revoked = w.store.of_type(ApiKey.Revoked)
+    assert [(e.originator_id, e.actor) for e in revoked if isinstance(e, ApiKey.Revoked)] == [
+        (keys[Scope.READ_WRITE].key_id, full.actor)
+    ]
+
+
+async def test_keys_outlive_a_password_change_unless_it_revokes_them() -> None:
+    w = world()
+    admin = await set_up(w)
+    await add_user(w, admin, "ann")
+    ann = await principal(w, await sign_in(w, "ann"))
+    anns = [await w.handlers.issue_key(ann, NewKey(name=f"k{i}"), CONFIRMED) for i in range(3)]
+    await w.handlers.revoke_key(ann, anns[2].key_id)
+    admins = await w.handlers.issue_key(admin, NewKey(name="admin's"), CONFIRMED)
+    await w.handlers.logout(ann)
+    ann = await principal(w, await sign_in(w, "ann"))
+    await w.handlers.change_password(ann, PASSWORD, "a new passphrase")
+    for issued in anns[:2]:
+        assert (await w.handlers.authenticate_key(issued.key)).user_id == ann.user_id
+    await w.handlers.change_password(ann, "a new passphrase", "another passphrase", revoke_api_keys=True)
+    for issued in anns:
+        with pytest.raises(ApiKeyInvalid, match="revoked"):
+            await w.handlers.authenticate_key(issued.key)
+    assert (await w.handlers.authenticate_key(admins.key)).user_id == admin.user_id
+    revoked = w.store.of_type(ApiKey.Revoked)
+    assert sorted((e.originator_id, e.actor) for e in revoked if isinstance(e, ApiKey.Revoked)) == sorted(
+        (issued.key_id, ann.actor) for issued in anns
+    ), "each of ann's keys revoked once, by ann"
+
+
+async def test_an_administrator_resets_a_users_two_factor_and_ends_its_sessions() -> None:
+    w = world()
+    admin = await set_up(w)
+    ann_id = await add_user(w, admin, "ann")
+    ann = await principal(w, await sign_in(w, "ann"))
+    secret, _ = await enable_totp(w, ann)
+    await add_user(w, admin, "olga", Role.OPERATOR)
+    olga = await principal(w, await sign_in(w, "olga"))
+    with pytest.raises(InsufficientPermissions):
+        await w.handlers.reset_totp(olga, ann_id)
+    with pytest.raises(UserNotFound):
+        await w.handlers.reset_totp(admin, uuid4())
+
+    await w.handlers.reset_totp(admin, ann_id)
+    [reset] = w.store.of_type(User.TotpReset)
+    assert isinstance(reset, User.TotpReset) and reset.actor == admin.actor
+    assert set(vars(reset)) == {"originator_id", "originator_version", "timestamp", "actor"}
+    stored = w.store.load(ann_id)
+    assert isinstance(stored, User) and not stored.totp_enabled
+    assert (stored.totp_secret_sealed, stored.totp_pending, stored.backup_code_hashes) == (None, None, ())
+    with pytest.raises(SessionEnded):
+        await w.handlers.authenticate_session(ann.session_id or uuid4(), ann_id)
+    assert admin.session_id in active_sessions(w, admin.user_id)
+    await sign_in(w, "ann")
+    with pytest.raises(TotpNotEnabled) as nothing:
+        await w.handlers.reset_totp(admin, ann_id)
+    assert status_of(nothing.value) == 409
+
+    started = await w.handlers.totp_setup(await principal(w, await sign_in(w, "ann")), CONFIRMED)
+    await w.handlers.reset_totp(admin, ann_id)
+    assert secret != started.secret and len(w.store.of_type(User.TotpReset)) == 2
+    stored = w.store.load(ann_id)
+    assert isinstance(stored, User) and stored.totp_pending is None
+
