@@ -12,8 +12,9 @@ retention ended, recording each as expired.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+import anyio.from_thread
 import anyio.to_thread
 import msgspec
 import psycopg
@@ -32,7 +34,7 @@ from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 from adapters.export_files import open_writer, sha256_file
 from domain.energy import EnergyRules
 from domain.export_handlers import ExportHandlers
-from domain.exports import DataExport, DeviceLabel, ExportSpec, bucket_costs, bucket_rows, raw_rows
+from domain.exports import DataExport, DeviceLabel, ExportSpec, bucket_rows, raw_rows
 from domain.meter import MeterDay, meter_day_id, utc_day
 
 log = structlog.get_logger(__name__)
@@ -43,6 +45,14 @@ STALE = timedelta(minutes=15)
 """A queued export older than this is taken to be abandoned by the process that accepted it, and resumed."""
 PRIMING = timedelta(days=1)
 """How far before an export's start readings are folded, so its first bucket has the counter to start from."""
+READ_AHEAD = timedelta(days=1)
+"""How far past now a reading can have been measured (imports take 5 minutes ahead): no later day is read."""
+PROBE_DAYS = 366
+"""Meter days looked up in one query: a range of years costs a query a year to find the days holding readings."""
+PRICED_SPAN = timedelta(days=31)
+"""Priced 5-minute buckets are read a month at a time (about 9,000 rows a device)."""
+PricedBuckets = Callable[[UUID, datetime, datetime], Sequence[tuple[datetime, Decimal]]]
+"""(start, cost) of a device's priced 5-minute buckets in [start, end), in time order; blocking."""
 
 
 class WrittenExport(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,39 +67,81 @@ def _days(start: datetime, end: datetime) -> list[Any]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def device_readings(app: WattLedger, device_id: UUID, start: datetime, end: datetime) -> list[MeterDay.ReadingRecorded]:
-    """The device's readings measured in [start, end), in time order, from its meter-day streams."""
-    readings: list[MeterDay.ReadingRecorded] = []
-    for day in _days(start, end):
-        day_readings = [
-            e for e in app.events.get(meter_day_id(device_id, day))
-            if isinstance(e, MeterDay.ReadingRecorded) and start <= e.measured_at < end
-        ]
-        day_readings.sort(key=lambda e: e.measured_at)
-        readings += day_readings
-    return readings
+def _stored(app: WattLedger, stream_ids: list[UUID]) -> set[UUID]:
+    """Which of the streams hold any event: one query, one index probe a stream."""
+    table = sql.SQL("{}.{}").format(sql.Identifier(EVENTS_SCHEMA), sql.Identifier(getattr(app.recorder, "events_table_name")))
+    query = sql.SQL(
+        "SELECT id FROM unnest(%s::uuid[]) AS id WHERE EXISTS (SELECT 1 FROM {} WHERE originator_id = id)"
+    ).format(table)
+    with getattr(app.recorder, "datastore").transaction(commit=False) as cursor:
+        cursor.execute(query, (stream_ids,))
+        return {row["id"] for row in cursor.fetchall()}
+
+
+def device_readings(
+    app: WattLedger, device_id: UUID, start: datetime, end: datetime,
+    progress: Callable[[float], None] = lambda share: None,
+) -> Iterator[MeterDay.ReadingRecorded]:
+    """The device's readings measured in [start, end), in time order, from its meter-day streams.
+
+    Reads one day at a time, and only the days that hold readings (found `PROBE_DAYS` at a time),
+    so a range of years costs memory for a day and a query a year for the days without any.
+    `progress` gets the share of the range's days looked at.
+    """
+    first, last = utc_day(start), utc_day(end)
+    total = (last - first).days + 1
+    day = first
+    while day <= last:
+        days = [day + timedelta(days=n) for n in range(min(PROBE_DAYS, (last - day).days + 1))]
+        streams = [meter_day_id(device_id, d) for d in days]
+        present = _stored(app, streams)
+        for stream_id in streams:
+            if stream_id in present:
+                readings = [
+                    e for e in app.events.get(stream_id)
+                    if isinstance(e, MeterDay.ReadingRecorded) and start <= e.measured_at < end
+                ]  # fmt: skip
+                readings.sort(key=lambda e: e.measured_at)
+                yield from readings
+        day = days[-1] + timedelta(days=1)
+        progress(((day - first).days) / total)
+
+
+def _priced_stream(priced: PricedBuckets, device_id: UUID, start: datetime, end: datetime) -> Iterator[tuple[datetime, Decimal]]:
+    """The device's priced buckets in [start, end), in time order, read `PRICED_SPAN` at a time."""
+    at = start
+    while at < end:
+        until = min(at + PRICED_SPAN, end)
+        yield from priced(device_id, at, until)
+        at = until
 
 
 def export_rows(
-    app: WattLedger, spec: ExportSpec, labels: dict[UUID, DeviceLabel], rules: EnergyRules,
-    progress: Callable[[float], None] = lambda share: None,
-    priced: Mapping[UUID, Sequence[tuple[datetime, Decimal]]] | None = None,
+    app: WattLedger, spec: ExportSpec, labels: dict[UUID, DeviceLabel], rules: EnergyRules, *, now: datetime,
+    progress: Callable[[float], None] = lambda share: None, priced: PricedBuckets | None = None,
 ) -> Iterator[list[Any]]:
-    """Every row of an export, device by device in the order asked, each in time order.
+    """Every row of an export, device by device in the order asked, each in time order, in constant memory.
 
-    `priced` holds each device's priced 5-minute buckets (from the energy read model) when the
-    export asks for `cost`; hourly and daily rows then carry the cost of their energy.
+    Readings are read up to `now` (and `READ_AHEAD`), whatever later end the range names. `priced`
+    reads a device's priced 5-minute buckets (the energy read model) when the export asks for
+    `cost`; hourly and daily rows then carry the cost of their energy.
     """
     zone = ZoneInfo(spec.timezone)
+    end = min(spec.end, now + READ_AHEAD)
+    count = len(spec.devices)
     for done, device_id in enumerate(spec.devices):
         label = labels[device_id]
+
+        def note(share: float, done: int = done) -> None:
+            progress((done + share) / count)
+
         if spec.aggregation == "raw":
-            yield from raw_rows(label, device_readings(app, device_id, spec.start, spec.end), spec, zone)
+            yield from raw_rows(label, device_readings(app, device_id, spec.start, end, note), spec, zone)
         else:
-            readings = device_readings(app, device_id, spec.start - PRIMING, spec.end)
-            costs = None if priced is None else bucket_costs(priced.get(device_id, ()), spec, zone)
-            yield from bucket_rows(label, readings, spec, zone, rules, costs=costs)
-        progress((done + 1) / len(spec.devices))
+            readings = device_readings(app, device_id, spec.start - PRIMING, end, note)
+            costs = None if priced is None else _priced_stream(priced, device_id, spec.start, end)
+            yield from bucket_rows(label, readings, spec, zone, rules, priced=costs)
+        progress((done + 1) / count)
 
 
 def _json_array(lines: Path, target: Path) -> None:
@@ -116,12 +168,12 @@ def _drop_header(path: Path) -> None:
 
 def write_export(
     app: WattLedger, export_id: UUID, spec: ExportSpec, labels: dict[UUID, DeviceLabel], directory: Path,
-    rules: EnergyRules, progress: Callable[[float], None] = lambda share: None,
-    priced: Mapping[UUID, Sequence[tuple[datetime, Decimal]]] | None = None,
+    rules: EnergyRules, *, now: datetime, progress: Callable[[float], None] = lambda share: None,
+    priced: PricedBuckets | None = None,
 ) -> WrittenExport:
     """Write an export's file under `directory`; blocking. Raises OSError if the disk refuses (nothing is left)."""
     with open_writer(WRITER_FORMAT[spec.format], directory, str(export_id), spec.columns()) as writer:
-        for row in export_rows(app, spec, labels, rules, progress, priced):
+        for row in export_rows(app, spec, labels, rules, now=now, progress=progress, priced=priced):
             writer.write(row)
         [path] = writer.close()
     if spec.format == "json":
@@ -160,6 +212,15 @@ class ExportCatalog(Protocol):
     async def priced_buckets(self, device_id: UUID, start: datetime, end: datetime) -> list[tuple[datetime, Decimal]]:
         """(start, cost) of the device's priced 5-minute buckets in [start, end), all its channels together."""
         ...
+
+
+def blocking_prices(catalog: ExportCatalog) -> PricedBuckets:
+    """The catalog's priced buckets for a worker thread started by anyio, read on the event loop."""
+
+    def priced(device_id: UUID, start: datetime, end: datetime) -> list[tuple[datetime, Decimal]]:
+        return anyio.from_thread.run(catalog.priced_buckets, device_id, start, end)
+
+    return priced
 
 
 class DataExportJobs:
@@ -228,12 +289,12 @@ class DataExportJobs:
                     self.progress[export_id] = share
 
                 spec = export.spec
-                priced = None
-                if "cost" in spec.fields and spec.aggregation != "raw":
-                    priced = {d: await self.catalog.priced_buckets(d, spec.start, spec.end) for d in spec.devices}
-                written = await anyio.to_thread.run_sync(
-                    write_export, self.app, export_id, spec, labels, self.directory, self.rules, note, priced
-                )
+                priced = blocking_prices(self.catalog) if "cost" in spec.fields and spec.aggregation != "raw" else None
+                now = self.handlers.clock.now()
+                written = await anyio.to_thread.run_sync(functools.partial(
+                    write_export, self.app, export_id, spec, labels, self.directory, self.rules, now=now,
+                    progress=note, priced=priced,
+                ))  # fmt: skip
                 stored = await self.handlers.settle(
                     export_id, outcome="completed", file_name=written.file_name, file_size=written.file_size,
                     record_count=written.record_count, sha256=written.sha256, retention=self.retention,

@@ -81,7 +81,7 @@ METRICS: Final[tuple[MetricInfo, ...]] = (
                "daily; empty for raw rows)"),
 )
 METRIC_FIELDS: Final = frozenset(m.field for m in METRICS)
-DEFAULT_FIELDS: Final = ("timestamp", "power_w", "energy_kwh")
+DEFAULT_FIELDS: Final = ("timestamp", "power_w", "energy_kwh", "cost")
 IDENTITY_COLUMNS: Final = ("timestamp", "device_ip", "device_name")
 
 
@@ -252,20 +252,6 @@ def raw_rows(
 COST_QUANTUM = Decimal("0.000001")
 
 
-def bucket_costs(
-    priced: Iterable[tuple[datetime, Decimal]], spec: ExportSpec, zone: ZoneInfo
-) -> dict[datetime, Decimal]:
-    """The cost of each hourly or daily bucket of an export, summed from the energy read model's priced
-    5-minute buckets (start, cost) that lie in the export's range. Five minutes divides every zone
-    offset, so each 5-minute bucket falls in exactly one local hour and day."""
-    costs: dict[datetime, Decimal] = {}
-    for start, cost in priced:
-        if spec.start <= start < spec.end:
-            key = _bucket_of(start, zone, spec.aggregation)
-            costs[key] = costs.get(key, Decimal(0)) + cost
-    return costs
-
-
 class _Bucket:
     __slots__ = ("wh", "power_sum", "power_max", "count")
 
@@ -315,13 +301,13 @@ def _bucket_of(moment: datetime, zone: ZoneInfo, aggregation: Aggregation) -> da
 
 def bucket_rows(
     device: DeviceLabel,
-    readings: Sequence[MeterDay.ReadingRecorded],
+    readings: Iterable[MeterDay.ReadingRecorded],
     spec: ExportSpec,
     zone: ZoneInfo,
     rules: EnergyRules,
     state: MeterState | None = None,
-    costs: Mapping[datetime, Decimal] | None = None,
-) -> list[list[Any]]:
+    priced: Iterable[tuple[datetime, Decimal]] | None = None,
+) -> Iterator[list[Any]]:
     """Hourly or daily rows of one device over [start, end): the energy used within both the bucket and
     the range, and mean and peak power of the readings in both.
 
@@ -329,10 +315,35 @@ def bucket_rows(
     fold (`state` may carry it in), so the first bucket counts the energy since
     the reading before it. A bucket is labelled by its local start, which may
     lie before `start` when the range does not begin on a bucket boundary.
-    Buckets with neither readings nor energy are left out. `costs` holds the cost of each
-    bucket by its start (see `bucket_costs`); without it the cost column stays empty.
+    Buckets with neither readings nor energy are left out. `priced` holds the
+    energy read model's priced 5-minute buckets (start, cost) in time order; a
+    row's cost is the sum of those in its bucket and the range (five minutes
+    divides every zone offset, so each lies in exactly one local hour and day);
+    without it the cost column stays empty.
+
+    Rows come in time order as soon as no later reading can change them (every
+    channel has read past the bucket), so memory holds a few buckets, not the range.
     """
     buckets: dict[datetime, _Bucket] = {}
+    metrics = spec.columns()[len(IDENTITY_COLUMNS):]
+    costs = _CostMerge(priced, spec, zone) if priced is not None else None
+    settled: datetime | None = None
+
+    def rows_before(bound: datetime | None) -> Iterator[list[Any]]:
+        for start in sorted(b for b in buckets if bound is None or b < bound):
+            bucket = buckets.pop(start)
+            values = {
+                "power_w": round(bucket.power_sum / bucket.count, 3) if bucket.count else None,
+                "energy_kwh": round(bucket.wh / 1000, 6),
+                "voltage": None,
+                "current": None,
+                "is_on": None,
+                "max_power_w": bucket.power_max,
+                "readings": bucket.count,
+                "cost": None if costs is None else float(costs.cost_of(start).quantize(COST_QUANTUM, context=STORED)),
+            }
+            yield [_local(start, zone), device.address, device.name, *(_value(m, values) for m in metrics)]
+
     for reading in readings:
         state, intervals = step(state, reading_of(reading, device.mac), rules)
         for interval in map(lambda i: _clipped(i, spec.start, spec.end), intervals):
@@ -351,19 +362,33 @@ def bucket_rows(
             bucket.count += 1
             bucket.power_max = reading.power_w if bucket.power_max is None else max(bucket.power_max,
                                                                                       reading.power_w)
-    metrics = spec.columns()[len(IDENTITY_COLUMNS):]
-    rows: list[list[Any]] = []
-    for start in sorted(buckets):
-        bucket = buckets[start]
-        values = {
-            "power_w": round(bucket.power_sum / bucket.count, 3) if bucket.count else None,
-            "energy_kwh": round(bucket.wh / 1000, 6),
-            "voltage": None,
-            "current": None,
-            "is_on": None,
-            "max_power_w": bucket.power_max,
-            "readings": bucket.count,
-            "cost": None if costs is None else float(costs.get(start, Decimal(0)).quantize(COST_QUANTUM, context=STORED)),
-        }
-        rows.append([_local(start, zone), device.address, device.name, *(_value(m, values) for m in metrics)])
-    return rows
+        # The next intervals start where each channel last read, so earlier buckets are final.
+        oldest = min((c.at for c in state.channels.values()), default=state.at)
+        bound = _bucket_of(oldest, zone, spec.aggregation)
+        if settled is None or bound > settled:
+            settled = bound
+            yield from rows_before(bound)
+    yield from rows_before(None)
+
+
+class _CostMerge:
+    """Sums priced 5-minute buckets, read once in time order, into the export's buckets asked for in order."""
+
+    def __init__(self, priced: Iterable[tuple[datetime, Decimal]], spec: ExportSpec, zone: ZoneInfo) -> None:
+        self.priced = iter(priced)
+        self.spec = spec
+        self.zone = zone
+        self.pending = next(self.priced, None)
+
+    def cost_of(self, bucket: datetime) -> Decimal:
+        """The cost of `bucket`; priced buckets of earlier export buckets (with no row) are passed over."""
+        cost = Decimal(0)
+        while self.pending is not None:
+            start, price = self.pending
+            key = _bucket_of(start, self.zone, self.spec.aggregation)
+            if key > bucket:
+                break
+            if key == bucket and self.spec.start <= start < self.spec.end:
+                cost += price
+            self.pending = next(self.priced, None)
+        return cost

@@ -20,7 +20,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import File
 
-from adapters.data_exports import EXTENSION, DataExportJobs, export_rows, readings_stored
+from adapters.data_exports import EXTENSION, DataExportJobs, blocking_prices, export_rows, readings_stored
 from api.controllers.devices import resolve_device
 from api.services import Services
 from domain.errors import (
@@ -46,12 +46,14 @@ from domain.exports import (
 )
 from domain.identity import Permission, Principal, Role
 from projections.devices import list_devices
-from projections.exports import ExportRow, export_history, export_stats, find_export
+from projections.exports import ExportReadModel, ExportRow, export_history, export_stats, find_export
 
 NEEDS = {"permission": Permission.DATA_EXPORT}
 DeviceKey = Annotated[str, msgspec.Meta(min_length=1, max_length=261)]
 FieldName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 PREVIEW_RANGE = timedelta(days=1)
+PREVIEW_MAX_RANGE = timedelta(days=366)
+"""The preview reads every reading of its range within the request to count the rows; an export has no cap."""
 DATA_POINTS_SPAN = timedelta(days=366)
 
 
@@ -335,21 +337,30 @@ class ExportsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 5,
     ) -> Preview:
         """The first rows an export with these parameters would hold (the last day unless `start`/`end` say
-        otherwise), how many there would be and about how large a CSV of them is."""
-        until = end or services.clock.now()
+        otherwise, at most 366 days), how many there would be and about how large a CSV of them is. Rows
+        carry `cost` unless `fields` says otherwise: hourly and daily rows priced by the energy read
+        model, raw rows null."""
+        now = services.clock.now()
+        until = end or now
         if not 2000 <= until.year <= 9000:
             raise InvalidExport("end: from the year 2000 to 9000")
+        since = start or until - PREVIEW_RANGE
+        if until - since > PREVIEW_MAX_RANGE:
+            raise InvalidExport("start, end: a preview covers at most 366 days; an export may cover any range")
         spec, labels = await _spec(
-            services, [d.strip() for d in devices.split(",") if d.strip()][:100], start or until - PREVIEW_RANGE,
-            until, [f.strip() for f in (fields or "").split(",") if f.strip()], aggregation, "csv", timezone_name,
-            True,
+            services, [d.strip() for d in devices.split(",") if d.strip()][:100], since, until,
+            [f.strip() for f in (fields or "").split(",") if f.strip()], aggregation, "csv", timezone_name, True,
         )
         rules = services.energy_rules
+        priced = None
+        if "cost" in spec.fields and spec.aggregation != "raw":
+            priced = blocking_prices(ExportReadModel(services.read_pool))
 
         def shape() -> tuple[list[list[Any]], int, int]:
             kept: list[list[Any]] = []
             total = size = 0
-            for row in export_rows(services.app, spec, {label.device_id: label for label in labels}, rules):
+            named = {label.device_id: label for label in labels}
+            for row in export_rows(services.app, spec, named, rules, now=now, priced=priced):
                 total += 1
                 size += len(",".join("" if v is None else str(v) for v in row)) + 2
                 if len(kept) < limit:

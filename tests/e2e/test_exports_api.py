@@ -260,7 +260,7 @@ async def test_bad_export_requests_are_refused_and_store_nothing(
         ({"date_range": {"start": T0.isoformat(), "end": T0.isoformat()}}, 400),
         ({"fields": ["timestamp", "password"]}, 400),
         ({"options": {"timezone": "Mars/Olympus"}}, 400),
-        ({"format": "pdf"}, 400),
+        ({"format": "pdf"}, 422),
         ({"devices": ["10.255.255.1"]}, 404),
     ):
         response = await create(client, device, **body)
@@ -289,7 +289,7 @@ def test_a_spring_forward_day_has_23_hourly_buckets_holding_the_whole_day() -> N
     for aggregation, count in (("hourly", 23), ("daily", 1)):
         spec = ExportSpec(devices=(device_id,), start=start, end=end, fields=("timestamp", "energy_kwh"),
                           aggregation=aggregation, timezone="Europe/Berlin", format="csv")  # type: ignore[arg-type]
-        rows = bucket_rows(label, readings, spec, berlin, EnergyRules())
+        rows = list(bucket_rows(label, readings, spec, berlin, EnergyRules()))
         assert len(rows) == count, aggregation
         assert sum(r[3] for r in rows) == pytest.approx(23 * 60 / 1000)
         assert rows[0][0] == "2026-03-29T00:00:00+01:00"
@@ -315,3 +315,44 @@ async def test_hourly_rows_carry_the_cost_of_their_energy_at_the_rate_in_force(
         rows = json.loads((await client.get(status["download_url"])).content)
     assert [round(r["energy_kwh"], 6) for r in rows] == [0.04, 0.04, 0.03]
     assert [r["cost"] for r in rows] == [pytest.approx(r["energy_kwh"] * 0.2, abs=1e-6) for r in rows]
+
+
+async def test_an_export_may_cover_the_whole_history(
+    client: httpx.AsyncClient, runtime: Runtime, device: dict[str, Any]
+) -> None:
+    """No cap on the range: the job reads only the days holding readings, up to now, one day at a time."""
+    whole = {"start": "2000-01-01T00:00:00Z", "end": "2999-12-31T00:00:00Z"}
+    async with background(runtime, poll=False):
+        raw = await finished(client, runtime, await create(client, device, date_range=whole, format="csv"))
+        daily = await finished(client, runtime, await create(
+            client, device, date_range=whole, format="json", aggregation="daily", options={"timezone": "UTC"},
+        ))  # fmt: skip
+        rows = json.loads((await client.get(daily["download_url"])).content)
+    assert (raw["status"], raw["record_count"]) == ("completed", READINGS), raw
+    assert daily["status"] == "completed" and len(rows) == 1, daily
+    assert set(rows[0]) == {"timestamp", "device_ip", "device_name", "power_w", "energy_kwh", "cost"}
+    assert rows[0]["energy_kwh"] == pytest.approx(0.11)
+
+
+async def test_the_preview_carries_cost_as_the_export_would(
+    client: httpx.AsyncClient, runtime: Runtime, device: dict[str, Any]
+) -> None:
+    """The seed's preview rows: `cost` from the energy read model for hourly and daily rows, null for raw ones."""
+    rate = await client.post("/api/rates", json={
+        "rate_type": "simple", "rate_structure": {"rate_per_kwh": 0.20}, "effective_from": "2026-01-01T00:00:00Z",
+    })  # fmt: skip
+    assert rate.status_code == 201, rate.text
+    await asyncio.to_thread(runtime.engine.catch_up_all)
+    window = {"devices": device["device_ip"], "start": T0.isoformat(), "end": (T0 + timedelta(hours=3)).isoformat(),
+              "timezone": "UTC"}  # fmt: skip
+    hourly = (await client.get("/api/exports/preview", params={**window, "aggregation": "hourly"})).json()
+    raw = (await client.get("/api/exports/preview", params=window)).json()
+    assert [set(r) for r in hourly["preview"]] == [
+        {"timestamp", "device_ip", "device_name", "power_w", "energy_kwh", "cost"}] * 3  # fmt: skip
+    assert [r["cost"] for r in hourly["preview"]] == [pytest.approx(0.008), pytest.approx(0.008), pytest.approx(0.006)]
+    assert {r["cost"] for r in raw["preview"]} == {None} and raw["total_records"] == READINGS
+    long = await client.get("/api/exports/preview", params={**window, "start": "2024-01-01T00:00:00Z"})
+    assert (long.status_code, long.json()["error_code"]) == (400, "INVALID_EXPORT"), long.text
+    headless = await create(client, device, format="excel", options={"include_headers": False})
+    assert (headless.status_code, headless.json()["error_code"]) == (400, "INVALID_EXPORT"), headless.text
+    assert "include_headers" in headless.json()["detail"]
