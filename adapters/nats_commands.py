@@ -6,7 +6,8 @@ Every API process subscribes in one queue group, so a request is handled once
 however many processes run. A request body is JSON (unknown fields refused); the
 reply is `{"ok": true, "result": {...}}` or `{"ok": false, "error": {"status_code",
 "error_code", "detail"}}` with the same codes as the REST API. A request that
-cannot be decoded is answered with a 400 error and changes nothing.
+cannot be decoded is answered with a 400 error, one that breaks the body's schema
+with 422 `VALIDATION_ERROR`, and neither changes anything.
 
 | subject | body | result |
 | --- | --- | --- |
@@ -273,9 +274,10 @@ def _error(status_code: int, error_code: str, detail: str) -> Reply:
 
 def _failure(exc: Exception, unavailable: str, **context: str) -> Reply:
     """The error reply for a failed command, as REST would answer it: 400 for a body that does not
-    decode or fit, the domain error's status and code, else (logged) 503 with `unavailable`."""
+    decode, 422 for one that does not fit its schema, the domain error's status and code, else
+    (logged) 503 with `unavailable`."""
     if isinstance(exc, msgspec.ValidationError):
-        return _error(400, "VALIDATION_ERROR", str(exc))
+        return _error(422, "VALIDATION_ERROR", str(exc))
     if isinstance(exc, msgspec.DecodeError):
         return _error(400, "INVALID_REQUEST", "the body is not valid JSON")
     if isinstance(exc, DomainError):

@@ -85,7 +85,7 @@ async def test_bad_requests_over_nats_get_error_replies_and_store_nothing(
     before = runtime.app.recorder.max_notification_id()
     cases = {
         ("add", b"not json"): (400, "INVALID_REQUEST"),
-        ("add", b'{"ip": "10.0.0.1", "extra": 1}'): (400, "VALIDATION_ERROR"),
+        ("add", b'{"ip": "10.0.0.1", "extra": 1}'): (422, "VALIDATION_ERROR"),
         ("add", b'{"ip": "10.0.0.1:70000"}'): (400, "INVALID_ADDRESS"),
         ("add", msgspec.json.encode({"ip": "127.0.0.1:1"})): (422, "DEVICE_UNREACHABLE"),
         ("remove", b'{"device": "127.0.0.9"}'): (404, "DEVICE_NOT_FOUND"),
