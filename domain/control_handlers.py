@@ -47,6 +47,7 @@ from domain.errors import (
 )
 from domain.ports import Clock, DeviceSwitch, EventStore
 from domain.readings import DeviceSnapshot
+from domain.retry import ATTEMPTS, retrying
 from domain.text import check_optional_text, check_text, clean_text
 
 EXECUTOR_ACTOR = "system:executor"
@@ -103,17 +104,14 @@ class ConfigHandlers:
         Raises InvalidConfig naming a bad field (nothing stored); a second concurrent writer
         conflict reaches the caller as ConcurrencyConflict.
         """
-        for attempt in (1, 2):
+
+        async def attempt() -> tuple[ConfigValues, int]:
             config = await self.store.aggregate(CONFIG_ID, SystemConfig) or SystemConfig(actor=command.actor)
             config.change(command.changes, actor=command.actor)
-            try:
-                position = await self.store.save(config)
-            except ConcurrencyConflict:
-                if attempt == 2:
-                    raise
-                continue
+            position = await self.store.save(config)
             return effective(self.defaults, config), position
-        raise AssertionError("unreachable")
+
+        return await retrying(attempt)
 
 
 class ControlHandlers:
@@ -156,7 +154,8 @@ class ControlHandlers:
         wanted = fingerprint(device.id, outlet, command.action.value)
         key = command.idempotency_key
         command_id = idempotent_command_id(command.actor, key) if key else uuid4()
-        for attempt in (1, 2):
+
+        async def attempt() -> ControlAccepted:
             if key:
                 first = await self.store.aggregate(command_id, ControlCommand)
                 if first is not None:
@@ -172,14 +171,11 @@ class ControlHandlers:
             )  # fmt: skip
             if not device.online:
                 control.fail(Reason.DEVICE_OFFLINE, f"device {device.address} is offline", actor=command.actor)
-            try:
-                position = await self.store.save(control)
-            except ConcurrencyConflict:
-                if attempt == 2 or not key:
-                    raise
-                continue
+            position = await self.store.save(control)
             return ControlAccepted(command_id=command_id, created=True, position=position)
-        raise AssertionError("unreachable")
+
+        # Decided again, a keyed request finds what a concurrent one stored under its key; a fresh id finds nothing.
+        return await retrying(attempt, attempts=ATTEMPTS if key else 1)
 
     async def command(self, command_id: UUID) -> ControlCommand:
         """The command from the event store; raises CommandNotFound."""
@@ -307,14 +303,12 @@ class ControlHandlers:
         if device is None or device.removed:
             raise DeviceNotFound(f"no device with id {command.device_id}")
         await self.switch.set_alias(parse_address(device.address), command.alias)
-        for attempt in (1, 2):
-            device = await self.store.device(command.device_id)
-            if device is None:
+
+        async def attempt() -> Stored:
+            renamed = await self.store.device(command.device_id)
+            if renamed is None:
                 raise DeviceNotFound(f"no device with id {command.device_id}")
-            device.rename(command.alias, actor=command.actor)
-            try:
-                return Stored(position=await self.store.save(device))
-            except ConcurrencyConflict:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            renamed.rename(command.alias, actor=command.actor)
+            return Stored(position=await self.store.save(renamed))
+
+        return await retrying(attempt)

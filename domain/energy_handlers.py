@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 import msgspec
 
 from domain.commands import Command
-from domain.errors import ConcurrencyConflict, DeviceNotFound, InvalidRequest
+from domain.errors import DeviceNotFound, InvalidRequest
 from domain.imports import DeviceShape, ImportedReading, check_readings, snapshots
 from domain.meter import MeterDay, utc_day
 from domain.ports import Clock, EventStore
 from domain.rates import TARIFF_ID, RateVersion, Tariff, parse_rate
 from domain.readings import DeviceSnapshot
+from domain.retry import retrying
 from domain.text import check_text
 from domain.usage import EnergySettings
 
@@ -84,16 +86,9 @@ class EnergyHandlers:
             by_day.setdefault(utc_day(at), []).append((at, snapshot))
         recorded = position = 0
         for part in _parts(list(by_day.items())):
-            for attempt in (1, 2):
-                try:
-                    count, last = await self._store_days(command.device_id, part, command.actor)
-                except ConcurrencyConflict:
-                    if attempt == 2:
-                        raise
-                    continue
-                recorded += count
-                position = max(position, last)
-                break
+            count, last = await retrying(partial(self._store_days, command.device_id, part, command.actor))
+            recorded += count
+            position = max(position, last)
         return ReadingsImported(
             received=len(command.readings), recorded=recorded, duplicates=len(command.readings) - recorded,
             position=position,
@@ -119,22 +114,21 @@ class EnergyHandlers:
         for a threshold that is not a finite number from 0 to 1,000,000 W."""
         if command.threshold_w is not None and not 0 <= command.threshold_w <= 1e6:
             raise InvalidRequest("threshold_w must be a number from 0 to 1000000 W, or null for the default")
-        for attempt in (1, 2):
+
+        async def attempt() -> int:
             device = await self.store.device(command.device_id)
             if device is None or device.removed:
                 raise DeviceNotFound(f"no device with id {command.device_id}")
             device.set_session_threshold(command.threshold_w, actor=command.actor)
-            try:
-                return await self.store.save(device)
-            except ConcurrencyConflict:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return await self.store.save(device)
+
+        return await retrying(attempt)
 
     async def set_rate(self, command: SetRate) -> RateStored:
         """Validate and store a new rate version. Raises InvalidRate naming the first bad field, InvalidText
         for a period label that holds a character text may not hold."""
-        for attempt in (1, 2):
+
+        async def attempt() -> RateStored:
             tariff = await self.store.aggregate(TARIFF_ID, Tariff)
             if tariff is None:
                 tariff = Tariff(actor=command.actor)
@@ -144,12 +138,9 @@ class EnergyHandlers:
             )  # fmt: skip
             _check_labels(rate)
             tariff.set_rate(rate, actor=command.actor)
-            try:
-                return RateStored(rate=rate, position=await self.store.save(tariff))
-            except ConcurrencyConflict:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return RateStored(rate=rate, position=await self.store.save(tariff))
+
+        return await retrying(attempt)
 
 
 def _check_labels(rate: RateVersion) -> None:

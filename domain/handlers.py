@@ -2,8 +2,8 @@
 
 Each entry point builds a `CommandHandlers` with its own adapters and calls the
 same methods. A handler decides with the aggregates, stores their events in one
-`save`, and owns the retry policy: a `ConcurrencyConflict` reloads and decides
-again once; a second conflict reaches the caller.
+`save` under the conflict-retry policy of `domain.retry`: a `ConcurrencyConflict`
+reloads and decides again once; a second conflict reaches the caller.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from functools import partial
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -32,7 +33,6 @@ from domain.commands import (
 )
 from domain.device import Device, device_id_for
 from domain.errors import (
-    ConcurrencyConflict,
     DeviceAlreadyExists,
     DeviceError,
     DeviceNotFound,
@@ -42,6 +42,7 @@ from domain.errors import (
 from domain.meter import MeterDay, utc_day
 from domain.ports import Clock, DeviceDriver, EventStore
 from domain.readings import DeviceSnapshot
+from domain.retry import retrying
 from domain.text import check_optional_text, check_text
 
 POLLS_PER_SAVE = 100
@@ -99,7 +100,8 @@ class CommandHandlers:
         canonical = str(address)
         device_id = device_id_for(canonical)
         measured_at = self.clock.now()
-        for attempt in (1, 2):
+
+        async def attempt() -> DeviceAdded:
             device = await self.store.device(device_id)
             if device is None:
                 device = Device.from_snapshot(canonical, snapshot, alias=alias, actor=actor)
@@ -109,14 +111,10 @@ class CommandHandlers:
                 device.restore(snapshot, alias=alias, actor=actor)
             meter = await self._meter(device_id, measured_at)
             meter.record(measured_at, snapshot, actor=actor)
-            try:
-                position = await self.store.save(device, meter)
-            except ConcurrencyConflict:
-                if attempt == 2:
-                    raise
-                continue
+            position = await self.store.save(device, meter)
             return DeviceAdded(device_id=device_id, address=canonical, position=position)
-        raise AssertionError("unreachable")
+
+        return await retrying(attempt)
 
     async def remove_device(self, command: RemoveDevice) -> Stored:
         """Remove a present device; its history stays. Raises DeviceNotFound / DeviceRemoved."""
@@ -130,17 +128,14 @@ class CommandHandlers:
         )
 
     async def _change_device(self, device_id: UUID, change: Callable[[Device], None]) -> Stored:
-        for attempt in (1, 2):
+        async def attempt() -> Stored:
             device = await self.store.device(device_id)
             if device is None:
                 raise DeviceNotFound(f"no device with id {device_id}")
             change(device)
-            try:
-                return Stored(position=await self.store.save(device))
-            except ConcurrencyConflict:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return Stored(position=await self.store.save(device))
+
+        return await retrying(attempt)
 
     async def discover_devices(self, command: DiscoverDevices) -> Discovered:
         """Discover, then contact the devices found concurrently (bounded) and add the new ones."""
@@ -186,16 +181,9 @@ class CommandHandlers:
         for start in range(0, max(len(results), len(offline)), POLLS_PER_SAVE):
             part = results[start : start + POLLS_PER_SAVE]
             missed = offline[start : start + POLLS_PER_SAVE]
-            for attempt in (1, 2):
-                try:
-                    count, last = await self._record_part(part, missed, actor=command.actor)
-                except ConcurrencyConflict:
-                    if attempt == 2:
-                        raise
-                    continue
-                recorded += count
-                position = max(position, last)
-                break
+            count, last = await retrying(partial(self._record_part, part, missed, actor=command.actor))
+            recorded += count
+            position = max(position, last)
         return PollsRecorded(recorded=recorded, position=position)
 
     async def _record_part(
