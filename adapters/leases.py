@@ -29,10 +29,10 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.poller import Assigned
+from adapters.schemas import OPS_SCHEMA
 
 log = structlog.get_logger(__name__)
 
-OPS_SCHEMA = "wl_ops"
 VALID_SHARE = 0.8
 """Part of the lease time a member polls on its last renewal; the rest is the hand-over margin."""
 
@@ -98,7 +98,7 @@ class Leases:
     async def setup(self) -> None:
         """Create the schema and tables if missing; concurrent members wait on one advisory lock."""
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('wl_ops.poll_leases'))")
+            await conn.execute(f"SELECT pg_advisory_xact_lock(hashtext('{OPS_SCHEMA}.poll_leases'))")
             await conn.execute(self._sql(_SCHEMA_SQL))
         self._ready = True
 

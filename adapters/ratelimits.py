@@ -26,9 +26,10 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from adapters.schemas import OPS_SCHEMA
+
 log = structlog.get_logger(__name__)
 
-OPS_SCHEMA = "wl_ops"
 TABLE = f"{OPS_SCHEMA}.rate_counters"
 
 MAX_COUNT = 1_000_000_000
@@ -94,7 +95,7 @@ WHERE c.bucket = r.bucket AND c.window_start = r.start AND c.count > 0
 _SWEEP = f"DELETE FROM {TABLE} WHERE expires_at < now()"
 
 # Serialises creating the table between processes starting at once.
-_DDL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('wl_ops.rate_counters'))"
+_DDL_LOCK = f"SELECT pg_advisory_xact_lock(hashtext('{TABLE}'))"
 
 _UNITS = ((86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second"))
 _UNIT_SECONDS = {
