@@ -14,6 +14,10 @@ in the store (its primary key), so a page with any other filter looks at a bound
 window of positions after its cursor and returns the ones that match: every page
 costs the same however deep it is (keyset on `notification_id`, never OFFSET), and a
 page may hold fewer than `limit` events while `next_position` says where to go on.
+
+Decoding goes through `adapters.eventlog`, as for every reader of the log: this module adds
+what the library's log reader cannot be asked for (stream filters, bounded keyset pages, the
+stored bytes themselves for the hash chain, a snapshot on the caller's own connection).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from adapters.contract import CONTRACT, EventData, Envelope, aggregate_name, envelope_for
+from adapters.eventlog import EventLog
 from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 
 __all__ = [
@@ -205,9 +210,10 @@ def decode_records(
     app: WattLedger, records: Sequence[StoredRecord], where: EventFilter | None = None
 ) -> list[Envelope[EventData]]:
     """The public envelopes of stored records (the contract's form, as the stream carries them),
-    keeping those that pass the payload filters. Raises what the mapper raises for a record
+    keeping those that pass the payload filters. Raises what decoding raises for a record
     that no longer decodes (e.g. its bytes were changed)."""
-    envelopes = [envelope_for(r.notification_id, app.mapper.to_domain_event(r.notification())) for r in records]
+    events = EventLog(app).decode_all([r.notification() for r in records])
+    envelopes = [envelope_for(r.notification_id, event) for r, event in zip(records, events, strict=True)]
     if where is None or not where.needs_payload:
         return envelopes
     return [e for e in envelopes if where.matches(e)]
@@ -256,7 +262,7 @@ async def read_page(
     the log at most (PostgreSQL has no index for those), so it may come back short, or
     empty, with a `next_position` to continue from: every page costs the same however deep
     it is. `next_position` is None once the end of the log was reached. Decoding runs in a
-    worker thread (the mapper is synchronous).
+    worker thread (decoding is synchronous).
     """
     if not windowed(where):
         records = await records_of(conn, where, after=after, limit=limit + 1)

@@ -48,7 +48,6 @@ import msgspec
 import psycopg
 import structlog
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Notification
 from nats.errors import ConnectionClosedError, MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.api import Header, PubAck
@@ -58,6 +57,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import BusError, StreamConfig, subject_for
 from adapters.contract import aggregate_name, decode_envelope, encode_envelope
+from adapters.eventlog import EventLog, Logged
 from adapters.eventstore import WattLedger
 from adapters.faults import DATABASE_FAULTS, NATS_FAULTS, describe, reraise_if_cancelled, report
 from domain.meter import MeterDay
@@ -245,14 +245,14 @@ class Relay:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self._app = app
+        self._event_log = EventLog(app)
         self._js = js
         self._database_url = database_url
         self._stream = stream
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._ack_timeout = ack_timeout
-        self._channel: str | None = getattr(app.recorder, "channel_name", None) if listen else None
+        self._channel: str | None = self._event_log.channel if listen else None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             database_url,
             min_size=1,
@@ -318,9 +318,9 @@ class Relay:
     async def status(self, *, last: int = 5) -> RelayStatus:
         """`relay_status` of this relay's stream, against the event store's newest notification."""
         await self.open()
-        max_id = await asyncio.to_thread(self._app.recorder.max_notification_id)
+        max_id = await asyncio.to_thread(self._event_log.max_id)
         async with self._pool.connection() as conn:
-            return await relay_status(conn, self._stream.name, max_id or 0, last=last)
+            return await relay_status(conn, self._stream.name, max_id, last=last)
 
     async def reset(self, position: int = 0) -> None:
         """Publish again from `position + 1` on the next pass (see the class docstring)."""
@@ -478,13 +478,10 @@ class Relay:
             delay = min(delay * 2, 30.0)
 
     def _read_batch(self, after: int) -> list[_Outgoing]:
-        notifications = self._app.recorder.select_notifications(
-            after, self._batch_size, inclusive_of_start=False
-        )
-        return [self._outgoing(n) for n in notifications]
+        return [self._outgoing(logged) for logged in self._event_log.read(after, self._batch_size)]
 
-    def _outgoing(self, notification: Notification) -> _Outgoing:
-        event = self._app.mapper.to_domain_event(notification)
+    def _outgoing(self, logged: Logged) -> _Outgoing:
+        notification, event = logged
         where = route_for(event)
         return _Outgoing(
             notification_id=notification.id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,10 +13,11 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from adapters.compliance import ComplianceJobs
 from adapters.data_exports import DataExportJobs
+from adapters.eventlog import EventLog
 from adapters.eventstore import SystemClock, WattLedger
 from adapters.fanout import FanOut
 from adapters.identity import TokenService
@@ -74,6 +76,11 @@ class Services:
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
+    @functools.cached_property
+    def event_log(self) -> EventLog:
+        """The notification log of `app`: its head and sections of it."""
+        return EventLog(self.app)
+
     async def database_answers(self, *, timeout: float = 2.0, attempts: int = 3) -> bool:
         """Whether PostgreSQL answers a query now.
 
@@ -109,9 +116,7 @@ class Services:
         failover, `pg_terminate_backend`), it usually ended the others as well.
         """
         await self.read_pool.check()
-        store_pool = getattr(getattr(self.app.recorder, "datastore", None), "pool", None)
-        if isinstance(store_pool, ConnectionPool):
-            await asyncio.to_thread(store_pool.check)
+        await asyncio.to_thread(self.event_log.check_connections)
 
     async def wait_projected(self, notification_id: int, *, projector: str = "devices", timeout: float = 3.0) -> bool:
         """Wait until `projector` has applied `notification_id` (read-your-writes for commands).
@@ -141,5 +146,5 @@ class Services:
         Authentication does not need it: it reads the event store, so an ended session, a revoked
         key or a deactivated user stops working as soon as the change is stored.
         """
-        newest = await asyncio.to_thread(self.app.recorder.max_notification_id)
-        return await self.wait_projected(newest or 0, projector="identity", timeout=timeout)
+        newest = await asyncio.to_thread(self.event_log.max_id)
+        return await self.wait_projected(newest, projector="identity", timeout=timeout)

@@ -55,6 +55,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
+from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
 from domain.text import escape_text
 
@@ -421,16 +422,16 @@ class Undecodable(msgspec.Struct, frozen=True):
     error: str
 
 
-def decode_notifications(app: WattLedger, notifications: Sequence[Notification]) -> list[object]:
+def decode_notifications(event_log: EventLog, notifications: Sequence[Notification]) -> list[object]:
     """The domain events of `notifications`; one that cannot be decoded is an `Undecodable` in its place."""
     try:
-        return [app.mapper.to_domain_event(n) for n in notifications]
+        return list(event_log.decode_all(notifications))
     except Exception:
         pass
     events: list[object] = []
     for notification in notifications:
         try:
-            events.append(app.mapper.to_domain_event(notification))
+            events.append(event_log.decode(notification))
         except Exception as error:
             events.append(Undecodable(one_line(error)))
     return events
@@ -583,9 +584,10 @@ class _Shadow:
     """
 
     def __init__(
-        self, app: WattLedger, conn: psycopg.Connection[Any], projectors: Sequence[Projector], schema: str, batch: int
+        self, event_log: EventLog, conn: psycopg.Connection[Any], projectors: Sequence[Projector], schema: str,
+        batch: int,
     ) -> None:
-        self.app = app
+        self.event_log = event_log
         self.conn = conn
         self.projectors = list(projectors)
         self.schema = schema
@@ -624,7 +626,7 @@ class _Shadow:
                 ))
 
     def _report(self, progress: Callable[[ReplayProgress], None] | None, phase: str) -> None:
-        self.head = max(self.head, self.position, self.app.recorder.max_notification_id() or 0)
+        self.head = max(self.head, self.position, self.event_log.max_id())
         if progress is not None:
             progress(ReplayProgress(phase=phase, position=self.position, head=self.head, events=self.events))
 
@@ -632,12 +634,10 @@ class _Shadow:
         """Apply the next section (up to `until`) to the shadow tables in the caller's transaction.
 
         Returns the notifications it held: 0 at the end of the log."""
-        notifications = self.app.recorder.select_notifications(
-            start=self.position, limit=self.batch, stop=until, inclusive_of_start=False
-        )
+        notifications = self.event_log.read_raw(self.position, self.batch, stop=until)
         if not notifications:
             return 0
-        events = decode_notifications(self.app, notifications)
+        events = decode_notifications(self.event_log, notifications)
         with self._targeted(cur):
             for projector in self.projectors:
                 self.quarantined.extend(apply_isolating(cur, projector, events, notifications))
@@ -704,7 +704,7 @@ class _Shadow:
         """Bring shadow and live read models to one position under their tracking locks, then diff every table."""
         with self.conn.transaction(), self.conn.cursor() as cur:
             live = self._lock_tracking(cur)
-            target = max([self.app.recorder.max_notification_id() or 0, self.position, *live.values()])
+            target = max([self.event_log.max_id(), self.position, *live.values()])
             while self._step(cur, until=target):
                 pass
             for projector in self.projectors:
@@ -721,11 +721,9 @@ class _Shadow:
         """Project the live read model from `position` to `target`, as the engine would, in the caller's transaction."""
         moved = False
         quarantined: list[tuple[str, int, UUID, int, str, str]] = []
-        while notifications := self.app.recorder.select_notifications(
-            start=position, limit=self.batch, stop=target, inclusive_of_start=False
-        ):
+        while notifications := self.event_log.read_raw(position, self.batch, stop=target):
             _search_path(cur, _homes(projector.tables))
-            events = decode_notifications(self.app, notifications)
+            events = decode_notifications(self.event_log, notifications)
             quarantined.extend(apply_isolating(cur, projector, events, notifications))
             position, moved = notifications[-1].id, True
         _record_quarantine(cur, quarantined)
@@ -798,7 +796,7 @@ class ProjectionEngine:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.app = app
+        self.event_log = EventLog(app)
         self.database_url = database_url
         self.projectors = {p.name: p for p in projectors}
         if len(self.projectors) != len(projectors):
@@ -908,12 +906,10 @@ class ProjectionEngine:
             return len(section.ids), applied
 
     def _read(self, after: int) -> _Section | None:
-        notifications: Sequence[Notification] = self.app.recorder.select_notifications(
-            start=after, limit=self.batch_size, inclusive_of_start=False
-        )
+        notifications = self.event_log.read_raw(after, self.batch_size)
         if not notifications:
             return None
-        events = decode_notifications(self.app, notifications)
+        events = decode_notifications(self.event_log, notifications)
         return _Section(after, [n.id for n in notifications], events, list(notifications))
 
     def _apply(self, conn: psycopg.Connection[Any], name: str, section: _Section, raise_errors: bool) -> int:
@@ -1094,7 +1090,7 @@ class ProjectionEngine:
                 ).fetchone()
                 if not (row and row[0]):
                     raise ReplayBusy(f"a rebuild or verify of {projector.name} is already running")
-            shadow = _Shadow(self.app, conn, projectors, schema, self.batch_size)
+            shadow = _Shadow(self.event_log, conn, projectors, schema, self.batch_size)
             shadow.create()
             try:
                 yield shadow

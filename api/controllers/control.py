@@ -68,8 +68,8 @@ async def settle_view(services: Services, accepted: ControlAccepted, *, wait: bo
         timeout = min(MAX_WAIT_S, max((first.deadline - services.clock.now()).total_seconds(), 0.0) + 1.0)
     command = await control.wait_outcome(accepted.command_id, timeout)
     if command.settled and wait:
-        newest = await asyncio.to_thread(services.app.recorder.max_notification_id)
-        await projected(services, newest or 0, timeout=2.0)
+        newest = await asyncio.to_thread(services.event_log.max_id)
+        await projected(services, newest, timeout=2.0)
     return Response(outcome_of(command), status_code=200 if command.settled else 202)
 
 
@@ -136,8 +136,8 @@ class ControlController(Controller):
             view = await find_command(conn, command_id)
         if view is None:
             # Recorded but maybe not projected yet: wait for the read model once.
-            newest = await asyncio.to_thread(services.app.recorder.max_notification_id)
-            await services.wait_projected(newest or 0, projector="commands", timeout=2.0)
+            newest = await asyncio.to_thread(services.event_log.max_id)
+            await services.wait_projected(newest, projector="commands", timeout=2.0)
             async with services.read_pool.connection() as conn:
                 view = await find_command(conn, command_id)
         if view is None:

@@ -180,7 +180,7 @@ class EventsController(Controller):
     async def head(self, services: NamedDependency[Services]) -> AuditHead:
         """The head of the SHA-256 hash chain over the stored events (position 0 and zeros while empty).
         Keep a copy: `wattledger audit verify` shows whether the stored history still leads to it."""
-        newest = await asyncio.to_thread(services.app.recorder.max_notification_id) or 0
+        newest = await asyncio.to_thread(services.event_log.max_id)
         async with services.read_pool.connection() as conn:
             head = await chain_head(conn)
         position, digest = (head.position, head.hash) if head else (0, GENESIS.hex())

@@ -411,17 +411,9 @@ def _visible(event: LiveEvent, devices: set[UUID], audit: bool) -> bool:
     return audit or (event.envelope.aggregate in DEVICE_AGGREGATES and event.device_id is not None)
 
 
-def _newest(services: Services) -> int:
-    return services.app.recorder.max_notification_id() or 0
-
-
 def _replay_section(services: Services, after: int, until: int) -> list[tuple[int, bytes]]:
     """(id, envelope) of the stored events after `after` up to `until`, one section (runs in a thread)."""
-    app = services.app
-    notifications = app.recorder.select_notifications(
-        start=after, limit=REPLAY_SECTION, stop=until, inclusive_of_start=False
-    )
-    return [(n.id, encode_envelope(n.id, app.mapper.to_domain_event(n))) for n in notifications]
+    return [(e.id, encode_envelope(e.id, e.event)) for e in services.event_log.read(after, REPLAY_SECTION, stop=until)]
 
 
 async def _replay(services: Services, since: int, until: int, devices: set[UUID], audit: bool
@@ -463,7 +455,7 @@ async def _events(
     try:
         replay_end = 0
         if since is not None:
-            replay_end = await asyncio.to_thread(_newest, services)
+            replay_end = await asyncio.to_thread(services.event_log.max_id)
             async for message in _replay(services, since, replay_end, devices, audit):
                 yield message
         if subscriber is None or services.fanout is None:

@@ -85,7 +85,7 @@ class SystemController(Controller):
         (`current`, `failing`, `degraded`) and the events it quarantined (`quarantined`, the newest
         in `quarantine`: position, event, error).
         """
-        max_id = await asyncio.to_thread(services.app.recorder.max_notification_id)
+        max_id = await asyncio.to_thread(services.event_log.max_id)
         async with services.read_pool.connection() as conn:
             total, online = await count_devices(conn)
             cur = await conn.execute(
@@ -93,8 +93,8 @@ class SystemController(Controller):
                 f"(SELECT max(last_seen) FROM {READ_SCHEMA}.devices WHERE NOT removed)"
             )
             row: Any = await cur.fetchone()
-            relay = await relay_status(conn, services.stream_name, max_id or 0)
-            projectors = await projector_status(conn, max_id or 0)
+            relay = await relay_status(conn, services.stream_name, max_id)
+            projectors = await projector_status(conn, max_id)
         return SystemStatus(
             version=VERSION,
             uptime_seconds=int(time.monotonic() - services.started),
@@ -102,7 +102,7 @@ class SystemController(Controller):
             devices_total=total,
             database_size_mb=round(row[0] / 1_048_576, 1),
             last_poll=row[1],
-            events_stored=max_id or 0,
+            events_stored=max_id,
             relay=relay,
             projectors=projectors,
         )

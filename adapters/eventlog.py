@@ -1,0 +1,87 @@
+"""The one door to the notification log: its head, sections of it decoded once, and decoding.
+
+The relay, the projection engine, the live replay, history and the exports read the
+stored events through `EventLog`; nothing else touches the eventsourcing library's
+recorder or mapper. A section is one query of up to `limit` notifications after a
+position (up to `stop`, of some `topics` only), so readers catching up ask for large
+sections (the library's default is small) and decode each event once. Filtered and
+paged reads of the stored table in SQL are `adapters.history`'s, which decodes here too.
+
+Everything here is synchronous, as the library is: async callers run it in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Notification
+from psycopg_pool import ConnectionPool
+
+from adapters.eventstore import WattLedger
+
+__all__ = ["EventLog", "Logged"]
+
+
+class Logged(NamedTuple):
+    """One stored event: its notification (position, stream, version, topic, stored bytes) and the event."""
+
+    notification: Notification
+    event: DomainEventProtocol[Any]
+
+    @property
+    def id(self) -> int:
+        """The event's position in the log (its notification id)."""
+        return self.notification.id
+
+
+class EventLog:
+    """The notification log of a `WattLedger` application, read in sections."""
+
+    def __init__(self, app: WattLedger) -> None:
+        self._app = app
+
+    def max_id(self) -> int:
+        """The newest notification id (0 while the log is empty)."""
+        return self._app.recorder.max_notification_id() or 0
+
+    def read_raw(
+        self, after: int, limit: int, stop: int | None = None, topics: Sequence[str] | None = None
+    ) -> Sequence[Notification]:
+        """Up to `limit` notifications after position `after` (up to `stop`, inclusive), in log order, undecoded.
+
+        `topics` None reads every event; an empty list matches none."""
+        if topics is not None and not topics:
+            return []
+        return self._app.recorder.select_notifications(
+            start=after, limit=limit, stop=stop, topics=topics or (), inclusive_of_start=False
+        )
+
+    def read(
+        self, after: int, limit: int, stop: int | None = None, topics: Sequence[str] | None = None
+    ) -> list[Logged]:
+        """`read_raw`'s notifications with their events decoded. Raises what decoding raises."""
+        notifications = self.read_raw(after, limit, stop, topics)
+        return [Logged(n, e) for n, e in zip(notifications, self.decode_all(notifications), strict=True)]
+
+    def decode(self, notification: Notification) -> DomainEventProtocol[UUID]:
+        """The domain event a notification holds. Raises for one that no longer decodes."""
+        return self._app.mapper.to_domain_event(notification)
+
+    def decode_all(self, notifications: Sequence[Notification]) -> list[DomainEventProtocol[UUID]]:
+        """The domain events of `notifications`, in their order. Raises at the first that does not decode."""
+        decode = self._app.mapper.to_domain_event
+        return [decode(n) for n in notifications]
+
+    @property
+    def channel(self) -> str | None:
+        """The PostgreSQL channel the store notifies after each write (None where the store has none)."""
+        return getattr(self._app.recorder, "channel_name", None)
+
+    def check_connections(self) -> None:
+        """Test the idle connections of the store's pool and replace the dead ones (blocking)."""
+        pool = getattr(getattr(self._app.recorder, "datastore", None), "pool", None)
+        if isinstance(pool, ConnectionPool):
+            pool.check()
