@@ -28,9 +28,9 @@ import msgspec
 import psycopg
 import structlog
 from eventsourcing.utils import get_topic
-from psycopg import sql
 
-from adapters.eventstore import EVENTS_SCHEMA, WattLedger
+from adapters.eventlog import EventLog
+from adapters.eventstore import WattLedger
 from adapters.export_files import open_writer, sha256_file
 from domain.energy import EnergyRules
 from domain.export_handlers import ExportHandlers
@@ -67,17 +67,6 @@ def _days(start: datetime, end: datetime) -> list[Any]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def _stored(app: WattLedger, stream_ids: list[UUID]) -> set[UUID]:
-    """Which of the streams hold any event: one query, one index probe a stream."""
-    table = sql.SQL("{}.{}").format(sql.Identifier(EVENTS_SCHEMA), sql.Identifier(getattr(app.recorder, "events_table_name")))
-    query = sql.SQL(
-        "SELECT id FROM unnest(%s::uuid[]) AS id WHERE EXISTS (SELECT 1 FROM {} WHERE originator_id = id)"
-    ).format(table)
-    with getattr(app.recorder, "datastore").transaction(commit=False) as cursor:
-        cursor.execute(query, (stream_ids,))
-        return {row["id"] for row in cursor.fetchall()}
-
-
 def device_readings(
     app: WattLedger, device_id: UUID, start: datetime, end: datetime,
     progress: Callable[[float], None] = lambda share: None,
@@ -94,7 +83,7 @@ def device_readings(
     while day <= last:
         days = [day + timedelta(days=n) for n in range(min(PROBE_DAYS, (last - day).days + 1))]
         streams = [meter_day_id(device_id, d) for d in days]
-        present = _stored(app, streams)
+        present = EventLog(app).streams_holding(streams)
         for stream_id in streams:
             if stream_id in present:
                 readings = [
@@ -189,9 +178,8 @@ def write_export(
 async def readings_stored(conn: psycopg.AsyncConnection[Any], app: WattLedger, device_id: UUID, since: datetime) -> int:
     """How many readings of the device the event store holds, counted over its meter days from `since` to today."""
     days = _days(since, datetime.now(timezone.utc))
-    table = sql.SQL("{}.{}").format(sql.Identifier(EVENTS_SCHEMA), sql.Identifier(getattr(app.recorder, "events_table_name")))
     cur = await conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE originator_id = ANY(%s) AND topic = %s").format(table),
+        f"SELECT count(*) FROM {EventLog(app).table} WHERE originator_id = ANY(%s) AND topic = %s",
         ([meter_day_id(device_id, day) for day in days], get_topic(MeterDay.ReadingRecorded)),
     )
     row = await cur.fetchone()

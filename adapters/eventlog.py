@@ -20,7 +20,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
 from psycopg_pool import ConnectionPool
 
-from adapters.eventstore import WattLedger
+from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 
 __all__ = ["EventLog", "Logged"]
 
@@ -74,6 +74,19 @@ class EventLog:
         """The domain events of `notifications`, in their order. Raises at the first that does not decode."""
         decode = self._app.mapper.to_domain_event
         return [decode(n) for n in notifications]
+
+    @property
+    def table(self) -> str:
+        """The stored events' table, schema-qualified, for the readers that query it in SQL."""
+        return f"{EVENTS_SCHEMA}.{getattr(self._app.recorder, 'events_table_name')}"
+
+    def streams_holding(self, stream_ids: Sequence[UUID]) -> set[UUID]:
+        """Which of `stream_ids` hold any stored event: one query, one index probe a stream."""
+        query = (f"SELECT id FROM unnest(%s::uuid[]) AS id "
+                 f"WHERE EXISTS (SELECT 1 FROM {self.table} WHERE originator_id = id)")
+        with getattr(self._app.recorder, "datastore").transaction(commit=False) as cursor:
+            cursor.execute(query, (list(stream_ids),))
+            return {row["id"] for row in cursor.fetchall()}
 
     @property
     def channel(self) -> str | None:
