@@ -18,10 +18,11 @@ from domain.control_handlers import ControlHandlers
 from domain.errors import CommandNotFound, Unavailable
 from domain.identity import Permission, Principal
 from projections.commands import CommandView, device_commands, find_command
-from projections.engine import TRACKING
 
 MAX_WAIT_S = 30.0
 """The longest `?wait=true` holds a request (the deadline bounds it too)."""
+SETTLED_VISIBLE_S = 5.0
+"""How long a settled answer waits for each read model to show it (then `X-Read-Models-Pending`)."""
 
 Outlet = Annotated[int, msgspec.Meta(ge=0, le=64)] | Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 IdempotencyKey = Annotated[
@@ -68,26 +69,11 @@ async def settle_view(services: Services, accepted: ControlAccepted, *, wait: bo
         timeout = min(MAX_WAIT_S, max((first.deadline - services.clock.now()).total_seconds(), 0.0) + 1.0)
     command = await control.wait_outcome(accepted.command_id, timeout)
     if command.settled and wait:
+        # A read right after the answer shows the confirmed state and the command in the device's list.
         newest = await asyncio.to_thread(services.event_log.max_id)
-        await projected(services, newest, timeout=2.0)
+        for read_model in ("devices", "commands"):
+            await services.wait_projected(newest, projector=read_model, timeout=SETTLED_VISIBLE_S)
     return Response(outcome_of(command), status_code=200 if command.settled else 202)
-
-
-async def projected(services: Services, position: int, *, timeout: float) -> bool:
-    """Wait (polling every 10 ms) until the devices read model holds `position`, so a read right after
-    the answer shows the confirmed state. False if it did not within `timeout`."""
-    services.on_saved()
-    loop = asyncio.get_running_loop()
-    until = loop.time() + timeout
-    while True:
-        async with services.read_pool.connection() as conn:
-            cur = await conn.execute(f"SELECT position FROM {TRACKING} WHERE name = 'devices'")
-            row = await cur.fetchone()
-        if row is not None and row[0] >= position:
-            return True
-        if loop.time() >= until:
-            return False
-        await asyncio.sleep(0.01)
 
 
 class ControlController(Controller):
