@@ -13,13 +13,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
+from adapters.errors import AdapterError
+
 log = structlog.get_logger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
 _TOKEN = re.compile(r"^[^.*>\s]+$")
 
 
-class BusError(Exception):
+class BusError(AdapterError):
     """A NATS / JetStream problem the caller cannot fix by retrying at once."""
 
 

@@ -36,6 +36,7 @@ import msgspec
 import structlog
 from eventsourcing.domain import DomainEventProtocol
 
+from adapters.errors import AdapterError
 from domain.compliance import ComplianceExport
 from domain.config import SystemConfig
 from domain.control import ControlCommand
@@ -53,7 +54,7 @@ DataT = TypeVar("DataT")
 NO_ACTOR = "system"
 
 
-class ContractError(Exception):
+class ContractError(AdapterError):
     """A message or a contract entry that does not fit the published contract."""
 
 

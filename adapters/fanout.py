@@ -37,6 +37,7 @@ from nats.js import JetStreamContext, api
 
 from adapters.bus import StreamConfig
 from adapters.contract import Envelope, decode_envelope
+from adapters.errors import AdapterError
 from adapters.faults import DATABASE_FAULTS, report
 
 log = structlog.get_logger(__name__)
@@ -175,7 +176,7 @@ def seed_message(envelope: Envelope[dict[str, Any]], address: str | None) -> dic
     return None
 
 
-class Ended(Exception):
+class Ended(AdapterError):
     """The subscriber was ended: `code` names why (`TOO_SLOW`, `CREDENTIALS_ENDED`, `STOPPED`...)."""
 
     def __init__(self, code: str, reason: str) -> None:

@@ -39,6 +39,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from adapters.errors import AdapterError
 from domain.errors import AuthenticationRequired, TokenExpired, TokenInvalid
 from domain.identity import ACCESS_TOKEN_LIFETIME, Principal, SessionGrant
 from domain.identity_handlers import IdentityHandlers
@@ -116,7 +117,7 @@ class Argon2Hasher(PasswordHasher):
 # ---- the secret box ----
 
 
-class SecretBoxError(Exception):
+class SecretBoxError(AdapterError):
     """A sealed secret that none of the box's keys opens (the key was changed or lost)."""
 
 

@@ -26,6 +26,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from adapters.errors import AdapterError
 from adapters.schemas import OPS_SCHEMA
 
 log = structlog.get_logger(__name__)
@@ -193,7 +194,7 @@ class Tally(msgspec.Struct, frozen=True, kw_only=True):
         return max(0.0, (self.resets_at - self.now).total_seconds())
 
 
-class CountersUnavailable(Exception):
+class CountersUnavailable(AdapterError):
     """The counters could not be read or written in time; callers let the request through."""
 
 

@@ -56,6 +56,7 @@ from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
 from domain.usage import EnergySettings
 from domain.text import escape_text
+from infra.errors import InfraError
 from infra.settings import Settings, mask_secrets, nats_endpoint, postgres_endpoint
 from infra.supervisor import Supervisor, cancel_all, together
 from projections.audit import AuditProjector
@@ -262,12 +263,12 @@ class Runtime:
         return EdgePolicy(limits=limits, counters=self.rate_counters, cors_origins=s.cors_origins)
 
 
-class StartupError(Exception):
+class StartupError(InfraError):
     """A server the process needs could not be reached or used in time; the one-line message says
     which and where (host:port, never credentials)."""
 
 
-class StartupInterrupted(Exception):
+class StartupInterrupted(InfraError):
     """A stop was asked for (SIGINT/SIGTERM) while the process was still starting."""
 
 

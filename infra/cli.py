@@ -23,6 +23,7 @@ from domain.errors import DeviceAlreadyExists, DomainError, NoKasaDevice
 from infra import audit_cli, nats_auth, replay
 from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runtime, run_parts
 from infra.supervisor import PartFailedTooOften
+from infra.errors import InfraError
 from infra.embedded import EmbeddedError, embedded_nats_url, embedded_servers, nats_credentials_file
 from infra.logging import configure_logging
 from infra.settings import Settings, SettingsError, load_settings, mask_secrets, nats_endpoint
@@ -131,7 +132,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(os.environ, **{f: getattr(args, f, None) for f in fields})
 
 
-class _Interrupted(Exception):
+class _Interrupted(InfraError):
     """SIGINT or SIGTERM arrived while no event loop was there to turn it into a clean stop."""
 
 

@@ -37,6 +37,7 @@ from urllib.parse import quote, urlsplit
 import structlog
 
 from infra import nats_auth
+from infra.errors import InfraError
 
 if TYPE_CHECKING:
     from pgserver.postgres_server import PostgresServer
@@ -51,7 +52,7 @@ _PGSERVER_SYSTEM_USER = "pgserver"
 _TAIL_CHARS = 2000
 
 
-class EmbeddedError(Exception):
+class EmbeddedError(InfraError):
     """An embedded server could not be found, started or stopped; the message says why."""
 
 

@@ -13,12 +13,13 @@ from datetime import date, datetime
 from typing import Any, TextIO
 from uuid import UUID
 
+from infra.errors import InfraError
 from projections.engine import ProjectionEngine, QuarantinedEvent, ReplayBusy, ReplayProgress, RowDifference
 
 ALL = "all"
 
 
-class UnknownReadModel(LookupError):
+class UnknownReadModel(InfraError, LookupError):
     """The name given is neither a registered read model nor `all`."""
 
 

@@ -14,6 +14,7 @@ import msgspec
 import psycopg
 
 from adapters.ratelimits import Limit, parse_limits
+from infra.errors import InfraError
 
 T = TypeVar("T")
 
@@ -25,7 +26,7 @@ _SECRET_KEYWORD = re.compile(
 )
 
 
-class SettingsError(ValueError):
+class SettingsError(InfraError, ValueError):
     """An invalid setting; the message names it and says what is expected."""
 
 

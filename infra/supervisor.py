@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from api.services import PartStatus
+from infra.errors import InfraError
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +30,7 @@ STOP_PATIENCE_S = 10.0
 """How long a part that watches `stop` may take to finish what is in flight."""
 
 
-class PartFailedTooOften(RuntimeError):
+class PartFailedTooOften(InfraError, RuntimeError):
     """A part kept failing past the restart intensity; the process should end non-zero."""
 
     def __init__(self, part: str, failures: int, period: float, cause: str) -> None:

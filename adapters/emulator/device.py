@@ -99,7 +99,7 @@ def load_profile(name: str) -> DeviceProfile:
     return _profile_decoder.decode(_profile_dir().joinpath(f"{wanted}.json").read_bytes())
 
 
-class _InvalidArgument(Exception):
+class _InvalidArgument(EmulatorError):
     pass
 
 

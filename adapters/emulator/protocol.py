@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from adapters.errors import AdapterError
+
 INITIAL_KEY = 171
 HEADER_SIZE = 4
 MAX_FRAME_SIZE = 1 << 20
@@ -22,7 +24,7 @@ _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 
 
-class EmulatorError(Exception):
+class EmulatorError(AdapterError):
     """Base of every error the emulator package raises."""
 
 
