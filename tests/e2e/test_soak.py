@@ -30,6 +30,7 @@ from psycopg import sql
 from adapters.eventstore import EVENTS_SCHEMA, WattLedger, store_env
 from adapters.relay import relay_status
 from infra.embedded import EmbeddedNats
+from infra.nats_auth import APP, READER, RELAY
 
 POLL_S = 1
 SOAK_S = 60
@@ -72,12 +73,14 @@ class Answers:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, database_url: str, nats_url: str, port: int) -> AsyncIterator[subprocess.Popen[bytes]]:
+async def serving(tmp_path: Path, database_url: str, nats: EmbeddedNats, port: int
+                  ) -> AsyncIterator[subprocess.Popen[bytes]]:  # fmt: skip
     log = (tmp_path / "serve.log").open("wb")
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "NATS_URL": nats_url,
+        "NATS_URL": nats.url_for(APP),
+        "WATTLEDGER_NATS_RELAY_URL": nats.url_for(RELAY),
         "WATTLEDGER_DATA_DIR": str(tmp_path / "data"),
         "WATTLEDGER_RATE_LIMITS": "false",
         "WATTLEDGER_POLL_TIMEOUT": "2",
@@ -151,6 +154,7 @@ async def clients(http: httpx.AsyncClient, answers: Answers, devices: list[str],
 async def test_serve_stays_up_through_cpu_starvation_a_nats_restart_and_lost_connections(
     tmp_path: Path, database_url: str
 ) -> None:
+    # NATS with authorization, as `serve` starts it: the relay alone may publish events.
     nats_server = EmbeddedNats(tmp_path / "nats", port=0)
     nats_url = await asyncio.to_thread(nats_server.start)
     nats_server.port = int(nats_url.rsplit(":", 1)[1])
@@ -158,7 +162,7 @@ async def test_serve_stays_up_through_cpu_starvation_a_nats_restart_and_lost_con
     answers = Answers()
     outage = (float("inf"), float("-inf"))
     try:
-        async with serving(tmp_path, database_url, nats_url, port) as process, httpx.AsyncClient(
+        async with serving(tmp_path, database_url, nats_server, port) as process, httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=60
         ) as http:
             await until(lambda: _status(http, "/api/health", 200), within=120, what="the API answering")
@@ -201,7 +205,7 @@ async def test_serve_stays_up_through_cpu_starvation_a_nats_restart_and_lost_con
             assert process.poll() is None
         assert process.returncode == 0, "serve did not stop cleanly on SIGTERM"
         stored, last_id = await _stored_events(database_url)
-        in_stream = await _relayed(tmp_path, database_url, nats_url, last_id)
+        in_stream = await _relayed(tmp_path, database_url, nats_server, last_id)
         assert in_stream == stored, f"JetStream holds {in_stream} messages for {stored} stored events"
     finally:
         await asyncio.to_thread(nats_server.stop)
@@ -266,23 +270,28 @@ async def _stored_events(database_url: str) -> tuple[int, int]:
     return await asyncio.to_thread(count)
 
 
-async def _relayed(tmp_path: Path, database_url: str, nats_url: str, last_id: int) -> int:
+async def _relayed(tmp_path: Path, database_url: str, nats_server: EmbeddedNats, last_id: int) -> int:
     """Let a relay finish what the stopped process had not published, then count the stream's messages."""
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url,
-           "WATTLEDGER_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
-    relay = subprocess.Popen([sys.executable, "-m", "infra.cli", "relay"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        async def caught_up() -> bool:
-            async with await psycopg.AsyncConnection.connect(database_url) as conn:
-                status = await relay_status(conn, "WL_EVENTS", last_id)
-            return status.lag == 0 and status.rejected == 0
+    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_server.url_for(APP),
+           "WATTLEDGER_NATS_RELAY_URL": nats_server.url_for(RELAY), "WATTLEDGER_DATA_DIR": str(tmp_path / "data")}
+    log = tmp_path / "relay.log"
+    with log.open("wb") as output:
+        relay = subprocess.Popen([sys.executable, "-m", "infra.cli", "relay"], env=env, stdout=output,
+                                 stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            async def caught_up() -> bool:
+                async with await psycopg.AsyncConnection.connect(database_url) as conn:
+                    status = await relay_status(conn, "WL_EVENTS", last_id)
+                return status.lag == 0 and status.rejected == 0
 
-        await until(caught_up, within=RECOVERY_S, what="the relay catching up")
-    finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=30)
-    nc = await nats.connect(nats_url)
+            try:
+                await until(caught_up, within=RECOVERY_S, what="the relay catching up")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the relay said:\n{log.read_text()[-3000:]}") from None
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(timeout=30)
+    nc = await nats.connect(nats_server.url_for(READER))
     try:
         info = await nc.jetstream().stream_info("WL_EVENTS")
         return int(info.state.messages)
