@@ -31,7 +31,7 @@ from domain.energy_handlers import EnergyHandlers
 from domain.handlers import CommandHandlers
 from domain.ports import Clock
 from domain.identity_handlers import IdentityHandlers
-from projections.engine import READ_SCHEMA
+from projections.tables import READ_SCHEMA
 
 VERSION = "0.1.0"
 

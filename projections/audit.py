@@ -61,7 +61,7 @@ from adapters.history import (
     records_for_events,
     windowed,
 )
-from projections.engine import READ_SCHEMA, Table
+from projections.tables import READ_SCHEMA, Table
 
 LOG_TABLE = f"{READ_SCHEMA}.audit_log"
 NAMES_TABLE = f"{READ_SCHEMA}.audit_names"

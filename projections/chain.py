@@ -32,7 +32,7 @@ import msgspec
 import psycopg
 
 from adapters.history import StoredRecord, iter_records, records_for_events
-from projections.engine import READ_SCHEMA, Table
+from projections.tables import READ_SCHEMA, Table
 
 GENESIS: Final = bytes(32)
 ALGORITHM: Final = (

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from domain.control import ControlCommand
-from projections.engine import READ_SCHEMA, Table
+from projections.tables import READ_SCHEMA, Table
 
 
 class OutletState(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,7 +18,7 @@ from domain.device import Device
 from domain.energy import EnergyRules, Interval, MeterState, reading_of, split, step
 from domain.meter import MeterDay
 from domain.readings import OutletReading
-from projections.engine import READ_SCHEMA, Table
+from projections.tables import READ_SCHEMA, Table
 
 TABLE = f"{READ_SCHEMA}.devices"
 

@@ -41,7 +41,7 @@ from domain.rates import RateVersion, Tariff, in_force, version_of
 from domain.readings import MAX_CHANNEL_POWER_W, MAX_COUNTER_WH, bounded
 from domain.rollups import EPOCH, Bucket, ChannelReading, Folded, bucket_start, refold, rollup
 from domain.usage import Run
-from projections.engine import READ_SCHEMA, Table
+from projections.tables import READ_SCHEMA, Table
 
 HOUR = timedelta(hours=1)
 

@@ -18,7 +18,7 @@ from domain.export_handlers import ExportLedger
 from domain.exports import DataExport, DeviceLabel
 from projections.devices import DEVICES
 from projections.energy import device_bucket_costs
-from projections.engine import Table
+from projections.tables import Table
 
 
 class ExportRow(msgspec.Struct, kw_only=True):

@@ -24,7 +24,7 @@ from adapters.history import EVENTS_TABLE
 from adapters.identity import KEY_USAGE_TABLE, SESSION_ACTIVITY_TABLE
 from domain.identity import ApiKey, Permission, Role, Scope, Session, User, permissions_for
 from domain.ports import IdentityReader
-from projections.engine import READ_SCHEMA, Table
+from projections.tables import READ_SCHEMA, Table
 
 USERS_TABLE = f"{READ_SCHEMA}.users"
 SESSIONS_TABLE = f"{READ_SCHEMA}.sessions"

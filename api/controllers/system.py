@@ -20,7 +20,8 @@ from api.guards import NO_CREDENTIALS
 from api.services import VERSION, PartStatus, Services
 from domain.identity import Permission
 from projections.devices import count_devices
-from projections.engine import READ_SCHEMA, ProjectorStatus, projector_states, projector_status
+from projections.tables import READ_SCHEMA
+from projections.tracking import ProjectorStatus, projector_states, projector_status
 
 PROJECTOR_CHECK_S = 1.0
 

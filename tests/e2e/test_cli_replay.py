@@ -13,7 +13,7 @@ from adapters.bus import StreamConfig
 from adapters.emulator import EmulatorFleet
 from domain.commands import RenameDevice
 from infra.bootstrap import Runtime
-from projections.engine import READ_SCHEMA
+from projections.tables import READ_SCHEMA
 from tests.e2e.conftest import ADMIN_PASSWORD, background
 from tests.e2e.test_cli import cli_env, wattledger
 

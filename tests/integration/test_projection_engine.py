@@ -19,7 +19,9 @@ from adapters.eventstore import EVENTS_SCHEMA, PollResult, WattLedger, ensure_ev
 from domain.device import Device
 from domain.readings import DeviceSnapshot, OutletReading
 from projections.devices import DevicesProjector
-from projections.engine import READ_SCHEMA, ProjectionEngine, Table, projector_status
+from projections.engine import ProjectionEngine
+from projections.tables import READ_SCHEMA, Table
+from projections.tracking import projector_status
 from tests.support import seed_device, seed_polls
 
 # A quarter of an hour before local midnight in Berlin, on the day its clocks go back.

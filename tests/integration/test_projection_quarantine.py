@@ -15,7 +15,9 @@ from eventsourcing.persistence import Notification
 from structlog.testing import capture_logs
 
 from adapters.eventstore import WattLedger
-from projections.engine import QUARANTINE, READ_SCHEMA, ProjectionEngine, Table, projector_status
+from projections.engine import ProjectionEngine
+from projections.tables import READ_SCHEMA, Table
+from projections.tracking import QUARANTINE, projector_status
 from tests.integration.test_projection_engine import (  # noqa: F401 (the `app` fixture)
     T0,
     CountingProjector,

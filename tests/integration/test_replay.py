@@ -19,15 +19,9 @@ from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, st
 from infra.replay import ProgressDisplay
 from domain.readings import DeviceSnapshot
 from projections.devices import DEVICES, DevicesProjector
-from projections.engine import (
-    READ_SCHEMA,
-    SHADOW_SCHEMA,
-    VERIFY_SCHEMA,
-    ProjectionEngine,
-    ReplayBusy,
-    ReplayProgress,
-    Table,
-)
+from projections.engine import ProjectionEngine
+from projections.rebuild import SHADOW_SCHEMA, VERIFY_SCHEMA, ReplayBusy, ReplayProgress
+from projections.tables import READ_SCHEMA, Table
 from projections.identity import IdentityProjector
 from tests.support import seed_device, seed_polls
 

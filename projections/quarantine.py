@@ -1,0 +1,208 @@
+"""Sections of the log as read models get them, what a failure means, and the quarantine.
+
+`read_section` reads one section of the log and decodes it once for every read
+model; an event that cannot be decoded stands in it as `Undecodable`. A failure
+is a fault (a server away or busy: retrying may succeed), a data error (the event
+being applied fails the same way every time) or a bug (anything else).
+`apply_isolating` applies a section under savepoints, and on a data error applies
+it again in halves down to the one event that fails alone; that event, and any
+`Undecodable`, is left out and becomes a quarantine row, recorded in the same
+transaction as the rows of the events that did apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import eventsourcing.persistence as es
+import msgspec
+import psycopg
+import structlog
+from eventsourcing.persistence import Notification
+from psycopg_pool import PoolTimeout
+
+from adapters.eventlog import EventLog
+from domain.text import escape_text
+from projections.tables import Projector
+from projections.tracking import QUARANTINE
+
+__all__ = [
+    "EngineClosed",
+    "QuarantineRow",
+    "Section",
+    "Undecodable",
+    "apply_isolating",
+    "data_error",
+    "decode_notifications",
+    "expected_fault",
+    "log_quarantine",
+    "one_line",
+    "read_section",
+    "record_quarantine",
+]
+
+log = structlog.get_logger(__name__)
+
+QuarantineRow = tuple[str, int, UUID, int, str, str]
+"""One quarantined event: read model, position, originator id and version, topic, error."""
+
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # lost connections, serialization failures, deadlocks, lock and statement timeouts
+    psycopg.InterfaceError,
+    es.OperationalError,
+    es.InterfaceError,
+    PoolTimeout,
+    OSError,
+)
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.DataError,  # NUL in text (UntranslatableCharacter), numbers out of range, bad encodings
+    psycopg.IntegrityError,
+    es.DataError,
+    es.IntegrityError,
+    ValueError,  # decoding (msgspec, UnicodeError), values a projector cannot use
+    TypeError,
+    LookupError,
+    ArithmeticError,
+)
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed while a pass still ran in a worker thread."""
+
+
+def expected_fault(error: BaseException) -> bool:
+    """Whether `error` says a server was away or busy (retrying may succeed), not that the code or the data is wrong."""
+    if isinstance(error, EngineClosed) or isinstance(error, _TRANSIENT):
+        return True
+    # The event store wraps a driver error in its own classes, keeping the cause.
+    return type(error) is es.DatabaseError or (
+        isinstance(error, es.PersistenceError) and error.__cause__ is not None and expected_fault(error.__cause__)
+    )
+
+
+def data_error(error: BaseException) -> bool:
+    """Whether `error` is about the event being applied (so it fails the same way every time), not a fault."""
+    return isinstance(error, _DATA_ERRORS) and not expected_fault(error)
+
+
+def one_line(error: BaseException, limit: int = 2000) -> str:
+    """`Type: message` on one line, escaped, at most `limit` characters: storable in `text` and loggable."""
+    return escape_text(f"{type(error).__name__}: {error}".strip())[:limit]
+
+
+class Undecodable(msgspec.Struct, frozen=True):
+    """Stands in a section for a notification whose event could not be decoded."""
+
+    error: str
+
+
+def decode_notifications(event_log: EventLog, notifications: Sequence[Notification]) -> list[object]:
+    """The domain events of `notifications`; one that cannot be decoded is an `Undecodable` in its place."""
+    try:
+        return list(event_log.decode_all(notifications))
+    except Exception:
+        pass
+    events: list[object] = []
+    for notification in notifications:
+        try:
+            events.append(event_log.decode(notification))
+        except Exception as error:
+            events.append(Undecodable(one_line(error)))
+    return events
+
+
+class Section(msgspec.Struct, frozen=True):
+    """Notifications read after `after`, decoded once for every projector (`Undecodable` where that failed)."""
+
+    after: int
+    ids: list[int]
+    events: list[object]
+    notifications: list[Any]
+
+
+def read_section(event_log: EventLog, after: int, limit: int, stop: int | None = None) -> Section | None:
+    """Up to `limit` notifications after `after` (up to `stop`), decoded once; None at the end of the log."""
+    notifications = event_log.read_raw(after, limit, stop)
+    if not notifications:
+        return None
+    events = decode_notifications(event_log, notifications)
+    return Section(after, [n.id for n in notifications], events, list(notifications))
+
+
+def _quarantine(projector: str, notification: Notification, error: str) -> QuarantineRow:
+    return (projector, notification.id, UUID(str(notification.originator_id)), notification.originator_version,
+            notification.topic, error)  # fmt: skip
+
+
+def apply_isolating(
+    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], notifications: Sequence[Notification]
+) -> list[QuarantineRow]:
+    """Apply `events` in the caller's transaction, skipping those that fail alone with a data error.
+
+    Each span is applied under a savepoint; a span that fails with a data error is rolled back
+    and applied again in halves until the one event that fails alone is found. That event, and
+    any `Undecodable`, is left out and returned as a quarantine row (projector, position,
+    originator id and version, topic, error). Any other error (a fault, a bug) is raised.
+    """
+    found: list[QuarantineRow] = []
+    start, end = 0, len(events)
+    while start < end:
+        marker = events[start]
+        if isinstance(marker, Undecodable):
+            found.append(_quarantine(projector.name, notifications[start], marker.error))
+            start += 1
+            continue
+        stop = next((i for i in range(start, end) if isinstance(events[i], Undecodable)), end)
+        failed, error = _apply_span(cur, projector, events, start, stop)
+        if error is not None:
+            found.append(_quarantine(projector.name, notifications[failed], one_line(error)))
+            start = failed + 1
+        else:
+            start = stop
+    return found
+
+
+def _apply_span(
+    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], start: int, stop: int
+) -> tuple[int, BaseException | None]:
+    """Apply events[start:stop] under savepoints, up to the first one that fails alone with a data error.
+
+    Returns (that event's index, its error), or (stop, None) when all applied."""
+    chunk = stop - start
+    while start < stop:
+        try:
+            with cur.connection.transaction():
+                projector.apply_batch(cur, events[start:start + chunk])
+        except Exception as error:
+            if not data_error(error) or cur.connection.broken:
+                raise
+            if chunk == 1:
+                return start, error
+            chunk //= 2
+            continue
+        start += chunk
+        chunk = stop - start
+    return stop, None
+
+
+_INSERT_QUARANTINE = (
+    f"INSERT INTO {QUARANTINE} (projector, position, originator_id, originator_version, topic, error) "
+    f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (projector, position) DO UPDATE SET error = EXCLUDED.error, "
+    f"quarantined_at = now()"
+)
+
+
+def record_quarantine(cur: psycopg.Cursor[Any], rows: Sequence[QuarantineRow]) -> None:
+    """Insert quarantine rows in the caller's transaction."""
+    if rows:
+        cur.executemany(_INSERT_QUARANTINE, list(rows))
+
+
+def log_quarantine(rows: Sequence[QuarantineRow]) -> None:
+    """One warning line per event quarantined (once its transaction committed)."""
+    for projector, position, originator_id, version, topic, error in rows:
+        log.warning("projector.event_quarantined", projector=projector, position=position,
+                    originator_id=str(originator_id), originator_version=version, topic=topic, error=error)  # fmt: skip

@@ -1,0 +1,306 @@
+"""Replays beside the live read models: `rebuild` swaps fresh tables in, `verify` compares them.
+
+A replay builds the read models' tables afresh in a shadow schema (`wl_rebuild`,
+or `wl_verify` for a verify), reading the log once for all of them, one committed
+transaction per section, while the live tables keep answering queries and the
+live engine keeps projecting into them. Once it has caught up it locks the read
+models' tracking rows and replays the last events; then `Shadow.swap` drops the
+live tables and moves the fresh ones into their home schemas, all in one
+transaction, or `Shadow.compare` brings the live read models to the same position
+and diffs every table by primary key. `open_shadow` holds a replay lock per read
+model, so only one replay of a read model runs at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from adapters.eventlog import EventLog
+from projections.quarantine import QuarantineRow, apply_isolating, log_quarantine, read_section, record_quarantine
+from projections.tables import Projector, Table, building, home_schemas, set_search_path
+from projections.tracking import CLEARED, QUARANTINE, TRACKING
+
+__all__ = [
+    "SHADOW_SCHEMA",
+    "VERIFY_SCHEMA",
+    "ReplayBusy",
+    "ReplayProgress",
+    "RowDifference",
+    "Shadow",
+    "open_shadow",
+]
+
+# With a read model's name hashed, keeps two replays of one read model apart.
+_REPLAY_LOCK = 0x574C_5242
+
+SHADOW_SCHEMA = "wl_rebuild"
+"""Where `rebuild` builds fresh tables before they are swapped into their home schema."""
+VERIFY_SCHEMA = "wl_verify"
+"""Where `verify` builds the tables it compares with the live ones (dropped afterwards)."""
+
+
+class ReplayBusy(RuntimeError):
+    """Another rebuild or verify of the same read model holds its replay lock."""
+
+
+class ReplayProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far a replay is: it has read `events` notifications, up to `position` of the log's `head`.
+
+    `head` is the last notification id when last looked at; it grows while
+    events keep arriving. `phase` is `replay`, then `swap` or `compare` once
+    the tracking rows are locked.
+    """
+
+    phase: str
+    position: int
+    head: int
+    events: int
+
+
+class RowDifference(msgspec.Struct, frozen=True, kw_only=True):
+    """One row in which a live read model differs from its replay.
+
+    `missing`: the replay has the row, the live table does not; `extra`: the
+    other way round; `changed`: both have it, `columns` name the differing
+    columns. `live` and `rebuilt` hold the row's values (None where absent).
+    """
+
+    read_model: str
+    table: str
+    key: dict[str, Any]
+    kind: str
+    columns: tuple[str, ...] = ()
+    live: dict[str, Any] | None = None
+    rebuilt: dict[str, Any] | None = None
+
+
+def _key_columns(table: Table[Any]) -> list[str]:
+    return [column.strip() for column in table.key.split(",")]
+
+
+class Shadow:
+    """Read models replayed from zero into a shadow schema, on one connection held by the replay.
+
+    Every section is read and decoded once and applied to all of the read
+    models with their tables pointed at the shadow schema (`building`), and
+    committed with nothing else: no reader and no live engine sees these
+    tables until `swap` moves them into their home schemas.
+    """
+
+    def __init__(
+        self, event_log: EventLog, conn: psycopg.Connection[Any], projectors: Sequence[Projector], schema: str,
+        batch: int,
+    ) -> None:
+        self.event_log = event_log
+        self.conn = conn
+        self.projectors = list(projectors)
+        self.schema = schema
+        self.batch = batch
+        self.tables = [table for projector in self.projectors for table in projector.tables]
+        self.names = [projector.name for projector in self.projectors]
+        self.position = 0
+        self.events = 0
+        self.head = 0
+        self.quarantined: list[QuarantineRow] = []
+        self.live_quarantined: list[QuarantineRow] = []
+        bare = [table.bare for table in self.tables]
+        if len(set(bare)) != len(bare):
+            raise ValueError(f"tables of {', '.join(self.names)} share a name; they cannot be rebuilt side by side")
+
+    @contextmanager
+    def _targeted(self, cur: psycopg.Cursor[Any]) -> Iterator[None]:
+        set_search_path(cur, [self.schema])
+        with building(self.schema, self.tables):
+            yield
+
+    def create(self) -> None:
+        """The shadow schema and empty tables in it (replacing any a crashed replay left behind)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            with self._targeted(cur):
+                for table in self.tables:
+                    table.create(cur)
+
+    def drop(self) -> None:
+        """Drop whatever shadow tables remain (none after a swap)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for table in self.tables:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(
+                    sql.Identifier(self.schema), sql.Identifier(table.bare)
+                ))
+
+    def _report(self, progress: Callable[[ReplayProgress], None] | None, phase: str) -> None:
+        self.head = max(self.head, self.position, self.event_log.max_id())
+        if progress is not None:
+            progress(ReplayProgress(phase=phase, position=self.position, head=self.head, events=self.events))
+
+    def _step(self, cur: psycopg.Cursor[Any], until: int | None = None) -> int:
+        """Apply the next section (up to `until`) to the shadow tables in the caller's transaction.
+
+        Returns the notifications it held: 0 at the end of the log."""
+        section = read_section(self.event_log, self.position, self.batch, stop=until)
+        if section is None:
+            return 0
+        with self._targeted(cur):
+            for projector in self.projectors:
+                self.quarantined.extend(apply_isolating(cur, projector, section.events, section.notifications))
+        self.position = section.ids[-1]
+        self.events += len(section.ids)
+        return len(section.ids)
+
+    def catch_up(self, progress: Callable[[ReplayProgress], None] | None) -> None:
+        """Replay to the log's head, one committed transaction per section, locking nothing live.
+
+        It stops at the first section shorter than a full one (the head as it was then), so a
+        log that keeps growing cannot keep it going; what was stored since is replayed by `swap`
+        or `compare` under the tracking locks."""
+        self._report(progress, "replay")
+        while True:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                read = self._step(cur)
+            if read:
+                self._report(progress, "replay")
+            if read < self.batch:
+                return
+
+    def _lock_tracking(self, cur: psycopg.Cursor[Any]) -> dict[str, int]:
+        """Lock the read models' tracking rows (in name order, so two replays cannot deadlock); their positions."""
+        cur.execute(
+            f"SELECT name, position FROM {TRACKING} WHERE name = ANY(%s) ORDER BY name FOR UPDATE", (self.names,)
+        )
+        return {name: int(position) for name, position in cur.fetchall()}
+
+    def swap(self, progress: Callable[[ReplayProgress], None] | None) -> None:
+        """In one transaction: hold off the live engine, replay the last events, put the fresh tables in place.
+
+        The live tables are dropped (their indexes with them) and the shadow
+        tables moved into their home schemas, and the tracking rows take the
+        replay's position and the projectors' versions. Readers wait for the
+        commit at most, then see the new tables.
+        """
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self._lock_tracking(cur)
+            while self._step(cur):
+                pass
+            for schema in home_schemas(self.tables):
+                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            for table in self.tables:
+                bare = sql.Identifier(table.bare)
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(table.home), bare))
+                cur.execute(sql.SQL("ALTER TABLE {}.{} SET SCHEMA {}").format(
+                    sql.Identifier(self.schema), bare, sql.Identifier(table.home)
+                ))
+            for projector in self.projectors:
+                cur.execute(
+                    f"INSERT INTO {TRACKING} (name, version, position) VALUES (%s, %s, %s) "
+                    f"ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position, "
+                    f"updated_at = now(), {CLEARED}",
+                    (projector.name, projector.version, self.position),
+                )
+            # The replay saw every event up to its position: what it quarantined is the whole quarantine.
+            cur.execute(f"DELETE FROM {QUARANTINE} WHERE projector = ANY(%s)", (self.names,))
+            record_quarantine(cur, self.quarantined)
+        log_quarantine(self.quarantined)
+        self._report(progress, "swap")
+
+    def compare(self, progress: Callable[[ReplayProgress], None] | None) -> list[RowDifference]:
+        """Bring shadow and live read models to one position under their tracking locks, then diff every table."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            live = self._lock_tracking(cur)
+            target = max([self.event_log.max_id(), self.position, *live.values()])
+            while self._step(cur, until=target):
+                pass
+            for projector in self.projectors:
+                self._catch_up_live(cur, projector, live.get(projector.name, 0), target)
+            self._report(progress, "compare")
+            differences: list[RowDifference] = []
+            for projector in self.projectors:
+                for table in projector.tables:
+                    differences.extend(self._diff(cur, projector.name, table))
+        log_quarantine(self.live_quarantined)
+        return differences
+
+    def _catch_up_live(self, cur: psycopg.Cursor[Any], projector: Projector, position: int, target: int) -> None:
+        """Project the live read model from `position` to `target`, as the engine would, in the caller's transaction."""
+        moved = False
+        quarantined: list[QuarantineRow] = []
+        while section := read_section(self.event_log, position, self.batch, stop=target):
+            set_search_path(cur, home_schemas(projector.tables))
+            quarantined.extend(apply_isolating(cur, projector, section.events, section.notifications))
+            position, moved = section.ids[-1], True
+        record_quarantine(cur, quarantined)
+        self.live_quarantined.extend(quarantined)
+        if moved:
+            cur.execute(
+                f"UPDATE {TRACKING} SET position = %s, updated_at = now(), {CLEARED} WHERE name = %s",
+                (position, projector.name),
+            )
+
+    def _diff(self, cur: psycopg.Cursor[Any], read_model: str, table: Table[Any]) -> list[RowDifference]:
+        """Every row of `table` that differs between its live and shadow copies, by primary key."""
+        keys = _key_columns(table)
+        bare = sql.Identifier(table.bare)
+        live = sql.SQL("{}.{}").format(sql.Identifier(table.home), bare)
+        if cur.execute("SELECT to_regclass(%s)", (f"{table.home}.{table.bare}",)).fetchone() == (None,):
+            live = sql.SQL("(SELECT * FROM {}.{} WHERE false)").format(sql.Identifier(self.schema), bare)
+        rebuilt = sql.SQL("{}.{}").format(sql.Identifier(self.schema), bare)
+
+        def side(alias: str) -> sql.Composable:
+            return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
+                                      for c in table.columns)
+
+        query = sql.SQL(
+            "SELECT {l}, {r}, l.{k} IS NULL, r.{k} IS NULL FROM {live} l FULL JOIN {rebuilt} r ON {on} "
+            "WHERE ROW({l}) IS DISTINCT FROM ROW({r})"
+        ).format(
+            l=side("l"), r=side("r"), k=sql.Identifier(keys[0]), live=live, rebuilt=rebuilt,
+            on=sql.SQL(" AND ").join(sql.SQL("l.{c} = r.{c}").format(c=sql.Identifier(c)) for c in keys),
+        )
+        width = len(table.columns)
+        found: list[RowDifference] = []
+        for record in cur.execute(query):
+            ours = dict(zip(table.columns, record[:width], strict=True))
+            theirs = dict(zip(table.columns, record[width:2 * width], strict=True))
+            no_live, no_rebuilt = record[2 * width], record[2 * width + 1]
+            present = theirs if no_live else ours
+            key = {c: present[c] for c in keys}
+            if no_live:
+                found.append(RowDifference(read_model=read_model, table=table.bare, key=key, kind="missing",
+                                           rebuilt=theirs))
+            elif no_rebuilt:
+                found.append(RowDifference(read_model=read_model, table=table.bare, key=key, kind="extra", live=ours))
+            else:
+                columns = tuple(c for c in table.columns if ours[c] != theirs[c])
+                found.append(RowDifference(read_model=read_model, table=table.bare, key=key, kind="changed",
+                                           columns=columns, live=ours, rebuilt=theirs))
+        found.sort(key=lambda d: repr(sorted(d.key.items(), key=lambda kv: kv[0])))
+        return found
+
+
+@contextmanager
+def open_shadow(
+    database_url: str, event_log: EventLog, projectors: Sequence[Projector], schema: str, batch: int
+) -> Iterator[Shadow]:
+    """Fresh tables for `projectors` in `schema`, on a connection of their own; dropped if left behind.
+
+    Raises `ReplayBusy` if another rebuild or verify of one of them holds its replay lock."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for projector in projectors:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_REPLAY_LOCK, projector.name)
+            ).fetchone()
+            if not (row and row[0]):
+                raise ReplayBusy(f"a rebuild or verify of {projector.name} is already running")
+        shadow = Shadow(event_log, conn, projectors, schema, batch)
+        shadow.create()
+        try:
+            yield shadow
+        finally:
+            if not conn.broken:
+                shadow.drop()

@@ -1,0 +1,198 @@
+"""How a read model is declared: its tables, and the `Projector` protocol the engine drives.
+
+A `Table` is declared by its row Struct alone: columns, SQL types, DDL, select and
+upsert all come from the Struct's fields. While a rebuild or verify builds fresh
+tables in a shadow schema, `building` points the tables being built at that schema
+in the building context only, so readers keep naming the live tables. Read models
+name their tables only through `Table`, never as literal SQL names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+import msgspec
+import msgspec.inspect as mi
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+__all__ = ["READ_SCHEMA", "Projector", "Table", "building", "home_schemas", "set_search_path"]
+
+READ_SCHEMA = "wl_read"
+"""The home schema of the read models' tables."""
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+_SQL_TYPES: dict[type[mi.Type], str] = {
+    mi.UUIDType: "uuid",
+    mi.StrType: "text",
+    mi.LiteralType: "text",
+    mi.BoolType: "boolean",
+    mi.IntType: "bigint",
+    mi.FloatType: "double precision",
+    mi.DecimalType: "numeric",
+    mi.DateType: "date",
+    mi.DateTimeType: "timestamptz",
+}
+
+
+def _column_type(field: mi.Field) -> str:
+    """The SQL type of a row field: scalars map to columns, anything structured is jsonb."""
+    kind = field.type
+    nullable = False
+    if isinstance(kind, mi.UnionType):
+        options = [t for t in kind.types if not isinstance(t, mi.NoneType)]
+        nullable = len(options) < len(kind.types)
+        kind = options[0] if len(options) == 1 else mi.AnyType()
+    sql_type = _SQL_TYPES.get(type(kind), "jsonb")
+    return sql_type if nullable else f"{sql_type} NOT NULL"
+
+
+def _json(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=msgspec.json.encode)
+
+
+class _Target(NamedTuple):
+    """Where the tables of the read models being built live while `building` is in effect."""
+
+    schema: str
+    tables: frozenset[int]
+
+
+_TARGET: ContextVar[_Target | None] = ContextVar("wattledger_projection_target", default=None)
+
+
+@contextmanager
+def building(schema: str, tables: Collection[Table[Any]]) -> Iterator[None]:
+    """While inside, `tables` name themselves in `schema` (a rebuild's shadow schema), in this context only.
+
+    Every other table, and every other thread or task, keeps naming the live tables,
+    so readers are never pointed at a half-built read model.
+    """
+    token = _TARGET.set(_Target(schema, frozenset(id(t) for t in tables)))
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+class Table(Generic[R]):
+    """A read-model table declared by its row Struct alone.
+
+    The column names, their SQL types (nullable where the field may be None,
+    jsonb for structured fields), the DDL, the select and the upsert all come
+    from the Struct's fields, in their order.
+
+    `name` may be bare (`devices`, which lives in `wl_read`) or qualified
+    (`wl_read.devices`). Every SQL string the table gives (`name`, `ddl`,
+    `select`, `upsert`, `indexes`) is qualified with the schema it currently
+    lives in: its home schema, or the shadow schema of a rebuild in progress
+    (see `building`). Index DDL may name the table qualified with its home
+    schema or bare; either way it lands beside the table being built, and index
+    names only need to be unique within a schema.
+    """
+
+    def __init__(
+        self, name: str, row: type[R], *, key: str, unique: Sequence[str] = (), indexes: Sequence[str] = ()
+    ) -> None:
+        home, _, bare = name.rpartition(".")
+        self.home = home or READ_SCHEMA
+        self.bare = bare
+        self.row = row
+        self.key = key
+        info = mi.type_info(row)
+        assert isinstance(info, mi.StructType)
+        self.columns = tuple(f.name for f in info.fields)
+        types = {f.name: _column_type(f) for f in info.fields}
+        self._json = frozenset(name for name, sql_type in types.items() if sql_type.startswith("jsonb"))
+        constraints = [f"PRIMARY KEY ({key})"] + [f"UNIQUE ({column})" for column in unique]
+        self._body = " (\n    " + ",\n    ".join([f"{c} {types[c]}" for c in self.columns] + constraints) + "\n)"
+        self._indexes = tuple(indexes)
+        self._home_name = re.compile(rf"(?<![\w.\"]){re.escape(self.home)}\.{re.escape(bare)}(?![\w\"])")
+        self._upsert_tail = (
+            f" ({', '.join(self.columns)}) VALUES ({', '.join('%s' for _ in self.columns)}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != key)
+        )
+
+    @property
+    def schema(self) -> str:
+        """The schema the table lives in for the caller: its home, or the shadow it is being rebuilt in."""
+        target = _TARGET.get()
+        return target.schema if target is not None and id(self) in target.tables else self.home
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.bare}"
+
+    @property
+    def ddl(self) -> str:
+        return f"CREATE TABLE {self.name}{self._body}"
+
+    @property
+    def indexes(self) -> tuple[str, ...]:
+        schema = self.schema
+        if schema == self.home:
+            return self._indexes
+        return tuple(self._home_name.sub(f"{schema}.{self.bare}", index) for index in self._indexes)
+
+    @property
+    def select(self) -> str:
+        return f"SELECT {', '.join(self.columns)} FROM {self.name}"
+
+    @property
+    def upsert(self) -> str:
+        return f"INSERT INTO {self.name}{self._upsert_tail}"
+
+    def create(self, cur: psycopg.Cursor[Any]) -> None:
+        """Drop the table if it exists and create it afresh from the declaration, where it currently lives."""
+        cur.execute(f"DROP TABLE IF EXISTS {self.name} CASCADE")
+        cur.execute(self.ddl)
+        for index in self.indexes:
+            cur.execute(index)
+
+    def values(self, row: R) -> tuple[Any, ...]:
+        """The parameters of `upsert` for one row."""
+        return tuple(
+            _json(value) if column in self._json else value
+            for column, value in zip(self.columns, msgspec.structs.astuple(row), strict=True)
+        )
+
+    def decode(self, record: Sequence[Any]) -> R:
+        """A row Struct from a record selected with `select`."""
+        return msgspec.convert(dict(zip(self.columns, record, strict=True)), self.row)
+
+
+class Projector(Protocol):
+    """A read model: its versioned tables and how a batch of events changes them."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int:
+        """Bumped whenever the tables or the meaning of their rows change: the read model is rebuilt."""
+        ...
+
+    @property
+    def tables(self) -> Sequence[Table[Any]]: ...
+
+    def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
+        """Apply events in log order; called inside the transaction that also saves the position."""
+        ...
+
+
+def home_schemas(tables: Sequence[Table[Any]]) -> list[str]:
+    """The home schemas of `tables`, each once, in order."""
+    return list(dict.fromkeys(t.home for t in tables))
+
+
+def set_search_path(cur: psycopg.Cursor[Any], schemas: Sequence[str]) -> None:
+    """Point unqualified names at `schemas` for the rest of the caller's transaction."""
+    path = sql.SQL(", ").join([*map(sql.Identifier, schemas), sql.Identifier("public")])
+    cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(path))
