@@ -49,6 +49,7 @@ from domain.errors import (
     UserNotFound,
     WrongPassword,
 )
+from domain.retry import retrying
 from domain.identity import (
     BACKUP_CODE_COUNT,
     MAX_SESSIONS,
@@ -131,15 +132,13 @@ class IdentityHandlers:
     # ---- helpers ----
 
     async def _retrying(self, decide: Callable[[], Awaitable[tuple[list[Aggregate], T]]]) -> tuple[T, int]:
-        """Decide and save; on a conflict decide again from fresh loads, once."""
-        for attempt in (1, 2):
+        """Decide and save under the one conflict-retry policy (`domain.retry`)."""
+
+        async def attempt() -> tuple[T, int]:
             aggregates, result = await decide()
-            try:
-                return result, await self.store.save(*aggregates)
-            except ConcurrencyConflict:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return result, await self.store.save(*aggregates)
+
+        return await retrying(attempt)
 
     async def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         """An aggregate by an id that came from outside: an id of another kind of aggregate is no match."""
@@ -459,9 +458,14 @@ class IdentityHandlers:
 
         Deactivating ends the user's sessions (`user_disabled`); a new password ends
         them too (`revoked`). Raises InsufficientPermissions, UserNotFound, LastAdmin
-        (the change would leave no active administrator), InvalidText, InvalidEmail, PasswordPolicy.
+        (the change would leave no active administrator), InvalidText, InvalidEmail, PasswordPolicy, and
+        StepUpRequired for the caller's own password (a stolen token must not set it without the old one).
         """
         principal.require(Permission.USERS_MANAGE)
+        if isinstance(changes.password, str) and user_id == principal.user_id:
+            raise StepUpRequired(
+                "change your own password with POST /api/auth/change-password, which asks for the current one"
+            )
         email = check_email(changes.email) if not isinstance(changes.email, msgspec.UnsetType) else changes.email
         full_name = _name(changes.full_name) if isinstance(changes.full_name, str) else changes.full_name
         password_hash: str | None = None

@@ -253,3 +253,12 @@ async def test_an_administrator_resets_a_lost_second_factor(
     assert (event.originator_id, event.actor) == (olga_id, f"user:{signed_in.user_id}")
     published = data_type("user", "TotpReset")
     assert published is not None and msgspec.to_builtins(event_data(event)) == {}
+
+
+async def test_an_administrator_sets_an_own_new_password_only_through_change_password(
+    admin: Admin, projecting: None
+) -> None:
+    signed_in, http = admin
+    refused = await http.patch(f"/api/users/{signed_in.user_id}", json={"password": "Another-passphrase-77"})
+    assert (refused.status_code, refused.json()["error_code"]) == (403, "STEP_UP_REQUIRED"), refused.text
+    assert (await http.get("/api/auth/me")).status_code == 200, "the session was not ended by a refused change"
