@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 EXEMPT_PATHS = frozenset({"/api/health", "/api/health/"})
+HANDSHAKE_REFUSED = 4429
+"""The close code of a WebSocket handshake refused for its address's rate limit."""
 LOGIN_PATHS = frozenset({"/api/auth/login", "/api/auth/login/"})
 SECOND_FACTOR_PREFIX = "/api/auth/2fa/"
 PASSWORD_PATHS = frozenset({"/api/auth/change-password", "/api/auth/change-password/"})
@@ -321,6 +323,9 @@ class RateLimiter:
         self.cors = cors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.WEBSOCKET:
+            await self._handshake(scope, receive, send)
+            return
         if scope["type"] != ScopeType.HTTP or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
@@ -367,6 +372,24 @@ class RateLimiter:
         exchange = _Exchange(self, scope, send, caller, attempt, counted, peeked)
         await self.app(scope, receive, exchange.send)
         await exchange.finish()
+
+    async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake (`/ws`, socket.io's upgrade) counts against its address like a request;
+        over the limit it is closed before it is accepted (close code 4429, an HTTP 403 to the client)."""
+        caller = _caller(scope, Headers.from_scope(scope))
+        try:
+            tallies = await self.counters.hit([Window("ip", caller.ip, limit) for limit in self.limits.ip], [], [])
+        except CountersUnavailable:
+            await self.app(scope, receive, send)
+            return
+        refused = [t for t in tallies if t.count is not None and t.count > t.window.limit.count]
+        if not refused:
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            log.info("ratelimit.handshake_refused", path=scope["path"])
+            await send({"type": "websocket.close", "code": HANDSHAKE_REFUSED, "reason": "rate limit exceeded"})
 
     def failure_windows(self, attempt: _Attempt, ip: str, account: UUID | None = None) -> list[Window]:
         """The failed-attempt windows of the account from this IP, and of the IP alone."""

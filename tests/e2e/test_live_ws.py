@@ -19,9 +19,10 @@ import msgspec
 import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from adapters.emulator import EmulatorFleet
+from adapters.ratelimits import MAX_WINDOW_S, Limit
 from api.app import create_app
 from domain.commands import AddDevice
 from domain.identity import ACCESS_TOKEN_LIFETIME, NewKey, Principal, Scope, StepUp
@@ -247,6 +248,20 @@ async def test_a_forged_ending_event_changes_nothing_and_a_demotion_ends_the_str
         assert demoted.status_code == 200, demoted.text
         code, reason = await close_code(ws)
         assert code == 4001 and "PERMISSIONS_CHANGED" in reason
+
+
+async def test_handshakes_count_against_their_address_and_are_refused_over_its_limit(
+    runtime: Runtime, devices: list[str], admin: tuple[SignedIn, httpx.AsyncClient]
+) -> None:
+    limit = (Limit(3, MAX_WINDOW_S),)
+    async with background(runtime, poll=False), serve_live(runtime, rate_limits=True, rate_limit_ip=limit) as live:
+        for _ in range(3):
+            async with connect(live.ws_url, additional_headers=bearer_headers(admin[0])) as ws:
+                assert (await next_message(ws))["event"] == "authenticated"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(live.ws_url, additional_headers=bearer_headers(admin[0])):
+                pass
+    assert refused.value.response.status_code == 403
 
 
 def _command_envelope(runtime: Runtime, device_id: uuid.UUID, event: str, **data: Any) -> bytes:
