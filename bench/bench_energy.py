@@ -37,7 +37,9 @@ from domain.energy import EnergyRules  # noqa: E402
 from domain.energy_handlers import EnergyHandlers, ImportReadings, SetRate  # noqa: E402
 from domain.imports import ImportedReading  # noqa: E402
 from domain.readings import DeviceSnapshot  # noqa: E402
-from projections.energy import EnergyProjector, cost_report, history  # noqa: E402
+from projections.costs import cost_report  # noqa: E402
+from projections.energy import EnergyProjector  # noqa: E402
+from projections.energy_queries import history  # noqa: E402
 from projections.engine import ProjectionEngine  # noqa: E402
 
 PER_REQUEST = 10_000

@@ -17,7 +17,7 @@ from adapters.data_exports import ExportCatalog
 from domain.export_handlers import ExportLedger
 from domain.exports import DataExport, DeviceLabel
 from projections.devices import DEVICES
-from projections.energy import device_bucket_costs
+from projections.energy_queries import device_bucket_costs
 from projections.tables import Table
 
 

@@ -26,7 +26,7 @@ from domain.imports import ImportedReading
 from domain.pricing import PRICING, money
 from domain.rollups import BUCKET, EPOCH, split_buckets
 from domain.usage import sessions as find_sessions
-from projections.energy import (
+from projections.energy_queries import (
     AGGREGATIONS,
     Point,
     bucket_prices,

@@ -18,7 +18,8 @@ from domain.errors import InvalidRange, InvalidRate
 from domain.identity import Permission, Principal
 from domain.rates import MAX_NUMBER_TEXT, MAX_PRICE, MAX_TIER_KWH
 from domain.rates import RATE_TYPES, RateVersion, TouPeriod, align_up, in_force
-from projections.energy import cost_report, rate_versions
+from projections.costs import cost_report
+from projections.energy_queries import rate_versions
 
 MAX_COST_DAYS = 3 * 366
 Price = (
