@@ -52,6 +52,7 @@ __all__ = [
     "fingerprint",
     "iter_records",
     "read_page",
+    "records_at",
     "records_for_events",
     "records_of",
 ]
@@ -229,6 +230,15 @@ async def records_of(
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM {EVENTS_TABLE} WHERE {clause} ORDER BY notification_id LIMIT %s",
         [*params, limit],
+    )
+    return [_record(row) for row in await cur.fetchall()]
+
+
+async def records_at(conn: psycopg.AsyncConnection[Any], positions: Sequence[int]) -> list[StoredRecord]:
+    """The stored records at `positions` (those the store holds), in log order."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM {EVENTS_TABLE} WHERE notification_id = ANY(%s) ORDER BY notification_id",
+        (list(positions),),
     )
     return [_record(row) for row in await cur.fetchall()]
 
