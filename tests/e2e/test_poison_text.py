@@ -33,7 +33,7 @@ from domain.identity import ApiKey, NewKey, Scope, StepUp, api_key_text, user_id
 from domain.text import refused_character
 from infra import replay
 from infra.bootstrap import Runtime
-from projections.engine import QUARANTINE, TRACKING
+from projections.tracking import QUARANTINE, TRACKING
 from tests.e2e.conftest import ADMIN_PASSWORD, VIEWER_PASSWORD, SignedIn, background, bearer, log_in
 from tests.e2e.test_cli import cli_env, wattledger
 
