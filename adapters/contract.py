@@ -38,6 +38,7 @@ from eventsourcing.domain import DomainEventProtocol
 
 from adapters.errors import AdapterError
 from domain.compliance import ComplianceExport
+from domain.security import SecurityActivity
 from domain.config import SystemConfig
 from domain.control import ControlCommand
 from domain.device import Device
@@ -382,6 +383,22 @@ class ComplianceExportFailed(EventData, frozen=True, kw_only=True):
     reason: str
 
 
+class SecurityCount(EventData, frozen=True, kw_only=True):
+    kind: str
+    source: str
+    count: int
+
+
+class SecurityActivitySummarised(EventData, frozen=True, kw_only=True):
+    """Refusals one API process answered over a window: failed sign-ins, lockouts and refused
+    permissions per client address, the busiest first; `others` counts those not listed."""
+
+    window_start: datetime
+    window_end: datetime
+    counts: list[SecurityCount]
+    others: int
+
+
 class DataExportRequested(EventData, frozen=True, kw_only=True):
     """A data export of device readings was asked for: by whom, of what, in which shape."""
 
@@ -488,6 +505,7 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         DataExport.Failed: DataExportFailed,
         DataExport.Downloaded: DataExportDownloaded,
         DataExport.Deleted: DataExportDeleted,
+        SecurityActivity.Summarised: SecurityActivitySummarised,
     }
 )
 

@@ -35,6 +35,7 @@ from api.guards import Authorizer, provide_principal, schema_config
 from api.headers import SecurityHeaders
 from api.pending import ReportPendingReadModels
 from api.ratelimit import cors_config, install_edge
+from api.security import TallyRefusals
 from api.services import VERSION, Services
 from api.socketio import socketio_route
 
@@ -154,5 +155,7 @@ def create_app(services: Services) -> Litestar:
         debug=False,
     )
     install_edge(app, services.edge)
+    if services.refusals is not None:
+        app.asgi_handler = TallyRefusals(app.asgi_handler, services.refusals)
     app.asgi_handler = SecurityHeaders(app.asgi_handler)
     return app

@@ -25,6 +25,7 @@ from adapters.kasa_driver import KasaDriver
 from api.errors import connection_lost
 from api.pending import note_pending
 from api.ratelimit import EdgePolicy
+from api.security import RefusalTally
 from domain.control_handlers import ConfigHandlers, ControlHandlers
 from domain.energy import EnergyRules
 from domain.energy_handlers import EnergyHandlers
@@ -73,6 +74,7 @@ class Services:
     host: str = "127.0.0.1"
     clock: Clock = field(default_factory=SystemClock)
     parts: Callable[[], list[PartStatus]] = list
+    refusals: RefusalTally | None = None
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +44,7 @@ from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
 from api.app import create_app
 from api.ratelimit import EdgePolicy, RateLimits
+from api.security import RefusalTally, summarise_every
 from api.services import Services
 from domain.config import ConfigValues
 from domain.control_handlers import ConfigHandlers, ControlHandlers
@@ -54,6 +55,7 @@ from domain.compliance_handlers import ComplianceHandlers
 from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
+from domain.security import SecurityHandlers
 from domain.usage import EnergySettings
 from domain.text import escape_text
 from infra.errors import InfraError
@@ -116,6 +118,7 @@ class Runtime:
     fanout: FanOut | None = None
     exports: DataExportJobs | None = None
     supervisor: Supervisor | None = None
+    refusals: RefusalTally | None = None
     clock: Clock = field(default_factory=SystemClock)
 
     def saved(self) -> None:
@@ -219,11 +222,21 @@ class Runtime:
             energy=EnergyHandlers(StoreUnitOfWork(self.app), self.clock, energy_settings(self.settings)),
             clock=self.clock,
             parts=self.supervisor.status if self.supervisor is not None else list,
+            refusals=self.refusal_tally(),
             compliance=ComplianceJobs(
                 self.settings.compliance_dir, self.database_url, self.app, chain_link,
                 ComplianceHandlers(StoreUnitOfWork(self.app)),
             ),
         )
+
+    def refusal_tally(self) -> RefusalTally:
+        """This process's count of refused sign-ins and permissions (recorded once a minute by `run_parts`)."""
+        if self.refusals is None:
+            self.refusals = RefusalTally(self.clock.now)
+        return self.refusals
+
+    def security_summaries(self) -> Awaitable[None]:
+        return summarise_every(self.refusal_tally(), SecurityHandlers(StoreUnitOfWork(self.app)), on_saved=self.saved)
 
     def data_exports(self) -> DataExportJobs:
         """This process's data export jobs (created on first use; `run_parts` sweeps them with the API)."""
@@ -617,6 +630,7 @@ async def run_parts(
             supervisor.add("api", lambda: serve_api(runtime, stop), watches_stop=True)
             supervisor.add("commands", lambda: runtime.responder().run(stop), watches_stop=True)
             supervisor.add("exports", runtime.data_exports().run)
+            supervisor.add("security", runtime.security_summaries)
         await supervisor.run(stop)
     finally:
         if runtime.fanout is not None:

@@ -37,6 +37,7 @@ from adapters.contract import (
     DeviceWentOffline,
     MeterDayOpened,
     ReadingRecorded,
+    SecurityActivitySummarised,
     RosterAdminAdded,
     RosterAdminRemoved,
     RosterFounded,
@@ -232,6 +233,11 @@ def describe(event: object, names: _Names) -> tuple[str, str, str | None]:
             return f"completed compliance export {ident}: {data.count} events{upto}", f"compliance export {ident}", None
         case ComplianceExportFailed():
             return f"failed compliance export {ident}: {data.reason}", f"compliance export {ident}", None
+        case SecurityActivitySummarised():
+            refused = sum(c.count for c in data.counts) + data.others
+            by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(_by_kind(data).items()))
+            return f"counted {refused} refused requests from {len(data.counts)} sources ({by_kind})", \
+                "security", None
         case ApiKeyIssued():
             names.set(ident, "key", data.name, owner=data.user_id)
             target = f"API key {data.name}"
@@ -254,6 +260,13 @@ _PLAIN: dict[tuple[str, str], str] = {
     ("user", "BackupCodeUsed"): "spent a backup code of {user}",
     ("apikey", "Revoked"): "revoked {key}",
 }
+
+
+def _by_kind(data: SecurityActivitySummarised) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for c in data.counts:
+        totals[c.kind] = totals.get(c.kind, 0) + c.count
+    return totals
 
 
 def _plain(event: object, ident: UUID, names: _Names) -> tuple[str, str, str | None]:
