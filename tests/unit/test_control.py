@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
-import msgspec
 import pytest
 
 from adapters.contract import decode_data, decode_envelope, encode_envelope
@@ -22,9 +21,10 @@ from domain.errors import (
     InvalidConfig,
     OutletNotFound,
 )
-from domain.ports import DeviceSwitch
 from domain.readings import DeviceSnapshot, OutletReading
-from tests.unit.test_handlers import T0, MemoryStore, SteppingClock, plug
+from tests.kit import FakeSwitch, ManualClock, MemoryStore, plug
+
+T0 = datetime(2026, 3, 8, 6, 0, tzinfo=timezone.utc)
 
 STRIP = DeviceSnapshot(
     alias="Strip", model="HS300", device_type="strip", mac="CC:DD", firmware="1", is_on=True, has_emeter=True,
@@ -32,46 +32,14 @@ STRIP = DeviceSnapshot(
 )
 
 
-class FakeSwitch(DeviceSwitch):
-    """Relays in memory; counts switches; can be told to fail or to lose the next switch's answer."""
-
-    def __init__(self, snapshot: DeviceSnapshot) -> None:
-        self.snapshot = snapshot
-        self.switches: list[tuple[bool, int | None]] = []
-        self.fail_with: Exception | None = None
-
-    def _set(self, on: bool, index: int | None) -> None:
-        if not self.snapshot.outlets:
-            self.snapshot = msgspec.structs.replace(self.snapshot, is_on=on)
-            return
-        outlets = tuple(
-            msgspec.structs.replace(o, is_on=on) if index is None or o.index == index else o
-            for o in self.snapshot.outlets
-        )
-        self.snapshot = msgspec.structs.replace(self.snapshot, outlets=outlets, is_on=any(o.is_on for o in outlets))
-
-    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
-        return self.snapshot
-
-    async def set_relay(self, address: DeviceAddress, *, on: bool, outlet_index: int | None = None) -> DeviceSnapshot:
-        self.switches.append((on, outlet_index))
-        if self.fail_with is not None:
-            raise self.fail_with
-        self._set(on, outlet_index)
-        return self.snapshot
-
-    async def set_alias(self, address: DeviceAddress, alias: str) -> None:
-        self.snapshot = msgspec.structs.replace(self.snapshot, alias=alias)
-
-
 def setup(snapshot: DeviceSnapshot, *, online: bool = True) -> tuple[ControlHandlers, MemoryStore, FakeSwitch, UUID]:
     store = MemoryStore()
     device = Device.from_snapshot("10.0.0.5:9999", snapshot, alias=None, actor="test")
     if not online:
         device.went_offline(3, actor="test")
-    store.events[device.id] = list(device.collect_events())
+    store.put(device)
     switch = FakeSwitch(snapshot)
-    clock = SteppingClock(T0)
+    clock = ManualClock(T0, step=timedelta(seconds=1))
     handlers = ControlHandlers(store, switch, clock, ConfigHandlers(store, ConfigValues()), deadline_s=30)
     return handlers, store, switch, device.id
 
@@ -114,7 +82,7 @@ async def test_an_offline_device_fails_at_once_and_is_never_switched() -> None:
 async def test_an_expired_command_is_failed_and_never_executed() -> None:
     handlers, _, switch, device_id = setup(plug())
     command_id = await request(handlers, device_id, Action.OFF)
-    handlers.clock = SteppingClock(T0 + timedelta(minutes=5))
+    handlers.clock = ManualClock(T0 + timedelta(minutes=5), step=timedelta(seconds=1))
     done = await handlers.execute(command_id, executor="x")
     assert done is not None and (done.status, done.reason) == (Status.FAILED, "expired")
     assert switch.switches == []

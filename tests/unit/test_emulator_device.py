@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -12,21 +13,13 @@ from adapters.emulator.device import (
     available_profiles,
     load_profile,
 )
+from tests.kit import ManualClock
+
+T0 = datetime(2026, 3, 8, 6, 0, tzinfo=timezone.utc)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def make(name: str, clock: FakeClock, **kwargs: Any) -> EmulatedDevice:
-    return EmulatedDevice(load_profile(name), clock=clock, seed=7, **kwargs)
+def make(name: str, clock: ManualClock, **kwargs: Any) -> EmulatedDevice:
+    return EmulatedDevice(load_profile(name), clock=clock.monotonic, seed=7, **kwargs)
 
 
 def realtime(device: EmulatedDevice, child_id: str | None = None) -> dict[str, Any]:
@@ -59,7 +52,7 @@ def test_meter_devices_advertise_ene_in_their_feature_string() -> None:
 
 
 def test_energy_counter_integrates_power_over_time_times_speed() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("KP115", clock, speed=60.0)
     base = load_profile("KP115").base_load_w
     clock.advance(60.0)  # one simulated hour
@@ -68,7 +61,7 @@ def test_energy_counter_integrates_power_over_time_times_speed() -> None:
 
 
 def test_power_drifts_but_stays_within_bounds_of_the_base_load() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("KP115", clock)
     base = load_profile("KP115").base_load_w
     powers = []
@@ -80,7 +73,7 @@ def test_power_drifts_but_stays_within_bounds_of_the_base_load() -> None:
 
 
 def test_a_switched_off_plug_draws_nothing_and_counts_nothing() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("HS110", clock, speed=3600.0)
     device.set_relay(False)
     clock.advance(10.0)
@@ -92,7 +85,7 @@ def test_a_switched_off_plug_draws_nothing_and_counts_nothing() -> None:
 
 
 def test_legacy_firmware_reports_w_v_a_kwh_and_newer_firmware_milli_units() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     assert set(realtime(make("HS110", clock))) == {
         "power",
         "voltage",
@@ -110,7 +103,7 @@ def test_legacy_firmware_reports_w_v_a_kwh_and_newer_firmware_milli_units() -> N
 
 
 def test_current_is_power_over_voltage() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("HS110", clock)
     clock.advance(5.0)
     reading = realtime(device)
@@ -118,7 +111,7 @@ def test_current_is_power_over_voltage() -> None:
 
 
 def test_scheduled_reboot_resets_the_counter_and_keeps_relays() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("HS300", clock, speed=3600.0, reboot_every=100.0)
     device.set_relay(False, outlet=1)
     clock.advance(90.0)
@@ -130,7 +123,7 @@ def test_scheduled_reboot_resets_the_counter_and_keeps_relays() -> None:
 
 
 def test_reboot_request_resets_the_counter() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("KP115", clock, speed=3600.0)
     clock.advance(10.0)
     assert realtime(device)["total_wh"] > 0
@@ -140,7 +133,7 @@ def test_reboot_request_resets_the_counter() -> None:
 
 
 def test_same_seed_gives_the_same_readings() -> None:
-    first, second = FakeClock(), FakeClock()
+    first, second = ManualClock(T0), ManualClock(T0)
     a, b = make("HS110", first), make("HS110", second)
     for _ in range(5):
         first.advance(7.0)
@@ -149,7 +142,7 @@ def test_same_seed_gives_the_same_readings() -> None:
 
 
 def test_child_context_switches_only_that_outlet() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("KP303", clock)
     third = device.outlet_ids[2]
     answer = device.handle(
@@ -162,13 +155,13 @@ def test_child_context_switches_only_that_outlet() -> None:
 
 
 def test_strip_children_have_the_device_id_plus_two_digit_index() -> None:
-    device = make("HS300", FakeClock())
+    device = make("HS300", ManualClock(T0))
     ids = [child["id"] for child in sysinfo(device)["children"]]
     assert ids == [f"{device.device_id}{i:02d}" for i in range(6)]
 
 
 def test_each_strip_outlet_meters_its_own_load() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     device = make("HS300", clock)
     clock.advance(1.0)
     readings = [realtime(device, child_id) for child_id in device.outlet_ids]
@@ -178,19 +171,19 @@ def test_each_strip_outlet_meters_its_own_load() -> None:
 
 
 def test_unknown_module_and_method_answer_like_the_firmware() -> None:
-    device = make("HS100", FakeClock())
+    device = make("HS100", ManualClock(T0))
     answer = device.handle({"smartlife.iot.dimmer": {"set_brightness": {}}, "system": {"fly": {}}})
     assert answer["smartlife.iot.dimmer"] == {"err_code": -1, "err_msg": "module not support"}
     assert answer["system"]["fly"] == {"err_code": -2, "err_msg": "member not support"}
 
 
 def test_a_plug_without_meter_has_no_emeter_module() -> None:
-    device = make("HS100", FakeClock())
+    device = make("HS100", ManualClock(T0))
     assert device.handle({"emeter": {"get_realtime": {}}})["emeter"]["err_code"] == -1
 
 
 def test_several_modules_in_one_request_all_answer() -> None:
-    device = make("HS110", FakeClock())
+    device = make("HS110", ManualClock(T0))
     answer = device.handle(
         {
             "system": {"get_sysinfo": {}},
@@ -204,20 +197,20 @@ def test_several_modules_in_one_request_all_answer() -> None:
 
 
 def test_unknown_child_id_is_an_invalid_argument() -> None:
-    device = make("HS300", FakeClock())
+    device = make("HS300", ManualClock(T0))
     answer = device.handle({"context": {"child_ids": ["nope"]}, "emeter": {"get_realtime": {}}})
     assert answer["emeter"]["get_realtime"]["err_code"] == -3
 
 
 def test_bad_relay_state_is_an_invalid_argument_and_changes_nothing() -> None:
-    device = make("HS110", FakeClock())
+    device = make("HS110", ManualClock(T0))
     answer = device.handle({"system": {"set_relay_state": {"state": "on"}}})
     assert answer["system"]["set_relay_state"]["err_code"] == -3
     assert device.is_on()
 
 
 def test_alias_can_be_renamed_for_the_device_and_for_one_outlet() -> None:
-    device = make("HS300", FakeClock())
+    device = make("HS300", ManualClock(T0))
     device.handle({"system": {"set_dev_alias": {"alias": "Bench"}}})
     device.handle(
         {

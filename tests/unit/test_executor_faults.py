@@ -11,6 +11,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
@@ -28,13 +29,13 @@ from adapters import executor as executor_module
 from adapters.bus import StreamConfig
 from adapters.contract import encode_envelope
 from adapters.executor import DURABLE, CommandExecutor
-from domain.control import Action, ControlCommand, Status
+from domain.control import Action, ControlCommand, RequestControl, Status
 from domain.config import ConfigValues
 from domain.control_handlers import ConfigHandlers, ControlHandlers
 from domain.device import Device
-from tests.unit import test_control as control
-from tests.unit.test_handlers import T0, MemoryStore, SteppingClock, plug
+from tests.kit import FakeSwitch, ManualClock, MemoryStore, plug
 
+T0 = datetime(2026, 3, 8, 6, 0, tzinfo=timezone.utc)
 FETCH_WAIT_S = 0.05
 ACK_PREFIX = "$JS.ACK."
 LATE = -1.0
@@ -101,30 +102,16 @@ class Jet(JetStreamContext):
         return JetStreamContext.PullSubscription(self, inbox, stream or "", durable or DURABLE, b"_INBOX.executor")
 
 
-class FailingStore(MemoryStore):
-    """Saves fail with `failures` first (each once), then work."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures: deque[Exception] = deque()
-
-    async def save(self, *aggregates: Any) -> int:
-        if self.failures:
-            for aggregate in aggregates:
-                aggregate.collect_events()
-            raise self.failures.popleft()
-        return await super().save(*aggregates)
-
-
-async def requested(wire: Wire, store: MemoryStore | None = None) -> tuple[ControlHandlers, MemoryStore, UUID, Msg]:
+async def requested(wire: Wire) -> tuple[ControlHandlers, MemoryStore, UUID, Msg]:
     """A plug, a stored request to switch it on, and that request's message as delivered through `wire`."""
-    store = store if store is not None else MemoryStore()
+    store = MemoryStore()
     snapshot = plug(is_on=False)
     device = Device.from_snapshot("10.0.0.5:9999", snapshot, alias=None, actor="test")
-    store.events[device.id] = list(device.collect_events())
-    handlers = ControlHandlers(store, control.FakeSwitch(snapshot), SteppingClock(T0),
+    store.put(device)
+    handlers = ControlHandlers(store, FakeSwitch(snapshot), ManualClock(T0, step=timedelta(seconds=1)),
                                ConfigHandlers(store, ConfigValues()), deadline_s=30)  # fmt: skip
-    command_id = await control.request(handlers, device.id, Action.ON)
+    accepted = await handlers.request_control(RequestControl(device_id=device.id, action=Action.ON, actor="user:u1"))
+    command_id = accepted.command_id
     event = store.events[command_id][0]
     msg = Msg(_client=wire, subject=f"wl.events.command.{command_id}.ControlRequested",
               reply=f"{ACK_PREFIX}WL_EVENTS.{DURABLE}.1.1.1.0.0", data=encode_envelope(1, event))  # fmt: skip
@@ -236,10 +223,9 @@ async def test_pull_requests_refused_while_reconnecting_are_warnings_and_retried
 
 
 async def test_a_store_that_lost_its_connection_naks_the_request_with_one_warning() -> None:
-    store = FailingStore()
     wire = Wire()
-    handlers, _, command_id, msg = await requested(wire, store)
-    store.failures.append(psycopg.OperationalError("server closed the connection unexpectedly"))
+    handlers, store, command_id, msg = await requested(wire)
+    store.fail_next(psycopg.OperationalError("server closed the connection unexpectedly"))
     inbox = Inbox(wire, [(0.0, msg), (0.0, status("404", "No Messages"))])
     with capture_logs() as logs:
         async with running(executor(Jet(wire, inbox), handlers)) as task:

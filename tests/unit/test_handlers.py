@@ -1,15 +1,12 @@
-"""The command handlers over fake ports: an in-memory store, a scripted driver, a fixed clock."""
+"""The command handlers over fake ports: an in-memory store, a scripted driver, a stepping clock."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
-from datetime import date, datetime, timedelta, timezone
-from typing import TypeVar
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 import pytest
-from eventsourcing.domain import Aggregate
 
 from domain.address import DeviceAddress
 from domain.commands import (
@@ -35,80 +32,12 @@ from domain.errors import (
     UnsupportedDevice,
 )
 from domain.handlers import POLLS_PER_SAVE, CommandHandlers
-from domain.meter import MeterDay, meter_day_id
-from domain.ports import Clock, DeviceDriver, EventStore
+from domain.meter import MeterDay
+from domain.ports import DeviceDriver
 from domain.readings import DeviceSnapshot
+from tests.kit import ManualClock, MemoryStore, plug
 
 T0 = datetime(2026, 3, 8, 6, 0, tzinfo=timezone.utc)
-A = TypeVar("A", bound=Aggregate)
-
-
-def plug(total_wh: float = 10.0, *, is_on: bool = True) -> DeviceSnapshot:
-    return DeviceSnapshot(
-        alias="Lamp", model="HS110", device_type="plug", mac="AA:BB", firmware="1", is_on=is_on,
-        has_emeter=True, power_w=5.0, total_wh=total_wh,
-    )
-
-
-class MemoryStore(EventStore):
-    """Keeps committed events per aggregate; a save whose versions collide raises ConcurrencyConflict."""
-
-    def __init__(self) -> None:
-        self.events: dict[UUID, list[Aggregate.Event]] = {}
-        self.saves = 0
-        self.conflicts_to_raise = 0
-        self.position = 0
-
-    def _load(self, aggregate_id: UUID) -> Aggregate | None:
-        events = self.events.get(aggregate_id)
-        if not events:
-            return None
-        aggregate: Aggregate | None = None
-        for event in events:
-            aggregate = event.mutate(aggregate)
-        return aggregate
-
-    async def device(self, device_id: UUID) -> Device | None:
-        loaded = self._load(device_id)
-        assert loaded is None or isinstance(loaded, Device)
-        return loaded
-
-    async def meter_day(self, device_id: UUID, day: date) -> MeterDay | None:
-        loaded = self._load(meter_day_id(device_id, day))
-        assert loaded is None or isinstance(loaded, MeterDay)
-        return loaded
-
-    async def aggregate(self, aggregate_id: UUID, kind: type[A]) -> A | None:
-        loaded = self._load(aggregate_id)
-        if loaded is not None and not isinstance(loaded, kind):
-            raise TypeError(f"{aggregate_id} is a {type(loaded).__name__}")
-        return loaded
-
-    async def save(self, *aggregates: Aggregate) -> int:
-        if self.conflicts_to_raise:
-            self.conflicts_to_raise -= 1
-            for aggregate in aggregates:
-                aggregate.collect_events()
-            raise ConcurrencyConflict("scripted conflict")
-        pending = [(a.id, a.collect_events()) for a in aggregates]
-        for aggregate_id, events in pending:
-            stored = self.events.get(aggregate_id, [])
-            if events and events[0].originator_version != len(stored) + 1:
-                raise ConcurrencyConflict(f"{aggregate_id} moved on")
-        for aggregate_id, events in pending:
-            self.events.setdefault(aggregate_id, []).extend(copy.deepcopy(events))
-            self.position += len(events)
-        self.saves += 1
-        return self.position
-
-    def readings(self, device_id: UUID) -> list[MeterDay.ReadingRecorded]:
-        return [
-            e for events in self.events.values() for e in events
-            if isinstance(e, MeterDay.ReadingRecorded) and e.device_id == device_id
-        ]
-
-    def of_type(self, device_id: UUID, kind: type[Aggregate.Event]) -> list[Aggregate.Event]:
-        return [e for e in self.events.get(device_id, []) if isinstance(e, kind)]
 
 
 class ScriptedDriver(DeviceDriver):
@@ -137,20 +66,15 @@ class ScriptedDriver(DeviceDriver):
         return list(self.found)
 
 
-class SteppingClock(Clock):
-    def __init__(self, start: datetime = T0) -> None:
-        self.moment = start
-
-    def now(self) -> datetime:
-        self.moment += timedelta(seconds=1)
-        return self.moment
+def readings(store: MemoryStore, device_id: UUID) -> list[MeterDay.ReadingRecorded]:
+    return [e for e in store.of_type(MeterDay.ReadingRecorded) if e.device_id == device_id]
 
 
 def handlers(devices: dict[str, DeviceSnapshot], store: MemoryStore | None = None,
              found: list[DeviceAddress] | None = None) -> tuple[CommandHandlers, MemoryStore, ScriptedDriver]:
     store = store or MemoryStore()
     driver = ScriptedDriver(devices, found)
-    return CommandHandlers(store, driver, SteppingClock()), store, driver
+    return CommandHandlers(store, driver, ManualClock(T0, step=timedelta(seconds=1))), store, driver
 
 
 async def test_adding_a_device_stores_it_with_its_first_reading_in_one_save() -> None:
@@ -158,10 +82,10 @@ async def test_adding_a_device_stores_it_with_its_first_reading_in_one_save() ->
     added = await cmd.add_device(AddDevice(address="10.0.0.5", alias="Desk", actor="user:ann"))
     assert added.device_id == device_id_for("10.0.0.5")
     assert store.saves == 1
-    [created] = store.of_type(added.device_id, Device.Added)
+    [created] = store.of_type(Device.Added, added.device_id)
     assert isinstance(created, Device.Added)
     assert (created.alias, created.actor) == ("Desk", "user:ann")
-    [reading] = store.readings(added.device_id)
+    [reading] = readings(store, added.device_id)
     assert reading.total_wh == 42.0
 
 
@@ -190,7 +114,7 @@ class FailingDriver(ScriptedDriver):
 ])  # fmt: skip
 async def test_adding_gives_one_answer_whatever_kept_the_device_from_answering(failure: DeviceError) -> None:
     store = MemoryStore()
-    cmd = CommandHandlers(store, FailingDriver(failure), SteppingClock())
+    cmd = CommandHandlers(store, FailingDriver(failure), ManualClock(T0, step=timedelta(seconds=1)))
     with pytest.raises(NoKasaDevice) as raised:
         await cmd.add_device(AddDevice(address="10.0.0.9:22", actor="user:ann"))
     assert (str(raised.value), raised.value.code) == ("no Kasa device answered at this address", "DEVICE_UNREACHABLE")
@@ -219,8 +143,8 @@ async def test_a_removed_device_added_again_is_restored_with_its_history() -> No
     await cmd.remove_device(RemoveDevice(device_id=added.device_id, actor="u"))
     again = await cmd.add_device(AddDevice(address="10.0.0.5", alias="Back", actor="u"))
     assert again.device_id == added.device_id
-    assert len(store.of_type(added.device_id, Device.Restored)) == 1
-    assert len(store.readings(added.device_id)) == 2
+    assert len(store.of_type(Device.Restored, added.device_id)) == 1
+    assert len(readings(store, added.device_id)) == 2
 
 
 async def test_removing_twice_or_an_unknown_device_is_refused() -> None:
@@ -236,19 +160,19 @@ async def test_removing_twice_or_an_unknown_device_is_refused() -> None:
 async def test_a_conflict_is_retried_once_from_a_fresh_load() -> None:
     cmd, store, _ = handlers({"10.0.0.5": plug()})
     added = await cmd.add_device(AddDevice(address="10.0.0.5", actor="u"))
-    store.conflicts_to_raise = 1
+    store.fail_next(ConcurrencyConflict("scripted conflict"))
     await cmd.rename_device(RenameDevice(device_id=added.device_id, alias="Kettle", actor="u"))
-    [renamed] = store.of_type(added.device_id, Device.Renamed)
+    [renamed] = store.of_type(Device.Renamed, added.device_id)
     assert isinstance(renamed, Device.Renamed) and renamed.alias == "Kettle"
 
 
 async def test_a_second_conflict_reaches_the_caller_as_a_domain_conflict() -> None:
     cmd, store, _ = handlers({"10.0.0.5": plug()})
     added = await cmd.add_device(AddDevice(address="10.0.0.5", actor="u"))
-    store.conflicts_to_raise = 2
+    store.fail_next(ConcurrencyConflict("scripted conflict"), ConcurrencyConflict("scripted conflict"))
     with pytest.raises(ConcurrencyConflict):
         await cmd.rename_device(RenameDevice(device_id=added.device_id, alias="Kettle", actor="u"))
-    assert store.of_type(added.device_id, Device.Renamed) == []
+    assert store.of_type(Device.Renamed, added.device_id) == []
 
 
 async def test_a_repeated_poll_result_records_its_reading_once() -> None:
@@ -258,7 +182,7 @@ async def test_a_repeated_poll_result_records_its_reading_once() -> None:
     first = await cmd.record_polls(RecordPolls(results=(result,), actor="system:poller"))
     second = await cmd.record_polls(RecordPolls(results=(result,), actor="system:poller"))
     assert (first.recorded, second.recorded) == (1, 0)
-    assert len(store.readings(added.device_id)) == 2
+    assert len(readings(store, added.device_id)) == 2
 
 
 async def test_several_readings_of_one_device_in_one_call_are_all_recorded() -> None:
@@ -272,7 +196,7 @@ async def test_several_readings_of_one_device_in_one_call_are_all_recorded() -> 
     )
     stored = await cmd.record_polls(RecordPolls(results=results, actor="system:poller"))
     assert stored.recorded == 4
-    assert sorted(e.measured_at for e in store.readings(added.device_id))[-4:] == times
+    assert sorted(e.measured_at for e in readings(store, added.device_id))[-4:] == times
 
 
 async def test_polls_are_stored_in_parts_and_a_device_offline_once() -> None:
@@ -287,7 +211,7 @@ async def test_polls_are_stored_in_parts_and_a_device_offline_once() -> None:
     await cmd.record_polls(RecordPolls(offline=(MissedPolls(device_id=ids[0], count=4),), actor="system:poller"))
     assert stored.recorded == len(ids) - 1
     assert store.saves - saves_before == 3
-    assert len(store.of_type(ids[0], Device.WentOffline)) == 1
+    assert len(store.of_type(Device.WentOffline, ids[0])) == 1
 
 
 async def test_polls_of_unknown_or_removed_devices_are_skipped() -> None:

@@ -27,21 +27,14 @@ from adapters.identity import (
 from domain.errors import TokenExpired, TokenInvalid
 from domain.identity import SESSION_LIFETIME, Role, SessionGrant, UserSummary
 from domain.ports import Clock
+from tests.kit import ManualClock
 
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=timezone.utc)
 USER, SESSION = uuid4(), uuid4()
 
 
-class ManualClock(Clock):
-    def __init__(self, moment: datetime = T0) -> None:
-        self.moment = moment
-
-    def now(self) -> datetime:
-        return self.moment
-
-
 def service(clock: Clock | None = None, *, secret: bytes = b"k" * 64, kid: str = "one") -> TokenService:
-    return TokenService({kid: secret}, kid, clock=clock or ManualClock())
+    return TokenService({kid: secret}, kid, clock=clock or ManualClock(T0))
 
 
 def grant(generation: int = 1) -> SessionGrant:
@@ -74,14 +67,14 @@ async def test_an_access_token_is_no_refresh_token_and_the_reverse() -> None:
 
 
 async def test_expired_tokens_say_so() -> None:
-    clock = ManualClock()
+    clock = ManualClock(T0)
     tokens = service(clock)
-    clock.moment = T0 + timedelta(minutes=30)
+    clock.set(T0 + timedelta(minutes=30))
     with pytest.raises(TokenExpired) as expired:
         await tokens.verify_access(ISSUED.access_token)
     assert expired.value.code == "TOKEN_EXPIRED"
     await tokens.verify_refresh(ISSUED.refresh_token)
-    clock.moment = T0 + SESSION_LIFETIME
+    clock.set(T0 + SESSION_LIFETIME)
     with pytest.raises(TokenExpired):
         await tokens.verify_refresh(ISSUED.refresh_token)
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone
-from typing import TypeVar
+from datetime import datetime, timedelta, timezone
 from uuid import UUID, uuid4
 
 import msgspec
 import pytest
-from eventsourcing.domain import Aggregate
 
-from domain.device import Device
 from domain.errors import (
     AccountDisabled,
     ApiKeyInvalid,
@@ -64,76 +60,12 @@ from domain.identity import (
     user_id_for,
 )
 from domain.identity_handlers import IdentityHandlers
-from domain.meter import MeterDay
-from domain.ports import Clock, EventStore, IdentityReader, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
+from domain.ports import IdentityReader, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
+from tests.kit import ManualClock, MemoryStore
 
-A = TypeVar("A", bound=Aggregate)
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=timezone.utc)
 PASSWORD = "correct horse battery"
 CONFIRMED = StepUp(current_password=PASSWORD)
-
-
-class MemoryStore(EventStore):
-    """Committed events per aggregate; a save whose versions collide raises ConcurrencyConflict.
-
-    With `collide(n)`, the next `n` saves wait for each other before any is stored, so
-    `n` writers that decided on the same versions collide as two processes would.
-    """
-
-    def __init__(self) -> None:
-        self.events: dict[UUID, list[Aggregate.Event]] = {}
-        self.position = 0
-        self.conflicts = 0
-        self._barrier: asyncio.Barrier | None = None
-
-    def collide(self, writers: int) -> None:
-        self._barrier = asyncio.Barrier(writers)
-
-    def load(self, aggregate_id: UUID) -> Aggregate | None:
-        aggregate: Aggregate | None = None
-        for event in self.events.get(aggregate_id, []):
-            aggregate = event.mutate(aggregate)
-        return aggregate
-
-    async def device(self, device_id: UUID) -> Device | None:
-        return await self.aggregate(device_id, Device)
-
-    async def meter_day(self, device_id: UUID, day: date) -> MeterDay | None:
-        raise AssertionError("identity handlers read no meters")
-
-    async def aggregate(self, aggregate_id: UUID, kind: type[A]) -> A | None:
-        await asyncio.sleep(0)
-        loaded = self.load(aggregate_id)
-        if loaded is not None and not isinstance(loaded, kind):
-            raise TypeError(f"{aggregate_id} is a {type(loaded).__name__}")
-        return loaded
-
-    async def save(self, *aggregates: Aggregate) -> int:
-        barrier = self._barrier
-        if barrier is not None:
-            try:
-                async with asyncio.timeout(10):
-                    await barrier.wait()
-            except TimeoutError:
-                raise AssertionError("the writers meant to collide did not all reach save()") from None
-            self._barrier = None
-        pending = [(a.id, a.collect_events()) for a in aggregates]
-        ids = [aggregate_id for aggregate_id, _ in pending]
-        assert len(ids) == len(set(ids)), "one aggregate twice in one save"
-        for aggregate_id, events in pending:
-            if events and events[0].originator_version != len(self.events.get(aggregate_id, [])) + 1:
-                self.conflicts += 1
-                raise ConcurrencyConflict(f"{aggregate_id} moved on")
-        for aggregate_id, events in pending:
-            self.events.setdefault(aggregate_id, []).extend(copy.deepcopy(events))
-            self.position += len(events)
-        return self.position
-
-    def all_events(self) -> list[Aggregate.Event]:
-        return [e for events in self.events.values() for e in events]
-
-    def of_type(self, kind: type[Aggregate.Event]) -> list[Aggregate.Event]:
-        return [e for e in self.all_events() if isinstance(e, kind)]
 
 
 class StoreReader(IdentityReader):
@@ -146,7 +78,8 @@ class StoreReader(IdentityReader):
 
     async def versions(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, int]:
         self.asked.append(list(aggregate_ids))
-        return {i: len(self.store.events[i]) for i in aggregate_ids if self.store.events.get(i)}
+        stored = {i: self.store.version(i) for i in aggregate_ids}
+        return {i: version for i, version in stored.items() if version is not None}
 
     async def touch_session(self, session_id: UUID, at: datetime) -> None:
         self.touched.append(session_id)
@@ -220,17 +153,6 @@ class CountingSecrets(SecretMaker):
         return _digest(secret)
 
 
-class ManualClock(Clock):
-    def __init__(self, moment: datetime = T0) -> None:
-        self.moment = moment
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def advance(self, **delta: float) -> None:
-        self.moment += timedelta(**delta)
-
-
 class World(msgspec.Struct, kw_only=True):
     handlers: IdentityHandlers
     store: MemoryStore
@@ -240,7 +162,7 @@ class World(msgspec.Struct, kw_only=True):
 
 
 def world() -> World:
-    store, clock, totp = MemoryStore(), ManualClock(), FakeTotp()
+    store, clock, totp = MemoryStore(), ManualClock(T0), FakeTotp()
     reader = StoreReader(store)
     handlers = IdentityHandlers(store, FakeHasher(), ReversingBox(), totp, CountingSecrets(), clock, reader)
     return World(handlers=handlers, store=store, reader=reader, clock=clock, totp=totp)

@@ -29,9 +29,8 @@ from adapters.relay import Relay, RelayPublishError
 from domain.address import DeviceAddress
 from domain.config import ConfigValues
 from domain.errors import DeviceUnreachable
-from domain.ports import DeviceDriver
 from domain.readings import DeviceSnapshot
-from tests.unit.test_poller_store import MemoryStore, RecordingHandlers, plug, seeded
+from tests.kit import MemoryStore, NoDevices, RecordingHandlers, plug, save_devices
 
 
 def warnings_and_worse(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -132,7 +131,7 @@ async def test_a_config_read_the_database_fails_is_one_warning_per_outage() -> N
             raise outcome
         return outcome
 
-    poller = Poller(RecordingHandlers(MemoryStore()), Quiet(), Fixed({}), interval=1.0)
+    poller = Poller(RecordingHandlers(MemoryStore()), NoDevices(), Fixed({}), interval=1.0)
     with capture_logs() as logs:
         following = asyncio.create_task(poller.follow_config(current, every=0.01))
         await asyncio.wait_for(applied.wait(), 5)
@@ -143,21 +142,8 @@ async def test_a_config_read_the_database_fails_is_one_warning_per_outage() -> N
     assert [e["log_level"] for e in faults] == ["warning", "debug"]
 
 
-class Quiet(DeviceDriver):
-    """Devices that never answer, the way python-kasa reports it through the driver."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.error = error or DeviceUnreachable("127.0.0.1:30000: Unable to connect to the device")
-
-    async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
-        raise self.error
-
-    async def discover(self, target: str, *, port: int | None = None) -> list[DeviceAddress]:
-        return []
-
-
-class Counting(Quiet):
-    """Never answers either; `third` is set once a third poll has failed."""
+class Counting(NoDevices):
+    """Never answers (with `error`); `third` is set once a third poll has failed."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(error)
@@ -195,7 +181,7 @@ class Fixed:
 
 async def test_a_lost_lease_database_is_one_warning_and_a_bug_in_the_assignment_ends_the_poller() -> None:
     lost = Fixed({}, psycopg.OperationalError("consuming input failed"), psycopg_pool.PoolTimeout("no connection"))
-    poller = Poller(RecordingHandlers(MemoryStore()), Quiet(), lost, interval=1.0, grace=0.1)
+    poller = Poller(RecordingHandlers(MemoryStore()), NoDevices(), lost, interval=1.0, grace=0.1)
     with capture_logs() as logs:
         task = asyncio.create_task(poller.run())
         await asyncio.wait_for(lost.refreshed.wait(), 5)
@@ -206,7 +192,7 @@ async def test_a_lost_lease_database_is_one_warning_and_a_bug_in_the_assignment_
 
     broken = Fixed({}, KeyError("a bug"))
     with pytest.raises(KeyError):
-        await asyncio.wait_for(Poller(RecordingHandlers(MemoryStore()), Quiet(), broken, interval=1.0, grace=0.1).run(), 5)
+        await asyncio.wait_for(Poller(RecordingHandlers(MemoryStore()), NoDevices(), broken, interval=1.0, grace=0.1).run(), 5)
 
 
 @pytest.mark.parametrize("error", [
@@ -215,7 +201,7 @@ async def test_a_lost_lease_database_is_one_warning_and_a_bug_in_the_assignment_
 ])  # fmt: skip
 async def test_a_silent_device_is_one_warning_line_without_a_traceback(error: Exception) -> None:
     store = MemoryStore()
-    devices = await seeded(store, 1)
+    devices = await save_devices(store, plug(), 1)
     driver = Counting(error)
     poller = Poller(RecordingHandlers(store), driver, Fixed(devices), interval=0.05, offline_after=5, grace=0.1)
     with capture_logs() as logs:
