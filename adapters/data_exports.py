@@ -31,6 +31,7 @@ from eventsourcing.utils import get_topic
 
 from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
+from adapters.faults import DATABASE_FAULTS, report
 from adapters.export_files import open_writer, sha256_file
 from domain.energy import EnergyRules
 from domain.export_handlers import ExportHandlers
@@ -293,6 +294,9 @@ class DataExportJobs:
                          bytes=written.file_size)  # fmt: skip
         except asyncio.CancelledError:
             raise
+        except DATABASE_FAULTS as exc:
+            # The export stays queued: the sweep writes it again once the database answers.
+            report("exports", exc, export_id=str(export_id))
         except Exception as exc:
             log.exception("export.failed", export_id=str(export_id))
             await self.handlers.settle(export_id, outcome="failed", error=f"{type(exc).__name__}: {exc}")
@@ -322,12 +326,13 @@ class DataExportJobs:
         return len(expired)
 
     async def run(self, *, interval: float = 60.0) -> None:
-        """Sweep every `interval` seconds until cancelled; a failed sweep is logged and retried."""
+        """Sweep every `interval` seconds until cancelled. A database fault is one warning line and the
+        sweep runs again at the next interval; anything else is a bug and reaches the supervisor."""
         while True:
             try:
                 await self.sweep()
-            except Exception:
-                log.exception("export.sweep_failed")
+            except DATABASE_FAULTS as exc:
+                report("exports", exc)
             await asyncio.sleep(interval)
 
     async def close(self) -> None:

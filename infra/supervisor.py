@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from adapters.faults import describe
 from api.services import PartStatus
 from infra.errors import InfraError
 
@@ -49,12 +50,6 @@ class _Record:
     failed_monotonic: float | None = None
     failures: deque[float] = field(default_factory=deque)
     state: str = "starting"
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as one short line: its type and message."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Supervisor:
