@@ -34,6 +34,7 @@ import msgspec
 import psycopg
 import structlog
 
+from adapters.faults import DATABASE_FAULTS, describe, report
 from adapters.export_files import FORMATS, ExportFormat, open_writer, sha256_file
 from domain.compliance import ExportSummary
 from domain.compliance_handlers import ComplianceHandlers
@@ -296,8 +297,11 @@ class ComplianceJobs:
             await self.handlers.complete(job.id, summary_of(job.manifest), actor=SYSTEM_ACTOR)
             job.status, job.progress, job.events_written = "completed", 1.0, job.manifest.count
         except Exception as exc:
-            log.exception("compliance.export_failed", job=str(job.id))
-            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"[:500]
+            if isinstance(exc, DATABASE_FAULTS):
+                report("compliance", exc, job=str(job.id))  # an outage, not a bug: no traceback
+            else:
+                log.exception("compliance.export_failed", job=str(job.id))
+            job.status, job.error = "failed", describe(exc)[:500]
             await self._record_failure(job)
         finally:
             job.finished_at = datetime.now(timezone.utc)
