@@ -37,6 +37,7 @@ from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from adapters.contract import CONTRACT, EventData, Envelope, aggregate_name, envelope_for
+from adapters.errors import AdapterError
 from adapters.eventlog import EventLog
 from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 
@@ -65,7 +66,7 @@ DEFAULT_SCAN: Final = 10_000
 """Stored events one page reads at most while looking for matches of the payload filters."""
 
 
-class CursorError(ValueError):
+class CursorError(AdapterError, ValueError):
     """A cursor that is not one of ours, or that was made for other filters."""
 
 

@@ -57,6 +57,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import BusError, StreamConfig, subject_for
 from adapters.contract import aggregate_name, decode_envelope, encode_envelope
+from adapters.errors import AdapterError
 from adapters.eventlog import EventLog, Logged
 from adapters.eventstore import WattLedger
 from adapters.faults import DATABASE_FAULTS, NATS_FAULTS, describe, reraise_if_cancelled, report
@@ -91,7 +92,7 @@ class RelayPublishError(BusError):
     """JetStream did not acknowledge part of a batch; the position stops before it."""
 
 
-class _OverMaxPayload(Exception):
+class _OverMaxPayload(AdapterError):
     """A message the relay does not send: with its headers it is larger than the server accepts."""
 
 

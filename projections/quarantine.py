@@ -25,6 +25,7 @@ from psycopg_pool import PoolTimeout
 
 from adapters.eventlog import EventLog
 from domain.text import escape_text
+from projections.errors import ProjectionError
 from projections.tables import Projector
 from projections.tracking import QUARANTINE
 
@@ -69,7 +70,7 @@ _DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class EngineClosed(RuntimeError):
+class EngineClosed(ProjectionError, RuntimeError):
     """The engine was closed while a pass still ran in a worker thread."""
 
 

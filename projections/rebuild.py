@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from adapters.eventlog import EventLog
+from projections.errors import ProjectionError
 from projections.quarantine import QuarantineRow, apply_isolating, log_quarantine, read_section, record_quarantine
 from projections.tables import Projector, Table, building, home_schemas, set_search_path
 from projections.tracking import CLEARED, QUARANTINE, TRACKING
@@ -45,7 +46,7 @@ VERIFY_SCHEMA = "wl_verify"
 """Where `verify` builds the tables it compares with the live ones (dropped afterwards)."""
 
 
-class ReplayBusy(RuntimeError):
+class ReplayBusy(ProjectionError, RuntimeError):
     """Another rebuild or verify of the same read model holds its replay lock."""
 
 
