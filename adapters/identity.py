@@ -41,7 +41,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from adapters.errors import AdapterError
 from domain.errors import AuthenticationRequired, TokenExpired, TokenInvalid
-from domain.identity import ACCESS_TOKEN_LIFETIME, Principal, SessionGrant
+from domain.access import Principal
+from domain.identity_requests import SessionGrant
+from domain.identity_rules import ACCESS_TOKEN_LIFETIME
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
 

@@ -50,7 +50,7 @@ from domain.errors import (
     status_of,
 )
 from domain.handlers import CommandHandlers
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 
 log = structlog.get_logger(__name__)
 

@@ -34,7 +34,7 @@ from litestar.openapi.spec import Components, SecurityRequirement, SecuritySchem
 from adapters.identity import API_KEY_HEADER, TokenService, authenticate_headers
 from api.errors import AccessNotDeclared
 from domain.errors import AuthenticationRequired, DomainError
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 from domain.identity_handlers import IdentityHandlers
 
 log = structlog.get_logger(__name__)

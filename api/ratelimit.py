@@ -51,7 +51,9 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from adapters.ratelimits import CountersUnavailable, Limit, PgRateCounters, Tally, Window
 from api.errors import HTTP_CODES, error_body
 from domain.errors import ApiKeyInvalid
-from domain.identity import Principal, parse_api_key, user_id_for
+from domain.access import Principal
+from domain.identity import user_id_for
+from domain.identity_rules import parse_api_key
 
 if TYPE_CHECKING:
     from litestar import Litestar

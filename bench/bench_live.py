@@ -95,7 +95,8 @@ def serve(options: dict[str, Any], conn: Connection) -> None:
 
 
 async def _serve(options: dict[str, Any], conn: Connection) -> None:
-    from domain.identity import Login, NewKey, Scope, SetupAdmin, StepUp
+    from domain.access import Scope
+    from domain.identity_requests import Login, NewKey, SetupAdmin, StepUp
     from infra.bootstrap import open_runtime, run_parts
     from infra.logging import configure_logging
     from infra.settings import Settings

@@ -24,7 +24,7 @@ from domain.errors import (
     InvalidExport,
 )
 from domain.exports import METRIC_FIELDS, DataExport, ExportSpec
-from domain.identity import Principal, Role
+from domain.access import Principal, Role
 from domain.ports import Clock, EventStore
 
 SYSTEM_ACTOR = "system:exports"

@@ -1,7 +1,15 @@
-"""Identity and access: users, the administrator roster, sessions, API keys, roles and permissions.
+"""The identity aggregates: the administrator roster, users, sessions and API keys, and their ids.
 
 Pure: the aggregates record facts as events and check their rules; hashing,
-encryption, codes and tokens are done by adapters behind ports.
+encryption, codes and tokens are done by adapters behind ports. Who may do what is
+`domain.access`; the rules of names, passwords and keys are `domain.identity_rules`; what
+the use cases take and give back is `domain.identity_requests`; the use cases are
+`domain.identity_handlers`.
+
+The four aggregates stay in this one module, longer than most: the event store names each
+stored event by its class's module and qualified name (`domain.identity:User.Registered`), so
+moving or renaming an aggregate or one of its event classes would leave stored events that no
+longer decode.
 
 - `Roster` is a singleton listing the active administrators. First-run setup
   creates it together with the first user, and every change that adds or
@@ -19,27 +27,19 @@ encryption, codes and tokens are done by adapters behind ports.
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
-from typing import Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-import msgspec
 from eventsourcing.domain import Aggregate, event
 
+from domain.access import Permission, Principal, Role, Scope, permissions_for  # noqa: F401  (re-export)
 from domain.errors import (
-    ApiKeyInvalid,
-    InsufficientPermissions,
-    InvalidEmail,
     InvalidTotpCode,
-    InvalidUsername,
     LastAdmin,
-    PasswordPolicy,
     RefreshTokenReused,
     SessionEnded,
-    SessionRequired,
     TokenExpired,
     TokenInvalid,
     TotpAlreadyEnabled,
@@ -47,53 +47,13 @@ from domain.errors import (
     TotpNotSetUp,
     UserNotFound,
 )
-from domain.text import check_text, clean_text
+from domain.identity_requests import AccountState, ApiKeyState, SessionState, UserSummary
+from domain.identity_requests import Login, NewKey, NewUser, SetupAdmin, StepUp, UserChanges  # noqa: F401  (re-export)
+from domain.identity_rules import SESSION_LIFETIME, key_prefix
+from domain.text import clean_text
 
 IDENTITY_NAMESPACE = uuid5(NAMESPACE_URL, "https://wattledger.invalid/identity")
 ROSTER_ID = uuid5(IDENTITY_NAMESPACE, "roster")
-
-MAX_SESSIONS = 3
-"""Active sessions per user; a sign-in beyond this ends the oldest."""
-
-SESSION_LIFETIME = timedelta(days=7)
-"""A session, and with it every refresh token it issues, ends this long after sign-in."""
-
-ACCESS_TOKEN_LIFETIME = timedelta(minutes=30)
-
-MIN_PASSWORD_LENGTH = 12
-MAX_PASSWORD_LENGTH = 256
-BACKUP_CODE_COUNT = 10
-API_KEY_PREFIX = "wl"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-_USERNAME = re.compile(r"[^\W_][\w.@-]{2,63}")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-
-
-class Role(StrEnum):
-    ADMIN = "admin"
-    OPERATOR = "operator"
-    VIEWER = "viewer"
-
-
-class Scope(StrEnum):
-    """What an API key may do, within its owner's permissions."""
-
-    READ = "read"
-    READ_WRITE = "read-write"
-    ADMIN = "admin"
-
-
-class Permission(StrEnum):
-    DEVICES_VIEW = "DEVICES_VIEW"
-    DEVICES_CONTROL = "DEVICES_CONTROL"
-    DEVICES_MANAGE = "DEVICES_MANAGE"
-    RATES_EDIT = "RATES_EDIT"
-    USERS_MANAGE = "USERS_MANAGE"
-    DATA_EXPORT = "DATA_EXPORT"
-    SYSTEM_CONFIG = "SYSTEM_CONFIG"
-    BACKUPS_MANAGE = "BACKUPS_MANAGE"
-    AUDIT_VIEW = "AUDIT_VIEW"
 
 
 class EndReason(StrEnum):
@@ -105,298 +65,9 @@ class EndReason(StrEnum):
     EXPIRED = "expired"
 
 
-ALL_PERMISSIONS = frozenset(Permission)
-
-ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: ALL_PERMISSIONS,
-    Role.OPERATOR: frozenset(
-        {
-            Permission.DEVICES_VIEW,
-            Permission.DEVICES_CONTROL,
-            Permission.DEVICES_MANAGE,
-            Permission.RATES_EDIT,
-            Permission.DATA_EXPORT,
-        }
-    ),
-    Role.VIEWER: frozenset({Permission.DEVICES_VIEW}),
-}
-
-SCOPE_PERMISSIONS: dict[Scope, frozenset[Permission]] = {
-    Scope.READ: frozenset({Permission.DEVICES_VIEW}),
-    Scope.READ_WRITE: frozenset({Permission.DEVICES_VIEW, Permission.DEVICES_CONTROL, Permission.DEVICES_MANAGE}),
-    Scope.ADMIN: ALL_PERMISSIONS,
-}
-
-
-def permissions_for(role: Role, scope: Scope | None = None) -> frozenset[Permission]:
-    """A role's permissions; with a key's `scope`, only those of them the scope allows."""
-    granted = ROLE_PERMISSIONS[role]
-    return granted if scope is None else granted & SCOPE_PERMISSIONS[scope]
-
-
 def user_id_for(username: str) -> UUID:
     """A user's id: user names that differ only in case are one user."""
     return uuid5(IDENTITY_NAMESPACE, f"user:{username.casefold()}")
-
-
-def check_username(username: str) -> str:
-    """3 to 64 letters, digits and `. _ @ -`, starting with a letter or digit. Raises InvalidUsername."""
-    if not _USERNAME.fullmatch(username):
-        raise InvalidUsername(
-            "a user name has 3 to 64 characters: letters, digits and . _ @ -, starting with a letter or digit"
-        )
-    return username
-
-
-def check_email(email: str | None) -> str | None:
-    """None, or something shaped like `name@host` of at most 254 characters. Raises InvalidText, InvalidEmail."""
-    if email is None:
-        return None
-    email = check_text(email, field="email").strip()
-    if len(email) > 254 or not _EMAIL.fullmatch(email):
-        raise InvalidEmail("an e-mail address looks like name@host")
-    return email
-
-
-def check_password(password: str, *, username: str) -> None:
-    """The password policy. Raises PasswordPolicy naming the first rule broken.
-
-    A password has 12 to 256 characters, mixes at least two kinds of character
-    (lower-case letters, upper-case letters, digits, anything else such as
-    spaces or punctuation), and does not contain the user name.
-    """
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise PasswordPolicy(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise PasswordPolicy(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
-    kinds = {
-        "lower" if c.islower() else "upper" if c.isupper() else "digit" if c.isdigit() else "other"
-        for c in password
-    }
-    if len(kinds) < 2:
-        raise PasswordPolicy(
-            "a password mixes at least two of: lower-case letters, upper-case letters, digits, other characters"
-        )
-    if username.casefold() in password.casefold():
-        raise PasswordPolicy("a password must not contain the user name")
-
-
-def is_totp_code(code: str) -> bool:
-    """Six digits (spaces allowed) are a TOTP code; anything else is tried as a backup code."""
-    digits = code.replace(" ", "")
-    return len(digits) == 6 and digits.isascii() and digits.isdigit()
-
-
-def normalize_backup_code(code: str) -> str:
-    """Backup codes are compared without case, spaces or dashes."""
-    return "".join(c for c in code.upper() if c not in " -")
-
-
-def api_key_text(key_id: UUID, secret: str) -> str:
-    """The plain key a client sends in `X-API-Key`: `wl_<key id hex>_<secret>`."""
-    return f"{API_KEY_PREFIX}_{key_id.hex}_{secret}"
-
-
-def key_prefix(key_id: UUID) -> str:
-    """The start of a key, shown in lists so a person can tell keys apart; not a secret."""
-    return f"{API_KEY_PREFIX}_{key_id.hex[:8]}"
-
-
-def parse_api_key(plain: str) -> tuple[UUID, str]:
-    """(key id, secret) of a plain key. Raises ApiKeyInvalid for anything not shaped like one."""
-    parts = plain.strip().split("_", 2)
-    if len(parts) != 3 or parts[0] != API_KEY_PREFIX or len(parts[1]) != 32 or not parts[2]:
-        raise ApiKeyInvalid("not an API key")
-    try:
-        key_id = UUID(hex=parts[1])
-    except ValueError:
-        raise ApiKeyInvalid("not an API key") from None
-    return key_id, parts[2]
-
-
-# ---- what the use cases return (no secret fields) and what the read port answers ----
-
-
-class UserSummary(msgspec.Struct, frozen=True, kw_only=True):
-    user_id: UUID
-    username: str
-    email: str | None
-    full_name: str
-    role: Role
-    permissions: list[Permission]
-    active: bool
-    totp_enabled: bool
-
-
-class Principal(msgspec.Struct, frozen=True, kw_only=True):
-    """Who makes a request: a signed-in user (`kind="user"`, with its session) or an API key."""
-
-    kind: Literal["user", "key"]
-    user_id: UUID
-    username: str
-    role: Role
-    permissions: frozenset[Permission]
-    session_id: UUID | None = None
-    key_id: UUID | None = None
-    scope: Scope | None = None
-
-    @property
-    def actor(self) -> str:
-        """The `actor` recorded on the events this principal causes: `user:<id>` or `key:<id>`."""
-        return f"key:{self.key_id}" if self.kind == "key" else f"user:{self.user_id}"
-
-    @property
-    def read_only(self) -> bool:
-        """A `read` key: safe methods only."""
-        return self.scope is Scope.READ
-
-    def can(self, permission: Permission) -> bool:
-        return permission in self.permissions
-
-    def require(self, *permissions: Permission) -> None:
-        """Raises InsufficientPermissions naming the first permission missing."""
-        for permission in permissions:
-            if permission not in self.permissions:
-                raise InsufficientPermissions(
-                    f"this needs the {permission.value} permission", required=permission.value
-                )
-
-    def check_method(self, method: str) -> None:
-        """A read-only key may only read; raises InsufficientPermissions for any other method."""
-        if self.read_only and method.upper() not in SAFE_METHODS:
-            raise InsufficientPermissions("a read-only API key can only read")
-
-    def require_session(self) -> None:
-        """Raises SessionRequired unless this is a signed-in user."""
-        if self.kind != "user" or self.session_id is None:
-            raise SessionRequired("sign in to do this: API keys cannot")
-
-    def require_account_access(self) -> None:
-        """Raises SessionRequired unless this is a signed-in user or an `admin`-scope key: the account's
-        sessions and keys are not managed with a narrower key."""
-        if self.kind == "key" and self.scope is not Scope.ADMIN:
-            raise SessionRequired("sign in, or use an admin-scope API key, to manage sessions and API keys")
-
-
-class SessionGrant(msgspec.Struct, frozen=True, kw_only=True):
-    """A started or refreshed session: what the token service signs into an access and a refresh token."""
-
-    session_id: UUID
-    user_id: UUID
-    generation: int
-    expires_at: datetime
-    user: UserSummary
-    position: int
-    evicted: tuple[UUID, ...] = ()
-    """Sessions a sign-in ended to make room (their tokens stop once the read model has the end)."""
-
-
-class TotpEnrollment(msgspec.Struct, frozen=True, kw_only=True):
-    """A started two-factor set-up: the only place the secret and the backup codes appear in plain."""
-
-    secret: str
-    otpauth_uri: str
-    backup_codes: list[str]
-
-
-class IssuedKey(msgspec.Struct, frozen=True, kw_only=True):
-    """A new API key; `key` is the plain key, shown this once and stored nowhere."""
-
-    key_id: UUID
-    key: str
-    prefix: str
-    name: str
-    scope: Scope
-    expires_at: datetime | None
-    position: int
-
-
-class SessionState(msgspec.Struct, frozen=True, kw_only=True):
-    session_id: UUID
-    user_id: UUID
-    expires_at: datetime
-    ended: bool
-
-
-class AccountState(msgspec.Struct, frozen=True, kw_only=True):
-    user_id: UUID
-    username: str
-    role: Role
-    active: bool
-    deleted: bool
-
-
-class ApiKeyState(msgspec.Struct, frozen=True, kw_only=True):
-    key_id: UUID
-    user_id: UUID
-    scope: Scope
-    key_hash: str
-    expires_at: datetime | None
-    revoked: bool
-
-
-# ---- commands (request-like: unknown fields are refused) ----
-
-
-class SetupAdmin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """First-run setup: the first administrator."""
-
-    username: str
-    password: str
-    email: str | None = None
-    full_name: str = ""
-
-
-class Login(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A sign-in; `totp_code` is a 6-digit TOTP code or a backup code."""
-
-    username: str
-    password: str
-    totp_code: str | None = None
-    ip: str = ""
-    user_agent: str = ""
-
-
-class NewUser(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    username: str
-    password: str
-    role: Role = Role.VIEWER
-    email: str | None = None
-    full_name: str = ""
-
-
-class UserChanges(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """An administrator's change of a user; fields left UNSET stay as they are."""
-
-    role: Role | msgspec.UnsetType = msgspec.UNSET
-    email: str | None | msgspec.UnsetType = msgspec.UNSET
-    full_name: str | msgspec.UnsetType = msgspec.UNSET
-    password: str | msgspec.UnsetType = msgspec.UNSET
-    active: bool | msgspec.UnsetType = msgspec.UNSET
-
-
-class NewKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    scope: Scope = Scope.READ
-    expires_at: datetime | None = None
-
-
-class StepUp(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Proof, sent with a change that could take an account over, that its owner asks for it.
-
-    A stolen access token alone does not carry it: the current password, or a current
-    code of the authenticator app (two-factor on). Each one given must be right.
-    """
-
-    current_password: str | None = None
-    totp_code: str | None = None
-
-    @property
-    def given(self) -> bool:
-        return bool(self.current_password or self.totp_code)
-
-
-# ---- aggregates ----
 
 
 class Roster(Aggregate):

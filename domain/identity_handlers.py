@@ -50,31 +50,26 @@ from domain.errors import (
     WrongPassword,
 )
 from domain.retry import retrying
-from domain.identity import (
-    BACKUP_CODE_COUNT,
-    MAX_SESSIONS,
-    ROSTER_ID,
+from domain.access import Permission, Principal, Role, permissions_for
+from domain.identity import ROSTER_ID, ApiKey, EndReason, Roster, Session, User, user_id_for
+from domain.identity_requests import (
     AccountState,
-    ApiKey,
     ApiKeyState,
-    EndReason,
     IssuedKey,
     Login,
     NewKey,
     NewUser,
-    Permission,
-    Principal,
-    Role,
-    Roster,
-    Session,
     SessionGrant,
     SessionState,
     SetupAdmin,
     StepUp,
     TotpEnrollment,
-    User,
     UserChanges,
     UserSummary,
+)
+from domain.identity_rules import (
+    BACKUP_CODE_COUNT,
+    MAX_SESSIONS,
     api_key_text,
     check_email,
     check_password,
@@ -83,8 +78,6 @@ from domain.identity import (
     key_prefix,
     normalize_backup_code,
     parse_api_key,
-    permissions_for,
-    user_id_for,
 )
 from domain.ports import Clock, EventStore, IdentityReader, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
 from domain.text import check_text

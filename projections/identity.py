@@ -22,7 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.history import EVENTS_TABLE
 from adapters.identity import KEY_USAGE_TABLE, SESSION_ACTIVITY_TABLE
-from domain.identity import ApiKey, Permission, Role, Scope, Session, User, permissions_for
+from domain.access import Permission, Role, Scope, permissions_for
+from domain.identity import ApiKey, Session, User
 from domain.ports import IdentityReader
 from projections.tables import READ_SCHEMA, Table
 

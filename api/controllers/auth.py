@@ -25,22 +25,10 @@ from api.guards import NO_CREDENTIALS
 from api.ratelimit import MAX_AUTH_BODY, SIGN_IN_ACCOUNT
 from api.services import Services
 from domain.errors import RefreshTokenReused, Unauthenticated
-from domain.identity import (
-    ACCESS_TOKEN_LIFETIME,
-    MAX_PASSWORD_LENGTH,
-    MAX_SESSIONS,
-    SESSION_LIFETIME,
-    Login,
-    Permission,
-    Principal,
-    Role,
-    Scope,
-    SessionGrant,
-    SetupAdmin,
-    StepUp,
-    UserSummary,
-    user_id_for,
-)
+from domain.access import Permission, Principal, Role, Scope
+from domain.identity import user_id_for
+from domain.identity_requests import Login, SessionGrant, SetupAdmin, StepUp, UserSummary
+from domain.identity_rules import ACCESS_TOKEN_LIFETIME, MAX_PASSWORD_LENGTH, MAX_SESSIONS, SESSION_LIFETIME
 from projections.identity import SessionView, list_sessions
 
 log = structlog.get_logger(__name__)

@@ -18,7 +18,7 @@ from adapters.history import EventFilter
 from api.controllers.events import as_utc
 from api.services import Services
 from domain.errors import ComplianceExportNotFound, ComplianceExportNotReady, Unavailable
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 

@@ -15,7 +15,7 @@ from domain.config import ConfigValues
 from domain.control import ChangeConfig
 from domain.control_handlers import ConfigHandlers
 from domain.errors import Unavailable
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 
 
 class ConfigUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

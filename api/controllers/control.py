@@ -16,7 +16,7 @@ from api.services import Services
 from domain.control import Action, ControlAccepted, ControlOutcome, RequestControl, outcome_of
 from domain.control_handlers import ControlHandlers
 from domain.errors import CommandNotFound, Unavailable
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 from projections.commands import CommandView, device_commands, find_command
 
 MAX_WAIT_S = 30.0

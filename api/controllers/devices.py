@@ -20,7 +20,7 @@ from domain.commands import AddDevice, DiscoverDevices, RemoveDevice
 from domain.control import RenameOnDevice
 from domain.device import device_id_for
 from domain.errors import DeviceNotFound, InvalidAddress, InvalidRange, NoKasaDevice, Unavailable
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 from projections.device_as_of import device_as_of
 from projections.devices import DeviceView, find_device, list_devices
 

@@ -21,7 +21,7 @@ from domain.commands import device_key
 from domain.energy import DEVICE_CHANNEL, Interval
 from domain.energy_handlers import EnergyHandlers, ImportReadings, SetSessionThreshold
 from domain.errors import InvalidRange, Unavailable
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 from domain.imports import ImportedReading
 from domain.pricing import PRICING, money
 from domain.rollups import BUCKET, EPOCH, split_buckets

@@ -17,7 +17,7 @@ from adapters.contract import EventData, Envelope
 from adapters.history import CursorError, EventFilter, decode_cursor, encode_cursor, fingerprint
 from api.services import Services
 from domain.errors import InvalidCursor, PageLimitExceeded
-from domain.identity import Permission
+from domain.access import Permission
 from projections.audit import AuditEntry, AuditFilter, audit_page, read_events_page
 from projections.chain import ALGORITHM, GENESIS, chain_head
 

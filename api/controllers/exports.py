@@ -44,7 +44,7 @@ from domain.exports import (
     FormatInfo,
     MetricInfo,
 )
-from domain.identity import Permission, Principal, Role
+from domain.access import Permission, Principal, Role
 from projections.devices import list_devices
 from projections.exports import ExportReadModel, ExportRow, export_history, export_stats, find_export
 

@@ -20,7 +20,8 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.controllers.auth import NO_STORE, AppCode, Password
 from api.services import Services
-from domain.identity import NewKey, Permission, Principal, Scope, StepUp
+from domain.access import Permission, Principal, Scope
+from domain.identity_requests import NewKey, StepUp
 from projections.identity import ApiKeyView, list_api_keys
 
 

@@ -42,7 +42,8 @@ from adapters.identity import API_KEY_HEADER, authenticate_headers
 from api.controllers.devices import resolve_device
 from api.services import Services
 from domain.errors import AuthenticationRequired, DomainError, InsufficientPermissions
-from domain.identity import API_KEY_PREFIX, Permission, Principal
+from domain.access import Permission, Principal
+from domain.identity_rules import API_KEY_PREFIX
 from projections.devices import DeviceView, list_devices
 
 log = structlog.get_logger(__name__)

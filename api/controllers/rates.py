@@ -15,7 +15,7 @@ from api.controllers.energy import energy_of, parse_time, parse_zone
 from api.services import Services
 from domain.energy_handlers import SetRate
 from domain.errors import InvalidRange, InvalidRate
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 from domain.rates import MAX_NUMBER_TEXT, MAX_PRICE, MAX_TIER_KWH
 from domain.rates import RATE_TYPES, RateVersion, TouPeriod, align_up, in_force
 from projections.costs import cost_report

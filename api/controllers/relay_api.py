@@ -22,7 +22,7 @@ from api.errors import VALIDATION_STATUS, error_body
 from api.services import Services
 from domain.control import Action, RequestControl
 from domain.errors import InvalidPayload, InvalidType
-from domain.identity import Permission, Principal
+from domain.access import Permission, Principal
 from projections.devices import DeviceView, relay_times
 
 PLUG_RELAY_ID = "0"

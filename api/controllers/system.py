@@ -18,7 +18,7 @@ from adapters.relay import RelayStatus, relay_status
 from api.errors import RETRY_AFTER_S
 from api.guards import NO_CREDENTIALS
 from api.services import VERSION, PartStatus, Services
-from domain.identity import Permission
+from domain.access import Permission
 from projections.devices import count_devices
 from projections.tables import READ_SCHEMA
 from projections.tracking import ProjectorStatus, projector_states, projector_status

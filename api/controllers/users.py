@@ -11,7 +11,8 @@ from litestar.params import FromPath, JSONBody
 
 from api.controllers.auth import AccountView, Email, FullName, NewPassword, Username
 from api.services import Services
-from domain.identity import NewUser, Permission, Principal, Role, UserChanges
+from domain.access import Permission, Principal, Role
+from domain.identity_requests import NewUser, UserChanges
 from projections.identity import UserView, list_users
 
 

@@ -24,7 +24,8 @@ from adapters.bus import StreamConfig
 from adapters.emulator import EmulatorFleet
 from adapters.identity import Argon2Hasher
 from api.app import create_app
-from domain.identity import NewKey, NewUser, Principal, Role, Scope, StepUp
+from domain.access import Principal, Role, Scope
+from domain.identity_requests import NewKey, NewUser, StepUp
 from domain.ports import Clock
 from infra.bootstrap import Runtime, cancel_all, open_runtime
 from infra.settings import Settings

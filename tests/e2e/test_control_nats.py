@@ -14,7 +14,8 @@ from nats.aio.client import Client
 from adapters.bus import connect_nats
 from adapters.emulator import EmulatorFleet
 from adapters.executor import CommandExecutor
-from domain.identity import NewKey, Principal, Scope, StepUp
+from domain.access import Principal, Scope
+from domain.identity_requests import NewKey, StepUp
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import ADMIN_PASSWORD
 from tests.e2e.test_control_api import add, emulated, running  # noqa: F401  (fixture)

@@ -25,7 +25,9 @@ from adapters.emulator import EmulatorFleet
 from adapters.ratelimits import MAX_WINDOW_S, Limit
 from api.app import create_app
 from domain.commands import AddDevice
-from domain.identity import ACCESS_TOKEN_LIFETIME, NewKey, Principal, Scope, StepUp
+from domain.access import Principal, Scope
+from domain.identity_requests import NewKey, StepUp
+from domain.identity_rules import ACCESS_TOKEN_LIFETIME
 from domain.ports import Clock
 from infra.bootstrap import Runtime, _QuietServer
 from tests.e2e.conftest import ADMIN_PASSWORD, SignedIn, background

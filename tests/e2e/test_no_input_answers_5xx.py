@@ -24,7 +24,8 @@ from adapters.emulator import EmulatorFleet, loopback_hosts
 from api.app import create_app
 from domain.address import parse_address
 from domain.errors import InvalidAddress
-from domain.identity import NewKey, Scope, StepUp
+from domain.access import Scope
+from domain.identity_requests import NewKey, StepUp
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import ADMIN_PASSWORD, http_client, set_up_and_log_in
 

@@ -29,7 +29,10 @@ from nats.aio.client import Client
 from adapters.bus import StreamConfig, connect_nats
 from adapters.emulator import EmulatorFleet
 from api.pending import PENDING_HEADER
-from domain.identity import ApiKey, NewKey, Scope, StepUp, api_key_text, user_id_for
+from domain.access import Scope
+from domain.identity import ApiKey, user_id_for
+from domain.identity_requests import NewKey, StepUp
+from domain.identity_rules import api_key_text
 from domain.text import refused_character
 from infra import replay
 from infra.bootstrap import Runtime

@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 
 from adapters.ratelimits import MAX_WINDOW_S, Limit, PgRateCounters
 from api.app import create_app
-from domain.identity import NewKey, NewUser, Principal, Role, Scope, StepUp
+from domain.access import Principal, Role, Scope
+from domain.identity_requests import NewKey, NewUser, StepUp
 from infra.bootstrap import Runtime
 from infra.settings import Settings, SettingsError, load_settings
 from tests.e2e.conftest import ADMIN, ADMIN_PASSWORD, OPERATOR, OPERATOR_PASSWORD, SignedIn, background, bearer, log_in

@@ -16,7 +16,7 @@ from litestar import Litestar, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
 
-from domain.identity import ROLE_PERMISSIONS, SAFE_METHODS, Permission, Role, Scope, permissions_for
+from domain.access import ROLE_PERMISSIONS, SAFE_METHODS, Permission, Role, Scope, permissions_for
 
 UNAUTHENTICATED_FIELDS = {"error", "message", "error_code", "timestamp", "redirect_to", "detail", "status_code"}
 FORBIDDEN_FIELDS = {"error", "message", "error_code", "required_permission", "detail", "status_code"}

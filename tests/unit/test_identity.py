@@ -25,24 +25,16 @@ from domain.errors import (
     TotpNotSetUp,
     status_of,
 )
-from domain.identity import (
+from domain.access import Permission, Principal, Role, Scope, permissions_for
+from domain.identity import EndReason, Roster, Session, User, user_id_for
+from domain.identity_rules import (
     SESSION_LIFETIME,
-    EndReason,
-    Permission,
-    Principal,
-    Role,
-    Roster,
-    Scope,
-    Session,
-    User,
     api_key_text,
     check_password,
     check_username,
     is_totp_code,
     normalize_backup_code,
     parse_api_key,
-    permissions_for,
-    user_id_for,
 )
 
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=timezone.utc)

@@ -25,7 +25,9 @@ from adapters.identity import (
     qr_png_data_uri,
 )
 from domain.errors import TokenExpired, TokenInvalid
-from domain.identity import SESSION_LIFETIME, Role, SessionGrant, UserSummary
+from domain.access import Role
+from domain.identity_requests import SessionGrant, UserSummary
+from domain.identity_rules import SESSION_LIFETIME
 from domain.ports import Clock
 from tests.kit import ManualClock
 

@@ -37,28 +37,10 @@ from domain.errors import (
     WrongPassword,
     status_of,
 )
-from domain.identity import (
-    MAX_SESSIONS,
-    ROSTER_ID,
-    ApiKey,
-    EndReason,
-    Login,
-    NewKey,
-    NewUser,
-    Permission,
-    Principal,
-    Role,
-    Roster,
-    Scope,
-    Session,
-    SessionGrant,
-    SetupAdmin,
-    StepUp,
-    User,
-    UserChanges,
-    api_key_text,
-    user_id_for,
-)
+from domain.access import Permission, Principal, Role, Scope
+from domain.identity import ROSTER_ID, ApiKey, EndReason, Roster, Session, User, user_id_for
+from domain.identity_requests import Login, NewKey, NewUser, SessionGrant, SetupAdmin, StepUp, UserChanges
+from domain.identity_rules import MAX_SESSIONS, api_key_text
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import IdentityReader, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
 from tests.kit import ManualClock, MemoryStore
