@@ -23,7 +23,8 @@ sys.meta_path.insert(0, Block())
 import pkgutil, importlib, domain
 # The command handlers may compose coroutines (asyncio) but, like the rest, open nothing.
 ASYNC_ALLOWED = {"domain.handlers", "domain.identity_handlers", "domain.control_handlers", "domain.energy_handlers",
-                 "domain.compliance_handlers"}
+                 "domain.compliance_handlers", "domain.identity_core", "domain.session_handlers",
+                 "domain.user_handlers", "domain.totp_handlers", "domain.key_handlers", "domain.authentication"}
 modules = [info.name for info in pkgutil.walk_packages(domain.__path__, "domain.")]
 for name in modules:
     if name not in ASYNC_ALLOWED:
