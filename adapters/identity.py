@@ -40,12 +40,18 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from adapters.errors import AdapterError
-from domain.errors import AuthenticationRequired, TokenExpired, TokenInvalid
-from domain.access import Principal
+from domain.errors import TokenExpired, TokenInvalid
 from domain.identity_requests import SessionGrant
 from domain.identity_rules import ACCESS_TOKEN_LIFETIME
-from domain.identity_handlers import IdentityHandlers
-from domain.ports import Clock, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
+from domain.ports import (
+    AccessClaims,
+    Clock,
+    PasswordHasher,
+    SecretBox,
+    SecretMaker,
+    TokenVerifier,
+    TotpVerifier,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -227,12 +233,6 @@ def qr_png_data_uri(text: str, *, scale: int = 5) -> str:
 # ---- tokens ----
 
 
-class AccessClaims(msgspec.Struct, frozen=True, kw_only=True):
-    user_id: UUID
-    session_id: UUID
-    expires_at: datetime
-
-
 class RefreshClaims(msgspec.Struct, frozen=True, kw_only=True):
     user_id: UUID
     session_id: UUID
@@ -273,7 +273,7 @@ def _canonical_segments(token: str) -> bool:
     return True
 
 
-class TokenService:
+class TokenService(TokenVerifier):
     """HS256 JWTs with a `kid` header; keys in `wl_auth.signing_keys`.
 
     Access tokens (`typ: access`, `sub`, `sid`) last ACCESS_TOKEN_LIFETIME;
@@ -438,27 +438,3 @@ class TokenService:
             raise TokenExpired("the token has expired")
         return user_id, session_id, expires_at, payload
 
-
-API_KEY_HEADER = "x-api-key"
-
-
-async def authenticate_headers(
-    headers: Mapping[str, str], tokens: TokenService, identity: IdentityHandlers
-) -> Principal:
-    """The principal of `Authorization: Bearer <access token>` or `X-API-Key` (header names in any case).
-
-    Raises AuthenticationRequired without either, and the token or key errors of
-    `TokenService` and `IdentityHandlers` for bad ones. Writes no event.
-    """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    authorization = lowered.get("authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise TokenInvalid("send the access token as `Authorization: Bearer <token>`")
-        claims = await tokens.verify_access(token.strip())
-        return await identity.authenticate_session(claims.session_id, claims.user_id)
-    api_key = lowered.get(API_KEY_HEADER)
-    if api_key is not None:
-        return await identity.authenticate_key(api_key)
-    raise AuthenticationRequired("this needs `Authorization: Bearer <access token>` or an `X-API-Key` header")

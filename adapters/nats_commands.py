@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from adapters.faults import DATABASE_FAULTS, NATS_FAULTS, report
-from adapters.identity import API_KEY_HEADER
+from domain.authentication import API_KEY_HEADER
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice, RenameDevice, device_key
 from domain.control import Action, RequestControl, outcome_of
 from domain.control_handlers import ControlHandlers

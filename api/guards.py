@@ -31,10 +31,11 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityRequirement, SecurityScheme
 
-from adapters.identity import API_KEY_HEADER, TokenService, authenticate_headers
+from adapters.identity import TokenService
 from api.errors import AccessNotDeclared
 from domain.errors import AuthenticationRequired, DomainError
 from domain.access import Permission, Principal
+from domain.authentication import API_KEY_HEADER, authenticate_headers
 from domain.identity_handlers import IdentityHandlers
 
 log = structlog.get_logger(__name__)

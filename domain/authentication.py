@@ -1,5 +1,9 @@
 """Per-request authentication: the `Principal` of a session's access token or of an API key.
 
+`authenticate_headers` is the one entry for every edge (REST guards, WebSocket, socket.io,
+SSE, NATS request/reply): it reads `Authorization: Bearer` or `X-API-Key`, has the access token
+checked by the `TokenVerifier` port, and asks `Authentication` for the principal.
+
 These checks store no event and never trust a read model: each asks the event store for the
 current version of the session or key and of its user (one indexed query through the
 `IdentityReader` port), and uses the state of each at exactly that version, kept in memory from
@@ -11,17 +15,25 @@ Activity is noted in plain tables.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import TypeVar
 from uuid import UUID
 
 from domain.access import Principal, permissions_for
-from domain.errors import AccountDisabled, ApiKeyInvalid, SessionEnded, TokenExpired, TokenInvalid
+from domain.errors import (
+    AccountDisabled,
+    ApiKeyInvalid,
+    AuthenticationRequired,
+    SessionEnded,
+    TokenExpired,
+    TokenInvalid,
+)
 from domain.identity import ApiKey, Session, User
 from domain.identity_core import A, IdentityCore
 from domain.identity_requests import AccountState, ApiKeyState, SessionState
 from domain.identity_rules import parse_api_key
+from domain.ports import TokenVerifier
 
 S = TypeVar("S")
 
@@ -148,3 +160,27 @@ class VersionedStates:
         found = self._states.get(key_id)
         return found[1].user_id if found is not None and isinstance(found[1], ApiKeyState) else None
 
+
+API_KEY_HEADER = "x-api-key"
+
+
+async def authenticate_headers(
+    headers: Mapping[str, str], tokens: TokenVerifier, identity: Authentication
+) -> Principal:
+    """The principal of `Authorization: Bearer <access token>` or `X-API-Key` (header names in any case).
+
+    Raises AuthenticationRequired without either, and the token or key errors of
+    `TokenVerifier` and `Authentication` for bad ones. Writes no event.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    authorization = lowered.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenInvalid("send the access token as `Authorization: Bearer <token>`")
+        claims = await tokens.verify_access(token.strip())
+        return await identity.authenticate_session(claims.session_id, claims.user_id)
+    api_key = lowered.get(API_KEY_HEADER)
+    if api_key is not None:
+        return await identity.authenticate_key(api_key)
+    raise AuthenticationRequired("this needs `Authorization: Bearer <access token>` or an `X-API-Key` header")

@@ -11,6 +11,7 @@ from datetime import date, datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
 
+import msgspec
 from eventsourcing.domain import Aggregate
 
 from domain.address import DeviceAddress
@@ -141,4 +142,20 @@ class IdentityReader(Protocol):
 
     async def api_key_ids(self, user_id: UUID) -> list[UUID]:
         """The ids of the user's keys not revoked, as the identity read model lists them (to revoke them all)."""
+        ...
+
+
+class AccessClaims(msgspec.Struct, frozen=True, kw_only=True):
+    """What a genuine, unexpired access token says: whose session it is and when it stops."""
+
+    user_id: UUID
+    session_id: UUID
+    expires_at: datetime
+
+
+class TokenVerifier(Protocol):
+    """Checks the access tokens the token service signed (signature, type, expiry)."""
+
+    async def verify_access(self, token: str) -> AccessClaims:
+        """The claims of a genuine, unexpired access token. Raises TokenExpired, TokenInvalid."""
         ...

@@ -33,7 +33,6 @@ from adapters.identity import (
     PyotpVerifier,
     RandomSecrets,
     TokenService,
-    authenticate_headers,
     open_secret_box,
 )
 from adapters.kasa_driver import KasaDriver
@@ -46,6 +45,7 @@ from api.app import create_app
 from api.ratelimit import EdgePolicy, RateLimits
 from api.security import RefusalTally, summarise_every
 from api.services import Services
+from domain.authentication import authenticate_headers
 from domain.config import ConfigValues
 from domain.control_handlers import ConfigHandlers, ControlHandlers
 from domain.energy import EnergyRules

@@ -38,11 +38,11 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from adapters.contract import decode_envelope, encode_envelope
 from adapters.fanout import DEVICE_AGGREGATES, STOPPED, TOO_SLOW, Ended, LiveEvent, Subscriber
-from adapters.identity import API_KEY_HEADER, authenticate_headers
 from api.controllers.devices import resolve_device
 from api.services import Services
 from domain.errors import AuthenticationRequired, DomainError, InsufficientPermissions
 from domain.access import Permission, Principal
+from domain.authentication import API_KEY_HEADER, authenticate_headers
 from domain.identity_rules import API_KEY_PREFIX
 from projections.devices import DeviceView, list_devices
 
