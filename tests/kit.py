@@ -247,7 +247,7 @@ async def eventually(
     *,
     what: str,
     within: float = 20.0,
-    every: float = 0.05,
+    every: float = 0.1,
     ignoring: tuple[type[BaseException], ...] = (),
 ) -> Any:
     """The first truthy answer of `check()` (sync or async), asked every `every` seconds.

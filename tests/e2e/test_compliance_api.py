@@ -18,7 +18,7 @@ from adapters.export_files import looks_like_formula
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import ADMIN
 from tests.e2e.test_events_api import PLUG, all_pages, seed
-from tests.support import seed_device
+from tests.kit import seed_device
 
 Client = httpx.AsyncClient
 

@@ -14,7 +14,7 @@ from domain.readings import DeviceSnapshot, OutletReading
 from infra.bootstrap import Runtime
 from infra.settings import Settings
 from tests.e2e.conftest import background
-from tests.support import seed_device
+from tests.kit import seed_device
 
 Client = httpx.AsyncClient
 T0 = datetime(2026, 3, 7, 0, 0, tzinfo=timezone.utc)

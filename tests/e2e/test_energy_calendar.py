@@ -14,7 +14,7 @@ from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from infra.settings import Settings
 from tests.e2e.conftest import background
-from tests.support import FixedClock, seed_device
+from tests.kit import ManualClock, seed_device
 
 PLUG = DeviceSnapshot(
     alias="kettle", model="HS110", device_type="plug", mac="AC:00", firmware="1", is_on=True, has_emeter=True,
@@ -46,8 +46,8 @@ def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(at("2026-06-01T01:30:00"))
+def clock() -> ManualClock:
+    return ManualClock(at("2026-06-01T01:30:00"))
 
 
 async def import_run(client: httpx.AsyncClient, device: object, readings: list[dict[str, Any]]) -> None:
@@ -55,8 +55,8 @@ async def import_run(client: httpx.AsyncClient, device: object, readings: list[d
     assert response.status_code == 200, response.text
 
 
-async def stats_at(client: httpx.AsyncClient, clock: FixedClock, device: object, moment: datetime) -> dict[str, Any]:
-    clock.moment = moment
+async def stats_at(client: httpx.AsyncClient, clock: ManualClock, device: object, moment: datetime) -> dict[str, Any]:
+    clock.set(moment)
     response = await client.get(f"/api/device/{device}/stats")
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
@@ -64,7 +64,7 @@ async def stats_at(client: httpx.AsyncClient, clock: FixedClock, device: object,
 
 
 async def test_stats_start_the_day_week_and_month_at_their_local_boundaries(
-    client: httpx.AsyncClient, runtime: Runtime, clock: FixedClock
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock
 ) -> None:
     # A Sunday evening in May at 600 W, then the first Monday of June, which starts a day, a week and a month.
     device = seed_device(runtime.app, "10.9.1.1", PLUG, measured_at=at("2026-05-29T00:00:00"))
@@ -101,11 +101,11 @@ async def test_stats_start_the_day_week_and_month_at_their_local_boundaries(
     indirect=["settings"],
 )
 async def test_stats_follow_the_local_day_across_daylight_saving_changes(
-    client: httpx.AsyncClient, runtime: Runtime, clock: FixedClock, begin: str, now: str, today_hours: float,
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, begin: str, now: str, today_hours: float,
     week_hours: float,
 ) -> None:
     start, moment = at(begin), at(now)
-    clock.moment = moment
+    clock.set(moment)
     device = seed_device(runtime.app, "10.9.1.2", PLUG, measured_at=start - timedelta(minutes=1))
     async with background(runtime, poll=False):
         await import_run(client, device, run(start, moment, 100.0, total0=0.0))

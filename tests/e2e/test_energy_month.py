@@ -28,7 +28,7 @@ from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from infra.settings import Settings
 from tests.e2e.conftest import background
-from tests.support import seed_device
+from tests.kit import seed_device
 
 Client = httpx.AsyncClient
 NY = ZoneInfo("America/New_York")

@@ -15,7 +15,7 @@ from adapters.eventstore import PollResult
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import SignedIn
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 Client = httpx.AsyncClient
 T0 = datetime(2026, 5, 4, 10, 0, tzinfo=timezone.utc)

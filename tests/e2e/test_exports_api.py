@@ -23,7 +23,7 @@ from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import background
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 READINGS = 12  # every 15 minutes over three hours

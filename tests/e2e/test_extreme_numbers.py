@@ -23,7 +23,7 @@ from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from infra.settings import Settings
 from tests.e2e.conftest import background
-from tests.support import FixedClock, seed_device, seed_polls
+from tests.kit import ManualClock, seed_device, seed_polls
 
 Client = httpx.AsyncClient
 T0 = datetime(2026, 3, 7, 0, 0, tzinfo=timezone.utc)
@@ -38,7 +38,7 @@ RANGE = {"start_time": "2026-03-06T00:00:00Z", "end_time": "2026-03-08T02:00:00Z
 
 @pytest.fixture
 def clock() -> Clock:
-    return FixedClock(NOW)
+    return ManualClock(NOW)
 
 
 @pytest.fixture

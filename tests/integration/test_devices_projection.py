@@ -19,7 +19,7 @@ from domain.errors import DeviceAlreadyExists
 from domain.readings import DeviceSnapshot, OutletReading
 from projections.devices import DevicesProjector
 from projections.engine import ProjectionEngine
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 11, 22, 23, 50, tzinfo=timezone.utc)
 

@@ -19,7 +19,7 @@ from domain.ports import DeviceSwitch
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from tests.e2e.conftest import background, fleet, runtime, settings  # noqa: F401  (fixtures)
-from tests.support import FixedClock
+from tests.kit import ManualClock
 
 
 class KilledAt(DeviceSwitch):
@@ -118,7 +118,7 @@ async def test_an_executor_killed_before_switching_leaves_the_command_failed_not
 async def test_an_expired_command_is_never_executed(runtime: Runtime, fleet: EmulatorFleet) -> None:
     device_id, switched, _ = await _plug(runtime, fleet, "KP115")
     late = ControlHandlers(
-        StoreUnitOfWork(runtime.app), runtime.driver, FixedClock(datetime.now(timezone.utc) - timedelta(minutes=2)),
+        StoreUnitOfWork(runtime.app), runtime.driver, ManualClock(datetime.now(timezone.utc) - timedelta(minutes=2)),
         runtime.config(), deadline_s=30,
     )  # fmt: skip
     accepted = await late.request_control(RequestControl(device_id=device_id, action=Action.TOGGLE, actor="test"))

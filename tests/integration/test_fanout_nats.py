@@ -20,7 +20,7 @@ from adapters.fanout import TOO_SLOW, DeviceEntry, Ended, FanOut, LiveEvent
 from adapters.relay import Relay
 from domain.commands import PollResult
 from domain.readings import DeviceSnapshot
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 

@@ -17,7 +17,7 @@ from domain.commands import PollResult
 from domain.errors import InvalidAddress
 from infra.tail import device_filter, run_tail
 from tests.integration.test_fanout_nats import T0, snapshot
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from infra.audit_cli import run_verify
 from projections.audit import AuditProjector
 from projections.chain import CHAIN, GENESIS, ChainProjector, Verification, link, verify
 from projections.engine import ProjectionEngine
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 PLUG = DeviceSnapshot(

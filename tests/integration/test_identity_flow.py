@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 from uuid import uuid4
 
@@ -68,20 +68,10 @@ from projections.identity import (
     list_sessions,
     list_users,
 )
+from tests.kit import ManualClock
 
 PASSWORD = "correct horse battery"
 OLGA_PASSWORD = "an operator's passphrase"
-
-
-class ManualClock(Clock):
-    def __init__(self) -> None:
-        self.moment = datetime.now(timezone.utc).replace(microsecond=0)
-
-    def now(self) -> datetime:
-        return self.moment
-
-    def advance(self, **delta: float) -> None:
-        self.moment += timedelta(**delta)
 
 
 @dataclass
@@ -121,7 +111,7 @@ def build(app: WattLedger, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any
 @pytest.fixture
 async def identity(database_url: str, ledger: tuple[WattLedger, ProjectionEngine]) -> AsyncIterator[Identity]:
     app, engine = ledger
-    clock = ManualClock()
+    clock = ManualClock(datetime.now(timezone.utc).replace(microsecond=0))
     box = await open_secret_box(database_url)
     tokens = await TokenService.open(database_url, clock=clock)
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(

@@ -37,7 +37,7 @@ from infra.nats_auth import APP, COMMANDER, READER, RELAY, ROLES, Credential, lo
 from infra.settings import Settings
 from infra.tail import run_tail
 from tests.integration.test_fanout_nats import T0, snapshot
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 pytestmark = pytest.mark.embedded
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -32,6 +32,7 @@ from domain.readings import DeviceSnapshot
 from projections.devices import TABLE as DEVICES_TABLE
 from projections.devices import DevicesProjector
 from projections.engine import ProjectionEngine
+from tests.kit import eventually
 
 
 def plug(total_wh: float = 1.0) -> DeviceSnapshot:
@@ -130,15 +131,6 @@ def fixed(devices: dict[str, UUID]) -> AllDevices:
     return AllDevices(listing, refresh_every=0.5)
 
 
-async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
-
-
 @asynccontextmanager
 async def running(poller: Poller, stop: asyncio.Event | None = None) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(poller.run(stop))
@@ -183,16 +175,16 @@ async def test_an_unexpected_error_from_one_device_is_that_devices_miss_only(app
         return all(counts[devices[a]] >= 3 for a in addresses[1:])
 
     async with running(poller):
-        assert await until(others_read_three_times)
+        await eventually(others_read_three_times, within=30, what="three readings of each healthy device")
         assert bad not in {d for d, _ in await asyncio.to_thread(stored_readings, app)}
         assert poller.stats().failures >= 3
-        assert await until(lambda: _has(app, "WentOffline"))
+        await eventually(lambda: _has(app, "WentOffline"), within=30, what="the failing device offline")
         del driver.broken[addresses[0]]
 
         async def bad_read() -> bool:
             return bad in {d for d, _ in await asyncio.to_thread(stored_readings, app)}
 
-        assert await until(bad_read)
+        await eventually(bad_read, within=30, what="a reading of the mended device")
     names = event_names(app)
     assert names.count("WentOffline") == 1 and names.count("CameOnline") == 1
 
@@ -209,14 +201,11 @@ async def test_devices_that_never_answer_do_not_delay_the_healthy_ones(app: Watt
             poller = make_poller(app, driver, fixed(devices), interval=0.25, concurrency=4, suspect_concurrency=2)
             async with running(poller):
                 # Each black hole times out twice: a cycle that waited for them would read the others twice.
-                assert await until(lambda: _at_least(poller, failures=2 * len(holes)))
+                await eventually(lambda: poller.stats().failures >= 2 * len(holes), within=30,
+                                 what="each black hole timed out twice")  # fmt: skip
             counts = Counter(d for d, _ in stored_readings(app))
     assert all(counts[devices[h]] == 0 for h in holes)
     assert min(counts[devices[a]] for a in healthy) >= 8, counts
-
-
-async def _at_least(poller: Poller, *, failures: int) -> bool:
-    return poller.stats().failures >= failures
 
 
 async def test_a_stop_while_a_device_never_answers_stores_every_reading_taken(app: WattLedger) -> None:
@@ -227,7 +216,7 @@ async def test_a_stop_while_a_device_never_answers_stores_every_reading_taken(ap
             # Readings wait in the queue far longer than the test runs: only the stop can store them.
             poller = make_poller(app, driver, fixed(devices), timeout=60.0, flush_every=120.0, grace=10.0)
             task = asyncio.create_task(poller.run())
-            assert await until(lambda: _readings_at_least(poller, 2 * len(fleet)))
+            await eventually(lambda: poller.stats().readings >= 2 * len(fleet), within=30, what="two readings a device")
             assert poller.stats().stored == 0 and poller.stats().pending > 0
             task.cancel()
             await asyncio.wait({task}, timeout=30)
@@ -237,10 +226,6 @@ async def test_a_stop_while_a_device_never_answers_stores_every_reading_taken(ap
     assert len(stored) == len(set(stored)) == taken
     assert {d for d, _ in stored} == {devices[a] for a in healthy}
     assert poller.stats().pending == 0
-
-
-async def _readings_at_least(poller: Poller, count: int) -> bool:
-    return poller.stats().readings >= count
 
 
 async def test_failed_saves_and_killed_connections_lose_no_reading_and_store_none_twice(
@@ -253,10 +238,12 @@ async def test_failed_saves_and_killed_connections_lose_no_reading_and_store_non
     poller = make_poller(app, driver, fixed(devices), store=store, flush_every=0.2)
     stop = asyncio.Event()
     async with running(poller, stop) as task:
-        assert await until(lambda: _stored_at_least(poller, 2 * len(addresses)))
+        await eventually(lambda: poller.stats().stored >= 2 * len(addresses), within=30,
+                         what="two readings a device stored")  # fmt: skip
         assert await asyncio.to_thread(_terminate_a_busy_connection, database_url)
         stored_before = poller.stats().stored
-        assert await until(lambda: _stored_at_least(poller, stored_before + len(addresses)))
+        await eventually(lambda: poller.stats().stored >= stored_before + len(addresses), within=30,
+                         what="a reading a device stored after the killed connection")  # fmt: skip
         stop.set()
         await asyncio.wait({task}, timeout=30)
         assert task.done()
@@ -265,10 +252,6 @@ async def test_failed_saves_and_killed_connections_lose_no_reading_and_store_non
     stored = stored_readings(app)
     assert len(stored) == len(set(stored)), "a reading was stored twice"
     assert len(stored) == stats.readings, "a reading taken was not stored"
-
-
-async def _stored_at_least(poller: Poller, count: int) -> bool:
-    return poller.stats().stored >= count
 
 
 def _terminate_a_busy_connection(database_url: str, *, attempts: int = 20_000) -> bool:
@@ -307,7 +290,7 @@ async def test_two_pollers_share_the_devices_and_one_takes_over_when_the_other_d
                 owners = Counter((await first_leases.holders()).values())
                 return sorted(owners.values()) == [5, 5] and first.stats().devices == second.stats().devices == 5
 
-            assert await until(balanced)
+            await eventually(balanced, within=30, what="the devices split five and five")
             since = time.monotonic()
 
             def polled_since(driver: FakeDriver, moment: float) -> Counter[str]:
@@ -317,7 +300,7 @@ async def test_two_pollers_share_the_devices_and_one_takes_over_when_the_other_d
                 both = polled_since(first_driver, since) + polled_since(second_driver, since)
                 return all(both[a] >= 2 for a in addresses)
 
-            assert await until(each_polled_twice)
+            await eventually(each_polled_twice, within=30, what="each device polled twice")
             by_first, by_second = set(polled_since(first_driver, since)), set(polled_since(second_driver, since))
             assert by_first.isdisjoint(by_second) and by_first | by_second == set(addresses)
 
@@ -328,6 +311,6 @@ async def test_two_pollers_share_the_devices_and_one_takes_over_when_the_other_d
             async def second_polls_all() -> bool:
                 return set(polled_since(second_driver, died)) == set(addresses)
 
-            assert await until(second_polls_all)
+            await eventually(second_polls_all, within=30, what="the second poller polling every device")
             assert not [a for a, at in first_driver.polled if at > died]
             assert second.stats().devices == len(addresses)

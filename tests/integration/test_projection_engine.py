@@ -22,7 +22,7 @@ from projections.devices import DevicesProjector
 from projections.engine import ProjectionEngine
 from projections.tables import READ_SCHEMA, Table
 from projections.tracking import projector_status
-from tests.support import seed_device, seed_polls
+from tests.kit import ManualClock, seed_device, seed_polls
 
 # A quarter of an hour before local midnight in Berlin, on the day its clocks go back.
 T0 = datetime(2026, 10, 24, 21, 45, tzinfo=timezone.utc)
@@ -77,14 +77,6 @@ class CountingProjector:
         cur.executemany(self.table.upsert, [self.table.values(row) for row in rows])
         if self.broken:
             raise RuntimeError(f"{self.name} cannot project this")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -199,10 +191,10 @@ def test_setup_with_the_same_version_keeps_rows_and_position(app: WattLedger, da
 
 
 async def test_a_failing_read_model_leaves_the_others_current(app: WattLedger, database_url: str) -> None:
-    clock = Clock()
+    clock = ManualClock(T0)
     healthy, failing = CountingProjector("healthy"), CountingProjector("failing")
     failing.broken = True
-    engine = engine_for(app, database_url, DevicesProjector(), healthy, failing, batch_size=4, clock=clock)
+    engine = engine_for(app, database_url, DevicesProjector(), healthy, failing, batch_size=4, clock=clock.monotonic)
     try:
         seed_history(app)
         head = app.recorder.max_notification_id()
@@ -221,13 +213,13 @@ async def test_a_failing_read_model_leaves_the_others_current(app: WattLedger, d
 
         engine.catch_up_all()
         assert tracking(database_url)["failing"]["attempts"] == 1, "retried before its backoff ended"
-        clock.now += engine.retry_base
+        clock.advance(engine.retry_base)
         engine.catch_up_all()
         assert tracking(database_url)["failing"]["attempts"] == 2
         failing.broken = False
-        clock.now += engine.retry_base
+        clock.advance(engine.retry_base)
         assert engine.catch_up_all() == {}, "the backoff doubles"
-        clock.now += engine.retry_base
+        clock.advance(engine.retry_base)
         assert engine.catch_up_all()["failing"] == head
         state = tracking(database_url)
         assert (state["failing"]["position"], state["failing"]["last_error"], state["failing"]["attempts"]) == (

@@ -28,7 +28,7 @@ from tests.integration.test_projection_engine import (  # noqa: F401 (the `app` 
     table_rows,
     tracking,
 )
-from tests.support import seed_device
+from tests.kit import seed_device
 
 
 class Note(msgspec.Struct, kw_only=True):

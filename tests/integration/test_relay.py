@@ -37,7 +37,7 @@ from domain.commands import PollResult
 from domain.device import Device
 from domain.readings import DeviceSnapshot, OutletReading
 from tests.conftest import fresh_database
-from tests.support import seed_device, seed_polls
+from tests.kit import eventually, seed_device, seed_polls
 
 RUN = secrets.token_hex(4)
 DEADLINE_S = 10.0
@@ -208,14 +208,6 @@ async def limit_message_size(js: JetStreamContext, stream: StreamConfig, max_msg
     await js.update_stream(info.config.evolve(max_msg_size=max_msg_size))
 
 
-async def until(condition: Callable[[], Any], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + DEADLINE_S
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_every_stored_event_is_published_in_notification_order(
     app: WattLedger, js: JetStreamContext, stream: StreamConfig, make_relay: Callable[..., Relay]
 ) -> None:
@@ -351,14 +343,15 @@ async def _published_while_running(app: WattLedger, relay: Relay, *, nudge: bool
     stop = asyncio.Event()
     running = asyncio.create_task(relay.run(stop))
     try:
-        await until(lambda: _caught_up(app, relay), "the relay to catch up")
+        await eventually(lambda: _caught_up(app, relay), within=DEADLINE_S, every=0.02, what="the relay caught up")
         [device] = await asyncio.to_thread(add_devices, app, 1)
         if nudge:
             await asyncio.to_thread(relay.wake)
         log = stored(app)
         last = log[-1]
         assert device in {n.originator_id for n in log}
-        await until(lambda: _reached(relay, last.id), f"notification {last.id} to be published")
+        await eventually(lambda: _reached(relay, last.id), within=DEADLINE_S, every=0.02,
+                         what=f"notification {last.id} published")  # fmt: skip
     finally:
         stop.set()
         await asyncio.wait_for(running, DEADLINE_S)

@@ -23,7 +23,7 @@ from projections.engine import ProjectionEngine
 from projections.rebuild import SHADOW_SCHEMA, VERIFY_SCHEMA, ReplayBusy, ReplayProgress
 from projections.tables import READ_SCHEMA, Table
 from projections.identity import IdentityProjector
-from tests.support import seed_device, seed_polls
+from tests.kit import ManualClock, seed_device, seed_polls
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
 
@@ -288,24 +288,16 @@ def test_a_table_outside_a_rebuild_names_its_home_schema() -> None:
     assert bare.select == qualified.select and bare.upsert == qualified.upsert
 
 
-class StepClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_progress_is_a_redrawn_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
-    clock = StepClock()
+    clock = ManualClock(T0)
     terminal, pipe = io.StringIO(), io.StringIO()
-    bar = ProgressDisplay(terminal, "rebuilding devices", tty=True, clock=clock, width=10)
-    lines = ProgressDisplay(pipe, "rebuilding devices", tty=False, every=1000, clock=clock, width=10)
+    bar = ProgressDisplay(terminal, "rebuilding devices", tty=True, clock=clock.monotonic, width=10)
+    lines = ProgressDisplay(pipe, "rebuilding devices", tty=False, every=1000, clock=clock.monotonic, width=10)
     for events in (500, 1000, 1500, 2000):
-        clock.now += 1.0
+        clock.advance(1.0)
         for display in (bar, lines):
             display(ReplayProgress(phase="replay", position=events, head=4000, events=events))
-    clock.now += 1.0
+    clock.advance(1.0)
     for display in (bar, lines):
         display(ReplayProgress(phase="swap", position=4000, head=4000, events=4000))
         display.finish("rebuilt devices: 4,000 events replayed")

@@ -22,7 +22,7 @@ from infra.bootstrap import all_projectors
 from infra.settings import load_settings
 from projections.devices import DevicesProjector
 from projections.engine import ProjectionEngine, Projector
-from tests.support import seed_device, seed_polls
+from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 10, 24, 21, 30, tzinfo=timezone.utc)
 PORTS = itertools.count(12000)

@@ -14,7 +14,7 @@ from domain.device import device_id_for
 from domain.errors import ConcurrencyConflict, DeviceAlreadyExists
 from domain.handlers import CommandHandlers
 from domain.readings import DeviceSnapshot
-from tests.support import FixedClock, StaticDriver
+from tests.kit import ManualClock, StaticDriver
 
 T0 = datetime(2026, 11, 22, 23, 50, tzinfo=timezone.utc)
 
@@ -37,7 +37,7 @@ def apps(database_url: str) -> Iterator[tuple[WattLedger, WattLedger]]:
 
 
 def handlers(app: WattLedger, snapshot: DeviceSnapshot, *, cache: bool = False, at: datetime = T0) -> CommandHandlers:
-    return CommandHandlers(StoreUnitOfWork(app, cache=cache), StaticDriver(snapshot), FixedClock(at))
+    return CommandHandlers(StoreUnitOfWork(app, cache=cache), StaticDriver(snapshot), ManualClock(at))
 
 
 async def test_a_duplicate_add_is_refused_and_stores_nothing(apps: tuple[WattLedger, WattLedger]) -> None:
