@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.poller import Assigned
-from adapters.schemas import OPS_SCHEMA
+from adapters.schemas import OPS_SCHEMA, create_ops_schema
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +99,7 @@ class Leases:
         """Create the schema and tables if missing; concurrent members wait on one advisory lock."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(f"SELECT pg_advisory_xact_lock(hashtext('{OPS_SCHEMA}.poll_leases'))")
+            await create_ops_schema(conn)
             await conn.execute(self._sql(_SCHEMA_SQL))
         self._ready = True
 

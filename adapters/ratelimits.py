@@ -27,7 +27,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from adapters.errors import AdapterError
-from adapters.schemas import OPS_SCHEMA
+from adapters.schemas import OPS_SCHEMA, create_ops_schema
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +114,7 @@ async def _ensure_table(conn: psycopg.AsyncConnection[Any]) -> None:
         try:
             async with conn.transaction():
                 await conn.execute(_DDL_LOCK)
+                await create_ops_schema(conn)
                 await conn.execute(_DDL)
             return
         except psycopg.errors.UniqueViolation:

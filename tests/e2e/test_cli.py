@@ -135,7 +135,7 @@ def test_relay_killed_mid_stream_and_restarted_leaves_every_event_once(
     assert stream_messages(nats_url, stream_config.name) == total
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
-            "SELECT position FROM wl_read.relay_position WHERE stream_name = %s", (stream_config.name,)
+            "SELECT position FROM wl_ops.relay_position WHERE stream_name = %s", (stream_config.name,)
         ).fetchone()
     assert row is not None and row[0] == total
 
