@@ -34,7 +34,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.access import Permission, Principal, Role, Scope, permissions_for  # noqa: F401  (re-export)
+from domain.access import Role, Scope, permissions_for
 from domain.errors import (
     InvalidTotpCode,
     LastAdmin,
@@ -48,7 +48,6 @@ from domain.errors import (
     UserNotFound,
 )
 from domain.identity_requests import AccountState, ApiKeyState, SessionState, UserSummary
-from domain.identity_requests import Login, NewKey, NewUser, SetupAdmin, StepUp, UserChanges  # noqa: F401  (re-export)
 from domain.identity_rules import SESSION_LIFETIME, key_prefix
 from domain.text import clean_text
 

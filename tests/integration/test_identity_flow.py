@@ -38,20 +38,9 @@ from domain.errors import (
     SetupAlreadyDone,
     TotpRequired,
 )
-from domain.identity import (
-    ApiKey,
-    Login,
-    NewKey,
-    NewUser,
-    Permission,
-    Principal,
-    Role,
-    Scope,
-    SetupAdmin,
-    StepUp,
-    User,
-    UserChanges,
-)
+from domain.access import Permission, Principal, Role, Scope
+from domain.identity import ApiKey, User
+from domain.identity_requests import Login, NewKey, NewUser, SetupAdmin, StepUp, UserChanges
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
 from projections.engine import ProjectionEngine
