@@ -28,7 +28,7 @@ import structlog
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from adapters.poller import Assigned
+from adapters.poll_assignment import Assigned
 from adapters.schemas import OPS_SCHEMA, create_ops_schema
 
 log = structlog.get_logger(__name__)

@@ -1,108 +1,58 @@
-"""The poller: reads each assigned device on its own clock and stores readings as they arrive.
+"""The poller: reads each assigned device on its own clock and hands the readings to its store queue.
 
-Every device has its own schedule, spread over the interval by its id, so there is no
-cycle for a slow device to hold up. A device whose last poll failed is a suspect and
-polls within a concurrency bound of its own; a poll that is still running after
-`slow_after` seconds gives its healthy slot back, so devices that accept connections
-and never answer cannot fill the healthy slots either.
+Every device has its own schedule (`adapters.poll_schedule`), spread over the interval by its
+id, so there is no cycle for a slow device to hold up. A device whose last poll failed is a
+suspect and polls within a concurrency bound of its own; a poll that is still running after
+`slow_after` seconds gives its healthy slot back, so devices that accept connections and never
+answer cannot fill the healthy slots either.
 
-Readings and offline reports go into one queue, drained by one store task: whatever
-has arrived is saved through `CommandHandlers.record_polls`, up to POLLS_PER_SAVE
-devices per transaction, at most `flush_every` seconds after it arrived. The store's
-calls run on an event loop of their own thread. A failed save keeps its entries queued
-and retries them with backoff; storing is idempotent by device and timestamp, so a
-retry of a save that did commit stores nothing twice. While `max_pending` entries wait,
-no new readings are taken (the devices' counters keep the energy meanwhile).
+Readings and offline reports are saved by the poller's store queue (`adapters.poll_store`).
+While `max_pending` entries wait there, no new readings are taken (the devices' counters keep
+the energy meanwhile).
 
-Which devices a poller polls comes from its `Assignment`: every present device
-(`AllDevices`), or the devices it holds leases on (`adapters.leases.Leases`) when
-several pollers share them.
+Which devices a poller polls comes from its `Assignment` (`adapters.poll_assignment`): every
+present device (`AllDevices`), or the devices it holds leases on (`adapters.leases.Leases`)
+when several pollers share them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import math
-import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timezone
-from typing import Any, Protocol, TypeVar
+from typing import Any
 from uuid import UUID
 
 import msgspec
-import psycopg
 import structlog
-from eventsourcing.persistence import DataError, IntegrityError, PersistenceError
 
-from adapters.eventstore import StoreUnitOfWork
 from adapters.faults import DATABASE_FAULTS, DEVICE_FAULTS, report
+from adapters.poll_assignment import AllDevices, Assigned, Assignment, DeviceList
+from adapters.poll_schedule import OFFLINE_RETRY_CAP, DeviceState, Slot, first_due, retry_delay
+from adapters.poll_store import POLLER_ACTOR, SAVE_GIVE_UP, PollStore
 from domain.address import DeviceAddress, parse_address
-from domain.commands import MissedPolls, PollResult, PollsRecorded, RecordPolls
+from domain.commands import MissedPolls, PollResult
 from domain.config import ConfigValues
-from domain.errors import ConcurrencyConflict
-from domain.handlers import POLLS_PER_SAVE, CommandHandlers
+from domain.handlers import CommandHandlers
 from domain.ports import DeviceDriver
 
+# The assignment and schedule names are named here too, for callers that take them from the poller.
+__all__ = [
+    "OFFLINE_RETRY_CAP",
+    "POLLER_ACTOR",
+    "SAVE_GIVE_UP",
+    "AllDevices",
+    "Assigned",
+    "Assignment",
+    "DeviceList",
+    "Poller",
+    "PollerStats",
+    "retry_delay",
+]
+
 log = structlog.get_logger(__name__)
-
-POLLER_ACTOR = "system:poller"
-OFFLINE_RETRY_CAP = 60.0
-"""An offline device is retried at least this often (or every interval, if longer)."""
-SAVE_GIVE_UP = 3
-"""Failures of a single entry, saved alone, after which it is dropped as unstorable."""
-
-DeviceList = Callable[[], Awaitable[Sequence[tuple[UUID, str]]]]
-_T = TypeVar("_T")
-
-
-def retry_delay(missed: int, *, interval: float, offline_after: int) -> float:
-    """Seconds until a device that missed `missed` polls in a row is polled again.
-
-    The interval until it is reported offline; then doubling, capped at six intervals
-    and at OFFLINE_RETRY_CAP (or one interval, if that is longer).
-    """
-    beyond = missed - offline_after
-    if beyond < 0:
-        return interval
-    cap = max(interval, min(OFFLINE_RETRY_CAP, 6 * interval))
-    return min(interval * 2.0 ** min(beyond + 1, 16), cap)
-
-
-class Assigned(msgspec.Struct, frozen=True, kw_only=True):
-    """The devices a poller may poll (id → address) until `valid_until` (event loop time)."""
-
-    devices: dict[UUID, str]
-    valid_until: float = math.inf
-
-
-class Assignment(Protocol):
-    """Where a poller learns which devices are its own."""
-
-    refresh_every: float
-
-    async def refresh(self, release: Callable[[Collection[UUID]], Awaitable[None]]) -> Assigned:
-        """The devices to poll now; `release` is awaited before any device is given to another poller."""
-        ...
-
-    async def leave(self) -> None:
-        """Give up every device (clean stop)."""
-        ...
-
-
-class AllDevices(Assignment):
-    """Every present device, for a poller that runs alone."""
-
-    def __init__(self, devices: DeviceList, *, refresh_every: float = 10.0) -> None:
-        self._devices = devices
-        self.refresh_every = refresh_every
-
-    async def refresh(self, release: Callable[[Collection[UUID]], Awaitable[None]]) -> Assigned:
-        return Assigned(devices=dict(await self._devices()))
-
-    async def leave(self) -> None:
-        return None
 
 
 class PollerStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,87 +74,6 @@ class PollerStats(msgspec.Struct, frozen=True, kw_only=True):
     pending: int
     store_lag: float
     """Seconds the oldest entry still waiting to be stored has waited."""
-
-
-class _Entry(msgspec.Struct):
-    item: PollResult | MissedPolls
-    queued: float
-    failures: int = 0
-
-    @property
-    def device_id(self) -> UUID:
-        return self.item.device_id
-
-
-class _Device:
-    __slots__ = ("address", "device_id", "due", "failing_since", "missed", "task")
-
-    def __init__(self, device_id: UUID, address: str, due: float) -> None:
-        self.device_id = device_id
-        self.address = address
-        self.due = due
-        self.missed = 0
-        self.failing_since: str | None = None
-        self.task: asyncio.Task[None] | None = None
-
-
-class _Slot:
-    """A concurrency slot that can be handed back early, once."""
-
-    __slots__ = ("_limit", "held")
-
-    def __init__(self, limit: asyncio.Semaphore) -> None:
-        self._limit = limit
-        self.held = True
-
-    def give_back(self) -> None:
-        if self.held:
-            self.held = False
-            self._limit.release()
-
-
-class _StoreLoop:
-    """An event loop on a thread of its own, where every call into the store runs.
-
-    Loading an aggregate is a thread hop, and a part of 100 new devices makes about
-    200 of them. On the polling loop each hop waits behind the polling traffic: at
-    5,000 devices one part took seconds. Here the hops wait for nothing.
-    """
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="poller-store", daemon=True)
-        self._thread.start()
-
-    async def call(self, work: Coroutine[Any, Any, _T]) -> _T:
-        """Run `work` there; cancelling the caller cancels it."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
-
-    async def aclose(self) -> None:
-        async def cancel_the_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=1.0)
-
-        try:
-            await asyncio.wait_for(self.call(cancel_the_rest()), 2.0)
-        except (TimeoutError, RuntimeError):
-            pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        await asyncio.to_thread(self._thread.join, 2.0)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
-def _transient(exc: BaseException) -> bool:
-    """A failure of the store itself (connection, server, conflict), not of what was saved."""
-    if isinstance(exc, (DataError, psycopg.DataError)):
-        return False
-    if isinstance(exc, IntegrityError) and not isinstance(exc, ConcurrencyConflict):
-        return False
-    return isinstance(exc, (PersistenceError, psycopg.Error, OSError, TimeoutError, ConcurrencyConflict))
 
 
 class Poller:
@@ -247,21 +116,17 @@ class Poller:
         self.timeout = timeout
         self.offline_after = offline_after
         self.grace = grace
-        self.flush_every = flush_every
         self.slow_after = slow_after
         self.log_every = log_every
         self.max_pending = max_pending
-        self.on_saved = on_saved
         self._healthy = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._suspect = asyncio.Semaphore(suspect_concurrency)
-        self._devices: dict[UUID, _Device] = {}
+        self._devices: dict[UUID, DeviceState] = {}
         self._valid_until = 0.0
-        self._queue: collections.deque[_Entry] = collections.deque()
-        self._arrived = asyncio.Event()
-        self._closing = False
-        self._solo = 0
         self._counts = collections.Counter[str]()
+        self._store = PollStore(commands, flush_every=flush_every, on_saved=on_saved, counts=self._counts,
+                                first_of_kind=self._first_of_kind)  # fmt: skip
         self._overruns_logged = 0
         self._skip_log_at = 0.0
         self._traced: set[type[Exception]] = set()
@@ -283,8 +148,8 @@ class Poller:
             save_failures=self._counts["save_failures"],
             dropped=self._counts["dropped"],
             skipped=self._counts["skipped"],
-            pending=len(self._queue),
-            store_lag=round(now - self._queue[0].queued, 3) if self._queue else 0.0,
+            pending=len(self._store),
+            store_lag=self._store.lag(now),
         )
 
     def apply_config(self, config: ConfigValues) -> None:
@@ -306,7 +171,7 @@ class Poller:
         log.info("poller.interval_changed", interval=config.polling_interval, was=self.interval)
         self.interval = config.polling_interval
         for state in self._devices.values():
-            due = self._first_due(state.device_id)
+            due = first_due(state.device_id, self.interval)
             if state.missed == 0 and due < state.due and state.task is not None:
                 state.task.cancel()
                 state.due = due
@@ -328,9 +193,8 @@ class Poller:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll until cancelled or `stop` is set, then store what was read (within `grace`)."""
-        self._closing = False
-        self._writer = _StoreLoop()
-        store = asyncio.create_task(self._store_loop(), name="poller-store")
+        self._store.open()
+        store = asyncio.create_task(self._store.run(), name="poller-store")
         assign = asyncio.create_task(self._assignment_loop(), name="poller-assignment")
         stopped = asyncio.create_task((stop or asyncio.Event()).wait())
         log.info("poller.started", interval=self.interval)
@@ -349,16 +213,15 @@ class Poller:
         assign.cancel()
         await asyncio.gather(assign, return_exceptions=True)
         await self._drop(list(self._devices))
-        self._closing = True
-        self._arrived.set()
+        self._store.close()
         leaving = asyncio.create_task(self._leave())
         await asyncio.wait({store, leaving}, timeout=max(0.0, deadline - loop.time()))
         for task in (store, leaving):
             task.cancel()
         await asyncio.gather(store, leaving, return_exceptions=True)
-        await self._writer.aclose()
-        if self._queue:
-            log.error("poller.stopped_unsaved", entries=len(self._queue), grace=self.grace)
+        await self._store.aclose()
+        if self._store:
+            log.error("poller.stopped_unsaved", entries=len(self._store), grace=self.grace)
         log.info("poller.stopped", **msgspec.structs.asdict(self.stats()))
 
     async def _leave(self) -> None:
@@ -404,7 +267,7 @@ class Poller:
         for device_id, address in assigned.items():
             state = self._devices.get(device_id)
             if state is None:
-                state = self._devices[device_id] = _Device(device_id, address, self._first_due(device_id))
+                state = self._devices[device_id] = DeviceState(device_id, address, first_due(device_id, self.interval))
                 state.task = asyncio.create_task(self._device_loop(state), name=f"poll-{device_id}")
             else:
                 state.address = address
@@ -419,26 +282,15 @@ class Poller:
                 tasks.append(state.task)
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _first_due(self, device_id: UUID) -> float:
-        """The next moment on the device's own clock: a phase from its id, on wall-clock time.
-
-        The phase is the same in every process, so a device handed to another poller
-        keeps its rhythm.
-        """
-        phase = (device_id.int % 1_000_003) / 1_000_003 * self.interval
-        wall = time.time()
-        due = phase + math.ceil((wall - phase) / self.interval) * self.interval
-        return asyncio.get_running_loop().time() + (due - wall)
-
     # Polling ------------------------------------------------------------------------
 
-    async def _device_loop(self, state: _Device) -> None:
+    async def _device_loop(self, state: DeviceState) -> None:
         loop = asyncio.get_running_loop()
         while True:
             delay = state.due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if len(self._queue) >= self.max_pending:
+            if len(self._store) >= self.max_pending:
                 self._skip()
             elif loop.time() < self._valid_until:
                 await self._poll(state)
@@ -449,14 +301,14 @@ class Poller:
                 self._overrun(state, late=now - state.due)
                 state.due = now
 
-    def _step(self, state: _Device) -> float:
+    def _step(self, state: DeviceState) -> float:
         return retry_delay(state.missed, interval=self.interval, offline_after=self.offline_after)
 
-    async def _poll(self, state: _Device) -> None:
+    async def _poll(self, state: DeviceState) -> None:
         suspect = state.missed > 0
         limit = self._suspect if suspect else self._healthy
         await limit.acquire()
-        slot = _Slot(limit)
+        slot = Slot(limit)
         demote = None if suspect else asyncio.get_running_loop().call_later(self.slow_after, slot.give_back)
         try:
             address: DeviceAddress = parse_address(state.address)
@@ -476,9 +328,9 @@ class Poller:
             state.missed = 0
             state.failing_since = None
         result = PollResult(device_id=state.device_id, measured_at=datetime.now(timezone.utc), snapshot=snapshot)
-        self._enqueue(result)
+        self._store.enqueue(result)
 
-    def _failed(self, state: _Device, exc: Exception) -> None:
+    def _failed(self, state: DeviceState, exc: Exception) -> None:
         self._counts["polls"] += 1
         self._counts["failures"] += 1
         state.missed += 1
@@ -494,9 +346,9 @@ class Poller:
             log.error("poll.error", error=repr(exc), exc_info=self._first_of_kind(exc), **fields)
         if state.missed == self.offline_after:
             log.info("poll.offline", **fields)
-            self._enqueue(MissedPolls(device_id=state.device_id, count=state.missed))
+            self._store.enqueue(MissedPolls(device_id=state.device_id, count=state.missed))
 
-    def _overrun(self, state: _Device, *, late: float) -> None:
+    def _overrun(self, state: DeviceState, *, late: float) -> None:
         self._counts["overruns"] += 1
         now = time.monotonic()
         if now >= self._overrun_log_at:
@@ -516,118 +368,7 @@ class Poller:
         now = time.monotonic()
         if now >= self._skip_log_at:
             self._skip_log_at = now + self.log_every
-            log.error("poller.backlog_full", pending=len(self._queue), skipped=self._counts["skipped"])
-
-    # Storing ------------------------------------------------------------------------
-
-    def _enqueue(self, item: PollResult | MissedPolls) -> None:
-        self._queue.append(_Entry(item=item, queued=time.monotonic()))
-        if len(self._queue) == 1 or len(self._queue) >= POLLS_PER_SAVE:
-            self._arrived.set()
-
-    def _chunk(self) -> list[_Entry]:
-        """The oldest entries, each device at most once, so the order of a device's entries holds."""
-        limit = 1 if self._solo else POLLS_PER_SAVE
-        chunk: list[_Entry] = []
-        seen: set[UUID] = set()
-        for entry in self._queue:
-            if len(chunk) >= limit or entry.device_id in seen:
-                break
-            seen.add(entry.device_id)
-            chunk.append(entry)
-        return chunk
-
-    async def _gathered(self) -> None:
-        """Wait until entries are queued, then for more of them up to `flush_every` or a full part."""
-        while not self._queue:
-            if self._closing:
-                return
-            self._arrived.clear()
-            await self._arrived.wait()
-        deadline = self._queue[0].queued + self.flush_every
-        while not self._closing and len(self._queue) < POLLS_PER_SAVE:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._arrived.clear()
-            try:
-                async with asyncio.timeout(left):
-                    await self._arrived.wait()
-            except TimeoutError:
-                return
-
-    async def _store_loop(self) -> None:
-        """The only writer of the poller's caching store; ends once closing and drained."""
-        backoff = 0.0
-        while True:
-            await self._gathered()
-            if not self._queue:
-                return
-            chunk = self._chunk()
-            try:
-                recorded = await self._save(chunk)
-            except Exception as exc:
-                backoff = self._save_failed(chunk, exc, backoff)
-                if backoff:
-                    await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
-            for _ in chunk:
-                self._queue.popleft()
-            self._solo = max(0, self._solo - len(chunk))
-            self._counts["saves"] += 1
-            self._counts["stored"] += recorded
-            try:
-                self.on_saved()
-            except Exception as exc:
-                log.error("poller.on_saved_failed", error=repr(exc), exc_info=exc)
-
-    async def _save(self, chunk: Sequence[_Entry]) -> int:
-        results = tuple(e.item for e in chunk if isinstance(e.item, PollResult))
-        offline = tuple(e.item for e in chunk if isinstance(e.item, MissedPolls))
-        command = RecordPolls(results=results, offline=offline, actor=POLLER_ACTOR)
-        stored = await self._writer.call(self._record(command))
-        return stored.recorded
-
-    async def _record(self, command: RecordPolls) -> PollsRecorded:
-        """On the store's loop: record, and after any failure forget every cached aggregate."""
-        try:
-            return await self.commands.record_polls(command)
-        except BaseException:
-            store = self.commands.store
-            if isinstance(store, StoreUnitOfWork):
-                # A load that failed mid-part can leave decided but unsaved events in cached aggregates.
-                store.forget_all()
-            raise
-
-    def _save_failed(self, chunk: list[_Entry], exc: Exception, backoff: float) -> float:
-        """Decide what a failed save means; returns the delay before the next try (0: at once)."""
-        self._counts["save_failures"] += 1
-        if _transient(exc):
-            delay = min(max(backoff * 2, 0.2), 5.0)
-            report("poller", exc, repeat=backoff != 0, action="save", entries=len(chunk), pending=len(self._queue),
-                   retry_in=delay)  # fmt: skip
-            return delay
-        if len(chunk) > 1:
-            log.error("poller.save_rejected", entries=len(chunk), error=repr(exc), retry="one entry at a time")
-            self._solo = len(chunk)
-            return 0.0
-        entry = chunk[0]
-        entry.failures += 1
-        if entry.failures < SAVE_GIVE_UP:
-            return 0.0
-        self._queue.popleft()
-        self._solo = max(0, self._solo - 1)
-        self._counts["dropped"] += 1
-        log.error(
-            "poller.entry_dropped",
-            device_id=str(entry.device_id),
-            kind=type(entry.item).__name__,
-            failures=entry.failures,
-            error=repr(exc),
-            exc_info=self._first_of_kind(exc),
-        )
-        return 0.0
+            log.error("poller.backlog_full", pending=len(self._store), skipped=self._counts["skipped"])
 
     def _first_of_kind(self, exc: Exception) -> Exception | None:
         """The exception for a traceback the first time its type is seen, else None (one per type)."""
