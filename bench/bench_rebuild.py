@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.eventstore import WattLedger, ensure_events_schema, store_env  # noqa: E402
 from bench.scratch import bench_main, log_read_rate, seed_fleet_history  # noqa: E402
-from infra.bootstrap import all_projectors  # noqa: E402
+from infra.runtime import all_projectors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.engine import ProjectionEngine  # noqa: E402
 

@@ -26,7 +26,7 @@ from adapters.eventstore import StoreUnitOfWork
 from adapters.export_files import FORMATS
 from adapters.history import EVENTS_TABLE, EventFilter
 from domain.compliance_handlers import ComplianceHandlers
-from infra.bootstrap import Runtime
+from infra.runtime import Runtime
 from infra.settings import SettingsError
 from projections.chain import Verification, chain_link, verify
 

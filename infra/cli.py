@@ -21,7 +21,9 @@ from adapters.bus import StreamConfig
 from domain.commands import AddDevice, Command, RemoveDevice, RenameDevice, device_key
 from domain.errors import DeviceAlreadyExists, DomainError, NoKasaDevice
 from infra import audit_cli, nats_auth, replay
-from infra.bootstrap import Runtime, StartupError, StartupInterrupted, open_runtime, run_parts
+from infra.bootstrap import open_runtime, run_parts
+from infra.runtime import Runtime
+from infra.startup import StartupError, StartupInterrupted
 from infra.supervisor import PartFailedTooOften
 from infra.errors import InfraError
 from infra.embedded import EmbeddedError, embedded_nats_url, embedded_servers, nats_credentials_file

@@ -1,0 +1,68 @@
+"""The connection pools a process opens: the API's read pool (`ReadPool`) and the event store's settings.
+
+`read_pool` builds the read pool with its time-outs; `event_store_env` is the event store's
+environment with its own pool's time-outs. Both are opened by `infra.bootstrap.open_runtime`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from adapters.eventstore import store_env
+
+__all__ = ["READ_POOL_RECONNECT_S", "READ_POOL_TIMEOUT_S", "STORE_POOL_TIMEOUT_S", "ReadPool", "event_store_env", "read_pool"]
+
+READ_POOL_TIMEOUT_S = 5.0
+# psycopg_pool retries a lost connection with growing pauses (1 s, 2 s, 4 s...) for this long, then
+# connects again on demand: a short window lets the API notice a returning server within seconds.
+READ_POOL_RECONNECT_S = 10.0
+# The event store retries a failed call up to ten times itself, each waiting this long for a connection.
+STORE_POOL_TIMEOUT_S = 2
+
+
+def event_store_env(database_url: str) -> dict[str, str]:
+    # Pre-ping off: psycopg_pool's check sleeps 1 s, 2 s, 4 s... between dead connections (five dead
+    # ones took 7 s to get past), while the store's own retry drops one per attempt, 0.2 s apart.
+    return {
+        **store_env(database_url),
+        "POSTGRES_PRE_PING": "n",
+        "POSTGRES_CONNECT_TIMEOUT": str(STORE_POOL_TIMEOUT_S),
+    }
+
+
+class ReadPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """The API's read pool: every connection is tested as it is handed out, and a dead one is
+    dropped for the next at once.
+
+    psycopg_pool's own `check` runs the same test but sleeps 1 s, 2 s, 4 s... between failures,
+    so after the server ended all the pool's connections a request waited seconds or timed out.
+    """
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        for _ in range(self.max_size):
+            conn = await super().getconn(max(deadline - time.monotonic(), 0.0))
+            try:
+                await self.check_connection(conn)
+            except psycopg.Error:
+                await self.putconn(conn)
+                continue
+            return conn
+        return await super().getconn(max(deadline - time.monotonic(), 0.0))
+
+
+def read_pool(database_url: str) -> ReadPool:
+    """The API's read pool, not yet open: up to 8 connections, a request waits at most READ_POOL_TIMEOUT_S."""
+    return ReadPool(
+        database_url,
+        min_size=1,
+        max_size=8,
+        open=False,
+        name="wattledger-read",
+        timeout=READ_POOL_TIMEOUT_S,
+        reconnect_timeout=READ_POOL_RECONNECT_S,
+    )

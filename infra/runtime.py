@@ -1,0 +1,263 @@
+"""The object graph of one process: `Runtime` holds every long-lived object and builds the
+parts (poller, executor, responder, services, live fan-out, export jobs) from them.
+
+`infra.bootstrap.open_runtime` opens the connections and builds a `Runtime`; nothing here
+connects by itself. Also the settings' energy rules and the list of every read model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from psycopg_pool import AsyncConnectionPool
+
+from adapters.bus import StreamConfig
+from adapters.compliance import ComplianceJobs
+from adapters.data_exports import DataExportJobs
+from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
+from adapters.executor import CommandExecutor
+from adapters.fanout import DeviceEntry, FanOut, LiveOptions
+from adapters.identity import TokenService
+from adapters.kasa_driver import KasaDriver
+from adapters.leases import Leases
+from adapters.nats_commands import CommandResponder
+from adapters.poller import Poller
+from adapters.ratelimits import PgRateCounters
+from adapters.relay import Relay
+from api.ratelimit import EdgePolicy, RateLimits
+from api.security import RefusalTally, summarise_every
+from api.services import Services
+from domain.authentication import authenticate_headers
+from domain.compliance_handlers import ComplianceHandlers
+from domain.config import ConfigValues
+from domain.control_handlers import ConfigHandlers, ControlHandlers
+from domain.energy import EnergyRules
+from domain.energy_handlers import EnergyHandlers
+from domain.export_handlers import ExportHandlers
+from domain.handlers import CommandHandlers
+from domain.identity_handlers import IdentityHandlers
+from domain.ports import Clock
+from domain.security import SecurityHandlers
+from domain.usage import EnergySettings
+from infra.settings import Settings
+from infra.supervisor import Supervisor
+from projections.audit import AuditProjector
+from projections.chain import ChainProjector, chain_link
+from projections.commands import CommandsProjector, interrupted_commands
+from projections.devices import TABLE as DEVICES_TABLE
+from projections.devices import DevicesProjector, active_devices
+from projections.energy import EnergyProjector
+from projections.engine import ProjectionEngine, Projector
+from projections.exports import ExportReadModel, ExportsProjector
+from projections.identity import IdentityProjector
+
+__all__ = ["Runtime", "all_projectors", "energy_rules", "energy_settings"]
+
+
+def energy_rules(settings: Settings) -> EnergyRules:
+    """The energy fold's rules for this installation's polling interval and meter limit."""
+    return EnergyRules.for_polling_interval(settings.polling_interval, max_power_w=settings.max_power_w)
+
+
+def all_projectors(settings: Settings) -> list[Projector]:
+    rules = energy_rules(settings)
+    return [
+        DevicesProjector(settings.zone, rules), IdentityProjector(), CommandsProjector(), ChainProjector(),
+        AuditProjector(), EnergyProjector(rules), ExportsProjector(),
+    ]
+
+
+def energy_settings(settings: Settings) -> EnergySettings:
+    """The energy fold's rules and the session defaults the settings give."""
+    return EnergySettings(
+        rules=energy_rules(settings),
+        session_threshold_w=settings.session_threshold_w,
+        session_min_duration=timedelta(seconds=settings.session_min_duration),
+    )
+
+
+@dataclass
+class Runtime:
+    """Every long-lived object of one process; built by `open_runtime`, closed by it too."""
+
+    settings: Settings
+    database_url: str
+    nats_url: str
+    app: WattLedger
+    engine: ProjectionEngine
+    read_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+    driver: KasaDriver
+    nc: Client
+    js: JetStreamContext
+    stream: StreamConfig
+    relay: Relay
+    identity: IdentityHandlers
+    tokens: TokenService
+    wakers: list[Callable[[], None]] = field(default_factory=list)
+    rate_counters: PgRateCounters | None = None
+    fanout: FanOut | None = None
+    exports: DataExportJobs | None = None
+    supervisor: Supervisor | None = None
+    refusals: RefusalTally | None = None
+    clock: Clock = field(default_factory=SystemClock)
+
+    def saved(self) -> None:
+        """Something was stored: nudge the in-process relay and projectors."""
+        for wake in self.wakers:
+            wake()
+
+    async def known_devices(self) -> Sequence[tuple[UUID, str]]:
+        async with self.read_pool.connection() as conn:
+            return await active_devices(conn)
+
+    def poller(self) -> Poller:
+        """This process's poller, sharing the devices with other pollers through leases."""
+        interval = self.settings.polling_interval
+        leases = Leases(
+            self.read_pool,
+            devices_table=DEVICES_TABLE,
+            ttl=max(3.0, min(self.settings.poll_lease, 3 * interval)),
+        )
+        return Poller(
+            self.handlers(cache=True),
+            self.driver,
+            leases,
+            interval=interval,
+            timeout=self.settings.poll_timeout + 1.0,
+            concurrency=self.settings.poll_concurrency,
+            suspect_concurrency=self.settings.poll_suspect_concurrency,
+            offline_after=self.settings.offline_after,
+            grace=self.settings.poll_stop_grace,
+            on_saved=self.saved,
+        )
+
+    def config_defaults(self) -> ConfigValues:
+        """The system configuration before any change is recorded: this process's settings."""
+        s = self.settings
+        return ConfigValues(
+            polling_interval=s.polling_interval, offline_after=s.offline_after,
+            poll_timeout=s.poll_timeout, poll_concurrency=s.poll_concurrency,
+        )  # fmt: skip
+
+    def config(self) -> ConfigHandlers:
+        return ConfigHandlers(StoreUnitOfWork(self.app), self.config_defaults())
+
+    def control(self) -> ControlHandlers:
+        """Control requests, their execution and device renames, over this process's store and driver."""
+        return ControlHandlers(
+            StoreUnitOfWork(self.app), self.driver, self.clock, self.config(),
+            deadline_s=self.settings.control_deadline,
+        )  # fmt: skip
+
+    def executor(self) -> CommandExecutor:
+        """The command executor, sharing the requests with every other executor through one durable consumer."""
+        async def interrupted(attempted_before: datetime) -> list[UUID]:
+            async with self.read_pool.connection() as conn:
+                return await interrupted_commands(conn, attempted_before)
+
+        # A live executor's device call ends within the driver's timeout, and its read-back within another.
+        settle_after = 3 * (self.settings.poll_timeout + 1.0)
+        return CommandExecutor(
+            self.js, self.control(), stream=self.stream, ack_wait=self.settings.executor_ack_wait,
+            on_saved=self.saved, interrupted=interrupted, settle_after=settle_after,
+        )  # fmt: skip
+
+    def handlers(self, *, cache: bool = False) -> CommandHandlers:
+        """The write side over this process's store and driver; `cache` for a single writer (the poller)."""
+        return CommandHandlers(StoreUnitOfWork(self.app, cache=cache), self.driver, self.clock)
+
+    def responder(self) -> CommandResponder:
+        """NATS request/reply commands (`<prefix>.cmd.device.*`) over the same handlers as REST."""
+        return CommandResponder(
+            self.nc,
+            self.handlers(),
+            lambda headers: authenticate_headers(headers, self.tokens, self.identity),
+            subject_prefix=self.stream.subject_prefix,
+            discovery_target=self.settings.discovery_target,
+            discovery_port=self.settings.discovery_port,
+            on_saved=self.saved,
+            control=self.control(),
+        )
+
+    def services(self) -> Services:
+        return Services(
+            app=self.app,
+            driver=self.driver,
+            read_pool=self.read_pool,
+            commands=self.handlers(),
+            identity=self.identity,
+            tokens=self.tokens,
+            discovery_target=self.settings.discovery_target,
+            discovery_port=self.settings.discovery_port,
+            stream_name=self.stream.name,
+            fanout=self.fanout,
+            zone=self.settings.zone,
+            energy_rules=energy_rules(self.settings),
+            exports=self.data_exports(),
+            on_saved=self.saved,
+            edge=self.edge(),
+            control=self.control(),
+            config=self.config(),
+            host=self.settings.host,
+            energy=EnergyHandlers(StoreUnitOfWork(self.app), self.clock, energy_settings(self.settings)),
+            clock=self.clock,
+            parts=self.supervisor.status if self.supervisor is not None else list,
+            refusals=self.refusal_tally(),
+            compliance=ComplianceJobs(
+                self.settings.compliance_dir, self.database_url, self.app, chain_link,
+                ComplianceHandlers(StoreUnitOfWork(self.app)),
+            ),
+        )
+
+    def refusal_tally(self) -> RefusalTally:
+        """This process's count of refused sign-ins and permissions (recorded once a minute by `run_parts`)."""
+        if self.refusals is None:
+            self.refusals = RefusalTally(self.clock.now)
+        return self.refusals
+
+    def security_summaries(self) -> Awaitable[None]:
+        return summarise_every(self.refusal_tally(), SecurityHandlers(StoreUnitOfWork(self.app)), on_saved=self.saved)
+
+    def data_exports(self) -> DataExportJobs:
+        """This process's data export jobs (created on first use; `run_parts` sweeps them with the API)."""
+        if self.exports is None:
+            s = self.settings
+            catalog = ExportReadModel(self.read_pool)
+            handlers = ExportHandlers(StoreUnitOfWork(self.app), catalog, self.clock, limit=s.exports_per_hour)
+            self.exports = DataExportJobs(
+                self.app, handlers, catalog, s.exports_dir, retention=timedelta(days=s.export_retention_days),
+                rules=energy_rules(s),
+                on_saved=self.saved,
+            )
+        return self.exports
+
+    def live_fanout(self) -> FanOut:
+        """This process's one live fan-out (created on first use, started by `run_parts` with the API)."""
+        if self.fanout is None:
+            s = self.settings
+            options = LiveOptions(queue_size=s.live_queue, heartbeat=s.live_heartbeat,
+                                  auth_timeout=s.live_auth_timeout, recheck=s.live_recheck)  # fmt: skip
+            self.fanout = FanOut(self.nc, self.js, self.stream, directory=self.device_directory, options=options)
+        return self.fanout
+
+    async def device_directory(self) -> dict[UUID, DeviceEntry]:
+        """Address and alias of every device the read model knows, removed ones too."""
+        async with self.read_pool.connection() as conn:
+            cur = await conn.execute(f"SELECT device_id, address, alias FROM {DEVICES_TABLE}")
+            return {r[0]: DeviceEntry(address=r[1], alias=r[2]) for r in await cur.fetchall()}
+
+    def edge(self) -> EdgePolicy:
+        """The settings' rate limits and CORS origins, over the counters every API process shares."""
+        s = self.settings
+        limits = RateLimits(
+            ip=s.rate_limit_ip, user=s.rate_limit_user, key=s.rate_limit_key,
+            login=s.rate_limit_login, login_ip=s.rate_limit_login_ip,
+        ) if s.rate_limits else RateLimits()  # fmt: skip
+        return EdgePolicy(limits=limits, counters=self.rate_counters, cors_origins=s.cors_origins)
