@@ -1,7 +1,9 @@
 """Real servers for tests: the ones named by DATABASE_URL / NATS_URL, else embedded ones.
 
 Every test that stores events gets its own database and its own JetStream
-stream and subject prefix, so runs and tests never see each other's data.
+stream and subject prefix, so runs and tests never see each other's data. The fixtures
+built on the servers (`database_url`, `app`, `settings`, `runtime`, `fleet`) come from
+tests/harness.py.
 """
 
 from __future__ import annotations
@@ -11,19 +13,17 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import nats
 import nats.js.errors
-import psycopg
 import pytest
 import structlog
-from psycopg import sql
 
 from adapters.bus import StreamConfig
 from adapters.eventstore import SystemClock
 from domain.ports import Clock
+pytest_plugins = ("tests.harness",)
 
 
 @pytest.fixture(scope="session")
@@ -45,32 +45,6 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 @pytest.fixture(scope="session")
 def nats_url(server_urls: tuple[str, str]) -> str:
     return server_urls[1]
-
-
-def _with_dbname(url: str, dbname: str) -> str:
-    parts = psycopg.conninfo.conninfo_to_dict(url)
-    parts["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    """Create an empty database on the server of `admin_url`, yield its URL, drop it afterwards."""
-    name = f"wl_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _with_dbname(admin_url, name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
-    """A new empty database for one test."""
-    with fresh_database(server_urls[0]) as url:
-        yield url
 
 
 @pytest.fixture

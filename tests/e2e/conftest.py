@@ -1,117 +1,40 @@
-"""A whole WattLedger process in-test: real PostgreSQL, real JetStream, emulated devices.
+"""A whole WattLedger process in-test (the `runtime` of tests/harness.py) and its clients.
 
 Clients sign in as a client would: `client` runs first-run setup and logs in as the
 administrator; `viewer`, `operator` and `read_key` are a viewer, an operator and a `read`
-API key of the administrator. Passwords are hashed with argon2 at a low cost here (the CLI
-tests run the production cost): every test has its own database, so each signs in anew.
+API key of the administrator. `running` adds the command executor beside the relay and
+projectors; `devices` adds two emulated devices through the write path.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
-from uuid import UUID
 
 import httpx
-import msgspec
 import pytest
 from litestar import Litestar
 
-from adapters.bus import StreamConfig
 from adapters.emulator import EmulatorFleet
-from adapters.identity import Argon2Hasher
+from adapters.executor import CommandExecutor
 from api.app import create_app
 from domain.access import Principal, Role, Scope
+from domain.commands import AddDevice
 from domain.identity_requests import NewKey, NewUser, StepUp
-from domain.ports import Clock
-from infra.bootstrap import Runtime, cancel_all, open_runtime
-from infra.settings import Settings
-
-ADMIN = "root"
-ADMIN_PASSWORD = "Admin-passphrase-4-tests"
-VIEWER, VIEWER_PASSWORD = "vera", "Views-the-plugs-42"
-OPERATOR, OPERATOR_PASSWORD = "olga", "Operates-the-plugs-42"
-BASE_URL = "http://wattledger.test"
-
-
-@pytest.fixture
-def settings(tmp_path: Path, stream_config: StreamConfig) -> Settings:
-    return Settings(
-        data_dir=tmp_path,
-        polling_interval=1.0,
-        poll_timeout=2.0,
-        offline_after=2,
-        discovery_target="127.0.0.1",
-        stream_name=stream_config.name,
-        subject_prefix=stream_config.subject_prefix,
-        # Tests send far more than 100 requests a minute from one address; the rate-limit tests turn them on.
-        rate_limits=False,
-    )
-
-
-@pytest.fixture
-async def runtime(settings: Settings, database_url: str, nats_url: str, clock: Clock) -> AsyncIterator[Runtime]:
-    async with open_runtime(settings, database_url, nats_url) as rt:
-        rt.identity.hasher = Argon2Hasher(time_cost=1, memory_cost=8192, parallelism=1)
-        rt.clock = clock
-        yield rt
-
-
-@asynccontextmanager
-async def background(runtime: Runtime, *, poll: bool = True) -> AsyncIterator[None]:
-    """Relay, projectors and (optionally) the poller running beside the test."""
-    runtime.wakers += [runtime.relay.wake, runtime.engine.wake]
-    tasks = [
-        asyncio.create_task(runtime.relay.run()),
-        asyncio.create_task(runtime.engine.run(poll_interval=0.2)),
-    ]
-    if poll:
-        tasks.append(asyncio.create_task(runtime.poller().run()))
-    try:
-        yield
-    finally:
-        await cancel_all(tasks)
-
-
-class SignedIn(msgspec.Struct, kw_only=True):
-    """What a sign-in answered, and the client that now carries its access token."""
-
-    user_id: UUID
-    session_id: UUID
-    access_token: str
-    refresh_token: str
-
-
-def http_client(app: Litestar, *, headers: dict[str, str] | None = None, **options: Any) -> httpx.AsyncClient:
-    """The app through an HTTP client on the test's own event loop (the app's pools live there)."""
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-    return httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=headers, **options)
-
-
-async def log_in(http: httpx.AsyncClient, username: str, password: str, **extra: Any) -> SignedIn:
-    response = await http.post("/api/auth/login", json={"username": username, "password": password, **extra})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    return SignedIn(
-        user_id=UUID(body["user"]["id"]), session_id=UUID(body["session"]["session_id"]),
-        access_token=body["access_token"], refresh_token=body["refresh_token"],
-    )  # fmt: skip
-
-
-async def set_up_and_log_in(http: httpx.AsyncClient) -> SignedIn:
-    """First-run setup, then sign-in as that administrator; `http` carries the token from then on."""
-    setup = await http.post("/api/auth/setup", json={"username": ADMIN, "password": ADMIN_PASSWORD})
-    assert setup.status_code == 201, setup.text
-    admin = await log_in(http, ADMIN, ADMIN_PASSWORD)
-    http.headers["Authorization"] = f"Bearer {admin.access_token}"
-    return admin
-
-
-def bearer(signed_in: SignedIn) -> dict[str, str]:
-    return {"Authorization": f"Bearer {signed_in.access_token}"}
+from infra.bootstrap import Runtime
+from tests.harness import (
+    ADMIN_PASSWORD,
+    OPERATOR,
+    OPERATOR_PASSWORD,
+    VIEWER,
+    VIEWER_PASSWORD,
+    SignedIn,
+    background,
+    bearer,
+    executing,
+    http_client,
+    log_in,
+    set_up_and_log_in,
+)
 
 
 @pytest.fixture
@@ -178,7 +101,17 @@ async def read_key(runtime: Runtime, api: Litestar, admin_principal: Principal) 
 
 
 @pytest.fixture
-async def fleet() -> AsyncIterator[EmulatorFleet]:
-    async with EmulatorFleet(["HS110", "KP115", "HS100", "HS300", "KP303"], host="127.0.0.1", port=0,
-                             speed=120.0, seed=11) as devices:
-        yield devices
+async def running(runtime: Runtime) -> AsyncIterator[CommandExecutor]:
+    """Relay, projectors and the executor; no poller (the tests read state from the emulator itself)."""
+    async with background(runtime, poll=False), executing(runtime) as executor:
+        yield executor
+
+
+@pytest.fixture
+async def devices(runtime: Runtime, fleet: EmulatorFleet) -> list[str]:
+    """Two emulated devices (a plug with a meter and a strip), added through the write path."""
+    handlers = runtime.handlers()
+    chosen = [fleet.addresses[0], fleet.addresses[3]]
+    for address in chosen:
+        await handlers.add_device(AddDevice(address=address, actor="test"))
+    return chosen

@@ -12,7 +12,7 @@ from adapters.emulator import EmulatorFleet
 from domain.address import parse_address
 from domain.commands import PollResult, RecordPolls, RemoveDevice, RenameDevice
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background
+from tests.harness import background
 
 
 async def moment() -> str:

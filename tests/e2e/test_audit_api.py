@@ -8,8 +8,7 @@ from typing import Any
 import httpx
 
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import ADMIN, SignedIn
-from tests.e2e.test_events_api import seed
+from tests.harness import ADMIN, SignedIn, seed_heater
 
 Client = httpx.AsyncClient
 
@@ -35,7 +34,7 @@ async def test_the_log_says_who_did_what_to_what_and_from_where(
     client: Client, runtime: Runtime, admin: tuple[SignedIn, Client]
 ) -> None:
     actor = f"user:{admin[0].user_id}"
-    device = await seed(runtime, actor, readings=3)
+    device = await seed_heater(runtime, actor, readings=3)
     await projected(runtime)
     entries = await pages(client, {"limit": 2})
     assert [e["position"] for e in entries] == sorted((e["position"] for e in entries), reverse=True)
@@ -58,7 +57,7 @@ async def test_the_log_says_who_did_what_to_what_and_from_where(
 
 
 async def test_the_head_is_the_newest_link_and_names_its_algorithm(client: Client, runtime: Runtime) -> None:
-    await seed(runtime, "system:demo", readings=2)
+    await seed_heater(runtime, "system:demo", readings=2)
     before = (await client.get("/api/audit/head")).json()
     assert before["unchained"] == before["events_stored"] - before["position"] > 0
     await projected(runtime)

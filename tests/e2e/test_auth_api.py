@@ -10,7 +10,6 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import httpx
@@ -26,7 +25,7 @@ from adapters.eventstore import SystemClock
 from adapters.identity import SIGNING_KEYS_TABLE, TokenService
 from api.app import create_app
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import (
+from tests.harness import (
     ADMIN,
     ADMIN_PASSWORD,
     OPERATOR,
@@ -35,10 +34,12 @@ from tests.e2e.conftest import (
     SignedIn,
     background,
     bearer,
+    cli_env,
+    create_user,
+    error_of,
     http_client,
     log_in,
 )
-from tests.e2e.test_cli import cli_env
 
 Admin = tuple[SignedIn, httpx.AsyncClient]
 SECRET_FIELDS = ("password", "password_hash", "secret", "key_hash", "backup_code", "refresh_token")
@@ -51,25 +52,11 @@ async def projecting(runtime: Runtime) -> AsyncIterator[None]:
         yield
 
 
-def error_of(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["status_code"] == status and body["detail"]
-    return str(body["error_code"])
-
-
 def not_a_code_of(totp: pyotp.TOTP) -> str:
     """Six digits that are none of the codes the server would accept now."""
     now = datetime.now(timezone.utc)
     near = {totp.at(now + timedelta(seconds=s)) for s in (-60, -30, 0, 30, 60)}
     return next(c for c in ("000000", "111111", "222222", "333333", "444444", "555555") if c not in near)
-
-
-async def create_user(client: httpx.AsyncClient, username: str, password: str, role: str) -> dict[str, Any]:
-    response = await client.post("/api/users", json={"username": username, "password": password, "role": role})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def test_first_run_setup_happens_once(anonymous: httpx.AsyncClient) -> None:

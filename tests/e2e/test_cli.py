@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,30 +22,7 @@ from adapters.eventstore import WattLedger, ensure_events_schema, store_env
 from domain.handlers import POLLS_PER_SAVE
 from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def cli_env(database_url: str, nats_url: str, stream: StreamConfig, data_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "NATS_URL": nats_url,
-        "WATTLEDGER_STREAM": stream.name,
-        "WATTLEDGER_SUBJECT_PREFIX": stream.subject_prefix,
-        "WATTLEDGER_DATA_DIR": str(data_dir),
-    }
-
-
-def wattledger(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True, timeout=timeout,
-        check=False,
-    )
+from tests.harness import cli_env, free_port, wattledger
 
 
 def test_invalid_setting_stops_start_up_with_one_line_naming_it(tmp_path: Path) -> None:

@@ -10,8 +10,7 @@ import psycopg
 
 from adapters.bus import StreamConfig
 from adapters.emulator import EmulatorFleet
-from tests.e2e.test_cli import cli_env, wattledger
-from tests.e2e.test_devices_api import closed_loopback_port
+from tests.harness import cli_env, free_port, wattledger
 
 
 def events(database_url: str) -> list[tuple[str, str]]:
@@ -33,7 +32,7 @@ async def test_device_commands_from_the_cli_store_events_with_the_cli_actor(
         again = await asyncio.to_thread(wattledger, "device", "add", address, env=env)
         removed = await asyncio.to_thread(wattledger, "device", "remove", result["device_id"], env=env)
         unknown = await asyncio.to_thread(wattledger, "device", "remove", "127.0.0.9", env=env)
-        closed = await asyncio.to_thread(wattledger, "device", "add", f"127.0.0.1:{closed_loopback_port()}", env=env)
+        closed = await asyncio.to_thread(wattledger, "device", "add", f"127.0.0.1:{free_port()}", env=env)
     assert renamed.returncode == 0 and removed.returncode == 0
     assert closed.returncode == 1
     assert "wattledger: no Kasa device answered at this address (DEVICE_UNREACHABLE)" in closed.stderr

@@ -14,8 +14,7 @@ from adapters.emulator import EmulatorFleet
 from domain.commands import RenameDevice
 from infra.bootstrap import Runtime
 from projections.tables import READ_SCHEMA
-from tests.e2e.conftest import ADMIN_PASSWORD, background
-from tests.e2e.test_cli import cli_env, wattledger
+from tests.harness import ADMIN_PASSWORD, background, cli_env, wattledger
 
 
 async def make_history(client: httpx.AsyncClient, runtime: Runtime, fleet: EmulatorFleet) -> list[str]:

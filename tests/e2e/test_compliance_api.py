@@ -16,25 +16,25 @@ import openpyxl
 
 from adapters.export_files import looks_like_formula
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import ADMIN
-from tests.e2e.test_events_api import PLUG, all_pages, seed
-from tests.kit import seed_device
+from tests.harness import ADMIN, HEATER, all_pages, seed_heater
+from tests.kit import eventually, seed_device
 
 Client = httpx.AsyncClient
 
 
 async def finished(client: Client, job: dict[str, Any]) -> dict[str, Any]:
     """The job once it is no longer pending or running (polled every 50 ms, for at most 30 s)."""
-    for _ in range(600):
-        body = (await client.get(f"/api/compliance/exports/{job['id']}")).json()
-        if body["status"] not in ("pending", "running"):
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"export {job['id']} still {body['status']}")
+
+    async def done() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await client.get(f"/api/compliance/exports/{job['id']}")).json()
+        return body if body["status"] not in ("pending", "running") else None
+
+    finished_job: dict[str, Any] = await eventually(done, within=30, every=0.05, what=f"export {job['id']} finished")
+    return finished_job
 
 
 async def test_a_jsonl_export_runs_in_the_background_and_its_files_check_out(client: Client, runtime: Runtime) -> None:
-    await seed(runtime, "system:demo", readings=4)
+    await seed_heater(runtime, "system:demo", readings=4)
     await asyncio.to_thread(runtime.engine.catch_up_all)
     head = (await client.get("/api/audit/head")).json()
     started = await client.post("/api/compliance/exports", json={"format": "jsonl"})
@@ -66,7 +66,7 @@ async def test_a_jsonl_export_runs_in_the_background_and_its_files_check_out(cli
 
 
 async def test_an_xlsx_export_opens_with_openpyxl_and_matches_the_log(client: Client, runtime: Runtime) -> None:
-    await seed(runtime, "system:demo", readings=2)
+    await seed_heater(runtime, "system:demo", readings=2)
     job = await finished(client, (await client.post("/api/compliance/exports", json={
         "format": "xlsx", "aggregate": "meter",
     })).json())  # fmt: skip
@@ -99,7 +99,7 @@ async def test_exports_are_for_administrators_and_unknown_ones_are_404(
 async def test_compliance_exports_hold_no_cell_a_spreadsheet_would_evaluate(client: Client, runtime: Runtime) -> None:
     formula = '=HYPERLINK("http://evil.test","x")'
     added_at = datetime(2026, 1, 5, tzinfo=timezone.utc)
-    await asyncio.to_thread(seed_device, runtime.app, "10.2.0.9", PLUG, measured_at=added_at, alias=formula)
+    await asyncio.to_thread(seed_device, runtime.app, "10.2.0.9", HEATER, measured_at=added_at, alias=formula)
     files: dict[str, bytes] = {}
     for fmt in ("csv", "xlsx"):
         job = await finished(client, (await client.post("/api/compliance/exports", json={"format": fmt})).json())

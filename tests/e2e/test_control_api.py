@@ -3,50 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
 import httpx
-import pytest
 
-from adapters.emulator import EmulatedDevice, EmulatorFleet
+from adapters.emulator import EmulatorFleet
 from adapters.executor import CommandExecutor
 from domain.commands import MissedPolls, RecordPolls
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background
-
-
-@asynccontextmanager
-async def executing(runtime: Runtime, *, ack_wait: float = 30.0) -> AsyncIterator[CommandExecutor]:
-    """A command executor beside the test (on the test's durable consumer)."""
-    executor = CommandExecutor(
-        runtime.js, runtime.control(), stream=runtime.stream, ack_wait=ack_wait, on_saved=runtime.saved
-    )
-    task = asyncio.create_task(executor.run())
-    try:
-        yield executor
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-@pytest.fixture
-async def running(runtime: Runtime) -> AsyncIterator[CommandExecutor]:
-    """Relay, projectors and the executor; no poller (the tests read state from the emulator itself)."""
-    async with background(runtime, poll=False), executing(runtime) as executor:
-        yield executor
-
-
-def emulated(fleet: EmulatorFleet, model: str) -> tuple[EmulatedDevice, str]:
-    return next((device, server.address) for device, server in fleet if device.profile_name == model)
-
-
-async def add(client: httpx.AsyncClient, address: str) -> str:
-    response = await client.post("/api/devices/manual", json={"ip": address})
-    assert response.status_code == 201, response.text
-    return str(response.json()["device_id"])
+from tests.harness import add, emulated
 
 
 async def control(client: httpx.AsyncClient, device: str, body: dict[str, Any], **headers: str) -> httpx.Response:

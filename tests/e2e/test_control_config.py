@@ -11,7 +11,8 @@ from adapters.executor import CommandExecutor
 from domain.config import SystemConfig
 from domain.device import Device
 from infra.bootstrap import Runtime
-from tests.e2e.test_control_api import add, emulated, running  # noqa: F401  (fixture)
+from tests.harness import add, emulated
+from tests.kit import eventually
 
 
 def events_of(runtime: Runtime, kind: type) -> list[object]:
@@ -54,16 +55,9 @@ async def test_the_poller_takes_up_a_new_interval_without_a_restart(client: http
     try:
         for interval in (30.0, 2.0):
             assert (await client.put("/api/system/config", json={"polling_interval": interval})).status_code == 200
-            for _ in range(200):
-                if poller.interval == interval:
-                    break
-                await asyncio.sleep(0.02)
-            assert poller.interval == interval
+            await eventually(lambda: poller.interval == interval, every=0.02, what=f"the interval {interval} taken up")
         await client.put("/api/system/config", json={"poll_timeout": 3, "offline_after": 5})
-        for _ in range(200):
-            if poller.offline_after == 5:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: poller.offline_after == 5, every=0.02, what="offline_after 5 taken up")
         assert (poller.offline_after, poller.timeout) == (5, 4.0)
     finally:
         following.cancel()

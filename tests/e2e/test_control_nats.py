@@ -17,8 +17,7 @@ from adapters.executor import CommandExecutor
 from domain.access import Principal, Scope
 from domain.identity_requests import NewKey, StepUp
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import ADMIN_PASSWORD
-from tests.e2e.test_control_api import add, emulated, running  # noqa: F401  (fixture)
+from tests.harness import ADMIN_PASSWORD, add, emulated
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from uuid import UUID
 
 import httpx
@@ -11,21 +10,24 @@ from adapters.emulator import EmulatorFleet
 from adapters.executor import CommandExecutor
 from infra.bootstrap import Runtime
 from projections.commands import device_commands
-from tests.e2e.test_control_api import add, emulated, running  # noqa: F401  (fixture)
+from tests.harness import add, emulated
+from tests.kit import eventually
 
 
 async def settled(runtime: Runtime, device_id: str, count: int) -> None:
     """Wait until the device's last `count` commands have their outcome."""
     control = runtime.control()
     async with runtime.read_pool.connection() as conn:
-        for _ in range(200):
+
+        async def outcomes_known() -> bool:
             page, _ = await device_commands(conn, UUID(device_id), limit=count, offset=0)
             if len(page) == count and all(c.status in ("succeeded", "failed") for c in page):
-                return
+                return True
             for view in page:
                 await control.wait_outcome(view.command_id, 2)
-            await asyncio.sleep(0.05)
-    raise AssertionError("commands did not settle")
+            return False
+
+        await eventually(outcomes_known, within=30, every=0.05, what=f"the last {count} commands settled")
 
 
 async def test_relays_of_a_strip_are_listed_and_set_by_id_or_name(

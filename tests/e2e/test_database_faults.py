@@ -6,7 +6,6 @@ import asyncio
 import faulthandler
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import TextIO
 
@@ -17,7 +16,8 @@ from psycopg import sql
 
 from adapters.emulator import EmulatorFleet
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background
+from tests.harness import background
+from tests.kit import eventually
 
 TERMINATIONS = 12
 """Times the database must end the API's connections while clients read, for the test to prove anything."""
@@ -174,8 +174,10 @@ async def test_unreachable_database_is_a_503_with_retry_after_and_health_recover
     name = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
     async with await psycopg.AsyncConnection.connect(server_urls[0], autocommit=True) as admin:
         await admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
-    deadline = time.monotonic() + 60
-    while (health := await client.get("/api/health")).status_code != 200 and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-    assert health.status_code == 200, health.text
+
+    async def healthy() -> httpx.Response | None:
+        health = await client.get("/api/health")
+        return health if health.status_code == 200 else None
+
+    await eventually(healthy, within=60, every=0.5, what="health 200 once connections are allowed again")
     assert (await client.get("/api/devices")).status_code == 200

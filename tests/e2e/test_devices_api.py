@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,15 +15,9 @@ from structlog.testing import capture_logs
 
 from adapters.emulator import EmulatorFleet
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background
+from tests.harness import background, free_port
 
 Client = httpx.AsyncClient
-
-
-def closed_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def events_stored(runtime: Runtime) -> int:
@@ -88,7 +81,7 @@ async def test_body_that_is_not_json_is_refused(client: Client) -> None:
 
 async def test_unreachable_device_is_refused_and_stores_nothing(client: Client, runtime: Runtime) -> None:
     before = await events_stored(runtime)
-    response = await client.post("/api/devices/manual", json={"ip": f"127.0.0.1:{closed_loopback_port()}"})
+    response = await client.post("/api/devices/manual", json={"ip": f"127.0.0.1:{free_port()}"})
     assert_error(response, 422, "DEVICE_UNREACHABLE")
     assert await events_stored(runtime) == before
 
@@ -137,7 +130,7 @@ async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 async def listening(service: Service | None) -> AsyncIterator[str]:
     """`host:port` of a loopback TCP service behaving as `service`, or of a closed port for None."""
     if service is None:
-        yield f"127.0.0.1:{closed_loopback_port()}"
+        yield f"127.0.0.1:{free_port()}"
         return
     handlers: set[asyncio.Task[None]] = set()
 

@@ -11,7 +11,7 @@ import pytest
 from adapters.emulator import EmulatorFleet, loopback_hosts
 from api.app import create_app
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background, http_client, set_up_and_log_in
+from tests.harness import background, http_client, set_up_and_log_in
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from domain.readings import DeviceSnapshot, OutletReading
 from infra.bootstrap import Runtime
 from infra.settings import Settings
-from tests.e2e.conftest import background
-from tests.kit import seed_device
+from tests.harness import background
+from tests.kit import eventually, seed_device
 
 Client = httpx.AsyncClient
 T0 = datetime(2026, 3, 7, 0, 0, tzinfo=timezone.utc)
@@ -55,11 +55,11 @@ async def stored(runtime: Runtime) -> int:
 
 async def visible(client: Client, device: object) -> None:
     """Wait until the devices read model shows the device seeded before the projectors ran."""
-    for _ in range(200):
-        if (await client.get(f"/api/device/{device}")).status_code == 200:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"device {device} never showed")
+
+    async def shown() -> bool:
+        return (await client.get(f"/api/device/{device}")).status_code == 200
+
+    await eventually(shown, every=0.02, what=f"device {device} shown")
 
 
 def assert_error(response: httpx.Response, status: int, code: str, text: str = "") -> None:

@@ -27,7 +27,7 @@ import pytest
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from infra.settings import Settings
-from tests.e2e.conftest import background
+from tests.harness import background
 from tests.kit import seed_device
 
 Client = httpx.AsyncClient

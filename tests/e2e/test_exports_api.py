@@ -22,8 +22,8 @@ from domain.exports import DataExport, DeviceLabel, ExportSpec, bucket_rows
 from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background
-from tests.kit import seed_device, seed_polls
+from tests.harness import background
+from tests.kit import eventually, seed_device, seed_polls
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
 READINGS = 12  # every 15 minutes over three hours
@@ -64,14 +64,17 @@ async def finished(http: httpx.AsyncClient, runtime: Runtime, response: httpx.Re
     assert response.status_code == 201, response.text
     export_id = UUID(response.json()["export_id"])
     await runtime.data_exports().wait(export_id)
-    for _ in range(50):
+
+    async def done() -> dict[str, Any] | None:
         status = (await http.get(f"/api/exports/{export_id}")).json()
         if status["status"] in ("completed", "failed"):
             return dict(status)
         await runtime.data_exports().wait(export_id)
         runtime.saved()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"export {export_id} never finished: {status}")
+        return None
+
+    finished_export: dict[str, Any] = await eventually(done, every=0.05, what=f"export {export_id} finished")
+    return finished_export
 
 
 async def test_the_catalogue_lists_formats_metrics_and_devices(client: httpx.AsyncClient,
@@ -229,11 +232,12 @@ async def test_files_past_their_retention_are_deleted_and_the_export_shows_expir
         assert await jobs.sweep(datetime.now(timezone.utc) + timedelta(days=8)) == 1
         assert not path.exists()
         await runtime.data_exports().wait(UUID(status["export_id"]))
-        for _ in range(50):
-            now = (await client.get(f"/api/exports/{status['export_id']}")).json()
-            if now["status"] == "expired":
-                break
-            await asyncio.sleep(0.05)
+
+        async def expired() -> dict[str, Any] | None:
+            now: dict[str, Any] = (await client.get(f"/api/exports/{status['export_id']}")).json()
+            return now if now["status"] == "expired" else None
+
+        now = await eventually(expired, every=0.05, what="the swept export shown expired")
     assert now["status"] == "expired" and now["download_url"] is None
     assert (await client.get(f"/api/exports/download/{status['export_id']}")).status_code == 409
 

@@ -22,7 +22,7 @@ from domain.rates import RateVersion, Tariff
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from infra.settings import Settings
-from tests.e2e.conftest import background
+from tests.harness import background
 from tests.kit import ManualClock, seed_device, seed_polls
 
 Client = httpx.AsyncClient

@@ -10,8 +10,7 @@ import pytest
 import socketio  # type: ignore[import-untyped]
 
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import SignedIn, background
-from tests.e2e.test_live_ws import WAIT_S, devices, serve_live  # noqa: F401  (fixture)
+from tests.harness import WAIT_S, SignedIn, background, serve_live
 
 
 async def test_a_socketio_client_subscribes_by_address_and_gets_device_updates(

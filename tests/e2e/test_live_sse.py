@@ -12,8 +12,8 @@ import msgspec
 
 from adapters.contract import decode_envelope, encode_envelope
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import SignedIn, background
-from tests.e2e.test_live_ws import WAIT_S, devices, serve_live  # noqa: F401  (fixture)
+from tests.harness import WAIT_S, SignedIn, background, serve_live
+from tests.kit import eventually
 
 
 class Message(msgspec.Struct, kw_only=True):
@@ -76,8 +76,11 @@ async def test_a_client_that_reconnects_gets_every_reading_it_missed_then_live_o
         last_id = first[-1].id
         assert last_id is not None
         # Away: wait until three more readings of the plug are stored.
-        while len(await asyncio.to_thread(stored_readings, runtime, plug_id, last_id)) < 3:
-            await asyncio.sleep(0.2)
+
+        async def three_more() -> bool:
+            return len(await asyncio.to_thread(stored_readings, runtime, plug_id, last_id)) >= 3
+
+        await eventually(three_more, every=0.2, what="three more readings of the plug stored")
         missed = await asyncio.to_thread(stored_readings, runtime, plug_id, last_id)
         resumed: list[Message] = []
         pinged = False

@@ -10,92 +10,28 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from adapters.emulator import EmulatorFleet
 from adapters.ratelimits import MAX_WINDOW_S, Limit
-from api.app import create_app
-from domain.commands import AddDevice
 from domain.access import Principal, Scope
 from domain.identity_requests import NewKey, StepUp
 from domain.identity_rules import ACCESS_TOKEN_LIFETIME
 from domain.ports import Clock
-from infra.bootstrap import Runtime, _QuietServer
-from tests.e2e.conftest import ADMIN_PASSWORD, SignedIn, background
-
-WAIT_S = 15.0
-
-
-class LiveServer(msgspec.Struct, kw_only=True):
-    """The app served on a free loopback port, with this process's fan-out started."""
-
-    port: int
-    runtime: Runtime
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@asynccontextmanager
-async def serve_live(runtime: Runtime, **settings: Any) -> AsyncIterator[LiveServer]:
-    """Start the fan-out and uvicorn on 127.0.0.1 (random port) on the test's loop; stop both after.
-
-    Runs beside `background`: waits until the devices read model holds everything stored so far.
-    """
-    runtime.settings = msgspec.structs.replace(runtime.settings, **settings)
-    newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
-    assert await runtime.services().wait_projected(newest, timeout=WAIT_S)
-    fanout = runtime.live_fanout()
-    await fanout.start()
-    config = uvicorn.Config(create_app(runtime.services()), host="127.0.0.1", port=0, log_config=None,
-                            access_log=False, lifespan="off")  # fmt: skip
-    server = _QuietServer(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield LiveServer(port=port, runtime=runtime)
-    finally:
-        await fanout.stop()
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=15)
-
-
-@pytest.fixture
-async def devices(runtime: Runtime, fleet: EmulatorFleet) -> list[str]:
-    """Two emulated devices (a plug with a meter and a strip), added through the write path."""
-    handlers = runtime.handlers()
-    chosen = [fleet.addresses[0], fleet.addresses[3]]
-    for address in chosen:
-        await handlers.add_device(AddDevice(address=address, actor="test"))
-    return chosen
+from infra.bootstrap import Runtime
+from tests.harness import ADMIN_PASSWORD, WAIT_S, LiveServer, SignedIn, background, bearer, serve_live
 
 
 @pytest.fixture
 async def live(runtime: Runtime, devices: list[str]) -> AsyncIterator[LiveServer]:
     async with background(runtime, poll=True), serve_live(runtime, live_auth_timeout=0.5) as server:
         yield server
-
-
-def bearer_headers(signed_in: SignedIn) -> dict[str, str]:
-    return {"Authorization": f"Bearer {signed_in.access_token}"}
 
 
 async def next_message(ws: ClientConnection, *, timeout: float = WAIT_S) -> dict[str, Any]:
@@ -137,8 +73,8 @@ async def test_a_subscriber_gets_its_device_only_and_unsubscribing_stops_it(
     live: LiveServer, devices: list[str], admin: tuple[SignedIn, httpx.AsyncClient]
 ) -> None:
     plug, strip = devices
-    async with connect(live.ws_url, additional_headers=bearer_headers(admin[0])) as ws, \
-            connect(live.ws_url, additional_headers=bearer_headers(admin[0])) as witness:  # fmt: skip
+    async with connect(live.ws_url, additional_headers=bearer(admin[0])) as ws, \
+            connect(live.ws_url, additional_headers=bearer(admin[0])) as witness:  # fmt: skip
         hello = await next_message(ws)
         assert hello["event"] == "authenticated" and "DEVICES_VIEW" in hello["permissions"]
         await next_message(witness)
@@ -258,10 +194,10 @@ async def test_handshakes_count_against_their_address_and_are_refused_over_its_l
     limit = (Limit(3, MAX_WINDOW_S),)
     async with background(runtime, poll=False), serve_live(runtime, rate_limits=True, rate_limit_ip=limit) as live:
         for _ in range(3):
-            async with connect(live.ws_url, additional_headers=bearer_headers(admin[0])) as ws:
+            async with connect(live.ws_url, additional_headers=bearer(admin[0])) as ws:
                 assert (await next_message(ws))["event"] == "authenticated"
         with pytest.raises(InvalidStatus) as refused:
-            async with connect(live.ws_url, additional_headers=bearer_headers(admin[0])):
+            async with connect(live.ws_url, additional_headers=bearer(admin[0])):
                 pass
     assert refused.value.response.status_code == 403
 
@@ -284,8 +220,8 @@ async def test_command_updates_reach_the_clients_of_that_device(
 ) -> None:
     plug, strip = devices
     ids = {a: (await admin[1].get(f"/api/device/{a}")).json()["device_id"] for a in devices}
-    async with connect(live.ws_url, additional_headers=bearer_headers(admin[0])) as of_plug, \
-            connect(live.ws_url, additional_headers=bearer_headers(admin[0])) as of_strip:  # fmt: skip
+    async with connect(live.ws_url, additional_headers=bearer(admin[0])) as of_plug, \
+            connect(live.ws_url, additional_headers=bearer(admin[0])) as of_strip:  # fmt: skip
         for ws, address in ((of_plug, plug), (of_strip, strip)):
             await next_message(ws)
             await ws.send(msgspec.json.encode({"event": "subscribe_device", "device_ip": ids[address]}).decode())
@@ -354,9 +290,9 @@ async def test_a_client_that_never_reads_is_dropped_while_another_keeps_receivin
     plug = devices[0]
     async with background(runtime, poll=True), serve_live(runtime, live_queue=8) as live:
         device_id = uuid.UUID((await admin[1].get(f"/api/device/{plug}")).json()["device_id"])
-        slow = await asyncio.to_thread(SilentClient, live.port, bearer_headers(admin[0]))
+        slow = await asyncio.to_thread(SilentClient, live.port, bearer(admin[0]))
         slow.send({"event": "subscribe_device", "device_ip": plug})
-        async with connect(live.ws_url, additional_headers=bearer_headers(admin[0])) as fast:
+        async with connect(live.ws_url, additional_headers=bearer(admin[0])) as fast:
             await next_message(fast)
             await fast.send(msgspec.json.encode({"event": "subscribe_device", "device_ip": plug}).decode())
             await until(fast, lambda m: m["event"] == "subscribed")

@@ -15,7 +15,7 @@ from adapters.bus import connect_nats
 from adapters.emulator import EmulatorFleet
 from domain.device import device_id_for
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import SignedIn, bearer
+from tests.harness import SignedIn, bearer
 
 
 @pytest.fixture

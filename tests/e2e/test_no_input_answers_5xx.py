@@ -10,7 +10,6 @@ address parser refuses, and discovery goes to an emulated device on its own loop
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlencode
 
@@ -27,7 +26,7 @@ from domain.errors import InvalidAddress
 from domain.access import Scope
 from domain.identity_requests import NewKey, StepUp
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import ADMIN_PASSWORD, http_client, set_up_and_log_in
+from tests.harness import ADMIN_PASSWORD, free_port, http_client, set_up_and_log_in
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,13 +44,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
         return len(re.findall(r"\{[^}]+\}", self.template))
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-CLOSED_PORT = _closed_port()
+CLOSED_PORT = free_port()
 
 # Segments already in URL form: encoded control characters, invalid UTF-8, dot segments.
 RAW_SEGMENTS = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,7 +18,8 @@ from structlog.testing import capture_logs
 
 from domain.identity import ApiKey, User
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import ADMIN, ADMIN_PASSWORD, OPERATOR, OPERATOR_PASSWORD, background, http_client
+from tests.harness import ADMIN, ADMIN_PASSWORD, OPERATOR, OPERATOR_PASSWORD, background, http_client
+from tests.kit import eventually
 
 NEW_ADMIN_PASSWORD = "A fresh admin passphrase 9"
 RESET_OPERATOR_PASSWORD = "Reset by the admin 77"
@@ -132,11 +132,12 @@ def stored_secrets(runtime: Runtime) -> list[str]:
 async def published_messages(runtime: Runtime) -> list[bytes]:
     """Every message on the test's stream, headers and body, once the relay has published the whole log."""
     newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
-    deadline = time.monotonic() + 30
-    while await runtime.relay.position() < newest:
-        assert time.monotonic() < deadline, "the relay did not catch up"
+
+    async def published() -> bool:
         runtime.relay.wake()
-        await asyncio.sleep(0.1)
+        return await runtime.relay.position() >= newest
+
+    await eventually(published, within=30, what="the relay caught up")
     count = (await runtime.js.stream_info(runtime.stream.name)).state.messages
     assert count >= newest
     subscription = await runtime.js.subscribe(f"{runtime.stream.subject_prefix}.events.>", ordered_consumer=True)

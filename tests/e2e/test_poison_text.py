@@ -37,19 +37,21 @@ from domain.text import refused_character
 from infra import replay
 from infra.bootstrap import Runtime
 from projections.tracking import QUARANTINE, TRACKING
-from tests.e2e.conftest import ADMIN_PASSWORD, VIEWER_PASSWORD, SignedIn, background, bearer, log_in
-from tests.e2e.test_cli import cli_env, wattledger
+from tests.harness import (
+    ADMIN_PASSWORD,
+    VIEWER_PASSWORD,
+    SignedIn,
+    background,
+    bearer,
+    cli_env,
+    error_of,
+    log_in,
+    wattledger,
+)
 
 NASTY = ["a\x00b", "\x1b[31mred", "line\u2028break", "para\u2029", "evil\u202etxt.exe", "iso\u2066late\u2069",
          "tab\there", "cr\rlf\n", "del\x7f", "bom\ufeff"]  # fmt: skip
 PROJECTION_WAIT_S = 30.0
-
-
-def error_of(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["status_code"] == status and body["detail"]
-    return str(body["error_code"])
 
 
 def head(runtime: Runtime) -> int:

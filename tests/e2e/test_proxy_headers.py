@@ -21,7 +21,7 @@ from adapters.ratelimits import MAX_WINDOW_S, Limit
 from api.app import create_app
 from infra.bootstrap import Runtime
 from infra.settings import Settings
-from tests.e2e.conftest import ADMIN, ADMIN_PASSWORD, SignedIn, log_in
+from tests.harness import ADMIN, ADMIN_PASSWORD, SignedIn, log_in
 
 PROXY = "127.0.0.1"
 

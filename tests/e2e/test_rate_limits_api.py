@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +23,17 @@ from domain.access import Principal, Role, Scope
 from domain.identity_requests import NewKey, NewUser, StepUp
 from infra.bootstrap import Runtime
 from infra.settings import Settings, SettingsError, load_settings
-from tests.e2e.conftest import ADMIN, ADMIN_PASSWORD, OPERATOR, OPERATOR_PASSWORD, SignedIn, background, bearer, log_in
+from tests.harness import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    OPERATOR,
+    OPERATOR_PASSWORD,
+    SignedIn,
+    background,
+    bearer,
+    free_port,
+    log_in,
+)
 
 LONG = MAX_WINDOW_S
 PUBLIC_PATH = "/api/auth/setup-required"
@@ -421,14 +430,8 @@ async def test_wrong_current_passwords_count_as_failed_sign_ins(
 # ---- without counters, and settings ----
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_without_its_counters_the_api_answers_unlimited(runtime: Runtime) -> None:
-    runtime.rate_counters = PgRateCounters(f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres", timeout=0.3)
+    runtime.rate_counters = PgRateCounters(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", timeout=0.3)
     try:
         with capture_logs() as logs:
             async with http(runtime, "127.0.0.1") as client:

@@ -14,7 +14,7 @@ from adapters.ratelimits import MAX_WINDOW_S, Limit
 from api.app import create_app
 from infra.bootstrap import Runtime
 from infra.settings import Settings
-from tests.e2e.conftest import ADMIN, ADMIN_PASSWORD, SignedIn, bearer
+from tests.harness import ADMIN, ADMIN_PASSWORD, SignedIn, bearer
 
 SCHEMA_PAGES = ["/schema", "/schema/redoc", "/schema/swagger", "/schema/elements", "/schema/rapidoc",
                 "/schema/oauth2-redirect.html"]  # fmt: skip

@@ -11,7 +11,7 @@ from adapters.eventstore import StoreUnitOfWork
 from api.security import summarise_every
 from domain.security import SecurityHandlers
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import ADMIN, background
+from tests.harness import ADMIN, background
 
 
 async def summaries(client: httpx.AsyncClient) -> list[dict[str, Any]]:

@@ -37,9 +37,8 @@ from adapters.ratelimits import Limit
 from infra.bootstrap import Runtime
 from infra.settings import Settings
 from domain.commands import AddDevice
-from tests.e2e.conftest import ADMIN_PASSWORD, SignedIn, background, http_client
-from tests.e2e.test_control_api import emulated, running  # noqa: F401  (fixture)
-from tests.e2e.test_live_ws import WAIT_S, serve_live
+from tests.harness import ADMIN_PASSWORD, WAIT_S, SignedIn, background, emulated, http_client, serve_live
+from tests.kit import eventually
 
 KASA = "kasa-monitor-api.md"
 RELAY = "uhavecontrol-device-api.md"
@@ -386,13 +385,12 @@ def signed_in(make: Callable[[], httpx.AsyncClient], token: str) -> httpx.AsyncC
 
 
 async def finished_export(runtime: Runtime, http: httpx.AsyncClient, export_id: str) -> None:
-    for _ in range(100):
+    async def done() -> bool:
         await runtime.data_exports().wait(UUID(export_id))
         runtime.saved()
-        if (await http.get(f"/api/exports/{export_id}")).json()["status"] in ("completed", "failed"):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"export {export_id} never finished")
+        return (await http.get(f"/api/exports/{export_id}")).json()["status"] in ("completed", "failed")
+
+    await eventually(done, every=0.05, what=f"export {export_id} finished")
 
 
 async def test_every_seed_request_example_answers_as_the_seed_shows(
@@ -611,10 +609,7 @@ async def test_the_seeds_relay_client_sets_relays_over_a_real_server(
         by_name = await relay.post(f"/api/devices/{device_id}/command/", json={"payload": {
             "Output": "Relay", "Relays": [{"relay": name, "state": first}]}})  # fmt: skip
         assert by_name.status_code == 200, by_name.text
-        for _ in range(200):
-            if strip.is_on(1) is bool(target) and strip.is_on(0) is bool(first):
-                break
-            await asyncio.sleep(0.05)
-        assert (strip.is_on(1), strip.is_on(0)) == (bool(target), bool(first))
+        await eventually(lambda: strip.is_on(1) is bool(target) and strip.is_on(0) is bool(first), every=0.05,
+                         what="both outlets switched as commanded")  # fmt: skip
         after = (await relay.get(f"/api/devices/{device_id}/data/", params={"type": "relay"})).json()["Relays"]
         assert after[1]["color"] == ("Green" if target else "Red")

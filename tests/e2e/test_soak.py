@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,18 +31,14 @@ from adapters.eventstore import EVENTS_SCHEMA, WattLedger, store_env
 from adapters.relay import relay_status
 from infra.embedded import EmbeddedNats
 from infra.nats_auth import APP, READER, RELAY
+from tests.harness import free_port
+from tests.kit import eventually
 
 POLL_S = 1
 SOAK_S = 60
 NATS_DOWN_S = 6
 RECOVERY_S = 60
 DEVICES = 5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
@@ -102,19 +98,8 @@ async def serving(tmp_path: Path, database_url: str, nats: EmbeddedNats, port: i
         log.close()
 
 
-async def until(check: Any, *, within: float, what: str) -> Any:
-    """Poll `check()` (async) until it returns something truthy, for at most `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            result = await check()
-        except (httpx.HTTPError, OSError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within} s")
-        await asyncio.sleep(0.5)
+# The server may be restarting meanwhile: a request that fails is no answer yet.
+until_up = partial(eventually, every=0.5, ignoring=(httpx.HTTPError, OSError))
 
 
 async def end_every_connection(database_url: str) -> int:
@@ -165,11 +150,11 @@ async def test_serve_stays_up_through_cpu_starvation_a_nats_restart_and_lost_con
         async with serving(tmp_path, database_url, nats_server, port) as process, httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=60
         ) as http:
-            await until(lambda: _status(http, "/api/health", 200), within=120, what="the API answering")
+            await until_up(lambda: _status(http, "/api/health", 200), within=120, what="the API answering")
             assert (await http.post("/api/auth/setup", json={"username": "root", "password": "Soak-test-passphrase-1"})).status_code == 201
             login = await http.post("/api/auth/login", json={"username": "root", "password": "Soak-test-passphrase-1"})
             http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
-            listed = await until(lambda: _devices(http), within=60, what="the demo devices listed")
+            listed = await until_up(lambda: _devices(http), within=60, what="the demo devices listed")
             addresses = [d["device_ip"] for d in listed]
 
             stop = asyncio.Event()
@@ -194,11 +179,11 @@ async def test_serve_stays_up_through_cpu_starvation_a_nats_restart_and_lost_con
             assert process.poll() is None, "serve exited during the soak"
             assert ended >= 6, f"only {ended} connections were ended"
 
-            health = await until(lambda: _status(http, "/api/health", 200), within=RECOVERY_S, what="health 200")
+            health = await until_up(lambda: _status(http, "/api/health", 200), within=RECOVERY_S, what="health 200")
             assert health.json()["status"] in ("healthy", "degraded")
-            fresh = await until(lambda: _all_fresh(http, len(addresses)), within=RECOVERY_S, what="fresh readings")
+            fresh = await until_up(lambda: _all_fresh(http, len(addresses)), within=RECOVERY_S, what="fresh readings")
             assert len(fresh) == len(addresses)
-            switched = await until(
+            switched = await until_up(
                 lambda: _switched(http, addresses[0]), within=RECOVERY_S, what="control after the NATS outage"
             )
             assert switched["status"] == "succeeded", switched
@@ -285,7 +270,7 @@ async def _relayed(tmp_path: Path, database_url: str, nats_server: EmbeddedNats,
                 return status.lag == 0 and status.rejected == 0
 
             try:
-                await until(caught_up, within=RECOVERY_S, what="the relay catching up")
+                await until_up(caught_up, within=RECOVERY_S, what="the relay catching up")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; the relay said:\n{log.read_text()[-3000:]}") from None
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from typing import Any
 
@@ -13,17 +12,8 @@ import httpx
 from adapters.emulator import DeviceServer, EmulatorFleet
 from adapters.relay import decode_envelope
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background
-
-
-async def until(check: Any, *, timeout: float = 20.0, every: float = 0.2) -> Any:
-    """Retry `check` until it returns something truthy; fail with its last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(every)
+from tests.harness import background
+from tests.kit import eventually
 
 
 async def test_emulated_devices_flow_through_every_part_to_the_api(
@@ -51,8 +41,7 @@ async def test_emulated_devices_flow_through_every_part_to_the_api(
                 ready = len(devices) == 5 and len(readings) == 5 and min(readings.values()) >= 2
                 return devices if ready else None
 
-            devices = await until(all_polled_twice)
-            assert devices, f"not every device was polled twice; events seen: {len(seen)}"
+            devices = await eventually(all_polled_twice, every=0.2, what="every device polled twice, in the API and stream")
     finally:
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
@@ -102,7 +91,7 @@ async def test_relay_state_changed_on_the_device_is_seen_by_the_next_poll(
             shown = (await client.get(f"/api/device/{server.address}")).json()
             return bool(shown["is_on"] is (not initially))
 
-        assert await until(flipped)
+        await eventually(flipped, every=0.2, what="the switched relay shown")
     decoded = []
     info = await runtime.js.stream_info(runtime.stream.name)
     sub = await runtime.js.subscribe(f"{runtime.stream.subject_prefix}.events.device.*.StateChanged",
@@ -129,12 +118,12 @@ async def test_device_that_stops_answering_goes_offline_once_and_comes_back(
             return bool((await client.get(f"/api/device/{server.address}")).json()["online"] is expected)
 
         await server.stop()
-        assert await until(lambda: online_is(False))
+        await eventually(lambda: online_is(False), every=0.2, what="the silent device offline")
         assert runtime.settings.offline_after == 2
         revived = DeviceServer(emulated, host=server.host, port=server.port)
         await revived.start()
         try:
-            assert await until(lambda: online_is(True))
+            await eventually(lambda: online_is(True), every=0.2, what="the revived device online")
         finally:
             await revived.stop()
     notifications = await asyncio.to_thread(runtime.app.recorder.select_notifications, start=1, limit=10_000)

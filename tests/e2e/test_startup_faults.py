@@ -20,16 +20,11 @@ import httpx
 import pytest
 
 from adapters.bus import StreamConfig
+from tests.harness import free_port
 
 BOUND_S = 2
 MARGIN_S = 15
 SECRET = "topsecret"
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -68,9 +63,9 @@ def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_unreachable_postgres_stops_every_process_with_one_line_and_no_password(
     tmp_path: Path, command: str
 ) -> None:
-    port = closed_port()
+    port = free_port()
     url = f"postgresql://u:{SECRET}@127.0.0.1:{port}/db"
-    result = run(command, environment(tmp_path, url, f"nats://127.0.0.1:{closed_port()}"))
+    result = run(command, environment(tmp_path, url, f"nats://127.0.0.1:{free_port()}"))
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [
         f"wattledger: cannot reach PostgreSQL at 127.0.0.1:{port} within {BOUND_S} s: Connection refused"
@@ -82,7 +77,7 @@ def test_unreachable_postgres_stops_every_process_with_one_line_and_no_password(
 def test_unreachable_nats_stops_start_up_with_one_line_and_no_password(
     tmp_path: Path, database_url: str, stream_config: StreamConfig, command: str
 ) -> None:
-    port = closed_port()
+    port = free_port()
     env = environment(
         tmp_path, database_url, f"nats://wl:{SECRET}@127.0.0.1:{port}",
         WATTLEDGER_STREAM=stream_config.name, WATTLEDGER_SUBJECT_PREFIX=stream_config.subject_prefix,
@@ -114,7 +109,7 @@ def test_sigterm_while_waiting_for_a_server_stops_at_once(
     env = environment(
         tmp_path,
         f"postgresql://u:{SECRET}@{silent}/db" if waiting_for == "postgres" else database_url,
-        f"nats://{silent}" if waiting_for == "nats" else f"nats://127.0.0.1:{closed_port()}",
+        f"nats://{silent}" if waiting_for == "nats" else f"nats://127.0.0.1:{free_port()}",
         WATTLEDGER_STARTUP_TIMEOUT="600",
         WATTLEDGER_STREAM=stream_config.name,
         WATTLEDGER_SUBJECT_PREFIX=stream_config.subject_prefix,
@@ -139,7 +134,7 @@ def test_sigterm_while_waiting_for_a_server_stops_at_once(
 def test_a_request_path_with_control_characters_is_logged_escaped(
     tmp_path: Path, database_url: str, nats_url: str, stream_config: StreamConfig, as_json: bool
 ) -> None:
-    port = closed_port()
+    port = free_port()
     env = environment(
         tmp_path, database_url, nats_url,
         WATTLEDGER_STARTUP_TIMEOUT="30", WATTLEDGER_PORT=str(port), WATTLEDGER_LOG_JSON=str(as_json).lower(),

@@ -26,7 +26,7 @@ from adapters.ratelimits import MAX_WINDOW_S, Limit
 from domain.identity import ApiKey, User
 from infra.bootstrap import Runtime
 from infra.settings import Settings
-from tests.e2e.conftest import (
+from tests.harness import (
     ADMIN,
     ADMIN_PASSWORD,
     OPERATOR,
@@ -34,9 +34,10 @@ from tests.e2e.conftest import (
     SignedIn,
     background,
     bearer,
+    create_user,
+    error_of,
     log_in,
 )
-from tests.e2e.test_auth_api import create_user, error_of
 
 Admin = tuple[SignedIn, httpx.AsyncClient]
 CONFIRMED = {"current_password": ADMIN_PASSWORD}

@@ -19,19 +19,19 @@ import pytest
 from adapters.compliance import COLUMNS, export_events
 from adapters.history import EventFilter
 from projections.chain import chain_link
-from tests.integration.test_hash_chain import Store
+from tests.harness import AuditedStore
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
+def store(database_url: str) -> Iterator[AuditedStore]:
+    s = AuditedStore(database_url)
     s.readings(6)
     s.project()
     yield s
     s.close()
 
 
-def log_rows(store: Store, where: EventFilter | None = None) -> list[dict[str, Any]]:
+def log_rows(store: AuditedStore, where: EventFilter | None = None) -> list[dict[str, Any]]:
     """The log as the export must hold it: the contract envelope of each stored event, as JSON values."""
     from adapters.contract import envelope_for
 
@@ -51,7 +51,7 @@ def as_text(row: dict[str, Any]) -> list[str]:
     return [json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else str(v) for v in row.values()]
 
 
-def test_jsonl_holds_every_event_and_the_manifest_checks_it(store: Store, tmp_path: Path) -> None:
+def test_jsonl_holds_every_event_and_the_manifest_checks_it(store: AuditedStore, tmp_path: Path) -> None:
     manifest = export_events(store.url, store.app, EventFilter(), "jsonl", tmp_path, chain_head=chain_link)
     data = (tmp_path / "events.jsonl").read_bytes()
     assert [json.loads(line) for line in data.splitlines()] == log_rows(store)
@@ -66,7 +66,7 @@ def test_jsonl_holds_every_event_and_the_manifest_checks_it(store: Store, tmp_pa
     assert written["first_timestamp"] <= written["last_timestamp"] and written["filters"] == {}
 
 
-def test_csv_rows_match_the_log(store: Store, tmp_path: Path) -> None:
+def test_csv_rows_match_the_log(store: AuditedStore, tmp_path: Path) -> None:
     export_events(store.url, store.app, EventFilter(), "csv", tmp_path, chain_head=chain_link)
     with (tmp_path / "events.csv").open(newline="", encoding="utf-8") as file:
         rows = list(csv.reader(file))
@@ -74,7 +74,7 @@ def test_csv_rows_match_the_log(store: Store, tmp_path: Path) -> None:
     assert rows[1:] == [as_text(r) for r in log_rows(store)]
 
 
-def test_xlsx_opens_with_openpyxl_and_starts_a_new_sheet_at_the_row_limit(store: Store, tmp_path: Path) -> None:
+def test_xlsx_opens_with_openpyxl_and_starts_a_new_sheet_at_the_row_limit(store: AuditedStore, tmp_path: Path) -> None:
     expected = log_rows(store)
     export_events(store.url, store.app, EventFilter(), "xlsx", tmp_path, chain_head=chain_link, xlsx_max_rows=4)
     book = openpyxl.load_workbook(tmp_path / "events.xlsx", read_only=True)
@@ -89,7 +89,7 @@ def test_xlsx_opens_with_openpyxl_and_starts_a_new_sheet_at_the_row_limit(store:
     assert cells == [as_text(r) for r in expected]
 
 
-def test_filters_select_what_the_api_would_and_are_in_the_manifest(store: Store, tmp_path: Path) -> None:
+def test_filters_select_what_the_api_would_and_are_in_the_manifest(store: AuditedStore, tmp_path: Path) -> None:
     where = EventFilter(aggregate="meter", event_type="ReadingRecorded", actor="test", from_position=3)
     manifest = export_events(store.url, store.app, where, "jsonl", tmp_path, chain_head=chain_link)
     lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_bytes().splitlines()]
@@ -100,7 +100,7 @@ def test_filters_select_what_the_api_would_and_are_in_the_manifest(store: Store,
     assert manifest.chain_head is not None and manifest.chain_head.position == lines[-1]["position"]
 
 
-def test_the_command_writes_the_files_with_a_progress_bar(store: Store, nats_url: str, tmp_path: Path) -> None:
+def test_the_command_writes_the_files_with_a_progress_bar(store: AuditedStore, nats_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": store.url, "NATS_URL": nats_url, "WATTLEDGER_DATA_DIR": str(tmp_path)}
     out = tmp_path / "handover"
     done = subprocess.run(

@@ -25,6 +25,7 @@ from adapters.emulator import (
 )
 from adapters.kasa_driver import DeviceUnreachable, KasaDriver, OutletNotFound, UnsupportedDevice
 from domain.address import DeviceAddress, parse_address
+from tests.harness import free_port
 
 HS110, KP115, HS100, HS300, KP303 = range(5)
 
@@ -44,12 +45,6 @@ async def driver() -> AsyncIterator[KasaDriver]:
 
 def address_of(fleet: EmulatorFleet, index: int) -> DeviceAddress:
     return parse_address(fleet.addresses[index])
-
-
-def closed_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def connect(fleet: EmulatorFleet, index: int) -> Device:
@@ -286,7 +281,7 @@ async def test_reboot_sent_by_python_kasa_resets_the_counter(fleet: EmulatorFlee
 @pytest.mark.asyncio
 async def test_closed_loopback_port_is_unreachable(driver: KasaDriver) -> None:
     with pytest.raises(DeviceUnreachable):
-        await driver.poll(DeviceAddress(host="127.0.0.1", port=closed_loopback_port()))
+        await driver.poll(DeviceAddress(host="127.0.0.1", port=free_port()))
 
 
 @pytest.mark.asyncio
@@ -340,7 +335,7 @@ async def test_a_camera_is_an_unsupported_device(driver: KasaDriver) -> None:
 async def test_device_that_went_away_is_unreachable_then_polls_again_when_back(
     driver: KasaDriver,
 ) -> None:
-    port = closed_loopback_port()
+    port = free_port()
     address = DeviceAddress(host="127.0.0.1", port=port)
     async with EmulatorFleet(["HS110"], port=port):
         assert (await driver.poll(address)).model == "HS110"
@@ -399,7 +394,7 @@ async def test_python_kasa_discover_single_gets_a_working_device() -> None:
 
 @pytest.mark.asyncio
 async def test_discovery_with_nobody_answering_finds_nothing(driver: KasaDriver) -> None:
-    assert await driver.discover("127.0.0.99", port=closed_loopback_port(), timeout=0.3) == []
+    assert await driver.discover("127.0.0.99", port=free_port(), timeout=0.3) == []
 
 
 @pytest.mark.asyncio

@@ -18,7 +18,7 @@ from domain.control_handlers import ControlHandlers
 from domain.ports import DeviceSwitch
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
-from tests.e2e.conftest import background, fleet, runtime, settings  # noqa: F401  (fixtures)
+from tests.harness import background
 from tests.kit import ManualClock
 
 

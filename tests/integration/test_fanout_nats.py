@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -15,30 +15,14 @@ from nats.js.errors import FetchTimeoutError
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream
 from adapters.contract import decode_envelope
-from adapters.eventstore import WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import WattLedger
 from adapters.fanout import TOO_SLOW, DeviceEntry, Ended, FanOut, LiveEvent
 from adapters.relay import Relay
 from domain.commands import PollResult
-from domain.readings import DeviceSnapshot
+from tests.harness import metered_plug
 from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
-
-
-def snapshot(power: float) -> DeviceSnapshot:
-    return DeviceSnapshot(alias="plug", model="HS110", device_type="plug", mac="50:c7:bf:00:00:09", firmware="1.0",
-                          is_on=True, has_emeter=True, power_w=power, voltage_v=230.0, current_a=0.1,
-                          total_wh=1000.0 + power)  # fmt: skip
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[WattLedger]:
-    ensure_events_schema(database_url)
-    application = WattLedger(store_env(database_url))
-    try:
-        yield application
-    finally:
-        application.close()
 
 
 @pytest.fixture
@@ -55,7 +39,7 @@ async def bus(nats_url: str, stream_config: StreamConfig) -> AsyncIterator[tuple
 def store_readings(app: WattLedger, devices: list[UUID], first: int, count: int) -> int:
     """One poll cycle of every device per step, as the poller stores them."""
     return sum(
-        seed_polls(app, [PollResult(device_id=d, measured_at=T0 + timedelta(seconds=10 * k), snapshot=snapshot(k))
+        seed_polls(app, [PollResult(device_id=d, measured_at=T0 + timedelta(seconds=10 * k), snapshot=metered_plug(k))
                          for d in devices])  # fmt: skip
         for k in range(first, first + count)
     )
@@ -84,7 +68,7 @@ async def test_an_independent_durable_consumer_sees_every_reading_once_and_in_or
     nats_url: str,
 ) -> None:
     _, js = bus
-    devices = [seed_device(app, f"127.0.0.{i}", snapshot(0.0), measured_at=T0) for i in (11, 12, 13)]
+    devices = [seed_device(app, f"127.0.0.{i}", metered_plug(0.0), measured_at=T0) for i in (11, 12, 13)]
     relay = Relay(app, js, database_url=database_url, stream=stream_config, listen=False)
     async with relay:
         stored = len(devices) + store_readings(app, devices, 1, 10)
@@ -112,7 +96,7 @@ async def test_the_fanout_delivers_new_events_once_and_drops_a_subscriber_that_d
     app: WattLedger, database_url: str, stream_config: StreamConfig, bus: tuple[Client, JetStreamContext],
 ) -> None:
     nc, js = bus
-    devices = [seed_device(app, f"127.0.0.{i}", snapshot(0.0), measured_at=T0) for i in (21, 22)]
+    devices = [seed_device(app, f"127.0.0.{i}", metered_plug(0.0), measured_at=T0) for i in (21, 22)]
     relay = Relay(app, js, database_url=database_url, stream=stream_config, listen=False)
 
     async def directory() -> dict[UUID, DeviceEntry]:

@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream
-from adapters.eventstore import WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import WattLedger
 from adapters.relay import Relay
 from domain.commands import PollResult
 from domain.errors import InvalidAddress
 from infra.tail import device_filter, run_tail
-from tests.integration.test_fanout_nats import T0, snapshot
-from tests.kit import seed_device, seed_polls
+from tests.harness import metered_plug
+from tests.kit import eventually, seed_device, seed_polls
 
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[WattLedger]:
-    ensure_events_schema(database_url)
-    application = WattLedger(store_env(database_url))
-    try:
-        yield application
-    finally:
-        application.close()
+T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 
 
 async def _tail_lines(app: WattLedger, database_url: str, nats_url: str, stream: StreamConfig, *,
@@ -35,8 +26,8 @@ async def _tail_lines(app: WattLedger, database_url: str, nats_url: str, stream:
     nc = await connect_nats(nats_url, name="test-tail")
     js = nc.jetstream()
     await ensure_stream(js, stream)
-    plug = seed_device(app, "127.0.0.31", snapshot(1.0), measured_at=T0, alias="Desk")
-    other = seed_device(app, "127.0.0.32", snapshot(1.0), measured_at=T0, alias="Fridge")
+    plug = seed_device(app, "127.0.0.31", metered_plug(1.0), measured_at=T0, alias="Desk")
+    other = seed_device(app, "127.0.0.32", metered_plug(1.0), measured_at=T0, alias="Fridge")
     out, stop, ready = io.StringIO(), asyncio.Event(), asyncio.Event()
     try:
         async with Relay(app, js, database_url=database_url, stream=stream, listen=False) as relay:
@@ -45,12 +36,11 @@ async def _tail_lines(app: WattLedger, database_url: str, nats_url: str, stream:
                                                 ready=ready.set))  # fmt: skip
             await asyncio.wait_for(ready.wait(), timeout=10)
             for k in range(1, 4):
-                seed_polls(app, [PollResult(device_id=d, measured_at=T0 + timedelta(seconds=k), snapshot=snapshot(40.0 + k))
-                                 for d in (plug, other)])  # fmt: skip
+                seed_polls(app, [PollResult(device_id=d, measured_at=T0 + timedelta(seconds=k),
+                                            snapshot=metered_plug(40.0 + k)) for d in (plug, other)])  # fmt: skip
             await relay.publish_pending()
-            async with asyncio.timeout(10):
-                while out.getvalue().count("\n") < wanted:
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: out.getvalue().count("\n") >= wanted, within=10, every=0.05,
+                             what=f"{wanted} lines printed")  # fmt: skip
             stop.set()
             await task
     finally:

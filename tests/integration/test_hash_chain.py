@@ -7,74 +7,30 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env
 from adapters.history import EVENTS_TABLE, StoredRecord
-from domain.readings import DeviceSnapshot
 from infra.audit_cli import run_verify
-from projections.audit import AuditProjector
-from projections.chain import CHAIN, GENESIS, ChainProjector, Verification, link, verify
-from projections.engine import ProjectionEngine
-from tests.kit import seed_device, seed_polls
-
-T0 = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
-PLUG = DeviceSnapshot(
-    alias="Kettle", model="HS110", device_type="plug", mac="AA:BB", firmware="1", is_on=True, has_emeter=True,
-    power_w=1800.0, voltage_v=230.0, current_a=7.8, total_wh=1000.0, rssi=-50,
-)
-
-
-class Store:
-    def __init__(self, url: str) -> None:
-        ensure_events_schema(url)
-        self.url = url
-        self.app = WattLedger(store_env(url))
-        self.engine = ProjectionEngine(self.app, url, [ChainProjector(), AuditProjector()])
-        self.engine.setup()
-        self.device = seed_device(self.app, "10.1.1.1", PLUG, measured_at=T0, actor="user:alice")
-
-    def readings(self, count: int, start: int = 1) -> None:
-        for i in range(count):
-            seed_polls(self.app, [
-                PollResult(device_id=self.device, measured_at=T0 + timedelta(minutes=start + i), snapshot=PLUG)
-            ])  # fmt: skip
-
-    def project(self) -> None:
-        self.engine.catch_up_all()
-
-    def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
-    def verify(self) -> Verification:
-        with psycopg.connect(self.url) as conn:
-            return verify(conn, batch=3)
-
-    def close(self) -> None:
-        self.engine.close()
-        self.app.close()
+from projections.chain import CHAIN, GENESIS, link
+from tests.harness import AuditedStore
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
+def store(database_url: str) -> Iterator[AuditedStore]:
+    s = AuditedStore(database_url)
     s.readings(8)
     s.project()
     yield s
     s.close()
 
 
-def positions(store: Store) -> list[int]:
+def positions(store: AuditedStore) -> list[int]:
     return [int(r[0]) for r in store.sql(f"SELECT notification_id FROM {EVENTS_TABLE} ORDER BY 1")]
 
 
-def test_an_untouched_history_verifies_and_every_link_hashes_its_predecessor(store: Store) -> None:
+def test_an_untouched_history_verifies_and_every_link_hashes_its_predecessor(store: AuditedStore) -> None:
     result = store.verify()
     stored = positions(store)
     assert result.intact and result.checked == len(stored) and result.unchained == 0
@@ -89,7 +45,7 @@ def test_an_untouched_history_verifies_and_every_link_hashes_its_predecessor(sto
         assert previous.hex() == digest, position
 
 
-def test_one_changed_byte_of_a_stored_payload_is_named_by_its_position(store: Store) -> None:
+def test_one_changed_byte_of_a_stored_payload_is_named_by_its_position(store: AuditedStore) -> None:
     target = positions(store)[4]
     store.sql(
         f"UPDATE {EVENTS_TABLE} SET state = set_byte(state, 20, get_byte(state, 20) # 1) WHERE notification_id = %s",
@@ -101,21 +57,21 @@ def test_one_changed_byte_of_a_stored_payload_is_named_by_its_position(store: St
     assert result.checked == 4
 
 
-def test_a_deleted_event_is_named_by_its_position(store: Store) -> None:
+def test_a_deleted_event_is_named_by_its_position(store: AuditedStore) -> None:
     target = positions(store)[3]
     store.sql(f"DELETE FROM {EVENTS_TABLE} WHERE notification_id = %s", target)
     problem = store.verify().problem
     assert problem is not None and (problem.position, problem.kind) == (target, "deleted")
 
 
-def test_the_newest_event_deleted_is_named_too(store: Store) -> None:
+def test_the_newest_event_deleted_is_named_too(store: AuditedStore) -> None:
     target = positions(store)[-1]
     store.sql(f"DELETE FROM {EVENTS_TABLE} WHERE notification_id = %s", target)
     problem = store.verify().problem
     assert problem is not None and (problem.position, problem.kind) == (target, "deleted")
 
 
-def test_an_event_inserted_into_a_gap_of_the_log_is_named(store: Store) -> None:
+def test_an_event_inserted_into_a_gap_of_the_log_is_named(store: AuditedStore) -> None:
     sequence = store.sql("SELECT pg_get_serial_sequence(%s, 'notification_id')", EVENTS_TABLE)[0][0]
     store.sql("SELECT setval(%s::regclass, (SELECT max(notification_id) FROM " + EVENTS_TABLE + ") + 5)", sequence)
     store.readings(2, start=100)
@@ -132,14 +88,14 @@ def test_an_event_inserted_into_a_gap_of_the_log_is_named(store: Store) -> None:
     assert problem is not None and (problem.position, problem.kind) == (gap, "inserted")
 
 
-def test_events_not_yet_chained_are_counted_not_judged(store: Store) -> None:
+def test_events_not_yet_chained_are_counted_not_judged(store: AuditedStore) -> None:
     store.readings(3, start=50)
     result = store.verify()
     assert result.intact and result.unchained == 3
 
 
 def test_verify_prints_a_summary_when_intact_and_names_the_position_when_not(
-    store: Store, capsys: pytest.CaptureFixture[str]
+    store: AuditedStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stderr = io.StringIO()
     assert run_verify(store.url, stderr).intact
@@ -151,7 +107,7 @@ def test_verify_prints_a_summary_when_intact_and_names_the_position_when_not(
     assert f"position {target} changed" in stderr.getvalue()
 
 
-def test_the_command_exits_1_naming_the_tampered_position(store: Store, nats_url: str, tmp_path: Path) -> None:
+def test_the_command_exits_1_naming_the_tampered_position(store: AuditedStore, nats_url: str, tmp_path: Path) -> None:
     target = positions(store)[5]
     store.sql(
         f"UPDATE {EVENTS_TABLE} SET state = set_byte(state, 30, get_byte(state, 30) # 4) WHERE notification_id = %s",

@@ -9,18 +9,18 @@ import pytest
 
 from adapters.history import EventFilter, read_page
 from projections.audit import read_events_page
-from tests.integration.test_hash_chain import Store
+from tests.harness import AuditedStore
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
+def store(database_url: str) -> Iterator[AuditedStore]:
+    s = AuditedStore(database_url)
     s.readings(6)
     yield s
     s.close()
 
 
-async def walk(store: Store, where: EventFilter, *, limit: int, scan: int) -> tuple[list[int], int]:
+async def walk(store: AuditedStore, where: EventFilter, *, limit: int, scan: int) -> tuple[list[int], int]:
     """Every position the pages return, and how many pages it took."""
     positions: list[int] = []
     after, pages = 0, 0
@@ -35,7 +35,7 @@ async def walk(store: Store, where: EventFilter, *, limit: int, scan: int) -> tu
             after = page.next_position
 
 
-async def test_a_filtered_walk_returns_exactly_the_matches_in_order_through_short_pages(store: Store) -> None:
+async def test_a_filtered_walk_returns_exactly_the_matches_in_order_through_short_pages(store: AuditedStore) -> None:
     everything = [n.id for n in store.app.recorder.select_notifications(start=1, limit=100)]
     readings = [n.id for n in store.app.recorder.select_notifications(start=1, limit=100)
                 if n.topic.endswith("ReadingRecorded")]  # fmt: skip
@@ -50,7 +50,9 @@ async def test_a_filtered_walk_returns_exactly_the_matches_in_order_through_shor
     assert by_stream == everything[:2]
 
 
-async def test_the_audit_logs_indexes_fill_every_page_and_the_unprojected_tail_is_still_found(store: Store) -> None:
+async def test_the_audit_logs_indexes_fill_every_page_and_the_unprojected_tail_is_still_found(
+    store: AuditedStore,
+) -> None:
     store.project()
     store.readings(2, start=7)  # stored after the audit log's position: found by the bounded scan
     readings = [n.id for n in store.app.recorder.select_notifications(start=1, limit=100)

@@ -8,14 +8,13 @@ import io
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -36,11 +35,12 @@ from infra.embedded import EmbeddedNats, embedded_nats_url, embedded_servers
 from infra.nats_auth import APP, COMMANDER, READER, RELAY, ROLES, Credential, load_credentials, with_credential
 from infra.settings import Settings
 from infra.tail import run_tail
-from tests.integration.test_fanout_nats import T0, snapshot
-from tests.kit import seed_device, seed_polls
+from tests.harness import free_port, metered_plug
+from tests.kit import eventually, seed_device, seed_polls
 
 pytestmark = pytest.mark.embedded
 
+T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 STREAM = StreamConfig(name="WL_AUTH", subject_prefix="wlauth")
 EVENTS = f"{STREAM.subject_prefix}.events"
 COMMANDS = f"{STREAM.subject_prefix}.cmd"
@@ -72,9 +72,7 @@ class Connection:
     async def refused(self, action: str, subject: str) -> None:
         """Wait until the server reports a permissions violation for `action` (publish, subscription) on `subject`."""
         wanted = f'permissions violation for {action} to "{subject.lower()}"'
-        async with asyncio.timeout(5):
-            while not any(wanted in str(error) for error in self.errors):
-                await asyncio.sleep(0.02)
+        await eventually(lambda: any(wanted in str(error) for error in self.errors), within=5, every=0.02, what=wanted)
 
 
 async def _connect(url: str) -> Connection:
@@ -224,7 +222,7 @@ async def test_a_runtime_on_the_authorized_server_stores_relays_and_a_reader_tai
     try:
         async with open_runtime(settings, database_url, server.url_for(APP), relay_url=server.url_for(RELAY)) as rt:
             assert rt.relay is not None
-            device = seed_device(rt.app, "127.0.0.41", snapshot(1.0), measured_at=T0, alias="Kettle")
+            device = seed_device(rt.app, "127.0.0.41", metered_plug(1.0), measured_at=T0, alias="Kettle")
             assert await rt.relay.publish_pending() >= 2
 
             added = await reader.js.pull_subscribe(f"{EVENTS}.device.{device}.Added", durable=f"added-{device}",
@@ -236,11 +234,9 @@ async def test_a_runtime_on_the_authorized_server_stores_relays_and_a_reader_tai
                                                 as_json=True, out=out, ready=ready.set))  # fmt: skip
             await asyncio.wait_for(ready.wait(), timeout=10)
             seed_polls(rt.app, [PollResult(device_id=device, measured_at=T0 + timedelta(seconds=k),
-                                           snapshot=snapshot(40.0 + k)) for k in (1, 2)])  # fmt: skip
+                                           snapshot=metered_plug(40.0 + k)) for k in (1, 2)])  # fmt: skip
             await rt.relay.publish_pending()
-            async with asyncio.timeout(10):
-                while out.getvalue().count("\n") < 2:
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: out.getvalue().count("\n") >= 2, within=10, every=0.05, what="two lines printed")
             stop.set()
             await tail
     finally:
@@ -282,12 +278,6 @@ async def test_embedded_servers_without_authorization_serves_any_client_as_the_t
             await client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _reader_url(data_dir: Path) -> str | None:
     for ports in (data_dir / "nats").glob("nats-server_*.ports"):
         try:
@@ -319,7 +309,7 @@ async def _added_devices(reader_url: str, prefix: str, stream: str, wanted: int,
 def test_serve_with_the_embedded_nats_relays_as_the_relay_and_logs_no_password(
     tmp_path: Path, database_url: str
 ) -> None:
-    port, prefix, stream = _free_port(), f"wla{uuid.uuid4().hex[:8]}", "WL_AUTH_CLI"
+    port, prefix, stream = free_port(), f"wla{uuid.uuid4().hex[:8]}", "WL_AUTH_CLI"
     env = {
         **{k: v for k, v in os.environ.items() if k != "NATS_URL"},
         "DATABASE_URL": database_url,

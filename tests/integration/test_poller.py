@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -13,13 +13,12 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import psycopg
-import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import OperationalError
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.emulator import EmulatorFleet
-from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
 from adapters.kasa_driver import KasaDriver
 from adapters.leases import Leases
 from adapters.poller import AllDevices, Assignment, Poller
@@ -86,14 +85,6 @@ class DyingLeases(Leases):
 
     async def leave(self) -> None:
         return None
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[WattLedger]:
-    ensure_events_schema(database_url)
-    application = WattLedger(store_env(database_url))
-    yield application
-    application.close()
 
 
 def seed(app: WattLedger, addresses: Iterable[str]) -> dict[str, UUID]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,15 +14,14 @@ from eventsourcing.persistence import Notification
 from structlog.testing import capture_logs
 
 from adapters.eventstore import WattLedger
-from projections.engine import ProjectionEngine
 from projections.tables import READ_SCHEMA, Table
 from projections.tracking import QUARANTINE, projector_status
-from tests.integration.test_projection_engine import (  # noqa: F401 (the `app` fixture)
-    T0,
+from tests.harness import (
+    BERLIN_EVE,
     CountingProjector,
-    app,
     engine_for,
-    plug,
+    lamp,
+    projected_to,
     seed_history,
     table_rows,
     tracking,
@@ -189,16 +187,16 @@ async def test_a_killed_database_connection_is_one_warning_line_without_tracebac
         task = asyncio.create_task(engine.run(poll_interval=0.05, fault_backoff_max=0.2))
         try:
             seed_history(app)
-            await reaches(engine, "counting", app.recorder.max_notification_id() or 0)
+            await projected_to(engine, "counting", app.recorder.max_notification_id() or 0)
             with psycopg.connect(database_url, autocommit=True) as conn:
                 killed = conn.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 ).fetchone()
             assert killed is not None and killed[0] >= 1
-            seed_device(app, "127.0.0.1:10300", plug(1.0), measured_at=T0)
+            seed_device(app, "127.0.0.1:10300", lamp(1.0), measured_at=BERLIN_EVE)
             engine.wake()
-            await reaches(engine, "counting", app.recorder.max_notification_id() or 0)
+            await projected_to(engine, "counting", app.recorder.max_notification_id() or 0)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -209,10 +207,3 @@ async def test_a_killed_database_connection_is_one_warning_line_without_tracebac
     assert len(warned) == 1 and "exc_info" not in warned[0] and "\n" not in warned[0]["error"], failures
     assert all(e["log_level"] in ("warning", "debug") and "exc_info" not in e for e in failures), failures
     assert quarantine(database_url) == []
-
-
-async def reaches(engine: ProjectionEngine, name: str, position: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while await asyncio.to_thread(engine.position, name) < position:
-        assert time.monotonic() < deadline, f"{name} did not reach {position}"
-        await asyncio.sleep(0.02)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -11,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.ratelimits import MAX_WINDOW_S, TABLE, CountersUnavailable, Limit, PgRateCounters, Window
+from tests.harness import free_port
 
 # A window this long is not crossed while a test runs, so every count lands in one window.
 LONG = MAX_WINDOW_S
@@ -106,14 +106,8 @@ async def test_a_sweep_deletes_ended_windows_only(
     assert rows == [(long.bucket, 1)]
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_an_unreachable_database_is_reported_once_and_raises_unavailable() -> None:
-    store = PgRateCounters(f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres", timeout=0.3, backoff=60)
+    store = PgRateCounters(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", timeout=0.3, backoff=60)
     window = Window("ip", "192.0.2.2", Limit(5, 60))
     try:
         with capture_logs() as logs:

@@ -36,7 +36,7 @@ from adapters.relay import (
 from domain.commands import PollResult
 from domain.device import Device
 from domain.readings import DeviceSnapshot, OutletReading
-from tests.conftest import fresh_database
+from tests.harness import fresh_database
 from tests.kit import eventually, seed_device, seed_polls
 
 RUN = secrets.token_hex(4)

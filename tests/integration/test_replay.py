@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import PollResult, WattLedger
 from infra.replay import ProgressDisplay
 from domain.readings import DeviceSnapshot
 from projections.devices import DEVICES, DevicesProjector
@@ -73,14 +73,6 @@ class GatedDevices(DevicesProjector):
             self.reached.set()
             assert self.release.wait(30)
         super().apply_batch(cur, events)
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[WattLedger]:
-    ensure_events_schema(database_url)
-    application = WattLedger(store_env(database_url))
-    yield application
-    application.close()
 
 
 def engine_for(app: WattLedger, database_url: str, *projectors: Any, batch_size: int = 4) -> ProjectionEngine:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
 import psycopg
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import PollResult, WattLedger
 from domain.device import Device
 from domain.readings import DeviceSnapshot, OutletReading
 from infra.bootstrap import all_projectors
@@ -44,14 +42,6 @@ def strip(totals: list[float], states: list[bool]) -> DeviceSnapshot:
         alias="Strip", model="HS300", device_type="strip", mac="CC", firmware="1", is_on=any(states),
         has_emeter=True, power_w=5.0 * len(totals), total_wh=sum(totals), outlets=outlets,
     )
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[WattLedger]:
-    ensure_events_schema(database_url)
-    application = WattLedger(store_env(database_url))
-    yield application
-    application.close()
 
 
 def change(app: WattLedger, device_id: UUID, act: str) -> None:

@@ -8,7 +8,6 @@ from uuid import UUID
 import pytest
 
 from adapters.contract import decode_data, decode_envelope, encode_envelope
-from domain.address import DeviceAddress
 from domain.config import ConfigValues, SystemConfig, check_changes
 from domain.control import Action, ChangeConfig, ControlCommand, RequestControl, Status
 from domain.control_handlers import ConfigHandlers, ControlHandlers

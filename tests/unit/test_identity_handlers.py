@@ -6,16 +6,17 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 from uuid import UUID, uuid4
 
 import msgspec
 import pytest
+from eventsourcing.domain import Aggregate
 
 from domain.errors import (
     AccountDisabled,
     ApiKeyInvalid,
     ApiKeyNotFound,
-    ConcurrencyConflict,
     InsufficientPermissions,
     InvalidCredentials,
     InvalidRequest,
@@ -45,6 +46,7 @@ from domain.identity_handlers import IdentityHandlers
 from domain.ports import IdentityReader, PasswordHasher, SecretBox, SecretMaker, TotpVerifier
 from tests.kit import ManualClock, MemoryStore
 
+A = TypeVar("A", bound=Aggregate)
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=timezone.utc)
 PASSWORD = "correct horse battery"
 CONFIRMED = StepUp(current_password=PASSWORD)
