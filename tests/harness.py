@@ -85,15 +85,22 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def app(database_url: str) -> Iterator[WattLedger]:
-    """The event store on this test's database."""
+@contextmanager
+def ledger(database_url: str) -> Iterator[WattLedger]:
+    """The event store on a database (its schema made if missing), closed afterwards."""
     ensure_events_schema(database_url)
     application = WattLedger(store_env(database_url))
     try:
         yield application
     finally:
         application.close()
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[WattLedger]:
+    """The event store on this test's database."""
+    with ledger(database_url) as application:
+        yield application
 
 
 # ---- the runtime: the whole process in-test ----

@@ -23,7 +23,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream, subject_for
 from adapters.contract import DeviceRenamed, EventData, ReadingRecorded, decode_data, event_data
-from adapters.eventstore import EVENTS_SCHEMA, WattLedger, ensure_events_schema, store_env
+from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 from adapters.relay import (
     Relay,
     RelayPublishError,
@@ -36,7 +36,7 @@ from adapters.relay import (
 from domain.commands import PollResult
 from domain.device import Device
 from domain.readings import DeviceSnapshot, OutletReading
-from tests.harness import fresh_database
+from tests.harness import fresh_database, ledger
 from tests.kit import eventually, seed_device, seed_polls
 
 RUN = secrets.token_hex(4)
@@ -57,12 +57,8 @@ def database_url(server_urls: tuple[str, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def app(database_url: str) -> Iterator[WattLedger]:
-    ensure_events_schema(database_url)
-    application = WattLedger(store_env(database_url))
-    try:
+    with ledger(database_url) as application:
         yield application
-    finally:
-        application.close()
 
 
 @pytest.fixture
@@ -74,12 +70,8 @@ def own_database(server_urls: tuple[str, str]) -> Iterator[str]:
 
 @pytest.fixture
 def own_app(own_database: str) -> Iterator[WattLedger]:
-    ensure_events_schema(own_database)
-    application = WattLedger(store_env(own_database))
-    try:
+    with ledger(own_database) as application:
         yield application
-    finally:
-        application.close()
 
 
 @pytest.fixture
