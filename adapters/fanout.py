@@ -47,13 +47,6 @@ DEVICE_AGGREGATES = frozenset({"device", "meter", "command"})
 
 COMMAND_EVENTS = {"ControlRequested": "requested", "ControlSucceeded": "succeeded", "ControlFailed": "failed"}
 IDENTITY_AGGREGATES = frozenset({"session", "apikey", "user"})
-ENDING_EVENTS = {
-    ("session", "Ended"): ("SESSION_ENDED", "the session has ended; sign in again"),
-    ("apikey", "Revoked"): ("INVALID_API_KEY", "this API key was revoked"),
-    ("user", "Deactivated"): ("ACCOUNT_DISABLED", "this account is deactivated"),
-    ("user", "Deleted"): ("TOKEN_INVALID", "this account was deleted"),
-}
-"""Identity events that end the credentials of every subscriber they name, without asking again."""
 
 _SEEN = 10_000
 _ENCODER = msgspec.json.Encoder()
