@@ -106,6 +106,7 @@ class Poller:
         log_every: float = 10.0,
         max_pending: int = 50_000,
         on_saved: Callable[[], None] = lambda: None,
+        observe: Callable[[float, BaseException | None], None] = lambda seconds, failure: None,
     ) -> None:
         if interval <= 0 or timeout <= 0 or concurrency < 1 or suspect_concurrency < 1 or offline_after < 1:
             raise ValueError("interval and timeout must be positive, concurrency and offline_after at least 1")
@@ -119,6 +120,8 @@ class Poller:
         self.slow_after = slow_after
         self.log_every = log_every
         self.max_pending = max_pending
+        self.observe = observe
+        """Told each poll's duration in seconds and, for a failed one, what it raised (the metrics)."""
         self._healthy = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._suspect = asyncio.Semaphore(suspect_concurrency)
@@ -310,17 +313,20 @@ class Poller:
         await limit.acquire()
         slot = Slot(limit)
         demote = None if suspect else asyncio.get_running_loop().call_later(self.slow_after, slot.give_back)
+        began = time.monotonic()
         try:
             address: DeviceAddress = parse_address(state.address)
             async with asyncio.timeout(self.timeout):
                 snapshot = await self.driver.poll(address)
         except Exception as exc:
+            self.observe(time.monotonic() - began, exc)
             self._failed(state, exc)
             return
         finally:
             if demote is not None:
                 demote.cancel()
             slot.give_back()
+        self.observe(time.monotonic() - began, None)
         self._counts["polls"] += 1
         self._counts["readings"] += 1
         if state.missed:

@@ -26,13 +26,16 @@ from api.controllers.events import EventsController
 from api.controllers.exports import ExportsController
 from api.controllers.keys import KeysController
 from api.controllers.live import LiveController, live_socket
+from api.controllers.metrics import MetricsController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
+from api.controllers.ssl import ssl_router
 from api.controllers.system import SystemController
 from api.controllers.users import UsersController
 from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
 from api.guards import Authorizer, provide_principal, schema_config
 from api.headers import SecurityHeaders
+from api.metrics import TimeRequests
 from api.pending import ReportPendingReadModels
 from api.ratelimit import cors_config, install_edge
 from api.security import TallyRefusals
@@ -140,15 +143,17 @@ def create_app(services: Services) -> Litestar:
             ComplianceController, ExportsController,
             ControlController, RelayApiController, ConfigController,
             EnergyController, RatesController,
-            LiveController, live_socket, socketio_route(services),
+            LiveController, live_socket, socketio_route(services), MetricsController,
+            *([ssl_router(services.tls)] if services.tls is not None else []),
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
+            "metrics": Provide(lambda: services.metrics, sync_to_thread=False),
         },
         guards=[Authorizer(services.identity, services.tokens)],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RetryLostConnections(services.drop_dead_connections), RefuseUnsafeInput(),
+        middleware=[TimeRequests(services.metrics), RetryLostConnections(services.drop_dead_connections), RefuseUnsafeInput(),
                     ReportPendingReadModels()],
         openapi_config=schema_config(VERSION),
         cors_config=cors_config(services.edge.cors_origins),

@@ -22,7 +22,9 @@ from adapters.eventstore import SystemClock, WattLedger
 from adapters.fanout import FanOut
 from adapters.identity import TokenService
 from adapters.kasa_driver import KasaDriver
+from adapters.tls_files import TlsFiles
 from api.errors import connection_lost
+from api.metrics import ProcessMetrics
 from api.pending import note_pending
 from api.ratelimit import EdgePolicy
 from api.security import RefusalTally
@@ -70,11 +72,13 @@ class Services:
     control: ControlHandlers | None = None
     config: ConfigHandlers | None = None
     compliance: ComplianceJobs | None = None
+    tls: TlsFiles | None = None
     energy: EnergyHandlers | None = None
     host: str = "127.0.0.1"
     clock: Clock = field(default_factory=SystemClock)
     parts: Callable[[], list[PartStatus]] = list
     refusals: RefusalTally | None = None
+    metrics: ProcessMetrics = field(default_factory=ProcessMetrics)
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 

@@ -2,7 +2,9 @@
 
 `authenticate_headers` is the one entry for every edge (REST guards, WebSocket, socket.io,
 SSE, NATS request/reply): it reads `Authorization: Bearer` or `X-API-Key`, has the access token
-checked by the `TokenVerifier` port, and asks `Authentication` for the principal.
+checked by the `TokenVerifier` port, and asks `Authentication` for the principal. An API key may
+also come as `Authorization: Bearer <key>` (how Prometheus and most scrapers send a credential):
+a key's text starts with its prefix, which no access token does.
 
 These checks store no event and never trust a read model: each asks the event store for the
 current version of the session or key and of its user (one indexed query through the
@@ -32,7 +34,7 @@ from domain.errors import (
 from domain.identity import ApiKey, Session, User
 from domain.identity_core import A, IdentityCore
 from domain.identity_requests import AccountState, ApiKeyState, SessionState
-from domain.identity_rules import parse_api_key
+from domain.identity_rules import API_KEY_PREFIX, parse_api_key
 from domain.ports import TokenVerifier
 
 S = TypeVar("S")
@@ -167,7 +169,8 @@ API_KEY_HEADER = "x-api-key"
 async def authenticate_headers(
     headers: Mapping[str, str], tokens: TokenVerifier, identity: Authentication
 ) -> Principal:
-    """The principal of `Authorization: Bearer <access token>` or `X-API-Key` (header names in any case).
+    """The principal of `Authorization: Bearer <access token or API key>` or `X-API-Key` (header names in
+    any case).
 
     Raises AuthenticationRequired without either, and the token or key errors of
     `TokenVerifier` and `Authentication` for bad ones. Writes no event.
@@ -178,6 +181,8 @@ async def authenticate_headers(
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenInvalid("send the access token as `Authorization: Bearer <token>`")
+        if token.strip().startswith(f"{API_KEY_PREFIX}_"):
+            return await identity.authenticate_key(token.strip())
         claims = await tokens.verify_access(token.strip())
         return await identity.authenticate_session(claims.session_id, claims.user_id)
     api_key = lowered.get(API_KEY_HEADER)

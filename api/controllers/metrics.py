@@ -1,0 +1,51 @@
+"""`GET /metrics`: the Prometheus text exposition of this process and of the devices."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+
+from adapters.relay import relay_status
+from api.metrics import CONTENT_TYPE, ProcessMetrics, Reading, exposition
+from api.services import Services
+from domain.access import Permission
+from projections.device_metrics import device_samples
+from projections.tracking import projector_status
+
+
+async def read_now(services: Services) -> Reading:
+    """One scrape's reading of the read models, the log's head and this process's parts."""
+    max_id = await asyncio.to_thread(services.event_log.max_id)
+    async with services.read_pool.connection() as conn:
+        devices = await device_samples(conn, services.clock.now(), services.zone)
+        relay = await relay_status(conn, services.stream_name, max_id)
+        projectors = await projector_status(conn, max_id)
+    live = (await services.fanout.status()).subscribers if services.fanout is not None else 0
+    return Reading(
+        devices=devices, events_stored=max_id, relay_lag=relay.lag,
+        projector_lag={p.name: p.lag for p in projectors}, live_clients=live,
+        part_restarts={part.name: part.restarts for part in services.parts()},
+    )  # fmt: skip
+
+
+class MetricsController(Controller):
+    path = "/metrics"
+    tags = ["system"]
+
+    @get("", operation_id="getMetrics", opt={"permission": Permission.DEVICES_VIEW}, media_type=CONTENT_TYPE)
+    async def metrics(
+        self, services: NamedDependency[Services], metrics: NamedDependency[ProcessMetrics]
+    ) -> Response[bytes]:
+        """Prometheus metrics in the text exposition format, for an API key (`X-API-Key` or
+        `Authorization: Bearer <key>`) or a session with DEVICES_VIEW.
+
+        Per device (labels `device_id`, `alias`, `model`, `outlet`; `outlet` is empty for the device
+        itself): power, voltage, current, the energy counter, relay state; per device: up, today's
+        energy and cost. The system: events stored, relay lag, each read model's lag, live clients
+        and part restarts of this process, API request latency by route template, and the poll
+        duration histogram and failures by reason of this process's poller (empty in a process that
+        runs none: see `wattledger_poller_in_process`)."""
+        reading = await read_now(services)
+        return Response(exposition(metrics, reading), media_type=CONTENT_TYPE)
