@@ -7,8 +7,10 @@ PostgreSQL schema `wl_auth`, which no read model rebuild touches:
   `WATTLEDGER_SECRET_KEY` is given (a key stored earlier still opens what it sealed).
 - `wl_auth.signing_keys`: the JWT signing keys (`kid`, secret, created_at);
   tokens are signed with the newest and verified with any of them.
-- `wl_auth.key_usage` and `wl_auth.session_activity`: last use of API keys and
-  last activity of sessions, noted by per-request authentication (no events).
+
+The schema also holds the last use of API keys and last activity of sessions, noted by
+per-request authentication; their tables are created and written by
+`projections.identity_activity`, after `create_auth_schema`.
 
 Logs name key ids at most, never a secret, token or password.
 """
@@ -58,11 +60,8 @@ log = structlog.get_logger(__name__)
 AUTH_SCHEMA = "wl_auth"
 SECRETS_TABLE = f"{AUTH_SCHEMA}.secrets"
 SIGNING_KEYS_TABLE = f"{AUTH_SCHEMA}.signing_keys"
-KEY_USAGE_TABLE = f"{AUTH_SCHEMA}.key_usage"
-SESSION_ACTIVITY_TABLE = f"{AUTH_SCHEMA}.session_activity"
 
 AUTH_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA};
 CREATE TABLE IF NOT EXISTS {SECRETS_TABLE} (
     name text PRIMARY KEY,
     value text NOT NULL,
@@ -73,14 +72,6 @@ CREATE TABLE IF NOT EXISTS {SIGNING_KEYS_TABLE} (
     secret text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE TABLE IF NOT EXISTS {KEY_USAGE_TABLE} (
-    key_id uuid PRIMARY KEY,
-    last_used_at timestamptz NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {SESSION_ACTIVITY_TABLE} (
-    session_id uuid PRIMARY KEY,
-    last_activity timestamptz NOT NULL
-);
 """
 
 # Serialises creating the schema and the first keys between processes starting at once.
@@ -89,10 +80,17 @@ _AUTH_LOCK = 0x574C_4155
 _BOX_KEY_NAME = "secret_box"
 
 
+async def create_auth_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Create `wl_auth` if missing, in the caller's transaction, holding the lock every process
+    creating it, its tables or its first keys takes to the end of that transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUTH_LOCK,))
+    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA}")
+
+
 async def ensure_auth_schema(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Create the `wl_auth` schema and its tables if missing (safe to run from several processes)."""
+    """Create the `wl_auth` schema and the secrets' tables if missing (safe to run from several processes)."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUTH_LOCK,))
+        await create_auth_schema(conn)
         await conn.execute(AUTH_DDL)
 
 

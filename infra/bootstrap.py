@@ -35,6 +35,7 @@ from infra.startup import StartupError, StartupInterrupted, starting, wait_for_n
 from infra.supervisor import Supervisor, cancel_all, together
 from projections.engine import ProjectionEngine
 from projections.identity import IdentityReadModels
+from projections.identity_activity import create_activity_tables
 
 __all__ = [
     "Runtime",
@@ -88,6 +89,8 @@ async def open_runtime(
             await asyncio.to_thread(engine.setup)
             read_pool = new_read_pool(database_url)
             await read_pool.open(wait=True, timeout=settings.startup_timeout)
+            async with read_pool.connection() as conn:
+                await create_activity_tables(conn)
             box = await open_secret_box(database_url, settings.secret_key)
             tokens = await TokenService.open(database_url, clock=SystemClock())
             startup.target = f"NATS at {nats_endpoint(nats_url)}"

@@ -4,14 +4,14 @@ Rows come from events alone, so a replay from zero gives the same rows. No
 query result carries a secret: the only secret column, `api_keys.key_hash`, is
 read by nothing that answers a client (authentication checks keys against the
 event store, not against this table). Last activity of sessions and last use of keys live in
-the plain tables of `wl_auth` (written by authentication, not by events) and
-are joined in here.
+two plain tables written by authentication, not by events (`projections.identity_activity`),
+and are joined in here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -21,18 +21,15 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.history import EVENTS_TABLE
-from adapters.identity import KEY_USAGE_TABLE, SESSION_ACTIVITY_TABLE
 from domain.access import Permission, Role, Scope, permissions_for
 from domain.identity import ApiKey, Session, User
 from domain.ports import IdentityReader
+from projections.identity_activity import KEY_USAGE_TABLE, SESSION_ACTIVITY_TABLE, ActivityNotes
 from projections.tables import READ_SCHEMA, Table
 
 USERS_TABLE = f"{READ_SCHEMA}.users"
 SESSIONS_TABLE = f"{READ_SCHEMA}.sessions"
 API_KEYS_TABLE = f"{READ_SCHEMA}.api_keys"
-
-ACTIVITY_RESOLUTION = timedelta(minutes=1)
-"""Last activity and last use are written at most this often per session or key."""
 
 
 class UserRow(msgspec.Struct, kw_only=True):
@@ -331,16 +328,12 @@ class IdentityReadModels(IdentityReader):
 
     `versions` reads the event store's own table (its primary key index), never a read
     model, so authentication follows the log even while the identity projector lags.
-
-    Activity is noted at most once per ACTIVITY_RESOLUTION per session or key:
-    this process skips the write when it wrote recently, and the statement
-    itself changes nothing younger than that, whichever process asks.
+    Activity is noted through `ActivityNotes`, at most once a minute per session or key.
     """
 
     def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], *, remember: int = 10_000) -> None:
         self.pool = pool
-        self._remember = remember
-        self._noted: dict[UUID, datetime] = {}
+        self._activity = ActivityNotes(pool, remember=remember)
 
     async def versions(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, int]:
         if not aggregate_ids:
@@ -362,27 +355,7 @@ class IdentityReadModels(IdentityReader):
             return [key_id for (key_id,) in await cur.fetchall()]
 
     async def touch_session(self, session_id: UUID, at: datetime) -> None:
-        await self._note(SESSION_ACTIVITY_TABLE, "session_id", "last_activity", session_id, at)
+        await self._activity.session(session_id, at)
 
     async def touch_key(self, key_id: UUID, at: datetime) -> None:
-        await self._note(KEY_USAGE_TABLE, "key_id", "last_used_at", key_id, at)
-
-    async def _note(self, table: str, key: str, column: str, ident: UUID, at: datetime) -> None:
-        last = self._noted.get(ident)
-        if last is not None and at - last < ACTIVITY_RESOLUTION:
-            return
-        if len(self._noted) >= self._remember:
-            self._noted.clear()
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                f"INSERT INTO {table} AS t ({key}, {column}) VALUES (%s, %s) ON CONFLICT ({key}) DO UPDATE "
-                f"SET {column} = EXCLUDED.{column} WHERE t.{column} <= EXCLUDED.{column} - %s RETURNING {column}",
-                (ident, at, ACTIVITY_RESOLUTION),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                # Another process noted it less than a minute ago: remember its time, not ours.
-                cur = await conn.execute(f"SELECT {column} FROM {table} WHERE {key} = %s", (ident,))
-                row = await cur.fetchone()
-        self._noted[ident] = row[0] if row is not None else at
-
+        await self._activity.key(key_id, at)

@@ -18,8 +18,6 @@ from psycopg_pool import AsyncConnectionPool
 from adapters.contract import decode_envelope, encode_envelope
 from adapters.eventstore import StoreUnitOfWork, WattLedger, ensure_events_schema, store_env
 from adapters.identity import (
-    KEY_USAGE_TABLE,
-    SESSION_ACTIVITY_TABLE,
     SIGNING_KEYS_TABLE,
     Argon2Hasher,
     FernetBox,
@@ -57,6 +55,7 @@ from projections.identity import (
     list_sessions,
     list_users,
 )
+from projections.identity_activity import KEY_USAGE_TABLE, SESSION_ACTIVITY_TABLE, create_activity_tables
 from tests.kit import ManualClock
 
 PASSWORD = "correct horse battery"
@@ -107,6 +106,8 @@ async def identity(database_url: str, ledger: tuple[WattLedger, ProjectionEngine
         database_url, min_size=1, max_size=4, open=False
     )
     await pool.open(wait=True)
+    async with pool.connection() as conn:
+        await create_activity_tables(conn)
     try:
         yield Identity(app=app, engine=engine, pool=pool, handlers=build(app, pool, box, clock), tokens=tokens,
                        box=box, clock=clock, database_url=database_url)
