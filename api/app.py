@@ -29,7 +29,6 @@ from api.controllers.live import LiveController, live_socket
 from api.controllers.metrics import MetricsController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
-from api.controllers.ssl import ssl_router
 from api.controllers.system import SystemController
 from api.controllers.users import UsersController
 from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
@@ -144,7 +143,6 @@ def create_app(services: Services) -> Litestar:
             ControlController, RelayApiController, ConfigController,
             EnergyController, RatesController,
             LiveController, live_socket, socketio_route(services), MetricsController,
-            *([ssl_router(services.tls)] if services.tls is not None else []),
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

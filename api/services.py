@@ -22,7 +22,6 @@ from adapters.eventstore import SystemClock, WattLedger
 from adapters.fanout import FanOut
 from adapters.identity import TokenService
 from adapters.kasa_driver import KasaDriver
-from adapters.tls_files import TlsFiles
 from api.errors import connection_lost
 from api.metrics import ProcessMetrics
 from api.pending import note_pending
@@ -72,7 +71,6 @@ class Services:
     control: ControlHandlers | None = None
     config: ConfigHandlers | None = None
     compliance: ComplianceJobs | None = None
-    tls: TlsFiles | None = None
     energy: EnergyHandlers | None = None
     host: str = "127.0.0.1"
     clock: Clock = field(default_factory=SystemClock)

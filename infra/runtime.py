@@ -31,13 +31,11 @@ from adapters.nats_commands import CommandResponder
 from adapters.poller import Poller
 from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
-from adapters.tls_files import TlsFiles
 from api.metrics import ProcessMetrics
 from api.ratelimit import EdgePolicy, RateLimits
 from api.security import RefusalTally, summarise_every
 from api.services import Services
 from domain.authentication import authenticate_headers
-from domain.certificates import CertificateHandlers
 from domain.compliance_handlers import ComplianceHandlers
 from domain.config import ConfigValues
 from domain.control_handlers import ConfigHandlers, ControlHandlers
@@ -221,13 +219,7 @@ class Runtime:
                 self.settings.compliance_dir, self.database_url, self.app, chain_link,
                 ComplianceHandlers(StoreUnitOfWork(self.app)),
             ),
-            tls=self.tls_files(),
         )
-
-    def tls_files(self) -> TlsFiles:
-        """The HTTPS certificate and key in the data directory, each action recorded in the log."""
-        max_bytes = int(self.settings.max_upload_size_mb * 1024 * 1024)
-        return TlsFiles(self.settings.ssl_dir, CertificateHandlers(StoreUnitOfWork(self.app)), max_bytes=max_bytes)
 
     def refusal_tally(self) -> RefusalTally:
         """This process's count of refused sign-ins and permissions (recorded once a minute by `run_parts`)."""
