@@ -62,6 +62,32 @@ def _table(name: str, schema: str = OPS_SCHEMA) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
 
 
+async def _read_position(conn: psycopg.AsyncConnection[Any], stream_name: str, schema: str = OPS_SCHEMA) -> int:
+    cur = await conn.execute(
+        sql.SQL("SELECT position FROM {} WHERE stream_name = %s").format(_table(POSITION_TABLE, schema)),
+        (stream_name,),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _write_position(
+    conn: psycopg.AsyncConnection[Any], stream_name: str, position: int, *, forward_only: bool
+) -> None:
+    """Set a stream's position; with `forward_only` a lower one than stored changes nothing."""
+    table = _table(POSITION_TABLE)
+    new: sql.Composable = sql.SQL("EXCLUDED.position")
+    if forward_only:
+        new = sql.SQL("GREATEST({}.position, EXCLUDED.position)").format(table)
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (stream_name, position, updated_at) VALUES (%s, %s, now()) "
+            "ON CONFLICT (stream_name) DO UPDATE SET position = {}, updated_at = now()"
+        ).format(table, new),
+        (stream_name, position),
+    )
+
+
 async def relay_status(
     conn: psycopg.AsyncConnection[Any], stream_name: str, max_notification_id: int, *, last: int = 5
 ) -> RelayStatus:
@@ -77,12 +103,7 @@ async def relay_status(
     position = rejected = 0
     rejections: list[Rejection] = []
     if positions is not None:
-        cur = await conn.execute(
-            sql.SQL("SELECT position FROM {} WHERE stream_name = %s").format(_table(POSITION_TABLE, positions)),
-            (stream_name,),
-        )
-        row = await cur.fetchone()
-        position = int(row[0]) if row else 0
+        position = await _read_position(conn, stream_name, positions)
     if rejected_in is not None:
         cur = await conn.execute(
             sql.SQL("SELECT count(*) FROM {} WHERE stream_name = %s").format(_table(REJECTED_TABLE, rejected_in)),
@@ -120,12 +141,7 @@ class RelayPositions:
     async def position(self) -> int:
         """The last notification id known to be in the stream (0: none)."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                sql.SQL("SELECT position FROM {} WHERE stream_name = %s").format(_table(POSITION_TABLE)),
-                (self._stream_name,),
-            )
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+            return await _read_position(conn, self._stream_name)
 
     async def status(self, max_notification_id: int, *, last: int = 5) -> RelayStatus:
         async with self._pool.connection() as conn:
@@ -134,14 +150,7 @@ class RelayPositions:
     async def reset(self, position: int) -> None:
         """Set the position to `position`, back or forward."""
         async with self._pool.connection() as conn:
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {t} (stream_name, position, updated_at) VALUES (%s, %s, now()) "
-                    "ON CONFLICT (stream_name) DO UPDATE "
-                    "SET position = EXCLUDED.position, updated_at = now()"
-                ).format(t=_table(POSITION_TABLE)),
-                (self._stream_name, position),
-            )
+            await _write_position(conn, self._stream_name, position, forward_only=False)
 
     async def save_progress(self, first: int, position: int, refused: Sequence[tuple[int, str, str]]) -> None:
         """Save the position after a batch from `first`, and its refused messages
@@ -166,14 +175,7 @@ class RelayPositions:
                         ).format(_table(REJECTED_TABLE)),
                         [(self._stream_name, *r) for r in refused],
                     )
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {t} (stream_name, position, updated_at) VALUES (%s, %s, now()) "
-                    "ON CONFLICT (stream_name) DO UPDATE "
-                    "SET position = GREATEST({t}.position, EXCLUDED.position), updated_at = now()"
-                ).format(t=_table(POSITION_TABLE)),
-                (self._stream_name, position),
-            )
+            await _write_position(conn, self._stream_name, position, forward_only=True)
         log.debug("relay.position_saved", stream=self._stream_name, position=position, rejected=len(refused))
 
     async def create(self) -> None:
