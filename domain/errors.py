@@ -445,6 +445,28 @@ class InvalidExport(InvalidRequest):
     code = "INVALID_EXPORT"
 
 
+class BackupNotFound(NotFound):
+    code = "BACKUP_NOT_FOUND"
+
+
+class BackupSettled(Conflict):
+    """The backup already completed or failed, or its archive was already deleted."""
+
+    code = "BACKUP_SETTLED"
+
+
+class BackupRefused(Unprocessable):
+    """An archive that cannot be restored: wrong passphrase, damaged, truncated or from a newer version."""
+
+    code = "BACKUP_REFUSED"
+
+
+class BackupBusy(Conflict):
+    """Another backup or restore is running in this process."""
+
+    code = "BACKUP_BUSY"
+
+
 STATUS_OF_KIND: dict[type[DomainError], int] = {
     InvalidRequest: 400,
     Unauthenticated: 401,
