@@ -400,9 +400,9 @@ BERLIN_EVE = datetime(2026, 10, 24, 21, 45, tzinfo=timezone.utc)
 """A quarter of an hour before local midnight in Berlin, on the day its clocks go back."""
 
 
-def lamp(total_wh: float | None, *, mac: str = "AA", power_w: float = 100.0) -> DeviceSnapshot:
+def lamp(total_wh: float | None, *, mac: str = "AA", power_w: float = 100.0, is_on: bool = True) -> DeviceSnapshot:
     return DeviceSnapshot(
-        alias="Lamp", model="HS110", device_type="plug", mac=mac, firmware="1", is_on=True, has_emeter=True,
+        alias="Lamp", model="HS110", device_type="plug", mac=mac, firmware="1", is_on=is_on, has_emeter=True,
         power_w=power_w, voltage_v=230.0, current_a=0.4, total_wh=total_wh, rssi=-40,
     )
 
@@ -430,11 +430,15 @@ def seed_history(app: WattLedger) -> list[UUID]:
         totals = [10.0 + minute, second_outlet.get(minute, 20.0 + minute)]
         seed_polls(app, [PollResult(device_id=power_strip, measured_at=at, snapshot=strip(totals))])
     seed_polls(app, [PollResult(device_id=plugs[0], measured_at=BERLIN_EVE + timedelta(minutes=2), snapshot=lamp(5.0))])
-    device = app.repository.get(plugs[2])
+    remove_device(app, plugs[2])
+    return [*plugs, power_strip]
+
+
+def remove_device(app: WattLedger, device_id: UUID) -> None:
+    device = app.repository.get(device_id)
     assert isinstance(device, Device)
     device.remove(actor="t")
     app.save(device)
-    return [*plugs, power_strip]
 
 
 class TopicCount(msgspec.Struct, kw_only=True):

@@ -12,45 +12,22 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env
-from domain.address import parse_address
-from domain.device import Device, device_id_for
-from domain.errors import DeviceAlreadyExists
-from domain.readings import DeviceSnapshot, OutletReading
+from adapters.eventstore import PollResult, WattLedger
+from domain.device import device_id_for
+from domain.readings import DeviceSnapshot
 from projections.devices import DevicesProjector
 from projections.engine import ProjectionEngine
+from tests.harness import engine_for, lamp, remove_device, strip
 from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 11, 22, 23, 50, tzinfo=timezone.utc)
 
 
-def plug(total_wh: float, *, is_on: bool = True, power_w: float = 60.0, mac: str = "AA") -> DeviceSnapshot:
-    return DeviceSnapshot(
-        alias="Lamp", model="HS110", device_type="plug", mac=mac, firmware="1", is_on=is_on, has_emeter=True,
-        power_w=power_w, voltage_v=230.0, current_a=0.26, total_wh=total_wh, rssi=-50,
-    )
-
-
-def strip(totals: list[float]) -> DeviceSnapshot:
-    outlets = tuple(
-        OutletReading(outlet_id=f"o{i}", index=i, alias=f"Plug {i}", is_on=True, power_w=10.0, total_wh=t)
-        for i, t in enumerate(totals)
-    )
-    return DeviceSnapshot(
-        alias="Strip", model="HS300", device_type="strip", mac="BB", firmware="1", is_on=True, has_emeter=True,
-        power_w=10.0 * len(totals), total_wh=sum(totals), outlets=outlets,
-    )
-
-
 @pytest.fixture
-def store(database_url: str) -> Iterator[tuple[WattLedger, ProjectionEngine]]:
-    ensure_events_schema(database_url)
-    app = WattLedger(store_env(database_url))
-    engine = ProjectionEngine(app, database_url, [DevicesProjector()], batch_size=7)
-    engine.setup()
+def store(app: WattLedger, database_url: str) -> Iterator[tuple[WattLedger, ProjectionEngine]]:
+    engine = engine_for(app, database_url, DevicesProjector(), batch_size=7)
     yield app, engine
     engine.close()
-    app.close()
 
 
 def rows(database_url: str) -> list[dict[str, Any]]:
@@ -62,29 +39,22 @@ def poll(device_id: UUID, at: datetime, snapshot: DeviceSnapshot) -> PollResult:
     return PollResult(device_id=device_id, measured_at=at, snapshot=snapshot)
 
 
-def remove(app: WattLedger, device_id: UUID) -> None:
-    device = app.repository.get(device_id)
-    assert isinstance(device, Device)
-    device.remove(actor="t")
-    app.save(device)
-
-
 def test_added_device_and_its_readings_reach_the_read_model(store: tuple[WattLedger, ProjectionEngine],
                                                            database_url: str) -> None:
     app, engine = store
-    device_id = seed_device(app, "127.0.0.1:10001", plug(1000.0), alias="Desk", actor="user:1", measured_at=T0)
-    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=5), plug(1010.0))], actor="system:poller")
+    device_id = seed_device(app, "127.0.0.1:10001", lamp(1000.0), alias="Desk", actor="user:1", measured_at=T0)
+    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=5), lamp(1010.0))], actor="system:poller")
     engine.catch_up("devices")
     [row] = rows(database_url)
-    assert (row["alias"], row["model"], row["total_wh"], row["power_w"]) == ("Desk", "HS110", 1010.0, 60.0)
+    assert (row["alias"], row["model"], row["total_wh"], row["power_w"]) == ("Desk", "HS110", 1010.0, 100.0)
     assert row["today_wh"] == pytest.approx(10.0)
 
 
 def test_energy_across_midnight_is_split_between_the_days(store: tuple[WattLedger, ProjectionEngine],
                                                          database_url: str) -> None:
     app, engine = store
-    device_id = seed_device(app, "127.0.0.1:10002", plug(0.0), measured_at=T0)
-    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=20), plug(20.0))])
+    device_id = seed_device(app, "127.0.0.1:10002", lamp(0.0), measured_at=T0)
+    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=20), lamp(20.0))])
     engine.catch_up("devices")
     [row] = rows(database_url)
     assert row["today"].isoformat() == "2026-11-23"
@@ -107,22 +77,22 @@ def test_counter_reset_counts_from_the_new_value(store: tuple[WattLedger, Projec
 
 def test_a_late_reading_counts_nothing_twice(store: tuple[WattLedger, ProjectionEngine], database_url: str) -> None:
     app, engine = store
-    device_id = seed_device(app, "127.0.0.1:10007", plug(1000.0), measured_at=T0)
-    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=2), plug(1004.0))])
+    device_id = seed_device(app, "127.0.0.1:10007", lamp(1000.0), measured_at=T0)
+    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=2), lamp(1004.0))])
     engine.catch_up("devices")
-    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=1), plug(1002.0, power_w=5.0))])
-    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=3), plug(1006.0))])
+    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=1), lamp(1002.0, power_w=5.0))])
+    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=3), lamp(1006.0))])
     engine.catch_up("devices")
     [row] = rows(database_url)
-    assert (row["today_wh"], row["total_wh"], row["power_w"]) == (pytest.approx(6.0), 1006.0, 60.0)
+    assert (row["today_wh"], row["total_wh"], row["power_w"]) == (pytest.approx(6.0), 1006.0, 100.0)
 
 
 def test_counter_jitter_is_not_counted_twice(store: tuple[WattLedger, ProjectionEngine], database_url: str) -> None:
     app, engine = store
     start = T0 - timedelta(hours=1)
-    device_id = seed_device(app, "127.0.0.1:10008", plug(1000.0), measured_at=start)
+    device_id = seed_device(app, "127.0.0.1:10008", lamp(1000.0), measured_at=start)
     for minute, total in ((1, 1003.0), (2, 1001.0), (3, 1002.0), (4, 1005.0)):
-        seed_polls(app, [poll(device_id, start + timedelta(minutes=minute), plug(total))])
+        seed_polls(app, [poll(device_id, start + timedelta(minutes=minute), lamp(total))])
         engine.catch_up("devices")
     [row] = rows(database_url)
     assert row["today_wh"] == pytest.approx(5.0)
@@ -132,10 +102,10 @@ def test_a_restored_device_with_a_new_mac_is_a_new_meter(store: tuple[WattLedger
                                                          database_url: str) -> None:
     app, engine = store
     start = T0 - timedelta(hours=1)
-    device_id = seed_device(app, "127.0.0.1:10009", plug(5000.0), measured_at=start)
-    remove(app, device_id)
-    seed_device(app, "127.0.0.1:10009", plug(4990.0, mac="CC"), measured_at=start + timedelta(minutes=1))
-    seed_polls(app, [poll(device_id, start + timedelta(minutes=2), plug(4993.0, mac="CC"))])
+    device_id = seed_device(app, "127.0.0.1:10009", lamp(5000.0), measured_at=start)
+    remove_device(app, device_id)
+    seed_device(app, "127.0.0.1:10009", lamp(4990.0, mac="CC"), measured_at=start + timedelta(minutes=1))
+    seed_polls(app, [poll(device_id, start + timedelta(minutes=2), lamp(4993.0, mac="CC"))])
     engine.catch_up("devices")
     [row] = rows(database_url)
     assert (row["mac"], row["today_wh"]) == ("CC", pytest.approx(3.0))
@@ -144,11 +114,11 @@ def test_a_restored_device_with_a_new_mac_is_a_new_meter(store: tuple[WattLedger
 def test_removed_then_readded_device_keeps_its_id(store: tuple[WattLedger, ProjectionEngine],
                                                   database_url: str) -> None:
     app, engine = store
-    device_id = seed_device(app, "127.0.0.1:10006", plug(1.0), measured_at=T0)
-    remove(app, device_id)
+    device_id = seed_device(app, "127.0.0.1:10006", lamp(1.0), measured_at=T0)
+    remove_device(app, device_id)
     engine.catch_up("devices")
     assert [r["removed"] for r in rows(database_url)] == [True]
-    seed_device(app, "127.0.0.1:10006", plug(2.0), alias="Again", measured_at=T0 + timedelta(minutes=1))
+    seed_device(app, "127.0.0.1:10006", lamp(2.0), alias="Again", measured_at=T0 + timedelta(minutes=1))
     engine.catch_up("devices")
     [row] = rows(database_url)
     assert (row["device_id"], row["alias"], row["removed"]) == (device_id, "Again", False)
@@ -158,11 +128,11 @@ def test_rebuild_from_zero_yields_the_same_rows(store: tuple[WattLedger, Project
                                                 database_url: str) -> None:
     app, engine = store
     for port in (10010, 10011, 10012):
-        device_id = seed_device(app, f"127.0.0.1:{port}", plug(10.0), measured_at=T0)
+        device_id = seed_device(app, f"127.0.0.1:{port}", lamp(10.0), measured_at=T0)
         for minute in range(1, 6):
-            snapshot = plug(10.0 + minute, is_on=minute % 2 == 0)
+            snapshot = lamp(10.0 + minute, is_on=minute % 2 == 0)
             seed_polls(app, [poll(device_id, T0 + timedelta(minutes=minute), snapshot)])
-    remove(app, device_id_for("127.0.0.1:10011"))
+    remove_device(app, device_id_for("127.0.0.1:10011"))
     engine.catch_up("devices")
     before = rows(database_url)
     applied = engine.rebuild("devices")
@@ -175,30 +145,26 @@ def test_offline_device_is_marked_once_and_back_online_on_next_good_poll(
     store: tuple[WattLedger, ProjectionEngine], database_url: str
 ) -> None:
     app, engine = store
-    device_id = seed_device(app, "127.0.0.1:10020", plug(1.0), measured_at=T0)
+    device_id = seed_device(app, "127.0.0.1:10020", lamp(1.0), measured_at=T0)
     seed_polls(app, [], {device_id: 3})
     seed_polls(app, [], {device_id: 4})
     engine.catch_up("devices")
     assert [r["online"] for r in rows(database_url)] == [False]
-    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=1), plug(2.0))])
+    seed_polls(app, [poll(device_id, T0 + timedelta(minutes=1), lamp(2.0))])
     engine.catch_up("devices")
     assert [r["online"] for r in rows(database_url)] == [True]
     topics = [n.topic.rsplit(".", 1)[-1] for n in app.recorder.select_notifications(start=1, limit=100)]
     assert topics.count("WentOffline") == 1 and topics.count("CameOnline") == 1
 
 
-def test_today_is_the_local_day_of_the_configured_zone(database_url: str) -> None:
-    ensure_events_schema(database_url)
-    app = WattLedger(store_env(database_url))
-    engine = ProjectionEngine(app, database_url, [DevicesProjector(ZoneInfo("America/New_York"))])
+def test_today_is_the_local_day_of_the_configured_zone(app: WattLedger, database_url: str) -> None:
+    engine = engine_for(app, database_url, DevicesProjector(ZoneInfo("America/New_York")))
     try:
-        engine.setup()
         evening = datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc)
-        device_id = seed_device(app, "127.0.0.1:10040", plug(0.0), measured_at=evening - timedelta(hours=2))
-        seed_polls(app, [poll(device_id, evening, plug(100.0))])
+        device_id = seed_device(app, "127.0.0.1:10040", lamp(0.0), measured_at=evening - timedelta(hours=2))
+        seed_polls(app, [poll(device_id, evening, lamp(100.0))])
         engine.catch_up("devices")
         [row] = rows(database_url)
         assert row["today"].isoformat() == "2026-11-22" and row["today_wh"] == pytest.approx(100.0)
     finally:
         engine.close()
-        app.close()
