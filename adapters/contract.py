@@ -37,6 +37,7 @@ import structlog
 from eventsourcing.domain import DomainEventProtocol
 
 from adapters.errors import AdapterError
+from domain.certificates import SslFiles
 from domain.compliance import ComplianceExport
 from domain.security import SecurityActivity
 from domain.config import SystemConfig
@@ -435,6 +436,38 @@ class DataExportDeleted(EventData, frozen=True, kw_only=True):
     reason: str
 
 
+class SslFilesOpened(EventData, frozen=True, kw_only=True):
+    """The first action on the HTTPS files was recorded."""
+
+
+class SslCsrGenerated(EventData, frozen=True, kw_only=True):
+    """A key and a signing request were made; `key_fingerprint` is the SHA-256 of the public key."""
+
+    subject: str
+    key_fingerprint: str
+
+
+class SslCertificateInstalled(EventData, frozen=True, kw_only=True):
+    """A certificate was installed: what it says, its SHA-256, and the public key it certifies."""
+
+    subject: str
+    issuer: str
+    valid_from: datetime
+    valid_until: datetime
+    fingerprint: str
+    key_fingerprint: str
+
+
+class SslKeyInstalled(EventData, frozen=True, kw_only=True):
+    """A private key was installed; only its public key's SHA-256 is told."""
+
+    key_fingerprint: str
+
+
+class SslFileDownloaded(EventData, frozen=True, kw_only=True):
+    filename: str
+
+
 def _event_fields(event_cls: type) -> set[str]:
     if dataclasses.is_dataclass(event_cls):
         return {f.name for f in dataclasses.fields(event_cls)}
@@ -506,6 +539,11 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         DataExport.Downloaded: DataExportDownloaded,
         DataExport.Deleted: DataExportDeleted,
         SecurityActivity.Summarised: SecurityActivitySummarised,
+        SslFiles.Opened: SslFilesOpened,
+        SslFiles.CsrGenerated: SslCsrGenerated,
+        SslFiles.CertificateInstalled: SslCertificateInstalled,
+        SslFiles.KeyInstalled: SslKeyInstalled,
+        SslFiles.FileDownloaded: SslFileDownloaded,
     }
 )
 

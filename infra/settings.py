@@ -85,6 +85,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Days a data export's file is kept after it was written; then it is deleted and the export shows expired."""
     exports_per_hour: int = 10
     """Data exports one user may request per hour."""
+    max_upload_size_mb: float = 10.0
+    """The most an uploaded file may hold, in MB (MiB)."""
 
     @property
     def zone(self) -> ZoneInfo:
@@ -94,6 +96,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def compliance_dir(self) -> Path:
         """Where compliance exports of the event history are written (one directory per export)."""
         return self.data_dir / "compliance"
+
+    @property
+    def ssl_dir(self) -> Path:
+        """Where the HTTPS certificate, its key and signing requests are kept (never served as files)."""
+        return self.data_dir / "ssl"
 
     @property
     def exports_dir(self) -> Path:
@@ -315,6 +322,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_LIVE_RECHECK": ("live_recheck", _number(float, 0.1, 3600)),
     "WATTLEDGER_EXPORT_RETENTION_DAYS": ("export_retention_days", _number(float, 0.001, 3650)),
     "WATTLEDGER_EXPORTS_PER_HOUR": ("exports_per_hour", _number(int, 1, 10_000)),
+    "WATTLEDGER_MAX_UPLOAD_SIZE_MB": ("max_upload_size_mb", _number(float, 0.001, 1024)),
 }
 
 OPTION_ENV = {field: env for env, (field, _) in _FIELDS.items()}

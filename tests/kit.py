@@ -6,22 +6,28 @@
   `FakeSwitch`: relays in memory.
 - `eventually`: polls a condition for a bounded time and fails naming what did not happen.
 - `seed_device`, `seed_polls`, `save_devices`: event histories stored as the command handlers store them.
+- `self_signed`: a certificate and key for HTTPS tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import inspect
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from eventsourcing.domain import Aggregate
 
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
@@ -339,3 +345,24 @@ def seed_polls(
     )
     handlers = CommandHandlers(StoreUnitOfWork(app), NoDevices(), ManualClock(datetime.min))
     return run_sync(handlers.record_polls(command)).recorded
+
+
+def self_signed(common_name: str = "127.0.0.1", *, key_pem: bytes | None = None,
+                valid_from: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)) -> tuple[bytes, bytes]:
+    """A self-signed certificate (PEM) for `common_name`, also valid for 127.0.0.1, and its EC key
+    (PEM; `key_pem` to certify a given key): (certificate, key)."""
+    key = (serialization.load_pem_private_key(key_pem, password=None) if key_pem is not None
+           else ec.generate_private_key(ec.SECP256R1()))  # fmt: skip
+    assert isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(valid_from)
+        .not_valid_after(valid_from + timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    key_out = key_pem or key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())  # fmt: skip
+    return certificate.public_bytes(serialization.Encoding.PEM), key_out
