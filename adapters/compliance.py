@@ -14,30 +14,29 @@ answers with: `position`, `originator_id`, `version`, `aggregate`, `type`,
 `timestamp`, `actor` and `data` (a JSON object in JSON Lines, JSON text in a CSV or
 XLSX cell).
 
-`ComplianceJobs` runs exports in the background of an API process (each in a worker
-thread) with progress, keeps each job's state in `status.json` in its directory
-under the data directory, and so answers for jobs of earlier runs as well.
+`ComplianceFiles` is what the compliance export use case (`domain.compliance_jobs`) writes
+through: the export run in a worker thread with its progress, and each job's directory under
+the data directory with its state in `status.json`, so jobs of earlier runs are answered for too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 from uuid import UUID
 
 import msgspec
 import psycopg
 import structlog
 
-from adapters.faults import DATABASE_FAULTS, describe, report
-from adapters.export_files import FORMATS, ExportFormat, open_writer, sha256_file
-from domain.compliance import ExportSummary
-from domain.compliance_handlers import ComplianceHandlers
+from adapters.export_files import FORMATS, open_writer, sha256_file
+from domain.compliance import MANIFEST, ChainHeadEntry, ExportJob, FileEntry, Manifest
+from domain.compliance_jobs import ComplianceJobs as _ComplianceJobs
+from domain.export_ports import ComplianceProgress
 from adapters.eventstore import WattLedger
 from adapters.history import EVENTS_TABLE, EventFilter, StoredRecord, decode_records, iter_records
 
@@ -45,58 +44,25 @@ log = structlog.get_logger(__name__)
 
 __all__ = [
     "COLUMNS",
+    "MANIFEST",
     "ChainLink",
+    "ComplianceFiles",
     "ComplianceJobs",
     "ExportJob",
     "Manifest",
     "export_events",
 ]
 
-SYSTEM_ACTOR: Final = "system:compliance"
-"""The actor of an export's outcome when a background job records it."""
 COLUMNS: Final = ("position", "originator_id", "version", "aggregate", "type", "timestamp", "actor", "data")
-MANIFEST: Final = "manifest.json"
 STATUS: Final = "status.json"
 _SECTION = 2000
 
+ComplianceJobs = _ComplianceJobs[EventFilter]
+"""The compliance export jobs (`domain.compliance_jobs`) over the stored events' filter."""
 ChainLink = tuple[int, str]
 """A link of the hash chain: `(position, hex hash)`."""
 HeadReader = Callable[[psycopg.Connection[Any], int | None], ChainLink | None]
 """Reads the chain's newest link (at or before a position, when given) on a connection."""
-
-
-class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    bytes: int
-    sha256: str
-
-
-class ChainHeadEntry(msgspec.Struct, frozen=True, kw_only=True):
-    position: int
-    hash: str
-
-
-class Manifest(msgspec.Struct, frozen=True, kw_only=True):
-    """What an export holds and how to check it (written as `manifest.json`)."""
-
-    format: str
-    count: int
-    first_position: int | None
-    last_position: int | None
-    first_timestamp: datetime | None
-    """The earliest event time among the events exported (times need not rise with positions)."""
-    last_timestamp: datetime | None
-    """The latest event time among them."""
-    up_to_position: int
-    """The newest position in the store when the export began: nothing after it is included."""
-    filters: dict[str, Any]
-    chain_head: ChainHeadEntry | None
-    """The newest chain link at or before `last_position`: the history up to there must lead to it."""
-    chain_head_now: ChainHeadEntry | None
-    """The chain's newest link when the export ended."""
-    files: list[FileEntry]
-    created_at: datetime
-    columns: list[str]
 
 
 def _row(envelope: Any) -> tuple[Any, ...]:
@@ -185,16 +151,6 @@ def export_events(
     return manifest
 
 
-def summary_of(manifest: Manifest) -> ExportSummary:
-    """What the log records about a finished export."""
-    head = manifest.chain_head
-    return ExportSummary(
-        count=manifest.count, first_position=manifest.first_position, last_position=manifest.last_position,
-        chain_position=head.position if head else None, chain_hash=head.hash if head else None,
-        files={f.name: f.sha256 for f in manifest.files},
-    )  # fmt: skip
-
-
 def _write_json(path: Path, content: bytes) -> None:
     """Write a small JSON file whole: to a temporary name first, then renamed over the old one."""
     part = path.with_name(path.name + ".part")
@@ -202,133 +158,42 @@ def _write_json(path: Path, content: bytes) -> None:
     os.replace(part, path)
 
 
-JobStatus = Literal["pending", "running", "completed", "failed"]
+class ComplianceFiles:
+    """The files of compliance exports: the history written into a directory in a worker thread (the exporter),
+    and each job's directory under `root` with its `status.json` (the journal)."""
 
-
-class ExportJob(msgspec.Struct, kw_only=True):
-    """An export job as `status.json` holds it; `progress` runs from 0 to 1."""
-
-    id: UUID
-    status: JobStatus
-    format: str
-    filters: dict[str, Any]
-    requested_by: str
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    progress: float = 0.0
-    events_written: int = 0
-    error: str | None = None
-    manifest: Manifest | None = None
-
-
-class ComplianceJobs:
-    """Export jobs of one API process: each runs in a worker thread; state lives on disk.
-
-    A job's directory is `<root>/<job id>/`: its data file, `manifest.json` once done,
-    and `status.json` throughout. A job still `running` in `status.json` whose process is
-    gone (found on `get` with no task here) is reported `failed`.
-    """
-
-    def __init__(
-        self, root: Path, database_url: str, app: WattLedger, chain_head: HeadReader, handlers: ComplianceHandlers
-    ) -> None:
+    def __init__(self, root: Path, database_url: str, app: WattLedger, chain_head: HeadReader) -> None:
         self.root = root
-        self.handlers = handlers
         self.database_url = database_url
         self.app = app
         self.chain_head = chain_head
-        self._tasks: dict[UUID, asyncio.Task[None]] = {}
-        self._jobs: dict[UUID, ExportJob] = {}
+
+    async def export(self, where: EventFilter, fmt: str, directory: Path, progress: ComplianceProgress) -> Manifest:
+        """`export_events` in a worker thread; `progress` is called on this event loop."""
+        loop = asyncio.get_running_loop()
+
+        def on_loop(done: int, total: int, written: int) -> None:
+            loop.call_soon_threadsafe(progress, done, total, written)
+
+        return await asyncio.to_thread(
+            export_events, self.database_url, self.app, where, fmt, directory, chain_head=self.chain_head,
+            progress=on_loop,
+        )  # fmt: skip
 
     def directory(self, job_id: UUID) -> Path:
         return self.root / str(job_id)
 
-    async def start(self, where: EventFilter, fmt: ExportFormat, requested_by: str) -> ExportJob:
-        """Record the request in the log, then start the job in the background; returns its first state
-        (`pending`). Raises what the store raises when the request cannot be recorded (nothing starts)."""
-        job = ExportJob(
-            id=uuid.uuid4(), status="pending", format=fmt, filters=where.described(), requested_by=requested_by,
-            created_at=datetime.now(timezone.utc),
-        )  # fmt: skip
-        await self.handlers.request(job.id, format=fmt, filters=job.filters, actor=requested_by)
-        self.directory(job.id).mkdir(parents=True, exist_ok=False)
-        self._save(job)
-        self._jobs[job.id] = job
-        self._tasks[job.id] = asyncio.create_task(self._run(job, where), name=f"compliance-export-{job.id}")
-        return job
+    def create(self, job_id: UUID) -> None:
+        self.directory(job_id).mkdir(parents=True, exist_ok=False)
 
-    def get(self, job_id: UUID) -> ExportJob | None:
-        """A job of this process or, from its `status.json`, of an earlier one; None if unknown."""
-        if (job := self._jobs.get(job_id)) is not None:
-            return job
-        path = self.directory(job_id) / STATUS
-        try:
-            job = msgspec.json.decode(path.read_bytes(), type=ExportJob)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            return None
-        if job.status in ("pending", "running"):
-            job.status, job.error = "failed", "the process running this export stopped before it finished"
-        return job
-
-    def file(self, job_id: UUID, name: str) -> Path | None:
-        """A file of a completed job by name (a data file or `manifest.json`); None for any other name."""
-        job = self.get(job_id)
-        if job is None or job.manifest is None:
-            return None
-        names = {f.name for f in job.manifest.files} | {MANIFEST}
-        return self.directory(job_id) / name if name in names else None
-
-    async def _run(self, job: ExportJob, where: EventFilter) -> None:
-        loop = asyncio.get_running_loop()
-        job.status, job.started_at = "running", datetime.now(timezone.utc)
-        self._save(job)
-
-        def progress(done: int, total: int, written: int) -> None:
-            job.progress = round(done / total, 4) if total else 1.0
-            job.events_written = written
-            loop.call_soon_threadsafe(self._save, job)
-
-        try:
-            job.manifest = await asyncio.to_thread(
-                export_events, self.database_url, self.app, where, job.format, self.directory(job.id),
-                chain_head=self.chain_head, progress=progress,
-            )  # fmt: skip
-            await self.handlers.complete(job.id, summary_of(job.manifest), actor=SYSTEM_ACTOR)
-            job.status, job.progress, job.events_written = "completed", 1.0, job.manifest.count
-        except Exception as exc:
-            if isinstance(exc, DATABASE_FAULTS):
-                report("compliance", exc, job=str(job.id))  # an outage, not a bug: no traceback
-            else:
-                log.exception("compliance.export_failed", job=str(job.id))
-            job.status, job.error = "failed", describe(exc)[:500]
-            await self._record_failure(job)
-        finally:
-            job.finished_at = datetime.now(timezone.utc)
-            self._save(job)
-            self._tasks.pop(job.id, None)
-
-    async def _record_failure(self, job: ExportJob) -> None:
-        """Record the failure in the log; if even that fails, the status file still says it."""
-        try:
-            await self.handlers.fail(job.id, job.error or "failed", actor=SYSTEM_ACTOR)
-        except Exception as exc:
-            log.warning("compliance.failure_not_recorded", job=str(job.id), error=repr(exc))
-
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
-    def _save(self, job: ExportJob) -> None:
+    def save(self, job: ExportJob) -> None:
         try:
             _write_json(self.directory(job.id) / STATUS, msgspec.json.encode(job))
         except OSError as exc:
             log.warning("compliance.status_not_saved", job=str(job.id), error=str(exc))
 
-    async def aclose(self) -> None:
-        """Cancel the jobs still running (their worker threads finish the section they are in)."""
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
-
+    def load(self, job_id: UUID) -> ExportJob | None:
+        try:
+            return msgspec.json.decode((self.directory(job_id) / STATUS).read_bytes(), type=ExportJob)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return None

@@ -1,49 +1,42 @@
-"""Data export jobs: device readings from the event store written to CSV, JSON or Excel files, and retention.
+"""Data export files: device readings from the event store written to CSV, JSON or Excel files.
 
-Jobs run in the API process that accepted the request, a few at a time, each
-in a worker thread (reading the store and writing the file block). The files
-are written by `adapters.export_files` (JSON through its JSON Lines writer,
+The jobs and the retention sweep are the use case `domain.export_jobs.DataExportJobs`; it writes
+through `ExportFileStore`, each file in a worker thread (reading the store and writing the file
+block). The files are written by `adapters.export_files` (JSON through its JSON Lines writer,
 then wrapped into one JSON array) under `<data dir>/exports/<export id>.<ext>`.
-A sweep, run every minute by the API process, resumes the exports left queued
-for long (an API process stopped mid-job) and deletes the files whose
-retention ended, recording each as expired.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import anyio.from_thread
 import anyio.to_thread
-import msgspec
 import psycopg
-import structlog
 from eventsourcing.utils import get_topic
 
 from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
-from adapters.faults import DATABASE_FAULTS, report
 from adapters.export_files import open_writer, sha256_file
 from domain.energy import EnergyRules
-from domain.export_handlers import ExportHandlers
-from domain.exports import DataExport, DeviceLabel, ExportSpec, bucket_rows, raw_rows
+from domain.export_jobs import DataExportJobs
+from domain.export_ports import ExportCatalog, WrittenExport
+from domain.exports import DeviceLabel, ExportSpec, bucket_rows, raw_rows
 from domain.meter import MeterDay, meter_day_id, utc_day
 
-log = structlog.get_logger(__name__)
+__all__ = ["EXTENSION", "DataExportJobs", "ExportCatalog", "ExportFileStore", "blocking_prices", "device_readings", "export_rows",
+           "readings_stored", "write_export"]
 
 WRITER_FORMAT = {"csv": "csv", "json": "jsonl", "excel": "xlsx"}
 EXTENSION = {"csv": ".csv", "json": ".json", "excel": ".xlsx"}
-STALE = timedelta(minutes=15)
-"""A queued export older than this is taken to be abandoned by the process that accepted it, and resumed."""
 PRIMING = timedelta(days=1)
 """How far before an export's start readings are folded, so its first bucket has the counter to start from."""
 READ_AHEAD = timedelta(days=1)
@@ -54,13 +47,6 @@ PRICED_SPAN = timedelta(days=31)
 """Priced 5-minute buckets are read a month at a time (about 9,000 rows a device)."""
 PricedBuckets = Callable[[UUID, datetime, datetime], Sequence[tuple[datetime, Decimal]]]
 """(start, cost) of a device's priced 5-minute buckets in [start, end), in time order; blocking."""
-
-
-class WrittenExport(msgspec.Struct, frozen=True, kw_only=True):
-    file_name: str
-    file_size: int
-    record_count: int
-    sha256: str
 
 
 def _days(start: datetime, end: datetime) -> list[Any]:
@@ -187,22 +173,6 @@ async def readings_stored(conn: psycopg.AsyncConnection[Any], app: WattLedger, d
     return int(row[0]) if row else 0
 
 
-class ExportCatalog(Protocol):
-    """What the jobs read from the read models."""
-
-    async def labels(self, device_ids: list[UUID]) -> dict[UUID, DeviceLabel]:
-        """Address, name and MAC of each device known (removed ones too)."""
-        ...
-
-    async def due(self, now: datetime, queued_before: datetime) -> tuple[list[UUID], list[UUID]]:
-        """(exports queued before `queued_before`, oldest first; completed exports whose retention ended by `now`)."""
-        ...
-
-    async def priced_buckets(self, device_id: UUID, start: datetime, end: datetime) -> list[tuple[datetime, Decimal]]:
-        """(start, cost) of the device's priced 5-minute buckets in [start, end), all its channels together."""
-        ...
-
-
 def blocking_prices(catalog: ExportCatalog) -> PricedBuckets:
     """The catalog's priced buckets for a worker thread started by anyio, read on the event loop."""
 
@@ -212,132 +182,26 @@ def blocking_prices(catalog: ExportCatalog) -> PricedBuckets:
     return priced
 
 
-class DataExportJobs:
-    """Runs data export jobs in this process and sweeps expired files.
+class ExportFileStore:
+    """The data export files under `directory`: written in a worker thread, found and removed by name."""
 
-    `progress` holds the share done (0 to 1) of the jobs running here. An
-    export whose devices are gone from the read model, or whose writing
-    fails, is recorded as failed with the reason.
-    """
-
-    def __init__(
-        self,
-        app: WattLedger,
-        handlers: ExportHandlers,
-        catalog: ExportCatalog,
-        directory: Path,
-        *,
-        retention: timedelta,
-        rules: EnergyRules,
-        on_saved: Callable[[], None] = lambda: None,
-        concurrency: int = 2,
-    ) -> None:
+    def __init__(self, app: WattLedger, catalog: ExportCatalog, directory: Path, rules: EnergyRules) -> None:
         self.app = app
-        self.handlers = handlers
         self.catalog = catalog
         self.directory = directory
-        self.retention = retention
         self.rules = rules
-        self.on_saved = on_saved
-        self.progress: dict[UUID, float] = {}
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+
+    async def write(
+        self, export_id: UUID, spec: ExportSpec, labels: dict[UUID, DeviceLabel], *, now: datetime, priced: bool,
+        progress: Callable[[float], None],
+    ) -> WrittenExport:
+        return await anyio.to_thread.run_sync(functools.partial(
+            write_export, self.app, export_id, spec, labels, self.directory, self.rules, now=now,
+            progress=progress, priced=blocking_prices(self.catalog) if priced else None,
+        ))  # fmt: skip
 
     def path_of(self, file_name: str) -> Path:
         return self.directory / file_name
 
-    def start(self, export_id: UUID) -> None:
-        """Start the export's job unless it already runs here."""
-        if export_id in self._tasks:
-            return
-        self.progress[export_id] = 0.0
-        task = asyncio.get_running_loop().create_task(self._run(export_id))
-        self._tasks[export_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(export_id, None))
-
-    async def wait(self, export_id: UUID) -> None:
-        """Until the export's job (if it runs here) has finished."""
-        task = self._tasks.get(export_id)
-        if task is not None:
-            await asyncio.shield(task)
-
-    async def _run(self, export_id: UUID) -> None:
-        try:
-            async with self._slots:
-                export = await anyio.to_thread.run_sync(self.app.load, export_id)
-                assert isinstance(export, DataExport)
-                if export.status != "queued":
-                    return
-                labels = await self.catalog.labels(list(export.spec.devices))
-                missing = [str(d) for d in export.spec.devices if d not in labels]
-                if missing:
-                    await self.handlers.settle(export_id, outcome="failed", error=f"unknown devices {missing}")
-                    return
-
-                def note(share: float) -> None:
-                    self.progress[export_id] = share
-
-                spec = export.spec
-                priced = blocking_prices(self.catalog) if "cost" in spec.fields and spec.aggregation != "raw" else None
-                now = self.handlers.clock.now()
-                written = await anyio.to_thread.run_sync(functools.partial(
-                    write_export, self.app, export_id, spec, labels, self.directory, self.rules, now=now,
-                    progress=note, priced=priced,
-                ))  # fmt: skip
-                stored = await self.handlers.settle(
-                    export_id, outcome="completed", file_name=written.file_name, file_size=written.file_size,
-                    record_count=written.record_count, sha256=written.sha256, retention=self.retention,
-                )
-                if not stored.position:
-                    self.path_of(written.file_name).unlink(missing_ok=True)
-                log.info("export.completed", export_id=str(export_id), rows=written.record_count,
-                         bytes=written.file_size)  # fmt: skip
-        except asyncio.CancelledError:
-            raise
-        except DATABASE_FAULTS as exc:
-            # The export stays queued: the sweep writes it again once the database answers.
-            report("exports", exc, export_id=str(export_id))
-        except Exception as exc:
-            log.exception("export.failed", export_id=str(export_id))
-            await self.handlers.settle(export_id, outcome="failed", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            self.progress.pop(export_id, None)
-            self.on_saved()
-
-    def remove_file(self, file_name: str | None) -> None:
-        if file_name:
-            self.path_of(file_name).unlink(missing_ok=True)
-
-    async def sweep(self, now: datetime | None = None) -> int:
-        """Resume exports queued for longer than `STALE` (their process stopped); delete files past retention,
-        each recorded expired. Returns the exports expired."""
-        moment = now or datetime.now(timezone.utc)
-        queued, expired = await self.catalog.due(moment, moment - STALE)
-        for export_id in queued:
-            self.start(export_id)
-        for export_id in expired:
-            export = await anyio.to_thread.run_sync(self.app.load, export_id)
-            assert isinstance(export, DataExport)
-            self.remove_file(export.file_name)
-            await self.handlers.expire(export_id)
-            log.info("export.expired", export_id=str(export_id))
-        if expired:
-            self.on_saved()
-        return len(expired)
-
-    async def run(self, *, interval: float = 60.0) -> None:
-        """Sweep every `interval` seconds until cancelled. A database fault is one warning line and the
-        sweep runs again at the next interval; anything else is a bug and reaches the supervisor."""
-        while True:
-            try:
-                await self.sweep()
-            except DATABASE_FAULTS as exc:
-                report("exports", exc)
-            await asyncio.sleep(interval)
-
-    async def close(self) -> None:
-        """Cancel the jobs running here (they stay queued and are resumed by the next sweep)."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def remove(self, file_name: str) -> None:
+        self.path_of(file_name).unlink(missing_ok=True)

@@ -4,11 +4,15 @@ A `ComplianceExport` is requested (format and filters, by an actor), then comple
 many events, which positions, the hash chain head it ends on, the SHA-256 of each file)
 or failed. The files themselves live outside the log; these events are the record that
 the handover happened and of what, so the audit trail shows every export.
+
+`Manifest` describes the files of one export (written beside them as `manifest.json`), and
+`ExportJob` is an export job's state as an API process keeps it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Final, Literal
 from uuid import UUID
 
 import msgspec
@@ -17,6 +21,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import ComplianceExportSettled, InvalidRequest
 
 EXPORT_FORMATS = ("jsonl", "csv", "xlsx")
+MANIFEST: Final = "manifest.json"
 
 
 class ExportSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,3 +96,66 @@ class ComplianceExport(Aggregate):
     @event(Failed)
     def _failed(self, reason: str, actor: str) -> None:
         self.outcome = "failed"
+
+
+class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    bytes: int
+    sha256: str
+
+
+class ChainHeadEntry(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    hash: str
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """What an export holds and how to check it (written as `manifest.json`)."""
+
+    format: str
+    count: int
+    first_position: int | None
+    last_position: int | None
+    first_timestamp: datetime | None
+    """The earliest event time among the events exported (times need not rise with positions)."""
+    last_timestamp: datetime | None
+    """The latest event time among them."""
+    up_to_position: int
+    """The newest position in the store when the export began: nothing after it is included."""
+    filters: dict[str, Any]
+    chain_head: ChainHeadEntry | None
+    """The newest chain link at or before `last_position`: the history up to there must lead to it."""
+    chain_head_now: ChainHeadEntry | None
+    """The chain's newest link when the export ended."""
+    files: list[FileEntry]
+    created_at: datetime
+    columns: list[str]
+
+    def summary(self) -> ExportSummary:
+        """What the log records about the finished export."""
+        head = self.chain_head
+        return ExportSummary(
+            count=self.count, first_position=self.first_position, last_position=self.last_position,
+            chain_position=head.position if head else None, chain_hash=head.hash if head else None,
+            files={f.name: f.sha256 for f in self.files},
+        )  # fmt: skip
+
+
+JobStatus = Literal["pending", "running", "completed", "failed"]
+
+
+class ExportJob(msgspec.Struct, kw_only=True):
+    """An export job as its process keeps it (`status.json`); `progress` runs from 0 to 1."""
+
+    id: UUID
+    status: JobStatus
+    format: str
+    filters: dict[str, Any]
+    requested_by: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: float = 0.0
+    events_written: int = 0
+    error: str | None = None
+    manifest: Manifest | None = None

@@ -11,7 +11,6 @@ import asyncio
 import getpass
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,14 +20,12 @@ from uuid import UUID
 import msgspec
 import psycopg
 
-from adapters.compliance import Manifest, export_events, summary_of
-from adapters.eventstore import StoreUnitOfWork
 from adapters.export_files import FORMATS
 from adapters.history import EVENTS_TABLE, EventFilter
-from domain.compliance_handlers import ComplianceHandlers
+from domain.compliance import Manifest
 from infra.runtime import Runtime
 from infra.settings import SettingsError
-from projections.chain import Verification, chain_link, verify
+from projections.chain import Verification, verify
 
 COMMANDS = frozenset({"audit", "export"})
 
@@ -109,20 +106,7 @@ async def run(runtime: Runtime, args: argparse.Namespace) -> None:
         aggregate=args.aggregate, originator_id=args.originator_id, event_type=args.event_type, actor=args.actor,
         since=args.since, until=args.until, from_position=args.from_position,
     )  # fmt: skip
-    await export_recorded(runtime, where, args.format, args.out, actor=f"cli:{getpass.getuser()}")
-
-
-async def export_recorded(runtime: Runtime, where: EventFilter, fmt: str, out: Path, *, actor: str) -> None:
-    """Run the export between the log's record of its request and of its outcome (completed or failed)."""
-    handlers = ComplianceHandlers(StoreUnitOfWork(runtime.app))
-    export_id = uuid.uuid4()
-    await handlers.request(export_id, format=fmt, filters=where.described(), actor=actor)
-    try:
-        manifest = await asyncio.to_thread(run_export, runtime, where, fmt, out, sys.stderr)
-    except Exception as exc:
-        await handlers.fail(export_id, f"{type(exc).__name__}: {exc}", actor=actor)
-        raise
-    await handlers.complete(export_id, summary_of(manifest), actor=actor)
+    await run_export(runtime, where, args.format, args.out, sys.stderr, actor=f"cli:{getpass.getuser()}")
 
 
 def run_verify(database_url: str, stderr: IO[str]) -> Verification:
@@ -147,11 +131,13 @@ def run_verify(database_url: str, stderr: IO[str]) -> Verification:
     return result
 
 
-def run_export(runtime: Runtime, where: EventFilter, fmt: str, out: Path, stderr: IO[str]) -> Manifest:
-    """Export with a progress bar on `stderr`; print the manifest's summary as JSON on stdout."""
+async def run_export(runtime: Runtime, where: EventFilter, fmt: str, out: Path, stderr: IO[str], *,
+                     actor: str) -> Manifest:
+    """Export through the one compliance use case (the log records the request and the outcome), with a
+    progress bar on `stderr`; print the manifest's summary as JSON on stdout."""
     bar = Progress(f"exporting {fmt}", stderr)
-    manifest = export_events(
-        runtime.database_url, runtime.app, where, fmt, out, chain_head=chain_link,
+    manifest = await runtime.compliance_exports().export(
+        where, fmt, out, actor=actor,
         progress=lambda done, total, written: bar.show(done, total, f" positions, {written:,} written"),
     )  # fmt: skip
     bar.show(1, 1, f" positions, {manifest.count:,} written", force=True)

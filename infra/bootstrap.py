@@ -177,7 +177,7 @@ async def run_parts(
             await runtime.live_fanout().start()
             supervisor.add("api", lambda: serve_api(runtime, stop), watches_stop=True)
             supervisor.add("commands", lambda: runtime.responder().run(stop), watches_stop=True)
-            supervisor.add("exports", runtime.data_exports().run)
+            supervisor.add("exports", runtime.export_sweeps)
             supervisor.add("security", runtime.security_summaries)
         await supervisor.run(stop)
     finally:

@@ -19,12 +19,14 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import StreamConfig
-from adapters.compliance import ComplianceJobs
-from adapters.data_exports import DataExportJobs
+from adapters.compliance import ComplianceFiles, ComplianceJobs
+from adapters.data_exports import ExportFileStore
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
 from adapters.executor import CommandExecutor
+from adapters.history import EventFilter
 from adapters.fanout import DeviceEntry, FanOut, LiveOptions
 from adapters.identity import TokenService
+from adapters.jobs import BackgroundTasks, LoggedNotes, every
 from adapters.kasa_driver import KasaDriver
 from adapters.leases import Leases
 from adapters.nats_commands import CommandResponder
@@ -37,11 +39,13 @@ from api.security import RefusalTally, summarise_every
 from api.services import Services
 from domain.authentication import authenticate_headers
 from domain.compliance_handlers import ComplianceHandlers
+from domain.compliance_jobs import ComplianceExports
 from domain.config import ConfigValues
 from domain.control_handlers import ConfigHandlers, ControlHandlers
 from domain.energy import EnergyRules
 from domain.energy_handlers import EnergyHandlers
 from domain.export_handlers import ExportHandlers
+from domain.export_jobs import DataExportJobs
 from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
@@ -216,8 +220,7 @@ class Runtime:
             refusals=self.refusal_tally(),
             metrics=self.metrics,
             compliance=ComplianceJobs(
-                self.settings.compliance_dir, self.database_url, self.app, chain_link,
-                ComplianceHandlers(StoreUnitOfWork(self.app)),
+                self.compliance_exports(), self.compliance_files(), BackgroundTasks("compliance-export"), self.clock
             ),
         )
 
@@ -236,12 +239,26 @@ class Runtime:
             s = self.settings
             catalog = ExportReadModel(self.read_pool)
             handlers = ExportHandlers(StoreUnitOfWork(self.app), catalog, self.clock, limit=s.exports_per_hour)
+            files = ExportFileStore(self.app, catalog, s.exports_dir, energy_rules(s))
             self.exports = DataExportJobs(
-                self.app, handlers, catalog, s.exports_dir, retention=timedelta(days=s.export_retention_days),
-                rules=energy_rules(s),
-                on_saved=self.saved,
-            )
+                handlers, catalog, files, BackgroundTasks("data-export", concurrency=2), LoggedNotes("exports"),
+                retention=timedelta(days=s.export_retention_days), on_saved=self.saved,
+            )  # fmt: skip
         return self.exports
+
+    async def export_sweeps(self) -> None:
+        """Sweep this process's data exports every minute (stale jobs resumed, expired files removed)."""
+        await every("exports", 60.0, self.data_exports().sweep)
+
+    def compliance_files(self) -> ComplianceFiles:
+        """Where compliance exports are written and their jobs' states kept."""
+        return ComplianceFiles(self.settings.compliance_dir, self.database_url, self.app, chain_link)
+
+    def compliance_exports(self) -> ComplianceExports[EventFilter]:
+        """The compliance export use case over this process's store and files."""
+        return ComplianceExports(
+            ComplianceHandlers(StoreUnitOfWork(self.app)), self.compliance_files(), LoggedNotes("compliance")
+        )
 
     def live_fanout(self) -> FanOut:
         """This process's one live fan-out (created on first use, started by `run_parts` with the API)."""
