@@ -6,10 +6,9 @@ after its own position and commits its rows and its tracking position in one
 transaction of its own, so a projector that fails rolls back alone, is retried
 with backoff, and does not hold the others back.
 
-Each projector declares a schema `version`; the tracking table records the
-version its tables were built with. `setup()` drops, recreates and replays from
-zero any read model whose version differs or whose tables are missing (in
-place: the old tables cannot answer for the new version anyway).
+Each projector declares a schema `version`; `setup()` drops, recreates and
+replays from zero any read model whose version differs or whose tables are
+missing (`projections.versions`).
 
 An event a read model cannot apply never holds up the events behind it: it is
 quarantined and the read model goes on past it (`projections.quarantine`). Faults
@@ -57,7 +56,8 @@ from projections.rebuild import (
     open_shadow,
 )
 from projections.tables import Projector, home_schemas, set_search_path
-from projections.tracking import CLEARED, QUARANTINE, TRACKING, TRACKING_DDL, QuarantinedEvent, quarantined_events
+from projections.tracking import CLEARED, QUARANTINE, TRACKING, QuarantinedEvent, quarantined_events
+from projections.versions import set_up
 
 __all__ = [
     "EngineClosed",
@@ -70,9 +70,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-# Serialises set-up between processes starting at once (an arbitrary constant key).
-_SETUP_LOCK = 0x574C_5052
 
 
 class ProjectionEngine:
@@ -134,47 +131,14 @@ class ProjectionEngine:
                 self._conn = None
 
     def setup(self) -> None:
-        """Create the tracking table; rebuild the tables of every read model whose version changed."""
+        """Create the tracking tables; rebuild the tables of every read model whose version changed."""
         with self._lock, psycopg.connect(self.database_url) as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
-            cur.execute(TRACKING_DDL)
-            cur.execute(f"SELECT name, version FROM {TRACKING}")
-            recorded: dict[str, int | None] = dict(cur.fetchall())
-            for projector in self.projectors.values():
-                missing = [t.name for t in projector.tables if not self._exists(cur, t.name)]
-                if projector.name not in recorded:
-                    log.info("projector.created", projector=projector.name, version=projector.version)
-                elif recorded[projector.name] != projector.version or missing:
-                    log.warning(
-                        "projector.schema_rebuild",
-                        projector=projector.name,
-                        recorded_version=recorded[projector.name],
-                        version=projector.version,
-                        missing_tables=missing,
-                    )
-                else:
-                    continue
-                self._reset(cur, projector)
+            for name in set_up(cur, self.projectors.values()):
+                self._forget_failures(name)
 
-    @staticmethod
-    def _exists(cur: psycopg.Cursor[Any], table: str) -> bool:
-        row = cur.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-        return row is not None and row[0] is not None
-
-    def _reset(self, cur: psycopg.Cursor[Any], projector: Projector) -> None:
-        """Fresh tables and position zero, in the caller's transaction."""
-        set_search_path(cur, home_schemas(projector.tables))
-        for table in projector.tables:
-            table.create(cur)
-        cur.execute(
-            f"INSERT INTO {TRACKING} (name, version, position) VALUES (%s, %s, 0) "
-            f"ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = 0, "
-            f"updated_at = now(), {CLEARED}",
-            (projector.name, projector.version),
-        )
-        cur.execute(f"DELETE FROM {QUARANTINE} WHERE projector = %s", (projector.name,))
-        self._failures.pop(projector.name, None)
-        self._retry_at.pop(projector.name, None)
+    def _forget_failures(self, name: str) -> None:
+        self._failures.pop(name, None)
+        self._retry_at.pop(name, None)
 
     def position(self, name: str) -> int:
         with psycopg.connect(self.database_url) as conn:
@@ -344,8 +308,7 @@ class ProjectionEngine:
             shadow.swap(progress)
         with self._lock:
             for projector in chosen:
-                self._failures.pop(projector.name, None)
-                self._retry_at.pop(projector.name, None)
+                self._forget_failures(projector.name)
         log.info("projector.rebuild.swapped", projectors=list(names), position=shadow.position, events=shadow.events)
         return shadow.events
 
