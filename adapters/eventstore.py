@@ -5,13 +5,14 @@ wiring (settings, transcodings). `StoreUnitOfWork` implements the domain's
 `EventStore` port on it: loads and saves run in a worker thread, because the
 library is synchronous, and a conflict with another writer becomes the domain's
 `ConcurrencyConflict`. A caching unit of work (the poller's) keeps aggregates
-between calls; it forgets every aggregate of a failed save.
+between calls; it forgets every aggregate of a failed save. `UnpipelinedRecorder`
+is the library's recorder with inserts that cannot hang, whatever a save holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from datetime import date, datetime, timezone
 from typing import Any, TypeVar
@@ -21,7 +22,16 @@ import msgspec
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    JSONTranscoder,
+    OperationalError,
+    StoredEvent,
+    Transcoding,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import retry
 from psycopg import sql
 
 from domain.commands import PollResult
@@ -36,6 +46,7 @@ __all__ = [
     "PollResult",
     "StoreUnitOfWork",
     "SystemClock",
+    "UnpipelinedRecorder",
     "WattLedger",
     "ensure_events_schema",
     "store_env",
@@ -57,11 +68,38 @@ class OutletReadingAsDict(Transcoding):
         return OutletReading(**data)
 
 
+class UnpipelinedRecorder(PostgresApplicationRecorder):
+    """The library's PostgreSQL recorder, inserting each save without psycopg's pipeline mode.
+
+    In pipeline mode psycopg 3.3 stops writing once its queue of commands is
+    empty, even when libpq still holds part of the last one, and then waits for
+    results: a save whose insert outgrows what the socket takes at once (from
+    about 15,000 readings over loopback TCP) leaves the server waiting for the rest of
+    the statement (`ClientRead`) and the client in `Pipeline.sync()`, for good.
+    Outside a pipeline psycopg writes the whole statement before it reads. The
+    statements are the library's own: the table lock, the notification, one
+    insert of every event, in one transaction.
+    """
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        if self.datastore.enable_db_functions:
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return ids
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._insert_events(curs, stored_events, **kwargs)
+            if not stored_events:
+                return None
+            self._insert_stored_events(curs, stored_events, **kwargs)
+            return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+
+
 def store_env(database_url: str, *, pool_size: int = 5) -> dict[str, str]:
     """The eventsourcing settings for a libpq URL (host may be a socket directory)."""
     parts = psycopg.conninfo.conninfo_to_dict(database_url)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": f"{__name__}:UnpipelinedRecorder",
         "POSTGRES_DBNAME": str(parts.get("dbname") or "postgres"),
         "POSTGRES_HOST": str(parts.get("host") or "127.0.0.1"),
         "POSTGRES_PORT": str(parts.get("port") or "5432"),
