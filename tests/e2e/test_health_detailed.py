@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 from litestar import Litestar
 
 from api.app import create_app
-from api.services import PartStatus
 from domain.ports import Clock
 from infra.bootstrap import Runtime
 from infra.supervisor import Supervisor
@@ -27,25 +27,34 @@ def clock() -> Clock:
     return ManualClock(NOW)
 
 
+class Part(msgspec.Struct, frozen=True, kw_only=True):
+    """A supervised part's status as the supervisor reports it."""
+
+    name: str
+    state: str
+    restarts: int
+    last_error: str | None = None
+
+
 class Parts(Supervisor):
     """A supervisor whose parts are in the states a test gives."""
 
-    def __init__(self, parts: list[PartStatus]) -> None:
+    def __init__(self, parts: list[Part]) -> None:
         super().__init__()
         self.given = parts
 
-    def status(self) -> list[PartStatus]:
-        return self.given
+    def status(self) -> list[Any]:
+        return list(self.given)
 
 
-def app_with_parts(runtime: Runtime, parts: list[PartStatus]) -> Litestar:
+def app_with_parts(runtime: Runtime, parts: list[Part]) -> Litestar:
     runtime.live_fanout()
     runtime.supervisor = Parts(parts)
     return create_app(runtime.services())
 
 
 async def test_a_healthy_process_reports_each_component(runtime: Runtime) -> None:
-    parts = [PartStatus(name="api", state="running", restarts=0)]
+    parts = [Part(name="api", state="running", restarts=0)]
     async with http_client(app_with_parts(runtime, parts)) as client, background(runtime, poll=False):
         await set_up_and_log_in(client)
         await seed_heater(runtime, "system:demo")
@@ -77,7 +86,7 @@ async def test_a_healthy_process_reports_each_component(runtime: Runtime) -> Non
 
 
 async def test_each_degraded_component_says_why(runtime: Runtime, clock: ManualClock, database_url: str) -> None:
-    parts = [PartStatus(name="poller", state="degraded", restarts=3, last_error="OSError: boom")]
+    parts = [Part(name="poller", state="degraded", restarts=3, last_error="OSError: boom")]
     async with http_client(app_with_parts(runtime, parts)) as client, background(runtime, poll=False):
         await set_up_and_log_in(client)
         await seed_heater(runtime, "system:demo")
