@@ -73,9 +73,7 @@ class AuditProjector:
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         positions = {(r.originator_id, r.version): r.notification_id for r in records_for_events(cur, events)}
-        wanted = list(referenced(events))
-        cur.execute(f"{AUDIT_NAMES.select} WHERE id = ANY(%s)", (wanted,))
-        names = Names(rows={row.id: row for row in map(AUDIT_NAMES.decode, cur.fetchall())}, changed=set())
+        names = Names(rows=AUDIT_NAMES.load(cur, referenced(events)), changed=set())
         name_new_ones(events, names)
         rows: list[tuple[Any, ...]] = []
         for event in events:

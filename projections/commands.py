@@ -101,9 +101,7 @@ class CommandsProjector:
         mine = [e for e in events if isinstance(e, ControlCommand.Event)]
         if not mine:
             return
-        wanted = list({e.originator_id for e in mine})
-        cur.execute(f"{COMMANDS.select} WHERE command_id = ANY(%s)", (wanted,))
-        rows = {row.command_id: row for row in map(COMMANDS.decode, cur.fetchall())}
+        rows = COMMANDS.load(cur, {e.originator_id for e in mine})
         for event in mine:
             if isinstance(event, ControlCommand.ControlRequested):
                 rows[event.originator_id] = _row(event)

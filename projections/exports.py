@@ -104,8 +104,7 @@ class ExportsProjector:
         ids = {e.originator_id for e in events if isinstance(e, DataExport.Event)}
         if not ids:
             return
-        cur.execute(f"{EXPORTS.select} WHERE export_id = ANY(%s)", (list(ids),))
-        rows = {row.export_id: row for row in map(EXPORTS.decode, cur.fetchall())}
+        rows = EXPORTS.load(cur, ids)
         touched = {e.originator_id for e in events if isinstance(e, DataExport.Event) and fold(rows, e)}
         if touched:
             cur.executemany(EXPORTS.upsert, [EXPORTS.values(rows[i]) for i in sorted(touched)])

@@ -103,9 +103,9 @@ class IdentityProjector:
     tables = (USERS, SESSIONS, API_KEYS)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
-        users = self._load(cur, USERS, {e.originator_id for e in events if isinstance(e, User.Event)})
-        sessions = self._load(cur, SESSIONS, {e.originator_id for e in events if isinstance(e, Session.Event)})
-        keys = self._load(cur, API_KEYS, {e.originator_id for e in events if isinstance(e, ApiKey.Event)})
+        users = USERS.load(cur, {e.originator_id for e in events if isinstance(e, User.Event)})
+        sessions = SESSIONS.load(cur, {e.originator_id for e in events if isinstance(e, Session.Event)})
+        keys = API_KEYS.load(cur, {e.originator_id for e in events if isinstance(e, ApiKey.Event)})
         touched: dict[str, set[UUID]] = {USERS.name: set(), SESSIONS.name: set(), API_KEYS.name: set()}
         for event in events:
             if isinstance(event, User.Event):
@@ -116,16 +116,10 @@ class IdentityProjector:
                     touched[SESSIONS.name].add(event.originator_id)
             elif isinstance(event, ApiKey.Event) and self._key(keys, event):
                 touched[API_KEYS.name].add(event.originator_id)
-        for table, rows in ((USERS, users), (SESSIONS, sessions), (API_KEYS, keys)):
+        folded: list[tuple[Table[Any], dict[UUID, Any]]] = [(USERS, users), (SESSIONS, sessions), (API_KEYS, keys)]
+        for table, rows in folded:
             if touched[table.name]:
                 cur.executemany(table.upsert, [table.values(rows[i]) for i in sorted(touched[table.name])])
-
-    @staticmethod
-    def _load(cur: psycopg.Cursor[Any], table: Table[Any], ids: set[UUID]) -> dict[UUID, Any]:
-        if not ids:
-            return {}
-        cur.execute(f"{table.select} WHERE id = ANY(%s)", (list(ids),))
-        return {row.id: row for row in map(table.decode, cur.fetchall())}
 
     @staticmethod
     def _user(rows: dict[UUID, UserRow], event: User.Event) -> bool:

@@ -167,6 +167,13 @@ class Table(Generic[R]):
         """A row Struct from a record selected with `select`."""
         return msgspec.convert(dict(zip(self.columns, record, strict=True)), self.row)
 
+    def load(self, cur: psycopg.Cursor[Any], keys: Collection[Any]) -> dict[Any, R]:
+        """The rows whose key (of one column) is among `keys`, by key: what a projector folds a batch into."""
+        if not keys:
+            return {}
+        cur.execute(f"{self.select} WHERE {self.key} = ANY(%s)", (list(keys),))
+        return {getattr(row, self.key): row for row in map(self.decode, cur.fetchall())}
+
 
 class Projector(Protocol):
     """A read model: its versioned tables and how a batch of events changes them."""
