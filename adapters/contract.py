@@ -37,6 +37,7 @@ import structlog
 from eventsourcing.domain import DomainEventProtocol
 
 from adapters.errors import AdapterError
+from domain.backup import Backup, BackupRestore
 from domain.certificates import SslFiles
 from domain.compliance import ComplianceExport
 from domain.security import SecurityActivity
@@ -436,6 +437,48 @@ class DataExportDeleted(EventData, frozen=True, kw_only=True):
     reason: str
 
 
+class BackupRequested(EventData, frozen=True, kw_only=True):
+    """A backup archive was asked for: `manual` or `scheduled`, and its options."""
+
+    kind: str
+    options: dict[str, Any]
+
+
+class BackupCompleted(EventData, frozen=True, kw_only=True):
+    """What the archive holds: its file, the events' range and the hash chain link it ends on."""
+
+    filename: str
+    size: int
+    sha256: str
+    count: int
+    first_position: int | None
+    last_position: int | None
+    chain_position: int | None
+    chain_hash: str | None
+
+
+class BackupFailed(EventData, frozen=True, kw_only=True):
+    reason: str
+
+
+class BackupDeleted(EventData, frozen=True, kw_only=True):
+    """`reason`: `deleted` by an admin, or `pruned` by a schedule's retention."""
+
+    reason: str
+
+
+class BackupRestored(EventData, frozen=True, kw_only=True):
+    """This store was restored from an archive: which one, and what it held."""
+
+    backup_id: UUID | None
+    filename: str
+    sha256: str
+    count: int
+    last_position: int | None
+    chain_position: int | None
+    chain_hash: str | None
+
+
 class SslFilesOpened(EventData, frozen=True, kw_only=True):
     """The first action on the HTTPS files was recorded."""
 
@@ -538,6 +581,11 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         DataExport.Failed: DataExportFailed,
         DataExport.Downloaded: DataExportDownloaded,
         DataExport.Deleted: DataExportDeleted,
+        Backup.Requested: BackupRequested,
+        Backup.Completed: BackupCompleted,
+        Backup.Failed: BackupFailed,
+        Backup.Deleted: BackupDeleted,
+        BackupRestore.Restored: BackupRestored,
         SecurityActivity.Summarised: SecurityActivitySummarised,
         SslFiles.Opened: SslFilesOpened,
         SslFiles.CsrGenerated: SslCsrGenerated,

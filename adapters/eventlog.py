@@ -12,17 +12,23 @@ Everything here is synchronous, as the library is: async callers run it in a thr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
+from psycopg import Cursor
 from psycopg_pool import ConnectionPool
 
+from adapters.errors import AdapterError
 from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 
-__all__ = ["EventLog", "Logged"]
+__all__ = ["EventLog", "Logged", "StoreNotEmpty"]
+
+
+class StoreNotEmpty(AdapterError):
+    """A restore aimed at an event store that already holds events."""
 
 
 class Logged(NamedTuple):
@@ -87,6 +93,36 @@ class EventLog:
         with getattr(self._app.recorder, "datastore").transaction(commit=False) as cursor:
             cursor.execute(query, (list(stream_ids),))
             return {row["id"] for row in cursor.fetchall()}
+
+    def restore(
+        self, sections: Iterable[Sequence[Notification]], then: Callable[[Cursor[Any]], None] | None = None
+    ) -> int:
+        """Write `sections` of notifications, each at its own position, into this store while it is empty.
+
+        One transaction: the rows are copied in log order, the position sequence is set past the
+        last, and `then` runs on the same cursor before the commit; any failure leaves the store
+        as it was. Returns the rows written. Raises StoreNotEmpty if the store holds any event."""
+        written = 0
+        with getattr(self._app.recorder, "datastore").transaction(commit=True) as cursor:
+            cursor.execute(f"LOCK TABLE {self.table} IN EXCLUSIVE MODE")
+            if cursor.execute(f"SELECT 1 FROM {self.table} LIMIT 1").fetchone() is not None:
+                raise StoreNotEmpty("the event store restored into must be empty")
+            columns = "originator_id, originator_version, topic, state, notification_id"
+            with cursor.copy(f"COPY {self.table} ({columns}) FROM STDIN") as copy:
+                for section in sections:
+                    for n in section:
+                        copy.write_row((n.originator_id, n.originator_version, n.topic, n.state, n.id))
+                    written += len(section)
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence(%s, 'notification_id'), "
+                f"(SELECT coalesce(max(notification_id), 0) + 1 FROM {self.table}), false)",
+                (self.table,),
+            )
+            if then is not None:
+                then(cursor)
+            if self.channel is not None:
+                cursor.execute(f'NOTIFY "{self.channel}"')
+        return written
 
     @property
     def channel(self) -> str | None:

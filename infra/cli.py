@@ -3,7 +3,8 @@
 Each group of one-shot subcommands lives in a module of its own that registers its parser
 (`add_commands`) and runs it: `device_cli` (device add/rename/remove, auth rotate-keys),
 `project_cli` (rebuild, verify, retry), `audit_cli` (audit verify, export events),
-`nats_cli` (tail, nats-credentials), `emulate_cli` (emulate, and the devices of `--demo`).
+`nats_cli` (tail, nats-credentials), `emulate_cli` (emulate, and the devices of `--demo`),
+`backup_cli` (backup create, list, restore).
 Process signals are `infra.signals`'.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import msgspec
 import structlog
 
-from infra import audit_cli, device_cli, emulate_cli, nats_auth, nats_cli, project_cli, signals
+from infra import audit_cli, backup_cli, device_cli, emulate_cli, nats_auth, nats_cli, project_cli, signals
 from infra.bootstrap import open_runtime, run_parts
 from infra.startup import StartupError, StartupInterrupted
 from infra.supervisor import PartFailedTooOften
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     project_cli.add_commands(commands, _settings_options)
     device_cli.add_commands(commands, _settings_options)
     audit_cli.add_commands(commands, _settings_options)
+    backup_cli.add_commands(commands, _settings_options)
     nats_cli.add_commands(commands, _settings_options)
     emulate_cli.add_commands(commands)
     return parser
@@ -78,12 +80,16 @@ async def _serve(
     if demo:
         # The demo's devices live on loopback; discovery must not go out to the LAN.
         settings = msgspec.structs.replace(settings, discovery_target="127.0.0.1")
-    async with open_runtime(settings, database_url, nats_url, stop=stop, relay_url=relay_url) as runtime:
+    async with open_runtime(settings, database_url, nats_url, stop=stop, relay_url=relay_url,
+                            with_relay=command in ("serve", "relay")) as runtime:  # fmt: skip
         if command in device_cli.COMMANDS:
             await device_cli.run(runtime, args)
             return
         if command in audit_cli.COMMANDS:
             await audit_cli.run(runtime, args)
+            return
+        if command in backup_cli.COMMANDS:
+            await backup_cli.run(runtime, args)
             return
         if project_cli.replays(args):
             await project_cli.run(runtime.engine, args)
@@ -123,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_level, json=settings.log_json)
         if args.command in nats_cli.COMMANDS:
             return nats_cli.run(settings, args)
+        if args.command in backup_cli.COMMANDS and not backup_cli.needs_runtime(args):
+            return backup_cli.run_alone(settings, args)
         with signals.signals_interrupt(), embedded_servers(
             settings.data_dir,
             database_url=settings.database_url,

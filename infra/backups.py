@@ -1,0 +1,71 @@
+"""The backups' wiring: the read models' part of a restore, the settings an archive keeps, and the jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+
+from adapters.backup_jobs import BackupJobs, RestoreTools, fingerprint
+from adapters.eventstore import WattLedger
+from adapters.identity import derive_box_key
+from domain.ports import Clock
+from infra.runtime import all_projectors
+from infra.settings import Settings, mask_secrets
+from projections.chain import chain_link, link, verify
+from projections.engine import ProjectionEngine
+
+PASSPHRASE_ENV = "WATTLEDGER_BACKUP_PASSPHRASE"
+
+
+def backups_dir(settings: Settings) -> Path:
+    """Where archives are kept: in the data directory, which nothing serves."""
+    return settings.data_dir / "backups"
+
+
+def restore_tools(settings: Settings) -> RestoreTools:
+    """A restore's replay of every read model and its check of the hash chain, for these settings."""
+
+    def rebuild(app: WattLedger, database_url: str) -> None:
+        engine = ProjectionEngine(app, database_url, all_projectors(settings))
+        try:
+            engine.setup()
+            engine.rebuild_many(list(engine.projectors))
+        finally:
+            engine.close()
+
+    def verify_chain(database_url: str) -> str | None:
+        with psycopg.connect(database_url) as conn:
+            found = verify(conn)
+        if found.problem is not None:
+            return f"position {found.problem.position} {found.problem.kind}: {found.problem.detail}"
+        if found.unchained:
+            return f"{found.unchained} events were not chained"
+        return None
+
+    return RestoreTools(link=link, chain_head=chain_link, rebuild=rebuild, verify_chain=verify_chain)
+
+
+def settings_record(settings: Settings) -> dict[str, Any]:
+    """The settings as an archive keeps them: every field, URLs without passwords, no secret key."""
+    values: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=str)
+    values.pop("secret_key", None)
+    for name in ("database_url", "nats_url", "nats_relay_url"):
+        if isinstance(values.get(name), str):
+            values[name] = mask_secrets(values[name])
+    return values
+
+
+def key_fingerprint(settings: Settings) -> str | None:
+    return fingerprint(derive_box_key(settings.secret_key) if settings.secret_key else None)
+
+
+def backup_jobs(
+    settings: Settings, app: WattLedger, database_url: str, clock: Clock, passphrase: str | None
+) -> BackupJobs:
+    return BackupJobs(
+        app, database_url, backups_dir(settings), restore_tools(settings), clock, passphrase=passphrase or None,
+        config=settings_record(settings), secret_key_fingerprint=key_fingerprint(settings),
+    )  # fmt: skip
