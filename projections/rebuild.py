@@ -26,6 +26,7 @@ from projections.errors import ProjectionError
 from projections.quarantine import QuarantineRow, apply_isolating, log_quarantine, read_section, record_quarantine
 from projections.tables import Projector, Table, building, home_schemas, set_search_path
 from projections.tracking import CLEARED, QUARANTINE, TRACKING
+from projections.versions import restart
 
 __all__ = [
     "SHADOW_SCHEMA",
@@ -198,12 +199,7 @@ class Shadow:
                     sql.Identifier(self.schema), bare, sql.Identifier(table.home)
                 ))
             for projector in self.projectors:
-                cur.execute(
-                    f"INSERT INTO {TRACKING} (name, version, position) VALUES (%s, %s, %s) "
-                    f"ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position, "
-                    f"updated_at = now(), {CLEARED}",
-                    (projector.name, projector.version, self.position),
-                )
+                restart(cur, projector, self.position)
             # The replay saw every event up to its position: what it quarantined is the whole quarantine.
             cur.execute(f"DELETE FROM {QUARANTINE} WHERE projector = ANY(%s)", (self.names,))
             record_quarantine(cur, self.quarantined)

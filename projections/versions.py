@@ -17,7 +17,7 @@ import structlog
 from projections.tables import Projector, home_schemas, set_search_path
 from projections.tracking import CLEARED, QUARANTINE, TRACKING, TRACKING_DDL
 
-__all__ = ["reset", "set_up"]
+__all__ = ["reset", "restart", "set_up"]
 
 log = structlog.get_logger(__name__)
 
@@ -62,10 +62,16 @@ def reset(cur: psycopg.Cursor[Any], projector: Projector) -> None:
     set_search_path(cur, home_schemas(projector.tables))
     for table in projector.tables:
         table.create(cur)
-    cur.execute(
-        f"INSERT INTO {TRACKING} (name, version, position) VALUES (%s, %s, 0) "
-        f"ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = 0, "
-        f"updated_at = now(), {CLEARED}",
-        (projector.name, projector.version),
-    )
+    restart(cur, projector, 0)
     cur.execute(f"DELETE FROM {QUARANTINE} WHERE projector = %s", (projector.name,))
+
+
+def restart(cur: psycopg.Cursor[Any], projector: Projector, position: int) -> None:
+    """The read model's tracking row at `position` with the projector's version and no failure: its tables
+    were just built (afresh, or by a rebuild up to `position`). In the caller's transaction."""
+    cur.execute(
+        f"INSERT INTO {TRACKING} (name, version, position) VALUES (%s, %s, %s) "
+        f"ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position, "
+        f"updated_at = now(), {CLEARED}",
+        (projector.name, projector.version, position),
+    )
