@@ -7,6 +7,9 @@ outcome is stored; while it runs, the executor tells JetStream it is still worki
 (`in_progress`, a third of the ack wait), so a live executor never sees its request handed to
 another. Commands for one device run one after another (a lock per device), so concurrent
 toggles are resolved in order; different devices run side by side, up to `concurrency`.
+Given a `DeviceOrder`, commands for one device also run in the order they were requested across
+executor processes: a request waits, its heartbeat going, until every earlier request of its
+device is settled (`adapters.command_order`).
 
 Crash semantics (see `domain.control_handlers`): a request whose executor died is redelivered
 once the ack wait has passed. If the dead executor had not stored `ControlAttempted`, the next
@@ -38,8 +41,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters.bus import StreamConfig
+from adapters.command_order import DeviceOrder, Queued
 from adapters.contract import decode_envelope
 from adapters.faults import DATABASE_FAULTS, DEVICE_FAULTS, NATS_FAULTS, Backoff, describe, reraise_if_cancelled, report
+from domain.control import Status
 from domain.control_handlers import ControlHandlers
 from domain.errors import CommandNotFound
 
@@ -51,6 +56,10 @@ NAK_DELAY_S = 1.0
 STOP_GRACE_S = 5.0
 SWEEP_S = 2.0
 FAULT_PAUSE_MAX_S = 5.0
+TURN_POLL_S = 0.1
+EXPIRED_GRACE_S = 10.0
+"""How long past its deadline a request nobody attempted still holds later ones of its device back:
+an executor fails it `expired` without touching the device, or its request was lost."""
 
 
 def executor_name() -> str:
@@ -73,6 +82,7 @@ class CommandExecutor:
         on_saved: Callable[[], None] = lambda: None,
         interrupted: Callable[[datetime], Awaitable[list[UUID]]] | None = None,
         settle_after: float = 30.0,
+        order: DeviceOrder | None = None,
     ) -> None:
         if ack_wait < 1 or concurrency < 1:
             raise ValueError("ack_wait must be at least 1 s and concurrency at least 1")
@@ -87,6 +97,7 @@ class CommandExecutor:
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._interrupted = interrupted
         self._settle_after = settle_after
+        self._order = order
         self.executed = 0
         self.settled_interrupted = 0
 
@@ -130,7 +141,7 @@ class CommandExecutor:
                     await asyncio.wait(list(self._running.values()), return_when=asyncio.FIRST_COMPLETED)
                     continue
                 try:
-                    messages = await subscription.fetch(batch=min(room, 16), timeout=FETCH_WAIT_S)
+                    messages = await self._fetch(subscription, min(room, 16))
                 except asyncio.TimeoutError:
                     reraise_if_cancelled()
                     backoff.reset()
@@ -146,6 +157,10 @@ class CommandExecutor:
                     continue
                 except NATS_FAULTS as exc:
                     report("executor", exc)
+                    await backoff.wait(stop)
+                    continue
+                except DATABASE_FAULTS as exc:
+                    report("executor", exc, action="fetch again")
                     await backoff.wait(stop)
                     continue
                 except nats.errors.ConnectionClosedError:
@@ -166,6 +181,16 @@ class CommandExecutor:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             await _unsubscribe(subscription)
+
+    async def _fetch(self, subscription: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+        """Up to `batch` requests; with a `DeviceOrder`, fetched under its lock and queued per device."""
+
+        async def fetch() -> list[Msg]:
+            return await subscription.fetch(batch=batch, timeout=FETCH_WAIT_S)
+
+        if self._order is None:
+            return await fetch()
+        return await self._order.take(fetch, lambda messages: [q for m in messages if (q := _queued(m))])
 
     async def _subscribe_until(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """The pull subscription, retried through NATS faults; None if `stop` is set first."""
@@ -198,6 +223,8 @@ class CommandExecutor:
                     async with self._device_locks.setdefault(control.device_id, asyncio.Lock()):
                         outcome = await self._handlers.execute(command_id, executor=self.name)
                     if outcome is not None and outcome.settled:
+                        if self._order is not None:
+                            await self._order.leave(command_id)
                         self.settled_interrupted += 1
                         self._on_saved()
                         log.info("executor.interrupted_settled", command_id=str(command_id),
@@ -216,17 +243,24 @@ class CommandExecutor:
             return
         if command_id in self._running:
             return  # a redelivery of a command this executor is running: its heartbeat keeps it
-        task = asyncio.create_task(self._execute(message, command_id, device_id), name=f"control-{command_id}")
+        request = _queued(message) if self._order is not None else None
+        task = asyncio.create_task(self._execute(message, command_id, device_id, request), name=f"control-{command_id}")
         self._running[command_id] = task
         task.add_done_callback(lambda _: self._running.pop(command_id, None))
 
-    async def _execute(self, message: Msg, command_id: UUID, device_id: UUID) -> None:
+    async def _execute(self, message: Msg, command_id: UUID, device_id: UUID, request: Queued | None) -> None:
         heartbeat = asyncio.create_task(self._keep_alive(message))
         try:
             async with self._device_locks.setdefault(device_id, asyncio.Lock()):
+                if request is not None:
+                    await self._wait_turn(request)
                 outcome = await self._handlers.execute(command_id, executor=self.name)
+                if self._order is not None and outcome is not None and outcome.settled:
+                    await self._order.leave(command_id)
         except CommandNotFound:
             log.warning("executor.unknown_command", command_id=str(command_id))
+            if self._order is not None:
+                await self._order.leave(command_id)
             await _settle_message(message.ack())
             return
         except DATABASE_FAULTS + DEVICE_FAULTS as exc:
@@ -248,6 +282,37 @@ class CommandExecutor:
             )  # fmt: skip
         await _settle_message(message.ack())
 
+    async def _wait_turn(self, request: Queued) -> None:
+        """Wait until no earlier request of the device can still switch it, or this one has expired
+        (then `execute` fails it without touching the device). Earlier requests found settled leave
+        the queue here, whoever settled them."""
+        assert self._order is not None
+        while True:
+            waiting = False
+            for earlier in await self._order.earlier(request):
+                if await self._finished(earlier):
+                    await self._order.leave(earlier)
+                else:
+                    waiting = True
+                    break
+            if not waiting:
+                return
+            mine = await self._handlers.command(request.command_id)
+            if mine.settled or mine.expired(self._handlers.clock.now()):
+                return
+            await asyncio.sleep(TURN_POLL_S)
+
+    async def _finished(self, command_id: UUID) -> bool:
+        """Whether a queued command can no longer touch its device: settled, unknown, or long expired unattempted."""
+        try:
+            control = await self._handlers.command(command_id)
+        except CommandNotFound:
+            return True
+        if control.settled:
+            return True
+        now = self._handlers.clock.now()
+        return control.status is Status.REQUESTED and control.expired(now - timedelta(seconds=EXPIRED_GRACE_S))
+
     async def _keep_alive(self, message: Msg) -> None:
         """Tell JetStream the request is still being worked on, so it is not handed to another executor."""
         while True:
@@ -256,6 +321,18 @@ class CommandExecutor:
                 await message.in_progress()
             except nats.errors.Error as exc:  # the next beat, or the redelivery, makes up for it
                 log.debug("executor.in_progress_not_sent", error=describe(exc))
+
+
+def _queued(message: Msg) -> Queued | None:
+    """The queue entry of a request: its stream sequence, command and device; None if it names none."""
+    try:
+        envelope = decode_envelope(message.data)
+        return Queued(
+            sequence=message.metadata.sequence.stream, command_id=envelope.originator_id,
+            device_id=UUID(str(envelope.data["device_id"])),
+        )  # fmt: skip
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError, nats.errors.Error):
+        return None
 
 
 async def _settle_message(answer: Awaitable[None]) -> None:
