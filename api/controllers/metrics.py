@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio.to_thread
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
@@ -48,4 +49,6 @@ class MetricsController(Controller):
         duration histogram and failures by reason of this process's poller (empty in a process that
         runs none: see `wattledger_poller_in_process`)."""
         reading = await read_now(services)
-        return Response(exposition(metrics, reading), media_type=CONTENT_TYPE)
+        # prometheus_client formats about 50k samples a second: 1,000 devices take ~0.15 s, off the loop.
+        body = await anyio.to_thread.run_sync(exposition, metrics, reading)
+        return Response(body, media_type=CONTENT_TYPE)
