@@ -25,12 +25,14 @@ from typing import Any, Final
 from uuid import UUID
 
 import msgspec
+import psycopg
 import structlog
+from psycopg import sql
 
 from adapters.backup_archive import FORMAT_VERSION, ArchiveError, DamagedArchive
 from adapters.backups import HeadReader, Linker, Link, Manifest, Snapshot, check_archive, create_archive, restore_events
 from adapters.eventlog import EventLog, StoreNotEmpty
-from adapters.eventstore import StoreUnitOfWork, WattLedger
+from adapters.eventstore import StoreUnitOfWork, WattLedger, ensure_events_schema, store_env
 from adapters.export_files import sha256_file
 from domain.backup import ArchiveSummary
 from domain.backup_handlers import BackupHandlers
@@ -39,10 +41,11 @@ from domain.ports import Clock
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["ArchiveEntry", "BackupJobs", "Progress", "RestoreTools", "list_archives", "restore_archive", "summary_of"]
+__all__ = ["ArchiveEntry", "BackupJobs", "Progress", "RestoreOutcome", "RestoreTools", "list_archives", "restore_archive", "summary_of"]
 
 SUFFIX: Final = ".wlbackup"
 NAME: Final = re.compile(r"^wattledger_backup_\d{8}_\d{6}_[0-9a-f]{8}\.wlbackup$")
+DATABASE_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 LEVELS: Final = {"fast": 1, "normal": 6, "high": 9}
 INCLUDES: Final = ["events", "keys", "config"]
 
@@ -213,6 +216,46 @@ class BackupJobs:
             log.info("backup.created", filename=name, events=manifest.count, actor=actor)
             return entry
 
+    async def restore_into_new_database(
+        self, path: Path, passphrase: str, *, database: str | None, actor: str
+    ) -> RestoreOutcome:
+        """Restore `path` into a database created for it on this server, never the one this process runs on.
+
+        The database is created empty (BackupRefused if the name is taken), and dropped again if any
+        check or step fails; the running system changes in no way. Switching over is a restart with
+        DATABASE_URL set to it. Raises BackupRefused, BackupBusy, InvalidRequest for a bad name."""
+        name = database or f"{self._database_name()}_restored_{self.clock.now():%Y%m%d%H%M%S}"
+        if not DATABASE_NAME.match(name):
+            raise InvalidRequest("database must be 1-63 lower-case letters, digits or '_', starting with a letter")
+        if self._lock.locked():
+            raise BackupBusy("a backup or restore is already running")
+        async with self._lock:
+            self.progress = Progress(status="running", operation="restore", filename=path.name, phase="check")
+            try:
+                url = await asyncio.to_thread(_create_database, self.database_url, name)
+                try:
+                    target = await asyncio.to_thread(_open_store, url)
+                    try:
+                        manifest = await restore_archive(
+                            path, passphrase, target, url, self.tools, actor=actor,
+                            secret_key_fingerprint=self.secret_key_fingerprint,
+                            phase=lambda phase: setattr(self.progress, "phase", phase),
+                        )  # fmt: skip
+                    finally:
+                        await asyncio.to_thread(target.close)
+                except BaseException:
+                    await asyncio.to_thread(_drop_database, self.database_url, name)
+                    raise
+            except Exception as exc:
+                self.progress.status, self.progress.error = "failed", str(exc)[:500]
+                raise
+            self.progress.status, self.progress.progress, self.progress.phase = "completed", 1.0, None
+            return RestoreOutcome(database=name, events=manifest.count, last_position=manifest.last_position,
+                                  chain_head=manifest.chain_head)  # fmt: skip
+
+    def _database_name(self) -> str:
+        return str(psycopg.conninfo.conninfo_to_dict(self.database_url).get("dbname") or "wattledger")
+
     async def _record_failure(self, backup_id: UUID, reason: str, actor: str) -> None:
         try:
             await self.handlers.fail(backup_id, reason, actor=actor)
@@ -246,6 +289,43 @@ class BackupJobs:
         (self.directory / filename).unlink(missing_ok=True)
         self._sidecar(filename).unlink(missing_ok=True)
         log.info("backup.deleted", filename=filename, reason=reason, actor=actor)
+
+
+class RestoreOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A restore into a new database: its name, what it holds, and how to switch over to it."""
+
+    database: str
+    events: int
+    last_position: int | None
+    chain_head: Link | None
+    switch_over: str = "restart WattLedger with DATABASE_URL naming this database; the running one is unchanged"
+
+
+def _with_dbname(database_url: str, name: str) -> str:
+    parts = psycopg.conninfo.conninfo_to_dict(database_url)
+    parts["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+def _create_database(database_url: str, name: str) -> str:
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        raise BackupRefused(f"a database named {name} exists already: name a new one") from None
+    except psycopg.errors.InsufficientPrivilege:
+        raise BackupRefused("this server's database user may not create databases: restore with the CLI") from None
+    return _with_dbname(database_url, name)
+
+
+def _drop_database(database_url: str, name: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _open_store(database_url: str) -> WattLedger:
+    ensure_events_schema(database_url)
+    return WattLedger(store_env(database_url, pool_size=2))
 
 
 def list_archives(directory: Path) -> list[ArchiveEntry]:

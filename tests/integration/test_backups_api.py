@@ -1,0 +1,141 @@
+"""The backup routes over real PostgreSQL: create, list, download, delete, progress, and restore from an upload."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import psycopg
+import pytest
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
+from psycopg import sql
+
+from adapters.backup_archive import KdfParams
+from adapters.eventstore import WattLedger
+from api.controllers.backups import BackupDeps, BackupsController
+from api.errors import EXCEPTION_HANDLERS
+from domain.access import Permission, Principal, Role, permissions_for
+from infra.backups import backup_jobs
+from infra.runtime import all_projectors
+from infra.settings import Settings
+from projections.engine import ProjectionEngine
+from tests.harness import http_client, ledger, seed_history
+from tests.kit import ManualClock
+
+PASSPHRASE = "the site's backup passphrase"
+ADMIN = Principal(kind="user", user_id=uuid4(), username="root", role=Role.ADMIN,
+                  permissions=permissions_for(Role.ADMIN), session_id=uuid4())
+
+
+@pytest.fixture
+def store(database_url: str, settings: Settings) -> Iterator[WattLedger]:
+    with ledger(database_url) as app:
+        seed_history(app)
+        engine = ProjectionEngine(app, database_url, all_projectors(settings))
+        engine.setup()
+        engine.catch_up_all()
+        engine.close()
+        yield app
+
+
+def client(deps: BackupDeps) -> httpx.AsyncClient:
+    app = Litestar(
+        route_handlers=[BackupsController], exception_handlers=EXCEPTION_HANDLERS, debug=False,
+        dependencies={"backup_deps": Provide(lambda: deps, sync_to_thread=False),
+                      "principal": Provide(lambda: ADMIN, sync_to_thread=False)},
+    )  # fmt: skip
+    return http_client(app)
+
+
+@pytest.fixture
+async def http(store: WattLedger, database_url: str, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    jobs = backup_jobs(settings, store, database_url, ManualClock(datetime(2026, 3, 2, tzinfo=timezone.utc)),
+                       PASSPHRASE)
+    original = jobs.create
+
+    async def fast(**options: Any) -> Any:
+        return await original(**options, kdf=KdfParams(log2n=10))
+
+    jobs.create = fast  # type: ignore[method-assign]
+    deps = BackupDeps(jobs=jobs, quarantine=settings.data_dir / "backups" / "incoming", max_upload_bytes=1 << 20)
+    async with client(deps) as c:
+        yield c
+
+
+def databases(database_url: str, like: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (like,))]
+
+
+def stored(database_url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT notification_id, originator_id, originator_version, topic, state "
+                            "FROM wl_events.wattledger_events ORDER BY notification_id").fetchall()
+
+
+def test_every_backup_route_needs_the_backups_permission() -> None:
+    handlers = [h for h in vars(BackupsController).values() if isinstance(h, HTTPRouteHandler)]
+    assert len(handlers) == 6
+    assert all(h.opt.get("permission") is Permission.BACKUPS_MANAGE for h in handlers)
+
+
+async def test_create_list_download_progress_and_delete(http: httpx.AsyncClient, settings: Settings) -> None:
+    created = await http.post("/api/backups/create", json={"type": "manual", "compression": "high"})
+    assert created.status_code == 201, created.text
+    entry = created.json()
+    assert entry["includes"] == ["events", "keys", "config"] and entry["event_count"] > 50
+    assert [e["filename"] for e in (await http.get("/api/backups")).json()] == [entry["filename"]]
+    progress = (await http.get("/api/backups/progress")).json()
+    assert (progress["status"], progress["operation"], progress["progress"]) == ("completed", "backup", 1.0)
+    download = await http.get(f"/api/backups/{entry['filename']}/download")
+    assert download.status_code == 200
+    assert download.content == (settings.data_dir / "backups" / entry["filename"]).read_bytes()
+    for name in ("..%2F..%2Fetc%2Fpasswd", "wattledger_backup_20260302_000000_00000000.wlbackup", "x.json"):
+        assert (await http.get(f"/api/backups/{name}/download")).status_code == 404
+    assert (await http.delete(f"/api/backups/{entry['filename']}")).status_code == 204
+    assert (await http.get("/api/backups")).json() == []
+    assert (await http.delete(f"/api/backups/{entry['filename']}")).json()["error_code"] == "BACKUP_NOT_FOUND"
+
+
+async def test_an_unknown_field_or_compression_is_refused(http: httpx.AsyncClient) -> None:
+    for body in ({"compression": "ultra"}, {"encrypt": False}):
+        refused = await http.post("/api/backups/create", json=body)
+        assert refused.status_code in (400, 422) and refused.json()["error_code"], refused.text
+    assert (await http.get("/api/backups")).json() == []
+
+
+async def test_a_restore_goes_into_a_new_database_and_a_bad_one_creates_none(
+    http: httpx.AsyncClient, settings: Settings, database_url: str
+) -> None:
+    entry = (await http.post("/api/backups/create", json={})).json()
+    archive = (settings.data_dir / "backups" / entry["filename"]).read_bytes()
+    name = f"wl_test_restored_{uuid4().hex[:8]}"
+    wrong = await http.post("/api/backups/restore", files={"file": ("a.wlbackup", archive)},
+                            data={"passphrase": "not the passphrase", "options": f'{{"database": "{name}"}}'})
+    assert wrong.status_code == 422 and wrong.json()["error_code"] == "BACKUP_REFUSED"
+    assert "passphrase" in wrong.json()["detail"] and databases(database_url, name) == []
+    big = await http.post("/api/backups/restore", files={"file": ("a.wlbackup", b"\0" * (2 << 20))},
+                          data={"passphrase": PASSPHRASE})
+    assert big.status_code == 413
+    try:
+        done = await http.post("/api/backups/restore", files={"file": ("a.wlbackup", archive)},
+                               data={"passphrase": PASSPHRASE, "options": f'{{"database": "{name}"}}'})
+        assert done.status_code == 200, done.text
+        assert done.json()["database"] == name and done.json()["events"] == entry["event_count"]
+        parts = psycopg.conninfo.conninfo_to_dict(database_url)
+        restored = psycopg.conninfo.make_conninfo(**{**{k: str(v) for k, v in parts.items()}, "dbname": name})
+        backed_up = [r for r in stored(database_url) if r[0] <= entry["last_position"]]
+        assert stored(restored)[: len(backed_up)] == backed_up
+        taken = await http.post("/api/backups/restore", files={"file": ("a.wlbackup", archive)},
+                                data={"passphrase": PASSPHRASE, "options": f'{{"database": "{name}"}}'})
+        assert taken.status_code == 422 and "exists already" in taken.json()["detail"]
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    assert list((settings.data_dir / "backups" / "incoming").iterdir()) == []
