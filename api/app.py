@@ -30,6 +30,7 @@ from api.controllers.metrics import MetricsController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
 from api.controllers.system import SystemController
+from api.controllers.uptime import UptimeController
 from api.controllers.users import UsersController
 from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
 from api.guards import Authorizer, provide_principal, schema_config
@@ -143,6 +144,7 @@ def create_app(services: Services) -> Litestar:
             ControlController, RelayApiController, ConfigController,
             EnergyController, RatesController,
             LiveController, live_socket, socketio_route(services), MetricsController,
+            UptimeController,
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
