@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from uuid import UUID
+
+import pytest
 
 from adapters.command_order import DeviceOrder
 from adapters.emulator import EmulatorFleet
@@ -15,11 +18,19 @@ from domain.address import DeviceAddress
 from domain.commands import AddDevice
 from domain.control import Action, ControlCommand, RequestControl, Status
 from domain.control_handlers import ControlHandlers
-from domain.ports import DeviceSwitch
+from domain.ports import Clock, DeviceSwitch
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime
 from tests.harness import background
-from tests.kit import eventually
+from tests.kit import ManualClock, eventually
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock that stands still: no command reaches its deadline while the test holds it back."""
+    return ManualClock(NOW)
 
 
 class Switches(DeviceSwitch):
@@ -90,6 +101,10 @@ async def test_a_later_command_taken_by_another_executor_waits_for_the_earlier_o
                              on_saved=runtime.saved, order=order)  # fmt: skip
     control = runtime.control()
 
+    async def queue_is_empty() -> bool:
+        async with runtime.read_pool.connection() as conn:
+            return await (await conn.execute("SELECT count(*) FROM wl_ops.command_queue")).fetchone() == (0,)
+
     async with background(runtime, poll=False):
         on = await control.request_control(RequestControl(device_id=device_id, action=Action.ON, actor="test"))
         runtime.saved()
@@ -105,6 +120,7 @@ async def test_a_later_command_taken_by_another_executor_waits_for_the_earlier_o
                 assert log == []
                 gate.set()
                 settled_off = await control.wait_outcome(off.command_id, 20)
+                await eventually(queue_is_empty, what="both commands out of the queue once settled")
         settled_on = await control.command(on.command_id)
 
     assert log == [("first", True), ("second", False)]
