@@ -23,9 +23,6 @@ stored bytes themselves for the hash chain, a snapshot on the caller's own conne
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -37,20 +34,15 @@ from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
 from adapters.contract import CONTRACT, EventData, Envelope, aggregate_name, envelope_for
-from adapters.errors import AdapterError
 from adapters.eventlog import EventLog
 from adapters.eventstore import EVENTS_SCHEMA, WattLedger
 
 __all__ = [
     "EVENTS_TABLE",
-    "CursorError",
     "EventFilter",
     "HistoryPage",
     "StoredRecord",
-    "decode_cursor",
     "decode_records",
-    "encode_cursor",
-    "fingerprint",
     "iter_records",
     "read_page",
     "records_at",
@@ -64,10 +56,6 @@ EVENTS_TABLE: Final = f"{EVENTS_SCHEMA}.{WattLedger.name.lower()}_events"
 _COLUMNS = "notification_id, originator_id, originator_version, topic, state"
 DEFAULT_SCAN: Final = 10_000
 """Stored events one page reads at most while looking for matches of the payload filters."""
-
-
-class CursorError(AdapterError, ValueError):
-    """A cursor that is not one of ours, or that was made for other filters."""
 
 
 class StoredRecord(msgspec.Struct, frozen=True):
@@ -130,37 +118,6 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
         if given.get("from_position") == 1:
             del given["from_position"]
         return given
-
-    def fingerprint(self) -> str:
-        """A short digest of the filters other than the position, bound into cursors."""
-        return fingerprint(msgspec.structs.replace(self, from_position=1))
-
-
-def fingerprint(*parts: object) -> str:
-    """A short digest of filter values (Structs, strings...), bound into a cursor."""
-    return hashlib.sha256(msgspec.json.encode(parts)).hexdigest()[:16]
-
-
-def encode_cursor(position: int, fingerprint: str) -> str:
-    """An opaque cursor: the last position returned and the fingerprint of the filters it belongs to."""
-    raw = msgspec.json.encode({"p": position, "f": fingerprint})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, fingerprint: str) -> int:
-    """The position a cursor continues after. Raises CursorError for a foreign or mangled cursor,
-    or one made for other filters."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        body = msgspec.json.decode(raw, type=dict[str, Any])
-        position, given = body["p"], body["f"]
-    except (binascii.Error, ValueError, msgspec.DecodeError, KeyError, TypeError):
-        raise CursorError("the cursor is not one this API gave out") from None
-    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
-        raise CursorError("the cursor is not one this API gave out")
-    if given != fingerprint:
-        raise CursorError("the cursor belongs to other filters; repeat the first request with these filters")
-    return position
 
 
 def _where(where: EventFilter, after: int, stop: int | None) -> tuple[str, list[Any]]:

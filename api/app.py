@@ -25,21 +25,22 @@ from api.controllers.energy import EnergyController
 from api.controllers.events import EventsController
 from api.controllers.exports import ExportsController
 from api.controllers.keys import KeysController
-from api.controllers.live import LiveController, live_socket
+from api.controllers.live import LiveController
 from api.controllers.metrics import MetricsController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
 from api.controllers.system import SystemController
-from api.controllers.uptime import UptimeController
 from api.controllers.users import UsersController
+from api.controllers.websocket import live_socket
+from api.deps import VERSION, ApiDeps
+from api.edge import cors_config, install_edge
 from api.errors import CONNECTION_LOST_FLAG, EXCEPTION_HANDLERS, RefusedInput
 from api.guards import Authorizer, provide_principal, schema_config
 from api.headers import SecurityHeaders
+from api.https import HttpsPolicy, RequireHttps
 from api.metrics import TimeRequests
 from api.pending import ReportPendingReadModels
-from api.ratelimit import cors_config, install_edge
 from api.security import TallyRefusals
-from api.services import VERSION, Services
 from api.socketio import socketio_route
 
 log = structlog.get_logger(__name__)
@@ -131,36 +132,43 @@ class RefuseUnsafeInput(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
-def create_app(services: Services) -> Litestar:
-    """Build the HTTP app over ready services; it opens and closes nothing itself."""
+def create_app(deps: ApiDeps) -> Litestar:
+    """Build the HTTP app over ready dependencies; it opens and closes nothing itself.
 
-    def provide_services() -> Services:
-        return services
-
+    Each controller takes the set of its area (`api.deps`) under that set's key."""
+    provided = {key: Provide(_constant(value), sync_to_thread=False) for key, value in deps.provided().items()}
     app = Litestar(
         route_handlers=[
             SystemController, DevicesController, AuthController, UsersController, KeysController, EventsController,
             ComplianceController, ExportsController,
             ControlController, RelayApiController, ConfigController,
             EnergyController, RatesController,
-            LiveController, live_socket, socketio_route(services), MetricsController,
-            UptimeController,
+            LiveController, live_socket, socketio_route(deps.live, deps.edge.cors_origins), MetricsController,
         ],
         dependencies={
-            "services": Provide(provide_services, sync_to_thread=False),
+            **provided,
             "principal": Provide(provide_principal, sync_to_thread=False),
-            "metrics": Provide(lambda: services.metrics, sync_to_thread=False),
+            "metrics": Provide(_constant(deps.metrics), sync_to_thread=False),
         },
-        guards=[Authorizer(services.identity, services.tokens)],
+        guards=[Authorizer(deps.identity.identity, deps.identity.tokens)],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[TimeRequests(services.metrics), RetryLostConnections(services.drop_dead_connections), RefuseUnsafeInput(),
+        middleware=[TimeRequests(deps.metrics), RetryLostConnections(deps.reads.drop_dead_connections), RefuseUnsafeInput(),
                     ReportPendingReadModels()],
         openapi_config=schema_config(VERSION),
-        cors_config=cors_config(services.edge.cors_origins),
+        cors_config=cors_config(deps.edge.cors_origins),
         debug=False,
     )
-    install_edge(app, services.edge)
-    if services.refusals is not None:
-        app.asgi_handler = TallyRefusals(app.asgi_handler, services.refusals)
+    install_edge(app, deps.edge)
+    app.asgi_handler = TallyRefusals(app.asgi_handler, deps.refusals)
+    app.asgi_handler = RequireHttps(app.asgi_handler, HttpsPolicy(deps.config.config.current))
     app.asgi_handler = SecurityHeaders(app.asgi_handler)
     return app
+
+
+def _constant(value: object) -> Callable[[], object]:
+    """A provider that hands out `value` as it is."""
+
+    def provide() -> object:
+        return value
+
+    return provide

@@ -1,4 +1,4 @@
-"""Rate limits and CORS at the outermost edge of the app.
+"""The rate limiter at the outermost edge of the app (`api.edge` wraps the app in it).
 
 The limiter wraps the whole Litestar app (outside its CORS layer and its own exception
 handling), so it counts every request: unknown paths, the auth guard's 401s, everything
@@ -32,55 +32,46 @@ When the counters do not answer, requests pass unlimited and without these heade
 
 from __future__ import annotations
 
-import base64
-import ipaddress
 import math
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import msgspec
 import structlog
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import Headers, MutableScopeHeaders
-from litestar.enums import HttpMethod, ScopeType
+from litestar.enums import ScopeType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
-from adapters.ratelimits import CountersUnavailable, Limit, PgRateCounters, Tally, Window
+from adapters.ratelimits import CountersUnavailable, PgRateCounters, Tally, Window
 from api.errors import HTTP_CODES, error_body
-from domain.errors import ApiKeyInvalid
+from api.ratelimit_requests import (
+    Attempt,
+    Caller,
+    caller_of,
+    error_code_of,
+    login_username,
+    principal_of,
+    step_up_attempt,
+)
+from api.ratelimit_rules import (
+    EXEMPT_PATHS,
+    HANDSHAKE_REFUSED,
+    LOGIN_PATHS,
+    MAX_ERROR_BODY,
+    PASSWORD_PATHS,
+    SECOND_FACTOR_PREFIX,
+    SIGN_IN_ACCOUNT,
+    RateLimits,
+)
 from domain.access import Principal
 from domain.identity import user_id_for
-from domain.identity_rules import parse_api_key
 
 if TYPE_CHECKING:
-    from litestar import Litestar
-    from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, ReceiveMessage, Scope, Send
+    from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 log = structlog.get_logger(__name__)
-
-EXEMPT_PATHS = frozenset({"/api/health", "/api/health/"})
-HANDSHAKE_REFUSED = 4429
-"""The close code of a WebSocket handshake refused for its address's rate limit."""
-LOGIN_PATHS = frozenset({"/api/auth/login", "/api/auth/login/"})
-SECOND_FACTOR_PREFIX = "/api/auth/2fa/"
-PASSWORD_PATHS = frozenset({"/api/auth/change-password", "/api/auth/change-password/"})
-STEP_UP_PATHS = frozenset({"/api/keys", "/api/keys/", "/api/auth/logout", "/api/auth/logout/"})
-STEP_UP_DELETE_PREFIX = "/api/auth/sessions/"
-RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
-CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-API-Key", "Idempotency-Key")
-CORS_METHODS = (HttpMethod.GET, HttpMethod.HEAD, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH,
-                HttpMethod.DELETE, HttpMethod.OPTIONS)  # fmt: skip
-
-MAX_AUTH_BODY = 16 * 1024
-"""Bytes a sign-in, second-factor, refresh or password-change body may hold (more: 413). The limiter
-reads a sign-in's user name before the app does; none of these bodies needs more."""
-SIGN_IN_ACCOUNT = "wattledger_sign_in_account"
-"""Key of scope["state"] where the sign-in handler leaves the account it judged."""
-MAX_ERROR_BODY = 64 * 1024
-MAX_TOKEN_LENGTH = 8 * 1024
 
 _MESSAGE = "Too many requests. Please try again later."
 _DETAILS = {
@@ -98,208 +89,6 @@ _WRONG_SECRETS = frozenset({"INVALID_TOTP_CODE", "INVALID_CREDENTIALS"})
 _WRONG_PASSWORD = "WRONG_PASSWORD"
 # Answers of an attempt held until its failure is counted.
 _JUDGED = frozenset({401, 422})
-
-
-class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """Every limit the edge applies; an empty tuple is no limit of that kind."""
-
-    ip: tuple[Limit, ...] = ()
-    user: tuple[Limit, ...] = ()
-    key: tuple[Limit, ...] = ()
-    login: tuple[Limit, ...] = ()
-    """Failed sign-in, second-factor and password-change attempts per account and client IP."""
-    login_ip: tuple[Limit, ...] = ()
-    """Failed sign-in, second-factor and password-change attempts per client IP."""
-
-    @property
-    def enabled(self) -> bool:
-        return any((self.ip, self.user, self.key, self.login, self.login_ip))
-
-
-@dataclass(frozen=True)
-class EdgePolicy:
-    """What the app enforces around every route: rate limits (with their counters) and CORS."""
-
-    limits: RateLimits = field(default_factory=RateLimits)
-    counters: PgRateCounters | None = None
-    cors_origins: tuple[str, ...] = ()
-
-
-def cors_config(origins: Sequence[str]) -> CORSConfig | None:
-    """CORS for exactly these origins, no credentials (the API authenticates by headers, not
-    cookies); None, so no CORS header at all, when there are none."""
-    if not origins:
-        return None
-    return CORSConfig(
-        allow_origins=list(origins),
-        allow_methods=list(CORS_METHODS),
-        allow_headers=list(CORS_ALLOW_HEADERS),
-        allow_credentials=False,
-        expose_headers=list(RATE_LIMIT_HEADERS),
-    )
-
-
-def install_edge(app: Litestar, edge: EdgePolicy) -> None:
-    """Wrap the whole app in the rate limiter, if any limit is on.
-
-    Route middleware (Litestar's own auth middleware included) runs only for matched routes,
-    and an exception it raises is answered outside it; wrapping the app's handler is the one
-    place that sees every request and every answer.
-    """
-    if edge.counters is not None and edge.limits.enabled:
-        app.asgi_handler = RateLimiter(app.asgi_handler, edge.limits, edge.counters, cors=app.cors_config)
-
-
-def client_subject(scope: Scope) -> str:
-    """The client address a request is counted under: IPv4 as is, IPv6 by its /64 network."""
-    client = scope.get("client")
-    host = str(client[0])[:100] if client else ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host or "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-class _Subject(msgspec.Struct):
-    sub: Any = None
-
-
-class _LoginName(msgspec.Struct):
-    username: Any = None
-
-
-class _ErrorCode(msgspec.Struct):
-    error_code: Any = None
-
-
-_SUBJECT = msgspec.json.Decoder(_Subject)
-_LOGIN_NAME = msgspec.json.Decoder(_LoginName)
-_ERROR_CODE = msgspec.json.Decoder(_ErrorCode)
-
-
-def unverified_subject(token: str) -> UUID | None:
-    """The `sub` of a JWT, read without checking its signature: for counting, never for access."""
-    parts = token.split(".")
-    if len(token) > MAX_TOKEN_LENGTH or len(parts) != 3:
-        return None
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        sub = _SUBJECT.decode(payload).sub
-        return UUID(sub) if isinstance(sub, str) else None
-    except (ValueError, msgspec.DecodeError, RecursionError):
-        return None
-
-
-def _principal(scope: Scope) -> Principal | None:
-    """The principal the auth layer left for this request, if it did."""
-    state = scope.get("state") or {}
-    for candidate in (state.get("principal"), scope.get("user")):
-        if isinstance(candidate, Principal):
-            return candidate
-    return None
-
-
-@dataclass(frozen=True)
-class _Caller:
-    ip: str
-    user_id: UUID | None
-    key_id: UUID | None
-    verified: bool
-
-
-def _caller(scope: Scope, headers: Headers) -> _Caller:
-    ip = client_subject(scope)
-    principal = _principal(scope)
-    if principal is not None:
-        user_id = principal.user_id if principal.kind == "user" else None
-        return _Caller(ip=ip, user_id=user_id, key_id=principal.key_id, verified=True)
-    key_id = None
-    if api_key := headers.get("x-api-key"):
-        try:
-            key_id, _ = parse_api_key(api_key)
-        except ApiKeyInvalid:
-            pass
-    user_id = None
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        user_id = unverified_subject(token.strip())
-    return _Caller(ip=ip, user_id=user_id, key_id=key_id, verified=False)
-
-
-@dataclass(frozen=True)
-class _Attempt:
-    """A sign-in, second-factor, password-change or step-up call, with the account it is against (if known)."""
-
-    kind: Literal["login", "second_factor", "password", "step_up"]
-    account: UUID | None
-
-
-def _step_up_attempt(method: str, path: str, headers: Headers) -> bool:
-    """A body sent to a route whose changes are confirmed in it (step-up): it may hold a password guess."""
-    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
-        return False
-    if method == "DELETE":
-        return path.startswith(STEP_UP_DELETE_PREFIX)
-    return method == "POST" and path in STEP_UP_PATHS
-
-
-async def _read_body(receive: Receive, cap: int) -> tuple[list[ReceiveMessage], bytes | None, bool]:
-    """The request's messages read so far, its body if it was complete within `cap` bytes, and whether
-    it went past `cap`."""
-    messages: list[ReceiveMessage] = []
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None, False
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            return messages, None, True
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return messages, b"".join(chunks), False
-
-
-def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
-    pending = deque(messages)
-
-    async def replay() -> ReceiveMessage:
-        return pending.popleft() if pending else await receive()
-
-    return replay
-
-
-async def _login_username(headers: Headers, receive: Receive) -> tuple[Receive, str | None, bool]:
-    """The `username` of a sign-in body (read here and handed on unchanged), if it has one, and whether
-    the body is over MAX_AUTH_BODY (then it is not read to its end)."""
-    length = headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > MAX_AUTH_BODY):
-        return receive, None, True
-    messages, body, oversized = await _read_body(receive, MAX_AUTH_BODY)
-    replay = _replaying(messages, receive)
-    if not body:
-        return replay, None, oversized
-    try:
-        name = _LOGIN_NAME.decode(body).username
-    except (msgspec.DecodeError, RecursionError):
-        return replay, None, False
-    return replay, name if isinstance(name, str) and 0 < len(name) <= 256 else None, False
-
-
-def _error_code(body: bytes) -> str | None:
-    try:
-        code = _ERROR_CODE.decode(body).error_code
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    return code if isinstance(code, str) else None
 
 
 def _tightest(tallies: Sequence[Tally]) -> Tally | None:
@@ -336,18 +125,18 @@ class RateLimiter:
         if method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers:
             await self.app(scope, receive, send)
             return
-        caller = _caller(scope, headers)
-        attempt: _Attempt | None = None
+        caller = caller_of(scope, headers)
+        attempt: Attempt | None = None
         oversized = False
         if method == "POST" and scope["path"] in LOGIN_PATHS:
-            receive, username, oversized = await _login_username(headers, receive)
-            attempt = _Attempt("login", user_id_for(username) if username else None)
+            receive, username, oversized = await login_username(headers, receive)
+            attempt = Attempt("login", user_id_for(username) if username else None)
         elif method == "POST" and scope["path"].startswith(SECOND_FACTOR_PREFIX):
-            attempt = _Attempt("second_factor", caller.user_id)
+            attempt = Attempt("second_factor", caller.user_id)
         elif method == "POST" and scope["path"] in PASSWORD_PATHS:
-            attempt = _Attempt("password", caller.user_id)
-        elif _step_up_attempt(method, scope["path"], headers):
-            attempt = _Attempt("step_up", caller.user_id)
+            attempt = Attempt("password", caller.user_id)
+        elif step_up_attempt(method, scope["path"], headers):
+            attempt = Attempt("step_up", caller.user_id)
 
         limits = self.limits
         first = [Window("ip", caller.ip, limit) for limit in limits.ip]
@@ -378,7 +167,7 @@ class RateLimiter:
     async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake (`/ws`, socket.io's upgrade) counts against its address like a request;
         over the limit it is closed before it is accepted (close code 4429, an HTTP 403 to the client)."""
-        caller = _caller(scope, Headers.from_scope(scope))
+        caller = caller_of(scope, Headers.from_scope(scope))
         try:
             tallies = await self.counters.hit([Window("ip", caller.ip, limit) for limit in self.limits.ip], [], [])
         except CountersUnavailable:
@@ -393,7 +182,7 @@ class RateLimiter:
             log.info("ratelimit.handshake_refused", path=scope["path"])
             await send({"type": "websocket.close", "code": HANDSHAKE_REFUSED, "reason": "rate limit exceeded"})
 
-    def failure_windows(self, attempt: _Attempt, ip: str, account: UUID | None = None) -> list[Window]:
+    def failure_windows(self, attempt: Attempt, ip: str, account: UUID | None = None) -> list[Window]:
         """The failed-attempt windows of the account from this IP, and of the IP alone."""
         account = account or attempt.account
         windows = [Window("login", f"{account}@{ip}", limit) for limit in self.limits.login if account]
@@ -456,8 +245,8 @@ class _Exchange:
         limiter: RateLimiter,
         scope: Scope,
         send: Send,
-        caller: _Caller,
-        attempt: _Attempt | None,
+        caller: Caller,
+        attempt: Attempt | None,
         counted: list[Tally],
         peeked: list[Tally],
     ) -> None:
@@ -497,7 +286,7 @@ class _Exchange:
             await self._release()
         if self.caller.verified:
             return
-        principal = _principal(self.scope)
+        principal = principal_of(self.scope)
         unproven = [
             t for t in self.counted
             if t.window.kind in {"user", "key"} and t.count is not None
@@ -513,7 +302,7 @@ class _Exchange:
         start, held, self._start, self._held = self._start, self._held, None, []
         if start is None:
             return
-        await self._count_failure(_error_code(bytes(self._body)) if len(self._body) <= MAX_ERROR_BODY else None)
+        await self._count_failure(error_code_of(bytes(self._body)) if len(self._body) <= MAX_ERROR_BODY else None)
         self._label(start)
         await self._send(start)
         for message in held:
@@ -528,7 +317,7 @@ class _Exchange:
             failed = self.status == 401 and code not in _LOGIN_NOT_GUESSES
             account = judged if isinstance(judged, UUID) else attempt.account
         else:
-            principal = _principal(self.scope)
+            principal = principal_of(self.scope)
             failed = code == _WRONG_PASSWORD if attempt.kind == "password" else code in _WRONG_SECRETS
             account = principal.user_id if principal is not None else attempt.account
         if not failed:

@@ -17,7 +17,8 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.ratelimit import LOGIN_PATHS, PASSWORD_PATHS, SECOND_FACTOR_PREFIX, STEP_UP_PATHS, client_subject
+from api.ratelimit_requests import client_subject
+from api.ratelimit_rules import LOGIN_PATHS, PASSWORD_PATHS, SECOND_FACTOR_PREFIX, STEP_UP_PATHS
 from domain.security import MAX_SOURCES, SecurityHandlers, SourceCount
 
 log = structlog.get_logger(__name__)

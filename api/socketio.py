@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -25,7 +26,8 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
 from adapters.fanout import TOO_SLOW, Ended, LiveEvent, Subscriber
-from api.controllers.live import (
+from api.deps import LiveDeps
+from api.live_clients import (
     Grant,
     LiveClient,
     Refusal,
@@ -35,7 +37,6 @@ from api.controllers.live import (
     principal_ids,
     token_headers,
 )
-from api.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -61,11 +62,10 @@ def _environ_headers(environ: dict[str, Any]) -> dict[str, str]:
 class LiveSocketIO:
     """The socket.io server and its clients (one subscriber each)."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        origins = list(services.edge.cors_origins)
+    def __init__(self, deps: LiveDeps, origins: Sequence[str]) -> None:
+        self.deps = deps
         self.sio = socketio.AsyncServer(
-            async_mode="asgi", cors_allowed_origins=origins or None, logger=False, engineio_logger=False
+            async_mode="asgi", cors_allowed_origins=list(origins) or None, logger=False, engineio_logger=False
         )
         self.clients: dict[str, _Client] = {}
         self.sio.on("connect", self.connect)
@@ -78,24 +78,24 @@ class LiveSocketIO:
         """Authenticate from `auth.token` or the handshake headers; raises ConnectionRefusedError."""
         token = auth.get("token") if isinstance(auth, dict) else None
         headers = token_headers(token) if isinstance(token, str) and token.strip() else _environ_headers(environ)
-        fanout = self.services.fanout
+        fanout = self.deps.fanout
         try:
-            grant = await authenticate(self.services, headers)
+            grant = await authenticate(self.deps, headers)
         except Refusal as refusal:
             log.info("live.refused", transport="socket.io", error_code=refusal.error_code)
             raise socketio.exceptions.ConnectionRefusedError(
                 {"error_code": refusal.error_code, "message": refusal.reason}
             ) from None
-        if fanout is None or not fanout.running:
+        if not fanout.running:
             raise socketio.exceptions.ConnectionRefusedError(
                 {"error_code": "LIVE_UNAVAILABLE", "message": "live updates are not available from this process"}
             )
         subscriber = fanout.subscribe(principal_ids=principal_ids(grant.principal))
-        client = _Client(grant=grant, subscriber=subscriber, live=LiveClient(self.services, subscriber))
+        client = _Client(grant=grant, subscriber=subscriber, live=LiveClient(self.deps, subscriber))
         self.clients[sid] = client
         client.tasks = [
             asyncio.create_task(self._write(sid, client)),
-            asyncio.create_task(end_when_refused(self.services, grant, subscriber, "socket.io")),
+            asyncio.create_task(end_when_refused(self.deps, grant, subscriber, "socket.io")),
         ]
 
     async def disconnect(self, sid: str, *_: Any) -> None:
@@ -152,9 +152,10 @@ class LiveSocketIO:
         await self.disconnect(sid)
 
 
-def socketio_route(services: Services) -> ASGIRouteHandler:
-    """The socket.io server mounted at `/socket.io` (public to the guard: it authenticates on connect)."""
-    server = LiveSocketIO(services)
+def socketio_route(deps: LiveDeps, origins: Sequence[str]) -> ASGIRouteHandler:
+    """The socket.io server mounted at `/socket.io` (public to the guard: it authenticates on connect);
+    `origins` are the other origins it accepts (none: its own origin only)."""
+    server = LiveSocketIO(deps, origins)
 
     @asgi("/socket.io", is_mount=True, copy_scope=True, opt={"public": True})
     async def socket_io(scope: Scope, receive: Receive, send: Send) -> None:

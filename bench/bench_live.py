@@ -115,8 +115,8 @@ async def _serve(options: dict[str, Any], conn: Connection) -> None:
         runtime.saved()
         newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
         while True:
-            if await runtime.services().wait_projected(newest, timeout=5) and \
-                    await runtime.services().wait_projected(newest, projector="identity", timeout=5):  # fmt: skip
+            if await runtime.services().reads.wait_projected(newest, timeout=5) and \
+                    await runtime.services().reads.wait_projected(newest, projector="identity", timeout=5):  # fmt: skip
                 break
         while runtime.fanout is None or not runtime.fanout.running:
             await asyncio.sleep(0.05)

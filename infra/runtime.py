@@ -33,10 +33,11 @@ from adapters.nats_commands import CommandResponder
 from adapters.poller import Poller
 from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
+from api.deps import ApiDeps, api_deps
+from api.edge import EdgePolicy
 from api.metrics import ProcessMetrics
-from api.ratelimit import EdgePolicy, RateLimits
+from api.ratelimit_rules import RateLimits
 from api.security import RefusalTally, summarise_every
-from api.services import Services
 from domain.authentication import authenticate_headers
 from domain.compliance_handlers import ComplianceHandlers
 from domain.compliance_jobs import ComplianceExports
@@ -194,10 +195,10 @@ class Runtime:
             control=self.control(),
         )
 
-    def services(self) -> Services:
-        return Services(
+    def services(self) -> ApiDeps:
+        """What the HTTP API depends on, each controller's share apart (`api.deps`)."""
+        return api_deps(
             app=self.app,
-            driver=self.driver,
             read_pool=self.read_pool,
             commands=self.handlers(),
             identity=self.identity,
@@ -205,7 +206,7 @@ class Runtime:
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
             stream_name=self.stream.name,
-            fanout=self.fanout,
+            fanout=self.live_fanout(),
             zone=self.settings.zone,
             energy_rules=energy_rules(self.settings),
             exports=self.data_exports(),

@@ -15,13 +15,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import structlog
 
+from adapters.eventstore import SystemClock
 from adapters.faults import describe
-from api.services import PartStatus
+from api.deps import PartStatus
+from domain.ports import Clock
 from infra.errors import InfraError
 
 log = structlog.get_logger(__name__)
@@ -63,10 +65,12 @@ class Supervisor:
         intensity: int = 5,
         period: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self.backoff, self.backoff_max = backoff, backoff_max
         self.intensity, self.period = intensity, period
         self._monotonic = monotonic
+        self._clock = clock or SystemClock()
         self._parts: dict[str, _Record] = {}
 
     def add(self, name: str, start: Part, *, watches_stop: bool = False) -> None:
@@ -148,7 +152,7 @@ class Supervisor:
 
     def _failed(self, record: _Record, error: BaseException, now: float, delay: float) -> None:
         cause = describe(error)
-        record.last_error, record.failed_at, record.failed_monotonic = cause, datetime.now(timezone.utc), now
+        record.last_error, record.failed_at, record.failed_monotonic = cause, self._clock.now(), now
         record.failures.append(now)
         while record.failures and now - record.failures[0] > self.period:
             record.failures.popleft()

@@ -297,6 +297,13 @@ async def count_devices(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+async def last_poll(conn: psycopg.AsyncConnection[Any]) -> datetime | None:
+    """When a present device was last heard from, the newest of them; None before any was."""
+    cur = await conn.execute(f"SELECT max(last_seen) FROM {TABLE} WHERE NOT removed")
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
 async def active_devices(conn: psycopg.AsyncConnection[Any]) -> list[tuple[UUID, str]]:
     """(id, address) of every present device: what the poller polls."""
     cur = await conn.execute(f"SELECT device_id, address FROM {TABLE} WHERE NOT removed ORDER BY address")

@@ -26,6 +26,8 @@ __all__ = [
     "TRACKING_DDL",
     "ProjectorStatus",
     "QuarantinedEvent",
+    "database_size",
+    "projector_position",
     "projector_states",
     "projector_status",
     "quarantine_counts",
@@ -134,6 +136,21 @@ async def projector_status(conn: psycopg.AsyncConnection[Any], max_notification_
         )
         for name, version, position, last_error, failing_since in tracked
     ]
+
+
+async def projector_position(conn: psycopg.AsyncConnection[Any], name: str) -> int | None:
+    """The position in the log read model `name` has applied up to, or None before it first ran."""
+    cur = await conn.execute(f"SELECT position FROM {TRACKING} WHERE name = %s", (name,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def database_size(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Bytes the whole database takes on disk: the event store, the read models and operational state."""
+    cur = await conn.execute("SELECT pg_database_size(current_database())")
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 async def quarantine_counts(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:

@@ -307,7 +307,7 @@ async def serve_live(runtime: Runtime, **settings: Any) -> AsyncIterator[LiveSer
     """
     runtime.settings = msgspec.structs.replace(runtime.settings, **settings)
     newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
-    assert await runtime.services().wait_projected(newest, timeout=WAIT_S)
+    assert await runtime.services().reads.wait_projected(newest, timeout=WAIT_S)
     fanout = runtime.live_fanout()
     await fanout.start()
     config = uvicorn.Config(create_app(runtime.services()), host="127.0.0.1", port=0, log_config=None,

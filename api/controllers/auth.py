@@ -10,10 +10,9 @@ without asking first, and a larger body too (413).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Any
 from uuid import UUID
 
-import msgspec
 import structlog
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
@@ -21,221 +20,48 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from adapters.identity import ALGORITHM, qr_png_data_uri
+from api.controllers.auth_schemas import (
+    NO_STORE,
+    AccountView,
+    ChangePasswordRequest,
+    CodeRequest,
+    JwtConfiguration,
+    LoginAnswer,
+    LoginRequest,
+    LogoutAnswer,
+    Me,
+    PasswordChanged,
+    RefreshAnswer,
+    RefreshRequest,
+    SecurityFeatures,
+    SecurityStatus,
+    SessionEndedAnswer,
+    SessionsAnswer,
+    SetupRequest,
+    SetupStatus,
+    StepUpRequest,
+    TotpChanged,
+    TotpSetup,
+    TotpStatus,
+    session_info,
+    signed_in_user,
+    step_up_of,
+)
+from api.deps import IdentityDeps
 from api.guards import NO_CREDENTIALS
-from api.ratelimit import MAX_AUTH_BODY, SIGN_IN_ACCOUNT
-from api.services import Services
+from api.ratelimit_rules import MAX_AUTH_BODY, SIGN_IN_ACCOUNT
 from domain.errors import RefreshTokenReused, Unauthenticated
-from domain.access import Permission, Principal, Role, Scope
+from domain.access import Permission, Principal
 from domain.identity import user_id_for
-from domain.identity_requests import Login, SessionGrant, SetupAdmin, StepUp, UserSummary
-from domain.identity_rules import ACCESS_TOKEN_LIFETIME, MAX_PASSWORD_LENGTH, MAX_SESSIONS, SESSION_LIFETIME
-from projections.identity import SessionView, list_sessions
+from domain.identity_requests import Login, SetupAdmin
+from domain.identity_rules import ACCESS_TOKEN_LIFETIME, MAX_SESSIONS, SESSION_LIFETIME
+from projections.identity import list_sessions
 
 log = structlog.get_logger(__name__)
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-LoginName = Annotated[str, msgspec.Meta(min_length=1, max_length=256, description="the user name")]
-Username = Annotated[
-    str, msgspec.Meta(min_length=3, max_length=64, description="3 to 64 letters, digits and . _ @ -")
-]
-Email = Annotated[str, msgspec.Meta(max_length=254, description="name@host")]
-FullName = Annotated[str, msgspec.Meta(max_length=200)]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD_LENGTH)]
-NewPassword = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=1,
-        max_length=MAX_PASSWORD_LENGTH,
-        description="12 to 256 characters mixing two kinds (lower, upper, digits, other), without the user name",
-    ),
-]
-Code = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, description="a 6-digit code from the app, or a backup code")
-]
-AppCode = Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="a current 6-digit code from the app")]
-
-
-class SetupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The first administrator."""
-
-    username: Username
-    password: NewPassword
-    email: Email | None = None
-    full_name: FullName = ""
-
-
-class LoginRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`totp_code` is needed when the account has two-factor authentication: a code or a backup code."""
-
-    username: LoginName
-    password: Password
-    totp_code: Code | None = None
-
-
-class RefreshRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-
-
-class ChangePasswordRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`revoke_api_keys: true` revokes every API key of the user as well: keys outlive password changes."""
-
-    current_password: Password
-    new_password: NewPassword
-    revoke_api_keys: bool = False
-
-
-class StepUpRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Confirms a change a stolen access token must not make: the current password, or (two-factor on)
-    a current code of the authenticator app. Each one given must be right."""
-
-    current_password: Password | None = None
-    totp_code: AppCode | None = None
-
-    def proof(self) -> StepUp:
-        return StepUp(current_password=self.current_password, totp_code=self.totp_code)
-
-
-def step_up_of(data: StepUpRequest | None) -> StepUp | None:
-    return data.proof() if data is not None else None
-
-
-class CodeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A code from the authenticator app (or, to disable two-factor, a backup code)."""
-
-    token: Code
-
-
-class SetupStatus(msgspec.Struct, frozen=True, kw_only=True):
-    setup_required: bool
-
-
-class AccountView(msgspec.Struct, frozen=True, kw_only=True):
-    """A user as a write answers with it (GET /api/users adds `created_at` and `updated_at`)."""
-
-    id: UUID
-    username: str
-    email: str | None
-    full_name: str
-    role: Role
-    permissions: list[Permission]
-    is_active: bool
-    totp_enabled: bool
-
-    @classmethod
-    def of(cls, user: UserSummary) -> AccountView:
-        return cls(
-            id=user.user_id, username=user.username, email=user.email, full_name=user.full_name, role=user.role,
-            permissions=list(user.permissions), is_active=user.active, totp_enabled=user.totp_enabled,
-        )  # fmt: skip
-
-
-class SignedInUser(msgspec.Struct, frozen=True, kw_only=True):
-    id: UUID
-    username: str
-    email: str | None
-    role: Role
-    permissions: list[Permission]
-
-
-class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """The session a sign-in started; it (and its refresh tokens) ends at `expires_at` at the latest."""
-
-    session_id: UUID
-    created_at: datetime
-    expires_at: datetime
-
-
-class RefreshAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    access_token: str
-    refresh_token: str
-    token_type: str
-    expires_in: int
-    user: SignedInUser
-
-
-class LoginAnswer(RefreshAnswer, frozen=True, kw_only=True):
-    """A refresh's answer plus the session the sign-in started."""
-
-    session: SessionInfo
-
-
-class LogoutAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    message: str
-    sessions_terminated: int
-
-
-class SessionsAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    sessions: list[SessionView]
-    total: int
-    max_allowed: int
-
-
-class SessionEndedAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    message: str
-    session_id: UUID
-
-
-class Me(AccountView, frozen=True, kw_only=True):
-    """The caller: its user, and how it signed in. `permissions` are this caller's: a key's are cut to its scope."""
-
-    auth: Literal["user", "key"]
-    session_id: UUID | None
-    key_id: UUID | None
-    scope: Scope | None
-
-
-class JwtConfiguration(msgspec.Struct, frozen=True, kw_only=True):
-    algorithm: str
-    access_token_expire_minutes: int
-    refresh_token_expire_days: int
-
-
-class SecurityFeatures(msgspec.Struct, frozen=True, kw_only=True):
-    token_refresh_enabled: bool
-    session_management_available: bool
-    audit_logging_enabled: bool
-    structured_error_responses: bool
-    two_factor_available: bool
-    api_keys_available: bool
-
-
-class SecurityStatus(msgspec.Struct, frozen=True, kw_only=True):
-    jwt_configuration: JwtConfiguration
-    security_features: SecurityFeatures
-    max_sessions_per_user: int
-
-
-class PasswordChanged(msgspec.Struct, frozen=True, kw_only=True):
-    message: str
-
-
-class TotpStatus(msgspec.Struct, frozen=True, kw_only=True):
-    enabled: bool
-
-
-class TotpSetup(msgspec.Struct, frozen=True, kw_only=True):
-    """The only answer that holds the secret and the backup codes: store them now."""
-
-    secret: str
-    otpauth_uri: str
-    qr_code: str
-    backup_codes: list[str]
-
-
-class TotpChanged(msgspec.Struct, frozen=True, kw_only=True):
-    enabled: bool
-    message: str
 
 
 def client_ip(request: Request[Any, Any, Any]) -> str:
     return request.client.host if request.client else ""
-
-
-def signed_in_user(user: UserSummary) -> SignedInUser:
-    return SignedInUser(
-        id=user.user_id, username=user.username, email=user.email, role=user.role, permissions=list(user.permissions)
-    )
 
 
 def _is_json(content_type: str) -> bool:
@@ -250,12 +76,6 @@ async def json_bodies_only(request: Request[Any, Any, Any]) -> None:
         raise ClientException("Send the body as JSON (Content-Type: application/json)", status_code=415)
 
 
-def session_info(grant: SessionGrant) -> SessionInfo:
-    return SessionInfo(
-        session_id=grant.session_id, created_at=grant.expires_at - SESSION_LIFETIME, expires_at=grant.expires_at
-    )
-
-
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
@@ -263,15 +83,15 @@ class AuthController(Controller):
     before_request = staticmethod(json_bodies_only)
 
     @get("/setup-required", operation_id="getSetupRequired", opt={"public": True}, security=NO_CREDENTIALS)
-    async def setup_required(self, services: NamedDependency[Services]) -> SetupStatus:
+    async def setup_required(self, identity_deps: NamedDependency[IdentityDeps]) -> SetupStatus:
         """Whether first-run setup is still open (no administrator was ever created)."""
-        return SetupStatus(setup_required=await services.identity.setup_required())
+        return SetupStatus(setup_required=await identity_deps.identity.setup_required())
 
     @post("/setup", operation_id="setupFirstAdmin", status_code=201, opt={"public": True}, security=NO_CREDENTIALS)
-    async def setup(self, data: JSONBody[SetupRequest], services: NamedDependency[Services]) -> AccountView:
+    async def setup(self, data: JSONBody[SetupRequest], identity_deps: NamedDependency[IdentityDeps]) -> AccountView:
         """Create the first administrator. Open until it succeeds once: then, and for every
         request that lost a race with it, 409 SETUP_ALREADY_DONE."""
-        user = await services.identity.setup(
+        user = await identity_deps.identity.setup(
             SetupAdmin(username=data.username, password=data.password, email=data.email, full_name=data.full_name)
         )
         log.info("auth.setup_done", user_id=str(user.user_id))
@@ -282,7 +102,7 @@ class AuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[LoginRequest],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
     ) -> Response[LoginAnswer]:
         """Sign in: an access token (30 minutes) and a refresh token (as long as the session, 7 days).
 
@@ -296,13 +116,13 @@ class AuthController(Controller):
             user_agent=request.headers.get("user-agent", ""),
         )  # fmt: skip
         try:
-            grant = await services.identity.login(command)
+            grant = await identity_deps.identity.login(command)
         except Unauthenticated as exc:
             log.info("auth.sign_in_refused", error_code=exc.code, ip=ip)
             raise
         if grant.evicted:
-            await services.wait_projected(grant.position, projector="identity")
-        pair = services.tokens.issue(grant)
+            await identity_deps.reads.wait_projected(grant.position, projector="identity")
+        pair = identity_deps.tokens.issue(grant)
         log.info("auth.signed_in", user_id=str(grant.user_id), session_id=str(grant.session_id), ip=ip,
                  evicted=len(grant.evicted))  # fmt: skip
         answer = LoginAnswer(
@@ -313,18 +133,18 @@ class AuthController(Controller):
 
     @post("/refresh", operation_id="refreshTokens", status_code=200, opt={"public": True}, security=NO_CREDENTIALS)
     async def refresh(
-        self, data: JSONBody[RefreshRequest], services: NamedDependency[Services]
+        self, data: JSONBody[RefreshRequest], identity_deps: NamedDependency[IdentityDeps]
     ) -> Response[RefreshAnswer]:
         """Trade a refresh token for a new pair; the one presented is spent. Presenting a spent one
         again ends its session (401 TOKEN_REUSED): every token of it stops working."""
-        claims = await services.tokens.verify_refresh(data.refresh_token)
+        claims = await identity_deps.tokens.verify_refresh(data.refresh_token)
         try:
-            grant = await services.identity.refresh(claims.session_id, claims.generation)
+            grant = await identity_deps.identity.refresh(claims.session_id, claims.generation)
         except RefreshTokenReused:
             log.warning("auth.refresh_token_reused", session_id=str(claims.session_id), user_id=str(claims.user_id))
-            await services.wait_identity()
+            await identity_deps.reads.wait_identity()
             raise
-        pair = services.tokens.issue(grant)
+        pair = identity_deps.tokens.issue(grant)
         answer = RefreshAnswer(
             access_token=pair.access_token, refresh_token=pair.refresh_token, token_type=pair.token_type,
             expires_in=pair.expires_in, user=signed_in_user(grant.user),
@@ -335,23 +155,23 @@ class AuthController(Controller):
     async def logout(
         self,
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
         everywhere: FromQuery[bool] = False,
         data: JSONBody[StepUpRequest | None] = None,
     ) -> LogoutAnswer:
         """End this session (with `?everywhere=true`, every session of the user, confirmed by
         `current_password` or `totp_code` in the body: else 403 STEP_UP_REQUIRED). Its tokens stop
         working before the answer is sent. API keys have no session: 403 SESSION_REQUIRED."""
-        ended = await services.identity.logout(principal, everywhere=everywhere, step_up=step_up_of(data))
+        ended = await identity_deps.identity.logout(principal, everywhere=everywhere, step_up=step_up_of(data))
         if ended:
-            await services.wait_identity()
+            await identity_deps.reads.wait_identity()
         log.info("auth.signed_out", user_id=str(principal.user_id), sessions=ended)
         return LogoutAnswer(message="Logged out successfully", sessions_terminated=ended)
 
     @get("/me", operation_id="getCurrentUser", opt={"authenticated": True})
-    async def me(self, principal: NamedDependency[Principal], services: NamedDependency[Services]) -> Me:
+    async def me(self, principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]) -> Me:
         """The caller's user, with the permissions this request has (a key's are cut down to its scope)."""
-        user = await services.identity.account(principal)
+        user = await identity_deps.identity.account(principal)
         return Me(
             id=user.user_id, username=user.username, email=user.email, full_name=user.full_name, role=user.role,
             permissions=sorted(principal.permissions), is_active=user.active, totp_enabled=user.totp_enabled,
@@ -360,10 +180,10 @@ class AuthController(Controller):
 
     @get("/sessions", operation_id="listSessions", opt={"authenticated": True})
     async def sessions(
-        self, principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]
     ) -> SessionsAnswer:
         """The caller's active sessions, oldest first; `is_current` marks the one of this request."""
-        async with services.read_pool.connection() as conn:
+        async with identity_deps.reads.pool.connection() as conn:
             found = await list_sessions(
                 conn, principal.user_id, current=principal.session_id, now=datetime.now(timezone.utc)
             )
@@ -376,14 +196,14 @@ class AuthController(Controller):
         self,
         session_id: FromPath[UUID],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
         data: JSONBody[StepUpRequest | None] = None,
     ) -> SessionEndedAnswer:
         """End one of the caller's sessions (with USERS_MANAGE, anyone's); its tokens stop working at once.
         A session other than the caller's own takes `current_password` or `totp_code` in the body
         (else 403 STEP_UP_REQUIRED); keys other than `admin`-scope ones: 403 SESSION_REQUIRED."""
-        stored = await services.identity.end_session(principal, session_id, step_up_of(data))
-        await services.wait_projected(stored.position, projector="identity")
+        stored = await identity_deps.identity.end_session(principal, session_id, step_up_of(data))
+        await identity_deps.reads.wait_projected(stored.position, projector="identity")
         return SessionEndedAnswer(message="Session terminated", session_id=session_id)
 
     @get("/security-status", operation_id="getSecurityStatus", opt={"permission": Permission.SYSTEM_CONFIG})
@@ -407,40 +227,40 @@ class AuthController(Controller):
         self,
         data: JSONBody[ChangePasswordRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
     ) -> PasswordChanged:
         """Change one's own password (signed in, not with a key); every other session ends at once.
         API keys keep working unless `revoke_api_keys` is true. 422 WRONG_PASSWORD when
         `current_password` is wrong, 422 PASSWORD_POLICY for a weak new one."""
         if data.revoke_api_keys:
             # The keys to revoke are those the identity read model lists: let it catch up first.
-            await services.wait_identity()
-        stored = await services.identity.change_password(
+            await identity_deps.reads.wait_identity()
+        stored = await identity_deps.identity.change_password(
             principal, data.current_password, data.new_password, revoke_api_keys=data.revoke_api_keys
         )
-        await services.wait_projected(stored.position, projector="identity")
+        await identity_deps.reads.wait_projected(stored.position, projector="identity")
         if data.revoke_api_keys:
             return PasswordChanged(message="Password changed; your other sessions were ended and your API keys revoked")
         return PasswordChanged(message="Password changed; your other sessions were ended")
 
     @get("/2fa/status", operation_id="getTwoFactorStatus", opt={"authenticated": True})
     async def totp_status(
-        self, principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]
     ) -> TotpStatus:
         """Whether sign-in asks for a second factor."""
-        return TotpStatus(enabled=(await services.identity.account(principal)).totp_enabled)
+        return TotpStatus(enabled=(await identity_deps.identity.account(principal)).totp_enabled)
 
     @post("/2fa/setup", operation_id="setupTwoFactor", status_code=200, opt={"authenticated": True})
     async def totp_setup(
         self,
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
         data: JSONBody[StepUpRequest | None] = None,
     ) -> Response[TotpSetup]:
         """Start two-factor set-up, confirmed by `current_password` in the body (else 403 STEP_UP_REQUIRED,
         401 INVALID_CREDENTIALS when wrong): a new secret (also as an otpauth URI and a QR code) and backup
         codes, shown this once. It is in force after a code is verified with POST /api/auth/2fa/verify."""
-        enrollment = await services.identity.totp_setup(principal, step_up_of(data))
+        enrollment = await identity_deps.identity.totp_setup(principal, step_up_of(data))
         answer = TotpSetup(
             secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri,
             qr_code=qr_png_data_uri(enrollment.otpauth_uri), backup_codes=enrollment.backup_codes,
@@ -449,18 +269,18 @@ class AuthController(Controller):
 
     @post("/2fa/verify", operation_id="verifyTwoFactor", status_code=200, opt={"authenticated": True})
     async def totp_verify(
-        self, data: JSONBody[CodeRequest], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, data: JSONBody[CodeRequest], principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]
     ) -> TotpChanged:
         """Turn two-factor authentication on with a current code of the set-up's secret."""
-        stored = await services.identity.totp_verify(principal, data.token)
-        await services.wait_projected(stored.position, projector="identity")
+        stored = await identity_deps.identity.totp_verify(principal, data.token)
+        await identity_deps.reads.wait_projected(stored.position, projector="identity")
         return TotpChanged(enabled=True, message="Two-factor authentication is on")
 
     @post("/2fa/disable", operation_id="disableTwoFactor", status_code=200, opt={"authenticated": True})
     async def totp_disable(
-        self, data: JSONBody[CodeRequest], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, data: JSONBody[CodeRequest], principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]
     ) -> TotpChanged:
         """Turn two-factor authentication off, given a current code or an unused backup code."""
-        stored = await services.identity.totp_disable(principal, data.token)
-        await services.wait_projected(stored.position, projector="identity")
+        stored = await identity_deps.identity.totp_disable(principal, data.token)
+        await identity_deps.reads.wait_projected(stored.position, projector="identity")
         return TotpChanged(enabled=False, message="Two-factor authentication is off")

@@ -12,12 +12,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
-from adapters.compliance import MANIFEST, ComplianceJobs, ExportJob, Manifest
+from adapters.compliance import MANIFEST, ExportJob, Manifest
 from adapters.export_files import MEDIA_TYPES
 from adapters.history import EventFilter
 from api.controllers.events import as_utc
-from api.services import Services
-from domain.errors import ComplianceExportNotFound, ComplianceExportNotReady, Unavailable
+from api.deps import ExportDeps
+from domain.errors import ComplianceExportNotFound, ComplianceExportNotReady
 from domain.access import Permission, Principal
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -77,14 +77,8 @@ class ComplianceExportView(msgspec.Struct, frozen=True, kw_only=True):
         )  # fmt: skip
 
 
-def _jobs(services: Services) -> ComplianceJobs:
-    if services.compliance is None:
-        raise Unavailable("compliance exports are not set up in this process")
-    return services.compliance
-
-
-def _job(services: Services, export_id: UUID) -> ExportJob:
-    job = _jobs(services).get(export_id)
+def _job(deps: ExportDeps, export_id: UUID) -> ExportJob:
+    job = deps.compliance.get(export_id)
     if job is None:
         raise ComplianceExportNotFound(f"no compliance export {export_id}")
     return job
@@ -101,7 +95,7 @@ class ComplianceController(Controller):
         self,
         data: JSONBody[ComplianceExportRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        export_deps: NamedDependency[ExportDeps],
     ) -> Response[ComplianceExportView]:
         """Start exporting the event history (filters as `GET /api/events`) as JSON Lines, CSV or XLSX,
         in the background: 202 with the job; follow `GET /api/compliance/exports/{id}` for progress.
@@ -112,16 +106,16 @@ class ComplianceController(Controller):
             aggregate=data.aggregate, originator_id=data.originator_id, event_type=data.event_type,
             actor=data.actor, since=as_utc(data.since), until=as_utc(data.until), from_position=data.from_position,
         )  # fmt: skip
-        job = await _jobs(services).start(where, data.format, principal.actor)
+        job = await export_deps.compliance.start(where, data.format, principal.actor)
         return Response(ComplianceExportView.of(job), status_code=202)
 
     @get("/{export_id:uuid}", operation_id="getComplianceExport", opt={"permission": Permission.SYSTEM_CONFIG})
     async def show(
-        self, export_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, export_id: FromPath[UUID], principal: NamedDependency[Principal], export_deps: NamedDependency[ExportDeps]
     ) -> ComplianceExportView:
         """An export job's status, progress and, once completed, its manifest and file links. 404 EXPORT_NOT_FOUND."""
         principal.require(Permission.AUDIT_VIEW)
-        return ComplianceExportView.of(_job(services, export_id))
+        return ComplianceExportView.of(_job(export_deps, export_id))
 
     @get(
         "/{export_id:uuid}/files/{name:str}", operation_id="downloadComplianceExportFile",
@@ -132,15 +126,15 @@ class ComplianceController(Controller):
         export_id: FromPath[UUID],
         name: FromPath[str],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        export_deps: NamedDependency[ExportDeps],
     ) -> File:
         """One file of a completed export, streamed: the data file (`events.jsonl|csv|xlsx`) or
         `manifest.json`. 409 EXPORT_NOT_READY while it runs or after it failed; 404 for other names."""
         principal.require(Permission.AUDIT_VIEW)
-        job = _job(services, export_id)
+        job = _job(export_deps, export_id)
         if job.status != "completed":
             raise ComplianceExportNotReady(f"the export is {job.status}")
-        path = _jobs(services).file(export_id, name)
+        path = export_deps.compliance.file(export_id, name)
         if path is None or not path.is_file():
             raise ComplianceExportNotFound(f"the export has no file {name!r}")
         media = "application/json" if name == MANIFEST else MEDIA_TYPES.get(job.format, "application/octet-stream")

@@ -10,11 +10,9 @@ from litestar import Controller, get, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from api.services import Services
+from api.deps import ConfigDeps
 from domain.config import ConfigValues
 from domain.control import ChangeConfig
-from domain.control_handlers import ConfigHandlers
-from domain.errors import Unavailable
 from domain.access import Permission, Principal
 
 
@@ -43,12 +41,6 @@ class NetworkSettings(msgspec.Struct, frozen=True, kw_only=True):
     discovery_port: int
 
 
-def config_handlers(services: Services) -> ConfigHandlers:
-    if services.config is None:
-        raise Unavailable("the system configuration is not served by this process")
-    return services.config
-
-
 def _changes(update: ConfigUpdate) -> dict[str, Any]:
     return {k: v for k, v in msgspec.structs.asdict(update).items() if v is not msgspec.UNSET}
 
@@ -58,33 +50,33 @@ class ConfigController(Controller):
     tags = ["system"]
 
     @get("/system/config", operation_id="getSystemConfig", opt={"permission": Permission.SYSTEM_CONFIG})
-    async def show(self, services: NamedDependency[Services]) -> ConfigValues:
+    async def show(self, config_deps: NamedDependency[ConfigDeps]) -> ConfigValues:
         """The effective system configuration: the settings the process started with, overlaid with every
         recorded change."""
-        return await config_handlers(services).current()
+        return await config_deps.config.current()
 
     @put("/system/config", operation_id="updateSystemConfig", opt={"permission": Permission.SYSTEM_CONFIG})
     async def update(
-        self, data: JSONBody[ConfigUpdate], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, data: JSONBody[ConfigUpdate], principal: NamedDependency[Principal], config_deps: NamedDependency[ConfigDeps]
     ) -> ConfigValues:
         """Change some fields; each change is a `ConfigChanged` event, taken up by pollers and executors
         within seconds, without a restart. 422 `INVALID_CONFIG` naming the field out of range; 400 for a
         wrong type or an unknown field. Nothing changes on an error."""
-        config, position = await config_handlers(services).change(
+        config, position = await config_deps.config.change(
             ChangeConfig(changes=_changes(data), actor=principal.actor)
         )
         if position:
-            services.on_saved()
+            config_deps.reads.on_saved()
         return config
 
     @get("/settings/network", operation_id="getNetworkSettings", opt={"permission": Permission.SYSTEM_CONFIG})
-    async def network(self, services: NamedDependency[Services]) -> NetworkSettings:
+    async def network(self, config_deps: NamedDependency[ConfigDeps]) -> NetworkSettings:
         """Where the API listens and where discovery looks for devices."""
         return NetworkSettings(
             network_mode="bridge" if Path("/.dockerenv").exists() else "host",
             discovery_enabled=True,
             manual_devices_enabled=True,
-            host_ip=services.host,
-            discovery_target=services.discovery_target,
-            discovery_port=services.discovery_port or 9999,
+            host_ip=config_deps.host,
+            discovery_target=config_deps.discovery.target,
+            discovery_port=config_deps.discovery.port or 9999,
         )

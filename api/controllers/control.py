@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 from uuid import UUID
 
@@ -12,10 +11,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from api.controllers.devices import resolve_device
-from api.services import Services
+from api.deps import DeviceDeps
 from domain.control import Action, ControlAccepted, ControlOutcome, RequestControl, outcome_of
-from domain.control_handlers import ControlHandlers
-from domain.errors import CommandNotFound, Unavailable
+from domain.errors import CommandNotFound
 from domain.access import Permission, Principal
 from projections.commands import CommandView, device_commands, find_command
 
@@ -52,27 +50,21 @@ class CommandPage(msgspec.Struct, frozen=True, kw_only=True):
     offset: int
 
 
-def control_handlers(services: Services) -> ControlHandlers:
-    if services.control is None:
-        raise Unavailable("device control is not served by this process")
-    return services.control
-
-
-async def settle_view(services: Services, accepted: ControlAccepted, *, wait: bool) -> Response[ControlOutcome]:
+async def settle_view(deps: DeviceDeps, accepted: ControlAccepted, *, wait: bool) -> Response[ControlOutcome]:
     """The command's state: 200 once it has an outcome, else 202. With `wait`, first wait for the outcome
     (up to its deadline, at most MAX_WAIT_S) and for the read models to show it."""
-    control = control_handlers(services)
-    services.on_saved()
+    control = deps.control
+    deps.reads.on_saved()
     timeout = 0.0
     if wait:
         first = await control.command(accepted.command_id)
-        timeout = min(MAX_WAIT_S, max((first.deadline - services.clock.now()).total_seconds(), 0.0) + 1.0)
+        timeout = min(MAX_WAIT_S, max((first.deadline - deps.clock.now()).total_seconds(), 0.0) + 1.0)
     command = await control.wait_outcome(accepted.command_id, timeout)
     if command.settled and wait:
         # A read right after the answer shows the confirmed state and the command in the device's list.
-        newest = await asyncio.to_thread(services.event_log.max_id)
+        newest = await deps.reads.newest()
         for read_model in ("devices", "commands"):
-            await services.wait_projected(newest, projector=read_model, timeout=SETTLED_VISIBLE_S)
+            await deps.reads.wait_projected(newest, projector=read_model, timeout=SETTLED_VISIBLE_S)
     return Response(outcome_of(command), status_code=200 if command.settled else 202)
 
 
@@ -89,7 +81,7 @@ class ControlController(Controller):
         device: FromPath[str],
         data: JSONBody[ControlRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        device_deps: NamedDependency[DeviceDeps],
         idempotency_key: IdempotencyKey = None,
         prefer: Prefer = None,
         wait: FromQuery[bool | None] = None,
@@ -102,29 +94,29 @@ class ControlController(Controller):
         request returns the first command and switches nothing again; with another request, 422
         `IDEMPOTENCY_KEY_REUSED`. 403 `DEVICE_CONTROL_DISABLED` when control is turned off, 404
         `DEVICE_NOT_FOUND` / `OUTLET_NOT_FOUND`. A device known to be offline fails at once (`device_offline`)."""
-        view = await resolve_device(services, device)
-        accepted = await control_handlers(services).request_control(
+        view = await resolve_device(device_deps.reads, device)
+        accepted = await device_deps.control.request_control(
             RequestControl(
                 device_id=view.device_id, action=data.action, outlet=data.outlet,
                 idempotency_key=idempotency_key, actor=principal.actor,
             )
         )  # fmt: skip
         asynchronous = respond_async(prefer) if wait is None else not wait
-        answer = await settle_view(services, accepted, wait=not asynchronous)
+        answer = await settle_view(device_deps, accepted, wait=not asynchronous)
         if asynchronous and answer.status_code == 202 and respond_async(prefer):
             answer.headers["Preference-Applied"] = "respond-async"
         return answer
 
     @get("/commands/{command_id:uuid}", operation_id="getCommand", opt={"permission": Permission.DEVICES_VIEW})
-    async def show(self, command_id: FromPath[UUID], services: NamedDependency[Services]) -> CommandView:
+    async def show(self, command_id: FromPath[UUID], device_deps: NamedDependency[DeviceDeps]) -> CommandView:
         """One control command with its state and outcome. 404 `COMMAND_NOT_FOUND`."""
-        async with services.read_pool.connection() as conn:
+        async with device_deps.reads.pool.connection() as conn:
             view = await find_command(conn, command_id)
         if view is None:
             # Recorded but maybe not projected yet: wait for the read model once.
-            newest = await asyncio.to_thread(services.event_log.max_id)
-            await services.wait_projected(newest, projector="commands", timeout=2.0)
-            async with services.read_pool.connection() as conn:
+            newest = await device_deps.reads.newest()
+            await device_deps.reads.wait_projected(newest, projector="commands", timeout=2.0)
+            async with device_deps.reads.pool.connection() as conn:
                 view = await find_command(conn, command_id)
         if view is None:
             raise CommandNotFound(f"no command {command_id}")
@@ -137,12 +129,12 @@ class ControlController(Controller):
     async def for_device(
         self,
         device: FromPath[str],
-        services: NamedDependency[Services],
+        device_deps: NamedDependency[DeviceDeps],
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
     ) -> CommandPage:
         """A device's control commands, newest first: `limit` (1-500, 50) from `offset`, and the `total`."""
-        view = await resolve_device(services, device)
-        async with services.read_pool.connection() as conn:
+        view = await resolve_device(device_deps.reads, device)
+        async with device_deps.reads.pool.connection() as conn:
             page, total = await device_commands(conn, view.device_id, limit=limit, offset=offset)
         return CommandPage(commands=page, total=total, limit=limit, offset=offset)

@@ -14,12 +14,13 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from api.services import Services
+from api.deps import DeviceDeps
+from api.read_side import ReadSide
 from domain.address import parse_address
 from domain.commands import AddDevice, DiscoverDevices, RemoveDevice
 from domain.control import RenameOnDevice
 from domain.device import device_id_for
-from domain.errors import DeviceNotFound, InvalidAddress, InvalidRange, NoKasaDevice, Unavailable
+from domain.errors import DeviceNotFound, InvalidAddress, InvalidRange, NoKasaDevice
 from domain.access import Permission, Principal
 from projections.device_as_of import device_as_of
 from projections.devices import DeviceView, find_device, list_devices
@@ -71,13 +72,13 @@ class DiscoverResult(msgspec.Struct, frozen=True, kw_only=True):
     unreachable: list[str]
 
 
-async def resolve_device(services: Services, key: str) -> DeviceView:
+async def resolve_device(reads: ReadSide, key: str) -> DeviceView:
     """A present device by id or address (any spelling of the address)."""
-    async with services.read_pool.connection() as conn:
-        view = await find_device(conn, key, services.zone)
+    async with reads.pool.connection() as conn:
+        view = await find_device(conn, key, reads.zone)
         if view is None:
             try:
-                view = await find_device(conn, str(parse_address(key)), services.zone)
+                view = await find_device(conn, str(parse_address(key)), reads.zone)
             except InvalidAddress:
                 view = None
     if view is None:
@@ -115,13 +116,13 @@ def device_key_of(key: str) -> UUID:
         raise DeviceNotFound(f"no device {key!r}") from None
 
 
-async def device_at(services: Services, key: str, moment: datetime) -> DeviceView:
+async def device_at(deps: DeviceDeps, key: str, moment: datetime) -> DeviceView:
     """The device `key` names as it was at `moment` (a future moment: now); DeviceNotFound if it was not
     there then."""
     device_id = device_key_of(key)
-    moment = min(moment, services.clock.now())
+    moment = min(moment, deps.clock.now())
     view = await anyio.to_thread.run_sync(
-        device_as_of, services.app, device_id, moment, services.zone, services.energy_rules
+        device_as_of, deps.store, device_id, moment, deps.reads.zone, deps.energy_rules
     )
     if view is None:
         raise DeviceNotFound(f"no device {key!r} at {moment.isoformat()}")
@@ -133,36 +134,36 @@ class DevicesController(Controller):
     tags = ["devices"]
 
     @get("/devices", operation_id="listDevices", opt={"permission": Permission.DEVICES_VIEW})
-    async def list_all(self, services: NamedDependency[Services]) -> list[DeviceView]:
+    async def list_all(self, device_deps: NamedDependency[DeviceDeps]) -> list[DeviceView]:
         """Every device with its latest reading, in the order they were added."""
-        async with services.read_pool.connection() as conn:
-            return await list_devices(conn, services.zone)
+        async with device_deps.reads.pool.connection() as conn:
+            return await list_devices(conn, device_deps.reads.zone)
 
     @post("/devices/manual", operation_id="addDevice", status_code=201, opt={"permission": Permission.DEVICES_MANAGE})
     async def add(
         self,
         data: JSONBody[AddDeviceRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        device_deps: NamedDependency[DeviceDeps],
     ) -> Response[DeviceView | DeviceAccepted]:
         """Add a device by address. The device is contacted first: its first reading is stored
         with the add, so it shows at once. 400 bad address, 409 already added, 422 `DEVICE_UNREACHABLE`
         "no Kasa device answered at this address" whatever kept it from answering (the reason is logged)."""
         try:
-            added = await services.commands.add_device(
+            added = await device_deps.commands.add_device(
                 AddDevice(address=data.ip, alias=data.alias, actor=principal.actor)
             )
         except NoKasaDevice as exc:
             log.warning("devices.add_unreachable", address=data.ip, reason=exc.reason, actor=principal.actor)
             raise
-        if await services.wait_projected(added.position):
-            view = await resolve_device(services, str(added.device_id))
+        if await device_deps.reads.wait_projected(added.position):
+            view = await resolve_device(device_deps.reads, str(added.device_id))
             return Response(view, status_code=201)
         return Response(DeviceAccepted(device_id=added.device_id, device_ip=added.address), status_code=202)
 
     @get("/device/{device:str}", operation_id="getDevice", opt={"permission": Permission.DEVICES_VIEW})
     async def show(
-        self, device: FromPath[str], services: NamedDependency[Services], as_of: FromQuery[str | None] = None
+        self, device: FromPath[str], device_deps: NamedDependency[DeviceDeps], as_of: FromQuery[str | None] = None
     ) -> DeviceView:
         """One device by id or address, e.g. `127.0.0.1:9999` or its UUID.
 
@@ -172,8 +173,8 @@ class DevicesController(Controller):
         been added yet, or was removed, at that time."""
         moment = as_of_time(as_of)
         if moment is None:
-            return await resolve_device(services, device)
-        return await device_at(services, device, moment)
+            return await resolve_device(device_deps.reads, device)
+        return await device_at(device_deps, device, moment)
 
     @patch("/device/{device:str}", operation_id="updateDevice", opt={"permission": Permission.DEVICES_MANAGE})
     async def update(
@@ -181,39 +182,37 @@ class DevicesController(Controller):
         device: FromPath[str],
         data: JSONBody[DeviceUpdate],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        device_deps: NamedDependency[DeviceDeps],
     ) -> DeviceView:
         """Rename a device: on the device itself first (python-kasa), then in the log. 404 unknown or
         removed device; 422 `DEVICE_UNREACHABLE` when the device does not take the name (nothing stored)."""
-        view = await resolve_device(services, device)
-        if services.control is None:
-            raise Unavailable("renaming devices is not served by this process")
-        stored = await services.control.rename_on_device(
+        view = await resolve_device(device_deps.reads, device)
+        stored = await device_deps.control.rename_on_device(
             RenameOnDevice(device_id=view.device_id, alias=data.alias, actor=principal.actor)
         )
-        await services.wait_projected(stored.position)
-        return await resolve_device(services, str(view.device_id))
+        await device_deps.reads.wait_projected(stored.position)
+        return await resolve_device(device_deps.reads, str(view.device_id))
 
     @delete(
         "/devices/{device:str}", operation_id="removeDevice", status_code=200,
         opt={"permission": Permission.DEVICES_MANAGE},
     )  # fmt: skip
     async def remove(
-        self, device: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, device: FromPath[str], principal: NamedDependency[Principal], device_deps: NamedDependency[DeviceDeps]
     ) -> DeviceRemovedView:
         """Remove a device: it is no longer polled or listed; its history stays in the event log."""
-        view = await resolve_device(services, device)
-        stored = await services.commands.remove_device(
+        view = await resolve_device(device_deps.reads, device)
+        stored = await device_deps.commands.remove_device(
             RemoveDevice(device_id=view.device_id, actor=principal.actor)
         )
-        await services.wait_projected(stored.position)
+        await device_deps.reads.wait_projected(stored.position)
         return DeviceRemovedView(message="Device removed", device_id=view.device_id, device_ip=view.device_ip)
 
     @post("/discover", operation_id="discoverDevices", status_code=200, opt={"permission": Permission.DEVICES_MANAGE})
     async def discover(
         self,
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        device_deps: NamedDependency[DeviceDeps],
         data: JSONBody[DiscoverRequest | None] = None,
     ) -> DiscoverResult:
         """Discover devices at the configured discovery target and add the new ones
@@ -224,13 +223,13 @@ class DevicesController(Controller):
             reason = "cloud credentials are not used: devices are discovered on the local network and take none"
             raise ValidationException(f"{', '.join(given)}: {reason}; send the request without them",
                                       extra=[{"key": name, "message": reason, "source": "body"} for name in given])  # fmt: skip
-        found = await services.commands.discover_devices(
+        found = await device_deps.commands.discover_devices(
             DiscoverDevices(
-                target=services.discovery_target, port=services.discovery_port, actor=principal.actor
+                target=device_deps.discovery.target, port=device_deps.discovery.port, actor=principal.actor
             )
         )
         if found.position:
-            await services.wait_projected(found.position)
+            await device_deps.reads.wait_projected(found.position)
         return DiscoverResult(
             discovered=found.discovered,
             added=found.added,

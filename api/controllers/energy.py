@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Annotated
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from litestar import Controller, get, post, put
@@ -15,19 +14,19 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.controllers.devices import resolve_device
-from api.services import Services
+from api.deps import EnergyDeps
+from api.time_ranges import INTERVAL_OF, chosen_aggregation, history_range, parse_time, parse_zone
 from domain.calendar import local_period
 from domain.commands import device_key
 from domain.energy import DEVICE_CHANNEL, Interval
-from domain.energy_handlers import EnergyHandlers, ImportReadings, SetSessionThreshold
-from domain.errors import InvalidRange, Unavailable
+from domain.energy_handlers import ImportReadings, SetSessionThreshold
+from domain.errors import InvalidRange
 from domain.access import Permission, Principal
 from domain.imports import ImportedReading
 from domain.pricing import PRICING, money
-from domain.rollups import BUCKET, EPOCH, split_buckets
+from domain.rollups import BUCKET, split_buckets
 from domain.usage import sessions as find_sessions
 from projections.energy_queries import (
-    AGGREGATIONS,
     Point,
     bucket_prices,
     channel_runs,
@@ -37,17 +36,6 @@ from projections.energy_queries import (
     totals,
 )
 
-PERIODS = {
-    "24h": timedelta(days=1),
-    "7d": timedelta(days=7),
-    "30d": timedelta(days=30),
-    "3m": timedelta(days=91),
-    "6m": timedelta(days=182),
-    "1y": timedelta(days=365),
-}
-AUTO = {"24h": "5min", "7d": "hourly", "30d": "6hourly", "3m": "daily", "6m": "daily", "1y": "weekly"}
-MAX_SPAN = timedelta(days=3 * 366)
-MAX_RAW_SPAN = timedelta(days=31)
 MAX_SESSION_SPAN = timedelta(days=92)
 IMPORT_PROJECTION_WAIT_S = 30.0
 
@@ -128,104 +116,6 @@ class SessionsView(msgspec.Struct, frozen=True, kw_only=True):
     end_time: datetime
 
 
-def parse_zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
-    """An IANA zone by name (the default when None); raises InvalidRange for an unknown one."""
-    if name is None:
-        return default
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidRange(f"timezone {name!r} is not an IANA time zone") from None
-
-
-def parse_time(text: str | None, field: str, zone: ZoneInfo) -> datetime | None:
-    """An ISO 8601 time; one without a UTC offset is wall-clock time in `zone` (the earlier of a
-    repeated hour). Raises InvalidRange naming `field` for anything else."""
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRange(f"{field} must be an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone)
-    if moment.year < 2000 or moment.year > 9000:
-        raise InvalidRange(f"{field} must be from the year 2000 to 9000")
-    return moment.astimezone(timezone.utc)
-
-
-def _floor(moment: datetime, step: timedelta) -> datetime:
-    return EPOCH + ((moment - EPOCH) // step) * step
-
-
-def _ceil(moment: datetime, step: timedelta) -> datetime:
-    return EPOCH - ((EPOCH - moment) // step) * step
-
-
-def _auto(span: timedelta) -> str:
-    for limit, aggregation in (
-        (timedelta(days=1), "5min"), (timedelta(days=7), "hourly"), (timedelta(days=31), "6hourly"),
-        (timedelta(days=183), "daily"),
-    ):  # fmt: skip
-        if span <= limit:
-            return aggregation
-    return "weekly"
-
-
-INTERVALS = {"5m": "5min", "1h": "hourly", "6h": "6hourly", "1d": "daily", "1w": "weekly", "1mo": "monthly"}
-"""The seed's interval names (the deprecated `interval` parameter, and `metadata.aggregation`)."""
-INTERVAL_OF = {"raw": "raw", **{aggregation: name for name, aggregation in INTERVALS.items()}}
-
-
-def chosen_aggregation(aggregation: str, interval: str | None) -> str:
-    """The aggregation asked for: `aggregation` by name or seed interval; with `auto`, the deprecated
-    `interval` if given. Raises InvalidRange naming the accepted forms."""
-    if interval is not None and interval not in INTERVALS:
-        raise InvalidRange(f"interval must be one of {', '.join(INTERVALS)}")
-    if aggregation == "auto":
-        return INTERVALS[interval] if interval is not None else "auto"
-    if aggregation in INTERVALS:
-        return INTERVALS[aggregation]
-    if aggregation not in AGGREGATIONS:
-        raise InvalidRange(f"aggregation must be auto or one of {', '.join(AGGREGATIONS)} (or {', '.join(INTERVALS)})")
-    return aggregation
-
-
-def history_range(
-    period: str | None, start_time: str | None, end_time: str | None, aggregation: str, now: datetime,
-    zone: ZoneInfo,
-) -> tuple[datetime, datetime, str]:
-    """[start, end) and the aggregation a history query asks for; raises InvalidRange (422) for a bad one.
-
-    A period ends now; its range is widened to whole buckets (whole hours above
-    5 minutes). A range given by `start_time` / `end_time` is taken as given, a time
-    without an offset read in `zone`.
-    """
-    if period is not None and period not in PERIODS:
-        raise InvalidRange(f"period must be one of {', '.join(PERIODS)}")
-    start, end = parse_time(start_time, "start_time", zone), parse_time(end_time, "end_time", zone)
-    if start is None and end is None:
-        length = PERIODS[period or "24h"]
-        chosen = AUTO[period or "24h"] if aggregation == "auto" else aggregation
-        step = BUCKET if chosen in ("raw", "5min") else timedelta(hours=1)
-        start, end = _floor(now - length, step), _ceil(now, step) if chosen != "raw" else now
-    else:
-        end = end or now
-        start = start or end - PERIODS[period or "24h"]
-        if start >= end:
-            raise InvalidRange("start_time must be before end_time")
-        chosen = _auto(end - start) if aggregation == "auto" else aggregation
-    if end - start > (MAX_RAW_SPAN if chosen == "raw" else MAX_SPAN):
-        raise InvalidRange(f"the range is too long for aggregation {chosen}")
-    return start, end, chosen
-
-
-def energy_of(services: Services) -> EnergyHandlers:
-    if services.energy is None:
-        raise Unavailable("energy is not configured in this process")
-    return services.energy
-
-
 class EnergyController(Controller):
     path = "/api"
     tags = ["energy"]
@@ -239,19 +129,19 @@ class EnergyController(Controller):
         device: FromPath[str],
         data: JSONBody[ImportRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        energy_deps: NamedDependency[EnergyDeps],
     ) -> ImportResult:
         """Import up to 10,000 readings of a device (late, in any order); the same events as polled readings.
 
         422 `INVALID_READINGS` names the first bad item and nothing is stored; 404 for an unknown or removed
         device, 400 for an address that is not one.
         A reading whose timestamp is already recorded changes nothing."""
-        result = await energy_of(services).import_readings(
+        result = await energy_deps.energy.import_readings(
             ImportReadings(device_id=device_key(device), readings=tuple(data.readings), actor=principal.actor)
         )
         projected = True
         if result.position:
-            projected = await services.wait_projected(
+            projected = await energy_deps.reads.wait_projected(
                 result.position, projector="energy", timeout=IMPORT_PROJECTION_WAIT_S
             )
         return ImportResult(
@@ -267,22 +157,22 @@ class EnergyController(Controller):
         device: FromPath[str],
         data: JSONBody[ThresholdRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        energy_deps: NamedDependency[EnergyDeps],
     ) -> ThresholdView:
         """Set the power at or above which this device (or an outlet of it) is in a usage session; recorded
         as a device event with its actor. 404 for an unknown device."""
         device_id = device_key(device)
-        position = await energy_of(services).set_session_threshold(
+        position = await energy_deps.energy.set_session_threshold(
             SetSessionThreshold(device_id=device_id, threshold_w=data.threshold_w, actor=principal.actor)
         )
-        await services.wait_projected(position, projector="energy")
+        await energy_deps.reads.wait_projected(position, projector="energy")
         return ThresholdView(device_id=device_id, threshold_w=data.threshold_w)
 
     @get("/device/{device:str}/history", operation_id="getDeviceHistory", opt={"permission": Permission.DEVICES_VIEW})
     async def history(
         self,
         device: FromPath[str],
-        services: NamedDependency[Services],
+        energy_deps: NamedDependency[EnergyDeps],
         period: FromQuery[str | None] = None,
         start_time: FromQuery[str | None] = None,
         end_time: FromQuery[str | None] = None,
@@ -296,12 +186,12 @@ class EnergyController(Controller):
         seed's intervals (5m, 1h, 6h, 1d, 1w); the deprecated `interval` is honoured when `aggregation` is
         auto. 422 `INVALID_RANGE` for a bad period, range, aggregation or zone."""
         began = time.perf_counter()
-        zone = parse_zone(timezone, services.zone)
+        zone = parse_zone(timezone, energy_deps.reads.zone)
         start, end, chosen = history_range(
-            period, start_time, end_time, chosen_aggregation(aggregation, interval), services.clock.now(), zone
+            period, start_time, end_time, chosen_aggregation(aggregation, interval), energy_deps.clock.now(), zone
         )
-        view = await resolve_device(services, device)
-        async with services.read_pool.connection() as conn:
+        view = await resolve_device(energy_deps.reads, device)
+        async with energy_deps.reads.pool.connection() as conn:
             points = await history(conn, view.device_id, start, end, chosen, zone)
         return HistoryView(
             data=points,
@@ -312,17 +202,17 @@ class EnergyController(Controller):
         )  # fmt: skip
 
     @get("/device/{device:str}/stats", operation_id="getDeviceStats", opt={"permission": Permission.DEVICES_VIEW})
-    async def stats(self, device: FromPath[str], services: NamedDependency[Services]) -> StatsView:
+    async def stats(self, device: FromPath[str], energy_deps: NamedDependency[EnergyDeps]) -> StatsView:
         """Today's, this week's (from Monday) and this month's kWh and cost in the configured zone; average
         and peak power and on-time this month."""
-        view = await resolve_device(services, device)
-        zone = services.zone
-        now = services.clock.now()
+        view = await resolve_device(energy_deps.reads, device)
+        zone = energy_deps.reads.zone
+        now = energy_deps.clock.now()
         day = local_period(now, zone, "day")
         month = local_period(now, zone, "month")
         monday = local_period(day.start - timedelta(days=now.astimezone(zone).weekday()) + timedelta(hours=12),
                               zone, "day")  # fmt: skip
-        async with services.read_pool.connection() as conn:
+        async with energy_deps.reads.pool.connection() as conn:
             today, week, this_month = await totals(
                 conn, view.device_id, [(day.start, day.end), (monday.start, day.end), (month.start, month.end)]
             )
@@ -341,7 +231,7 @@ class EnergyController(Controller):
     async def sessions(
         self,
         device: FromPath[str],
-        services: NamedDependency[Services],
+        energy_deps: NamedDependency[EnergyDeps],
         start_time: FromQuery[str | None] = None,
         end_time: FromQuery[str | None] = None,
         threshold_w: FromQuery[float | None] = None,
@@ -351,9 +241,9 @@ class EnergyController(Controller):
         each run above `threshold_w` (default: the device's own threshold, else the setting, 5 W) lasting
         `min_duration_s` or longer, with its
         energy, cost and peak power. 422 `INVALID_RANGE` for a bad range or limit."""
-        settings = energy_of(services).settings
-        end = parse_time(end_time, "end_time", services.zone) or services.clock.now()
-        start = parse_time(start_time, "start_time", services.zone) or end - timedelta(days=1)
+        settings = energy_deps.energy.settings
+        end = parse_time(end_time, "end_time", energy_deps.reads.zone) or energy_deps.clock.now()
+        start = parse_time(start_time, "start_time", energy_deps.reads.zone) or end - timedelta(days=1)
         if start >= end or end - start > MAX_SESSION_SPAN:
             raise InvalidRange("start_time must be before end_time, at most 92 days apart")
         if (threshold_w is not None and not 0 <= threshold_w < 1e6) or (
@@ -361,9 +251,9 @@ class EnergyController(Controller):
         ):
             raise InvalidRange("threshold_w must be from 0 to 1e6 W and min_duration_s from 0 s to 92 days")
         minimum = settings.session_min_duration if min_duration_s is None else timedelta(seconds=min_duration_s)
-        view = await resolve_device(services, device)
+        view = await resolve_device(energy_deps.reads, device)
         found: list[SessionView] = []
-        async with services.read_pool.connection() as conn:
+        async with energy_deps.reads.pool.connection() as conn:
             own = await session_threshold(conn, view.device_id)
             threshold = threshold_w if threshold_w is not None else settings.session_threshold_w if own is None else own
             for channel, runs in sorted((await channel_runs(conn, view.device_id, start, end)).items()):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -14,8 +13,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 
 from adapters.contract import EventData, Envelope
-from adapters.history import CursorError, EventFilter, decode_cursor, encode_cursor, fingerprint
-from api.services import Services
+from adapters.history import EventFilter
+from api.cursors import CursorError, decode_cursor, encode_cursor, filter_fingerprint, fingerprint
+from api.deps import HistoryDeps
 from domain.errors import InvalidCursor, PageLimitExceeded
 from domain.access import Permission
 from projections.audit import AuditEntry, AuditFilter, audit_page, read_events_page
@@ -109,7 +109,7 @@ class EventsController(Controller):
     async def events(
         self,
         request: Request[Any, Any, Any],
-        services: NamedDependency[Services],
+        history_deps: NamedDependency[HistoryDeps],
         aggregate: FromQuery[Name | None] = None,
         originator_id: FromQuery[UUID | None] = None,
         event_type: FromQuery[Name | None] = None,
@@ -136,10 +136,10 @@ class EventsController(Controller):
             aggregate=aggregate, originator_id=originator_id, event_type=event_type, actor=actor,
             since=as_utc(since), until=as_utc(until), from_position=from_position,
         )  # fmt: skip
-        after = _position(cursor, where.fingerprint())
-        async with services.read_pool.connection() as conn:
-            page = await read_events_page(conn, services.app, where, after=after or 0, limit=limit)
-        next_cursor = None if page.next_position is None else encode_cursor(page.next_position, where.fingerprint())
+        after = _position(cursor, filter_fingerprint(where))
+        async with history_deps.reads.pool.connection() as conn:
+            page = await read_events_page(conn, history_deps.store, where, after=after or 0, limit=limit)
+        next_cursor = None if page.next_position is None else encode_cursor(page.next_position, filter_fingerprint(where))
         body = EventPage(events=[EventView.of(e) for e in page.events], next_cursor=next_cursor, limit=limit)
         return _with_link(request, body, next_cursor)
 
@@ -147,7 +147,7 @@ class EventsController(Controller):
     async def audit(
         self,
         request: Request[Any, Any, Any],
-        services: NamedDependency[Services],
+        history_deps: NamedDependency[HistoryDeps],
         actor: FromQuery[Name | None] = None,
         aggregate: FromQuery[Name | None] = None,
         event_type: FromQuery[Name | None] = None,
@@ -171,17 +171,17 @@ class EventsController(Controller):
         )  # fmt: skip
         print_ = fingerprint(where, order)
         after = _position(cursor, print_)
-        async with services.read_pool.connection() as conn:
+        async with history_deps.reads.pool.connection() as conn:
             entries, last = await audit_page(conn, where, after=after, limit=limit, order=order)
         next_cursor = None if last is None else encode_cursor(last, print_)
         return _with_link(request, AuditPage(entries=entries, next_cursor=next_cursor, limit=limit), next_cursor)
 
     @get("/audit/head", operation_id="getAuditHead", opt={"permission": Permission.AUDIT_VIEW})
-    async def head(self, services: NamedDependency[Services]) -> AuditHead:
+    async def head(self, history_deps: NamedDependency[HistoryDeps]) -> AuditHead:
         """The head of the SHA-256 hash chain over the stored events (position 0 and zeros while empty).
         Keep a copy: `wattledger audit verify` shows whether the stored history still leads to it."""
-        newest = await asyncio.to_thread(services.event_log.max_id)
-        async with services.read_pool.connection() as conn:
+        newest = await history_deps.reads.newest()
+        async with history_deps.reads.pool.connection() as conn:
             head = await chain_head(conn)
         position, digest = (head.position, head.hash) if head else (0, GENESIS.hex())
         return AuditHead(position=position, hash=digest, algorithm=ALGORITHM, events_stored=newest,

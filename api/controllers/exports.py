@@ -22,14 +22,13 @@ from litestar.response import File
 
 from adapters.data_exports import EXTENSION, DataExportJobs, blocking_prices, export_rows, readings_stored
 from api.controllers.devices import resolve_device
-from api.services import Services
+from api.deps import ExportDeps
 from domain.errors import (
     DataExportAccessDenied,
     DataExportLimit,
     DataExportNotFound,
     DataExportNotReady,
     InvalidExport,
-    Unavailable,
 )
 from domain.export_handlers import check_spec
 from domain.exports import (
@@ -190,12 +189,6 @@ def _limited(request: Request[Any, Any, Any], exc: DataExportLimit) -> Response[
     return Response(body, status_code=429, media_type="application/json", headers={"Retry-After": str(seconds)})
 
 
-def _jobs(services: Services) -> DataExportJobs:
-    if services.exports is None:
-        raise Unavailable("data exports are not available in this process")
-    return services.exports
-
-
 def _export_id(text: str) -> UUID:
     try:
         return UUID(text)
@@ -218,9 +211,9 @@ def _status(row: ExportRow, jobs: DataExportJobs) -> ExportStatus:
     )
 
 
-async def _own_row(services: Services, principal: Principal, export_id: UUID) -> ExportRow:
+async def _own_row(deps: ExportDeps, principal: Principal, export_id: UUID) -> ExportRow:
     """The export's row if the principal may see it; DataExportNotFound or DataExportAccessDenied otherwise."""
-    async with services.read_pool.connection() as conn:
+    async with deps.reads.pool.connection() as conn:
         row = await find_export(conn, export_id)
     if row is None:
         raise DataExportNotFound(f"no export {export_id}")
@@ -229,16 +222,16 @@ async def _own_row(services: Services, principal: Principal, export_id: UUID) ->
     return row
 
 
-async def _spec(services: Services, devices: list[str], start: datetime, end: datetime, fields: list[str],
+async def _spec(deps: ExportDeps, devices: list[str], start: datetime, end: datetime, fields: list[str],
                 aggregation: str, fmt: str, zone: str | None, headers: bool) -> tuple[ExportSpec, list[DeviceLabel]]:
     """The export spec with devices resolved (404 `DEVICE_NOT_FOUND` for one not there); checked."""
-    views = [await resolve_device(services, key) for key in devices]
+    views = [await resolve_device(deps.reads, key) for key in devices]
     labels = list({v.device_id: DeviceLabel(device_id=v.device_id, address=v.device_ip, name=v.alias, mac=v.mac)
                    for v in views}.values())  # fmt: skip
     spec = ExportSpec(
         devices=tuple(label.device_id for label in labels), start=start, end=end,
         fields=tuple(fields) or DEFAULT_FIELDS, aggregation=msgspec.convert(aggregation, Aggregation),
-        timezone=zone or services.zone.key, format=msgspec.convert(fmt, Format),
+        timezone=zone or deps.reads.zone.key, format=msgspec.convert(fmt, Format),
         include_headers=headers,
     )
     check_spec(spec)
@@ -261,12 +254,12 @@ class ExportsController(Controller):
         return MetricList(metrics=list(METRICS))
 
     @get("/devices", operation_id="listExportDevices", opt=NEEDS)
-    async def devices(self, services: NamedDependency[Services]) -> DeviceList:
+    async def devices(self, export_deps: NamedDependency[ExportDeps]) -> DeviceList:
         """Every present device with the readings stored for it over the last 366 days (`data_points`)."""
-        async with services.read_pool.connection() as conn:
-            views = await list_devices(conn, services.zone)
-            since = services.clock.now() - DATA_POINTS_SPAN
-            counts = [await readings_stored(conn, services.app, v.device_id, since) for v in views]
+        async with export_deps.reads.pool.connection() as conn:
+            views = await list_devices(conn, export_deps.reads.zone)
+            since = export_deps.clock.now() - DATA_POINTS_SPAN
+            counts = [await readings_stored(conn, export_deps.store, v.device_id, since) for v in views]
         return DeviceList(devices=[
             ExportableDevice(device_id=v.device_id, device_ip=v.device_ip, device_name=v.alias,
                              device_type=v.device_type, last_seen=v.last_seen, data_points=n)
@@ -276,17 +269,17 @@ class ExportsController(Controller):
     @post("/create", operation_id="createExport", status_code=201, opt=NEEDS)
     async def create(
         self, data: JSONBody[CreateExportRequest], principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        export_deps: NamedDependency[ExportDeps],
     ) -> ExportCreated:
         """Queue an export of device data; its file is written in the background (see `GET /api/exports/{id}`).
         400 `INVALID_EXPORT` for a bad range, field or zone, 404 `DEVICE_NOT_FOUND`, 429 past the hourly limit."""
-        jobs = _jobs(services)
+        jobs = export_deps.exports
         spec, _ = await _spec(
-            services, data.devices, data.date_range.start, data.date_range.end, data.fields, data.aggregation,
+            export_deps, data.devices, data.date_range.start, data.date_range.end, data.fields, data.aggregation,
             data.format, data.options.timezone, data.options.include_headers,
         )
         requested = await jobs.handlers.request(principal, spec)
-        await services.wait_projected(requested.position, projector="exports")
+        await export_deps.reads.wait_projected(requested.position, projector="exports")
         jobs.start(requested.export_id)
         return ExportCreated(
             export_id=requested.export_id, status="queued", created_at=requested.created_at,
@@ -296,26 +289,26 @@ class ExportsController(Controller):
 
     @get("/history", operation_id="listExports", opt=NEEDS)
     async def history(
-        self, principal: NamedDependency[Principal], services: NamedDependency[Services],
+        self, principal: NamedDependency[Principal], export_deps: NamedDependency[ExportDeps],
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
     ) -> ExportHistory:
         """The caller's exports, newest first (an admin's list holds everyone's)."""
-        jobs = _jobs(services)
+        jobs = export_deps.exports
         owner = None if principal.role is Role.ADMIN else principal.user_id
-        async with services.read_pool.connection() as conn:
+        async with export_deps.reads.pool.connection() as conn:
             rows, total = await export_history(conn, owner, limit=limit, offset=offset)
         return ExportHistory(exports=[_status(r, jobs) for r in rows], total=total, page=offset // limit + 1,
                              per_page=limit)  # fmt: skip
 
     @get("/stats", operation_id="exportStats", opt=NEEDS)
-    async def stats(self, principal: NamedDependency[Principal], services: NamedDependency[Services]) -> Stats:
+    async def stats(self, principal: NamedDependency[Principal], export_deps: NamedDependency[ExportDeps]) -> Stats:
         """Counts over the caller's exports (everyone's for an admin) and the caller's exports left this hour."""
-        jobs = _jobs(services)
+        jobs = export_deps.exports
         owner = None if principal.role is Role.ADMIN else principal.user_id
-        local = services.clock.now().astimezone(services.zone)
+        local = export_deps.clock.now().astimezone(export_deps.reads.zone)
         month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        async with services.read_pool.connection() as conn:
+        async with export_deps.reads.pool.connection() as conn:
             counted = await export_stats(conn, owner, month_start)
         remaining, _ = await jobs.handlers.remaining(principal.user_id)
         return Stats(
@@ -326,7 +319,7 @@ class ExportsController(Controller):
 
     @get("/preview", operation_id="previewExport", opt=NEEDS)
     async def preview(
-        self, services: NamedDependency[Services],
+        self, export_deps: NamedDependency[ExportDeps],
         devices: Annotated[str, QueryParameter(min_length=1, max_length=2000, description="comma-separated")],
         export_type: FromQuery[Literal["device_data"]] = "device_data",
         aggregation: FromQuery[Literal["raw", "hourly", "daily"]] = "raw",
@@ -340,7 +333,7 @@ class ExportsController(Controller):
         otherwise, at most 366 days), how many there would be and about how large a CSV of them is. Rows
         carry `cost` unless `fields` says otherwise: hourly and daily rows priced by the energy read
         model, raw rows null."""
-        now = services.clock.now()
+        now = export_deps.clock.now()
         until = end or now
         if not 2000 <= until.year <= 9000:
             raise InvalidExport("end: from the year 2000 to 9000")
@@ -348,19 +341,19 @@ class ExportsController(Controller):
         if until - since > PREVIEW_MAX_RANGE:
             raise InvalidExport("start, end: a preview covers at most 366 days; an export may cover any range")
         spec, labels = await _spec(
-            services, [d.strip() for d in devices.split(",") if d.strip()][:100], since, until,
+            export_deps, [d.strip() for d in devices.split(",") if d.strip()][:100], since, until,
             [f.strip() for f in (fields or "").split(",") if f.strip()], aggregation, "csv", timezone_name, True,
         )
-        rules = services.energy_rules
+        rules = export_deps.energy_rules
         priced = None
         if "cost" in spec.fields and spec.aggregation != "raw":
-            priced = blocking_prices(ExportReadModel(services.read_pool))
+            priced = blocking_prices(ExportReadModel(export_deps.reads.pool))
 
         def shape() -> tuple[list[list[Any]], int, int]:
             kept: list[list[Any]] = []
             total = size = 0
             named = {label.device_id: label for label in labels}
-            for row in export_rows(services.app, spec, named, rules, now=now, priced=priced):
+            for row in export_rows(export_deps.store, spec, named, rules, now=now, priced=priced):
                 total += 1
                 size += len(",".join("" if v is None else str(v) for v in row)) + 2
                 if len(kept) < limit:
@@ -374,39 +367,39 @@ class ExportsController(Controller):
 
     @get("/download/{export_id:str}", operation_id="downloadExport", opt=NEEDS)
     async def download(
-        self, export_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[Services],
+        self, export_id: FromPath[str], principal: NamedDependency[Principal], export_deps: NamedDependency[ExportDeps],
     ) -> File:
         """The export's file. 403 `ACCESS_DENIED` for another user's, 409 `DATA_EXPORT_NOT_READY` while it is
         written or after it failed, `DATA_EXPORT_GONE` once deleted or expired."""
-        jobs = _jobs(services)
+        jobs = export_deps.exports
         export, _ = await jobs.handlers.downloaded(principal, _export_id(export_id))
         path = jobs.path_of(export.file_name or "")
         if not export.file_name or not path.is_file():
             raise DataExportNotReady(f"the file of export {export_id} is not there")
-        services.on_saved()
+        export_deps.reads.on_saved()
         info = FORMAT_BY_ID[export.spec.format]
         return File(path=path, filename=f"export_{export.id}{EXTENSION[export.spec.format]}",
                     media_type=info.mime_type)  # fmt: skip
 
     @get("/{export_id:str}", operation_id="getExport", opt=NEEDS)
     async def status(
-        self, export_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[Services],
+        self, export_id: FromPath[str], principal: NamedDependency[Principal], export_deps: NamedDependency[ExportDeps],
     ) -> ExportStatus:
         """An export's status with its progress (0 to 100). 403 `ACCESS_DENIED` for another user's."""
-        return _status(await _own_row(services, principal, _export_id(export_id)), _jobs(services))
+        return _status(await _own_row(export_deps, principal, _export_id(export_id)), export_deps.exports)
 
     @delete("/{export_id:str}", operation_id="deleteExport", status_code=200, opt=NEEDS)
     async def remove(
-        self, export_id: FromPath[str], principal: NamedDependency[Principal], services: NamedDependency[Services],
+        self, export_id: FromPath[str], principal: NamedDependency[Principal], export_deps: NamedDependency[ExportDeps],
     ) -> ExportDeleted:
         """Delete an export and its file. 403 `ACCESS_DENIED` for another user's, 409 `DATA_EXPORT_GONE` if
         it was deleted or expired already."""
-        jobs = _jobs(services)
+        jobs = export_deps.exports
         key = _export_id(export_id)
-        row = await _own_row(services, principal, key)
+        row = await _own_row(export_deps, principal, key)
         stored = await jobs.handlers.delete(principal, key)
         jobs.remove_file(row.file_name)
-        await services.wait_projected(stored.position, projector="exports")
+        await export_deps.reads.wait_projected(stored.position, projector="exports")
         return ExportDeleted(message="Export deleted successfully", export_id=key,
                              deleted_at=datetime.now(timezone.utc))  # fmt: skip
 

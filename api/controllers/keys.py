@@ -18,8 +18,8 @@ from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from api.controllers.auth import NO_STORE, AppCode, Password
-from api.services import Services
+from api.controllers.auth_schemas import NO_STORE, AppCode, Password
+from api.deps import IdentityDeps
 from domain.access import Permission, Principal, Scope
 from domain.identity_requests import NewKey, StepUp
 from projections.identity import ApiKeyView, list_api_keys
@@ -61,17 +61,17 @@ class KeysController(Controller):
         self,
         data: JSONBody[CreateKeyRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
     ) -> Response[IssuedKeyView]:
         """Issue a key for the signed-in user (keys cannot issue keys: 403 SESSION_REQUIRED), confirmed by
         `current_password` or `totp_code` (else 403 STEP_UP_REQUIRED; wrong: 401 INVALID_CREDENTIALS or
         INVALID_TOTP_CODE, counted as failed sign-ins)."""
-        issued = await services.identity.issue_key(
+        issued = await identity_deps.identity.issue_key(
             principal,
             NewKey(name=data.name, scope=data.scope, expires_at=data.expires_at),
             StepUp(current_password=data.current_password, totp_code=data.totp_code),
         )
-        await services.wait_projected(issued.position, projector="identity")
+        await identity_deps.reads.wait_projected(issued.position, projector="identity")
         answer = IssuedKeyView(
             key_id=issued.key_id, key=issued.key, prefix=issued.prefix, name=issued.name, scope=issued.scope,
             expires_at=issued.expires_at, message="Store this key now: it is not shown again",
@@ -82,22 +82,22 @@ class KeysController(Controller):
     async def list_all(
         self,
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
         everyone: FromQuery[bool] = False,
     ) -> list[ApiKeyView]:
         """The caller's keys that are not revoked, with when each was last used (never the key itself).
         `?everyone=true` lists every user's keys (USERS_MANAGE)."""
         if everyone:
             principal.require(Permission.USERS_MANAGE)
-        async with services.read_pool.connection() as conn:
+        async with identity_deps.reads.pool.connection() as conn:
             return await list_api_keys(conn, None if everyone else principal.user_id)
 
     @delete("/{key_id:uuid}", operation_id="revokeApiKey", status_code=200, opt={"authenticated": True})
     async def revoke(
-        self, key_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, key_id: FromPath[UUID], principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]
     ) -> KeyRevoked:
         """Revoke one of the caller's keys (with USERS_MANAGE, anyone's); it stops working at once.
         Keys other than `admin`-scope ones cannot: 403 SESSION_REQUIRED."""
-        stored = await services.identity.revoke_key(principal, key_id)
-        await services.wait_projected(stored.position, projector="identity")
+        stored = await identity_deps.identity.revoke_key(principal, key_id)
+        await identity_deps.reads.wait_projected(stored.position, projector="identity")
         return KeyRevoked(message="API key revoked", key_id=key_id)

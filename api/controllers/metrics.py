@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import anyio.to_thread
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
 from adapters.relay import relay_status
 from api.metrics import CONTENT_TYPE, ProcessMetrics, Reading, exposition
-from api.services import Services
+from api.deps import SystemDeps
 from domain.access import Permission
 from projections.device_metrics import device_samples
 from projections.tracking import projector_status
 
 
-async def read_now(services: Services) -> Reading:
+async def read_now(deps: SystemDeps) -> Reading:
     """One scrape's reading of the read models, the log's head and this process's parts."""
-    max_id = await asyncio.to_thread(services.event_log.max_id)
-    async with services.read_pool.connection() as conn:
-        devices = await device_samples(conn, services.clock.now(), services.zone)
-        relay = await relay_status(conn, services.stream_name, max_id)
+    max_id = await deps.reads.newest()
+    async with deps.reads.pool.connection() as conn:
+        devices = await device_samples(conn, deps.clock.now(), deps.reads.zone)
+        relay = await relay_status(conn, deps.stream_name, max_id)
         projectors = await projector_status(conn, max_id)
-    live = (await services.fanout.status()).subscribers if services.fanout is not None else 0
+    live = (await deps.fanout.status()).subscribers
     return Reading(
         devices=devices, events_stored=max_id, relay_lag=relay.lag,
         projector_lag={p.name: p.lag for p in projectors}, live_clients=live,
-        part_restarts={part.name: part.restarts for part in services.parts()},
+        part_restarts={part.name: part.restarts for part in deps.parts()},
     )  # fmt: skip
 
 
@@ -37,7 +35,7 @@ class MetricsController(Controller):
 
     @get("", operation_id="getMetrics", opt={"permission": Permission.DEVICES_VIEW}, media_type=CONTENT_TYPE)
     async def metrics(
-        self, services: NamedDependency[Services], metrics: NamedDependency[ProcessMetrics]
+        self, system_deps: NamedDependency[SystemDeps], metrics: NamedDependency[ProcessMetrics]
     ) -> Response[bytes]:
         """Prometheus metrics in the text exposition format, for an API key (`X-API-Key` or
         `Authorization: Bearer <key>`) or a session with DEVICES_VIEW.
@@ -48,7 +46,7 @@ class MetricsController(Controller):
         and part restarts of this process, API request latency by route template, and the poll
         duration histogram and failures by reason of this process's poller (empty in a process that
         runs none: see `wattledger_poller_in_process`)."""
-        reading = await read_now(services)
+        reading = await read_now(system_deps)
         # prometheus_client formats about 50k samples a second: 1,000 devices take ~0.15 s, off the loop.
         body = await anyio.to_thread.run_sync(exposition, metrics, reading)
         return Response(body, media_type=CONTENT_TYPE)

@@ -11,8 +11,8 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody
 
-from api.controllers.energy import energy_of, parse_time, parse_zone
-from api.services import Services
+from api.deps import EnergyDeps
+from api.time_ranges import parse_time, parse_zone
 from domain.energy_handlers import SetRate
 from domain.errors import InvalidRange, InvalidRate
 from domain.access import Permission, Principal
@@ -186,26 +186,26 @@ class RatesController(Controller):
     tags = ["rates"]
 
     @get("/rates", operation_id="getRates", opt={"permission": Permission.DEVICES_VIEW})
-    async def current(self, services: NamedDependency[Services], as_of: FromQuery[str | None] = None) -> RateView:
+    async def current(self, energy_deps: NamedDependency[EnergyDeps], as_of: FromQuery[str | None] = None) -> RateView:
         """The rate version in force at `as_of` (ISO 8601), or, without it, the one in force from the current
         5-minute bucket's end: a rate just set (which takes effect at the next 5-minute boundary) shows
         at once. With none in force, `configured` is false and `rate_type` is `none`."""
-        given = parse_time(as_of, "as_of", services.zone)
-        moment = given or align_up(services.clock.now())
-        async with services.read_pool.connection() as conn:
+        given = parse_time(as_of, "as_of", energy_deps.reads.zone)
+        moment = given or align_up(energy_deps.clock.now())
+        async with energy_deps.reads.pool.connection() as conn:
             rate = in_force(await rate_versions(conn), moment)
-        return rate_view(rate) if rate is not None else no_rate(services.zone.key)
+        return rate_view(rate) if rate is not None else no_rate(energy_deps.reads.zone.key)
 
     @get("/rates/history", operation_id="getRateHistory", opt={"permission": Permission.DEVICES_VIEW})
-    async def history(self, services: NamedDependency[Services]) -> RateHistoryView:
+    async def history(self, energy_deps: NamedDependency[EnergyDeps]) -> RateHistoryView:
         """Every rate version, oldest first, with who set it and when it took effect."""
-        async with services.read_pool.connection() as conn:
+        async with energy_deps.reads.pool.connection() as conn:
             versions = [rate_view(r) for r in await rate_versions(conn)]
         return RateHistoryView(versions=versions, count=len(versions))
 
     @post("/rates", operation_id="setRates", status_code=201, opt={"permission": Permission.RATES_EDIT})
     async def set_rates(
-        self, data: JSONBody[RateRequest], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, data: JSONBody[RateRequest], principal: NamedDependency[Principal], energy_deps: NamedDependency[EnergyDeps]
     ) -> RateView:
         """A new rate version (`simple`, `tiered` or `time_of_use`), in force from `effective_from` (default now,
         moved up to the next 5-minute boundary); energy used before it keeps its cost. 422 `INVALID_RATE`
@@ -213,16 +213,16 @@ class RatesController(Controller):
         rate, say): nothing sent is dropped."""
         check_all_used(data)
         body = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
-        stored = await energy_of(services).set_rate(
-            SetRate(body=body, default_zone=services.zone.key, actor=principal.actor)
+        stored = await energy_deps.energy.set_rate(
+            SetRate(body=body, default_zone=energy_deps.reads.zone.key, actor=principal.actor)
         )
-        await services.wait_projected(stored.position, projector="energy", timeout=30.0)
+        await energy_deps.reads.wait_projected(stored.position, projector="energy", timeout=30.0)
         return rate_view(stored.rate)
 
     @get("/costs", operation_id="getCosts", opt={"permission": Permission.DEVICES_VIEW})
     async def costs(
         self,
-        services: NamedDependency[Services],
+        energy_deps: NamedDependency[EnergyDeps],
         start_date: FromQuery[str | None] = None,
         end_date: FromQuery[str | None] = None,
         timezone: FromQuery[str | None] = None,
@@ -231,13 +231,13 @@ class RatesController(Controller):
         this month so far): per device with its share of the energy, and per day, fixed daily charges
         included in the days. Each figure is rounded once, so the days sum to the total exactly.
         422 `INVALID_RANGE` for a bad range or zone."""
-        zone = parse_zone(timezone, services.zone)
-        today = services.clock.now().astimezone(zone).date()
+        zone = parse_zone(timezone, energy_deps.reads.zone)
+        today = energy_deps.clock.now().astimezone(zone).date()
         first = _date(start_date, "start_date") or today.replace(day=1)
         last = _date(end_date, "end_date") or today
         if last < first or (last - first).days >= MAX_COST_DAYS:
             raise InvalidRange("end_date must be on or after start_date, at most three years later")
-        async with services.read_pool.connection() as conn:
+        async with energy_deps.reads.pool.connection() as conn:
             report = await cost_report(conn, first, last, zone)
         return CostsView(
             start_date=first, end_date=last, timezone=zone.key, currency=report.currency,

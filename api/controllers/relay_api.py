@@ -16,10 +16,9 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from api.controllers.control import control_handlers
 from api.controllers.devices import resolve_device
 from api.errors import VALIDATION_STATUS, error_body
-from api.services import Services
+from api.deps import DeviceDeps
 from domain.control import Action, RequestControl
 from domain.errors import InvalidPayload, InvalidType
 from domain.access import Permission, Principal
@@ -111,7 +110,7 @@ class RelayApiController(Controller):
         device: FromPath[str],
         data: JSONBody[DeviceCommand],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        device_deps: NamedDependency[DeviceDeps],
     ) -> Response[Any]:
         """Set one or several relays: `{"payload": {"Output": "Relay", "Relays": [{"id"?, "relay"?, "state"}]}}`;
         `id` as the data API lists it or `255.<n>` (relay n from 0). Every relay is checked before anything
@@ -120,9 +119,9 @@ class RelayApiController(Controller):
         404 `DEVICE_NOT_FOUND`; 500 `COMMAND_NOT_SENT` when the device is offline."""
         if data.payload.output != "Relay":
             raise InvalidPayload(f"Output {data.payload.output!r} is not supported; Kasa devices have only Relay")
-        view = await resolve_device(services, device)
+        view = await resolve_device(device_deps.reads, device)
         targets = [(_outlet_of(view, switch), switch.state) for switch in data.payload.relays]
-        control = control_handlers(services)
+        control = device_deps.control
         await control.check_enabled()
         failed: list[str] = []
         for outlet, state in targets:
@@ -135,7 +134,7 @@ class RelayApiController(Controller):
             recorded = await control.command(accepted.command_id)
             if recorded.settled:
                 failed.append(recorded.detail or "the command failed")
-        services.on_saved()
+        device_deps.reads.on_saved()
         if failed:
             detail = f"Failed to send command to device: {failed[0]}"
             return Response(error_body(500, detail, "COMMAND_NOT_SENT"), status_code=500)
@@ -146,7 +145,7 @@ class RelayApiController(Controller):
     async def data(
         self,
         device: FromPath[str],
-        services: NamedDependency[Services],
+        device_deps: NamedDependency[DeviceDeps],
         component: Annotated[str, QueryParameter(name="type", max_length=16)] = "all",
     ) -> dict[str, Any]:
         """The device's relays (state and configuration) in the relay API's shape, each relay's `color`
@@ -154,8 +153,8 @@ class RelayApiController(Controller):
         (400 `INVALID_TYPE` otherwise). GPIO and ADC lists are empty: Kasa devices have none."""
         if component not in TYPES:
             raise InvalidType(f"type must be one of {', '.join(TYPES)}")
-        view = await resolve_device(services, device)
-        async with services.read_pool.connection() as conn:
+        view = await resolve_device(device_deps.reads, device)
+        async with device_deps.reads.pool.connection() as conn:
             since = await relay_times(conn, view.device_id)
         lists: dict[str, list[dict[str, Any]]] = {
             "Relays": [], "Relay_Cs": [], "GPIOs": [], "GPIO_Cs": [], "ADCs": [], "ADC_Cs": [],

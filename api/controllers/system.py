@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import Any
 
 import msgspec
 import psycopg
@@ -17,11 +16,11 @@ from adapters.fanout import FanOutStatus
 from adapters.relay import RelayStatus, relay_status
 from api.errors import RETRY_AFTER_S
 from api.guards import NO_CREDENTIALS
-from api.services import VERSION, PartStatus, Services
+from api.health import DetailedHealth, HealthProbe
+from api.deps import VERSION, ConfigDeps, PartStatus, SystemDeps
 from domain.access import Permission
-from projections.devices import count_devices
-from projections.tables import READ_SCHEMA
-from projections.tracking import ProjectorStatus, projector_states, projector_status
+from projections.devices import count_devices, last_poll
+from projections.tracking import ProjectorStatus, database_size, projector_states, projector_status
 
 PROJECTOR_CHECK_S = 1.0
 
@@ -55,29 +54,28 @@ class SystemController(Controller):
     tags = ["system"]
 
     @get("/health", operation_id="getHealth", opt={"public": True}, security=NO_CREDENTIALS)
-    async def health(self, services: NamedDependency[Services]) -> Response[Health]:
+    async def health(self, system_deps: NamedDependency[SystemDeps]) -> Response[Health]:
         """Liveness and database reachability: 200 whenever the database answers, 503 with
         Retry-After when it does not (within about 2 s). `status` is `degraded` (still 200) while a
         supervised part of this process is failing or restarting, or a read model is failing or has
-        quarantined events; `parts` and `projectors` say which. `live` is the live fan-out's state (absent
-        in a process that serves no live clients)."""
-        live = await services.fanout.status() if services.fanout is not None else None
-        parts = services.parts()
-        if await services.database_answers():
-            projectors = await _projector_states(services)
+        quarantined events; `parts` and `projectors` say which. `live` is the live fan-out's state."""
+        live = await system_deps.fanout.status()
+        parts = system_deps.parts()
+        if await system_deps.reads.database_answers():
+            projectors = await _projector_states(system_deps)
             degraded = any(part.state != "running" for part in parts) or any(
                 state != "current" for state in projectors.values()
             )
-            return Response(Health(status="degraded" if degraded else "healthy", timestamp=services.clock.now(),
+            return Response(Health(status="degraded" if degraded else "healthy", timestamp=system_deps.clock.now(),
                                    live=live, parts=parts, projectors=projectors))  # fmt: skip
         return Response(
-            Health(status="unhealthy", timestamp=services.clock.now(), live=live, parts=parts),
+            Health(status="unhealthy", timestamp=system_deps.clock.now(), live=live, parts=parts),
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
     @get("/system/status", operation_id="getSystemStatus", opt={"permission": Permission.DEVICES_VIEW})
-    async def status(self, services: NamedDependency[Services]) -> SystemStatus:
+    async def status(self, system_deps: NamedDependency[SystemDeps]) -> SystemStatus:
         """Version, uptime, device counts, database size, the newest reading, and the relay.
 
         `relay` gives the relay's position in the event log, its lag behind the newest event,
@@ -86,33 +84,50 @@ class SystemController(Controller):
         (`current`, `failing`, `degraded`) and the events it quarantined (`quarantined`, the newest
         in `quarantine`: position, event, error).
         """
-        max_id = await asyncio.to_thread(services.event_log.max_id)
-        async with services.read_pool.connection() as conn:
+        max_id = await system_deps.reads.newest()
+        async with system_deps.reads.pool.connection() as conn:
             total, online = await count_devices(conn)
-            cur = await conn.execute(
-                f"SELECT pg_database_size(current_database()), "
-                f"(SELECT max(last_seen) FROM {READ_SCHEMA}.devices WHERE NOT removed)"
-            )
-            row: Any = await cur.fetchone()
-            relay = await relay_status(conn, services.stream_name, max_id)
+            size = await database_size(conn)
+            newest_reading = await last_poll(conn)
+            relay = await relay_status(conn, system_deps.stream_name, max_id)
             projectors = await projector_status(conn, max_id)
         return SystemStatus(
             version=VERSION,
-            uptime_seconds=int(time.monotonic() - services.started),
+            uptime_seconds=int(time.monotonic() - system_deps.started),
             devices_connected=online,
             devices_total=total,
-            database_size_mb=round(row[0] / 1_048_576, 1),
-            last_poll=row[1],
+            database_size_mb=round(size / 1_048_576, 1),
+            last_poll=newest_reading,
             events_stored=max_id,
             relay=relay,
             projectors=projectors,
         )
 
+    @get("/health/detailed", operation_id="getHealthDetailed", opt={"permission": Permission.SYSTEM_CONFIG})
+    async def detailed(
+        self, system_deps: NamedDependency[SystemDeps], config_deps: NamedDependency[ConfigDeps]
+    ) -> Response[DetailedHealth]:
+        """Each dependency and part of this process with its state (`healthy`, `degraded`, `unhealthy`) and
+        the reason when not healthy: `database` (response time, size, events stored), `nats` (connected,
+        stream messages, the relay's lag), `device_manager` (devices answering, missing polls, offline, the
+        newest reading), `projectors` (each read model's lag and state), `parts` (state and restarts),
+        `scheduler` (jobs), and the process's memory and CPU. 503 while `status` is `unhealthy`."""
 
-async def _projector_states(services: Services) -> dict[str, str]:
+        async def polling_interval() -> float:
+            return (await config_deps.config.current()).polling_interval
+
+        probe = HealthProbe(
+            system_deps.reads.pool, system_deps.reads.newest, system_deps.fanout, system_deps.stream_name,
+            system_deps.parts, polling_interval, system_deps.clock, started=system_deps.started,
+        )  # fmt: skip
+        report = await probe.report()
+        return Response(report, status_code=503 if report.status == "unhealthy" else 200)
+
+
+async def _projector_states(deps: SystemDeps) -> dict[str, str]:
     """Each read model's state, or none when the database does not tell within PROJECTOR_CHECK_S."""
     try:
-        async with asyncio.timeout(PROJECTOR_CHECK_S), services.read_pool.connection() as conn:
+        async with asyncio.timeout(PROJECTOR_CHECK_S), deps.reads.pool.connection() as conn:
             return await projector_states(conn)
     except (psycopg.Error, TimeoutError, PoolTimeout):
         return {}

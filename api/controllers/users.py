@@ -9,8 +9,8 @@ from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from api.controllers.auth import AccountView, Email, FullName, NewPassword, Username
-from api.services import Services
+from api.controllers.auth_schemas import AccountView, Email, FullName, NewPassword, Username
+from api.deps import IdentityDeps
 from domain.access import Permission, Principal, Role
 from domain.identity_requests import NewUser, UserChanges
 from projections.identity import UserView, list_users
@@ -49,9 +49,9 @@ class UsersController(Controller):
     tags = ["users"]
 
     @get("/", operation_id="listUsers", opt={"permission": Permission.USERS_MANAGE})
-    async def list_all(self, services: NamedDependency[Services]) -> list[UserView]:
+    async def list_all(self, identity_deps: NamedDependency[IdentityDeps]) -> list[UserView]:
         """Every user not deleted, by user name."""
-        async with services.read_pool.connection() as conn:
+        async with identity_deps.reads.pool.connection() as conn:
             return await list_users(conn)
 
     @post("/", operation_id="createUser", status_code=201, opt={"permission": Permission.USERS_MANAGE})
@@ -59,15 +59,15 @@ class UsersController(Controller):
         self,
         data: JSONBody[CreateUserRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
     ) -> AccountView:
         """Add a user (a viewer unless `role` says otherwise). 409 USER_EXISTS: names of deleted users stay taken."""
-        user = await services.identity.create_user(
+        user = await identity_deps.identity.create_user(
             principal,
             NewUser(username=data.username, password=data.password, role=data.role, email=data.email,
                     full_name=data.full_name),
         )  # fmt: skip
-        await services.wait_identity()
+        await identity_deps.reads.wait_identity()
         return AccountView.of(user)
 
     @patch("/{user_id:uuid}", operation_id="updateUser", opt={"permission": Permission.USERS_MANAGE})
@@ -76,7 +76,7 @@ class UsersController(Controller):
         user_id: FromPath[UUID],
         data: JSONBody[UpdateUserRequest],
         principal: NamedDependency[Principal],
-        services: NamedDependency[Services],
+        identity_deps: NamedDependency[IdentityDeps],
     ) -> AccountView:
         """Change a user's role, profile, password or whether it is active. Deactivating ends its
         sessions and stops its keys before the answer is sent; a new password ends its sessions.
@@ -84,29 +84,29 @@ class UsersController(Controller):
         changes = UserChanges(
             role=data.role, active=data.is_active, email=data.email, full_name=data.full_name, password=data.password
         )
-        user = await services.identity.update_user(principal, user_id, changes)
-        await services.wait_identity()
+        user = await identity_deps.identity.update_user(principal, user_id, changes)
+        await identity_deps.reads.wait_identity()
         return AccountView.of(user)
 
     @delete("/{user_id:uuid}", operation_id="deleteUser", status_code=200, opt={"permission": Permission.USERS_MANAGE})
     async def remove(
-        self, user_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, user_id: FromPath[UUID], principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]
     ) -> UserDeleted:
         """Delete a user: its sessions end and its keys stop at once; its history stays, its name stays taken.
         409 LAST_ADMIN for the last active administrator."""
-        stored = await services.identity.delete_user(principal, user_id)
-        await services.wait_projected(stored.position, projector="identity")
+        stored = await identity_deps.identity.delete_user(principal, user_id)
+        await identity_deps.reads.wait_projected(stored.position, projector="identity")
         return UserDeleted(message="User deleted", user_id=user_id)
 
     @delete("/{user_id:uuid}/2fa", operation_id="resetUserTwoFactor", status_code=200,
             opt={"permission": Permission.USERS_MANAGE})  # fmt: skip
     async def reset_two_factor(
-        self, user_id: FromPath[UUID], principal: NamedDependency[Principal], services: NamedDependency[Services]
+        self, user_id: FromPath[UUID], principal: NamedDependency[Principal], identity_deps: NamedDependency[IdentityDeps]
     ) -> TwoFactorReset:
         """Reset a user's two-factor authentication (a lost device): its secret and backup codes are gone,
         it signs in with the password alone, and its sessions end (the caller's own stays).
         409 TOTP_NOT_ENABLED when two-factor is neither on nor being set up."""
-        stored = await services.identity.reset_totp(principal, user_id)
-        await services.wait_projected(stored.position, projector="identity")
+        stored = await identity_deps.identity.reset_totp(principal, user_id)
+        await identity_deps.reads.wait_projected(stored.position, projector="identity")
         return TwoFactorReset(message="Two-factor authentication reset; the user's sessions were ended",
                               user_id=user_id)  # fmt: skip

@@ -161,7 +161,7 @@ async def test_logout_makes_its_access_token_fail_at_once(
     other = await log_in(anonymous, ADMIN, ADMIN_PASSWORD)
     assert (await client.get("/api/auth/me")).status_code == 200
     # The read model has the live session first, so only a logout that waits for it can pass.
-    assert await runtime.services().wait_identity()
+    assert await runtime.services().reads.wait_identity()
     logged_out = await client.post("/api/auth/logout")
     assert logged_out.status_code == 200, logged_out.text
     assert logged_out.json() == {"message": "Logged out successfully", "sessions_terminated": 1}
@@ -181,7 +181,7 @@ async def test_a_fourth_login_ends_the_oldest_session(
 ) -> None:
     oldest, client = admin
     assert (await client.get("/api/devices")).status_code == 200
-    assert await runtime.services().wait_identity()
+    assert await runtime.services().reads.wait_identity()
     later = [await log_in(anonymous, ADMIN, ADMIN_PASSWORD) for _ in range(3)]
     assert error_of(await client.get("/api/devices"), 401) == "SESSION_ENDED"
     sessions = await anonymous.get("/api/auth/sessions", headers=bearer(later[-1]))
@@ -212,7 +212,7 @@ async def test_deactivating_a_user_stops_its_tokens_and_keys_at_once(
     key = {"X-API-Key": issued.json()["key"]}
     assert (await anonymous.get("/api/devices", headers=bearer(session))).status_code == 200
     assert (await anonymous.get("/api/devices", headers=key)).status_code == 200
-    assert await runtime.services().wait_identity()
+    assert await runtime.services().reads.wait_identity()
 
     off = await client.patch(f"/api/users/{olga['id']}", json={"is_active": False})
     assert off.status_code == 200 and off.json()["is_active"] is False, off.text
@@ -443,7 +443,11 @@ async def test_rotate_keys_adds_a_signing_key_and_old_tokens_keep_working(
 
     assert (await client.get("/api/auth/me")).status_code == 200
     reopened = await TokenService.open(database_url, clock=SystemClock())
-    restarted = dataclasses.replace(runtime.services(), tokens=reopened)
+    deps = runtime.services()
+    restarted = dataclasses.replace(
+        deps, identity=dataclasses.replace(deps.identity, tokens=reopened),
+        live=dataclasses.replace(deps.live, tokens=reopened),
+    )
     async with http_client(create_app(restarted)) as fresh:
         assert (await fresh.get("/api/auth/me", headers=bearer(signed_in))).status_code == 200
         newer = await log_in(fresh, ADMIN, ADMIN_PASSWORD)

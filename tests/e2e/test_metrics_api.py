@@ -42,7 +42,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def settled(runtime: Runtime) -> None:
     newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
     for projector in ("devices", "energy", "identity"):
-        assert await runtime.services().wait_projected(newest, projector=projector, timeout=WAIT_S)
+        assert await runtime.services().reads.wait_projected(newest, projector=projector, timeout=WAIT_S)
 
 
 async def scrape(http: httpx.AsyncClient, **options: Any) -> Samples:
