@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 from uuid import UUID
@@ -63,6 +63,8 @@ class ArchiveEntry(msgspec.Struct, frozen=True, kw_only=True):
     event_count: int | None = None
     last_position: int | None = None
     chain_head: Link | None = None
+    schedule_id: UUID | None = None
+    """The schedule that made it (None: made by hand); its retention prunes it."""
 
 
 class Progress(msgspec.Struct, kw_only=True):
@@ -169,7 +171,7 @@ class BackupJobs:
 
     async def create(
         self, *, kind: str, actor: str, passphrase: str | None = None, compression: str = "normal",
-        kdf: Any = None,
+        kdf: Any = None, schedule_id: UUID | None = None,
     ) -> ArchiveEntry:  # fmt: skip
         """Make an archive now; returns its entry. Raises InvalidRequest (no passphrase, unknown compression),
         BackupBusy while another backup or restore runs, and what the store or the disk raise (recorded)."""
@@ -180,7 +182,10 @@ class BackupJobs:
             raise BackupBusy("a backup or restore is already running")
         async with self._lock:
             backup_id = uuid.uuid4()
-            await self.handlers.request(backup_id, kind=kind, options={"compression": compression}, actor=actor)
+            options: dict[str, Any] = {"compression": compression}
+            if schedule_id is not None:
+                options["schedule_id"] = str(schedule_id)
+            await self.handlers.request(backup_id, kind=kind, options=options, actor=actor)
             name = self.new_name()
             self.progress = Progress(status="running", operation="backup", filename=name, phase="events")
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -204,7 +209,7 @@ class BackupJobs:
                 entry = ArchiveEntry(
                     filename=name, size=path.stat().st_size, created=snapshot.created_at, type=kind, includes=INCLUDES,
                     backup_id=backup_id, sha256=digest, event_count=manifest.count,
-                    last_position=manifest.last_position, chain_head=manifest.chain_head,
+                    last_position=manifest.last_position, chain_head=manifest.chain_head, schedule_id=schedule_id,
                 )  # fmt: skip
                 self._sidecar(name).write_bytes(msgspec.json.encode(entry))
                 await self.handlers.complete(backup_id, summary_of(name, entry.size, digest, manifest), actor=actor)
@@ -252,6 +257,14 @@ class BackupJobs:
             self.progress.status, self.progress.progress, self.progress.phase = "completed", 1.0, None
             return RestoreOutcome(database=name, events=manifest.count, last_position=manifest.last_position,
                                   chain_head=manifest.chain_head)  # fmt: skip
+
+    async def prune(self, schedule_id: UUID, retention_days: int, *, actor: str) -> list[str]:
+        """Delete the archives schedule `schedule_id` made more than `retention_days` ago; their names."""
+        cutoff = self.clock.now() - timedelta(days=retention_days)
+        old = [e.filename for e in self.list() if e.schedule_id == schedule_id and e.created < cutoff]
+        for filename in old:
+            await self.delete(filename, actor=actor, reason="pruned")
+        return old
 
     def _database_name(self) -> str:
         return str(psycopg.conninfo.conninfo_to_dict(self.database_url).get("dbname") or "wattledger")

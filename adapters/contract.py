@@ -38,6 +38,7 @@ from eventsourcing.domain import DomainEventProtocol
 
 from adapters.errors import AdapterError
 from domain.backup import Backup, BackupRestore
+from domain.backup_schedule import BackupSchedules
 from domain.certificates import SslFiles
 from domain.compliance import ComplianceExport
 from domain.security import SecurityActivity
@@ -467,6 +468,32 @@ class BackupDeleted(EventData, frozen=True, kw_only=True):
     reason: str
 
 
+class BackupSchedulesOpened(EventData, frozen=True, kw_only=True):
+    pass
+
+
+class BackupScheduleSet(EventData, frozen=True, kw_only=True):
+    """A backup schedule was added or changed."""
+
+    schedule_id: UUID
+    name: str
+    cron: str
+    enabled: bool
+    retention_days: int
+    compression: str
+
+
+class BackupScheduleRemoved(EventData, frozen=True, kw_only=True):
+    schedule_id: UUID
+
+
+class BackupScheduleFired(EventData, frozen=True, kw_only=True):
+    """A schedule came due and one process took it: the moment it was due."""
+
+    schedule_id: UUID
+    due_at: datetime
+
+
 class BackupRestored(EventData, frozen=True, kw_only=True):
     """This store was restored from an archive: which one, and what it held."""
 
@@ -586,6 +613,10 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Backup.Failed: BackupFailed,
         Backup.Deleted: BackupDeleted,
         BackupRestore.Restored: BackupRestored,
+        BackupSchedules.Opened: BackupSchedulesOpened,
+        BackupSchedules.Set: BackupScheduleSet,
+        BackupSchedules.Removed: BackupScheduleRemoved,
+        BackupSchedules.Fired: BackupScheduleFired,
         SecurityActivity.Summarised: SecurityActivitySummarised,
         SslFiles.Opened: SslFilesOpened,
         SslFiles.CsrGenerated: SslCsrGenerated,

@@ -1,7 +1,9 @@
-"""The backups' wiring: the read models' part of a restore, the settings an archive keeps, and the jobs."""
+"""The backups' wiring: the read models' part of a restore, the settings an archive keeps, the jobs and
+the schedules' runner."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +11,11 @@ import msgspec
 import psycopg
 
 from adapters.backup_jobs import BackupJobs, RestoreTools, fingerprint
-from adapters.eventstore import WattLedger
+from adapters.backup_schedules import SYSTEM_ACTOR, Croniter, ScheduleRunner
+from adapters.eventstore import StoreUnitOfWork, WattLedger
 from adapters.identity import derive_box_key
+from domain.backup_schedule import Schedule
+from domain.backup_schedule_handlers import ScheduleHandlers
 from domain.ports import Clock
 from infra.runtime import all_projectors
 from infra.settings import Settings, mask_secrets
@@ -69,3 +74,23 @@ def backup_jobs(
         app, database_url, backups_dir(settings), restore_tools(settings), clock, passphrase=passphrase or None,
         config=settings_record(settings), secret_key_fingerprint=key_fingerprint(settings),
     )  # fmt: skip
+
+
+def scheduled_backup(jobs: BackupJobs) -> Callable[[Schedule], Awaitable[None]]:
+    """A schedule's run: one archive made as `scheduled`, then that schedule's archives past retention pruned."""
+
+    async def backup(schedule: Schedule) -> None:
+        actor = f"{SYSTEM_ACTOR}:{schedule.id}"
+        await jobs.create(kind="scheduled", actor=actor, compression=schedule.compression, schedule_id=schedule.id)
+        await jobs.prune(schedule.id, schedule.retention_days, actor=actor)
+
+    return backup
+
+
+def schedule_handlers(app: WattLedger, clock: Clock) -> ScheduleHandlers:
+    return ScheduleHandlers(StoreUnitOfWork(app), Croniter(), clock)
+
+
+def schedule_runner(app: WattLedger, jobs: BackupJobs, clock: Clock) -> ScheduleRunner:
+    """The loop an API process runs: due schedules claimed once across processes, their backups made here."""
+    return ScheduleRunner(schedule_handlers(app, clock), scheduled_backup(jobs), clock)

@@ -1,5 +1,5 @@
 """Backups (`/api/backups/...`), as the Kasa Monitor API has them: create, list, download, delete,
-progress, and restore from an uploaded archive.
+progress, restore from an uploaded archive, and schedules.
 
 Every route needs `BACKUPS_MANAGE` (admins). Archives are encrypted with the passphrase given
 at creation or `WATTLEDGER_BACKUP_PASSPHRASE`; without either, creating one is refused. Each
@@ -17,11 +17,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 import anyio.to_thread
 import msgspec
 import multipart  # type: ignore[import-untyped]  # litestar's own dependency; ships no type marker
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
@@ -29,6 +30,8 @@ from litestar.response import File
 
 from adapters.backup_jobs import ArchiveEntry, BackupJobs, Progress, RestoreOutcome
 from domain.access import Permission, Principal
+from domain.backup_schedule import Schedule, ScheduleSpec
+from domain.backup_schedule_handlers import ScheduleHandlers
 from domain.errors import InvalidRequest
 
 NEEDS = {"permission": Permission.BACKUPS_MANAGE}
@@ -44,6 +47,7 @@ class BackupDeps:
     """The archives and backups of this process, where uploads wait while they are checked, and their limit."""
 
     jobs: BackupJobs
+    schedules: ScheduleHandlers
     quarantine: Path
     max_upload_bytes: int
 
@@ -57,6 +61,26 @@ class CreateBackupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     include_exports: bool = False
     compression: Literal["fast", "normal", "high"] = "normal"
     passphrase: Passphrase | None = None
+
+
+class ScheduleOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    include_logs: bool = False
+    include_exports: bool = False
+    compression: Literal["fast", "normal", "high"] = "normal"
+
+
+class ScheduleRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The seed's schedule body: `cron` is a five-field expression in UTC (checked with croniter)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    cron: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    enabled: bool = True
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+    options: ScheduleOptions = msgspec.field(default_factory=ScheduleOptions)
+
+    def spec(self) -> ScheduleSpec:
+        return ScheduleSpec(name=self.name, cron=self.cron, enabled=self.enabled, retention_days=self.retention_days,
+                            compression=self.options.compression)  # fmt: skip
 
 
 class RestoreOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -139,6 +163,35 @@ class BackupsController(Controller):
     async def progress(self, backup_deps: NamedDependency[BackupDeps]) -> Progress:
         """The backup or restore running in this process, or the last one, and how far it is."""
         return backup_deps.jobs.progress
+
+    @get("/schedules", operation_id="listBackupSchedules", opt=NEEDS)
+    async def schedules(self, backup_deps: NamedDependency[BackupDeps]) -> list[Schedule]:
+        """Every backup schedule, with when it last fired."""
+        return await backup_deps.schedules.all()
+
+    @post("/schedules", operation_id="createBackupSchedule", status_code=201, opt=NEEDS)
+    async def add_schedule(
+        self, data: JSONBody[ScheduleRequest], principal: NamedDependency[Principal],
+        backup_deps: NamedDependency[BackupDeps],
+    ) -> Schedule:  # fmt: skip
+        """Add a schedule; it is first due at the next moment its cron names. 400 `INVALID_SCHEDULE`."""
+        return await backup_deps.schedules.add(data.spec(), actor=principal.actor)
+
+    @put("/schedules/{schedule_id:uuid}", operation_id="updateBackupSchedule", opt=NEEDS)
+    async def change_schedule(
+        self, schedule_id: FromPath[UUID], data: JSONBody[ScheduleRequest], principal: NamedDependency[Principal],
+        backup_deps: NamedDependency[BackupDeps],
+    ) -> Schedule:  # fmt: skip
+        """Replace a schedule's settings. 404 `BACKUP_SCHEDULE_NOT_FOUND`, 400 `INVALID_SCHEDULE`."""
+        return await backup_deps.schedules.change(schedule_id, data.spec(), actor=principal.actor)
+
+    @delete("/schedules/{schedule_id:uuid}", operation_id="deleteBackupSchedule", status_code=204, opt=NEEDS)
+    async def remove_schedule(
+        self, schedule_id: FromPath[UUID], principal: NamedDependency[Principal],
+        backup_deps: NamedDependency[BackupDeps],
+    ) -> None:  # fmt: skip
+        """Remove a schedule (its archives stay). 404 `BACKUP_SCHEDULE_NOT_FOUND`."""
+        await backup_deps.schedules.remove(schedule_id, actor=principal.actor)
 
     @get("/{filename:str}/download", operation_id="downloadBackup", opt=NEEDS)
     async def download(self, filename: FromPath[FileName], backup_deps: NamedDependency[BackupDeps]) -> File:

@@ -21,7 +21,9 @@ from adapters.eventstore import WattLedger
 from api.controllers.backups import BackupDeps, BackupsController
 from api.errors import EXCEPTION_HANDLERS
 from domain.access import Permission, Principal, Role, permissions_for
-from infra.backups import backup_jobs
+from adapters.backup_jobs import BackupJobs
+from domain.backup import Backup
+from infra.backups import backup_jobs, schedule_handlers, schedule_runner
 from infra.runtime import all_projectors
 from infra.settings import Settings
 from projections.engine import ProjectionEngine
@@ -54,16 +56,28 @@ def client(deps: BackupDeps) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def http(store: WattLedger, database_url: str, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    jobs = backup_jobs(settings, store, database_url, ManualClock(datetime(2026, 3, 2, tzinfo=timezone.utc)),
-                       PASSPHRASE)
+def manual_clock() -> ManualClock:
+    return ManualClock(datetime(2026, 3, 2, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def jobs(store: WattLedger, database_url: str, settings: Settings, manual_clock: ManualClock) -> BackupJobs:
+    jobs = backup_jobs(settings, store, database_url, manual_clock, PASSPHRASE)
     original = jobs.create
 
     async def fast(**options: Any) -> Any:
         return await original(**options, kdf=KdfParams(log2n=10))
 
     jobs.create = fast  # type: ignore[method-assign]
-    deps = BackupDeps(jobs=jobs, quarantine=settings.data_dir / "backups" / "incoming", max_upload_bytes=1 << 20)
+    return jobs
+
+
+@pytest.fixture
+async def http(
+    store: WattLedger, jobs: BackupJobs, settings: Settings, manual_clock: ManualClock
+) -> AsyncIterator[httpx.AsyncClient]:
+    deps = BackupDeps(jobs=jobs, schedules=schedule_handlers(store, manual_clock),
+                      quarantine=settings.data_dir / "backups" / "incoming", max_upload_bytes=1 << 20)
     async with client(deps) as c:
         yield c
 
@@ -81,7 +95,7 @@ def stored(database_url: str) -> list[tuple[Any, ...]]:
 
 def test_every_backup_route_needs_the_backups_permission() -> None:
     handlers = [h for h in vars(BackupsController).values() if isinstance(h, HTTPRouteHandler)]
-    assert len(handlers) == 6
+    assert len(handlers) == 10
     assert all(h.opt.get("permission") is Permission.BACKUPS_MANAGE for h in handlers)
 
 
@@ -139,3 +153,32 @@ async def test_a_restore_goes_into_a_new_database_and_a_bad_one_creates_none(
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     assert list((settings.data_dir / "backups" / "incoming").iterdir()) == []
+
+
+async def test_schedules_are_kept_checked_and_run_with_their_retention(
+    http: httpx.AsyncClient, store: WattLedger, jobs: BackupJobs, manual_clock: ManualClock
+) -> None:
+    body = {"name": "Daily Backup", "cron": "0 2 * * *", "enabled": True, "retention_days": 2,
+            "options": {"include_logs": True, "compression": "normal"}}
+    created = await http.post("/api/backups/schedules", json=body)
+    assert created.status_code == 201, created.text
+    schedule = created.json()
+    bad = await http.post("/api/backups/schedules", json={**body, "cron": "0 25 * * *"})
+    assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_SCHEDULE"
+    assert [s["id"] for s in (await http.get("/api/backups/schedules")).json()] == [schedule["id"]]
+    runner = schedule_runner(store, jobs, manual_clock)
+    manual_clock.set(datetime(2026, 3, 2, 2, 5, tzinfo=timezone.utc))
+    assert await runner.run_once() == 1
+    first = (await http.get("/api/backups")).json()
+    assert [(e["type"], e["schedule_id"]) for e in first] == [("scheduled", schedule["id"])]
+    manual_clock.set(datetime(2026, 3, 5, 2, 5, tzinfo=timezone.utc))
+    assert await runner.run_once() == 1
+    kept = (await http.get("/api/backups")).json()
+    assert len(kept) == 1 and kept[0]["filename"] != first[0]["filename"]
+    pruned: object = store.repository.get(first[0]["backup_id"])
+    assert isinstance(pruned, Backup) and pruned.deleted
+    changed = await http.put(f"/api/backups/schedules/{schedule['id']}", json={**body, "enabled": False})
+    assert changed.status_code == 200 and changed.json()["enabled"] is False
+    assert (await http.delete(f"/api/backups/schedules/{schedule['id']}")).status_code == 204
+    missing = await http.delete(f"/api/backups/schedules/{schedule['id']}")
+    assert missing.status_code == 404 and missing.json()["error_code"] == "BACKUP_SCHEDULE_NOT_FOUND"
