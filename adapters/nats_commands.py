@@ -47,7 +47,6 @@ from domain.errors import (
     NoKasaDevice,
     NotFound,
     Unavailable,
-    status_of,
 )
 from domain.handlers import CommandHandlers
 from domain.access import Permission, Principal
@@ -119,10 +118,12 @@ class CommandResponder:
         subject_prefix: str,
         discovery_target: str,
         discovery_port: int | None,
+        status_of: Callable[[DomainError], int],
         on_saved: Callable[[], None] = lambda: None,
         control: ControlHandlers | None = None,
     ) -> None:
         self._nc = nc
+        self._status_of = status_of
         self._control = control
         self._control_subscription: Subscription | None = None
         self._commands = commands
@@ -193,7 +194,7 @@ class CommandResponder:
             timeout = MAX_WAIT_S if request.wait else 0.0
             control = await self._control.wait_outcome(accepted.command_id, timeout)
         except Exception as exc:
-            return _failure(exc, "the command could not be recorded; try again", command="control", device=device)
+            return _failure(exc, self._status_of, "the command could not be recorded; try again", command="control", device=device)
         outcome = outcome_of(control)
         return Reply(ok=True, result={
             "command_id": str(accepted.command_id), "created": accepted.created, "status": outcome.status,
@@ -226,7 +227,7 @@ class CommandResponder:
                 raise NotFound(f"no command {verb!r}; known: {', '.join(self._routes)}")
             result = await route(body or b"{}", principal.actor)
         except Exception as exc:
-            return _failure(exc, "the command could not be completed; try again", command=verb)
+            return _failure(exc, self._status_of, "the command could not be completed; try again", command=verb)
         self._on_saved()
         return Reply(ok=True, result=msgspec.to_builtins(result))
 
@@ -272,7 +273,7 @@ def _error(status_code: int, error_code: str, detail: str) -> Reply:
     return Reply(ok=False, error=ErrorReply(status_code=status_code, error_code=error_code, detail=detail))
 
 
-def _failure(exc: Exception, unavailable: str, **context: str) -> Reply:
+def _failure(exc: Exception, status_of: Callable[[DomainError], int], unavailable: str, **context: str) -> Reply:
     """The error reply for a failed command, as REST would answer it: 400 for a body that does not
     decode, 422 for one that does not fit its schema, the domain error's status and code, else
     (logged) 503 with `unavailable`."""

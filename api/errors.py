@@ -12,7 +12,17 @@ from litestar import Request, Response
 from litestar.exceptions import ClientException, HTTPException, PermissionDeniedException, ValidationException
 from psycopg_pool import PoolClosed, PoolTimeout
 
-from domain.errors import DomainError, status_of
+from domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TooManyRequests,
+    Unauthenticated,
+    Unavailable,
+    Unprocessable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +39,27 @@ HTTP_CODES = {
     429: "RATE_LIMIT_EXCEEDED",
     503: "SERVICE_UNAVAILABLE",
 }
+
+STATUS_OF_KIND: dict[type[DomainError], int] = {
+    InvalidRequest: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Unprocessable: 422,
+    Unavailable: 503,
+    TooManyRequests: 429,
+}
+"""The status of each kind of domain error (HTTP numbering, used by REST and by NATS replies alike)."""
+
+
+def status_of(error: DomainError) -> int:
+    """The status a domain error answers with: its nearest kind's, else 500."""
+    for kind in type(error).__mro__:
+        if kind in STATUS_OF_KIND:
+            return STATUS_OF_KIND[kind]
+    return 500
+
 
 RETRY_AFTER_S = 5
 DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"

@@ -1,7 +1,7 @@
 """Domain errors: every rule the domain refuses is one of these, each with its own code.
 
 Errors come in a few kinds (invalid request, unauthenticated, forbidden, not found,
-conflict, unprocessable, unavailable); the HTTP edge maps a kind to a status and
+conflict, unprocessable, unavailable); the edge maps a kind to a status (`api.errors`) and
 answers with the error's `code`, so a code is written here and nowhere else.
 """
 
@@ -465,33 +465,3 @@ class BackupBusy(Conflict):
     """Another backup or restore is running in this process."""
 
     code = "BACKUP_BUSY"
-
-
-class BackupScheduleNotFound(NotFound):
-    code = "BACKUP_SCHEDULE_NOT_FOUND"
-
-
-class InvalidSchedule(InvalidRequest):
-    """A cron expression that does not parse, or a schedule past the limit."""
-
-    code = "INVALID_SCHEDULE"
-
-
-STATUS_OF_KIND: dict[type[DomainError], int] = {
-    InvalidRequest: 400,
-    Unauthenticated: 401,
-    Forbidden: 403,
-    NotFound: 404,
-    Conflict: 409,
-    Unprocessable: 422,
-    Unavailable: 503,
-    TooManyRequests: 429,
-}
-"""The status (HTTP numbering, used by REST and by NATS replies alike) of each kind of error."""
-
-
-def status_of(error: DomainError) -> int:
-    for kind in type(error).__mro__:
-        if kind in STATUS_OF_KIND:
-            return STATUS_OF_KIND[kind]
-    return 500

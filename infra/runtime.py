@@ -35,6 +35,7 @@ from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
 from api.deps import ApiDeps, api_deps
 from api.edge import EdgePolicy
+from api.errors import status_of
 from api.metrics import ProcessMetrics
 from api.ratelimit_rules import RateLimits
 from api.security import RefusalTally, summarise_every
@@ -191,6 +192,7 @@ class Runtime:
             subject_prefix=self.stream.subject_prefix,
             discovery_target=self.settings.discovery_target,
             discovery_port=self.settings.discovery_port,
+            status_of=status_of,
             on_saved=self.saved,
             control=self.control(),
         )

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api.errors import status_of
 from domain.errors import (
     ApiKeyInvalid,
     InsufficientPermissions,
@@ -23,7 +24,6 @@ from domain.errors import (
     TokenInvalid,
     TotpAlreadyEnabled,
     TotpNotSetUp,
-    status_of,
 )
 from domain.access import Permission, Principal, Role, Scope, permissions_for
 from domain.identity import EndReason, Roster, Session, User, user_id_for

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from eventsourcing.domain import Aggregate
 
+from api.errors import status_of
 from domain.errors import (
     AccountDisabled,
     ApiKeyInvalid,
@@ -36,7 +37,6 @@ from domain.errors import (
     UserExists,
     UserNotFound,
     WrongPassword,
-    status_of,
 )
 from domain.access import Permission, Principal, Role, Scope
 from domain.identity import ROSTER_ID, ApiKey, EndReason, Roster, Session, User, user_id_for
