@@ -304,13 +304,13 @@ async def test_hourly_rows_carry_the_cost_of_their_energy_at_the_rate_in_force(
     client: httpx.AsyncClient, runtime: Runtime, device: dict[str, Any]
 ) -> None:
     """The seed's `cost` field: each bucket's energy priced by the energy read model."""
-    rate = await client.post("/api/rates", json={
-        "rate_type": "simple", "currency": "EUR", "rate_structure": {"rate_per_kwh": 0.20},
-        "effective_from": "2026-01-01T00:00:00Z",
-    })  # fmt: skip
-    assert rate.status_code == 201, rate.text
-    await asyncio.to_thread(runtime.engine.catch_up_all)
     async with background(runtime, poll=False):
+        rate = await client.post("/api/rates", json={
+            "rate_type": "simple", "currency": "EUR", "rate_structure": {"rate_per_kwh": 0.20},
+            "effective_from": "2026-01-01T00:00:00Z",
+        })  # fmt: skip
+        assert rate.status_code == 201, rate.text
+        assert "x-read-models-pending" not in rate.headers, "the rate was not projected when the answer came"
         status = await finished(client, runtime, await create(
             client, device, format="json", aggregation="hourly", fields=["timestamp", "energy_kwh", "cost"],
             options={"timezone": "UTC"},
@@ -342,11 +342,12 @@ async def test_the_preview_carries_cost_as_the_export_would(
     client: httpx.AsyncClient, runtime: Runtime, device: dict[str, Any]
 ) -> None:
     """The seed's preview rows: `cost` from the energy read model for hourly and daily rows, null for raw ones."""
-    rate = await client.post("/api/rates", json={
-        "rate_type": "simple", "rate_structure": {"rate_per_kwh": 0.20}, "effective_from": "2026-01-01T00:00:00Z",
-    })  # fmt: skip
+    async with background(runtime, poll=False):
+        rate = await client.post("/api/rates", json={
+            "rate_type": "simple", "rate_structure": {"rate_per_kwh": 0.20}, "effective_from": "2026-01-01T00:00:00Z",
+        })  # fmt: skip
     assert rate.status_code == 201, rate.text
-    await asyncio.to_thread(runtime.engine.catch_up_all)
+    assert "x-read-models-pending" not in rate.headers, "the rate was not projected when the answer came"
     window = {"devices": device["device_ip"], "start": T0.isoformat(), "end": (T0 + timedelta(hours=3)).isoformat(),
               "timezone": "UTC"}  # fmt: skip
     hourly = (await client.get("/api/exports/preview", params={**window, "aggregation": "hourly"})).json()
