@@ -87,11 +87,15 @@ async def test_a_healthy_process_reports_each_component(runtime: Runtime) -> Non
 
 async def test_each_degraded_component_says_why(runtime: Runtime, clock: ManualClock, database_url: str) -> None:
     parts = [Part(name="poller", state="degraded", restarts=3, last_error="OSError: boom")]
-    async with http_client(app_with_parts(runtime, parts)) as client, background(runtime, poll=False):
-        await set_up_and_log_in(client)
-        await seed_heater(runtime, "system:demo")
-        await eventually(lambda: runtime.engine.position("devices") >= (runtime.app.recorder.max_notification_id() or 0),
-                         what="the devices read model caught up")  # fmt: skip
+    async with http_client(app_with_parts(runtime, parts)) as client:
+        async with background(runtime, poll=False):
+            await set_up_and_log_in(client)
+            await seed_heater(runtime, "system:demo")
+            await eventually(
+                lambda: runtime.engine.position("devices") >= (runtime.app.recorder.max_notification_id() or 0),
+                what="the devices read model caught up",
+            )
+        # The projectors have stopped: nothing clears the failure set below before the report reads it.
         clock.advance(hours=1)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f"UPDATE {READ_SCHEMA}.projector_tracking SET last_error = 'boom', failing_since = now() "
