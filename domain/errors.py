@@ -465,3 +465,13 @@ class BackupBusy(Conflict):
     """Another backup or restore is running in this process."""
 
     code = "BACKUP_BUSY"
+
+
+class BackupScheduleNotFound(NotFound):
+    code = "BACKUP_SCHEDULE_NOT_FOUND"
+
+
+class InvalidSchedule(InvalidRequest):
+    """A cron expression that does not parse, or a schedule past the limit."""
+
+    code = "INVALID_SCHEDULE"
