@@ -139,6 +139,12 @@ class DeviceSessionThresholdSet(EventData, frozen=True, kw_only=True):
     threshold_w: float | None
 
 
+class DevicePublicitySet(EventData, frozen=True, kw_only=True):
+    """Whether the device's badges are shown to anyone."""
+
+    public: bool
+
+
 class MeterDayOpened(EventData, frozen=True, kw_only=True):
     """The readings stream of one device for one UTC day was started."""
 
@@ -567,6 +573,7 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Device.WentOffline: DeviceWentOffline,
         Device.CameOnline: DeviceCameOnline,
         Device.SessionThresholdSet: DeviceSessionThresholdSet,
+        Device.PublicitySet: DevicePublicitySet,
         MeterDay.Opened: MeterDayOpened,
         MeterDay.ReadingRecorded: ReadingRecorded,
         # Identity: secrets (password hashes, TOTP secrets, backup code and key hashes) are never listed.

@@ -17,6 +17,7 @@ from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, Scope, S
 
 from adapters.eventstore import watch_writes
 from api.controllers.auth import AuthController
+from api.controllers.badges import BadgesController
 from api.controllers.compliance import ComplianceController
 from api.controllers.config import ConfigController
 from api.controllers.control import ControlController
@@ -30,6 +31,7 @@ from api.controllers.metrics import MetricsController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
 from api.controllers.system import SystemController
+from api.controllers.uptime import UptimeController
 from api.controllers.users import UsersController
 from api.controllers.websocket import live_socket
 from api.deps import VERSION, ApiDeps
@@ -144,6 +146,7 @@ def create_app(deps: ApiDeps) -> Litestar:
             ControlController, RelayApiController, ConfigController,
             EnergyController, RatesController,
             LiveController, live_socket, socketio_route(deps.live, deps.edge.cors_origins), MetricsController,
+            UptimeController, BadgesController,
         ],
         dependencies={
             **provided,

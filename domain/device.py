@@ -74,6 +74,12 @@ class Device(Aggregate):
         threshold_w: float | None
         actor: str
 
+    class PublicitySet(Aggregate.Event):
+        """Whether the device's badges show its name and state to anyone (`public`) or a blank "N/A"."""
+
+        public: bool
+        actor: str
+
     @staticmethod
     def create_id(address: str, **_: object) -> UUID:
         return device_id_for(address)
@@ -98,6 +104,7 @@ class Device(Aggregate):
         self.outlets = list(outlets)
         self.removed = False
         self.online = True
+        self.public = False
         self.relays: dict[int | None, bool] = {}
 
     @classmethod
@@ -184,3 +191,14 @@ class Device(Aggregate):
     @event(SessionThresholdSet)
     def _session_threshold_set(self, threshold_w: float | None, actor: str) -> None:
         self.session_threshold_w = threshold_w
+
+    def set_public(self, public: bool, *, actor: str) -> None:
+        """Show the device's badges to anyone, or stop; setting what is set records nothing.
+        Raises DeviceRemoved for a removed device."""
+        self.check_present()
+        if public != getattr(self, "public", False):
+            self._publicity_set(public=public, actor=actor)
+
+    @event(PublicitySet)
+    def _publicity_set(self, public: bool, actor: str) -> None:
+        self.public = public

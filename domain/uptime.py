@@ -17,13 +17,13 @@ from domain.device import Device
 from domain.errors import InvalidRange
 
 MAX_PERIOD = timedelta(days=366)
-_PERIOD = re.compile(r"(\d{1,4})([hdw])")
-_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_PERIOD = re.compile(r"(\d{1,4})([hdw]?)")
+_UNITS = {"": timedelta(hours=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
 def parse_period(text: str) -> timedelta:
-    """`24h`, `7d`, `30d`, `2w`...: a whole number of hours, days or weeks, at most 366 days.
-    Raises InvalidRange (422) for anything else."""
+    """`24h`, `7d`, `30d`, `2w`...: a whole number of hours, days or weeks, at most 366 days; a bare
+    number is hours, as in Uptime Kuma's badge URLs (`/uptime/24`). Raises InvalidRange (422) for anything else."""
     match = _PERIOD.fullmatch(text.strip())
     if match is None or int(match[1]) == 0:
         raise InvalidRange("period must be a whole number of hours, days or weeks, e.g. 24h, 7d, 30d")

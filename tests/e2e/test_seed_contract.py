@@ -250,10 +250,9 @@ KNOWN_MISSING: dict[tuple[str, str, str], str] = {
         ("PUT", "/api/backups/schedules/1"), ("DELETE", "/api/backups/schedules/1"))},
     (KASA, "GET", "/api/health/detailed"): "the detailed health check is another issue (GET /api/health and "
                                           "GET /api/system/status carry parts, projectors and the relay today)",
-    (KUMA, "GET", "/metrics"): "Prometheus metrics are another issue",
     (KUMA, "POST", "/api/push/YOUR_PUSH_TOKEN?status=up&msg=OK&ping=50"): "push monitors are another issue",
-    **{(KUMA, "GET", p): "status badges are another issue" for p in (
-        "/api/badge/1/status", "/api/badge/1/uptime/24", "/api/badge/1/ping/24", "/api/badge/1/cert-exp")},
+    **{(KUMA, "GET", p): "a plug has no ping time or certificate to show" for p in (
+        "/api/badge/1/ping/24", "/api/badge/1/cert-exp")},
 }  # fmt: skip
 
 # (example, field path or "status") -> why WattLedger answers otherwise. A path `x.*` covers every path under x.

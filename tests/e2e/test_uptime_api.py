@@ -42,7 +42,7 @@ async def test_uptime_of_a_known_outage_history_is_exact(
     clock.set(added + timedelta(hours=6))
     newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
     async with background(runtime, poll=False):
-        assert await runtime.services().wait_projected(newest, timeout=WAIT_S)
+        assert await runtime.services().reads.wait_projected(newest, timeout=WAIT_S)
         day = (await client.get(f"/api/device/{device}/uptime", params={"period": "24h"})).json()
         default = (await client.get(f"/api/device/{device}/uptime")).json()
         hours = (await client.get(f"/api/device/{device}/uptime", params={"period": "3h"})).json()

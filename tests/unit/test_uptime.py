@@ -68,6 +68,7 @@ def test_periods_are_whole_hours_days_or_weeks() -> None:
     assert parse_period("24h") == timedelta(hours=24)
     assert parse_period("7d") == timedelta(days=7)
     assert parse_period("2w") == timedelta(weeks=2)
-    for bad in ("", "0d", "1.5d", "7 days", "367d", "-1h", "1y"):
+    assert parse_period("720") == timedelta(hours=720)
+    for bad in ("", "0d", "1.5d", "7 days", "367d", "8785", "-1h", "1y"):
         with pytest.raises(InvalidRange):
             parse_period(bad)
