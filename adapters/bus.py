@@ -11,7 +11,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from adapters.errors import AdapterError
 
@@ -139,3 +139,23 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> api.StreamIn
     )
     log.info("stream.updated", stream=cfg.name, subjects=cfg.subjects)
     return info
+
+
+_NEVER_LAST = str(2**63 - 1)
+"""An expected last sequence no stream reaches: a publish carrying it is refused by the stream, never stored."""
+
+
+async def may_publish_events(js: JetStreamContext, cfg: StreamConfig, *, timeout: float = 2.0) -> bool:
+    """Whether this connection's user may publish onto the events stream, asked without storing anything.
+
+    The probe expects a last sequence the stream never has, so JetStream answers it with an
+    error and keeps nothing; a publish the server's permissions refuse gets no answer at all.
+    """
+    subject = subject_for(cfg.subject_prefix, "probe", "relay", "PublishCheck")
+    try:
+        await js.publish(subject, b"", timeout=timeout, headers={"Nats-Expected-Last-Sequence": _NEVER_LAST})
+    except APIError:
+        return True
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
+        return False
+    return True

@@ -108,6 +108,8 @@ class Relay:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        self.js = js
+        """The JetStream context the relay publishes through."""
         self._event_log = EventLog(app)
         self._publisher = Publisher(js, stream.name, ack_timeout=ack_timeout)
         self._database_url = database_url

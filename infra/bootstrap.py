@@ -19,7 +19,7 @@ import structlog
 from nats.aio.client import Client
 from psycopg_pool import AsyncConnectionPool
 
-from adapters.bus import StreamConfig, connect_nats, ensure_stream
+from adapters.bus import StreamConfig, connect_nats, ensure_stream, may_publish_events
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema
 from adapters.identity import Argon2Hasher, PyotpVerifier, RandomSecrets, TokenService, open_secret_box
 from adapters.kasa_driver import KasaDriver
@@ -54,7 +54,7 @@ log = structlog.get_logger(__name__)
 @asynccontextmanager
 async def open_runtime(
     settings: Settings, database_url: str, nats_url: str, *, stop: asyncio.Event | None = None,
-    relay_url: str | None = None,
+    relay_url: str | None = None, with_relay: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Connect to PostgreSQL and NATS, create what is missing, and close everything on exit.
 
@@ -65,6 +65,9 @@ async def open_runtime(
     The relay publishes through a connection of its own to `relay_url` (else the settings'
     `nats_relay_url`) when that differs from `nats_url`: on a NATS with authorization only the
     relay's user may publish events, and every other part connects as a user who may not.
+    That connection is opened only in a process whose relay part runs (`with_relay`), and there
+    start-up asks first whether its user may publish events: if not (an external NATS with
+    authorization and no `WATTLEDGER_NATS_RELAY_URL`), it stops with StartupError saying so.
     """
     relay_url = relay_url or settings.nats_relay_url or nats_url
     relay_nc: Client | None = None
@@ -97,7 +100,7 @@ async def open_runtime(
             nc = await connect_nats(nats_url, name="wattledger")
             js = nc.jetstream()
             relay_js = js
-            if relay_url != nats_url:
+            if with_relay and relay_url != nats_url:
                 startup.target, startup.reason = f"NATS at {nats_endpoint(relay_url)} (relay)", ""
                 await wait_for_nats(relay_url, startup)
                 relay_nc = await connect_nats(relay_url, name="wattledger-relay")
@@ -105,6 +108,12 @@ async def open_runtime(
             stream = StreamConfig(name=settings.stream_name, subject_prefix=settings.subject_prefix)
             startup.target = f"JetStream on NATS at {nats_endpoint(nats_url)}"
             await ensure_stream(js, stream)
+            if with_relay and not await may_publish_events(relay_js, stream):
+                startup.target = f"NATS at {nats_endpoint(relay_url)} (relay)"
+                raise startup.refused(
+                    f"its user may not publish to {stream.subjects[0]}, so no event would reach JetStream; "
+                    "set WATTLEDGER_NATS_RELAY_URL to a user who may"
+                )
         relay = Relay(app, relay_js, database_url=database_url, stream=stream)
         rate_counters = PgRateCounters(database_url)
         identity = IdentityHandlers(
@@ -155,7 +164,7 @@ async def run_parts(
     that fails too often raises PartFailedTooOften, after every part was stopped. The poller
     follows the system configuration as it changes; `execute` runs the command executor.
     """
-    supervisor = supervisor or Supervisor()
+    supervisor = supervisor or Supervisor(clock=runtime.clock)
     runtime.supervisor = supervisor
     if relay:
         runtime.wakers.append(runtime.relay.wake)

@@ -80,7 +80,8 @@ async def _serve(
     if demo:
         # The demo's devices live on loopback; discovery must not go out to the LAN.
         settings = msgspec.structs.replace(settings, discovery_target="127.0.0.1")
-    async with open_runtime(settings, database_url, nats_url, stop=stop, relay_url=relay_url) as runtime:
+    async with open_runtime(settings, database_url, nats_url, stop=stop, relay_url=relay_url,
+                            with_relay=command in ("serve", "relay")) as runtime:  # fmt: skip
         if command in device_cli.COMMANDS:
             await device_cli.run(runtime, args)
             return
