@@ -28,6 +28,10 @@ from adapters.contract import (
     MeterDayOpened,
     ReadingRecorded,
     SecurityActivitySummarised,
+    SslCertificateInstalled,
+    SslCsrGenerated,
+    SslFileDownloaded,
+    SslKeyInstalled,
     RosterAdminAdded,
     RosterAdminRemoved,
     RosterFounded,
@@ -179,6 +183,16 @@ def describe(event: object, names: Names) -> tuple[str, str, str | None]:
             return f"completed compliance export {ident}: {data.count} events{upto}", f"compliance export {ident}", None
         case ComplianceExportFailed():
             return f"failed compliance export {ident}: {data.reason}", f"compliance export {ident}", None
+        case SslCsrGenerated():
+            return f"generated a key and a signing request for {data.subject}", "the HTTPS certificate", None
+        case SslCertificateInstalled():
+            until = data.valid_until.date().isoformat()
+            return f"installed the HTTPS certificate {data.subject} (issued by {data.issuer}, valid until {until})", \
+                "the HTTPS certificate", None
+        case SslKeyInstalled():
+            return "installed the HTTPS private key", "the HTTPS certificate", None
+        case SslFileDownloaded():
+            return f"downloaded {data.filename}", "the HTTPS certificate", None
         case SecurityActivitySummarised():
             refused = sum(c.count for c in data.counts) + data.others
             by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(_by_kind(data).items()))

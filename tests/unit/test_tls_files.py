@@ -17,6 +17,7 @@ from domain.certificates import CertificateKeyMismatch, InvalidPem, SslFileNotFo
 from domain.errors import InvalidText
 from tests.kit import MemoryStore, self_signed
 from domain.certificates import CertificateHandlers
+from projections.audit_words import Names, describe
 
 ACTOR = "user:4f0c"
 
@@ -152,3 +153,15 @@ def test_a_pair_that_does_not_match_is_not_served(tmp_path: Path) -> None:
     (tmp_path / "key.pem").write_bytes(key)
     assert server_pair(tmp_path) is None
     assert not certifies(x509.load_pem_x509_certificate(cert), load_key(key))
+
+
+async def test_the_audit_log_tells_each_action_in_words(tls: TlsFiles, store: MemoryStore) -> None:
+    cert, key = self_signed("plugs.home")
+    await tls.upload_certificate(cert, key, actor=ACTOR)
+    await tls.download("cert.pem", actor=ACTOR)
+    names = Names(rows={}, changed=set())
+    words = [describe(event, names)[0] for event in store.all_events()[1:]]
+    assert words == [
+        "installed the HTTPS certificate CN=plugs.home (issued by CN=plugs.home, valid until 2035-12-30)",
+        "downloaded cert.pem",
+    ]
