@@ -22,6 +22,7 @@ from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
 from adapters.kasa_driver import KasaDriver
 from adapters.leases import Leases
 from adapters.poller import AllDevices, Assignment, Poller
+from api.metrics import ProcessMetrics
 from domain.address import DeviceAddress
 from domain.device import Device
 from domain.errors import DeviceUnreachable
@@ -305,3 +306,25 @@ async def test_two_pollers_share_the_devices_and_one_takes_over_when_the_other_d
             await eventually(second_polls_all, within=30, what="the second poller polling every device")
             assert not [a for a, at in first_driver.polled if at > died]
             assert second.stats().devices == len(addresses)
+
+
+async def test_every_poll_is_timed_and_each_failure_counted_by_reason_in_the_metrics(app: WattLedger) -> None:
+    addresses = [f"127.0.0.1:{20600 + i}" for i in range(3)]
+    devices = seed(app, addresses)
+    driver = FakeDriver()
+    driver.broken[addresses[0]] = DeviceUnreachable("refused")
+    metrics = ProcessMetrics()
+    poller = make_poller(app, driver, fixed(devices), observe=metrics.polled)
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    async def polled_and_failed() -> bool:
+        return sample("wattledger_poll_failures_total", reason="unreachable") >= 2 and len(driver.polled) >= 6
+
+    async with running(poller):
+        await eventually(polled_and_failed, within=30, what="two failed polls of the refusing device")
+    assert sample("wattledger_poll_duration_seconds_count") == len(driver.polled)
+    assert sample("wattledger_poll_failures_total", reason="unreachable") == poller.stats().failures
+    assert sample("wattledger_poll_failures_total", reason="timeout") == 0
+    assert sample("wattledger_poller_in_process") == 1
