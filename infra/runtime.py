@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import StreamConfig
+from adapters.command_order import DeviceOrder
 from adapters.compliance import ComplianceFiles, ComplianceJobs
 from adapters.data_exports import ExportFileStore
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
@@ -176,7 +177,7 @@ class Runtime:
         settle_after = 3 * (self.settings.poll_timeout + 1.0)
         return CommandExecutor(
             self.js, self.control(), stream=self.stream, ack_wait=self.settings.executor_ack_wait,
-            on_saved=self.saved, interrupted=interrupted, settle_after=settle_after,
+            on_saved=self.saved, interrupted=interrupted, settle_after=settle_after, order=DeviceOrder(self.read_pool),
         )  # fmt: skip
 
     def handlers(self, *, cache: bool = False) -> CommandHandlers:
