@@ -22,6 +22,19 @@ from litestar.response import File
 
 from adapters.data_exports import EXTENSION, DataExportJobs, blocking_prices, export_rows, readings_stored
 from api.controllers.devices import resolve_device
+from api.controllers.export_schemas import (
+    CreateExportRequest,
+    DeviceList,
+    ExportCreated,
+    ExportDeleted,
+    ExportHistory,
+    ExportStatus,
+    ExportableDevice,
+    FormatList,
+    MetricList,
+    Preview,
+    Stats,
+)
 from api.deps import ExportDeps
 from domain.errors import (
     DataExportAccessDenied,
@@ -40,127 +53,16 @@ from domain.exports import (
     DeviceLabel,
     ExportSpec,
     Format,
-    FormatInfo,
-    MetricInfo,
 )
 from domain.access import Permission, Principal, Role
 from projections.devices import list_devices
 from projections.exports import ExportReadModel, ExportRow, export_history, export_stats, find_export
 
 NEEDS = {"permission": Permission.DATA_EXPORT}
-DeviceKey = Annotated[str, msgspec.Meta(min_length=1, max_length=261)]
-FieldName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 PREVIEW_RANGE = timedelta(days=1)
 PREVIEW_MAX_RANGE = timedelta(days=366)
 """The preview reads every reading of its range within the request to count the rows; an export has no cap."""
 DATA_POINTS_SPAN = timedelta(days=366)
-
-
-class DateRange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    start: datetime
-    end: datetime
-
-
-class ExportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    include_headers: bool = True
-    timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-
-
-class CreateExportRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Device data to export: devices by address or id, [start, end), fields, aggregation, format."""
-
-    export_type: Literal["device_data"] = "device_data"
-    devices: Annotated[list[DeviceKey], msgspec.Meta(min_length=1, max_length=100)]
-    date_range: DateRange
-    format: Literal["csv", "json", "excel"] = "csv"
-    fields: Annotated[list[FieldName], msgspec.Meta(max_length=20)] = msgspec.field(
-        default_factory=lambda: list(DEFAULT_FIELDS)
-    )
-    aggregation: Literal["raw", "hourly", "daily"] = "raw"
-    options: ExportOptions = msgspec.field(default_factory=ExportOptions)
-
-
-class ExportCreated(msgspec.Struct, frozen=True, kw_only=True):
-    export_id: UUID
-    status: str
-    created_at: datetime
-    user_id: UUID
-    estimated_completion: datetime
-    download_url: str
-
-
-class ExportStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """An export as its status, history and stats show it; `download_url` only once its file is there."""
-
-    export_id: UUID
-    export_type: str
-    format: str
-    status: str
-    progress: int
-    created_at: datetime
-    completed_at: datetime | None
-    user_id: UUID
-    username: str
-    devices: list[UUID]
-    aggregation: str
-    timezone: str
-    start: datetime
-    end: datetime
-    file_size: int | None
-    record_count: int | None
-    download_url: str | None
-    retention_days: float
-    expires_at: datetime | None
-    error: str | None
-    downloads: int
-
-
-class ExportHistory(msgspec.Struct, frozen=True, kw_only=True):
-    exports: list[ExportStatus]
-    total: int
-    page: int
-    per_page: int
-
-
-class ExportDeleted(msgspec.Struct, frozen=True, kw_only=True):
-    message: str
-    export_id: UUID
-    deleted_at: datetime
-
-
-class ExportableDevice(msgspec.Struct, frozen=True, kw_only=True):
-    device_id: UUID
-    device_ip: str
-    device_name: str
-    device_type: str
-    last_seen: datetime | None
-    data_points: int
-
-
-class FormatList(msgspec.Struct, frozen=True, kw_only=True):
-    formats: list[FormatInfo]
-
-
-class MetricList(msgspec.Struct, frozen=True, kw_only=True):
-    metrics: list[MetricInfo]
-
-
-class DeviceList(msgspec.Struct, frozen=True, kw_only=True):
-    devices: list[ExportableDevice]
-
-
-class Preview(msgspec.Struct, frozen=True, kw_only=True):
-    preview: list[dict[str, Any]]
-    total_records: int
-    estimated_file_size: str
-
-
-class Stats(msgspec.Struct, frozen=True, kw_only=True):
-    total_exports: int
-    exports_this_month: int
-    total_data_exported: str
-    most_popular_format: str | None
-    user_exports_remaining: int
 
 
 def human_size(size: int) -> str:
