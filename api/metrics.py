@@ -54,7 +54,8 @@ class ProcessMetrics:
             ["method", "route", "status"], registry=self.registry,
         )  # fmt: skip
         self.poll_duration = Histogram(
-            "wattledger_poll_duration_seconds", "Time one device poll took, failed ones included (this process's poller)",
+            "wattledger_poll_duration_seconds",
+            "Time one device poll took, failed ones included (this process's poller)",
             buckets=POLL_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.poll_failures = Counter(
@@ -93,13 +94,15 @@ def _device_families(devices: list[DeviceSample]) -> Iterator[Metric]:
     power = _gauge("wattledger_device_power_watts", "Power now (a strip: its total, and each outlet's)")
     voltage = _gauge("wattledger_device_voltage_volts", "Voltage now")
     current = _gauge("wattledger_device_current_amperes", "Current now")
-    energy = _gauge("wattledger_device_energy_watt_hours",
-                    "The device's cumulative energy counter as last read (it restarts from 0 when the device resets)")  # fmt: skip
+    energy = _gauge(
+        "wattledger_device_energy_watt_hours",
+        "The device's cumulative energy counter as last read (it restarts from 0 when the device resets)",
+    )
     relay = _gauge("wattledger_device_relay_on", "1 while the relay is on")
-    up = _gauge("wattledger_device_up", "1 while the device answers its polls", ("device_id", "alias", "model"))
-    today = _gauge("wattledger_device_energy_today_kwh", "Energy used today (local day)", ("device_id", "alias", "model"))
-    cost = _gauge("wattledger_device_cost_today", "Cost of today's energy (local day), in the rates' currency",
-                  ("device_id", "alias", "model"))  # fmt: skip
+    per_device = ("device_id", "alias", "model")
+    up = _gauge("wattledger_device_up", "1 while the device answers its polls", per_device)
+    today = _gauge("wattledger_device_energy_today_kwh", "Energy used today (local day)", per_device)
+    cost = _gauge("wattledger_device_cost_today", "Cost of today's energy (local day), in the rates' currency", per_device)
     for device in devices:
         names = [str(device.device_id), device.alias, device.model]
         up.add_metric(names, 1.0 if device.online else 0.0)
