@@ -9,7 +9,6 @@ head, each file's SHA-256) or its failure. Works over ports only (`domain.export
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Generic, TypeVar
 from uuid import UUID
