@@ -17,6 +17,7 @@ from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, Scope, S
 
 from adapters.eventstore import watch_writes
 from api.controllers.auth import AuthController
+from api.controllers.backups import BackupsController
 from api.controllers.badges import BadgesController
 from api.controllers.compliance import ComplianceController
 from api.controllers.config import ConfigController
@@ -72,6 +73,10 @@ class RetryLostConnections(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         safe = scope.get("method") in _SAFE_METHODS
         state: dict[str, Any] = scope.setdefault("state", {})
+        if not safe and _streamed(scope):
+            # An upload streams through once, never held here: the route bounds it as it arrives.
+            await next_app(scope, receive, send)
+            return
         if not safe:
             # The body is read once and handed to every attempt.
             body = await Request(scope, receive).body()
@@ -101,6 +106,12 @@ class RetryLostConnections(ASGIMiddleware):
             await asyncio.sleep(READ_RETRY_BACKOFF_S * attempt)
 
 
+def _streamed(scope: Scope) -> bool:
+    """Whether the request is an upload (multipart/form-data), which the routes read as a stream."""
+    headers = dict(scope.get("headers") or [])
+    return bytes(headers.get(b"content-type", b"")).lower().startswith(b"multipart/form-data")
+
+
 def _replaying(body: bytes) -> Receive:
     """An ASGI `receive` that hands out `body` whole, as often as a request is run."""
 
@@ -121,7 +132,7 @@ class RefuseUnsafeInput(ASGIMiddleware):
         if not path.isprintable() and any(unicodedata.category(c) == "Cc" for c in path):
             log.info("api.path_refused", path=path, method=scope.get("method"))
             raise RefusedInput("The path holds control characters", "INVALID_PATH")
-        if scope.get("method") in _BODY_METHODS:
+        if scope.get("method") in _BODY_METHODS and not _streamed(scope):
             request: Request[Any, Any, Any] = Request(scope, receive)
             if await request.body():
                 try:
@@ -146,6 +157,7 @@ def create_app(deps: ApiDeps) -> Litestar:
             ControlController, RelayApiController, ConfigController,
             EnergyController, RatesController,
             LiveController, live_socket, socketio_route(deps.live, deps.edge.cors_origins), MetricsController,
+            *([BackupsController] if deps.backups is not None else []),
             UptimeController, BadgesController,
         ],
         dependencies={

@@ -24,6 +24,7 @@ from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
 from adapters.fanout import FanOut
 from adapters.identity import TokenService
+from api.controllers.backups import BackupDeps
 from api.edge import EdgePolicy
 from api.metrics import ProcessMetrics
 from api.read_side import ReadSide
@@ -159,6 +160,7 @@ class ApiDeps:
     edge: EdgePolicy
     refusals: RefusalTally
     metrics: ProcessMetrics
+    backups: BackupDeps | None = None
 
     def provided(self) -> dict[str, object]:
         """Each set under the handler parameter name that takes it."""
@@ -174,6 +176,7 @@ DEPENDENCY_KEYS = {
     "export_deps": "exports",
     "live_deps": "live",
     "system_deps": "system",
+    "backup_deps": "backups",
 }
 """Handler parameter name -> the `ApiDeps` field it is given."""
 
@@ -203,6 +206,7 @@ def api_deps(
     discovery_target: str = "255.255.255.255",
     discovery_port: int | None = None,
     parts: Callable[[], list[PartStatus]] = list,
+    backups: BackupDeps | None = None,
 ) -> ApiDeps:
     """Every set, each holding its share of these parts."""
     reads = ReadSide(pool=read_pool, log=EventLog(app), zone=zone, on_saved=on_saved)
@@ -222,4 +226,5 @@ def api_deps(
         edge=edge,
         refusals=refusals,
         metrics=metrics,
+        backups=backups,
     )  # fmt: skip

@@ -188,6 +188,7 @@ async def run_parts(
             supervisor.add("commands", lambda: runtime.responder().run(stop), watches_stop=True)
             supervisor.add("exports", runtime.export_sweeps)
             supervisor.add("security", runtime.security_summaries)
+            supervisor.add("backup-schedules", lambda: runtime.backup_schedules().run())
         await supervisor.run(stop)
     finally:
         if runtime.fanout is not None:

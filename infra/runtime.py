@@ -7,6 +7,7 @@ connects by itself. Also the settings' energy rules and the list of every read m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +35,9 @@ from adapters.nats_commands import CommandResponder
 from adapters.poller import Poller
 from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
+from adapters.backup_jobs import BackupJobs
+from adapters.backup_schedules import ScheduleRunner
+from api.controllers.backups import BackupDeps
 from api.deps import ApiDeps, api_deps
 from api.edge import EdgePolicy
 from api.errors import status_of
@@ -112,6 +116,7 @@ class Runtime:
     rate_counters: PgRateCounters | None = None
     fanout: FanOut | None = None
     exports: DataExportJobs | None = None
+    backups: BackupJobs | None = None
     supervisor: Supervisor | None = None
     refusals: RefusalTally | None = None
     clock: Clock = field(default_factory=SystemClock)
@@ -223,10 +228,36 @@ class Runtime:
             parts=self.supervisor.status if self.supervisor is not None else list,
             refusals=self.refusal_tally(),
             metrics=self.metrics,
+            backups=self.backup_deps(),
             compliance=ComplianceJobs(
                 self.compliance_exports(), self.compliance_files(), BackgroundTasks("compliance-export"), self.clock
             ),
         )
+
+    def backup_jobs(self) -> BackupJobs:
+        """This process's backups (one at a time), under WATTLEDGER_BACKUP_PASSPHRASE when set."""
+        if self.backups is None:
+            from infra import backups as wiring
+
+            self.backups = wiring.backup_jobs(self.settings, self.app, self.database_url, self.clock,
+                                               os.environ.get(wiring.PASSPHRASE_ENV))  # fmt: skip
+        return self.backups
+
+    def backup_deps(self) -> BackupDeps:
+        """The backup routes' share: the jobs, the schedules, and where restore uploads wait within the limit."""
+        from infra import backups as wiring
+
+        return BackupDeps(
+            jobs=self.backup_jobs(), schedules=wiring.schedule_handlers(self.app, self.clock),
+            quarantine=wiring.backups_dir(self.settings) / "incoming",
+            max_upload_bytes=int(self.settings.max_upload_size_mb * 1024 * 1024),
+        )  # fmt: skip
+
+    def backup_schedules(self) -> ScheduleRunner:
+        """The loop that runs due backup schedules (each once across every API process)."""
+        from infra import backups as wiring  # infra.backups takes the read models from this module
+
+        return wiring.schedule_runner(self.app, self.backup_jobs(), self.clock)
 
     def refusal_tally(self) -> RefusalTally:
         """This process's count of refused sign-ins and permissions (recorded once a minute by `run_parts`)."""

@@ -242,12 +242,6 @@ KNOWN_MISSING: dict[tuple[str, str, str], str] = {
     **{(KASA, m, p): "SSL certificate management is another issue" for m, p in (
         ("GET", "/api/ssl/files"), ("POST", "/api/ssl/generate-csr"), ("GET", "/api/ssl/download/cert.pem"),
         ("POST", "/api/system/ssl/upload-cert"), ("POST", "/api/system/ssl/upload-key"))},
-    **{(KASA, m, p): "backups and their schedules are another issue" for m, p in (
-        ("GET", "/api/backups"), ("POST", "/api/backups/create"),
-        ("GET", "/api/backups/kasa_backup_20240115_103000.7z/download"),
-        ("DELETE", "/api/backups/kasa_backup_20240115_103000.7z"), ("POST", "/api/backups/restore"),
-        ("GET", "/api/backups/progress"), ("GET", "/api/backups/schedules"), ("POST", "/api/backups/schedules"),
-        ("PUT", "/api/backups/schedules/1"), ("DELETE", "/api/backups/schedules/1"))},
     (KASA, "GET", "/api/health/detailed"): "the detailed health check is another issue (GET /api/health and "
                                           "GET /api/system/status carry parts, projectors and the relay today)",
     (KUMA, "POST", "/api/push/YOUR_PUSH_TOKEN?status=up&msg=OK&ping=50"): "push monitors are another issue",
