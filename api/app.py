@@ -31,6 +31,7 @@ from api.controllers.live import LiveController
 from api.controllers.metrics import MetricsController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
+from api.controllers.ssl import ssl_router
 from api.controllers.system import SystemController
 from api.controllers.uptime import UptimeController
 from api.controllers.users import UsersController
@@ -159,6 +160,7 @@ def create_app(deps: ApiDeps) -> Litestar:
             LiveController, live_socket, socketio_route(deps.live, deps.edge.cors_origins), MetricsController,
             *([BackupsController] if deps.backups is not None else []),
             UptimeController, BadgesController,
+            *([ssl_router(deps.tls)] if deps.tls is not None else []),
         ],
         dependencies={
             **provided,

@@ -25,6 +25,7 @@ from adapters.eventstore import WattLedger
 from adapters.fanout import FanOut
 from adapters.identity import TokenService
 from api.controllers.backups import BackupDeps
+from adapters.tls_files import TlsFiles
 from api.edge import EdgePolicy
 from api.metrics import ProcessMetrics
 from api.read_side import ReadSide
@@ -160,6 +161,7 @@ class ApiDeps:
     edge: EdgePolicy
     refusals: RefusalTally
     metrics: ProcessMetrics
+    tls: TlsFiles | None = None
     backups: BackupDeps | None = None
 
     def provided(self) -> dict[str, object]:
@@ -207,6 +209,7 @@ def api_deps(
     discovery_port: int | None = None,
     parts: Callable[[], list[PartStatus]] = list,
     backups: BackupDeps | None = None,
+    tls: TlsFiles | None = None,
 ) -> ApiDeps:
     """Every set, each holding its share of these parts."""
     reads = ReadSide(pool=read_pool, log=EventLog(app), zone=zone, on_saved=on_saved)
@@ -227,4 +230,5 @@ def api_deps(
         refusals=refusals,
         metrics=metrics,
         backups=backups,
+        tls=tls,
     )  # fmt: skip

@@ -172,6 +172,7 @@ async def run_parts(
     if project:
         runtime.wakers.append(runtime.engine.wake)
         supervisor.add("projector", runtime.engine.run)
+        supervisor.add("retention", runtime.retention().run)
     if poll:
 
         async def run_poller() -> None:

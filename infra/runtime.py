@@ -35,6 +35,7 @@ from adapters.nats_commands import CommandResponder
 from adapters.poller import Poller
 from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
+from adapters.tls_files import TlsFiles
 from adapters.backup_jobs import BackupJobs
 from adapters.backup_schedules import ScheduleRunner
 from api.controllers.backups import BackupDeps
@@ -45,6 +46,7 @@ from api.metrics import ProcessMetrics
 from api.ratelimit_rules import RateLimits
 from api.security import RefusalTally, summarise_every
 from domain.authentication import authenticate_headers
+from domain.certificates import CertificateHandlers
 from domain.compliance_handlers import ComplianceHandlers
 from domain.compliance_jobs import ComplianceExports
 from domain.config import ConfigValues
@@ -69,6 +71,7 @@ from projections.energy import EnergyProjector
 from projections.engine import ProjectionEngine, Projector
 from projections.exports import ExportReadModel, ExportsProjector
 from projections.identity import IdentityProjector
+from projections.retention import ReadingRetention
 
 __all__ = ["Runtime", "all_projectors", "energy_rules", "energy_settings"]
 
@@ -165,6 +168,15 @@ class Runtime:
     def config(self) -> ConfigHandlers:
         return ConfigHandlers(StoreUnitOfWork(self.app), self.config_defaults())
 
+    def retention(self) -> ReadingRetention:
+        """The sweep of raw readings older than the configured `data_retention_days` (with the projectors)."""
+        config = self.config()
+
+        async def days() -> int:
+            return (await config.current()).data_retention_days
+
+        return ReadingRetention(self.read_pool, days, self.clock)
+
     def control(self) -> ControlHandlers:
         """Control requests, their execution and device renames, over this process's store and driver."""
         return ControlHandlers(
@@ -232,7 +244,13 @@ class Runtime:
             compliance=ComplianceJobs(
                 self.compliance_exports(), self.compliance_files(), BackgroundTasks("compliance-export"), self.clock
             ),
+            tls=self.tls_files(),
         )
+
+    def tls_files(self) -> TlsFiles:
+        """The HTTPS certificate and key in the data directory, each action recorded in the log."""
+        max_bytes = int(self.settings.max_upload_size_mb * 1024 * 1024)
+        return TlsFiles(self.settings.ssl_dir, CertificateHandlers(StoreUnitOfWork(self.app)), max_bytes=max_bytes)
 
     def backup_jobs(self) -> BackupJobs:
         """This process's backups (one at a time), under WATTLEDGER_BACKUP_PASSPHRASE when set."""

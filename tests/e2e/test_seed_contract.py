@@ -239,11 +239,6 @@ EXAMPLES: tuple[Example, ...] = (
 )
 
 KNOWN_MISSING: dict[tuple[str, str, str], str] = {
-    **{(KASA, m, p): "SSL certificate management is another issue" for m, p in (
-        ("GET", "/api/ssl/files"), ("POST", "/api/ssl/generate-csr"), ("GET", "/api/ssl/download/cert.pem"),
-        ("POST", "/api/system/ssl/upload-cert"), ("POST", "/api/system/ssl/upload-key"))},
-    (KASA, "GET", "/api/health/detailed"): "the detailed health check is another issue (GET /api/health and "
-                                          "GET /api/system/status carry parts, projectors and the relay today)",
     (KUMA, "POST", "/api/push/YOUR_PUSH_TOKEN?status=up&msg=OK&ping=50"): "push monitors are another issue",
     **{(KUMA, "GET", p): "a plug has no ping time or certificate to show" for p in (
         "/api/badge/1/ping/24", "/api/badge/1/cert-exp")},
