@@ -306,6 +306,8 @@ async def serve_live(runtime: Runtime, **settings: Any) -> AsyncIterator[LiveSer
     Runs beside `background`: waits until the devices read model holds everything stored so far.
     """
     runtime.settings = msgspec.structs.replace(runtime.settings, **settings)
+    if runtime.fanout is not None and not runtime.fanout.running:
+        runtime.fanout = None  # built before these settings (an earlier client's app): take them now
     newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
     assert await runtime.services().reads.wait_projected(newest, timeout=WAIT_S)
     fanout = runtime.live_fanout()
