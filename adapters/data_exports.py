@@ -27,12 +27,11 @@ from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
 from adapters.export_files import open_writer, sha256_file
 from domain.energy import EnergyRules
-from domain.export_jobs import DataExportJobs
 from domain.export_ports import ExportCatalog, WrittenExport
 from domain.exports import DeviceLabel, ExportSpec, bucket_rows, raw_rows
 from domain.meter import MeterDay, meter_day_id, utc_day
 
-__all__ = ["EXTENSION", "DataExportJobs", "ExportCatalog", "ExportFileStore", "blocking_prices", "device_readings", "export_rows",
+__all__ = ["EXTENSION", "ExportCatalog", "ExportFileStore", "blocking_prices", "device_readings", "export_rows",
            "readings_stored", "write_export"]
 
 WRITER_FORMAT = {"csv": "csv", "json": "jsonl", "excel": "xlsx"}

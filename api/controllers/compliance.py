@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import File
 
-from adapters.compliance import MANIFEST, ExportJob, Manifest
+from domain.compliance import MANIFEST, ExportJob, Manifest
 from adapters.export_files import MEDIA_TYPES
 from adapters.history import EventFilter
 from api.controllers.events import as_utc

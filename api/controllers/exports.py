@@ -20,7 +20,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import File
 
-from adapters.data_exports import EXTENSION, DataExportJobs, blocking_prices, export_rows, readings_stored
+from adapters.data_exports import EXTENSION, blocking_prices, export_rows, readings_stored
+from domain.export_jobs import DataExportJobs
 from api.controllers.devices import resolve_device
 from api.controllers.export_schemas import (
     CreateExportRequest,
