@@ -99,7 +99,7 @@ def build(app: WattLedger, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any
 @pytest.fixture
 async def identity(database_url: str, ledger: tuple[WattLedger, ProjectionEngine]) -> AsyncIterator[Identity]:
     app, engine = ledger
-    clock = ManualClock(datetime.now(timezone.utc).replace(microsecond=0))
+    clock = ManualClock(datetime(2026, 3, 9, 8, 30, tzinfo=timezone.utc))
     box = await open_secret_box(database_url)
     tokens = await TokenService.open(database_url, clock=clock)
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
