@@ -212,7 +212,7 @@ def api_deps(
     tls: TlsFiles | None = None,
 ) -> ApiDeps:
     """Every set, each holding its share of these parts."""
-    reads = ReadSide(pool=read_pool, log=EventLog(app), zone=zone, on_saved=on_saved)
+    reads = ReadSide(pool=read_pool, log=EventLog(app), zone=zone, clock=clock, on_saved=on_saved)
     discovery = Discovery(target=discovery_target, port=discovery_port)
     return ApiDeps(
         reads=reads,

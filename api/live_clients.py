@@ -198,7 +198,7 @@ class LiveClient:
         if event == "subscribe_all":
             self.subscriber.watch_all(hold=True)
             async with self.deps.reads.pool.connection() as conn:
-                views = await list_devices(conn, self.deps.reads.zone)
+                views = await list_devices(conn, self.deps.reads.zone, self.deps.reads.clock.now())
             states = [encoded(m) for view in views for m in state_messages(view)]
             self._pending.append(lambda: self.subscriber.release_all(states))
             return {"event": "subscribed", "all": True, "devices": len(views)}

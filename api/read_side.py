@@ -16,17 +16,20 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from adapters.eventlog import EventLog
 from api.errors import connection_lost
 from api.pending import note_pending
+from domain.ports import Clock
 from projections.tracking import projector_position
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReadSide:
     """Where reads come from: `pool` for the read models, `log` for the event log's head and sections,
-    `zone` for local days; `on_saved` wakes this process's projectors and relay after a write."""
+    `zone` and `clock` for local days ("today", "this month"); `on_saved` wakes this process's
+    projectors and relay after a write."""
 
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     log: EventLog
     zone: ZoneInfo
+    clock: Clock
     on_saved: Callable[[], None]
 
     async def wait_projected(self, notification_id: int, *, projector: str = "devices", timeout: float = 3.0) -> bool:

@@ -265,15 +265,14 @@ def _view(row: DeviceRow, now: datetime, zone: ZoneInfo) -> DeviceView:
     )
 
 
-async def list_devices(conn: psycopg.AsyncConnection[Any], zone: ZoneInfo) -> list[DeviceView]:
-    """Every present device, in the order they were added; today and this month in `zone`."""
-    now = datetime.now(timezone.utc)
+async def list_devices(conn: psycopg.AsyncConnection[Any], zone: ZoneInfo, now: datetime) -> list[DeviceView]:
+    """Every present device, in the order they were added; today and this month (as of `now`) in `zone`."""
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(f"{DEVICES.select} WHERE NOT removed ORDER BY added_at, address")
         return [_view(DEVICES.decode(record), now, zone) for record in await cur.fetchall()]
 
 
-async def find_device(conn: psycopg.AsyncConnection[Any], key: str, zone: ZoneInfo) -> DeviceView | None:
+async def find_device(conn: psycopg.AsyncConnection[Any], key: str, zone: ZoneInfo, now: datetime) -> DeviceView | None:
     """A present device by its id or by its address (canonical spelling)."""
     try:
         device_id: UUID | None = UUID(key)
@@ -285,7 +284,7 @@ async def find_device(conn: psycopg.AsyncConnection[Any], key: str, zone: ZoneIn
         else:
             await cur.execute(f"{DEVICES.select} WHERE address = %s AND NOT removed", (key,))
         record = await cur.fetchone()
-    return _view(DEVICES.decode(record), datetime.now(timezone.utc), zone) if record else None
+    return _view(DEVICES.decode(record), now, zone) if record else None
 
 
 async def count_devices(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:

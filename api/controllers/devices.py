@@ -75,10 +75,10 @@ class DiscoverResult(msgspec.Struct, frozen=True, kw_only=True):
 async def resolve_device(reads: ReadSide, key: str) -> DeviceView:
     """A present device by id or address (any spelling of the address)."""
     async with reads.pool.connection() as conn:
-        view = await find_device(conn, key, reads.zone)
+        view = await find_device(conn, key, reads.zone, reads.clock.now())
         if view is None:
             try:
-                view = await find_device(conn, str(parse_address(key)), reads.zone)
+                view = await find_device(conn, str(parse_address(key)), reads.zone, reads.clock.now())
             except InvalidAddress:
                 view = None
     if view is None:
@@ -137,7 +137,7 @@ class DevicesController(Controller):
     async def list_all(self, device_deps: NamedDependency[DeviceDeps]) -> list[DeviceView]:
         """Every device with its latest reading, in the order they were added."""
         async with device_deps.reads.pool.connection() as conn:
-            return await list_devices(conn, device_deps.reads.zone)
+            return await list_devices(conn, device_deps.reads.zone, device_deps.reads.clock.now())
 
     @post("/devices/manual", operation_id="addDevice", status_code=201, opt={"permission": Permission.DEVICES_MANAGE})
     async def add(

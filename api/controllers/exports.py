@@ -160,7 +160,7 @@ class ExportsController(Controller):
     async def devices(self, export_deps: NamedDependency[ExportDeps]) -> DeviceList:
         """Every present device with the readings stored for it over the last 366 days (`data_points`)."""
         async with export_deps.reads.pool.connection() as conn:
-            views = await list_devices(conn, export_deps.reads.zone)
+            views = await list_devices(conn, export_deps.reads.zone, export_deps.reads.clock.now())
             since = export_deps.clock.now() - DATA_POINTS_SPAN
             counts = [await readings_stored(conn, export_deps.store, v.device_id, since) for v in views]
         return DeviceList(devices=[
