@@ -198,7 +198,23 @@ class _FileWriter:
             self.close()  # type: ignore[attr-defined]
 
 
-class _JsonLinesWriter(_FileWriter):
+class _StreamWriter(_FileWriter):
+    """A writer over one open `.part` file (`_file`), closed on close and abort."""
+
+    _file: IO[Any]
+
+    def close(self) -> list[Path]:
+        if self._done:
+            return [self.path]
+        self._file.close()
+        return self._finish()
+
+    def abort(self) -> None:
+        self._file.close()
+        self._discard()
+
+
+class _JsonLinesWriter(_StreamWriter):
     """One JSON object per line, its keys the columns in order; UTF-8, `\\n` line ends."""
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
@@ -211,18 +227,8 @@ class _JsonLinesWriter(_FileWriter):
         self._file.write(b"\n")
         self.rows += 1
 
-    def close(self) -> list[Path]:
-        if self._done:
-            return [self.path]
-        self._file.close()
-        return self._finish()
 
-    def abort(self) -> None:
-        self._file.close()
-        self._discard()
-
-
-class _CsvWriter(_FileWriter):
+class _CsvWriter(_StreamWriter):
     """RFC 4180 CSV in UTF-8 with a header row; `\\r\\n` line ends, fields quoted when needed."""
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
@@ -235,16 +241,6 @@ class _CsvWriter(_FileWriter):
         self._check(row)
         self._csv.writerow([_csv_cell(value) for value in row])
         self.rows += 1
-
-    def close(self) -> list[Path]:
-        if self._done:
-            return [self.path]
-        self._file.close()
-        return self._finish()
-
-    def abort(self) -> None:
-        self._file.close()
-        self._discard()
 
 
 def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
