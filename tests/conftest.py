@@ -29,6 +29,7 @@ pytest_plugins = ("tests.harness",)
 @pytest.fixture(scope="session")
 def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     from infra.embedded import embedded_servers
+    from tests.harness import DROPS
 
     data_dir: Path = tmp_path_factory.mktemp("servers")
     with embedded_servers(
@@ -39,7 +40,10 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         # Like the NATS that CI names: tests publish and subscribe as they please.
         nats_authorization=False,
     ) as urls:
-        yield urls
+        try:
+            yield urls
+        finally:
+            DROPS.drain()  # every test database is gone before an embedded server stops
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,13 @@ are fixtures of the e2e conftest. The fakes that need no server are in tests/kit
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -65,17 +68,59 @@ def _with_dbname(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
 
 
+class _Drops:
+    """Test databases to drop, dropped one at a time by a thread beside the tests.
+
+    A drop waits for the server's checkpoint (0.1 to 2 s); the next test need not wait for it.
+    `drain()` waits until every queued drop is done: before a server the tests started is
+    stopped, and at exit."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, admin_url: str, name: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="test-database-drops", daemon=True)
+                self._thread.start()
+        self._queue.put((admin_url, name))
+
+    def drain(self) -> None:
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            admin_url, name = self._queue.get()
+            try:
+                drop_database(admin_url, name)
+            except (psycopg.Error, OSError) as exc:
+                print(f"test database {name} not dropped: {exc}", file=sys.stderr)
+            finally:
+                self._queue.task_done()
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+DROPS = _Drops()
+atexit.register(DROPS.drain)
+
+
 @contextmanager
 def fresh_database(admin_url: str) -> Iterator[str]:
-    """Create an empty database on the server of `admin_url`, yield its URL, drop it afterwards."""
+    """Create an empty database on the server of `admin_url`, yield its URL, drop it afterwards
+    (beside the next tests: see `_Drops`)."""
     name = f"wl_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         yield _with_dbname(admin_url, name)
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        DROPS.put(admin_url, name)
 
 
 @pytest.fixture
