@@ -7,15 +7,9 @@ from adapters.emulator.device import (
     available_profiles,
     load_profile,
 )
+from adapters.emulator.fleet import DEFAULT_PROFILES, EmulatorFleet, run_emulator
 from adapters.emulator.protocol import EmulatorError, ProtocolError
-from adapters.emulator.server import (
-    DEFAULT_PROFILES,
-    DeviceServer,
-    EmulatorFleet,
-    FleetError,
-    loopback_hosts,
-    run_emulator,
-)
+from adapters.emulator.server import DeviceServer, FleetError, loopback_hosts
 
 __all__ = [
     "DEFAULT_PROFILES",

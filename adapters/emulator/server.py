@@ -1,33 +1,21 @@
-"""Put emulated devices on loopback: a TCP server per device and UDP discovery responders.
+"""The TCP server of one emulated device: framed IOT requests in, answers out; its discovery socket.
 
-python-kasa derives a discovered device's address from the discovery reply:
-host = the reply's source IP, port = the discovery port it was asked to use
-(9999 by default), and it only accepts replies whose source port is that
-discovery port. So for discovery to yield addresses the client can connect to,
-every device must have its own IP and serve TCP on the discovery port number.
-The fleet does that when `discovery_port` is set: give each device its own
-loopback address (`loopback_hosts`), and each answers unicast discovery on
-(its IP, discovery_port) and serves TCP on the same port. A broadcast to
-127.255.255.255 reaches every device through one shared listener bound to
-that broadcast address. Limits: IPv4 only (python-kasa's discovery socket is
-IPv4); loopback only; the AES discovery probes python-kasa also sends (ports
-20002/20004) are not answered, as an IOT-only device would not.
+`DeviceServer` serves one `EmulatedDevice` on a loopback address and, when asked, answers
+discovery on its own UDP socket (`adapters.emulator.discovery`). Fleets of them are
+`adapters.emulator.fleet`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
-import socket
-from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 
-from adapters.emulator.device import EmulatedDevice, load_profile
+from adapters.emulator.device import EmulatedDevice
+from adapters.emulator.discovery import DiscoveryResponder, udp_socket
 from adapters.emulator.protocol import (
     EmulatorError,
     FrameDecoder,
@@ -39,9 +27,6 @@ from adapters.emulator.protocol import (
     frame,
 )
 
-DEFAULT_PROFILES: tuple[str, ...] = ("HS110", "KP115", "HS100", "HS300", "KP303")
-LOOPBACK_BROADCAST = "127.255.255.255"
-_PORT_ATTEMPTS = 20
 _CLOSE_TIMEOUT_S = 2.0
 
 log = structlog.get_logger(__name__)
@@ -60,7 +45,7 @@ def loopback_hosts(count: int, *, first: int = 2) -> list[str]:
     return hosts
 
 
-def _check_loopback(host: str) -> str:
+def check_loopback(host: str) -> str:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -113,46 +98,6 @@ class _StreamSession(asyncio.Protocol):
             self._transport.close()
 
 
-class _DiscoveryResponder(asyncio.DatagramProtocol):
-    """Answers unframed XOR datagrams sent to one device's own address."""
-
-    def __init__(self, server: DeviceServer) -> None:
-        self._server = server
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._server.answer_discovery(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("emulator_discovery_error", address=self._server.address, error=str(exc))
-
-
-class _BroadcastListener(asyncio.DatagramProtocol):
-    """Fans a broadcast discovery datagram out to every device; each replies from its own socket."""
-
-    def __init__(self, servers: Sequence[DeviceServer]) -> None:
-        self._servers = servers
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        for server in self._servers:
-            server.answer_discovery(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("emulator_broadcast_error", error=str(exc))
-
-
-def _udp_socket(host: str, port: int, *, shared: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if shared:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
 
 class DeviceServer:
     """Serves one EmulatedDevice: TCP on (host, port), discovery on (host, discovery_port)."""
@@ -166,7 +111,7 @@ class DeviceServer:
         discovery_port: int | None = None,
     ) -> None:
         self.device = device
-        self.host = _check_loopback(host)
+        self.host = check_loopback(host)
         self._requested_port = port
         self._requested_discovery_port = discovery_port
         self._server: asyncio.Server | None = None
@@ -200,9 +145,9 @@ class DeviceServer:
         self.port = server.sockets[0].getsockname()[1]
         if self._requested_discovery_port is not None:
             try:
-                sock = _udp_socket(self.host, self._requested_discovery_port)
+                sock = udp_socket(self.host, self._requested_discovery_port)
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _DiscoveryResponder(self), sock=sock
+                    lambda: DiscoveryResponder(self), sock=sock
                 )
             except BaseException:
                 await self.stop()
@@ -240,216 +185,3 @@ class DeviceServer:
         if not isinstance(request, dict) or "system" not in request:
             return
         udp.sendto(encrypt(encode_json(self.device.handle(request))), addr)
-
-
-class EmulatorFleet:
-    """Several emulated devices on loopback, started and stopped together.
-
-    `host` is one loopback IP shared by all devices (each then gets port
-    `port + i`, or an ephemeral port when `port` is 0) or one distinct loopback
-    IP per device (each on `port`). With `discovery_port` set, each device also
-    answers UDP discovery and serves TCP on that port number, which is what
-    python-kasa's discovery assumes; that needs one IP per device and an IPv4
-    host list. `discovery_port=0` picks a free port common to all devices.
-    `speed`, `reboot_every` and `seed` go to every EmulatedDevice (seeds are
-    derived per device so the fleet is reproducible as a whole); `clock`
-    replaces the monotonic clock of every device (tests).
-    """
-
-    def __init__(
-        self,
-        profiles: Sequence[str] = DEFAULT_PROFILES,
-        *,
-        host: str | Sequence[str] = "127.0.0.1",
-        port: int = 0,
-        speed: float = 1.0,
-        reboot_every: float | None = None,
-        seed: int | None = None,
-        discovery_port: int | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        if not profiles:
-            raise FleetError("a fleet needs at least one device profile")
-        if not 0 <= port <= 65535 or not 0 <= (discovery_port or 0) <= 65535:
-            raise FleetError("ports must be within 0..65535")
-        count = len(profiles)
-        if isinstance(host, str):
-            if discovery_port is not None:
-                raise FleetError(
-                    "discovery needs one loopback IP per device (see loopback_hosts())"
-                )
-            hosts = [_check_loopback(host)] * count
-            ports = [port + i if port else 0 for i in range(count)]
-            if ports and ports[-1] > 65535:
-                raise FleetError(f"ports {port}..{ports[-1]} exceed 65535")
-        else:
-            hosts = [_check_loopback(h) for h in host]
-            if len(hosts) != count:
-                raise FleetError(f"{count} profiles but {len(hosts)} hosts")
-            if len(set(hosts)) != count:
-                raise FleetError("hosts must be distinct")
-            if discovery_port is not None:
-                if any(":" in h for h in hosts):
-                    raise FleetError("discovery works over IPv4 only")
-                if port not in (0, discovery_port):
-                    raise FleetError(
-                        "with discovery the TCP port is the discovery port; leave port at 0"
-                    )
-            ports = [port] * count
-        self._hosts = hosts
-        self._ports = ports
-        self._discovery_port = discovery_port
-        seen: dict[str, int] = {}
-        self.devices: list[EmulatedDevice] = []
-        for index, name in enumerate(profiles):
-            profile = load_profile(name)
-            serial = seen.get(profile.name, 0)
-            seen[profile.name] = serial + 1
-            extra: dict[str, Any] = {} if clock is None else {"clock": clock}
-            self.devices.append(
-                EmulatedDevice(
-                    profile,
-                    serial=serial,
-                    speed=speed,
-                    reboot_every=reboot_every,
-                    seed=None if seed is None else seed * 1009 + index,
-                    **extra,
-                )
-            )
-        self.servers: list[DeviceServer] = []
-        self._broadcast: asyncio.DatagramTransport | None = None
-
-    def __iter__(self) -> Iterator[tuple[EmulatedDevice, DeviceServer]]:
-        return iter(zip(self.devices, self.servers, strict=True))
-
-    def __len__(self) -> int:
-        return len(self.devices)
-
-    @property
-    def addresses(self) -> list[str]:
-        """Each device's TCP address as `host:port`, in profile order (after `start()`)."""
-        return [server.address for server in self.servers]
-
-    @property
-    def discovery_port(self) -> int | None:
-        """The UDP port devices answer discovery on, once started; None without discovery."""
-        if self._discovery_port is None or not self.servers:
-            return self._discovery_port
-        return self.servers[0].discovery_port
-
-    async def start(self) -> None:
-        """Bind every device; raise FleetError (nothing left open) if ports are taken."""
-        if self.servers:
-            raise FleetError("fleet already started")
-        if self._discovery_port == 0:
-            await self._start_on_common_free_port()
-        else:
-            await self._start_on(self._ports, self._discovery_port)
-
-    async def _start_on_common_free_port(self) -> None:
-        for _ in range(_PORT_ATTEMPTS):
-            probe = _udp_socket(self._hosts[0], 0)
-            candidate = probe.getsockname()[1]
-            probe.close()
-            try:
-                await self._start_on([candidate] * len(self.devices), candidate)
-                return
-            except FleetError as exc:
-                cause = exc.__cause__
-                if not isinstance(cause, OSError) or cause.errno != errno.EADDRINUSE:
-                    raise
-        raise FleetError(f"no port free on all of {', '.join(self._hosts)}")
-
-    async def _start_on(self, ports: Sequence[int], discovery_port: int | None) -> None:
-        try:
-            for device, host, port in zip(self.devices, self._hosts, ports, strict=True):
-                server = DeviceServer(device, host=host, port=port, discovery_port=discovery_port)
-                await server.start()
-                self.servers.append(server)
-            if discovery_port is not None:
-                loop = asyncio.get_running_loop()
-                bound_port = self.servers[0].discovery_port or 0
-                sock = _udp_socket(LOOPBACK_BROADCAST, bound_port, shared=True)
-                self._broadcast, _ = await loop.create_datagram_endpoint(
-                    lambda: _BroadcastListener(list(self.servers)), sock=sock
-                )
-        except OSError as exc:
-            await self.stop()
-            raise FleetError(f"cannot start emulator fleet: {exc}") from exc
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        """Close every listener, connection and discovery socket. Safe to call twice."""
-        broadcast, self._broadcast = self._broadcast, None
-        if broadcast is not None:
-            broadcast.close()
-        servers, self.servers = self.servers, []
-        await asyncio.gather(*(server.stop() for server in servers))
-        # Let the datagram transports finish closing their sockets before the loop may end.
-        await asyncio.sleep(0)
-
-    async def __aenter__(self) -> EmulatorFleet:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-async def run_emulator(
-    profiles: Sequence[str] = DEFAULT_PROFILES,
-    *,
-    host: str | Sequence[str] = "127.0.0.1",
-    port: int = 9999,
-    speed: float = 1.0,
-    reboot_every: float | None = None,
-    seed: int | None = None,
-    discovery_port: int | None = None,
-    on_ready: Callable[[EmulatorFleet], None] | None = None,
-) -> NoReturn:
-    """Run an emulator fleet until cancelled, logging where each device listens.
-
-    Backs `wattledger emulate`. With the defaults the devices listen on
-    127.0.0.1:9999, :10000, ... in profile order. For discovery pass one
-    loopback IP per device and a discovery port, e.g.
-    `host=loopback_hosts(5), discovery_port=9999`: each device then serves
-    TCP and answers discovery on <its IP>:9999, as real plugs do on a LAN.
-    `on_ready` is called once every socket is bound. Cancel the task to stop;
-    all sockets are closed before the cancellation propagates.
-    """
-    async with EmulatorFleet(
-        profiles,
-        host=host,
-        port=port,
-        speed=speed,
-        reboot_every=reboot_every,
-        seed=seed,
-        discovery_port=discovery_port,
-    ) as fleet:
-        for device, server in fleet:
-            log.info(
-                "emulated_device_listening",
-                model=device.model,
-                alias=device.alias,
-                mac=device.mac,
-                address=server.address,
-                discovery_port=server.discovery_port,
-                outlets=len(device.outlet_ids) or None,
-            )
-        if fleet.discovery_port is not None:
-            log.info(
-                "emulator_discovery_ready",
-                broadcast=LOOPBACK_BROADCAST,
-                discovery_port=fleet.discovery_port,
-            )
-        if on_ready is not None:
-            on_ready(fleet)
-        await asyncio.Event().wait()
-    raise AssertionError("unreachable: the fleet runs until cancelled")
