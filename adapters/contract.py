@@ -53,6 +53,7 @@ from domain.device import Device
 from domain.exports import DataExport
 from domain.identity import ApiKey, Roster, Session, User
 from domain.meter import MeterDay
+from domain.push import PushMonitor, PushToken
 from domain.rates import Tariff
 
 log = structlog.get_logger(__name__)
@@ -148,6 +149,32 @@ class DevicePublicitySet(EventData, frozen=True, kw_only=True):
     """Whether the device's badges are shown to anyone."""
 
     public: bool
+
+
+class PushMonitorOpened(EventData, frozen=True, kw_only=True):
+    """A device now pushes instead of being polled; its token is never published."""
+
+    device_id: UUID
+    interval_s: int
+    grace_s: int
+    opened_at: datetime
+
+
+class PushMonitorTokenRotated(EventData, frozen=True, kw_only=True):
+    """The device's push token was replaced; the old one no longer works."""
+
+
+class PushMonitorHeard(EventData, frozen=True, kw_only=True):
+    at: datetime
+    up: bool
+
+
+class PushTokenIssued(EventData, frozen=True, kw_only=True):
+    device_id: UUID
+
+
+class PushTokenRevoked(EventData, frozen=True, kw_only=True):
+    """The token no longer works."""
 
 
 class MeterDayOpened(EventData, frozen=True, kw_only=True):
@@ -579,6 +606,11 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Device.CameOnline: DeviceCameOnline,
         Device.SessionThresholdSet: DeviceSessionThresholdSet,
         Device.PublicitySet: DevicePublicitySet,
+        PushMonitor.Opened: PushMonitorOpened,
+        PushMonitor.TokenRotated: PushMonitorTokenRotated,
+        PushMonitor.Heard: PushMonitorHeard,
+        PushToken.Issued: PushTokenIssued,
+        PushToken.Revoked: PushTokenRevoked,
         MeterDay.Opened: MeterDayOpened,
         MeterDay.ReadingRecorded: ReadingRecorded,
         # Identity: secrets (password hashes, TOTP secrets, backup code and key hashes) are never listed.
