@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from adapters.bus import StreamConfig, _ConnectionLog
 from adapters.faults import NATS_FAULTS, Backoff, describe
 from adapters.nats_commands import _failure
+from api.errors import status_of
 from adapters.poller import Assigned, Poller
 from adapters.relay import Relay, RelayPublishError
 from domain.address import DeviceAddress
@@ -233,8 +234,8 @@ async def test_nats_connection_errors_are_one_warning_per_kind_and_a_callback_bu
 
 async def test_a_nats_command_the_database_fails_is_a_503_and_one_warning() -> None:
     with capture_logs() as logs:
-        reply = _failure(psycopg.OperationalError("the connection is lost"), "try again", command="add")
-        bug = _failure(ZeroDivisionError("a bug"), "try again", command="add")
+        reply = _failure(psycopg.OperationalError("the connection is lost"), status_of, "try again", command="add")
+        bug = _failure(ZeroDivisionError("a bug"), status_of, "try again", command="add")
     assert reply.error is not None and reply.error.status_code == 503
     assert bug.error is not None and bug.error.status_code == 503
     assert [(e["event"], e["log_level"]) for e in logs] == [("part.fault", "warning"), ("commands.failed", "error")]
