@@ -29,6 +29,7 @@ from api.controllers.exports import ExportsController
 from api.controllers.keys import KeysController
 from api.controllers.live import LiveController
 from api.controllers.metrics import MetricsController
+from api.controllers.push import PushController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
 from api.controllers.ssl import ssl_router
@@ -159,7 +160,7 @@ def create_app(deps: ApiDeps) -> Litestar:
             EnergyController, RatesController,
             LiveController, live_socket, socketio_route(deps.live, deps.edge.cors_origins), MetricsController,
             *([BackupsController] if deps.backups is not None else []),
-            UptimeController, BadgesController,
+            UptimeController, BadgesController, PushController,
             *([ssl_router(deps.tls)] if deps.tls is not None else []),
         ],
         dependencies={

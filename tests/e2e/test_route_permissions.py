@@ -30,6 +30,8 @@ PUBLIC_ROUTES = {
     ("GET", "/api/badge/{device:str}/uptime/{duration:str}"),
     ("GET", "/api/badge/{device:str}/power"),
     ("GET", "/api/badge/{device:str}/cost/{period:str}"),
+    ("GET", "/api/push/{token:str}"),
+    ("POST", "/api/push/{token:str}"),
 }
 
 

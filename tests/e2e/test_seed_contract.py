@@ -239,7 +239,6 @@ EXAMPLES: tuple[Example, ...] = (
 )
 
 KNOWN_MISSING: dict[tuple[str, str, str], str] = {
-    (KUMA, "POST", "/api/push/YOUR_PUSH_TOKEN?status=up&msg=OK&ping=50"): "push monitors are another issue",
     **{(KUMA, "GET", p): "a plug has no ping time or certificate to show" for p in (
         "/api/badge/1/ping/24", "/api/badge/1/cert-exp")},
 }  # fmt: skip
