@@ -53,7 +53,7 @@ from domain.device import Device
 from domain.exports import DataExport
 from domain.identity import ApiKey, Roster, Session, User
 from domain.meter import MeterDay
-from domain.push import PushMonitor, PushToken
+from domain.push import PushMonitor, PushRegistry, PushToken
 from domain.rates import Tariff
 
 log = structlog.get_logger(__name__)
@@ -175,6 +175,14 @@ class PushTokenIssued(EventData, frozen=True, kw_only=True):
 
 class PushTokenRevoked(EventData, frozen=True, kw_only=True):
     """The token no longer works."""
+
+
+class PushRegistryOpened(EventData, frozen=True, kw_only=True):
+    """The list of push devices was started."""
+
+
+class PushRegistryDeviceAdded(EventData, frozen=True, kw_only=True):
+    device_id: UUID
 
 
 class MeterDayOpened(EventData, frozen=True, kw_only=True):
@@ -544,6 +552,14 @@ class BackupRestored(EventData, frozen=True, kw_only=True):
     chain_hash: str | None
 
 
+class BackupRestoreRefused(EventData, frozen=True, kw_only=True):
+    """A restore was refused before anything was written: the uploaded archive's SHA-256 and size, and why."""
+
+    sha256: str
+    size: int
+    reason: str
+
+
 class SslFilesOpened(EventData, frozen=True, kw_only=True):
     """The first action on the HTTPS files was recorded."""
 
@@ -611,6 +627,8 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         PushMonitor.Heard: PushMonitorHeard,
         PushToken.Issued: PushTokenIssued,
         PushToken.Revoked: PushTokenRevoked,
+        PushRegistry.Opened: PushRegistryOpened,
+        PushRegistry.DeviceAdded: PushRegistryDeviceAdded,
         MeterDay.Opened: MeterDayOpened,
         MeterDay.ReadingRecorded: ReadingRecorded,
         # Identity: secrets (password hashes, TOTP secrets, backup code and key hashes) are never listed.
@@ -657,6 +675,7 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Backup.Failed: BackupFailed,
         Backup.Deleted: BackupDeleted,
         BackupRestore.Restored: BackupRestored,
+        BackupRestore.Refused: BackupRestoreRefused,
         BackupSchedules.Opened: BackupSchedulesOpened,
         BackupSchedules.Set: BackupScheduleSet,
         BackupSchedules.Removed: BackupScheduleRemoved,

@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate, event
 
 PUSH_MONITOR_NAMESPACE = uuid5(NAMESPACE_URL, "https://wattledger.invalid/push-monitor")
 PUSH_TOKEN_NAMESPACE = uuid5(NAMESPACE_URL, "https://wattledger.invalid/push-token")
+PUSH_REGISTRY_ID = uuid5(NAMESPACE_URL, "https://wattledger.invalid/push-registry")
 
 MIN_INTERVAL_S = 10
 MAX_INTERVAL_S = 86_400
@@ -116,3 +117,29 @@ class PushMonitor(Aggregate):
         if now <= self.deadline():
             return 0
         return max(1, int((now - self.last_heard).total_seconds() // self.interval_s))
+
+
+class PushRegistry(Aggregate):
+    """Every device that was ever opened to pushes: the ones whose silence is watched."""
+
+    class Opened(Aggregate.Created):
+        actor: str
+
+    class DeviceAdded(Aggregate.Event):
+        device_id: UUID
+
+    @staticmethod
+    def create_id(**_: object) -> UUID:
+        return PUSH_REGISTRY_ID
+
+    @event(Opened)
+    def __init__(self, *, actor: str) -> None:
+        self.device_ids: list[UUID] = []
+
+    def add(self, device_id: UUID) -> None:
+        if device_id not in self.device_ids:
+            self._device_added(device_id=device_id)
+
+    @event(DeviceAdded)
+    def _device_added(self, device_id: UUID) -> None:
+        self.device_ids.append(device_id)

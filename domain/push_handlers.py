@@ -14,7 +14,7 @@ from domain.errors import DeviceNotFound, InvalidRequest
 from domain.imports import ImportedReading
 from domain.ports import Clock, EventStore, SecretMaker
 from domain.push import (
-    MAX_GRACE_S, MAX_INTERVAL_S, MIN_INTERVAL_S, PushMonitor, PushToken, push_monitor_id, push_token_id,
+    MAX_GRACE_S, MAX_INTERVAL_S, MIN_INTERVAL_S, PUSH_REGISTRY_ID, PushMonitor, PushRegistry, PushToken, push_monitor_id, push_token_id,
 )  # fmt: skip
 from domain.retry import retrying
 
@@ -67,7 +67,9 @@ class PushHandlers:
                     device_id=device_id, interval_s=interval_s, grace_s=grace_s, token_id=new.id,
                     opened_at=self.clock.now(), actor=actor,
                 )  # fmt: skip
-                position = await self.store.save(monitor, new)
+                registry = await self.store.aggregate(PUSH_REGISTRY_ID, PushRegistry) or PushRegistry(actor=actor)
+                registry.add(device_id)
+                position = await self.store.save(monitor, new, registry)
             else:
                 old = await self.store.aggregate(monitor.token_id, PushToken)
                 monitor.rotate(new.id, actor=actor)
@@ -140,3 +142,8 @@ class PushHandlers:
 
             position = max(position, await retrying(attempt))
         return position
+
+    async def mark_all_silent(self) -> int:
+        """`mark_silent` over every device ever opened to pushes."""
+        registry = await self.store.aggregate(PUSH_REGISTRY_ID, PushRegistry)
+        return await self.mark_silent(registry.device_ids) if registry is not None else 0

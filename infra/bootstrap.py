@@ -21,11 +21,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream, may_publish_events
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema
+from adapters.jobs import every
 from adapters.identity import Argon2Hasher, PyotpVerifier, RandomSecrets, TokenService, open_secret_box
 from adapters.kasa_driver import KasaDriver
 from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
+from domain.energy_handlers import EnergyHandlers
 from domain.identity_handlers import IdentityHandlers
+from domain.push_handlers import PushHandlers
 from infra.pools import event_store_env, read_pool as new_read_pool
 from infra.runtime import Runtime, all_projectors
 from infra.serving import QuietServer as _QuietServer
@@ -154,6 +157,23 @@ async def open_runtime(
             await asyncio.to_thread(app.close)
 
 
+PUSH_SWEEP_S = 5.0
+"""Seconds between looks for push devices silent past their interval and grace."""
+
+
+async def push_sweeps(runtime: Runtime) -> None:
+    """Beside the poller: mark offline, once, each push device silent past its interval and grace,
+    as the injected clock tells."""
+    store = StoreUnitOfWork(runtime.app)
+    push = PushHandlers(store, runtime.clock, RandomSecrets(), EnergyHandlers(store, runtime.clock))
+
+    async def sweep() -> None:
+        if await push.mark_all_silent():
+            runtime.saved()
+
+    await every("push", PUSH_SWEEP_S, sweep)
+
+
 async def run_parts(
     runtime: Runtime, stop: asyncio.Event, *, api: bool, poll: bool, relay: bool, project: bool,
     execute: bool = False, supervisor: Supervisor | None = None,
@@ -180,6 +200,7 @@ async def run_parts(
             await together(poller.run(), poller.follow_config(runtime.config().current))
 
         supervisor.add("poller", run_poller)
+        supervisor.add("push", lambda: push_sweeps(runtime))
     if execute:
         supervisor.add("executor", lambda: runtime.executor().run(stop), watches_stop=True)
     try:

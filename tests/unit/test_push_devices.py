@@ -11,7 +11,7 @@ from domain.energy_handlers import EnergyHandlers
 from domain.errors import DeviceNotFound, InvalidRequest
 from domain.imports import ImportedReading
 from domain.meter import MeterDay
-from domain.push import PushMonitor, PushToken
+from domain.push import PushMonitor, PushRegistry, PushToken
 from domain.push_handlers import PushHandlers
 from adapters.identity import RandomSecrets
 from tests.kit import ManualClock, MemoryStore, plug
@@ -83,21 +83,24 @@ async def test_a_silent_push_device_goes_offline_once_and_a_push_brings_it_back(
     handlers, store, clock, device = push_side()
     opened = await handlers.open_push(device.id, interval_s=60, grace_s=30, actor="admin")
     clock.advance(90)
-    assert await handlers.mark_silent([device.id]) == 0
+    assert await handlers.mark_all_silent() == 0
     clock.advance(1)
     for _ in range(3):
-        await handlers.mark_silent([device.id])
+        await handlers.mark_all_silent()
         clock.advance(600)
     offline = store.of_type(Device.WentOffline, device.id)
     assert [e.missed_polls for e in offline] == [1]
     await handlers.push(opened.token, "up")
-    assert await handlers.mark_silent([device.id]) == 0
+    assert await handlers.mark_all_silent() == 0
     assert len(store.of_type(Device.CameOnline, device.id)) == 1
+    await handlers.rotate_token(device.id, actor="admin")
+    assert len(store.of_type(PushRegistry.DeviceAdded)) == 1
 
 
 async def test_a_device_that_does_not_push_is_never_marked_silent() -> None:
     handlers, store, clock, device = push_side()
     clock.advance(days=2)
+    assert await handlers.mark_all_silent() == 0
     assert await handlers.mark_silent([device.id]) == 0
     assert store.of_type(Device.WentOffline) == []
 
