@@ -552,14 +552,6 @@ class BackupRestored(EventData, frozen=True, kw_only=True):
     chain_hash: str | None
 
 
-class BackupRestoreRefused(EventData, frozen=True, kw_only=True):
-    """A restore was refused before anything was written: the uploaded archive's SHA-256 and size, and why."""
-
-    sha256: str
-    size: int
-    reason: str
-
-
 class SslFilesOpened(EventData, frozen=True, kw_only=True):
     """The first action on the HTTPS files was recorded."""
 
@@ -675,7 +667,6 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Backup.Failed: BackupFailed,
         Backup.Deleted: BackupDeleted,
         BackupRestore.Restored: BackupRestored,
-        BackupRestore.Refused: BackupRestoreRefused,
         BackupSchedules.Opened: BackupSchedulesOpened,
         BackupSchedules.Set: BackupScheduleSet,
         BackupSchedules.Removed: BackupScheduleRemoved,
