@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import structlog
@@ -17,8 +17,19 @@ from adapters.contract import Envelope
 from adapters.errors import AdapterError
 from adapters.live_events import DEVICE_AGGREGATES, LiveEvent
 
-if TYPE_CHECKING:
-    from adapters.fanout import FanOut
+
+class SubscriberIndex(Protocol):
+    """What a subscriber asks of the fan-out that made it (`adapters.fanout.FanOut`): to be found by
+    device, by every event, and to be forgotten; and a count of the subscribers ended as too slow."""
+
+    dropped: int
+    _broad: set[Subscriber]
+
+    def _index(self, subscriber: Subscriber, device_id: UUID) -> None: ...
+
+    def _unindex(self, subscriber: Subscriber, device_id: UUID) -> None: ...
+
+    def _remove(self, subscriber: Subscriber) -> None: ...
 
 log = structlog.get_logger("adapters.fanout")
 
@@ -44,7 +55,7 @@ class Subscriber:
     or user since its handler last looked; `recheck` is set when one arrives.
     """
 
-    def __init__(self, fanout: FanOut, *, queue_size: int, principal_ids: Iterable[UUID] = ()) -> None:
+    def __init__(self, fanout: SubscriberIndex, *, queue_size: int, principal_ids: Iterable[UUID] = ()) -> None:
         self._fanout = fanout
         self.queue: asyncio.Queue[LiveEvent | bytes] = asyncio.Queue(maxsize=queue_size)
         self.devices: set[UUID] = set()

@@ -3,6 +3,10 @@
 Errors come in a few kinds (invalid request, unauthenticated, forbidden, not found,
 conflict, unprocessable, unavailable); the edge maps a kind to a status (`api.errors`) and
 answers with the error's `code`, so a code is written here and nowhere else.
+
+One module, longer than most, on purpose: it is the catalogue of every refusal the domain can
+give, small classes read as one list (a test checks that refusals sharing a code answer alike),
+and splitting it by area would scatter the codes that clients match on.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from adapters.identity import derive_box_key
 from domain.backup_schedule import Schedule
 from domain.backup_schedule_handlers import ScheduleHandlers
 from domain.ports import Clock
-from infra.runtime import all_projectors
+from infra.read_models import all_projectors
 from infra.settings import Settings, mask_secrets
 from projections.chain import chain_link, link, verify
 from projections.engine import ProjectionEngine

@@ -51,7 +51,6 @@ from domain.compliance_handlers import ComplianceHandlers
 from domain.compliance_jobs import ComplianceExports
 from domain.config import ConfigValues
 from domain.control_handlers import ConfigHandlers, ControlHandlers
-from domain.energy import EnergyRules
 from domain.energy_handlers import EnergyHandlers
 from domain.export_handlers import ExportHandlers
 from domain.export_jobs import DataExportJobs
@@ -59,43 +58,19 @@ from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
 from domain.security import SecurityHandlers
-from domain.usage import EnergySettings
+from infra.read_models import all_projectors, energy_rules, energy_settings
 from infra.settings import Settings
 from infra.supervisor import Supervisor
-from projections.audit import AuditProjector
-from projections.chain import ChainProjector, chain_link
-from projections.commands import CommandsProjector, interrupted_commands
+from projections.chain import chain_link
+from projections.commands import interrupted_commands
 from projections.devices import TABLE as DEVICES_TABLE
-from projections.devices import DevicesProjector, active_devices
-from projections.energy import EnergyProjector
-from projections.engine import ProjectionEngine, Projector
-from projections.exports import ExportReadModel, ExportsProjector
-from projections.identity import IdentityProjector
+from projections.devices import active_devices
+from projections.engine import ProjectionEngine
+from projections.exports import ExportReadModel
 from projections.retention import ReadingRetention
 
 __all__ = ["Runtime", "all_projectors", "energy_rules", "energy_settings"]
 
-
-def energy_rules(settings: Settings) -> EnergyRules:
-    """The energy fold's rules for this installation's polling interval and meter limit."""
-    return EnergyRules.for_polling_interval(settings.polling_interval, max_power_w=settings.max_power_w)
-
-
-def all_projectors(settings: Settings) -> list[Projector]:
-    rules = energy_rules(settings)
-    return [
-        DevicesProjector(settings.zone, rules), IdentityProjector(), CommandsProjector(), ChainProjector(),
-        AuditProjector(), EnergyProjector(rules), ExportsProjector(),
-    ]
-
-
-def energy_settings(settings: Settings) -> EnergySettings:
-    """The energy fold's rules and the session defaults the settings give."""
-    return EnergySettings(
-        rules=energy_rules(settings),
-        session_threshold_w=settings.session_threshold_w,
-        session_min_duration=timedelta(seconds=settings.session_min_duration),
-    )
 
 
 @dataclass

@@ -19,12 +19,18 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
-if TYPE_CHECKING:
-    from adapters.emulator.server import DeviceServer
+
+class DiscoveryTarget(Protocol):
+    """A device that answers a discovery datagram itself (`adapters.emulator.server.DeviceServer`)."""
+
+    @property
+    def address(self) -> str: ...
+
+    def answer_discovery(self, data: bytes, addr: tuple[str | Any, int]) -> None: ...
 
 LOOPBACK_BROADCAST = "127.255.255.255"
 
@@ -34,7 +40,7 @@ log = structlog.get_logger("adapters.emulator.server")
 class DiscoveryResponder(asyncio.DatagramProtocol):
     """Answers unframed XOR datagrams sent to one device's own address."""
 
-    def __init__(self, server: DeviceServer) -> None:
+    def __init__(self, server: DiscoveryTarget) -> None:
         self._server = server
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
@@ -47,7 +53,7 @@ class DiscoveryResponder(asyncio.DatagramProtocol):
 class BroadcastListener(asyncio.DatagramProtocol):
     """Fans a broadcast discovery datagram out to every device; each replies from its own socket."""
 
-    def __init__(self, servers: Sequence[DeviceServer]) -> None:
+    def __init__(self, servers: Sequence[DiscoveryTarget]) -> None:
         self._servers = servers
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
