@@ -227,7 +227,8 @@ class BackupJobs:
         """Restore `path` into a database created for it on this server, never the one this process runs on.
 
         The database is created empty (BackupRefused if the name is taken), and dropped again if any
-        check or step fails; the running system changes in no way. Switching over is a restart with
+        check or step fails; the running system changes in no way but for the record, in its log, of a
+        refused restore (the archive's SHA-256 and size, the reason and the actor). Switching over is a restart with
         DATABASE_URL set to it. Raises BackupRefused, BackupBusy, InvalidRequest for a bad name."""
         name = database or f"{self._database_name()}_restored_{self.clock.now():%Y%m%d%H%M%S}"
         if not DATABASE_NAME.match(name):
@@ -253,6 +254,8 @@ class BackupJobs:
                     raise
             except Exception as exc:
                 self.progress.status, self.progress.error = "failed", str(exc)[:500]
+                if isinstance(exc, BackupRefused):
+                    await self._record_refusal(path, str(exc), actor)
                 raise
             self.progress.status, self.progress.progress, self.progress.phase = "completed", 1.0, None
             return RestoreOutcome(database=name, events=manifest.count, last_position=manifest.last_position,
@@ -274,6 +277,13 @@ class BackupJobs:
             await self.handlers.fail(backup_id, reason, actor=actor)
         except Exception as exc:
             log.warning("backup.failure_not_recorded", backup=str(backup_id), error=repr(exc))
+
+    async def _record_refusal(self, path: Path, reason: str, actor: str) -> None:
+        try:
+            digest, size = await asyncio.to_thread(sha256_file, path), path.stat().st_size
+            await self.handlers.refused(sha256=digest, size=size, reason=reason, actor=actor)
+        except Exception as exc:
+            log.warning("backup.refusal_not_recorded", error=repr(exc))
 
     def _sidecar(self, name: str) -> Path:
         return self.directory / f"{name}.json"

@@ -552,6 +552,14 @@ class BackupRestored(EventData, frozen=True, kw_only=True):
     chain_hash: str | None
 
 
+class BackupRestoreRefused(EventData, frozen=True, kw_only=True):
+    """A restore was refused before anything was written: the uploaded archive's SHA-256 and size, and why."""
+
+    sha256: str
+    size: int
+    reason: str
+
+
 class SslFilesOpened(EventData, frozen=True, kw_only=True):
     """The first action on the HTTPS files was recorded."""
 
@@ -667,6 +675,7 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         Backup.Failed: BackupFailed,
         Backup.Deleted: BackupDeleted,
         BackupRestore.Restored: BackupRestored,
+        BackupRestore.Refused: BackupRestoreRefused,
         BackupSchedules.Opened: BackupSchedulesOpened,
         BackupSchedules.Set: BackupScheduleSet,
         BackupSchedules.Removed: BackupScheduleRemoved,

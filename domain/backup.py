@@ -4,7 +4,9 @@ A `Backup` is requested (manual or scheduled, with its options, by an actor), th
 completed (the archive's name, size and SHA-256, how many events, which positions, the
 hash chain head it ends on) or failed; deleting or pruning its archive is recorded too.
 A `BackupRestore` records, in the store an archive was restored into, which archive it
-was and what it held. The archives themselves live outside the log, encrypted.
+was and what it held; or, in the running store, that an uploaded archive was refused
+(its SHA-256 and size, and why) and by whom. The archives themselves live outside the
+log, encrypted.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ class Backup(Aggregate):
 
 
 class BackupRestore(Aggregate):
-    """A restore into this store: the archive it came from and what it held (recorded once, after the events)."""
+    """A restore: into this store, the archive it came from and what it held (recorded once, after the
+    events); or a restore refused before anything was written, with the archive's digest and the reason."""
 
     class Restored(Aggregate.Created):
         backup_id: UUID | None
@@ -128,12 +131,21 @@ class BackupRestore(Aggregate):
         chain_hash: str | None
         actor: str
 
+    class Refused(Aggregate.Created):
+        sha256: str
+        size: int
+        reason: str
+        actor: str
+
     def __init__(
-        self, *, backup_id: UUID | None, filename: str, sha256: str, count: int, last_position: int | None,
-        chain_position: int | None, chain_hash: str | None, actor: str,
+        self, *, sha256: str, actor: str, backup_id: UUID | None = None, filename: str | None = None,
+        count: int = 0, last_position: int | None = None, chain_position: int | None = None,
+        chain_hash: str | None = None, size: int | None = None, reason: str | None = None,
     ) -> None:  # fmt: skip
         self.backup_id = backup_id
         self.filename = filename
+        self.sha256 = sha256
+        self.refused_because = reason
 
     @classmethod
     def record(cls, restore_id: UUID, *, backup_id: UUID | None, summary: ArchiveSummary, actor: str) -> BackupRestore:
@@ -142,3 +154,8 @@ class BackupRestore(Aggregate):
             count=summary.count, last_position=summary.last_position, chain_position=summary.chain_position,
             chain_hash=summary.chain_hash, actor=actor,
         )  # fmt: skip
+
+    @classmethod
+    def refuse(cls, restore_id: UUID, *, sha256: str, size: int, reason: str, actor: str) -> BackupRestore:
+        """Record that the archive with this digest was refused before anything was restored, and why."""
+        return cls._create(cls.Refused, id=restore_id, sha256=sha256, size=size, reason=reason[:500], actor=actor)

@@ -1,4 +1,4 @@
-"""The use cases of backups: record that one was asked for, how it ended, its deletion, and restores."""
+"""The use cases of backups: record that one was asked for, how it ended, its deletion, and restores made or refused."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ class BackupHandlers:
         """Record, in the store restored into, which archive it came from and what it held."""
         restore = BackupRestore.record(uuid.uuid4(), backup_id=backup_id, summary=summary, actor=actor)
         return await self.store.save(restore)
+
+    async def refused(self, *, sha256: str, size: int, reason: str, actor: str) -> int:
+        """Record that a restore of the archive with this digest was refused before anything was written."""
+        return await self.store.save(BackupRestore.refuse(uuid.uuid4(), sha256=sha256, size=size, reason=reason,
+                                                          actor=actor))  # fmt: skip
 
     async def _load(self, backup_id: UUID) -> Backup:
         backup = await self.store.aggregate(backup_id, Backup)

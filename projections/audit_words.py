@@ -17,6 +17,7 @@ import msgspec
 from adapters.contract import (
     NO_ACTOR,
     ApiKeyIssued,
+    BackupRestoreRefused,
     ComplianceExportCompleted,
     ComplianceExportFailed,
     ComplianceExportRequested,
@@ -198,6 +199,9 @@ def describe(event: object, names: Names) -> tuple[str, str, str | None]:
             by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(_by_kind(data).items()))
             return f"counted {refused} refused requests from {len(data.counts)} sources ({by_kind})", \
                 "security", None
+        case BackupRestoreRefused():
+            return f"refused to restore a backup archive (SHA-256 {data.sha256[:12]}, {data.size} bytes): " \
+                f"{data.reason}", "backups", None
         case ApiKeyIssued():
             names.set(ident, "key", data.name, owner=data.user_id)
             target = f"API key {data.name}"

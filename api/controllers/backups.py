@@ -215,11 +215,11 @@ class BackupsController(Controller):
         """Restore an uploaded archive (`file`, with `passphrase` and `options` form fields) into a new database.
 
         The archive is checked whole first: 422 `BACKUP_REFUSED` for a wrong passphrase, an altered or
-        truncated archive or a newer format, and nothing changes. Then the events and keys go into a
-        database created for them (`options.database`, else `<this database>_restored_<time>`), every
-        read model is replayed there and the hash chain verified. This server keeps running on its own
-        database: restart it with `DATABASE_URL` naming the new one to switch over. 413 over
-        `WATTLEDGER_MAX_UPLOAD_SIZE_MB`."""
+        truncated archive or a newer format, and nothing changes but the refusal's record in this log.
+        Then the events and keys go into a database created for them (`options.database`, else
+        `<this database>_restored_<time>`), every read model is replayed there and the hash chain verified.
+        This server keeps running on its own database: restart it with `DATABASE_URL` naming the new one to
+        switch over. 413 over `WATTLEDGER_MAX_UPLOAD_SIZE_MB`."""
         backup_deps.quarantine.mkdir(parents=True, exist_ok=True)
         upload = _Upload(backup_deps.quarantine / f"{uuid.uuid4().hex}.upload", backup_deps.max_upload_bytes)
         try:

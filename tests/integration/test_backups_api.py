@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,12 +23,12 @@ from api.controllers.backups import BackupDeps, BackupsController
 from api.errors import EXCEPTION_HANDLERS
 from domain.access import Permission, Principal, Role, permissions_for
 from adapters.backup_jobs import BackupJobs
-from domain.backup import Backup
+from domain.backup import Backup, BackupRestore
 from infra.backups import backup_jobs, schedule_handlers, schedule_runner
 from infra.runtime import all_projectors
 from infra.settings import Settings
 from projections.engine import ProjectionEngine
-from tests.harness import http_client, ledger, seed_history
+from tests.harness import http_client, ledger, seed_history, table_rows
 from tests.kit import ManualClock
 
 PASSPHRASE = "the site's backup passphrase"
@@ -182,3 +183,43 @@ async def test_schedules_are_kept_checked_and_run_with_their_retention(
     assert (await http.delete(f"/api/backups/schedules/{schedule['id']}")).status_code == 204
     missing = await http.delete(f"/api/backups/schedules/{schedule['id']}")
     assert missing.status_code == 404 and missing.json()["error_code"] == "BACKUP_SCHEDULE_NOT_FOUND"
+
+
+def _damaged(archive: bytes, how: str) -> bytes:
+    data = bytearray(archive)
+    if how == "truncated":
+        return bytes(data[: len(data) - 100])
+    if how == "altered":
+        data[len(data) // 2] ^= 0x40
+    elif how == "future":
+        data[9] = 2
+    return bytes(data)
+
+
+async def test_a_refused_restore_is_recorded_with_its_actor_and_reason_and_told_in_the_audit_log(
+    http: httpx.AsyncClient, store: WattLedger, settings: Settings, database_url: str
+) -> None:
+    entry = (await http.post("/api/backups/create", json={})).json()
+    archive = (settings.data_dir / "backups" / entry["filename"]).read_bytes()
+    name = f"wl_test_refused_{uuid4().hex[:8]}"
+    cases = [("truncated", PASSPHRASE, "truncated"), ("altered", PASSPHRASE, "altered"),
+             ("wrong passphrase", "not the passphrase", "passphrase"), ("future", PASSPHRASE, "newer")]
+    for how, passphrase, says in cases:
+        refused = await http.post("/api/backups/restore", files={"file": ("a.wlbackup", _damaged(archive, how))},
+                                  data={"passphrase": passphrase, "options": f'{{"database": "{name}"}}'})
+        assert refused.status_code == 422 and refused.json()["error_code"] == "BACKUP_REFUSED", how
+        assert says in refused.json()["detail"] and databases(database_url, name) == [], how
+    engine = ProjectionEngine(store, database_url, all_projectors(settings))
+    try:
+        engine.catch_up_all()
+    finally:
+        engine.close()
+    rows = [r for r in table_rows(database_url, "wl_read.audit_log", "position") if r["aggregate"] == "backuprestore"]
+    assert [(r["event"], r["actor"]) for r in rows] == [("Refused", ADMIN.actor)] * len(cases)
+    for row, (how, _, says) in zip(rows, cases, strict=True):
+        refusal: object = store.repository.get(row["originator_id"])
+        assert isinstance(refusal, BackupRestore) and refusal.refused_because is not None, how
+        assert says in refusal.refused_because and refusal.refused_because in row["summary"], how
+        assert refusal.sha256 == hashlib.sha256(_damaged(archive, how)).hexdigest(), how
+        assert row["summary"].startswith(f"{row['actor_name']} refused to restore a backup archive (SHA-256 "), how
+    assert [e["filename"] for e in (await http.get("/api/backups")).json()] == [entry["filename"]]
