@@ -24,6 +24,9 @@ statement against the shared counters (`adapters.ratelimits`):
   counted against the account its handler judged (`SIGN_IN_ACCOUNT`), and its body is read here
   first for the user name: one over `MAX_AUTH_BODY` is refused (413) unread, so no sign-in can
   escape its account's count.
+- a push (`/api/push/{token}`) answered 404 (a token no device has) counts against the client's
+  address in a window of its own with the failed-attempt limit per address; pushes are refused
+  while it is at its limit, so tokens cannot be guessed from one address.
 
 Every counted answer carries `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix time the
 window ends) for the tightest limit that applied; a 429 carries `Retry-After` as well.
@@ -61,6 +64,7 @@ from api.ratelimit_rules import (
     LOGIN_PATHS,
     MAX_ERROR_BODY,
     PASSWORD_PATHS,
+    PUSH_PREFIX,
     SECOND_FACTOR_PREFIX,
     SIGN_IN_ACCOUNT,
     RateLimits,
@@ -80,6 +84,7 @@ _DETAILS = {
     "key": "Rate limit exceeded for this API key: {limit}",
     "login": "Too many failed sign-in attempts for this account from this address: {limit}",
     "login-ip": "Too many failed sign-in attempts from this address: {limit}",
+    "push": "Too many pushes with unknown tokens from this address: {limit}",
 }
 # A sign-in answered with these proved the password right: not a guess.
 _LOGIN_NOT_GUESSES = frozenset({"TOTP_REQUIRED", "ACCOUNT_DISABLED"})
@@ -89,6 +94,8 @@ _WRONG_SECRETS = frozenset({"INVALID_TOTP_CODE", "INVALID_CREDENTIALS"})
 _WRONG_PASSWORD = "WRONG_PASSWORD"
 # Answers of an attempt held until its failure is counted.
 _JUDGED = frozenset({401, 422})
+# A push answered with this named a token no device has.
+_PUSH_JUDGED = frozenset({404})
 
 
 def _tightest(tallies: Sequence[Tally]) -> Tally | None:
@@ -137,6 +144,8 @@ class RateLimiter:
             attempt = Attempt("password", caller.user_id)
         elif step_up_attempt(method, scope["path"], headers):
             attempt = Attempt("step_up", caller.user_id)
+        elif scope["path"].startswith(PUSH_PREFIX):
+            attempt = Attempt("push", None)
 
         limits = self.limits
         first = [Window("ip", caller.ip, limit) for limit in limits.ip]
@@ -183,7 +192,9 @@ class RateLimiter:
             await send({"type": "websocket.close", "code": HANDSHAKE_REFUSED, "reason": "rate limit exceeded"})
 
     def failure_windows(self, attempt: Attempt, ip: str, account: UUID | None = None) -> list[Window]:
-        """The failed-attempt windows of the account from this IP, and of the IP alone."""
+        """The failed-attempt windows of the account from this IP, and of the IP alone (a push's: its own)."""
+        if attempt.kind == "push":
+            return [Window("push", ip, limit) for limit in self.limits.login_ip]
         account = account or attempt.account
         windows = [Window("login", f"{account}@{ip}", limit) for limit in self.limits.login if account]
         return windows + [Window("login-ip", ip, limit) for limit in self.limits.login_ip]
@@ -265,7 +276,7 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
-            if self.attempt is not None and self.status in _JUDGED:
+            if self.attempt is not None and self.status in (_PUSH_JUDGED if self.attempt.kind == "push" else _JUDGED):
                 self._start = message
                 return
             self._label(message)
@@ -312,7 +323,10 @@ class _Exchange:
         attempt = self.attempt
         if attempt is None:
             return
-        if attempt.kind == "login":
+        account: UUID | None = None
+        if attempt.kind == "push":
+            failed = self.status == 404
+        elif attempt.kind == "login":
             judged = (self.scope.get("state") or {}).get(SIGN_IN_ACCOUNT)
             failed = self.status == 401 and code not in _LOGIN_NOT_GUESSES
             account = judged if isinstance(judged, UUID) else attempt.account

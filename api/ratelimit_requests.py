@@ -106,9 +106,9 @@ def caller_of(scope: Scope, headers: Headers) -> Caller:
 
 @dataclass(frozen=True)
 class Attempt:
-    """A sign-in, second-factor, password-change or step-up call, with the account it is against (if known)."""
+    """A sign-in, second-factor, password-change, step-up or push call, with the account it is against (if known)."""
 
-    kind: Literal["login", "second_factor", "password", "step_up"]
+    kind: Literal["login", "second_factor", "password", "step_up", "push"]
     account: UUID | None
 
 

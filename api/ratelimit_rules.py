@@ -19,6 +19,8 @@ SECOND_FACTOR_PREFIX = "/api/auth/2fa/"
 PASSWORD_PATHS = frozenset({"/api/auth/change-password", "/api/auth/change-password/"})
 STEP_UP_PATHS = frozenset({"/api/keys", "/api/keys/", "/api/auth/logout", "/api/auth/logout/"})
 STEP_UP_DELETE_PREFIX = "/api/auth/sessions/"
+PUSH_PREFIX = "/api/push/"
+"""Pushes of push devices: a token no device has (404) counts as a failed attempt of the client's address."""
 MAX_AUTH_BODY = 16 * 1024
 """Bytes a sign-in, second-factor, refresh or password-change body may hold (more: 413). The limiter
 reads a sign-in's user name before the app does; none of these bodies needs more."""

@@ -6,12 +6,15 @@ import asyncio
 from datetime import datetime, timezone
 
 import httpx
+import msgspec
 import pytest
 
+from adapters.ratelimits import MAX_WINDOW_S, Limit
 from domain.device import Device
 from domain.meter import MeterDay
 from domain.ports import Clock
 from infra.bootstrap import Runtime
+from infra.settings import Settings
 from tests.harness import HEATER, WAIT_S, background, error_of
 from tests.kit import ManualClock, seed_device
 
@@ -21,6 +24,15 @@ ADDED_AT = datetime(2026, 5, 4, 10, tzinfo=timezone.utc)
 @pytest.fixture
 def clock() -> Clock:
     return ManualClock(ADDED_AT.replace(minute=5))
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Rate limits on, with three failed attempts per address over a window no test outlives."""
+    return msgspec.structs.replace(
+        settings, rate_limits=True, rate_limit_ip=(Limit(1000, MAX_WINDOW_S),),
+        rate_limit_user=(Limit(1000, MAX_WINDOW_S),), rate_limit_login_ip=(Limit(3, MAX_WINDOW_S),),
+    )  # fmt: skip
 
 
 async def test_a_push_device_takes_its_token_and_refuses_any_other(
@@ -64,3 +76,15 @@ async def test_a_push_device_takes_its_token_and_refuses_any_other(
         if isinstance(e, MeterDay.ReadingRecorded) and e.power_w == 321.5
     ]
     assert len(readings) == 1
+
+
+async def test_unknown_push_tokens_are_rate_limited_by_address(
+    runtime: Runtime, anonymous: httpx.AsyncClient
+) -> None:
+    async with background(runtime, poll=False):
+        misses = [await anonymous.get(f"/api/push/guess-{n}?status=up") for n in range(3)]
+        refused = await anonymous.post("/api/push/guess-4?status=up")
+
+    assert [error_of(r, 404) for r in misses] == ["DEVICE_NOT_FOUND"] * 3
+    assert error_of(refused, 429) == "RATE_LIMIT_EXCEEDED"
+    assert int(refused.headers["retry-after"]) >= 1
