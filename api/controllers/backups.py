@@ -52,9 +52,13 @@ class BackupDeps:
     max_upload_bytes: int
 
 
+_NO_EXPORTS = "include_exports: data export files are not archived (make them again from the log); leave it false"
+
+
 class CreateBackupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The seed's fields; logs and exports are not archived (the process logs to its output, and export
-    files are made again from the log), so `includes` of the answer says what an archive holds."""
+    files are made again from the log), so `includes` of the answer says what an archive holds.
+    `include_exports: true` is refused (422) rather than ignored; `include_logs` is taken and ignored."""
 
     type: Literal["manual", "scheduled"] = "manual"
     include_logs: bool = False
@@ -62,11 +66,19 @@ class CreateBackupRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkn
     compression: Literal["fast", "normal", "high"] = "normal"
     passphrase: Passphrase | None = None
 
+    def __post_init__(self) -> None:
+        if self.include_exports:
+            raise ValueError(_NO_EXPORTS)
+
 
 class ScheduleOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     include_logs: bool = False
     include_exports: bool = False
     compression: Literal["fast", "normal", "high"] = "normal"
+
+    def __post_init__(self) -> None:
+        if self.include_exports:
+            raise ValueError(_NO_EXPORTS)
 
 
 class ScheduleRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

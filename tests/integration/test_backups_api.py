@@ -125,6 +125,18 @@ async def test_an_unknown_field_or_compression_is_refused(http: httpx.AsyncClien
     assert (await http.get("/api/backups")).json() == []
 
 
+async def test_exports_are_not_archived_so_asking_for_them_is_refused(http: httpx.AsyncClient) -> None:
+    refused = await http.post("/api/backups/create", json={"include_exports": True})
+    assert refused.status_code == 422 and refused.json()["error_code"] == "VALIDATION_ERROR", refused.text
+    assert "not archived" in refused.text, refused.text
+    schedule = {"name": "Nightly", "cron": "0 2 * * *", "options": {"include_exports": True}}
+    unscheduled = await http.post("/api/backups/schedules", json=schedule)
+    assert unscheduled.status_code == 422 and "include_exports" in unscheduled.text, unscheduled.text
+    assert (await http.get("/api/backups")).json() == [] and (await http.get("/api/backups/schedules")).json() == []
+    kept = await http.post("/api/backups/create", json={"include_exports": False, "include_logs": True})
+    assert kept.status_code == 201 and "exports" not in kept.json()["includes"], kept.text
+
+
 async def test_a_restore_goes_into_a_new_database_and_a_bad_one_creates_none(
     http: httpx.AsyncClient, settings: Settings, database_url: str
 ) -> None:
