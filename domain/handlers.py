@@ -41,6 +41,7 @@ from domain.errors import (
 )
 from domain.meter import MeterDay, utc_day
 from domain.ports import Clock, DeviceDriver, EventStore
+from domain.push import PushMonitor, push_monitor_id
 from domain.readings import DeviceSnapshot
 from domain.retry import retrying
 from domain.text import check_optional_text, check_text
@@ -174,7 +175,8 @@ class CommandHandlers:
 
         A device's events always share a transaction. A reading whose device and
         timestamp are already stored records nothing, so a retried part never
-        stores a reading twice. Unknown and removed devices are skipped.
+        stores a reading twice. Unknown and removed devices are skipped, and so are missed
+        polls of a push device: its silence is judged by its pushes (`domain.push_handlers`).
         """
         results, offline = command.results, command.offline
         recorded = position = 0
@@ -216,7 +218,7 @@ class CommandHandlers:
             changed.setdefault(meter.id, meter)
         for missed in offline:
             device = await device_of(missed.device_id)
-            if device is None:
+            if device is None or await self.store.aggregate(push_monitor_id(device.id), PushMonitor) is not None:
                 continue
             device.went_offline(missed.count, actor=actor)
             changed.setdefault(device.id, device)

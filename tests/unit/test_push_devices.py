@@ -6,15 +6,17 @@ from datetime import datetime, timezone
 
 import pytest
 
+from domain.commands import MissedPolls, RecordPolls
 from domain.device import Device
 from domain.energy_handlers import EnergyHandlers
 from domain.errors import DeviceNotFound, InvalidRequest
+from domain.handlers import CommandHandlers
 from domain.imports import ImportedReading
 from domain.meter import MeterDay
 from domain.push import PushMonitor, PushRegistry, PushToken
 from domain.push_handlers import PushHandlers
 from adapters.identity import RandomSecrets
-from tests.kit import ManualClock, MemoryStore, plug
+from tests.kit import ManualClock, MemoryStore, NoDevices, plug
 
 T0 = datetime(2026, 3, 8, 6, 0, tzinfo=timezone.utc)
 
@@ -111,3 +113,15 @@ async def test_an_interval_out_of_range_is_refused_and_stores_nothing() -> None:
     with pytest.raises(InvalidRequest):
         await handlers.open_push(device.id, interval_s=1, grace_s=30, actor="admin")
     assert len(store.all_events()) == before
+
+
+async def test_missed_polls_never_mark_a_push_device_offline() -> None:
+    handlers, store, clock, device = push_side()
+    other = Device.from_snapshot("10.0.0.10", plug(), alias="polled", actor="test")
+    store.put(other)
+    await handlers.open_push(device.id, interval_s=60, grace_s=30, actor="admin")
+    polls = CommandHandlers(store, NoDevices(), clock)
+    missed = (MissedPolls(device_id=device.id, count=5), MissedPolls(device_id=other.id, count=5))
+    await polls.record_polls(RecordPolls(results=(), offline=missed, actor="system:poller"))
+    assert store.of_type(Device.WentOffline, device.id) == []
+    assert len(store.of_type(Device.WentOffline, other.id)) == 1
