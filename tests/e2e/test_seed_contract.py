@@ -7,7 +7,7 @@ The seeds, transcribed here section by section (the section is each example's na
 
 - `kasa-monitor-api.md`, the Kasa Monitor API reference (xante8088/kasa-monitor wiki);
 - `uhavecontrol-device-api.md`, the relay command and data API (`002` in issue 19);
-- `uptime-kuma-api-notes.md`, whose HTTP routes (metrics, push, badges) WattLedger does not have.
+- `uptime-kuma-api-notes.md`, whose HTTP routes (metrics, push, badges) WattLedger serves.
 
 Values that belong to the seed author's installation are replaced by this installation's, as any
 client's user would: device addresses (`192.168.1.100`, `.101`) and ids (`dev123`) by emulated
