@@ -24,8 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from domain.errors import DeviceError, DeviceTimeout, DeviceUnreachable, UnsupportedDevice
 from projections.device_metrics import DeviceSample
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-"""The text exposition format every Prometheus version reads."""
+CONTENT_TYPE = "text/plain; version=0.0.4"
+"""The text exposition format every Prometheus version reads (Litestar adds `; charset=utf-8`)."""
 
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DEVICE_LABELS = ("device_id", "alias", "model", "outlet")

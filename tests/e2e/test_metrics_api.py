@@ -48,7 +48,7 @@ async def settled(runtime: Runtime) -> None:
 async def scrape(http: httpx.AsyncClient, **options: Any) -> Samples:
     response = await http.get("/metrics", **options)
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return parsed(response.text)
 
 
