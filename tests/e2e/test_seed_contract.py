@@ -598,5 +598,13 @@ async def test_the_seeds_relay_client_sets_relays_over_a_real_server(
         assert by_name.status_code == 200, by_name.text
         await eventually(lambda: strip.is_on(1) is bool(target) and strip.is_on(0) is bool(first), every=0.05,
                          what="both outlets switched as commanded")  # fmt: skip
-        after = (await relay.get(f"/api/devices/{device_id}/data/", params={"type": "relay"})).json()["Relays"]
-        assert after[1]["color"] == ("Green" if target else "Red")
+        color = "Green" if target else "Red"
+
+        async def shown() -> list[dict[str, Any]] | None:
+            # The device switched; the data API answers from the read model, once it has the poll after.
+            relays: list[dict[str, Any]] = (await relay.get(f"/api/devices/{device_id}/data/",
+                                                            params={"type": "relay"})).json()["Relays"]  # fmt: skip
+            return relays if relays[1]["color"] == color else None
+
+        after = await eventually(shown, what=f"the data API showing outlet 2 {color}")
+        assert after[1]["color"] == color
