@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from litestar import Litestar, Request
 from litestar.di import Provide
-from litestar.enums import ScopeType
+from litestar.enums import RequestEncodingType, ScopeType
 from litestar.exceptions import SerializationException
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, Scope, Send
@@ -109,9 +109,22 @@ class RetryLostConnections(ASGIMiddleware):
 
 
 def _streamed(scope: Scope) -> bool:
-    """Whether the request is an upload (multipart/form-data), which the routes read as a stream."""
+    """Whether the request is an upload (multipart/form-data) to a route that reads its body as a
+    form or a stream. A route that takes JSON decodes any body as JSON, whatever its content type
+    says, so such a request is checked and buffered like any other."""
     headers = dict(scope.get("headers") or [])
-    return bytes(headers.get(b"content-type", b"")).lower().startswith(b"multipart/form-data")
+    multipart = bytes(headers.get(b"content-type", b"")).lower().startswith(b"multipart/form-data")
+    return multipart and not _takes_json(scope)
+
+
+def _takes_json(scope: Scope) -> bool:
+    """Whether the matched route decodes its `data` as JSON."""
+    handler = scope.get("route_handler")
+    parameter = handler.parsed_fn_signature.parameters.get("data") if handler is not None else None
+    if parameter is None:
+        return False
+    media_type = getattr(parameter.kwarg_definition, "media_type", RequestEncodingType.JSON)
+    return bool(media_type == RequestEncodingType.JSON)
 
 
 def _replaying(body: bytes) -> Receive:

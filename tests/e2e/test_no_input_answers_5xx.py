@@ -226,6 +226,8 @@ NASTY_REQUESTS: list[tuple[str, str, bytes, str | None]] = [
     ("..", "", b'{"ip":' * 50_000 + b"}" * 50_000, "application/json"),
     ("%e2%80%a8", "%ff=%ff", b'{"ip": "\xc0\x80"}', "text/plain"),
     ("127.0.0.1", "", b"ip=127.0.0.1", "application/x-www-form-urlencoded"),
+    ("x", "", b"[" * 100_000 + b"]" * 100_000, "multipart/form-data; boundary=xyz"),
+    ("x", "", b"[" * 100_000, "multipart/form-data"),
 ]
 
 
