@@ -43,6 +43,7 @@ from domain.readings import OutletReading
 
 __all__ = [
     "EVENTS_SCHEMA",
+    "SNAPSHOT_EVERY",
     "PollResult",
     "StoreUnitOfWork",
     "SystemClock",
@@ -119,10 +120,20 @@ def ensure_events_schema(database_url: str) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EVENTS_SCHEMA)))
 
 
+SNAPSHOT_EVERY = 200
+"""Events of a meter day between two of its snapshots: a load reads one snapshot and fewer events than this."""
+
+
 class WattLedger(Application[UUID]):
-    """The event log of the system: persistence wiring only; decisions live in `domain.handlers`."""
+    """The event log of the system: persistence wiring only; decisions live in `domain.handlers`.
+
+    A meter day is snapshotted at every SNAPSHOT_EVERY-th version, in the save that reaches it,
+    so loading one never replays the whole day. Snapshots are a cache of the events (the
+    `snapshots` table beside the events): losing them changes nothing but the time of a load.
+    """
 
     name = "WattLedger"
+    snapshotting_intervals = {MeterDay: SNAPSHOT_EVERY}
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(dict(env or {}))
@@ -137,6 +148,10 @@ class WattLedger(Application[UUID]):
         except AggregateNotFoundError:
             return None
         return aggregate
+
+    def recorded_times(self, meter_id: UUID) -> frozenset[datetime]:
+        """The timestamps of every reading stored in one meter day stream, read from its events."""
+        return frozenset(e.measured_at for e in self.events.get(meter_id) if isinstance(e, MeterDay.ReadingRecorded))
 
     def store(self, *aggregates: Aggregate) -> int:
         """Save in one transaction; returns the last notification id. Raises ConcurrencyConflict."""
@@ -213,6 +228,9 @@ class StoreUnitOfWork(EventStore):
         if loaded is not None and not isinstance(loaded, MeterDay):
             raise TypeError(f"aggregate {stream_id} is a {type(loaded).__name__}, not a MeterDay")
         return loaded
+
+    async def recorded_times(self, meter_id: UUID) -> frozenset[datetime]:
+        return await asyncio.to_thread(self.app.recorded_times, meter_id)
 
     async def aggregate(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         loaded = await asyncio.to_thread(self.app.load, aggregate_id)

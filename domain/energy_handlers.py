@@ -103,6 +103,8 @@ class EnergyHandlers:
             meter = await self.store.meter_day(device_id, day)
             meter = meter if meter is not None else MeterDay(device_id=device_id, day=day.isoformat())
             for at, snapshot in readings:
+                if meter.needs_history(at):
+                    meter.recall(await self.store.recorded_times(meter.id))
                 recorded += meter.record(at, snapshot, actor=actor)
             meters.append(meter)
         if not recorded:

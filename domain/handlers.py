@@ -213,6 +213,8 @@ class CommandHandlers:
             if key not in meters:
                 meters[key] = await self._meter(result.device_id, result.measured_at)
             meter = meters[key]
+            if meter.needs_history(result.measured_at):
+                meter.recall(await self.store.recorded_times(meter.id))
             recorded += meter.record(result.measured_at, result.snapshot, actor=actor)
             changed.setdefault(device.id, device)
             changed.setdefault(meter.id, meter)

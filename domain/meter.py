@@ -1,13 +1,32 @@
-"""Readings: one stream per device per UTC day, so no aggregate grows without bound."""
+"""Readings: one stream per device per UTC day, so no aggregate grows without bound.
+
+A meter day keeps what deciding a duplicate needs in a state of bounded size: the
+newest RECENT_READINGS timestamps and the newest timestamp dropped from them. A
+reading after that one is decided from the recent timestamps alone, which covers
+polling and the retry of a save. An older reading (an import, a late retry) is
+decided against the day's whole history, which the caller recalls from the store
+first (`needs_history`, `recall`). So loading a meter day needs its latest snapshot
+and the few events after it, never the whole day, and a timestamp is still
+recorded at most once.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
+from collections.abc import Iterable
 from datetime import date, datetime, timezone
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from domain.readings import DeviceSnapshot, OutletReading
+
+RECENT_READINGS = 16
+"""Timestamps a meter day keeps in its state; older ones are looked up in the store when needed."""
+
+
+class HistoryNotRecalled(LookupError):
+    """A reading older than the meter day's recent timestamps was decided before its history was recalled."""
 
 
 def meter_day_id(device_id: UUID, day: date) -> UUID:
@@ -20,7 +39,14 @@ def utc_day(moment: datetime) -> date:
 
 
 class MeterDay(Aggregate):
-    """The readings of one device during one UTC day. A timestamp is recorded at most once."""
+    """The readings of one device during one UTC day. A timestamp is recorded at most once.
+
+    State: `recent`, the newest recorded timestamps in order (at most RECENT_READINGS),
+    `forgotten`, the newest timestamp dropped from them (None while none was), and
+    `count`, the readings recorded. Every recorded timestamp after `forgotten` is in
+    `recent`. `_recalled` is not state: the day's timestamps read from the store by
+    `recall`, kept up to date while this instance records.
+    """
 
     class Opened(Aggregate.Created):
         device_id: UUID
@@ -46,13 +72,39 @@ class MeterDay(Aggregate):
     def __init__(self, *, device_id: UUID, day: str) -> None:
         self.device_id = device_id
         self.day = day
-        self.seen: set[datetime] = set()
+        self.recent: list[datetime] = []
+        self.forgotten: datetime | None = None
+        self.count = 0
+        self._recalled: set[datetime] | None = None
+
+    def needs_history(self, measured_at: datetime) -> bool:
+        """Whether deciding a reading at `measured_at` needs the day's timestamps from the store first."""
+        return self._recalled is None and self.forgotten is not None and measured_at <= self.forgotten
+
+    def recall(self, stored: Iterable[datetime]) -> None:
+        """Take the timestamps of the readings the store holds for this day (and keep the ones decided here)."""
+        recalled = set(stored)
+        recalled.update(e.measured_at for e in self.pending_events if isinstance(e, MeterDay.ReadingRecorded))
+        recalled.update(self.recent)
+        self._recalled = recalled
+
+    def has(self, measured_at: datetime) -> bool:
+        """Whether a reading at `measured_at` is recorded. Raises HistoryNotRecalled when `needs_history`."""
+        if self._recalled is not None:
+            return measured_at in self._recalled
+        if self.forgotten is not None and measured_at <= self.forgotten:
+            raise HistoryNotRecalled(f"{measured_at.isoformat()} is older than the recent readings of {self.day}")
+        at = bisect_left(self.recent, measured_at)
+        return at < len(self.recent) and self.recent[at] == measured_at
 
     def record(self, measured_at: datetime, snapshot: DeviceSnapshot, *, actor: str) -> bool:
-        """Record one reading; a second reading with the same timestamp changes nothing."""
+        """Record one reading; a second reading with the same timestamp changes nothing.
+
+        Raises ValueError for a timestamp outside the day, HistoryNotRecalled for one
+        that `needs_history` before `recall`."""
         if utc_day(measured_at).isoformat() != self.day:
             raise ValueError(f"reading at {measured_at.isoformat()} is not in day {self.day}")
-        if measured_at in self.seen:
+        if self.has(measured_at):
             return False
         self._recorded(
             device_id=self.device_id,
@@ -82,4 +134,11 @@ class MeterDay(Aggregate):
         actor: str,
         rssi: int | None = None,
     ) -> None:
-        self.seen.add(measured_at)
+        self.count += 1
+        if self._recalled is not None:
+            self._recalled.add(measured_at)
+        if self.forgotten is not None and measured_at <= self.forgotten:
+            return
+        insort(self.recent, measured_at)
+        if len(self.recent) > RECENT_READINGS:
+            self.forgotten = self.recent.pop(0)

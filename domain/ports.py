@@ -32,7 +32,13 @@ class EventStore(Protocol):
 
     async def device(self, device_id: UUID) -> Device | None: ...
 
-    async def meter_day(self, device_id: UUID, day: date) -> MeterDay | None: ...
+    async def meter_day(self, device_id: UUID, day: date) -> MeterDay | None:
+        """The meter day as of its latest snapshot and the events after it (None: no reading that day)."""
+        ...
+
+    async def recorded_times(self, meter_id: UUID) -> frozenset[datetime]:
+        """The timestamps of every reading stored in the meter day stream `meter_id` (see `MeterDay.recall`)."""
+        ...
 
     async def aggregate(self, aggregate_id: UUID, kind: type[A]) -> A | None:
         """The aggregate with this id, or None if there is none. Raises TypeError if it is not a `kind`."""
