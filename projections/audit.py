@@ -18,6 +18,7 @@ from uuid import UUID
 
 import msgspec
 import psycopg
+from eventsourcing.utils import get_topic
 
 from adapters.eventstore import WattLedger
 from adapters.history import (
@@ -29,6 +30,7 @@ from adapters.history import (
     records_at,
     windowed,
 )
+from domain.meter import MeterDay
 from projections.audit_projector import AUDIT_LOG, AuditProjector, AuditRow
 from projections.tracking import TRACKING
 
@@ -39,7 +41,8 @@ AuditEntry = AuditRow
 
 
 class AuditFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """Which audit rows to list; `readings` includes the meter's readings, left out by default."""
+    """Which audit rows to list; `readings` includes the meter's rows (the opening of a meter day: readings
+    themselves have no audit row), left out by default."""
 
     actor: str | None = None
     aggregate: str | None = None
@@ -104,6 +107,15 @@ async def audit_page(
     return entries, entries[-1].position if more and entries else None
 
 
+READING_TOPIC = get_topic(MeterDay.ReadingRecorded)
+
+
+def _may_be_a_reading(where: EventFilter) -> bool:
+    """Whether a reading can pass the filter: the audit log holds no row of a reading to find it by."""
+    topics = where.topics()
+    return topics is None or READING_TOPIC in topics
+
+
 async def read_events_page(
     conn: psycopg.AsyncConnection[Any],
     app: WattLedger,
@@ -114,7 +126,10 @@ async def read_events_page(
     scan: int = DEFAULT_SCAN,
 ) -> HistoryPage:
     """One keyset page of `GET /api/events`, using the audit log's indexes for the filters the store
-    has none for (type, aggregate, actor, time).
+    has none for (type, aggregate, actor, time), when the filter leaves readings out.
+
+    A filter that readings may pass is served by reading the log (`read_page`): readings are
+    most of the log and have no audit row.
 
     Up to the audit log's own position the matching positions come from its indexes, so a page
     holds `limit` events wherever they lie; the events themselves are read from the store and
@@ -122,7 +137,7 @@ async def read_events_page(
     page continues the bounded way of `read_page`, which may come back short with a position to
     go on from.
     """
-    if not windowed(where):
+    if not windowed(where) or _may_be_a_reading(where):
         return await read_page(conn, app, where, after=after, limit=limit, scan=scan)
     cur = await conn.execute(f"SELECT position FROM {TRACKING} WHERE name = %s", (AuditProjector.name,))
     row = await cur.fetchone()

@@ -1,4 +1,9 @@
-"""The audit log's tables and its projector: one row per stored event, in words a person reads.
+"""The audit log's tables and its projector: one row per action, in words a person reads.
+
+Every stored event is an action and has its row, except a meter's readings: nobody
+did them, and at one a device every few seconds they would outnumber the actions
+thousands to one. Readings stay in the event log and in the hash chain (and in
+`GET /api/events`, which finds them by reading the log).
 
 Each row says who (`actor_name`: the user's name, the API key's name and owner, the
 command line login or the system part), did what (`action`), to what (`target`), when
@@ -24,6 +29,7 @@ import psycopg
 
 from adapters.contract import NO_ACTOR, aggregate_name
 from adapters.history import records_for_events
+from domain.meter import MeterDay
 from projections.audit_words import NameRow, Names, describe, name_new_ones, referenced
 from projections.tables import READ_SCHEMA, Table
 
@@ -65,10 +71,10 @@ AUDIT_NAMES = Table(NAMES_TABLE, NameRow, key="id")
 
 
 class AuditProjector:
-    """Writes one audit row per event; keeps the names of users, keys and devices it needs for words."""
+    """Writes one audit row per event but readings; keeps the names of users, keys and devices it needs."""
 
     name = "audit"
-    version = 1
+    version = 2
     tables = (AUDIT_LOG, AUDIT_NAMES)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
@@ -77,6 +83,8 @@ class AuditProjector:
         name_new_ones(events, names)
         rows: list[tuple[Any, ...]] = []
         for event in events:
+            if isinstance(event, MeterDay.ReadingRecorded):
+                continue
             position = positions.get((getattr(event, "originator_id"), getattr(event, "originator_version")))
             if position is None:
                 continue
