@@ -43,6 +43,7 @@ from eventsourcing.domain import DomainEventProtocol
 
 from adapters.errors import AdapterError
 from domain.backup import Backup, BackupRestore
+from domain.alert import Alert, AlertDelivery, AlertRule, AlertTicks, PartHealth
 from domain.backup_schedule import BackupSchedules
 from domain.certificates import SslFiles
 from domain.compliance import ComplianceExport
@@ -592,6 +593,97 @@ class SslFileDownloaded(EventData, frozen=True, kw_only=True):
     filename: str
 
 
+class AlertRuleCreated(EventData, frozen=True, kw_only=True):
+    """An alert rule was made; its targets (and their sealed secrets) are never published."""
+
+    name: str
+    kind: str
+    device_id: UUID | None
+    threshold: float | None
+    for_s: int
+    part: str | None
+    enabled: bool
+
+
+class AlertRuleUpdated(EventData, frozen=True, kw_only=True):
+    """An alert rule changed (its targets may have too; they are never published)."""
+
+    name: str
+    threshold: float | None
+    for_s: int
+    part: str | None
+    enabled: bool
+
+
+class AlertRuleDeleted(EventData, frozen=True, kw_only=True):
+    """The rule is gone; a firing alert of it resolves."""
+
+
+class AlertFired(EventData, frozen=True, kw_only=True):
+    """The `number`th firing of a rule."""
+
+    rule_id: UUID
+    number: int
+    rule_name: str
+    kind: str
+    device_id: UUID | None
+    part: str | None
+    fired_at: datetime
+    detail: str
+
+
+class AlertResolved(EventData, frozen=True, kw_only=True):
+    resolved_at: datetime
+    detail: str
+
+
+class AlertDeliveryOpened(EventData, frozen=True, kw_only=True):
+    """The first attempt to deliver one phase (`fired`, `resolved`, `test`) of an alert to one target."""
+
+    alert_id: UUID
+    rule_id: UUID
+    target_id: str
+    phase: str
+
+
+class AlertDeliveryAttempted(EventData, frozen=True, kw_only=True):
+    """One attempt; `next_at` is when the next one is due, null when it succeeded or was given up."""
+
+    attempt: int
+    ok: bool
+    status: int | None
+    error: str | None
+    next_at: datetime | None
+    gave_up: bool
+
+
+class AlertTicksOpened(EventData, frozen=True, kw_only=True):
+    """The alert ticks of one UTC day were started."""
+
+    day: date
+
+
+class AlertTicksTicked(EventData, frozen=True, kw_only=True):
+    """The minute that time-based alert rules are judged at."""
+
+    at: datetime
+
+
+class PartHealthOpened(EventData, frozen=True, kw_only=True):
+    part: str
+
+
+class PartHealthDegraded(EventData, frozen=True, kw_only=True):
+    part: str
+    at: datetime
+    error: str
+
+
+class PartHealthRecovered(EventData, frozen=True, kw_only=True):
+    part: str
+    at: datetime
+
+
 def _event_fields(event_cls: type) -> set[str]:
     if dataclasses.is_dataclass(event_cls):
         return {f.name for f in dataclasses.fields(event_cls)}
@@ -686,6 +778,19 @@ CONTRACT: Mapping[type[Any], type[EventData]] = _contract(
         SslFiles.CertificateInstalled: SslCertificateInstalled,
         SslFiles.KeyInstalled: SslKeyInstalled,
         SslFiles.FileDownloaded: SslFileDownloaded,
+        # Alert rules: their targets hold sealed secrets and are never listed.
+        AlertRule.Created: AlertRuleCreated,
+        AlertRule.Updated: AlertRuleUpdated,
+        AlertRule.Deleted: AlertRuleDeleted,
+        Alert.Fired: AlertFired,
+        Alert.Resolved: AlertResolved,
+        AlertDelivery.Opened: AlertDeliveryOpened,
+        AlertDelivery.Attempted: AlertDeliveryAttempted,
+        AlertTicks.Opened: AlertTicksOpened,
+        AlertTicks.Ticked: AlertTicksTicked,
+        PartHealth.Opened: PartHealthOpened,
+        PartHealth.Degraded: PartHealthDegraded,
+        PartHealth.Recovered: PartHealthRecovered,
     }
 )
 

@@ -42,6 +42,7 @@ class Permission(StrEnum):
     SYSTEM_CONFIG = "SYSTEM_CONFIG"
     BACKUPS_MANAGE = "BACKUPS_MANAGE"
     AUDIT_VIEW = "AUDIT_VIEW"
+    ALERTS_MANAGE = "ALERTS_MANAGE"
 
 
 
@@ -56,6 +57,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.DEVICES_MANAGE,
             Permission.RATES_EDIT,
             Permission.DATA_EXPORT,
+            Permission.ALERTS_MANAGE,
         }
     ),
     Role.VIEWER: frozenset({Permission.DEVICES_VIEW}),
@@ -63,7 +65,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 SCOPE_PERMISSIONS: dict[Scope, frozenset[Permission]] = {
     Scope.READ: frozenset({Permission.DEVICES_VIEW}),
-    Scope.READ_WRITE: frozenset({Permission.DEVICES_VIEW, Permission.DEVICES_CONTROL, Permission.DEVICES_MANAGE}),
+    Scope.READ_WRITE: frozenset(
+        {Permission.DEVICES_VIEW, Permission.DEVICES_CONTROL, Permission.DEVICES_MANAGE, Permission.ALERTS_MANAGE}
+    ),
     Scope.ADMIN: ALL_PERMISSIONS,
 }
 

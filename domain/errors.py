@@ -479,3 +479,13 @@ class InvalidSchedule(InvalidRequest):
     """A cron expression that does not parse, or a schedule past the limit."""
 
     code = "INVALID_SCHEDULE"
+
+
+class AlertRuleNotFound(NotFound):
+    code = "ALERT_RULE_NOT_FOUND"
+
+
+class InvalidAlertRule(InvalidRequest):
+    """An alert rule whose kind lacks what it needs (a device, a threshold, a part) or names a target badly."""
+
+    code = "INVALID_ALERT_RULE"

@@ -48,14 +48,14 @@ def user(role: Role = Role.ADMIN, name: str = "ada") -> User:
 def test_the_permission_names_are_exactly_the_documented_ones() -> None:
     assert sorted(p.value for p in Permission) == sorted(
         "DEVICES_VIEW DEVICES_CONTROL DEVICES_MANAGE RATES_EDIT USERS_MANAGE DATA_EXPORT SYSTEM_CONFIG "
-        "BACKUPS_MANAGE AUDIT_VIEW".split()
+        "BACKUPS_MANAGE AUDIT_VIEW ALERTS_MANAGE".split()
     )
 
 
 def test_each_role_has_its_permissions() -> None:
     assert permissions_for(Role.ADMIN) == frozenset(Permission)
     assert permissions_for(Role.OPERATOR) == {
-        P.DEVICES_VIEW, P.DEVICES_CONTROL, P.DEVICES_MANAGE, P.RATES_EDIT, P.DATA_EXPORT
+        P.DEVICES_VIEW, P.DEVICES_CONTROL, P.DEVICES_MANAGE, P.RATES_EDIT, P.DATA_EXPORT, P.ALERTS_MANAGE
     }
     assert permissions_for(Role.VIEWER) == {P.DEVICES_VIEW}
 
@@ -64,12 +64,12 @@ def test_each_role_has_its_permissions() -> None:
     ("role", "scope", "expected"),
     [
         (Role.ADMIN, Scope.READ, {P.DEVICES_VIEW}),
-        (Role.ADMIN, Scope.READ_WRITE, {P.DEVICES_VIEW, P.DEVICES_CONTROL, P.DEVICES_MANAGE}),
+        (Role.ADMIN, Scope.READ_WRITE, {P.DEVICES_VIEW, P.DEVICES_CONTROL, P.DEVICES_MANAGE, P.ALERTS_MANAGE}),
         (Role.ADMIN, Scope.ADMIN, set(Permission)),
         (Role.OPERATOR, Scope.READ, {P.DEVICES_VIEW}),
-        (Role.OPERATOR, Scope.READ_WRITE, {P.DEVICES_VIEW, P.DEVICES_CONTROL, P.DEVICES_MANAGE}),
+        (Role.OPERATOR, Scope.READ_WRITE, {P.DEVICES_VIEW, P.DEVICES_CONTROL, P.DEVICES_MANAGE, P.ALERTS_MANAGE}),
         (Role.OPERATOR, Scope.ADMIN, {P.DEVICES_VIEW, P.DEVICES_CONTROL, P.DEVICES_MANAGE, P.RATES_EDIT,
-                                      P.DATA_EXPORT}),
+                                      P.DATA_EXPORT, P.ALERTS_MANAGE}),
         (Role.VIEWER, Scope.READ, {P.DEVICES_VIEW}),
         (Role.VIEWER, Scope.READ_WRITE, {P.DEVICES_VIEW}),
         (Role.VIEWER, Scope.ADMIN, {P.DEVICES_VIEW}),
