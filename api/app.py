@@ -22,6 +22,7 @@ from api.controllers.badges import BadgesController
 from api.controllers.compliance import ComplianceController
 from api.controllers.config import ConfigController
 from api.controllers.control import ControlController
+from api.controllers.dashboard import DashboardController, WebSessionController, static_router
 from api.controllers.devices import DevicesController
 from api.controllers.energy import EnergyController
 from api.controllers.events import EventsController
@@ -174,6 +175,7 @@ def create_app(deps: ApiDeps) -> Litestar:
             LiveController, live_socket, socketio_route(deps.live, deps.edge.cors_origins), MetricsController,
             *([BackupsController] if deps.backups is not None else []),
             UptimeController, BadgesController, PushController,
+            DashboardController, WebSessionController, static_router(),
             *([ssl_router(deps.tls)] if deps.tls is not None else []),
         ],
         dependencies={

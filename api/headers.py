@@ -3,7 +3,8 @@
 - `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY` everywhere;
 - `Content-Security-Policy`: the API's answers are data, never pages, so nothing may load or frame
   them (`default-src 'none'; frame-ancestors 'none'`); the OpenAPI pages under `/schema` get
-  `SCHEMA_CSP`, which lets their renderers load from the CDNs Litestar takes them from;
+  `SCHEMA_CSP`, which lets their renderers load from the CDNs Litestar takes them from; the
+  dashboard's page and files get `PAGE_CSP`: its own scripts and styles only;
 - `Strict-Transport-Security` when the request came over HTTPS (the connection's scheme, or
   `X-Forwarded-Proto` from a trusted proxy);
 - `Cache-Control: no-store` on sign-in, session, user and key answers, which carry tokens and
@@ -40,6 +41,19 @@ SCHEMA_CSP = "; ".join((
     "base-uri 'none'",
     "form-action 'none'",
 ))  # fmt: skip
+# The dashboard (`/` and `/static/`) runs only its own files: no inline script or style, no other origin;
+# it connects to its own API and WebSocket ('self' covers ws: and wss: of the same host).
+PAGE_CSP = "; ".join((
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",
+))  # fmt: skip
+PAGE_PATH, STATIC_PREFIX = "/", "/static/"
 HSTS = "max-age=31536000"
 NO_STORE_PREFIXES = ("/api/auth/", "/api/users", "/api/keys")
 SCHEMA_PATH = "/schema"
@@ -48,10 +62,11 @@ SCHEMA_PATH = "/schema"
 def security_headers(path: str, scheme: str) -> dict[str, str]:
     """The headers an answer to a request for `path` over `scheme` carries."""
     schema = path == SCHEMA_PATH or path.startswith(SCHEMA_PATH + "/")
+    page = path == PAGE_PATH or path.startswith(STATIC_PREFIX)
     headers = {
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
-        "Content-Security-Policy": SCHEMA_CSP if schema else API_CSP,
+        "Content-Security-Policy": SCHEMA_CSP if schema else PAGE_CSP if page else API_CSP,
     }
     if scheme == "https":
         headers["Strict-Transport-Security"] = HSTS

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
+import msgspec
 import structlog
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
@@ -47,6 +48,7 @@ from api.controllers.auth_schemas import (
     signed_in_user,
     step_up_of,
 )
+from api.controllers.dashboard import session_cookies, wants_cookie
 from api.deps import IdentityDeps
 from api.guards import NO_CREDENTIALS
 from api.ratelimit_rules import MAX_AUTH_BODY, SIGN_IN_ACCOUNT
@@ -105,6 +107,8 @@ class AuthController(Controller):
         identity_deps: NamedDependency[IdentityDeps],
     ) -> Response[LoginAnswer]:
         """Sign in: an access token (30 minutes) and a refresh token (as long as the session, 7 days).
+        With `X-Refresh-Delivery: cookie` the refresh token comes in an HttpOnly cookie instead of the
+        body (whose `refresh_token` is then empty), for `POST /api/auth/web/refresh`.
 
         With two-factor authentication on, `totp_code` is needed (401 TOTP_REQUIRED without it).
         A user has at most 3 sessions: a fourth sign-in ends the oldest."""
@@ -129,6 +133,10 @@ class AuthController(Controller):
             access_token=pair.access_token, refresh_token=pair.refresh_token, token_type=pair.token_type,
             expires_in=pair.expires_in, user=signed_in_user(grant.user), session=session_info(grant),
         )  # fmt: skip
+        if wants_cookie(request):
+            # The web page's design: the refresh token goes where no script reads it (api/controllers/dashboard.py).
+            answer = msgspec.structs.replace(answer, refresh_token="")
+            return Response(answer, headers=NO_STORE, cookies=session_cookies(request, pair.refresh_token))
         return Response(answer, headers=NO_STORE)
 
     @post("/refresh", operation_id="refreshTokens", status_code=200, opt={"public": True}, security=NO_CREDENTIALS)

@@ -32,6 +32,13 @@ PUBLIC_ROUTES = {
     ("GET", "/api/badge/{device:str}/cost/{period:str}"),
     ("GET", "/api/push/{token:str}"),
     ("POST", "/api/push/{token:str}"),
+    ("POST", "/api/auth/web/refresh"),
+    ("POST", "/api/auth/web/signout"),
+    # The dashboard's page and files (outside the schema).
+    ("GET", "/"),
+    ("GET", "/static/{file_path:path}"),
+    ("HEAD", "/static/{file_path:path}"),
+    ("OPTIONS", "/static/{file_path:path}"),
 }
 
 
