@@ -37,6 +37,7 @@ from adapters.export_files import FORMATS, open_writer, sha256_file
 from domain.compliance import MANIFEST, ChainHeadEntry, ExportJob, FileEntry, Manifest
 from domain.compliance_jobs import ComplianceJobs as _ComplianceJobs
 from domain.export_ports import ComplianceProgress
+from domain.ports import Clock
 from adapters.eventstore import WattLedger
 from adapters.history import EVENTS_TABLE, EventFilter, StoredRecord, decode_records, iter_records
 
@@ -83,6 +84,7 @@ def export_events(
     progress: Callable[[int, int, int], None] | None = None,
     section: int = _SECTION,
     xlsx_max_rows: int | None = None,
+    created_at: datetime | None = None,
 ) -> Manifest:
     """Export the events `where` selects into `directory`; returns the manifest it wrote.
 
@@ -145,7 +147,7 @@ def export_events(
         chain_head=ChainHeadEntry(position=at_last[0], hash=at_last[1]) if at_last else None,
         chain_head_now=ChainHeadEntry(position=now[0], hash=now[1]) if now else None,
         files=[FileEntry(name=p.name, bytes=p.stat().st_size, sha256=sha256_file(p)) for p in paths],
-        created_at=datetime.now(timezone.utc), columns=list(COLUMNS),
+        created_at=created_at or datetime.now(timezone.utc), columns=list(COLUMNS),
     )  # fmt: skip
     _write_json(directory / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=2))
     return manifest
@@ -162,8 +164,9 @@ class ComplianceFiles:
     """The files of compliance exports: the history written into a directory in a worker thread (the exporter),
     and each job's directory under `root` with its `status.json` (the journal)."""
 
-    def __init__(self, root: Path, database_url: str, app: WattLedger, chain_head: HeadReader) -> None:
+    def __init__(self, root: Path, database_url: str, app: WattLedger, chain_head: HeadReader, clock: Clock) -> None:
         self.root = root
+        self.clock = clock
         self.database_url = database_url
         self.app = app
         self.chain_head = chain_head
@@ -177,7 +180,7 @@ class ComplianceFiles:
 
         return await asyncio.to_thread(
             export_events, self.database_url, self.app, where, fmt, directory, chain_head=self.chain_head,
-            progress=on_loop,
+            progress=on_loop, created_at=self.clock.now(),
         )  # fmt: skip
 
     def directory(self, job_id: UUID) -> Path:

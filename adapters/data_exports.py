@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -161,9 +161,11 @@ def write_export(
                          sha256=sha256_file(path))  # fmt: skip
 
 
-async def readings_stored(conn: psycopg.AsyncConnection[Any], app: WattLedger, device_id: UUID, since: datetime) -> int:
-    """How many readings of the device the event store holds, counted over its meter days from `since` to today."""
-    days = _days(since, datetime.now(timezone.utc))
+async def readings_stored(
+    conn: psycopg.AsyncConnection[Any], app: WattLedger, device_id: UUID, since: datetime, until: datetime
+) -> int:
+    """How many readings of the device the event store holds, counted over its meter days from `since` to `until`."""
+    days = _days(since, until)
     cur = await conn.execute(
         f"SELECT count(*) FROM {EventLog(app).table} WHERE originator_id = ANY(%s) AND topic = %s",
         ([meter_day_id(device_id, day) for day in days], get_topic(MeterDay.ReadingRecorded)),

@@ -29,7 +29,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 import msgspec
@@ -215,7 +215,7 @@ class CommandExecutor:
         while True:
             await asyncio.sleep(SWEEP_S)
             try:
-                before = datetime.now(timezone.utc) - timedelta(seconds=self._settle_after)
+                before = self._handlers.clock.now() - timedelta(seconds=self._settle_after)
                 for command_id in await self._interrupted(before):
                     if command_id in self._running:
                         continue

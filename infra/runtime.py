@@ -280,7 +280,7 @@ class Runtime:
 
     def compliance_files(self) -> ComplianceFiles:
         """Where compliance exports are written and their jobs' states kept."""
-        return ComplianceFiles(self.settings.compliance_dir, self.database_url, self.app, chain_link)
+        return ComplianceFiles(self.settings.compliance_dir, self.database_url, self.app, chain_link, self.clock)
 
     def compliance_exports(self) -> ComplianceExports[EventFilter]:
         """The compliance export use case over this process's store and files."""

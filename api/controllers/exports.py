@@ -161,8 +161,9 @@ class ExportsController(Controller):
         """Every present device with the readings stored for it over the last 366 days (`data_points`)."""
         async with export_deps.reads.pool.connection() as conn:
             views = await list_devices(conn, export_deps.reads.zone, export_deps.reads.clock.now())
-            since = export_deps.clock.now() - DATA_POINTS_SPAN
-            counts = [await readings_stored(conn, export_deps.store, v.device_id, since) for v in views]
+            now = export_deps.clock.now()
+            counts = [await readings_stored(conn, export_deps.store, v.device_id, now - DATA_POINTS_SPAN, now)
+                      for v in views]  # fmt: skip
         return DeviceList(devices=[
             ExportableDevice(device_id=v.device_id, device_ip=v.device_ip, device_name=v.alias,
                              device_type=v.device_type, last_seen=v.last_seen, data_points=n)
@@ -304,5 +305,5 @@ class ExportsController(Controller):
         jobs.remove_file(row.file_name)
         await export_deps.reads.wait_projected(stored.position, projector="exports")
         return ExportDeleted(message="Export deleted successfully", export_id=key,
-                             deleted_at=datetime.now(timezone.utc))  # fmt: skip
+                             deleted_at=export_deps.clock.now())  # fmt: skip
 
