@@ -53,14 +53,17 @@ function dataExports(devices) {
   const format = h("select", { name: "format" }, ["csv", "json", "excel"].map((f) => h("option", { value: f, text: f })));
   const aggregation = h("select", { name: "aggregation" }, ["hourly", "daily", "raw"].map((f) => h("option", { value: f, text: f })));
   const files = h("ul", { class: "files" });
-  const form = h("form", { class: "inline" }, field("From", start), field("To", end), field("Format", format),
+  const form = h("form", { class: "inline" }, field("From", start), field("To (inclusive)", end), field("Format", format),
     field("Rows", aggregation), h("button", { type: "submit", text: "Export device data" }));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
       const job = await call("POST", "/api/exports/create", {
         export_type: "device_data", devices: devices.map((d) => d.device_id), format: format.value,
-        aggregation: aggregation.value, date_range: { start: start.value, end: end.value },
+        aggregation: aggregation.value,
+        // Local midnights: from the first day's start to the end of the last day.
+        date_range: { start: new Date(`${start.value}T00:00`).toISOString(), end: new Date(new Date(`${end.value}T00:00`).getTime() + 86400000).toISOString() },
+        options: { timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" },
       });
       say("Data export queued.");
       const done = await until(async () => {
