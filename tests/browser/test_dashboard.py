@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
 from adapters.emulator import EmulatorFleet
 from domain.commands import AddDevice
@@ -30,8 +30,8 @@ from tests.kit import eventually
 HERE = Path(__file__).parent
 AXE = HERE / "vendor" / "axe.min.js"
 HOSTILE_ALIAS = '<img src=x id="pwned"> & "Heater"'
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP = ViewportSize(width=1280, height=900)
+PHONE = ViewportSize(width=390, height=844)
 WAIT_MS = 20_000
 expect.set_options(timeout=WAIT_MS)
 
@@ -145,7 +145,7 @@ async def test_a_new_user_sets_up_signs_in_switches_and_reads_history_and_costs(
         await expect(power).not_to_have_text("–")
         before = await power.text_content()
         device, _ = emulated(fleet, "HS110")
-        device.set_relay(not device.is_on)
+        device.set_relay(not device.sysinfo()["relay_state"])
         await expect(power).not_to_have_text(before or "")
 
         # A strip outlet switched from the page: requested, then confirmed, and off on the device.
