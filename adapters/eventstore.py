@@ -20,12 +20,13 @@ from uuid import UUID
 
 import msgspec
 import psycopg
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
     JSONTranscoder,
+    Mapper,
     OperationalError,
     StoredEvent,
     Transcoding,
@@ -34,6 +35,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg import sql
 
+from adapters.stored_form import CompactMapper, CompactTranscoder
 from domain.commands import PollResult
 from domain.device import Device
 from domain.errors import ConcurrencyConflict
@@ -138,6 +140,15 @@ class WattLedger(Application[UUID]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(dict(env or {}))
 
+    def construct_transcoder(self) -> CompactTranscoder:
+        transcoder = CompactTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """Readings, meter days and their snapshots are stored compact (`adapters.stored_form`), the rest as JSON."""
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=CompactMapper)
+
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(OutletReadingAsDict())
@@ -148,6 +159,25 @@ class WattLedger(Application[UUID]):
         except AggregateNotFoundError:
             return None
         return aggregate
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """Snapshot each saved aggregate whose events in this save reached a multiple of its interval.
+
+        The library loads the aggregate again at that version for each snapshot; the aggregate
+        just saved already holds the state, at its newest version, so it is snapshotted as it is
+        (a snapshot may be at any version), all in one insert.
+        """
+        if self.snapshots is None:
+            return
+        due: dict[UUID, Aggregate] = {}
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            interval = self.snapshotting_intervals.get(type(aggregate)) if aggregate is not None else None
+            if isinstance(aggregate, Aggregate) and interval and event.originator_version % interval == 0:
+                due[aggregate.id] = aggregate
+        snapshots = [type(a).Snapshot.take(a) for a in due.values()]
+        if snapshots:
+            self.snapshots.put(snapshots)
 
     def recorded_times(self, meter_id: UUID) -> frozenset[datetime]:
         """The timestamps of every reading stored in one meter day stream, read from its events."""

@@ -15,9 +15,11 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from datetime import date, datetime, timezone
+from typing import Any, Self
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Snapshot as AggregateSnapshot
 
 from domain.readings import DeviceSnapshot, OutletReading
 
@@ -47,6 +49,15 @@ class MeterDay(Aggregate):
     `recent`. `_recalled` is not state: the day's timestamps read from the store by
     `recall`, kept up to date while this instance records.
     """
+
+    class Snapshot(AggregateSnapshot):
+        """The state of a meter day at a version; the recalled history is not state and is left out."""
+
+        @classmethod
+        def take(cls, aggregate: Any) -> Self:
+            snapshot = super().take(aggregate)
+            snapshot.state["_recalled"] = None
+            return snapshot
 
     class Opened(Aggregate.Created):
         device_id: UUID

@@ -1,0 +1,156 @@
+"""The stored form of events: compact MessagePack for readings, the library's JSON for the rest.
+
+Readings are nearly every row of the store, and in the library's JSON each of them spends
+most of its bytes on `{"_type_": "datetime_iso", "_data_": ...}` wrappers and text. A reading
+(and a meter day's opening and snapshot) is stored as a MessagePack map of the same field
+names instead, where a UUID is 16 bytes, a moment is its microseconds and UTC offset, and a
+value of a registered transcoding is that transcoding's name and data. Every other event
+stays JSON, readable in the table as text.
+
+Reading tells the forms apart by their first byte: a JSON state starts with `{`, a
+MessagePack map never does. So rows stored before the compact form read as they always did,
+and a state the compact form cannot hold (an integer beyond 64 bits) is stored as JSON.
+Both forms are maps of field names: the stored form of an event evolves only by added fields.
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Final
+from uuid import UUID
+
+import msgspec
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
+from eventsourcing.utils import get_topic
+
+from domain.meter import MeterDay
+
+__all__ = ["COMPACT_EVENTS", "CompactMapper", "CompactTranscoder"]
+
+COMPACT_EVENTS: Final[frozenset[type]] = frozenset({MeterDay.ReadingRecorded, MeterDay.Opened, MeterDay.Snapshot})
+"""The event classes stored in the compact form."""
+
+_UUID, _MOMENT, _DECIMAL, _TRANSCODED = 1, 2, 3, 4
+_MOMENT_FORM = struct.Struct(">qi")
+_NAIVE = -(2**31)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_OFFSETS: dict[int, timezone] = {0: timezone.utc}
+
+
+def _moment(value: datetime) -> bytes:
+    offset = value.utcoffset()
+    if offset is None:
+        aware, seconds = value.replace(tzinfo=timezone.utc), _NAIVE
+    else:
+        aware, seconds = value, int(offset.total_seconds())
+    delta = aware - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return _MOMENT_FORM.pack(micros, seconds)
+
+
+def _from_moment(data: bytes) -> datetime:
+    micros, seconds = _MOMENT_FORM.unpack(data)
+    utc = _EPOCH + timedelta(microseconds=micros)
+    if seconds == _NAIVE:
+        return utc.replace(tzinfo=None)
+    zone = _OFFSETS.get(seconds)
+    if zone is None:
+        zone = _OFFSETS.setdefault(seconds, timezone(timedelta(seconds=seconds)))
+    return utc.astimezone(zone)
+
+
+class CompactTranscoder(JSONTranscoder):
+    """The library's JSON transcoder, which also writes (`encode_compact`) and reads the compact form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._packer = msgspec.msgpack.Encoder()
+        self._unpacker = msgspec.msgpack.Decoder(ext_hook=self._from_ext)
+
+    def encode_compact(self, obj: Any) -> bytes:
+        """`obj` in the compact form, or in JSON when the compact form cannot hold it."""
+        try:
+            return self._packer.encode(self._packable(obj))
+        except (OverflowError, TypeError, msgspec.EncodeError):
+            return self.encode(obj)
+
+    def decode(self, data: bytes) -> Any:
+        if data[:1] == b"{":
+            return super().decode(data)
+        return self._unpacker.decode(data)
+
+    def _packable(self, obj: Any) -> Any:
+        """`obj` with every value MessagePack has no type for made an extension; raises TypeError as JSON would."""
+        kind = type(obj)
+        if obj is None or kind in (str, int, float, bool):
+            return obj
+        if kind is dict:
+            return {self._key(k): self._packable(v) for k, v in obj.items()}
+        if kind in (list, tuple):
+            return [self._packable(v) for v in obj]
+        if kind is UUID:
+            return msgspec.msgpack.Ext(_UUID, obj.bytes)
+        if kind is datetime:
+            return msgspec.msgpack.Ext(_MOMENT, _moment(obj))
+        if kind is Decimal:
+            return msgspec.msgpack.Ext(_DECIMAL, str(obj).encode())
+        transcoding = self.types.get(kind)
+        if transcoding is not None:
+            inner = self._packer.encode([transcoding.name, self._packable(transcoding.encode(obj))])
+            return msgspec.msgpack.Ext(_TRANSCODED, inner)
+        if isinstance(obj, Enum) and isinstance(obj, (str, int, float)):
+            return self._packable(obj.value)
+        if isinstance(obj, str):
+            return obj[:]
+        if isinstance(obj, (int, float)):
+            return self._packable(int(obj) if isinstance(obj, int) else float(obj))
+        raise TypeError(f"Object of type {kind} is not serializable")
+
+    @staticmethod
+    def _key(key: Any) -> str:
+        """JSON keys are text: keep the same keys in both forms, so a field reads the same from either."""
+        if isinstance(key, str):
+            return key[:]
+        if key is None or isinstance(key, (bool, int, float)):
+            return msgspec.json.encode(key).decode()
+        raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+    def _from_ext(self, code: int, data: memoryview) -> Any:
+        raw = bytes(data)
+        if code == _UUID:
+            return UUID(bytes=raw)
+        if code == _MOMENT:
+            return _from_moment(raw)
+        if code == _DECIMAL:
+            return Decimal(raw.decode())
+        if code == _TRANSCODED:
+            name, inner = self._unpacker.decode(raw)
+            return self.names[name].decode(inner)
+        raise ValueError(f"unknown extension {code} in a stored event")
+
+
+class CompactMapper(Mapper[UUID]):
+    """The library's mapper, storing the events of `COMPACT_EVENTS` in the compact form."""
+
+    transcoder: CompactTranscoder
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        if type(domain_event) not in COMPACT_EVENTS or self.compressor or self.cipher:
+            return super().to_stored_event(domain_event)
+        state = dict(vars(domain_event))
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=get_topic(type(domain_event)),
+            state=self.transcoder.encode_compact(state),
+        )
+
