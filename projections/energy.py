@@ -26,8 +26,8 @@ This module holds the tables and the projector; the queries over them are in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, localcontext
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +37,7 @@ import psycopg
 from domain.device import Device
 from domain.energy import DEVICE_CHANNEL, EnergyRules
 from domain.meter import MeterDay
-from domain.pricing import kwh_of, price_rows
+from domain.pricing import PRICING, Priced, PriceWalk, bucket_costs, kwh_of, tier_reach
 from domain.rates import RateVersion, Tariff, version_of
 from domain.readings import MAX_CHANNEL_POWER_W, MAX_COUNTER_WH, bounded
 from domain.rollups import EPOCH, Bucket, ChannelReading, Folded, bucket_start, refold, rollup
@@ -89,6 +89,17 @@ class BucketRow(msgspec.Struct, kw_only=True):
     cost: Decimal
 
 
+class FleetRow(msgspec.Struct, kw_only=True):
+    """The whole fleet's kWh in one 5-minute bucket start (summed exactly), how many channel buckets it holds,
+    its cost, and the one unit price its kWh are charged at (None: it crosses a tier limit and is shared)."""
+
+    start: datetime
+    kwh: Decimal
+    buckets: int
+    cost: Decimal
+    price: Decimal | None
+
+
 class RateRow(msgspec.Struct, kw_only=True):
     version: int
     effective_from: datetime
@@ -111,20 +122,13 @@ HOURS = Table(
     indexes=(f"CREATE INDEX ON {READ_SCHEMA}.energy_hours (start)",),
 )  # fmt: skip
 RATES = Table(f"{READ_SCHEMA}.energy_rates", RateRow, key="version")
+FLEET = Table(f"{READ_SCHEMA}.energy_fleet", FleetRow, key="start")
 
 _RATE_DECODER = msgspec.json.Decoder(RateVersion)
 
 
 def rate_of(row: RateRow) -> RateVersion:
     return _RATE_DECODER.decode(msgspec.json.encode(row.rate))
-
-
-def _folded(row: ReadingRow) -> Folded:
-    return Folded(
-        reading=ChannelReading(at=row.at, meter=row.meter, power_w=row.power_w, total_wh=row.total_wh, is_on=row.is_on),
-        counted_wh=row.counted_wh,
-        wh=row.wh,
-    )
 
 
 def _reading(event: MeterDay.ReadingRecorded, mac: str, power_w: float | None, total_wh: float | None,
@@ -141,18 +145,32 @@ def _channel_readings(event: MeterDay.ReadingRecorded, mac: str) -> list[tuple[s
     return [(DEVICE_CHANNEL, _reading(event, mac, event.power_w, event.total_wh, event.is_on))]
 
 
+class _Channel(msgspec.Struct, kw_only=True):
+    """One channel's part of a batch: its new readings, and where its refold starts (`since`, a bucket start)."""
+
+    device_id: UUID
+    channel: str
+    new: dict[datetime, ChannelReading]
+    since: datetime | None = None
+
+
 class EnergyProjector:
-    """Projects readings, devices and rate versions into the energy tables."""
+    """Projects readings, devices and rate versions into the energy tables.
+
+    A batch costs a fixed number of statements whatever the number of channels it
+    touches: each step reads or writes every channel at once (arrays unnested in
+    SQL, COPY for new rows).
+    """
 
     name = "energy"
-    version = 4
+    version = 5
 
     def __init__(self, rules: EnergyRules | None = None) -> None:
         self.rules = rules or EnergyRules()
 
     @property
     def tables(self) -> tuple[Table[Any], ...]:
-        return (DEVICES, READINGS, BUCKETS, HOURS, RATES)
+        return (DEVICES, READINGS, BUCKETS, HOURS, RATES, FLEET)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         device_ids = {
@@ -169,7 +187,7 @@ class EnergyProjector:
             devices = {row.device_id: row for row in map(DEVICES.decode, cur.fetchall())}
         touched: set[UUID] = set()
         pending: dict[tuple[UUID, str], dict[datetime, ChannelReading]] = {}
-        dirty: datetime | None = None
+        repriced_from: datetime | None = None
         for event in events:
             match event:
                 case Device.Added():
@@ -206,128 +224,278 @@ class EnergyProjector:
                         version=version.version, effective_from=version.effective_from,
                         rate=msgspec.to_builtins(version),
                     )))  # fmt: skip
-                    dirty = _earliest(dirty, version.effective_from)
+                    repriced_from = _earliest(repriced_from, version.effective_from)
         if touched:
             cur.executemany(DEVICES.upsert, [DEVICES.values(devices[d]) for d in touched])
-        fresh: list[BucketRow] = []
-        for (device_id, channel), readings in pending.items():
-            changed = self._channel(cur, device_id, channel, readings, fresh)
-            dirty = _earliest(dirty, changed)
-        if dirty is not None:
-            self._price(cur, dirty, fresh)
-            self._hours(cur, dirty)
+        channels = [_Channel(device_id=d, channel=c, new=new) for (d, c), new in pending.items()]
+        fresh, removed = self._fold(cur, channels)
+        if fresh or removed or repriced_from is not None:
+            hours = self._price(cur, fresh, removed, repriced_from)
+            _copy(cur, BUCKETS, [BUCKETS.values(b) for b in fresh])
+            hours.update((b.device_id, b.channel, _hour(b.start)) for b in fresh)
+            hours.update((d, c, _hour(s)) for d, c, s, _ in removed)
+            self._hours(cur, hours)
 
-    def _channel(
-        self,
-        cur: psycopg.Cursor[Any],
-        device_id: UUID,
-        channel: str,
-        new: dict[datetime, ChannelReading],
-        fresh: list[BucketRow],
-    ) -> datetime | None:
-        """Keep a channel's new readings; its buckets from the first one they affect are dropped and the
-        recomputed ones added to `fresh` (priced and written by the caller). Returns that first bucket."""
-        cur.execute(f"SELECT max(at) FROM {READINGS.name} WHERE device_id = %s AND channel = %s", (device_id, channel))
-        row = cur.fetchone()
-        latest: datetime | None = row[0] if row else None
-        first = min(new)
-        if latest is not None and first <= latest:
-            cur.execute(
-                f"SELECT at FROM {READINGS.name} WHERE device_id = %s AND channel = %s AND at = ANY(%s)",
-                (device_id, channel, [at for at in new if at <= latest]),
-            )
-            for (at,) in cur.fetchall():
-                new.pop(at, None)
-            if not new:
-                return None
-            first = min(new)
-            cur.execute(
-                f"SELECT max(at) FROM {READINGS.name} WHERE device_id = %s AND channel = %s AND at < %s",
-                (device_id, channel, first),
-            )
-            row = cur.fetchone()
-            latest = row[0] if row else None
-        since = bucket_start(latest if latest is not None else first)
+    def _fold(
+        self, cur: psycopg.Cursor[Any], channels: list[_Channel]
+    ) -> tuple[list[BucketRow], list[tuple[UUID, str, datetime, float]]]:
+        """Keep the channels' new readings and refold each from the last reading at or before the first bucket
+        its new readings affect. Returns the recomputed buckets from there on (unpriced, not written yet) and
+        the stored buckets they replace (deleted), as (device, channel, start, Wh)."""
+        if not channels:
+            return [], []
         cur.execute(
-            f"{READINGS.select} WHERE device_id = %s AND channel = %s AND at <= %s ORDER BY at DESC LIMIT 1",
-            (device_id, channel, since),
+            "SELECT (SELECT max(at) FROM {r} WHERE device_id = n.d AND channel = n.c) "
+            "FROM unnest(%s::uuid[], %s::text[]) WITH ORDINALITY AS n(d, c, i) ORDER BY n.i".format(r=READINGS.name),
+            ([c.device_id for c in channels], [c.channel for c in channels]),
         )
-        start_record = cur.fetchone()
-        start = _folded(READINGS.decode(start_record)) if start_record else None
+        late: list[_Channel] = []
+        for channel, (latest,) in zip(channels, cur.fetchall(), strict=True):
+            if latest is not None and min(channel.new) <= latest:
+                late.append(channel)
+            else:
+                channel.since = bucket_start(latest if latest is not None else min(channel.new))
+        if late:
+            self._drop_kept(cur, late)
+        channels = [c for c in channels if c.new]
+        if not channels:
+            return [], []
+        ids, names = [c.device_id for c in channels], [c.channel for c in channels]
+        sinces = [c.since for c in channels]
         cur.execute(
-            "SELECT at, meter, power_w, total_wh, is_on, counted_wh, wh "
-            f"FROM {READINGS.name} WHERE device_id = %s AND channel = %s AND at > %s ORDER BY at",
-            (device_id, channel, start.reading.at if start is not None else EPOCH - HOUR),
+            "SELECT n.i, r.at, r.meter, r.power_w, r.total_wh, r.is_on, r.counted_wh, r.wh "
+            "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS n(d, c, s, i) "
+            f"CROSS JOIN LATERAL (SELECT * FROM {READINGS.name} WHERE device_id = n.d AND channel = n.c AND at >= "
+            f"coalesce((SELECT max(at) FROM {READINGS.name} WHERE device_id = n.d AND channel = n.c AND at <= n.s), "
+            "'-infinity') ORDER BY at) AS r ORDER BY n.i, r.at",
+            (ids, names, sinces),
         )
-        stored = {
-            at: (ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o), counted, wh)
-            for at, m, p, t, o, counted, wh in cur.fetchall()
-        }
-        merged = {at: item[0] for at, item in stored.items()}
-        merged.update(new)
-        folded, intervals = refold(start, [merged[at] for at in sorted(merged)], self.rules, channel)
-        rewritten: list[datetime] = []
+        stored: list[list[tuple[Any, ...]]] = [[] for _ in channels]
+        for index, *record in cur.fetchall():
+            stored[index - 1].append(tuple(record))
+        fresh: list[BucketRow] = []
         rows: list[tuple[Any, ...]] = []
-        for item in folded:
-            r = item.reading
-            old = stored.get(r.at)
-            if old is not None and old[1] == item.counted_wh and old[2] == item.wh:
-                continue
-            if old is not None:
-                rewritten.append(r.at)
-            rows.append((device_id, channel, r.at, r.meter, r.power_w, r.total_wh, r.is_on, item.counted_wh, item.wh))
+        rewritten: list[tuple[UUID, str, datetime]] = []
+        for channel, records in zip(channels, stored, strict=True):
+            assert channel.since is not None
+            start: Folded | None = None
+            if records and records[0][0] <= channel.since:
+                at, m, p, t, o, counted, wh = records.pop(0)
+                start = Folded(reading=ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o),
+                               counted_wh=counted, wh=wh)  # fmt: skip
+            kept = {r[0]: r for r in records}
+            merged = {at: ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o)
+                      for at, m, p, t, o, _, _ in records}  # fmt: skip
+            merged.update(channel.new)
+            folded, intervals = refold(start, [merged[at] for at in sorted(merged)], self.rules, channel.channel)
+            for item in folded:
+                r = item.reading
+                old = kept.get(r.at)
+                if old is not None and old[5] == item.counted_wh and old[6] == item.wh:
+                    continue
+                if old is not None:
+                    rewritten.append((channel.device_id, channel.channel, r.at))
+                rows.append((channel.device_id, channel.channel, r.at, r.meter, r.power_w, r.total_wh, r.is_on,
+                             item.counted_wh, item.wh))  # fmt: skip
+            buckets = rollup(([start] if start is not None else []) + folded, intervals, self.rules, channel.since)
+            fresh += [_bucket_row(channel.device_id, channel.channel, b) for b in buckets.values()]
         if rewritten:
             cur.execute(
-                f"DELETE FROM {READINGS.name} WHERE device_id = %s AND channel = %s AND at = ANY(%s)",
-                (device_id, channel, rewritten),
+                f"DELETE FROM {READINGS.name} r USING unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS n(d, c, a) "
+                "WHERE r.device_id = n.d AND r.channel = n.c AND r.at = n.a",
+                tuple(map(list, zip(*rewritten, strict=True))),
             )
         _copy(cur, READINGS, rows)
-        buckets = rollup(([start] if start is not None else []) + folded, intervals, self.rules, since)
         cur.execute(
-            f"DELETE FROM {BUCKETS.name} WHERE device_id = %s AND channel = %s AND start >= %s",
-            (device_id, channel, since),
+            f"DELETE FROM {BUCKETS.name} b USING unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS n(d, c, s) "
+            "WHERE b.device_id = n.d AND b.channel = n.c AND b.start >= n.s RETURNING b.device_id, b.channel, b.start, b.wh",
+            (ids, names, sinces),
         )
-        fresh += [_bucket_row(device_id, channel, b) for b in buckets.values()]
-        return since
+        return fresh, [(d, c, start, wh) for d, c, start, wh in cur.fetchall()]
 
-    def _price(self, cur: psycopg.Cursor[Any], since: datetime, fresh: list[BucketRow]) -> None:
-        """Price the fresh buckets and every stored one from `since` on; writes the fresh ones and the
-        stored costs that change."""
+    def _drop_kept(self, cur: psycopg.Cursor[Any], channels: list[_Channel]) -> None:
+        """Drop the new readings already kept (late or repeated ones), and set each channel's `since`: the
+        bucket of its last kept reading before its first new one."""
+        probe = [(i, c.device_id, c.channel, at) for i, c in enumerate(channels) for at in c.new]
+        cur.execute(
+            f"SELECT n.i, n.a FROM unnest(%s::int[], %s::uuid[], %s::text[], %s::timestamptz[]) AS n(i, d, c, a) "
+            f"JOIN {READINGS.name} r ON r.device_id = n.d AND r.channel = n.c AND r.at = n.a",
+            tuple(map(list, zip(*probe, strict=True))),
+        )
+        for i, at in cur.fetchall():
+            channels[i].new.pop(at, None)
+        live = [c for c in channels if c.new]
+        if not live:
+            return
+        cur.execute(
+            f"SELECT (SELECT max(at) FROM {READINGS.name} WHERE device_id = n.d AND channel = n.c AND at < n.f) "
+            "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS n(d, c, f, i) ORDER BY n.i",
+            ([c.device_id for c in live], [c.channel for c in live], [min(c.new) for c in live]),
+        )
+        for channel, (before,) in zip(live, cur.fetchall(), strict=True):
+            channel.since = bucket_start(before if before is not None else min(channel.new))
+
+    def _price(
+        self,
+        cur: psycopg.Cursor[Any],
+        fresh: list[BucketRow],
+        removed: list[tuple[UUID, str, datetime, float]],
+        repriced_from: datetime | None,
+    ) -> set[tuple[UUID, str, datetime]]:
+        """Price the fresh buckets and keep the fleet's running totals; reprice only the stored buckets whose
+        price moved. Returns the hours of the stored buckets repriced.
+
+        The fleet's kWh of each bucket start changes by what the fresh buckets add and
+        the removed ones took away. A simple or time-of-use bucket is priced alone. Under
+        tiers, the cycle's later fleet buckets (from `energy_fleet`, never the channels'
+        buckets) are walked from the first change with the cycle's running total: a
+        stored channel bucket is repriced only where its fleet bucket's tier moves or
+        crosses a limit. A new rate version reprices everything from its start.
+        """
         cur.execute(RATES.select)
         versions = [rate_of(RATES.decode(r)) for r in cur.fetchall()]
+        with localcontext(PRICING):
+            delta: dict[datetime, tuple[Decimal, int]] = {}
+            for b in fresh:
+                kwh, count = delta.get(b.start, (Decimal(0), 0))
+                delta[b.start] = (kwh + kwh_of(b.wh), count + 1)
+            for _, _, start, wh in removed:
+                kwh, count = delta.get(start, (Decimal(0), 0))
+                delta[start] = (kwh - kwh_of(wh), count - 1)
+            fleet, spans = self._fleet(cur, sorted(delta), repriced_from, versions)
+            for start, (kwh, count) in delta.items():
+                old = fleet.get(start)
+                fleet[start] = FleetRow(
+                    start=start, kwh=(old.kwh if old else Decimal(0)) + kwh, buckets=(old.buckets if old else 0) + count,
+                    cost=old.cost if old else Decimal(0), price=old.price if old else Decimal(0),
+                )  # fmt: skip
+            self._write_fleet_kwh(cur, [fleet[s] for s in delta])
+
+            def used_before(cycle: datetime, start: datetime) -> Decimal:
+                cur.execute(f"SELECT sum(kwh) FROM {FLEET.name} WHERE start >= %s AND start < %s", (cycle, start))
+                row = cur.fetchone()
+                return Decimal(0) if row is None or row[0] is None else Decimal(row[0])
+
+            moved: list[datetime] = []
+            changes: list[FleetRow] = []
+            span = -1
+            walk = PriceWalk(versions, used_before)
+            for start in sorted(fleet):
+                row = fleet[start]
+                while span + 1 < len(spans) and spans[span + 1][0] <= start:
+                    span += 1
+                    walk = PriceWalk(versions, used_before)
+                if span < 0 or start >= spans[span][1]:
+                    walk = PriceWalk(versions, used_before)
+                priced = walk.step(start, row.kwh)
+                forced = repriced_from is not None and start >= repriced_from
+                had_stored = row.buckets - delta.get(start, (Decimal(0), 0))[1] > 0
+                if had_stored and (forced or priced.price is None or row.price is None or priced.price != row.price):
+                    moved.append(start)
+                if start in delta or priced.cost != row.cost or priced.price != row.price:
+                    row.cost, row.price = priced
+                    changes.append(row)
+            self._write_fleet_cost(cur, changes)
+            by_start: dict[datetime, list[tuple[tuple[UUID, str], Decimal, BucketRow | None]]] = {}
+            for b in fresh:
+                by_start.setdefault(b.start, []).append(((b.device_id, b.channel), kwh_of(b.wh), b))
+            stored: dict[tuple[UUID, str, datetime], Decimal] = {}
+            if moved:
+                cur.execute(
+                    f"SELECT device_id, channel, start, wh, cost FROM {BUCKETS.name} WHERE start = ANY(%s)", (moved,)
+                )
+                for d, c, s, wh, cost in cur.fetchall():
+                    by_start.setdefault(s, []).append(((d, c), kwh_of(wh), None))
+                    stored[(d, c, s)] = cost
+            updates: list[tuple[UUID, str, datetime, Decimal]] = []
+            for start, parts in by_start.items():
+                parts.sort(key=lambda p: (str(p[0][0]), p[0][1]))
+                row = fleet[start]
+                costs = bucket_costs([(i, kwh) for i, (_, kwh, _) in enumerate(parts)], Priced(row.cost, row.price))
+                for (i, cost), ((d, c), _, bucket) in zip(costs, parts, strict=True):
+                    if bucket is not None:
+                        bucket.cost = cost
+                    elif stored[(d, c, start)] != cost:
+                        updates.append((d, c, start, cost))
+        if updates:
+            cur.execute(
+                f"UPDATE {BUCKETS.name} b SET cost = u.cost "
+                "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::numeric[]) AS u(d, c, s, cost) "
+                "WHERE b.device_id = u.d AND b.channel = u.c AND b.start = u.s",
+                tuple(map(list, zip(*updates, strict=True))),
+            )
+        return {(d, c, _hour(s)) for d, c, s, _ in updates}
+
+    def _fleet(
+        self, cur: psycopg.Cursor[Any], changed: list[datetime], repriced_from: datetime | None,
+        versions: list[RateVersion],
+    ) -> tuple[dict[datetime, FleetRow], list[tuple[datetime, datetime]]]:
+        """The fleet buckets a batch must price again, and the spans they fill without a hole: the changed
+        starts; under tiers every fleet bucket from each change to a cycle's reach past it; and everything
+        from a new rate version's start. Each span is walked on its own, from the totals stored before it."""
+        spans: list[tuple[datetime, datetime]] = []
+        for start in changed:
+            reach = tier_reach(versions, start)
+            if reach is None:
+                continue
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(reach, spans[-1][1]))
+            else:
+                spans.append((start, reach))
+        if repriced_from is not None:
+            spans = [(s, e) for s, e in spans if s < repriced_from]
+            spans = [(s, min(e, repriced_from)) for s, e in spans] + [(repriced_from, datetime.max.replace(tzinfo=UTC))]
         cur.execute(
-            f"SELECT device_id, channel, start, wh, cost FROM {BUCKETS.name} WHERE start >= %s",
-            (since,),
+            f"{FLEET.select} WHERE start = ANY(%s) UNION "
+            f"SELECT f.* FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS w(a, b) CROSS JOIN LATERAL "
+            f"(SELECT * FROM {FLEET.name} WHERE start >= w.a AND start < w.b) AS f",
+            (changed, [s for s, _ in spans], [e for _, e in spans]),
         )
-        records = cur.fetchall()
+        rows = (FleetRow(start=s, kwh=k, buckets=n, cost=c, price=p) for s, k, n, c, p in cur.fetchall())
+        return {row.start: row for row in rows}, spans
 
-        def used_before(cycle: datetime, first: datetime) -> Decimal:
-            """Summed as the pricing sums (exact decimals), so any batching gives the same costs."""
-            cur.execute(f"SELECT wh FROM {BUCKETS.name} WHERE start >= %s AND start < %s", (cycle, first))
-            return sum((kwh_of(wh) for (wh,) in cur.fetchall()), Decimal(0))
+    def _write_fleet_kwh(self, cur: psycopg.Cursor[Any], rows: list[FleetRow]) -> None:
+        """Store the fleet's new kWh and bucket counts (before the walk sums them); drop buckets left empty."""
+        gone = [r.start for r in rows if r.buckets <= 0]
+        kept = [r for r in rows if r.buckets > 0]
+        if gone:
+            cur.execute(f"DELETE FROM {FLEET.name} WHERE start = ANY(%s)", (gone,))
+        if kept:
+            cur.execute(
+                f"INSERT INTO {FLEET.name} ({', '.join(FLEET.columns)}) "
+                "SELECT * FROM unnest(%s::timestamptz[], %s::numeric[], %s::int[], %s::numeric[], %s::numeric[]) "
+                "ON CONFLICT (start) DO UPDATE SET kwh = EXCLUDED.kwh, buckets = EXCLUDED.buckets",
+                ([r.start for r in kept], [r.kwh for r in kept], [r.buckets for r in kept], [r.cost for r in kept],
+                 [r.price for r in kept]),
+            )  # fmt: skip
 
-        rows = [((d, c, s), s, wh) for d, c, s, wh, _ in records]
-        rows += [((b.device_id, b.channel, b.start), b.start, b.wh) for b in fresh]
-        rows.sort(key=lambda r: (r[1], str(r[0][0]), r[0][1]))
-        costs = price_rows(rows, versions, used_before)
-        changes = [(costs[(d, c, s)], d, c, s) for d, c, s, _, cost in records if costs[(d, c, s)] != cost]
-        cur.executemany(
-            f"UPDATE {BUCKETS.name} SET cost = %s WHERE device_id = %s AND channel = %s AND start = %s", changes
+    def _write_fleet_cost(self, cur: psycopg.Cursor[Any], rows: list[FleetRow]) -> None:
+        rows = [r for r in rows if r.buckets > 0]
+        if rows:
+            cur.execute(
+                f"UPDATE {FLEET.name} f SET cost = u.cost, price = u.price "
+                "FROM unnest(%s::timestamptz[], %s::numeric[], %s::numeric[]) AS u(s, cost, price) WHERE f.start = u.s",
+                ([r.start for r in rows], [r.cost for r in rows], [r.price for r in rows]),
+            )
+
+    def _hours(self, cur: psycopg.Cursor[Any], hours: set[tuple[UUID, str, datetime]]) -> None:
+        """Roll the given (device, channel, hour) rows up again from their 5-minute buckets."""
+        if not hours:
+            return
+        keys = tuple(map(list, zip(*sorted(hours, key=lambda k: (k[0].bytes, k[1], k[2])), strict=True)))
+        cur.execute(
+            f"DELETE FROM {HOURS.name} h USING unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS k(d, c, h) "
+            "WHERE h.device_id = k.d AND h.channel = k.c AND h.start = k.h",
+            keys,
         )
-        for bucket in fresh:
-            bucket.cost = costs[(bucket.device_id, bucket.channel, bucket.start)]
-        _copy(cur, BUCKETS, [BUCKETS.values(b) for b in fresh])
-
-    def _hours(self, cur: psycopg.Cursor[Any], since: datetime) -> None:
-        """Rewrite the hourly rollups from the hour containing `since` on."""
-        hour = since.replace(minute=0, second=0, microsecond=0)
-        cur.execute(f"DELETE FROM {HOURS.name} WHERE start >= %s", (hour,))
         cur.execute(
             f"INSERT INTO {HOURS.name} ({', '.join(HOURS.columns)}) "
-            "SELECT device_id, channel, date_bin('1 hour', start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour, "
-            "sum(wh), sum(on_s), min(power_min), max(power_max), sum(power_sum), sum(count), bool_or(gap), sum(cost) "
-            f"FROM {BUCKETS.name} WHERE start >= %s GROUP BY device_id, channel, hour",
-            (hour,),
+            "SELECT k.d, k.c, k.h, sum(b.wh), sum(b.on_s), min(b.power_min), max(b.power_max), sum(b.power_sum), "
+            "sum(b.count), bool_or(b.gap), sum(b.cost) "
+            "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS k(d, c, h) "
+            f"CROSS JOIN LATERAL (SELECT * FROM {BUCKETS.name} WHERE device_id = k.d AND channel = k.c "
+            "AND start >= k.h AND start < k.h + interval '1 hour' ORDER BY start) AS b GROUP BY k.d, k.c, k.h",
+            keys,
         )
 
 
@@ -338,6 +506,11 @@ def _copy(cur: psycopg.Cursor[Any], table: Table[Any], rows: Sequence[tuple[Any,
     with cur.copy(f"COPY {table.name} ({', '.join(table.columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def _hour(start: datetime) -> datetime:
+    """The start of the UTC hour containing `start`, in UTC whatever the session's time zone."""
+    return EPOCH + ((start - EPOCH) // HOUR) * HOUR
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

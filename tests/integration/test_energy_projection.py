@@ -7,7 +7,10 @@ import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from decimal import Decimal
+
 import psycopg
+import pytest
 
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
 from domain.device import Device
@@ -15,7 +18,8 @@ from domain.energy import EnergyRules
 from domain.energy_handlers import EnergyHandlers, ImportReadings, SetRate
 from domain.imports import ImportedReading
 from domain.readings import DeviceSnapshot
-from projections.energy import BUCKETS, HOURS, READINGS, EnergyProjector
+from domain.pricing import kwh_of, price_rows
+from projections.energy import BUCKETS, FLEET, HOURS, RATES, READINGS, EnergyProjector, rate_of
 from projections.engine import ProjectionEngine
 
 T0 = datetime(2026, 3, 7, 22, 0, tzinfo=timezone.utc)
@@ -95,3 +99,67 @@ def test_shuffled_late_batches_give_the_rows_of_one_ordered_import_and_of_a_rebu
         loop.close()
         engine.close()
         app.close()
+
+
+def from_zero_costs(conn: psycopg.Connection[Any]) -> dict[tuple[Any, ...], Decimal]:
+    """Every bucket priced by one walk over the whole fleet from the first bucket: the reference."""
+    records = conn.execute(f"SELECT device_id, channel, start, wh FROM {BUCKETS.name}").fetchall()
+    records.sort(key=lambda r: (r[2], str(r[0]), r[1]))
+    versions = [rate_of(RATES.decode(r)) for r in conn.execute(RATES.select).fetchall()]
+
+    def used_before(cycle: datetime, first: datetime) -> Decimal:
+        return sum((kwh_of(wh) for _, _, s, wh in records if cycle <= s < first), Decimal(0))
+
+    return price_rows([((d, c, s), s, wh) for d, c, s, wh in records], versions, used_before)
+
+
+@pytest.mark.parametrize("seed", [5, 11])
+def test_repricing_only_what_late_batches_touch_equals_pricing_the_fleet_from_zero(database_url: str, seed: int) -> None:
+    """Three plugs import shuffled late batches under tiers low enough to be crossed many times, with a rate
+    version set in between that reaches back: each stored cost equals one walk over the whole fleet, and the
+    fleet's running totals equal the buckets' sums."""
+    ensure_events_schema(database_url)
+    app = WattLedger(store_env(database_url))
+    engine = ProjectionEngine(app, database_url, [EnergyProjector(EnergyRules.for_polling_interval(60))])
+    loop = asyncio.new_event_loop()
+    rng = random.Random(seed)
+    try:
+        engine.setup()
+        plugs = [device(f"10.7.1.{n}") for n in range(3)]
+        app.save(*plugs)
+        handlers = EnergyHandlers(StoreUnitOfWork(app), SystemClock())
+        low = {**TIERS, "rate_structure": {"tier1_limit": 0.3, "tier1_rate": 0.1, "tier2_limit": 0.9,
+                                           "tier2_rate": 0.2, "tier3_rate": 0.3}}  # fmt: skip
+        loop.run_until_complete(handlers.set_rate(SetRate(body=low, actor="test")))
+        batches = [(plug.id, part) for plug in plugs for part in batched(readings(), rng.randint(20, 90))]
+        rng.shuffle(batches)
+        for n, (plug_id, part) in enumerate(batches):
+            if n == len(batches) // 2:
+                later = {**low, "effective_from": (T0 + timedelta(hours=2)).isoformat(), "billing_cycle_day": 1}
+                loop.run_until_complete(handlers.set_rate(SetRate(body=later, actor="test")))
+            loop.run_until_complete(handlers.import_readings(
+                ImportReadings(device_id=plug_id, readings=tuple(part), actor="test")))  # fmt: skip
+            engine.catch_up("energy")
+        with psycopg.connect(database_url) as conn:
+            expected = from_zero_costs(conn)
+            stored = {(d, c, s): cost for d, c, s, cost in
+                      conn.execute(f"SELECT device_id, channel, start, cost FROM {BUCKETS.name}").fetchall()}  # fmt: skip
+            fleet = conn.execute(
+                f"SELECT f.start, f.kwh, f.buckets, count(b.*) FROM {FLEET.name} f "
+                f"LEFT JOIN {BUCKETS.name} b ON b.start = f.start GROUP BY f.start, f.kwh, f.buckets"
+            ).fetchall()
+            sums = {s: sum((kwh_of(wh) for _, _, s2, wh in conn.execute(
+                f"SELECT device_id, channel, start, wh FROM {BUCKETS.name} WHERE start = %s", (s,)).fetchall()
+                if s2 == s), Decimal(0)) for s, *_ in fleet[:50]}  # fmt: skip
+        assert stored == expected
+        assert sum(1 for cost in stored.values() if cost > 0) > len(stored) // 2, "the buckets are priced"
+        assert all(count == buckets for _, _, buckets, count in fleet)
+        assert all(kwh == sums[s] for s, kwh, _, _ in fleet[:50])
+    finally:
+        loop.close()
+        engine.close()
+        app.close()
+
+
+def batched(items: list[ImportedReading], size: int) -> list[list[ImportedReading]]:
+    return [items[first : first + size] for first in range(0, len(items), size)]
