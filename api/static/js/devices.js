@@ -95,14 +95,18 @@ function card(device, pending) {
 
 function manageForms(reload) {
   const address = h("input", { name: "address", required: true, placeholder: "192.168.1.20 or host:port", autocomplete: "off" });
-  const add = h("form", { class: "inline" }, field("Device address", address),
+  const alias = h("input", { name: "alias", maxlength: "64", autocomplete: "off" });
+  const add = h("form", { class: "inline" }, field("Device address", address), field("Alias (optional)", alias),
     h("button", { type: "submit", text: "Add device" }));
   add.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const body = { ip: address.value.trim() };
+    if (alias.value.trim()) body.alias = alias.value.trim();
     try {
-      const device = await call("POST", "/api/devices/manual", { ip: address.value.trim() });
+      const device = await call("POST", "/api/devices/manual", body);
       say(`Added ${device.alias}.`);
       address.value = "";
+      alias.value = "";
       reload();
     } catch (error) {
       say(`Not added: ${error.message}`);

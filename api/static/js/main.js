@@ -97,7 +97,11 @@ async function start() {
     await logout();
     say("Signed out.");
   });
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", async () => {
+    await route();
+    // A new section: reading and keyboard focus start at its content.
+    main.focus({ preventScroll: true });
+  });
   const { setup_required: setupRequired } = await call("GET", "/api/auth/setup-required", undefined, { anonymous: true });
   if (setupRequired) {
     replace(main, setUpForm());
