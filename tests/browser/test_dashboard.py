@@ -24,7 +24,7 @@ from playwright.async_api import Browser, Page, ViewportSize, async_playwright, 
 from adapters.emulator import EmulatorFleet
 from domain.commands import AddDevice
 from infra.bootstrap import Runtime
-from tests.harness import ADMIN, ADMIN_PASSWORD, LiveServer, background, emulated, executing, serve_live
+from tests.harness import ADMIN, ADMIN_PASSWORD, VIEWER, VIEWER_PASSWORD, LiveServer, background, emulated, executing, serve_live
 from tests.kit import eventually
 
 HERE = Path(__file__).parent
@@ -219,6 +219,21 @@ async def test_a_new_user_sets_up_signs_in_switches_and_reads_history_and_costs(
             await page.get_by_role("button", name=re.compile(r"Download export_.*\.csv")).click()
         assert Path(await (await data.value).path()).read_text().startswith("timestamp")
         assert await axe_violations(page) == []
+
+        # A viewer is offered no switch, no device management and no audit.
+        made = await http.post("/api/users", json={"username": VIEWER, "password": VIEWER_PASSWORD, "role": "viewer"})
+        assert made.status_code == 201, made.text
+        viewer = await browser.new_context(viewport=PHONE)
+        as_viewer = await viewer.new_page()
+        await as_viewer.goto(live.http_url + "/")
+        await as_viewer.get_by_label("User name").fill(VIEWER)
+        await as_viewer.get_by_label("Password").fill(VIEWER_PASSWORD)
+        await as_viewer.get_by_role("button", name="Sign in").click()
+        await expect(as_viewer.locator(f'article[data-device="{strip_id}"] li.relay')).to_have_count(6)
+        assert await as_viewer.get_by_role("button", name=re.compile("^Switch ")).count() == 0
+        assert await as_viewer.get_by_role("button", name="Add device").count() == 0
+        await expect(as_viewer.get_by_role("link", name="Audit")).to_be_hidden()
+        await viewer.close()
 
         # With two-factor on, sign-in asks for a code.
         started = await http.post("/api/auth/2fa/setup", json={"current_password": ADMIN_PASSWORD})

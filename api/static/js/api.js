@@ -4,6 +4,7 @@
 
 const REFRESH_URL = "/api/auth/web/refresh";
 let accessToken = null;
+let permissions = new Set();
 let refreshTimer = null;
 let refreshing = null;
 const tokenListeners = new Set();
@@ -21,6 +22,11 @@ export function token() {
   return accessToken;
 }
 
+// What the signed-in user may do: the page offers only those controls (the API checks anyway).
+export function can(permission) {
+  return permissions.has(permission);
+}
+
 export function onToken(listener) {
   tokenListeners.add(listener);
 }
@@ -32,6 +38,7 @@ function csrf() {
 
 function keep(answer) {
   accessToken = answer.access_token;
+  permissions = new Set(answer.user ? answer.user.permissions : []);
   clearTimeout(refreshTimer);
   // A minute before it expires, the token is renewed from the cookie.
   const renewIn = Math.max((answer.expires_in - 60) * 1000, 5000);
@@ -42,6 +49,7 @@ function keep(answer) {
 
 function signedOut() {
   accessToken = null;
+  permissions = new Set();
   clearTimeout(refreshTimer);
   for (const listener of tokenListeners) listener(null);
 }

@@ -1,6 +1,6 @@
 // The audit log with filters, and the compliance and data exports started and downloaded here.
 
-import { call, download } from "./api.js";
+import { call, can, download } from "./api.js";
 import { field, h, replace, say, table, when } from "./dom.js";
 
 const EXPORT_POLL_MS = 1000;
@@ -124,9 +124,11 @@ export async function showAudit(main) {
     load(null);
   });
   more.addEventListener("click", () => load(cursor));
+  const auditor = can("AUDIT_VIEW");
   replace(main, h("h1", { text: "Audit" }),
-    h("section", { class: "card", "aria-labelledby": "log-title" }, h("h2", { id: "log-title", text: "Event log" }), form, rows, more),
-    complianceExports(), dataExports(devices));
-  await load(null);
+    auditor ? h("section", { class: "card", "aria-labelledby": "log-title" }, h("h2", { id: "log-title", text: "Event log" }), form, rows, more) : null,
+    auditor && can("SYSTEM_CONFIG") ? complianceExports() : null,
+    can("DATA_EXPORT") ? dataExports(devices) : null);
+  if (auditor) await load(null);
   return null;
 }

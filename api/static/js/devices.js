@@ -1,7 +1,7 @@
 // The device grid: alias, model, online state and live power, with on/off per relay showing each
 // command's lifecycle; adding a device by address and running discovery.
 
-import { call } from "./api.js";
+import { call, can } from "./api.js";
 import { field, fmt, h, replace, say } from "./dom.js";
 import { onLive } from "./live.js";
 
@@ -40,9 +40,9 @@ function relayRow(device, outlet, pending) {
   const label = (action) => `Switch ${name} ${action}`;
   return h("li", { class: "relay", "data-outlet": target === null ? "" : String(target) },
     h("span", { class: "relay-name", text: name }), state, power,
-    h("span", { class: "buttons" },
+    can("DEVICES_CONTROL") ? h("span", { class: "buttons" },
       h("button", { type: "button", "aria-label": label("on"), text: "On", on: { click: press("on") } }),
-      h("button", { type: "button", "aria-label": label("off"), text: "Off", on: { click: press("off") } })),
+      h("button", { type: "button", "aria-label": label("off"), text: "Off", on: { click: press("off") } })) : null,
     lifecycle);
 }
 
@@ -138,7 +138,8 @@ export async function showDevices(main) {
     const list = Array.isArray(devices) ? devices : devices.devices;
     replace(grid, list.length ? list.map((d) => card(d, pending)) : h("p", { text: "No devices yet: add one below." }));
   };
-  replace(main, h("h1", { text: "Devices" }), grid, manageForms(() => load().catch((e) => say(e.message))));
+  replace(main, h("h1", { text: "Devices" }), grid,
+    can("DEVICES_MANAGE") ? manageForms(() => load().catch((e) => say(e.message))) : null);
   await load();
   return onLive((message) => {
     if (message.event === "command_update") {

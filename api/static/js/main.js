@@ -1,7 +1,7 @@
 // The page's entry: first-run setup, sign-in (with the second factor when asked), then the
 // section named by the location's hash.
 
-import { ApiError, call, login, logout, onToken, refresh, token } from "./api.js";
+import { ApiError, call, can, login, logout, onToken, refresh, token } from "./api.js";
 import { field, h, replace, say } from "./dom.js";
 import { restartLive, startLive, stopLive } from "./live.js";
 import { showAudit } from "./audit.js";
@@ -71,6 +71,7 @@ async function route() {
   leave = null;
   if (!token()) return showSignIn();
   nav.hidden = false;
+  nav.querySelector('a[href="#/audit"]').hidden = !(can("AUDIT_VIEW") || can("DATA_EXPORT"));
   startLive();
   const [section, arg] = location.hash.replace(/^#\/?/, "").split("/");
   const views = { devices: showDevices, device: showDevice, costs: showCosts, audit: showAudit };
