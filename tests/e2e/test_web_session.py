@@ -4,6 +4,7 @@ double submit, rotation and reuse detection as for the JSON refresh, and the pag
 from __future__ import annotations
 
 import httpx
+from litestar import Litestar
 
 from api.headers import API_CSP, PAGE_CSP
 from tests.harness import ADMIN, ADMIN_PASSWORD, error_of
@@ -58,7 +59,7 @@ async def test_a_cookie_sign_in_keeps_the_refresh_token_from_script_and_refreshe
 
 
 async def test_the_page_and_its_files_get_the_page_policy_and_the_api_keeps_its_own(
-    anonymous: httpx.AsyncClient,
+    api: Litestar, anonymous: httpx.AsyncClient,
 ) -> None:
     page = await anonymous.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -74,3 +75,10 @@ async def test_the_page_and_its_files_get_the_page_policy_and_the_api_keeps_its_
     assert (await anonymous.post("/api/auth/setup", json={"username": ADMIN, "password": ADMIN_PASSWORD})).status_code == 201
     login = await anonymous.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD})
     assert login.json()["refresh_token"] and "set-cookie" not in login.headers
+    # Over HTTPS both cookies are Secure.
+    transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 50000))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="https://wattledger.test") as https:
+        secured = await https.post("/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD},
+                                   headers=COOKIE_LOGIN)  # fmt: skip
+    assert secured.status_code == 200, secured.text
+    assert all("; secure" in c.lower() for c in set_cookies(secured).values()) and len(set_cookies(secured)) == 2
