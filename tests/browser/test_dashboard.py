@@ -21,7 +21,7 @@ import pyotp
 import pytest
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
-from adapters.emulator import EmulatorFleet
+from adapters.emulator import EmulatorFleet, loopback_hosts
 from domain.commands import AddDevice
 from infra.bootstrap import Runtime
 from tests.harness import ADMIN, ADMIN_PASSWORD, VIEWER, VIEWER_PASSWORD, LiveServer, background, emulated, executing, serve_live
@@ -37,13 +37,21 @@ expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture
-async def live(runtime: Runtime, fleet: EmulatorFleet) -> AsyncIterator[LiveServer]:
-    """The app on loopback with the poller, projectors, relay and executor running, and three devices:
-    a plug, a strip, and a dummy address whose alias is markup."""
+async def discoverable() -> AsyncIterator[EmulatorFleet]:
+    """One plug of its own loopback address answering UDP discovery."""
+    async with EmulatorFleet(["HS100"], host=loopback_hosts(1, first=231), discovery_port=0, seed=5) as devices:
+        yield devices
+
+
+@pytest.fixture
+async def live(runtime: Runtime, fleet: EmulatorFleet, discoverable: EmulatorFleet) -> AsyncIterator[LiveServer]:
+    """The app on loopback with the poller, projectors, relay and executor running, a plug and a strip
+    added, and discovery aimed at `discoverable`."""
     handlers = runtime.handlers()
     for address in (fleet.addresses[0], fleet.addresses[3]):
         await handlers.add_device(AddDevice(address=address, actor="test"))
-    async with background(runtime, poll=True), executing(runtime), serve_live(runtime) as server:
+    async with background(runtime, poll=True), executing(runtime), \
+            serve_live(runtime, discovery_target="127.255.255.255", discovery_port=discoverable.discovery_port) as server:
         yield server
 
 
@@ -141,6 +149,9 @@ async def test_a_new_user_sets_up_signs_in_switches_and_reads_history_and_costs(
         await page.reload()
         await expect(hostile_card.get_by_role("heading")).to_have_text(HOSTILE_ALIAS)
         assert await page.locator("#pwned").count() == 0
+        await page.get_by_role("button", name="Run discovery").click()
+        await expect(page.locator("#status")).to_have_text("Discovery: 1 found, 1 added, 0 already known.")
+        await expect(page.locator("article.device")).to_have_count(4)
 
         # Live power: the plug is switched at the device itself, and its card follows over the WebSocket.
         plug_card = page.locator(f'article[data-device="{plug_id}"]')
