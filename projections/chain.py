@@ -8,8 +8,15 @@ bytes, then the topic and the stored state bytes, each preceded by its length. S
 change of any byte of an event's payload, topic or identity changes its hash and every
 hash after it.
 
-The chain is a read model (`wl_read.audit_chain`, one row per position) kept by
-`ChainProjector`. `verify` walks the store and the chain side by side, recomputing
+The chain is a read model (`wl_read.audit_chain`) kept by `ChainProjector`, one row (a
+link) per span of LINK_SPAN positions rather than one per event: a link keeps the full
+hash of its newest event, which of its positions hold chained events, and the first
+PREFIX bytes of each of their hashes, about 16 bytes an event instead of a row. The full
+hash at the end of each link is what makes the chain tamper-evident (every hash before it
+feeds it); the prefixes name the single event that no longer matches. The head at any
+position inside a link is recomputed from the link before (`chain_head`).
+
+`verify` walks the store and the chain side by side, recomputing
 every hash from the stored bytes, and names the first position where they part:
 `changed` (the stored event's bytes no longer give its recorded hash), `deleted` (the
 chain recorded a position the store no longer has) or `inserted` (the store has a
@@ -31,7 +38,7 @@ from uuid import UUID
 import msgspec
 import psycopg
 
-from adapters.history import StoredRecord, iter_records, records_for_events
+from adapters.history import EVENTS_TABLE, StoredRecord, iter_records, records_for_events
 from projections.tables import READ_SCHEMA, Table
 
 GENESIS: Final = bytes(32)
@@ -61,43 +68,78 @@ def link(previous: bytes, record: StoredRecord) -> bytes:
     return hashlib.sha256(previous + encode_record(record)).digest()
 
 
+LINK_SPAN: Final = 128
+"""Positions a link covers: link k holds the events at positions k*LINK_SPAN+1 to (k+1)*LINK_SPAN."""
+PREFIX: Final = 8
+"""Bytes of each event's chain hash a link keeps, to name an event that no longer matches."""
+
+
 class ChainRow(msgspec.Struct, kw_only=True):
-    """One link of `wl_read.audit_chain`: the position, what it held, and its chain hash (hex)."""
+    """One link of `wl_read.audit_chain`: the chained events of one span of positions.
 
+    `position` is the newest chained event of the span and `hash` its full chain hash (hex);
+    `present` marks which positions of the span hold a chained event (bit i: position
+    link*LINK_SPAN+1+i, as hex), and `prefixes` is the first PREFIX bytes of each of their
+    chain hashes, in order (hex). The spans are fixed, so the chain's rows depend only on the
+    events chained, never on how they were batched.
+    """
+
+    link: int
     position: int
-    originator_id: UUID
-    version: int
     hash: str
+    present: str
+    prefixes: str
+
+    def positions(self) -> list[int]:
+        mask, base = int(self.present, 16), self.link * LINK_SPAN + 1
+        return [base + i for i in range(LINK_SPAN) if mask >> i & 1]
+
+    def entries(self) -> list[tuple[int, str]]:
+        """(position, hash prefix in hex) of every chained event of the link, in order."""
+        width = 2 * PREFIX
+        return [(p, self.prefixes[i * width : (i + 1) * width]) for i, p in enumerate(self.positions())]
 
 
-CHAIN = Table(f"{READ_SCHEMA}.audit_chain", ChainRow, key="position")
+CHAIN = Table(f"{READ_SCHEMA}.audit_chain", ChainRow, key="link")
+
+
+def _span(position: int) -> int:
+    return (position - 1) // LINK_SPAN
+
+
+def _extended(row: ChainRow | None, position: int, digest: bytes) -> ChainRow:
+    """`row` (or a new link, when `position` starts another span) with one more chained event."""
+    span = _span(position)
+    if row is None or row.link != span:
+        row = ChainRow(link=span, position=0, hash="", present="0", prefixes="")
+    mask = int(row.present, 16) | 1 << (position - 1 - span * LINK_SPAN)
+    return ChainRow(link=span, position=position, hash=digest.hex(), present=format(mask, "x"),
+                    prefixes=row.prefixes + digest[:PREFIX].hex())  # fmt: skip
 
 
 class ChainProjector:
     """Extends the hash chain with each batch, hashing the stored bytes of the batch's events."""
 
     name = "chain"
-    version = 1
+    version = 2
     tables = (CHAIN,)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         records = records_for_events(cur, events)
-        head = cur.execute(f"SELECT position, hash FROM {CHAIN.name} ORDER BY position DESC LIMIT 1").fetchone()
-        position, previous = (int(head[0]), bytes.fromhex(head[1])) if head else (0, GENESIS)
-        rows: list[tuple[Any, ...]] = []
+        cur.execute(f"{CHAIN.select} ORDER BY link DESC LIMIT 1")
+        newest = cur.fetchone()
+        row = CHAIN.decode(newest) if newest else None
+        position, previous = (row.position, bytes.fromhex(row.hash)) if row else (0, GENESIS)
+        touched: dict[int, ChainRow] = {}
         for record in records:
             if record.notification_id <= position:
                 continue
             previous = link(previous, record)
             position = record.notification_id
-            rows.append(
-                CHAIN.values(
-                    ChainRow(position=position, originator_id=record.originator_id, version=record.version,
-                             hash=previous.hex())
-                )
-            )  # fmt: skip
-        if rows:
-            cur.executemany(CHAIN.upsert, rows)
+            row = _extended(row, position, previous)
+            touched[row.link] = row
+        if touched:
+            cur.executemany(CHAIN.upsert, [CHAIN.values(r) for r in touched.values()])
 
 
 class ChainHead(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,27 +150,77 @@ class ChainHead(msgspec.Struct, frozen=True, kw_only=True):
     algorithm: str = ALGORITHM
 
 
+_NEAR = f"{CHAIN.select} WHERE link <= %s ORDER BY link DESC LIMIT 2"
+_NEWEST = f"{CHAIN.select} ORDER BY link DESC LIMIT 1"
+_BETWEEN = (f"SELECT notification_id, originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "
+            f"WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id")  # fmt: skip
+
+
+def _head(row: ChainRow | None) -> ChainHead | None:
+    return ChainHead(position=row.position, hash=row.hash) if row else None
+
+
+def _inside(rows: Sequence[ChainRow], at: int) -> tuple[ChainRow, ChainRow | None] | None:
+    """(the link whose span holds `at` but which goes past it, the link before) when the head at `at`
+    must be recomputed from the stored events; None when a link's own head answers."""
+    if rows and rows[0].link == _span(at) and rows[0].position > at:
+        return rows[0], rows[1] if len(rows) > 1 else None
+    return None
+
+
+def _head_at(rows: Sequence[ChainRow], at: int, records: Sequence[StoredRecord]) -> ChainHead | None:
+    """The chain's head at the newest chained position up to `at`.
+
+    Inside a link the hash is recomputed from the link before over the stored events, each
+    checked against its recorded prefix; if one no longer matches (or is gone), the head is
+    the link before's, the newest the chain recorded whole."""
+    inside = _inside(rows, at)
+    if inside is None:
+        return _head(next((r for r in rows if r.position <= at), None))
+    row, before = inside
+    stored = {r.notification_id: r for r in records}
+    head, previous = _head(before), bytes.fromhex(before.hash) if before else GENESIS
+    for position, prefix in row.entries():
+        record = stored.get(position)
+        if position > at or record is None:
+            break
+        previous = link(previous, record)
+        if previous[:PREFIX].hex() != prefix:
+            return _head(before)
+        head = ChainHead(position=position, hash=previous.hex())
+    return head
+
+
 async def chain_head(conn: psycopg.AsyncConnection[Any], at: int | None = None) -> ChainHead | None:
-    """The chain's newest link, or the newest at or before position `at`; None while the chain is empty."""
+    """The chain's head: its newest chained event and that event's chain hash, or the newest at or before
+    position `at`; None while the chain (up to `at`) is empty."""
     if at is None:
-        cur = await conn.execute(f"SELECT position, hash FROM {CHAIN.name} ORDER BY position DESC LIMIT 1")
-    else:
-        cur = await conn.execute(
-            f"SELECT position, hash FROM {CHAIN.name} WHERE position <= %s ORDER BY position DESC LIMIT 1", (at,)
-        )
-    row = await cur.fetchone()
-    return ChainHead(position=int(row[0]), hash=row[1]) if row else None
+        cur = await conn.execute(_NEWEST)
+        newest = await cur.fetchone()
+        return _head(CHAIN.decode(newest) if newest else None)
+    cur = await conn.execute(_NEAR, (_span(at),))
+    rows = [CHAIN.decode(r) for r in await cur.fetchall()]
+    records: list[StoredRecord] = []
+    if (inside := _inside(rows, at)) is not None:
+        cur = await conn.execute(_BETWEEN, (inside[0].link * LINK_SPAN, at))
+        records = [_stored(r) for r in await cur.fetchall()]
+    return _head_at(rows, at, records)
 
 
 def chain_head_sync(conn: psycopg.Connection[Any], at: int | None = None) -> ChainHead | None:
     """`chain_head` over a synchronous connection (the CLI, export jobs in a worker thread)."""
-    query = f"SELECT position, hash FROM {CHAIN.name}"
-    params: tuple[Any, ...] = ()
-    if at is not None:
-        query += " WHERE position <= %s"
-        params = (at,)
-    row = conn.execute(query + " ORDER BY position DESC LIMIT 1", params).fetchone()
-    return ChainHead(position=int(row[0]), hash=row[1]) if row else None
+    if at is None:
+        newest = conn.execute(_NEWEST).fetchone()
+        return _head(CHAIN.decode(newest) if newest else None)
+    rows = [CHAIN.decode(r) for r in conn.execute(_NEAR, (_span(at),)).fetchall()]
+    records: list[StoredRecord] = []
+    if (inside := _inside(rows, at)) is not None:
+        records = [_stored(r) for r in conn.execute(_BETWEEN, (inside[0].link * LINK_SPAN, at)).fetchall()]
+    return _head_at(rows, at, records)
+
+
+def _stored(row: Sequence[Any]) -> StoredRecord:
+    return StoredRecord(int(row[0]), row[1], int(row[2]), str(row[3]), bytes(row[4]))
 
 
 Finding = Literal["changed", "deleted", "inserted"]
@@ -155,12 +247,15 @@ class Verification(msgspec.Struct, frozen=True, kw_only=True):
         return self.problem is None
 
 
-def _links(conn: psycopg.Connection[Any], batch: int) -> Iterator[tuple[int, str]]:
+def _links(conn: psycopg.Connection[Any], batch: int) -> Iterator[tuple[int, str, str | None]]:
+    """Every chained event as (position, hash prefix, full hash if it ends its link), in order."""
     with conn.cursor(name="wl_chain_links") as cur:
-        cur.itersize = batch
-        cur.execute(f"SELECT position, hash FROM {CHAIN.name} ORDER BY position")
-        for position, digest in cur:
-            yield int(position), str(digest)
+        cur.itersize = max(1, batch // LINK_SPAN)
+        cur.execute(f"{CHAIN.select} ORDER BY link")
+        for record in cur:
+            row = CHAIN.decode(record)
+            for position, prefix in row.entries():
+                yield position, prefix, row.hash if position == row.position else None
 
 
 def verify(
@@ -176,8 +271,8 @@ def verify(
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     with conn.transaction():
-        head_row = conn.execute(f"SELECT position, hash FROM {CHAIN.name} ORDER BY position DESC LIMIT 1").fetchone()
-        head = ChainHead(position=int(head_row[0]), hash=head_row[1]) if head_row else None
+        newest = conn.execute(_NEWEST).fetchone()
+        head = _head(CHAIN.decode(newest) if newest else None)
         links = _links(conn, batch)
         current = next(links, None)
         previous, checked, unchained, read = GENESIS, 0, 0, 0
@@ -198,7 +293,7 @@ def verify(
             if current[0] > record.notification_id:
                 return found(record.notification_id, "inserted", "the store holds an event here that was never chained")
             previous = link(previous, record)
-            if previous.hex() != current[1]:
+            if previous[:PREFIX].hex() != current[1] or current[2] not in (None, previous.hex()):
                 return found(
                     record.notification_id, "changed",
                     f"the stored event {record.originator_id} v{record.version} no longer matches its chain hash",
@@ -213,6 +308,6 @@ def verify(
 
 
 def chain_link(conn: psycopg.Connection[Any], at: int | None) -> tuple[int, str] | None:
-    """The newest link (at or before `at`) as `(position, hash)`, the form export manifests take."""
+    """The chain's head (at or before `at`) as `(position, hash)`, the form export manifests take."""
     head = chain_head_sync(conn, at)
     return (head.position, head.hash) if head else None

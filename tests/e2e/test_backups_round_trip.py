@@ -23,6 +23,7 @@ from api.app import create_app
 from domain.readings import DeviceSnapshot
 from infra.bootstrap import Runtime, open_runtime
 from infra.settings import Settings
+from projections.chain import chain_head_sync
 from tests.harness import ADMIN, ADMIN_PASSWORD, background, http_client, log_in
 from tests.kit import ManualClock, seed_device
 
@@ -50,8 +51,8 @@ def _named(database_url: str, name: str) -> str:
 
 def _hash_at(database_url: str, position: int) -> str | None:
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT hash FROM wl_read.audit_chain WHERE position = %s", (position,)).fetchone()
-    return str(row[0]) if row else None
+        head = chain_head_sync(conn, position)
+    return head.hash if head is not None and head.position == position else None
 
 
 async def _metered_history(client: httpx.AsyncClient, device_id: uuid.UUID) -> None:

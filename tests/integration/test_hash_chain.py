@@ -8,12 +8,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from adapters.history import EVENTS_TABLE, StoredRecord
 from infra.audit_cli import run_verify
-from projections.chain import CHAIN, GENESIS, link
+from projections.chain import CHAIN, GENESIS, LINK_SPAN, PREFIX, ChainHead, ChainRow, chain_head_sync, link
 from tests.harness import AuditedStore
 
 
@@ -30,19 +32,59 @@ def positions(store: AuditedStore) -> list[int]:
     return [int(r[0]) for r in store.sql(f"SELECT notification_id FROM {EVENTS_TABLE} ORDER BY 1")]
 
 
+def chain_hashes(store: AuditedStore) -> list[tuple[int, bytes]]:
+    """(position, chain hash) of every stored event, recomputed from the store."""
+    rows: list[tuple[Any, ...]] = store.sql(
+        f"SELECT notification_id, originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "
+        f"ORDER BY notification_id"
+    )  # fmt: skip
+    previous, hashes = GENESIS, []
+    for row in rows:
+        previous = link(previous, StoredRecord(int(row[0]), row[1], int(row[2]), str(row[3]), bytes(row[4])))
+        hashes.append((int(row[0]), previous))
+    return hashes
+
+
+def links(store: AuditedStore) -> list[ChainRow]:
+    return [CHAIN.decode(r) for r in store.sql(f"{CHAIN.select} ORDER BY link")]
+
+
 def test_an_untouched_history_verifies_and_every_link_hashes_its_predecessor(store: AuditedStore) -> None:
     result = store.verify()
     stored = positions(store)
     assert result.intact and result.checked == len(stored) and result.unchained == 0
-    chain = store.sql(f"SELECT position, hash FROM {CHAIN.name} ORDER BY position")
-    assert [p for p, _ in chain] == stored
-    rows = store.sql(f"SELECT notification_id, originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "
-                     f"ORDER BY notification_id")  # fmt: skip
-    previous = GENESIS
-    for (position, digest), row in zip(chain, rows, strict=True):
-        record = StoredRecord(int(row[0]), row[1], int(row[2]), str(row[3]), bytes(row[4]))
-        previous = link(previous, record)
-        assert previous.hex() == digest, position
+    chain = links(store)
+    assert len(chain) == 1, "one link holds a span of positions, not one event"
+    entries = [e for row in chain for e in row.entries()]
+    hashes = chain_hashes(store)
+    assert [p for p, _ in entries] == stored
+    assert [prefix for _, prefix in entries] == [h[:PREFIX].hex() for _, h in hashes]
+    assert (chain[-1].position, chain[-1].hash) == (hashes[-1][0], hashes[-1][1].hex())
+
+
+def test_links_cover_fixed_spans_so_a_rebuild_in_other_batches_gives_the_same_rows(store: AuditedStore) -> None:
+    sequence = store.sql("SELECT pg_get_serial_sequence(%s, 'notification_id')", EVENTS_TABLE)[0][0]
+    store.sql("SELECT setval(%s::regclass, %s)", sequence, LINK_SPAN - 3)
+    for start in range(100, 106):
+        store.readings(1, start=start)
+        store.project()
+    live = links(store)
+    assert [row.link for row in live] == [0, 1] and store.verify().intact
+
+    store.engine.rebuild("chain")
+
+    assert links(store) == live
+
+
+def test_the_head_at_a_position_inside_a_link_is_that_events_chain_hash(store: AuditedStore) -> None:
+    hashes = chain_hashes(store)
+    position, digest = hashes[3]
+    with psycopg.connect(store.url) as conn:
+        assert chain_head_sync(conn, position) == ChainHead(position=position, hash=digest.hex())
+        assert chain_head_sync(conn, position + 1000) == ChainHead(position=hashes[-1][0], hash=hashes[-1][1].hex())
+    store.sql(f"UPDATE {EVENTS_TABLE} SET state = state || '\\x20'::bytea WHERE notification_id = %s", hashes[1][0])
+    with psycopg.connect(store.url) as conn:
+        assert chain_head_sync(conn, position) is None, "no recorded whole hash before the altered event's link"
 
 
 def test_one_changed_byte_of_a_stored_payload_is_named_by_its_position(store: AuditedStore) -> None:
