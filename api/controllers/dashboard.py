@@ -97,6 +97,12 @@ def _csrf_holds(request: Request[Any, Any, Any]) -> bool:
     return bool(cookie) and hmac.compare_digest(cookie.encode(), header.encode())
 
 
+def _csrf_refused() -> Response[Any]:
+    log.info("auth.web_csrf_refused")
+    body = forbidden_body("X-CSRF-Token must repeat the wl_csrf cookie", "CSRF_TOKEN_INVALID", None)
+    return Response(body, status_code=403, headers=NO_STORE)
+
+
 class WebSessionController(Controller):
     path = WEB_AUTH_PATH
     tags = ["auth"]
@@ -111,9 +117,7 @@ class WebSessionController(Controller):
         401 AUTHENTICATION_REQUIRED; a spent, expired or ended one answers as `POST /api/auth/refresh`
         does (401 TOKEN_REUSED, TOKEN_EXPIRED, SESSION_ENDED, TOKEN_INVALID)."""
         if not _csrf_holds(request):
-            log.info("auth.web_refresh_csrf_refused")
-            body = forbidden_body("X-CSRF-Token must repeat the wl_csrf cookie", "CSRF_TOKEN_INVALID", None)
-            return Response(body, status_code=403, headers=NO_STORE)
+            return _csrf_refused()
         token = request.cookies.get(REFRESH_COOKIE)
         if not token:
             raise AuthenticationRequired("No refresh cookie came with the request: sign in")
@@ -125,9 +129,12 @@ class WebSessionController(Controller):
         return Response(answer, headers=NO_STORE, cookies=session_cookies(request, pair.refresh_token))
 
     @post("/signout", operation_id="clearWebSession", status_code=200, opt={"public": True}, security=NO_CREDENTIALS)
-    async def signout(self, request: Request[Any, Any, Any]) -> Response[SignedOut]:
-        """Remove the page's cookies. The session itself ends with `POST /api/auth/logout`, which the
-        page calls first with its access token."""
+    async def signout(self, request: Request[Any, Any, Any]) -> Response[SignedOut | dict[str, Any]]:
+        """Remove the page's cookies; `X-CSRF-Token` must repeat the `wl_csrf` cookie (else 403
+        CSRF_TOKEN_INVALID, nothing cleared), so another site cannot sign the page out. The session
+        itself ends with `POST /api/auth/logout`, which the page calls first with its access token."""
+        if not _csrf_holds(request):
+            return _csrf_refused()
         return Response(SignedOut(message="Cookies cleared"), headers=NO_STORE, cookies=cleared_cookies(request))
 
 

@@ -52,7 +52,8 @@ async def test_a_cookie_sign_in_keeps_the_refresh_token_from_script_and_refreshe
     assert error_of(reused, 401) == "TOKEN_REUSED"
     assert (await anonymous.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})).status_code == 401
 
-    cleared = await anonymous.post("/api/auth/web/signout")
+    assert error_of(await anonymous.post("/api/auth/web/signout"), 403) == "CSRF_TOKEN_INVALID"
+    cleared = await anonymous.post("/api/auth/web/signout", headers={"X-CSRF-Token": anonymous.cookies.get("wl_csrf") or ""})
     assert cleared.status_code == 200 and all("max-age=0" in c.lower() for c in set_cookies(cleared).values())
     no_cookie = await anonymous.post("/api/auth/web/refresh", headers={"X-CSRF-Token": "anything"})
     assert error_of(no_cookie, 403) == "CSRF_TOKEN_INVALID"

@@ -84,7 +84,7 @@ export async function logout() {
   try {
     if (accessToken) await call("POST", "/api/auth/logout");
   } finally {
-    await fetch("/api/auth/web/signout", { method: "POST", credentials: "same-origin" });
+    await fetch("/api/auth/web/signout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf() } });
     signedOut();
   }
 }
