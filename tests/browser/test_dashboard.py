@@ -216,6 +216,11 @@ async def test_a_new_user_sets_up_signs_in_switches_and_reads_history_and_costs(
         await page.goto(f"{live.http_url}/#/audit")
         log = page.get_by_role("region", name="Audit log, newest first")
         await expect(log).to_contain_text("Added")
+        async def switch_audited() -> bool:
+            found = await http.get("/api/audit", params={"event_type": "ControlSucceeded"})
+            return len(found.json()["entries"]) == 1
+
+        await eventually(switch_audited, what="the switch in the audit log")
         await page.get_by_label("Event type").fill("ControlSucceeded")
         await page.get_by_role("button", name="Filter").click()
         await expect(log.locator("tbody tr")).to_have_count(1)
