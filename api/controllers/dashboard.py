@@ -35,7 +35,7 @@ from api.controllers.auth_schemas import NO_STORE, SignedInUser, signed_in_user
 from api.deps import IdentityDeps
 from api.errors import forbidden_body
 from api.guards import NO_CREDENTIALS
-from domain.errors import AuthenticationRequired
+from domain.errors import AuthenticationRequired, RefreshTokenReused
 from domain.identity_rules import SESSION_LIFETIME
 
 log = structlog.get_logger(__name__)
@@ -122,7 +122,13 @@ class WebSessionController(Controller):
         if not token:
             raise AuthenticationRequired("No refresh cookie came with the request: sign in")
         claims = await identity_deps.tokens.verify_refresh(token)
-        grant = await identity_deps.identity.refresh(claims.session_id, claims.generation)
+        try:
+            grant = await identity_deps.identity.refresh(claims.session_id, claims.generation)
+        except RefreshTokenReused:
+            log.warning("auth.refresh_token_reused", session_id=str(claims.session_id), user_id=str(claims.user_id),
+                        via="cookie")  # fmt: skip
+            await identity_deps.reads.wait_identity()
+            raise
         pair = identity_deps.tokens.issue(grant)
         answer = WebSession(access_token=pair.access_token, token_type=pair.token_type, expires_in=pair.expires_in,
                             user=signed_in_user(grant.user))  # fmt: skip
