@@ -37,7 +37,8 @@ from projections.energy_queries import (
 )
 
 MAX_SESSION_SPAN = timedelta(days=92)
-IMPORT_PROJECTION_WAIT_S = 30.0
+IMPORT_PROJECTION_WAIT_S = 2.0
+"""How long an import waits for the energy read model before answering `projected: false`."""
 
 
 class ImportRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -133,6 +134,8 @@ class EnergyController(Controller):
     ) -> ImportResult:
         """Import up to 10,000 readings of a device (late, in any order); the same events as polled readings.
 
+        Answers once the readings are stored: `projected` says whether the energy read model already holds
+        them (it is waited for only briefly; history and costs show them a moment later otherwise).
         422 `INVALID_READINGS` names the first bad item and nothing is stored; 404 for an unknown or removed
         device, 400 for an address that is not one.
         A reading whose timestamp is already recorded changes nothing."""

@@ -143,11 +143,14 @@ def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, polling_interval=60.0)
 
 
-async def import_all(client: Client, device_id: UUID, items: list[dict[str, Any]]) -> None:
+async def import_all(client: Client, runtime: Runtime, device_id: UUID, items: list[dict[str, Any]]) -> None:
+    """Import in requests of 10,000; each answers once stored, and the read model is waited for at the end."""
     for first in range(0, len(items), 10_000):
         response = await client.post(f"/api/devices/{device_id}/readings", json={"readings": items[first : first + 10_000]})
         assert response.status_code == 200, response.text
-        assert response.json()["projected"]
+        assert isinstance(response.json()["projected"], bool)
+    reads = runtime.services().reads
+    assert await reads.wait_projected(await reads.newest(), projector="energy", timeout=120)
 
 
 async def answers(client: Client, ids: dict[str, UUID]) -> dict[str, Any]:
@@ -182,11 +185,11 @@ async def test_a_month_of_three_devices_matches_independent_figures_and_a_rebuil
         a = readings("A")
         late = [r for r in a if datetime.fromisoformat(r["timestamp"]).astimezone(NY).date() == LATE_DAY]
         await asyncio.gather(
-            import_all(client, ids["A"], [r for r in a if r not in late]),
-            import_all(client, ids["B"], readings("B")),
-            import_all(client, ids["C"], readings("C")),
+            import_all(client, runtime, ids["A"], [r for r in a if r not in late]),
+            import_all(client, runtime, ids["B"], readings("B")),
+            import_all(client, runtime, ids["C"], readings("C")),
         )
-        await import_all(client, ids["A"], late)
+        await import_all(client, runtime, ids["A"], late)
         first = await answers(client, ids)
         await asyncio.to_thread(runtime.engine.rebuild, "energy")
         rebuilt = await answers(client, ids)
