@@ -96,7 +96,10 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         return run(str(BIN / "wattledger"), "serve", "--demo", "--polling-interval", "5", *extra)
     if command == "test":
-        return run(str(PYTHON), "-m", "mypy") or run(str(PYTHON), "-m", "pytest", *extra)
+        # Two workers, a test file each at a time: most tests wait on the database, the broker or a device.
+        chosen = any(a.startswith(("-n", "--numprocesses")) or a == "no:xdist" for a in extra)
+        workers = [] if chosen else ["-n", "2", "--dist", "loadfile"]
+        return run(str(PYTHON), "-m", "mypy") or run(str(PYTHON), "-m", "pytest", *workers, *extra)
     for script in ("bench_poll_store.py", "bench_poll_fanout.py", "bench_projection.py", "bench_relay.py"):
         if code := run(str(PYTHON), str(ROOT / "bench" / script), *extra):
             return code
