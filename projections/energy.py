@@ -40,7 +40,7 @@ from domain.meter import MeterDay
 from domain.pricing import PRICING, Priced, PriceWalk, bucket_costs, kwh_of, tier_reach
 from domain.rates import RateVersion, Tariff, version_of
 from domain.readings import MAX_CHANNEL_POWER_W, MAX_COUNTER_WH, bounded
-from domain.rollups import EPOCH, Bucket, ChannelReading, Folded, bucket_start, refold, rollup
+from domain.rollups import BUCKET, EPOCH, Bucket, ChannelReading, Folded, bucket_start, refold, rollup
 from projections.tables import READ_SCHEMA, Table
 
 HOUR = timedelta(hours=1)
@@ -260,45 +260,20 @@ class EnergyProjector:
         channels = [c for c in channels if c.new]
         if not channels:
             return [], []
-        ids, names = [c.device_id for c in channels], [c.channel for c in channels]
-        sinces = [c.since for c in channels]
-        cur.execute(
-            "SELECT n.i, r.at, r.meter, r.power_w, r.total_wh, r.is_on, r.counted_wh, r.wh "
-            "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS n(d, c, s, i) "
-            f"CROSS JOIN LATERAL (SELECT * FROM {READINGS.name} WHERE device_id = n.d AND channel = n.c AND at >= "
-            f"coalesce((SELECT max(at) FROM {READINGS.name} WHERE device_id = n.d AND channel = n.c AND at <= n.s), "
-            "'-infinity') ORDER BY at) AS r ORDER BY n.i, r.at",
-            (ids, names, sinces),
-        )
-        stored: list[list[tuple[Any, ...]]] = [[] for _ in channels]
-        for index, *record in cur.fetchall():
-            stored[index - 1].append(tuple(record))
         fresh: list[BucketRow] = []
         rows: list[tuple[Any, ...]] = []
         rewritten: list[tuple[UUID, str, datetime]] = []
-        for channel, records in zip(channels, stored, strict=True):
-            assert channel.since is not None
-            start: Folded | None = None
-            if records and records[0][0] <= channel.since:
-                at, m, p, t, o, counted, wh = records.pop(0)
-                start = Folded(reading=ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o),
-                               counted_wh=counted, wh=wh)  # fmt: skip
-            kept = {r[0]: r for r in records}
-            merged = {at: ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o)
-                      for at, m, p, t, o, _, _ in records}  # fmt: skip
-            merged.update(channel.new)
-            folded, intervals = refold(start, [merged[at] for at in sorted(merged)], self.rules, channel.channel)
-            for item in folded:
-                r = item.reading
-                old = kept.get(r.at)
-                if old is not None and old[5] == item.counted_wh and old[6] == item.wh:
-                    continue
-                if old is not None:
-                    rewritten.append((channel.device_id, channel.channel, r.at))
-                rows.append((channel.device_id, channel.channel, r.at, r.meter, r.power_w, r.total_wh, r.is_on,
-                             item.counted_wh, item.wh))  # fmt: skip
-            buckets = rollup(([start] if start is not None else []) + folded, intervals, self.rules, channel.since)
-            fresh += [_bucket_row(channel.device_id, channel.channel, b) for b in buckets.values()]
+        spans: list[tuple[UUID, str, datetime, datetime | None]] = []
+        bounded = True
+        while channels:
+            unsettled: list[_Channel] = []
+            for channel, records in zip(channels, self._window(cur, channels, bounded=bounded), strict=True):
+                span = self._refold(channel, records, fresh, rows, rewritten, bounded=bounded)
+                if span is None:
+                    unsettled.append(channel)
+                else:
+                    spans.append((channel.device_id, channel.channel, *span))
+            channels, bounded = unsettled, False
         if rewritten:
             cur.execute(
                 f"DELETE FROM {READINGS.name} r USING unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS n(d, c, a) "
@@ -307,11 +282,76 @@ class EnergyProjector:
             )
         _copy(cur, READINGS, rows)
         cur.execute(
-            f"DELETE FROM {BUCKETS.name} b USING unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS n(d, c, s) "
-            "WHERE b.device_id = n.d AND b.channel = n.c AND b.start >= n.s RETURNING b.device_id, b.channel, b.start, b.wh",
-            (ids, names, sinces),
+            f"DELETE FROM {BUCKETS.name} b USING unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
+            "AS n(d, c, s, u) WHERE b.device_id = n.d AND b.channel = n.c AND b.start >= n.s "
+            "AND (n.u IS NULL OR b.start < n.u) RETURNING b.device_id, b.channel, b.start, b.wh",
+            tuple(map(list, zip(*spans, strict=True))),
         )
         return fresh, [(d, c, start, wh) for d, c, start, wh in cur.fetchall()]
+
+    def _window(self, cur: psycopg.Cursor[Any], channels: list[_Channel], *, bounded: bool) -> list[list[tuple[Any, ...]]]:
+        """Each channel's stored readings its refold needs: from the last one at or before `since` on; when
+        `bounded`, only up to the first reading at or past the end of the bucket of the first stored reading
+        after its newest new one (past that, the fold is expected to give what is stored)."""
+        cur.execute(
+            "SELECT n.i, r.at, r.meter, r.power_w, r.total_wh, r.is_on, r.counted_wh, r.wh "
+            "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[]) WITH ORDINALITY "
+            "AS n(d, c, s, l, i) "
+            "CROSS JOIN LATERAL (SELECT date_bin('5 minutes', (SELECT min(at) FROM {r} WHERE device_id = n.d "
+            "AND channel = n.c AND at > n.l), TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '5 minutes' AS u) AS w "
+            "CROSS JOIN LATERAL (SELECT * FROM {r} WHERE device_id = n.d AND channel = n.c AND at >= "
+            "coalesce((SELECT max(at) FROM {r} WHERE device_id = n.d AND channel = n.c AND at <= n.s), '-infinity') "
+            "AND at <= coalesce((SELECT min(at) FROM {r} WHERE device_id = n.d AND channel = n.c AND at >= w.u), "
+            "'infinity') ORDER BY at) AS r ORDER BY n.i, r.at".format(r=READINGS.name),
+            ([c.device_id for c in channels], [c.channel for c in channels], [c.since for c in channels],
+             [max(c.new) if bounded else datetime.max.replace(tzinfo=UTC) for c in channels]),
+        )  # fmt: skip
+        stored: list[list[tuple[Any, ...]]] = [[] for _ in channels]
+        for index, *record in cur.fetchall():
+            stored[index - 1].append(tuple(record))
+        return stored
+
+    def _refold(
+        self, channel: _Channel, records: list[tuple[Any, ...]], fresh: list[BucketRow], rows: list[tuple[Any, ...]],
+        rewritten: list[tuple[UUID, str, datetime]], *, bounded: bool,
+    ) -> tuple[datetime, datetime | None] | None:
+        """Refold a channel over its stored `records` and new readings: the readings to write go to `rows` (and
+        `rewritten` where one is stored), its buckets in [since, until) to `fresh`. Returns (since, until), until
+        None for every bucket on; None when a bounded window proved too short (the fold did not meet what is
+        stored at the first stored reading after the new ones), and nothing was added."""
+        assert channel.since is not None
+        start: Folded | None = None
+        if records and records[0][0] <= channel.since:
+            at, m, p, t, o, counted, wh = records.pop(0)
+            start = Folded(reading=ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o),
+                           counted_wh=counted, wh=wh)  # fmt: skip
+        kept = {r[0]: r for r in records}
+        merged = {at: ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o)
+                  for at, m, p, t, o, _, _ in records}  # fmt: skip
+        merged.update(channel.new)
+        folded, intervals = refold(start, [merged[at] for at in sorted(merged)], self.rules, channel.channel)
+        newest = max(channel.new)
+        settled_at = next((r[0] for r in records if r[0] > newest), None) if bounded else None
+        changed: list[datetime] = []
+        written: list[tuple[Any, ...]] = []
+        for item in folded:
+            r = item.reading
+            old = kept.get(r.at)
+            if old is not None and old[5] == item.counted_wh and old[6] == item.wh:
+                continue
+            if r.at == settled_at:
+                return None
+            if old is not None:
+                changed.append(r.at)
+            written.append((channel.device_id, channel.channel, r.at, r.meter, r.power_w, r.total_wh, r.is_on,
+                            item.counted_wh, item.wh))  # fmt: skip
+        rows += written
+        rewritten += [(channel.device_id, channel.channel, at) for at in changed]
+        until = bucket_start(settled_at) + BUCKET if settled_at is not None else None
+        buckets = rollup(([start] if start is not None else []) + folded, intervals, self.rules, channel.since)
+        fresh += [_bucket_row(channel.device_id, channel.channel, b) for b in buckets.values()
+                  if until is None or b.start < until]  # fmt: skip
+        return channel.since, until
 
     def _drop_kept(self, cur: psycopg.Cursor[Any], channels: list[_Channel]) -> None:
         """Drop the new readings already kept (late or repeated ones), and set each channel's `since`: the
