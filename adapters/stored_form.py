@@ -2,15 +2,17 @@
 
 Readings are nearly every row of the store, and in the library's JSON each of them spends
 most of its bytes on `{"_type_": "datetime_iso", "_data_": ...}` wrappers and text. A reading
-(and a meter day's opening and snapshot) is stored as a MessagePack map of the same field
-names instead, where a UUID is 16 bytes, a moment is its microseconds and UTC offset, and a
-value of a registered transcoding is that transcoding's name and data. Every other event
+(and a meter day's opening and snapshot) is stored as a MessagePack map of the same fields
+instead, where a field named in `FIELDS` is written as its index there (other names as
+text), a UUID is 16 bytes, a moment is its microseconds and UTC offset, and a value of a
+registered transcoding is that transcoding's name and data. Every other event
 stays JSON, readable in the table as text.
 
 Reading tells the forms apart by their first byte: a JSON state starts with `{`, a
 MessagePack map never does. So rows stored before the compact form read as they always did,
 and a state the compact form cannot hold (an integer beyond 64 bits) is stored as JSON.
-Both forms are maps of field names: the stored form of an event evolves only by added fields.
+Both forms are maps of fields: the stored form of an event evolves only by added fields (and
+`FIELDS` only by added names).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ __all__ = ["COMPACT_EVENTS", "CompactMapper", "CompactTranscoder"]
 
 COMPACT_EVENTS: Final[frozenset[type]] = frozenset({MeterDay.ReadingRecorded, MeterDay.Opened, MeterDay.Snapshot})
 """The event classes stored in the compact form."""
+
+FIELDS: Final = (
+    "timestamp", "originator_topic", "device_id", "day", "measured_at", "is_on", "power_w", "voltage_v",
+    "current_a", "total_wh", "outlets", "actor", "rssi", "outlet_id", "index", "alias", "outlet_reading",
+    "topic", "state", "recent", "forgotten", "count", "_recalled", "_created_on", "_modified_on",
+)  # fmt: skip
+"""Names the compact form writes as their index here. Append only: a stored index must keep its name."""
+_CODES: Final = {name: code for code, name in enumerate(FIELDS)}
 
 _UUID, _MOMENT, _DECIMAL, _TRANSCODED = 1, 2, 3, 4
 _MOMENT_FORM = struct.Struct(">qi")
@@ -63,6 +73,23 @@ def _from_moment(data: bytes) -> datetime:
     return utc.astimezone(zone)
 
 
+def _coded(name: str) -> str | int:
+    return _CODES.get(name, name)
+
+
+def _name(key: Any) -> Any:
+    return FIELDS[key] if type(key) is int else key
+
+
+def _named(obj: Any) -> Any:
+    """A decoded value with the indexes of `FIELDS` among its keys made names again."""
+    if type(obj) is dict:
+        return {_name(k): _named(v) for k, v in obj.items()}
+    if type(obj) is list:
+        return [_named(v) for v in obj]
+    return obj
+
+
 class CompactTranscoder(JSONTranscoder):
     """The library's JSON transcoder, which also writes (`encode_compact`) and reads the compact form."""
 
@@ -81,7 +108,7 @@ class CompactTranscoder(JSONTranscoder):
     def decode(self, data: bytes) -> Any:
         if data[:1] == b"{":
             return super().decode(data)
-        return self._unpacker.decode(data)
+        return _named(self._unpacker.decode(data))
 
     def _packable(self, obj: Any) -> Any:
         """`obj` with every value MessagePack has no type for made an extension; raises TypeError as JSON would."""
@@ -89,7 +116,7 @@ class CompactTranscoder(JSONTranscoder):
         if obj is None or kind in (str, int, float, bool):
             return obj
         if kind is dict:
-            return {self._key(k): self._packable(v) for k, v in obj.items()}
+            return {_coded(self._key(k)): self._packable(v) for k, v in obj.items()}
         if kind in (list, tuple):
             return [self._packable(v) for v in obj]
         if kind is UUID:
@@ -100,7 +127,7 @@ class CompactTranscoder(JSONTranscoder):
             return msgspec.msgpack.Ext(_DECIMAL, str(obj).encode())
         transcoding = self.types.get(kind)
         if transcoding is not None:
-            inner = self._packer.encode([transcoding.name, self._packable(transcoding.encode(obj))])
+            inner = self._packer.encode([_coded(transcoding.name), self._packable(transcoding.encode(obj))])
             return msgspec.msgpack.Ext(_TRANSCODED, inner)
         if isinstance(obj, Enum) and isinstance(obj, (str, int, float)):
             return self._packable(obj.value)
@@ -129,7 +156,7 @@ class CompactTranscoder(JSONTranscoder):
             return Decimal(raw.decode())
         if code == _TRANSCODED:
             name, inner = self._unpacker.decode(raw)
-            return self.names[name].decode(inner)
+            return self.names[_name(name)].decode(_named(inner))
         raise ValueError(f"unknown extension {code} in a stored event")
 
 

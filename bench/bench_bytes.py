@@ -4,10 +4,13 @@
 
 Stores `devices x cycles` readings as the poller does (one reading per device per cycle,
 one `record_polls` per cycle) and projects after every cycle, as a live projector does,
-with the read models readings touch (devices, chain, audit, energy). Then runs a plain
-`VACUUM` (what autovacuum does) and prints, for every table of the event store and the read
-models, what it grew by (`pg_total_relation_size`: rows, indexes, TOAST and dead rows)
-per reading. The baseline is one narrow row per reading (device, time, on, power, voltage,
+with the read models readings touch (devices, chain, audit, energy). Then prints, for every
+table of the event store and the read models, what it grew by per reading
+(`pg_total_relation_size`: rows, indexes, TOAST and free space) after a plain `VACUUM`
+(what autovacuum does: dead row versions become free space, the file keeps its size) and
+after `VACUUM FULL` (the live rows alone). The two differ by the tables' update bloat, which
+depends on the server: dead versions are reclaimed on the page only once no transaction of
+the whole server is older than them. The baseline is one narrow row per reading (device, time, on, power, voltage,
 current, counter; primary key on device and time) in the same database.
 Uses a scratch database on DATABASE_URL, dropped at the end.
 """
@@ -83,25 +86,28 @@ def run(url: str, devices: int, cycles: int) -> None:
                           r.snapshot.current_a, r.snapshot.total_wh) for r in results],
                     )  # fmt: skip
             conn.execute("VACUUM")
-        after = sizes(url)
+            vacuumed = sizes(url)
+            conn.execute("VACUUM FULL")
+            compact = sizes(url)
     finally:
         recorder.close()
         engine.close()
         app.close()
     readings = devices * cycles
-    grown = {name: after[name] - before.get(name, 0) for name in after}
-    print(f"{readings:,} readings ({devices} devices x {cycles} cycles), bytes per reading after VACUUM")
-    ours = 0.0
-    for name, size in sorted(grown.items(), key=lambda item: -item[1]):
-        if name.endswith("bench_narrow") or size <= 0:
+    grown = {name: (vacuumed[name] - before.get(name, 0), compact[name] - before.get(name, 0)) for name in vacuumed}
+    print(f"{readings:,} readings ({devices} devices x {cycles} cycles): bytes per reading")
+    print(f"  {'table':40} {'VACUUM':>8} {'FULL':>8}")
+    totals = [0.0, 0.0]
+    for name, sizes_of in sorted(grown.items(), key=lambda item: -item[1][1]):
+        if name.endswith("bench_narrow") or max(sizes_of) <= 0:
             continue
-        ours += size / readings
-        print(f"  {name:40} {size / readings:8.1f}")
-    baseline = next(size for name, size in grown.items() if name.endswith("bench_narrow")) / readings
-    print(f"  {'total':40} {ours:8.1f}")
-    print(f"baseline narrow row    {baseline:8.1f}")
-    print(f"ratio                  {ours / baseline:8.2f}")
-
+        per = [max(size, 0) / readings for size in sizes_of]
+        totals = [t + p for t, p in zip(totals, per, strict=True)]
+        print(f"  {name:40} {per[0]:8.1f} {per[1]:8.1f}")
+    baseline = [size / readings for name, sizes_of in grown.items() if name.endswith("bench_narrow") for size in sizes_of]
+    print(f"  {'total':40} {totals[0]:8.1f} {totals[1]:8.1f}")
+    print(f"  {'baseline narrow row':40} {baseline[0]:8.1f} {baseline[1]:8.1f}")
+    print(f"  {'ratio':40} {totals[0] / baseline[0]:8.2f} {totals[1] / baseline[1]:8.2f}")
 
 if __name__ == "__main__":
     bench_main(__doc__, run, devices=20, cycles=500)
