@@ -658,9 +658,9 @@ class AlertDeliveryAttempted(EventData, frozen=True, kw_only=True):
 
 
 class AlertTicksOpened(EventData, frozen=True, kw_only=True):
-    """The alert ticks of one UTC day were started."""
+    """The alert ticks of one UTC day (ISO date) were started."""
 
-    day: date
+    day: str
 
 
 class AlertTicksTicked(EventData, frozen=True, kw_only=True):

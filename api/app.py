@@ -16,6 +16,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, HTTPRequestEvent, Message, Receive, Scope, Send
 
 from adapters.eventstore import watch_writes
+from api.controllers.alerts import AlertsController
 from api.controllers.auth import AuthController
 from api.controllers.backups import BackupsController
 from api.controllers.badges import BadgesController
@@ -175,6 +176,7 @@ def create_app(deps: ApiDeps) -> Litestar:
             LiveController, live_socket, socketio_route(deps.live, deps.edge.cors_origins), MetricsController,
             *([BackupsController] if deps.backups is not None else []),
             UptimeController, BadgesController, PushController,
+            *([AlertsController] if deps.alerts is not None else []),
             DashboardController, WebSessionController, static_router(),
             *([ssl_router(deps.tls)] if deps.tls is not None else []),
         ],

@@ -24,8 +24,10 @@ from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
 from adapters.fanout import FanOut
 from adapters.identity import TokenService
+from api.controllers.alerts import AlertDeps
 from api.controllers.backups import BackupDeps
 from adapters.tls_files import TlsFiles
+from api.device_listing import DeviceListing
 from api.edge import EdgePolicy
 from api.metrics import ProcessMetrics
 from api.read_side import ReadSide
@@ -72,6 +74,7 @@ class DeviceDeps:
     clock: Clock
     energy_rules: EnergyRules
     discovery: Discovery
+    listing: DeviceListing = field(default_factory=DeviceListing)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +166,7 @@ class ApiDeps:
     metrics: ProcessMetrics
     tls: TlsFiles | None = None
     backups: BackupDeps | None = None
+    alerts: AlertDeps | None = None
 
     def provided(self) -> dict[str, object]:
         """Each set under the handler parameter name that takes it."""
@@ -179,6 +183,7 @@ DEPENDENCY_KEYS = {
     "live_deps": "live",
     "system_deps": "system",
     "backup_deps": "backups",
+    "alert_deps": "alerts",
 }
 """Handler parameter name -> the `ApiDeps` field it is given."""
 

@@ -209,17 +209,17 @@ class AlertTicks(Aggregate):
     """The minutes of one UTC day as the alerts part's clock saw them: at most one `Ticked` per minute."""
 
     class Opened(Aggregate.Created):
-        day: date
+        day: str
 
     class Ticked(Aggregate.Event):
         at: datetime
 
     @staticmethod
-    def create_id(day: date, **_: object) -> UUID:
-        return ticks_id(day)
+    def create_id(day: str, **_: object) -> UUID:
+        return ticks_id(date.fromisoformat(day))
 
     @event(Opened)
-    def __init__(self, *, day: date) -> None:
+    def __init__(self, *, day: str) -> None:
         self.last: datetime | None = None
 
     def tick(self, at: datetime) -> bool:

@@ -207,9 +207,9 @@ class AlertHandlers:
         at = self.clock.now().astimezone(timezone.utc)
 
         async def attempt() -> bool:
-            ticks = await self.store.aggregate(AlertTicks.create_id(at.date()), AlertTicks)
+            ticks = await self.store.aggregate(AlertTicks.create_id(at.date().isoformat()), AlertTicks)
             if ticks is None:
-                ticks = AlertTicks(day=at.date())
+                ticks = AlertTicks(day=at.date().isoformat())
             if not ticks.tick(at):
                 return False
             await self.store.save(ticks)

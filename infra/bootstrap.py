@@ -193,6 +193,7 @@ async def run_parts(
         runtime.wakers.append(runtime.engine.wake)
         supervisor.add("projector", runtime.engine.run)
         supervisor.add("retention", runtime.retention().run)
+        supervisor.add("alerts", lambda: runtime.alert_dispatcher().run())
     if poll:
 
         async def run_poller() -> None:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from domain.energy import EnergyRules
 from domain.usage import EnergySettings
 from infra.settings import Settings
+from projections.alerts import AlertsProjector
 from projections.audit import AuditProjector
 from projections.chain import ChainProjector
 from projections.commands import CommandsProjector
@@ -30,7 +31,7 @@ def all_projectors(settings: Settings) -> list[Projector]:
     rules = energy_rules(settings)
     return [
         DevicesProjector(settings.zone, rules), IdentityProjector(), CommandsProjector(), ChainProjector(),
-        AuditProjector(), EnergyProjector(rules), ExportsProjector(),
+        AuditProjector(), EnergyProjector(rules), ExportsProjector(), AlertsProjector(settings.zone, rules),
     ]
 
 

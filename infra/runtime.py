@@ -7,6 +7,7 @@ connects by itself. Also the settings' energy rules and the list of every read m
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
+from adapters.alert_delivery import AlertDispatcher, Senders, accepts_apprise
 from adapters.bus import StreamConfig
 from adapters.command_order import DeviceOrder
 from adapters.compliance import ComplianceFiles, ComplianceJobs
@@ -27,7 +29,7 @@ from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
 from adapters.executor import CommandExecutor
 from adapters.history import EventFilter
 from adapters.fanout import DeviceEntry, FanOut, LiveOptions
-from adapters.identity import TokenService
+from adapters.identity import RandomSecrets, TokenService
 from adapters.jobs import BackgroundTasks, LoggedNotes, every
 from adapters.kasa_driver import KasaDriver
 from adapters.leases import Leases
@@ -38,6 +40,7 @@ from adapters.relay import Relay
 from adapters.tls_files import TlsFiles
 from adapters.backup_jobs import BackupJobs
 from adapters.backup_schedules import ScheduleRunner
+from api.controllers.alerts import AlertDeps
 from api.controllers.backups import BackupDeps
 from api.deps import ApiDeps, api_deps
 from api.edge import EdgePolicy
@@ -45,6 +48,7 @@ from api.errors import status_of
 from api.metrics import ProcessMetrics
 from api.ratelimit_rules import RateLimits
 from api.security import RefusalTally, summarise_every
+from domain.alert_handlers import AlertHandlers
 from domain.authentication import authenticate_headers
 from domain.certificates import CertificateHandlers
 from domain.compliance_handlers import ComplianceHandlers
@@ -190,8 +194,25 @@ class Runtime:
             control=self.control(),
         )
 
+    def alert_handlers(self) -> AlertHandlers:
+        """Alert rules and what the alerts part records, target secrets sealed by the identity's secret box."""
+        return AlertHandlers(StoreUnitOfWork(self.app), self.clock, self.identity.box, RandomSecrets(),
+                             accepts_apprise)  # fmt: skip
+
+    def alert_dispatcher(self) -> AlertDispatcher:
+        """The `alerts` part: ticks, part health, alerts recorded and delivered (`adapters.alert_delivery`)."""
+        return AlertDispatcher(
+            self.alert_handlers(), StoreUnitOfWork(self.app), self.read_pool, Senders(self.identity.box, self.clock),
+            self.clock, parts=self.supervisor.status if self.supervisor is not None else None, on_saved=self.saved,
+        )  # fmt: skip
+
     def services(self) -> ApiDeps:
         """What the HTTP API depends on, each controller's share apart (`api.deps`)."""
+        deps = self._services()
+        alerts = AlertDeps(reads=deps.reads, handlers=self.alert_handlers(), dispatcher=self.alert_dispatcher())
+        return dataclasses.replace(deps, alerts=alerts)
+
+    def _services(self) -> ApiDeps:
         return api_deps(
             app=self.app,
             read_pool=self.read_pool,
