@@ -5,8 +5,8 @@ moment (`at`), the latest of the readings' `measured_at`, the alert ticks and th
 events it has applied, so a replay of the log judges every rule at the same moments.
 
 A rule fires once its condition has held without a break for `for_s` seconds, and stays firing
-(no repeat) until the condition stops holding, when it resolves. Changing a rule starts its
-judgement afresh.
+(no repeat) until the condition stops holding, when it resolves. Changing what a rule judges
+(threshold, duration, part, enabled) starts its judgement afresh; a new name or new targets do not.
 """
 
 from __future__ import annotations

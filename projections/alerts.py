@@ -75,8 +75,8 @@ class StateRow(msgspec.Struct, kw_only=True):
 
 class AlertRow(msgspec.Struct, kw_only=True):
     """One firing of a rule; `recorded` once `Alert.Fired` is in the log, `resolution_recorded` once
-    `Alert.Resolved` is; `settled` once every target of the rule has each recorded phase delivered
-    (or given up)."""
+    `Alert.Resolved` is; `settled` once it is resolved and every target of the rule has each phase
+    delivered or given up (a deleted rule's alert once its resolution is recorded)."""
 
     alert_id: UUID
     rule_id: UUID
@@ -212,21 +212,19 @@ class AlertsProjector:
                     self._judge(batch, row, state.now)
             case AlertRule.Updated():
                 row = batch.rules[event.originator_id]
-                self._end(batch, row, "rule changed")
-                row.name, row.threshold, row.for_s, row.part = event.name, event.threshold, event.for_s, event.part
-                row.enabled, row.targets, row.updated_at, row.actor = (
-                    event.enabled, event.targets, event.timestamp, event.actor
-                )
-                if state.now is not None:
+                judged = (event.threshold, event.for_s, event.part, event.enabled)
+                restart = judged != (row.threshold, row.for_s, row.part, row.enabled)
+                if restart:
+                    self._end(batch, row, "rule changed")
+                row.threshold, row.for_s, row.part, row.enabled = judged
+                row.name, row.targets, row.updated_at, row.actor = event.name, event.targets, event.timestamp, event.actor
+                batch.changed["rules"].add(row.rule_id)
+                if restart and state.now is not None:
                     self._judge(batch, row, state.now)
             case AlertRule.Deleted():
                 row = batch.rules[event.originator_id]
                 self._end(batch, row, "rule deleted")
                 row.deleted, row.updated_at, row.actor = True, event.timestamp, event.actor
-                for alert in batch.alerts.values():
-                    if alert.rule_id == row.rule_id and not alert.settled:
-                        alert.settled = True
-                        batch.changed["alerts"].add(alert.alert_id)
             case AlertTicks.Ticked():
                 now = self._advance(batch, event.at)
                 for row in list(batch.rules.values()):
@@ -365,7 +363,7 @@ class AlertsProjector:
         batch.changed["alerts"].add(alert.alert_id)
         rule = batch.rules.get(alert.rule_id)
         if rule is None or rule.deleted:
-            alert.settled = True
+            alert.settled = alert.resolution_recorded  # a deleted rule's alerts are recorded, not delivered
             return
         phases = (["fired"] if alert.recorded else []) + (["resolved"] if alert.resolution_recorded else [])
         done = {(d.target_id, d.phase) for d in batch.deliveries.values()

@@ -16,6 +16,12 @@ import msgspec
 
 from adapters.contract import (
     NO_ACTOR,
+    AlertDeliveryAttempted,
+    AlertDeliveryOpened,
+    AlertFired,
+    AlertResolved,
+    AlertRuleCreated,
+    AlertRuleUpdated,
     ApiKeyIssued,
     BackupRestoreRefused,
     ComplianceExportCompleted,
@@ -27,6 +33,8 @@ from adapters.contract import (
     DeviceStateChanged,
     DeviceWentOffline,
     MeterDayOpened,
+    PartHealthDegraded,
+    PartHealthRecovered,
     ReadingRecorded,
     SecurityActivitySummarised,
     SslCertificateInstalled,
@@ -206,7 +214,37 @@ def describe(event: object, names: Names) -> tuple[str, str, str | None]:
             names.set(ident, "key", data.name, owner=data.user_id)
             target = f"API key {data.name}"
             return f"issued {target} ({data.scope}) for {names.user(data.user_id)}", target, None
+        case AlertRuleCreated() | AlertRuleUpdated():
+            verb = "created" if isinstance(data, AlertRuleCreated) else "changed"
+            names.set(ident, "alertrule", data.name)
+            state = "" if data.enabled else ", disabled"
+            return f"{verb} alert rule {data.name} ({_rule_words(data, names)}{state})", f"alert rule {data.name}", None
+        case AlertFired():
+            target = f"alert rule {data.rule_name}"
+            return f"fired alert {data.number} of {target}: {data.detail}", target, None
+        case AlertResolved():
+            return f"resolved alert {ident}: {data.detail}", f"alert {ident}", None
+        case AlertDeliveryOpened():
+            return f"began delivering the {data.phase} notice of alert {data.alert_id} to target {data.target_id}", \
+                f"alert {data.alert_id}", None
+        case AlertDeliveryAttempted():
+            outcome = "delivered" if data.ok else "gave up on" if data.gave_up else "failed to deliver"
+            why = "" if data.ok else f" ({data.error})"
+            return f"{outcome} an alert notice, attempt {data.attempt}{why}", f"alert delivery {ident}", None
+        case PartHealthDegraded():
+            return f"saw part {data.part} degraded: {data.error}", f"part {data.part}", None
+        case PartHealthRecovered():
+            return f"saw part {data.part} running again", f"part {data.part}", None
     return _plain(event, ident, names)
+
+
+def _rule_words(data: AlertRuleCreated | AlertRuleUpdated, names: Names) -> str:
+    kind = data.kind if isinstance(data, AlertRuleCreated) else "rule"
+    watched = f" of {names.device(data.device_id)}" if isinstance(data, AlertRuleCreated) and data.device_id else ""
+    limit = f" beyond {data.threshold:g}" if data.threshold is not None else ""
+    held = f" for {data.for_s // 60} min" if data.for_s else ""
+    part = f" of part {data.part}" if data.part else ""
+    return f"{kind}{watched}{part}{limit}{held}"
 
 
 _PLAIN: dict[tuple[str, str], str] = {
@@ -223,6 +261,10 @@ _PLAIN: dict[tuple[str, str], str] = {
     ("user", "TotpCodeAccepted"): "accepted a two-factor code of {user}",
     ("user", "BackupCodeUsed"): "spent a backup code of {user}",
     ("apikey", "Revoked"): "revoked {key}",
+    ("alertrule", "Deleted"): "deleted {alertrule}",
+    ("alertticks", "Ticked"): "ticked the alert clock",
+    ("alertticks", "Opened"): "started the alert clock for a new day",
+    ("parthealth", "Opened"): "began keeping the health of a supervised part",
 }
 
 
@@ -238,11 +280,10 @@ def _plain(event: object, ident: UUID, names: Names) -> tuple[str, str, str | No
     aggregate, kind = aggregate_name(type(event)), type(event).__name__
     targets = {
         "device": names.device(ident), "user": names.user(ident),
-        "key": f"API key {names.name(ident, str(ident))}",
+        "key": f"API key {names.name(ident, str(ident))}", "alertrule": f"alert rule {names.name(ident, str(ident))}",
     }  # fmt: skip
-    target = {"device": targets["device"], "user": targets["user"], "apikey": targets["key"]}.get(
-        aggregate, f"{aggregate} {ident}"
-    )
+    target = {"device": targets["device"], "user": targets["user"], "apikey": targets["key"],
+              "alertrule": targets["alertrule"]}.get(aggregate, f"{aggregate} {ident}")  # fmt: skip
     template = _PLAIN.get((aggregate, kind))
     if template is None:
         return f"recorded {kind} on {target}", target, None

@@ -218,7 +218,8 @@ class AlertsController(Controller):
         self, rule_id: FromPath[UUID], data: JSONBody[RulePatch], principal: NamedDependency[Principal],
         alert_deps: NamedDependency[AlertDeps],
     ) -> RuleSavedView:  # fmt: skip
-        """Change a rule; its judgement starts afresh (a firing alert of it resolves). 404
+        """Change a rule; a change of its threshold, duration, part or `enabled` starts its judgement afresh
+        (a firing alert of it resolves), a new name or new targets do not. 404
         `ALERT_RULE_NOT_FOUND`; `INVALID_ALERT_RULE` as on creation (nothing recorded)."""
         change = RuleChange(
             name=data.name, threshold=data.threshold,

@@ -228,7 +228,14 @@ async def test_a_failing_webhook_is_retried_after_its_backoff_even_after_a_resta
         unknown = await client.post("/api/alerts/rules/00000000-0000-0000-0000-000000000000/test")
         patched = await client.patch(f"/api/alerts/rules/{rule['rule_id']}", json={"name": "Relay down"})
         deleted = await client.delete(f"/api/alerts/rules/{rule['rule_id']}")
+        await settle(runtime, runtime.alert_dispatcher())
         gone = await client.get(f"/api/alerts/rules/{rule['rule_id']}")
+        newest = await asyncio.to_thread(runtime.app.recorder.max_notification_id) or 0
+        assert await runtime.services().reads.wait_projected(newest, projector="audit", timeout=WAIT_S)
+        audit = {
+            kind: [e["summary"] for e in (await client.get("/api/audit", params={"aggregate": kind})).json()["entries"]]
+            for kind in ("alertrule", "alert", "parthealth")
+        }  # fmt: skip
 
     assert [(d["attempts"], d["delivered"], d["error"]) for d in failed[0]["deliveries"]] == [
         (1, False, "answered 500")
@@ -246,3 +253,14 @@ async def test_a_failing_webhook_is_retried_after_its_backoff_even_after_a_resta
     assert patched.status_code == 200 and patched.json()["rule"]["name"] == "Relay down"
     assert patched.json()["secrets"] == [] and patched.json()["rule"]["targets"] == rule["targets"]
     assert deleted.status_code == 200 and error_of(gone, 404) == "ALERT_RULE_NOT_FOUND"
+    admin = "user root"
+    assert audit["alertrule"] == [
+        f"{admin} deleted alert rule Relay down", f"{admin} changed alert rule Relay down (rule of part relay)",
+        f"{admin} created alert rule Relay trouble (part_degraded of part relay)",
+    ]
+    assert audit["alert"] == [
+        "system (alerts) resolved alert " + delivered[0]["alert_id"] + ": rule deleted",
+        "system (alerts) fired alert 1 of alert rule Relay trouble: part relay degraded",
+    ]
+    assert audit["parthealth"] == ["system saw part relay degraded: NATS away",
+                                   "system began keeping the health of a supervised part"]  # fmt: skip
