@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 import psycopg
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.eventstore import store_env
@@ -55,10 +57,17 @@ class ReadPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
         return await super().getconn(max(deadline - time.monotonic(), 0.0))
 
 
+async def _decode_json_with_msgspec(conn: psycopg.AsyncConnection[Any]) -> None:
+    """json and jsonb columns are decoded by msgspec, several times faster than the standard library's
+    `json` on the read models' wide answers (a JSON value PostgreSQL stores is always valid for it)."""
+    set_json_loads(msgspec.json.decode, context=conn)
+
+
 def read_pool(database_url: str) -> ReadPool:
     """The API's read pool, not yet open: up to 8 connections, a request waits at most READ_POOL_TIMEOUT_S."""
     return ReadPool(
         database_url,
+        configure=_decode_json_with_msgspec,
         min_size=1,
         max_size=8,
         open=False,

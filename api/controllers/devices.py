@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, cast
 from uuid import UUID
 
 import anyio.to_thread
 import msgspec
 import structlog
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, MediaType, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.deps import DeviceDeps
 from api.read_side import ReadSide
@@ -23,7 +23,7 @@ from domain.device import device_id_for
 from domain.errors import DeviceNotFound, InvalidAddress, InvalidRange, NoKasaDevice
 from domain.access import Permission, Principal
 from projections.device_as_of import device_as_of
-from projections.devices import DeviceView, find_device, list_devices
+from projections.devices import DeviceView, find_device
 
 log = structlog.get_logger(__name__)
 
@@ -129,15 +129,32 @@ async def device_at(deps: DeviceDeps, key: str, moment: datetime) -> DeviceView:
     return view
 
 
+MAX_PAGE = 1000
+"""The most devices one page of `GET /api/devices` holds."""
+
+
 class DevicesController(Controller):
     path = "/api"
     tags = ["devices"]
 
     @get("/devices", operation_id="listDevices", opt={"permission": Permission.DEVICES_VIEW})
-    async def list_all(self, device_deps: NamedDependency[DeviceDeps]) -> list[DeviceView]:
-        """Every device with its latest reading, in the order they were added."""
+    async def list_all(
+        self,
+        device_deps: NamedDependency[DeviceDeps],
+        limit: Annotated[int | None, QueryParameter(ge=1, le=MAX_PAGE)] = None,
+        offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
+    ) -> Response[list[DeviceView]]:
+        """Every device with its latest reading, in the order they were added; `limit` and `offset`
+        give one page of them. `X-Total-Count` tells how many there are in all. A `limit` out of
+        1 to 1000 or an `offset` out of 0 to 1,000,000 answers 422 and nothing else."""
         async with device_deps.reads.pool.connection() as conn:
-            return await list_devices(conn, device_deps.reads.zone, device_deps.reads.clock.now())
+            views, body = await device_deps.listing.current(conn, device_deps.reads.zone, device_deps.reads.clock.now())
+        headers = {"X-Total-Count": str(len(views))}
+        if limit is None and offset == 0:
+            # The list as it was encoded once for this state of the read model: sent as it is.
+            return cast("Response[list[DeviceView]]", Response(body, media_type=MediaType.JSON, headers=headers))
+        end = len(views) if limit is None else offset + limit
+        return Response(views[offset:end], headers=headers)
 
     @post("/devices/manual", operation_id="addDevice", status_code=201, opt={"permission": Permission.DEVICES_MANAGE})
     async def add(

@@ -206,3 +206,29 @@ async def test_unknown_device_and_route_are_json_404s(client: Client) -> None:
     assert_error(await client.delete("/api/devices/nope"), 404, "DEVICE_NOT_FOUND")
     assert_error(await client.get("/api/nothing-here"), 404, "NOT_FOUND")
     assert_error(await client.put("/api/devices"), 405, "METHOD_NOT_ALLOWED")
+
+
+async def test_the_device_list_pages_and_follows_every_change(
+    client: Client, runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    async with background(runtime, poll=False):
+        for address in fleet.addresses[:3]:
+            assert (await client.post("/api/devices/manual", json={"ip": address})).status_code == 201
+        whole = await client.get("/api/devices")
+        assert whole.headers["x-total-count"] == "3"
+        listed = whole.json()
+        assert [d["device_ip"] for d in listed] == list(fleet.addresses[:3])
+        for limit, offset in [(1, 0), (2, 1), (5, 2), (2, 3)]:
+            page = await client.get("/api/devices", params={"limit": limit, "offset": offset})
+            assert page.status_code == 200 and page.headers["x-total-count"] == "3"
+            assert page.json() == listed[offset : offset + limit]
+        for bad in [{"limit": 0}, {"limit": 1001}, {"offset": -1}, {"offset": 1_000_001}, {"limit": "x"}]:
+            assert_error(await client.get("/api/devices", params=bad), 422, "VALIDATION_ERROR")
+        # A change answered by the API is in the next list at once, whichever answer was kept before.
+        renamed = await client.patch(f"/api/device/{fleet.addresses[1]}", json={"alias": "Renamed"})
+        assert renamed.status_code == 200, renamed.text
+        assert [d["alias"] for d in (await client.get("/api/devices")).json()][1] == "Renamed"
+        assert (await client.delete(f"/api/devices/{fleet.addresses[0]}")).status_code == 200
+        after = await client.get("/api/devices")
+        assert [d["device_ip"] for d in after.json()] == list(fleet.addresses[1:3])
+        assert after.headers["x-total-count"] == "2"

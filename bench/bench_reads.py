@@ -1,0 +1,194 @@
+"""API reads under a real HTTP load generator, each against a minimal app serving the same body.
+
+    python bench/bench_reads.py [--devices 1000] [--seconds 8] [--connections 32]
+
+Needs `wrk` (Debian: `apt-get install wrk`). A scratch database holds `devices` plugs with a
+few readings each (through the poller's write path); the read models are caught up once. The
+app is served by uvicorn on a loopback port, one process, as `wattledger api` serves it, and
+`wrk` calls it with `connections` open connections for `seconds`:
+
+- `GET /api/devices`, then a minimal Litestar app on the same server settings answering the same
+  bytes from memory (the baseline);
+- `GET /api/device/{id}/history?period=24h` for one device, and its baseline;
+- `GET /api/devices` again with rate limiting on (limits high enough that nothing is refused),
+  so the limiter's share of the cost is the difference.
+
+Prints requests/s for each and the ratios the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import httpx
+import msgspec
+import structlog
+import uvicorn
+from litestar import Litestar, Response, get
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.eventstore import WattLedger, ensure_events_schema, store_env  # noqa: E402
+from adapters.ratelimits import Limit  # noqa: E402
+from api.app import create_app  # noqa: E402
+from bench.scratch import scratch_database, seed_fleet_history  # noqa: E402
+from domain.access import Scope  # noqa: E402
+from domain.identity_requests import NewKey, StepUp  # noqa: E402
+from infra.bootstrap import open_runtime  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+
+ADMIN, PASSWORD = "timer", "Long-passphrase-for-runs-42"
+UNREACHED = (Limit(1_000_000_000, 60),)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def serve(app: object, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    return server, task
+
+
+async def stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await task
+
+
+async def load(url: str, seconds: int, connections: int, headers: dict[str, str]) -> float:
+    """Requests per second `wrk` reached on `url`; exits if any answer was not 2xx."""
+    flags = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    process = await asyncio.create_subprocess_exec(
+        "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", *flags, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out = (await process.communicate())[0].decode()
+    if "Non-2xx" in out:
+        raise SystemExit(f"{url}: answers that were not 2xx\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None:
+        raise SystemExit(f"wrk printed no rate:\n{out}")
+    return float(match[1])
+
+
+def minimal_app(body: bytes) -> Litestar:
+    @get("/", sync_to_thread=False)
+    def answer() -> Response[bytes]:
+        return Response(body, media_type="application/json")
+
+    return Litestar(route_handlers=[answer], debug=False)
+
+
+async def compare(label: str, url: str, args: argparse.Namespace, headers: dict[str, str]) -> float:
+    async with httpx.AsyncClient(headers=headers) as http:
+        answer = await http.get(url)
+    if answer.status_code != 200:
+        raise SystemExit(f"{url}: {answer.status_code} {answer.text[:200]}")
+    rate = await load(url, args.seconds, args.connections, headers)
+    port = free_port()
+    server, task = await serve(minimal_app(answer.content), port)
+    try:
+        baseline = await load(f"http://127.0.0.1:{port}/", args.seconds, args.connections, {})
+    finally:
+        await stop(server, task)
+    print(f"{label}: {rate:,.0f} requests/s against {baseline:,.0f}/s for the same "
+          f"{len(answer.content) / 1024:.0f} KiB from memory: {rate / baseline:.3f}x")  # fmt: skip
+    return rate
+
+
+async def run(database_url: str, args: argparse.Namespace) -> None:
+    events = await asyncio.to_thread(_seed, database_url, args.devices, args.cycles)
+    results: dict[str, float] = {}
+    for limited in (False, True):
+        tag = uuid.uuid4().hex[:10]
+        settings = Settings(
+            data_dir=Path(tempfile.mkdtemp(prefix="wl-bench-")), stream_name=f"WLB_{tag.upper()}",
+            subject_prefix=f"wlb{tag}", rate_limits=limited, polling_interval=60,
+            rate_limit_ip=UNREACHED, rate_limit_user=UNREACHED, rate_limit_key=UNREACHED,
+        )  # fmt: skip
+        async with open_runtime(settings, database_url, args.nats_url) as runtime:
+            await asyncio.to_thread(runtime.engine.catch_up_all)
+            port = free_port()
+            server, task = await serve(create_app(runtime.services()), port)
+            base = f"http://127.0.0.1:{port}"
+            try:
+                headers = await _read_key(runtime, base)
+                if not limited:
+                    print(f"{args.devices} devices, {events} events stored and projected; wrk -c{args.connections} "
+                          f"-d{args.seconds}s")  # fmt: skip
+                    results["devices"] = await compare("GET /api/devices", f"{base}/api/devices", args, headers)
+                    async with httpx.AsyncClient(headers=headers) as http:
+                        listed = msgspec.json.decode((await http.get(f"{base}/api/devices")).content)
+                    device = listed[0]["device_id"] if isinstance(listed, list) else listed["devices"][0]["device_id"]
+                    await compare("GET /api/device/{id}/history?period=24h",
+                                  f"{base}/api/device/{device}/history?period=24h", args, headers)  # fmt: skip
+                else:
+                    limited_rate = await load(f"{base}/api/devices", args.seconds, args.connections, headers)
+                    share = 1 - limited_rate / results["devices"]
+                    print(f"GET /api/devices with rate limiting on: {limited_rate:,.0f} requests/s, "
+                          f"the limiter costs {share:.1%}")  # fmt: skip
+            finally:
+                await stop(server, task)
+                await runtime.js.delete_stream(settings.stream_name)
+
+
+async def _read_key(runtime: object, base: str) -> dict[str, str]:
+    """A `read` API key of a new administrator (set up on the first call, signed in after)."""
+    from infra.bootstrap import Runtime
+
+    assert isinstance(runtime, Runtime)
+    async with httpx.AsyncClient(base_url=base) as http:
+        await http.post("/api/auth/setup", json={"username": ADMIN, "password": PASSWORD})
+        login = (await http.post("/api/auth/login", json={"username": ADMIN, "password": PASSWORD})).json()
+    admin = await runtime.identity.authenticate_session(
+        uuid.UUID(login["session"]["session_id"]), uuid.UUID(login["user"]["id"])
+    )
+    issued = await runtime.identity.issue_key(admin, NewKey(name=f"bench-{uuid.uuid4().hex[:6]}", scope=Scope.READ),
+                                              StepUp(current_password=PASSWORD))  # fmt: skip
+    return {"X-API-Key": issued.key}
+
+
+def _seed(database_url: str, devices: int, cycles: int) -> int:
+    ensure_events_schema(database_url)
+    app = WattLedger(store_env(database_url))
+    try:
+        return seed_fleet_history(app, devices, cycles, subnet=9)
+    finally:
+        app.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark needs wrk (Debian: apt-get install wrk)")
+    with scratch_database("wl_bench_reads") as database_url:
+        await run(database_url, args)
+
+
+if __name__ == "__main__":
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--cycles", type=int, default=3, help="readings stored per device (default 3)")
+    parser.add_argument("--seconds", type=int, default=8, help="seconds of load per route (default 8)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    asyncio.run(main(parser.parse_args()))
