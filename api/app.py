@@ -30,7 +30,7 @@ from api.controllers.events import EventsController
 from api.controllers.exports import ExportsController
 from api.controllers.keys import KeysController
 from api.controllers.live import LiveController
-from api.controllers.metrics import MetricsController
+from api.controllers.metrics import AcceptBasicAuth, MetricsController
 from api.controllers.push import PushController
 from api.controllers.rates import RatesController
 from api.controllers.relay_api import RelayApiController
@@ -188,7 +188,7 @@ def create_app(deps: ApiDeps) -> Litestar:
         guards=[Authorizer(deps.identity.identity, deps.identity.tokens)],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[TimeRequests(deps.metrics), RetryLostConnections(deps.reads.drop_dead_connections), RefuseUnsafeInput(),
-                    ReportPendingReadModels()],
+                    ReportPendingReadModels(), AcceptBasicAuth(deps.metrics_basic)],
         openapi_config=schema_config(VERSION),
         cors_config=cors_config(deps.edge.cors_origins),
         debug=False,

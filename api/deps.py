@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -39,6 +39,9 @@ from domain.export_jobs import DataExportJobs
 from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
+
+if TYPE_CHECKING:
+    from api.controllers.metrics import BasicCredentials
 
 VERSION = "0.1.0"
 
@@ -167,6 +170,8 @@ class ApiDeps:
     tls: TlsFiles | None = None
     backups: BackupDeps | None = None
     alerts: AlertDeps | None = None
+    metrics_basic: BasicCredentials | None = None
+    """The basic auth credentials `/metrics` also takes (None: none)."""
 
     def provided(self) -> dict[str, object]:
         """Each set under the handler parameter name that takes it."""

@@ -55,6 +55,11 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     permission: Permission | None = None
 
 
+BASIC_AUTH = "basic_auth"
+"""Set in a route's `opt`, the route also takes basic auth; set in the request's state, the request's
+basic credentials were accepted (`api.controllers.metrics.AcceptBasicAuth`)."""
+
+
 def declared_access(handler: BaseRouteHandler) -> Access | None:
     """The access a handler declares in its `opt`, or None if it declares none (or contradicts itself).
 
@@ -96,6 +101,8 @@ class Authorizer:
             raise AccessNotDeclared("this route declares no access rule; it is refused to everyone")
         if access.public:
             return
+        if (handler.opt or {}).get(BASIC_AUTH) is True and connection.scope.get("state", {}).get(BASIC_AUTH) is True:
+            return  # the route takes basic auth as configured, and the request's was checked and accepted
         credential = "bearer" if "authorization" in connection.headers else (
             "api_key" if API_KEY_HEADER in connection.headers else "none"
         )  # fmt: skip

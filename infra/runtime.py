@@ -42,6 +42,7 @@ from adapters.backup_jobs import BackupJobs
 from adapters.backup_schedules import ScheduleRunner
 from api.controllers.alerts import AlertDeps
 from api.controllers.backups import BackupDeps
+from api.controllers.metrics import BasicCredentials
 from api.deps import ApiDeps, api_deps
 from api.edge import EdgePolicy
 from api.errors import status_of
@@ -210,7 +211,8 @@ class Runtime:
         """What the HTTP API depends on, each controller's share apart (`api.deps`)."""
         deps = self._services()
         alerts = AlertDeps(reads=deps.reads, handlers=self.alert_handlers(), dispatcher=self.alert_dispatcher())
-        return dataclasses.replace(deps, alerts=alerts)
+        basic = self.settings.metrics_basic_auth
+        return dataclasses.replace(deps, alerts=alerts, metrics_basic=BasicCredentials(basic) if basic else None)
 
     def _services(self) -> ApiDeps:
         return api_deps(

@@ -73,6 +73,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_login: tuple[Limit, ...] = (Limit(5, 900),)
     rate_limit_login_ip: tuple[Limit, ...] = (Limit(20, 900),)
     cors_origins: tuple[str, ...] = ()
+    metrics_basic_auth: str | None = None
+    """`user:<argon2 hash>`: `GET /metrics` also takes these basic auth credentials (a scraper's)."""
     trusted_proxies: tuple[str, ...] = ()
     """Addresses and networks of the reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are
     believed; empty: no proxy header is believed, the client is the connection's peer."""
@@ -273,6 +275,13 @@ def _secret_key(text: str) -> str:
     return text
 
 
+def _basic_credentials(text: str) -> str:
+    user, _, password_hash = text.partition(":")
+    if not user or not password_hash.startswith("$argon2"):
+        raise ValueError("must be user:<argon2 hash of the password>, e.g. user:$argon2id$v=19$...")
+    return text
+
+
 def _host(text: str) -> str:
     if not text or any(c.isspace() for c in text):
         raise ValueError("must be a host name or IP address")
@@ -315,6 +324,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WATTLEDGER_RATE_LIMIT_LOGIN": ("rate_limit_login", parse_limits),
     "WATTLEDGER_RATE_LIMIT_LOGIN_IP": ("rate_limit_login_ip", parse_limits),
     "WATTLEDGER_CORS_ORIGINS": ("cors_origins", _origins),
+    "WATTLEDGER_METRICS_BASIC_AUTH": ("metrics_basic_auth", _basic_credentials),
     "WATTLEDGER_TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "WATTLEDGER_LIVE_QUEUE": ("live_queue", _number(int, 1, 100_000)),
     "WATTLEDGER_LIVE_HEARTBEAT": ("live_heartbeat", _number(float, 0.1, 3600)),

@@ -1,17 +1,74 @@
-"""`GET /metrics`: the Prometheus text exposition of this process and of the devices."""
+"""`GET /metrics`: the Prometheus text exposition of this process and of the devices.
+
+Besides an API key or a session, `/metrics` takes basic auth when `WATTLEDGER_METRICS_BASIC_AUTH`
+(`user:<argon2 hash>`) is set: `AcceptBasicAuth` checks the credentials before the guard runs.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+
 import anyio.to_thread
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from adapters.relay import relay_status
 from api.metrics import CONTENT_TYPE, ProcessMetrics, Reading, exposition
 from api.deps import SystemDeps
+from api.guards import BASIC_AUTH
 from domain.access import Permission
 from projections.device_metrics import device_samples
 from projections.tracking import projector_status
+
+
+class BasicCredentials:
+    """The one user and argon2 password hash `/metrics` takes as basic auth."""
+
+    def __init__(self, configured: str) -> None:
+        self.user, _, self.password_hash = configured.partition(":")
+        self._hasher = argon2.PasswordHasher()
+
+    async def accepts(self, header: str) -> bool:
+        """Whether an `Authorization` header's value is `Basic` with this user and password."""
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        same_user = hmac.compare_digest(user.encode(), self.user.encode())
+        return await anyio.to_thread.run_sync(self._verify, password) and same_user
+
+    def _verify(self, password: str) -> bool:
+        try:
+            return self._hasher.verify(self.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+class AcceptBasicAuth(ASGIMiddleware):
+    """Marks a request to `/metrics` whose basic auth credentials are the configured ones; the guard
+    then lets it through. Other credentials, and other paths, are left to the guard as they are."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, credentials: BasicCredentials | None) -> None:
+        self.credentials = credentials
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if self.credentials is not None and scope.get("path") == "/metrics":
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if header and await self.credentials.accepts(header):
+                scope.setdefault("state", {})[BASIC_AUTH] = True
+        await next_app(scope, receive, send)
 
 
 async def read_now(deps: SystemDeps) -> Reading:
@@ -33,12 +90,14 @@ class MetricsController(Controller):
     path = "/metrics"
     tags = ["system"]
 
-    @get("", operation_id="getMetrics", opt={"permission": Permission.DEVICES_VIEW}, media_type=CONTENT_TYPE)
+    @get("", operation_id="getMetrics", opt={"permission": Permission.DEVICES_VIEW, BASIC_AUTH: True},
+         media_type=CONTENT_TYPE)  # fmt: skip
     async def metrics(
         self, system_deps: NamedDependency[SystemDeps], metrics: NamedDependency[ProcessMetrics]
     ) -> Response[bytes]:
         """Prometheus metrics in the text exposition format, for an API key (`X-API-Key` or
-        `Authorization: Bearer <key>`) or a session with DEVICES_VIEW.
+        `Authorization: Bearer <key>`) or a session with DEVICES_VIEW, or basic auth as configured
+        (`WATTLEDGER_METRICS_BASIC_AUTH`).
 
         Per device (labels `device_id`, `alias`, `model`, `outlet`; `outlet` is empty for the device
         itself): power, voltage, current, the energy counter, relay state; per device: up, today's

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 from datetime import datetime, timezone
 from typing import Any
 
+import argon2
 import httpx
 import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.app import create_app
+from api.controllers.metrics import BasicCredentials
 from infra.bootstrap import Runtime
 from domain.commands import PollResult
-from tests.harness import HEATER, WAIT_S, background, seed_heater, strip
+from tests.harness import HEATER, WAIT_S, background, error_of, http_client, seed_heater, strip
 from tests.kit import ManualClock, seed_device, seed_polls
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=timezone.utc)
@@ -131,3 +136,20 @@ async def test_metrics_take_an_api_key_in_either_header_and_nothing_less(
     assert (await anonymous.get("/metrics")).status_code == 401
     assert (await anonymous.get("/metrics", headers={"Authorization": f"Bearer {key}x"})).status_code == 401
     assert (await anonymous.get("/metrics", headers={"Authorization": "Basic cm9vdDpyb290"})).status_code == 401
+
+
+async def test_metrics_take_the_configured_basic_auth_and_no_other_route_does(runtime: Runtime) -> None:
+    hashed = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("scrape-password-1")
+    app = create_app(dataclasses.replace(runtime.services(), metrics_basic=BasicCredentials(f"prom:{hashed}")))
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    async with http_client(app) as http:
+        scraped = await http.get("/metrics", headers=basic("prom", "scrape-password-1"))
+        wrong = await http.get("/metrics", headers=basic("prom", "scrape-password-2"))
+        other_user = await http.get("/metrics", headers=basic("root", "scrape-password-1"))
+        elsewhere = await http.get("/api/devices", headers=basic("prom", "scrape-password-1"))
+    assert scraped.status_code == 200 and "wattledger_events_stored" in scraped.text
+    assert parsed(scraped.text)
+    assert error_of(wrong, 401) == error_of(other_user, 401) == error_of(elsewhere, 401) == "TOKEN_INVALID"
