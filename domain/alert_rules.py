@@ -72,10 +72,12 @@ class Condition(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def condition(
-    spec: RuleSpec, facts: DeviceFacts | None, degraded: dict[str, datetime], at: datetime
-) -> Condition:
+    spec: RuleSpec, facts: DeviceFacts | None, degraded: dict[str, datetime], at: datetime,
+    today: date | None = None,
+) -> Condition:  # fmt: skip
     """Whether `spec`'s condition holds at `at`, given the device's facts and the degraded parts
-    (name -> since). A device the log does not know holds no condition."""
+    (name -> since). `today` is the local day of `at`: energy and cost of an earlier day count as
+    none (None: the facts' day is today). A device the log does not know holds no condition."""
     match spec.kind:
         case "part_degraded":
             parts = {p: s for p, s in degraded.items() if spec.part is None or p == spec.part}
@@ -100,11 +102,13 @@ def condition(
             return Condition(holds=beyond, detail=detail)
         case "energy_per_day":
             limit = spec.threshold or 0.0
-            kwh = facts.day_wh / 1000 if facts.day is not None else 0.0
+            current = facts.day is not None and (today is None or facts.day == today)
+            kwh = facts.day_wh / 1000 if current else 0.0
             return Condition(holds=kwh > limit, detail=f"energy today {kwh:.3f} kWh, limit {limit:g} kWh")
         case "cost_per_day":
             cap = Decimal(str(spec.threshold or 0.0))
-            cost = facts.day_cost if facts.day is not None else Decimal(0)
+            current = facts.day is not None and (today is None or facts.day == today)
+            cost = facts.day_cost if current else Decimal(0)
             return Condition(holds=cost > cap, detail=f"cost today {cost:.2f}, limit {cap}")
     return Condition(holds=False)
 

@@ -326,7 +326,7 @@ class AlertsProjector:
             return
         facts = batch.facts.get(row.device_id) if row.device_id is not None else None
         degraded = batch.state.degraded
-        now = condition(row.spec(), facts, degraded, at)
+        now = condition(row.spec(), facts, degraded, at, self.calendar.period(at, "day").label)
         hold, transition = judge(row.hold, now, at, row.for_s)
         if hold != row.hold:
             row.hold = hold

@@ -50,6 +50,9 @@ def test_energy_and_cost_per_day_compare_today_against_the_limit() -> None:
     assert condition(energy, today, {}, T0).holds and condition(cost, today, {}, T0).holds
     assert not condition(energy, facts(day=T0.date(), day_wh=1999.0), {}, T0).holds
     assert not condition(cost, facts(day=T0.date(), day_cost=Decimal("0.50")), {}, T0).holds
+    tomorrow = T0.date() + timedelta(days=1)
+    assert not condition(energy, today, {}, T0 + timedelta(days=1), tomorrow).holds
+    assert not condition(cost, today, {}, T0 + timedelta(days=1), tomorrow).holds
 
 
 def test_a_part_rule_names_one_part_or_watches_every_part() -> None:
