@@ -21,7 +21,9 @@ Webhook signature: `X-WattLedger-Signature: sha256=<hex>`, the HMAC-SHA256 of
 Faults caught (read from the libraries' code): httpx raises `httpx.HTTPError` subclasses (transport
 errors, timeouts) from a request; apprise catches its services' own errors and answers a falsy
 result, and raises `AppriseException` subclasses (a template or configuration it cannot use) and
-`OSError`. The database faults of `adapters.faults` end a pass, which the next one repeats.
+`OSError`; a sealed secret the box cannot open (`SecretBoxError`, its key changed) is a failed
+attempt too. The database faults of `adapters.faults`, and a write another process made first
+(`ConcurrencyConflict`), end a pass, which the next one repeats.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from adapters.faults import DATABASE_FAULTS, describe, report
+from adapters.identity import SecretBoxError
 from domain.alert import AlertDelivery, Phase, delivery_id
 from domain.alert_handlers import AlertHandlers
+from domain.errors import ConcurrencyConflict
 from domain.ports import Clock, EventStore, SecretBox
 from projections.alerts import AlertRow, RuleRow, any_rules, open_alerts
 
@@ -122,9 +126,13 @@ class Senders:
         self._client = client
 
     async def send(self, target: dict[str, Any], notice: Notice) -> Outcome:
-        if target["type"] == "webhook":
-            return await self.webhook(target, notice)
-        return await self.apprise(target, notice)
+        """The outcome of one send; a secret the box cannot open (its key changed) is a failed one."""
+        try:
+            if target["type"] == "webhook":
+                return await self.webhook(target, notice)
+            return await self.apprise(target, notice)
+        except SecretBoxError as exc:
+            return Outcome(target_id=target["target_id"], type=target["type"], ok=False, error=str(exc))
 
     async def webhook(self, target: dict[str, Any], notice: Notice) -> Outcome:
         body = msgspec.json.encode(notice)
@@ -203,12 +211,15 @@ class AlertDispatcher:
         self._parts_seen: dict[str, bool] = {}
 
     async def run(self) -> None:
-        """Pass after pass until cancelled; a database fault is one warning line and the next pass retries."""
+        """Pass after pass until cancelled. A database fault is one warning line, and a write another
+        process made first (a conflict) one debug line: the next pass does what is still left."""
         while True:
             try:
                 await self.pass_once()
             except DATABASE_FAULTS as exc:
                 report("alerts", exc)
+            except ConcurrencyConflict as exc:
+                log.debug("alerts.conflict", error=describe(exc))
             await asyncio.sleep(self.interval)
 
     async def pass_once(self) -> int:
