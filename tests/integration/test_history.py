@@ -10,6 +10,7 @@ import pytest
 from adapters.history import EventFilter, read_page
 from projections.audit import read_events_page
 from tests.harness import AuditedStore
+from tests.kit import seed_polls
 
 
 @pytest.fixture
@@ -50,15 +51,8 @@ async def test_a_filtered_walk_returns_exactly_the_matches_in_order_through_shor
     assert by_stream == everything[:2]
 
 
-async def test_the_audit_logs_indexes_fill_every_page_and_the_unprojected_tail_is_still_found(
-    store: AuditedStore,
-) -> None:
-    store.project()
-    store.readings(2, start=7)  # stored after the audit log's position: found by the bounded scan
-    readings = [n.id for n in store.app.recorder.select_notifications(start=1, limit=100)
-                if n.topic.endswith("ReadingRecorded")]  # fmt: skip
-    readings = readings[1:]  # the first came with the device, recorded by its user
-    where = EventFilter(event_type="ReadingRecorded", actor="test")
+async def pages_of(store: AuditedStore, where: EventFilter) -> tuple[list[int], list[int]]:
+    """Every position `read_events_page` returns (pages of 3, a scan of 1), and each page's size."""
     found: list[int] = []
     sizes: list[int] = []
     after = 0
@@ -68,8 +62,26 @@ async def test_the_audit_logs_indexes_fill_every_page_and_the_unprojected_tail_i
             found += [e.notification_id for e in page.events]
             sizes.append(len(page.events))
             if page.next_position is None:
-                break
+                return found, sizes
             after = page.next_position
-    assert found == readings
-    # Six projected readings come in two full pages, however far apart they lie in the log.
+
+
+async def test_the_audit_logs_indexes_fill_every_page_of_actions_and_readings_are_found_in_the_log(
+    store: AuditedStore,
+) -> None:
+    for minute in range(20, 23):
+        seed_polls(store.app, [], offline={store.device: 3})
+        store.readings(1, start=minute)
+    store.project()
+    store.readings(2, start=30)  # stored after the audit log's position: found by the bounded scan
+    notifications = store.app.recorder.select_notifications(start=1, limit=100)
+    actions = [n.id for n in notifications if n.topic.endswith(("Device.WentOffline", "Device.CameOnline"))]
+    readings = [n.id for n in notifications if n.topic.endswith("ReadingRecorded")][1:]  # the first is alice's
+
+    found, sizes = await pages_of(store, EventFilter(aggregate="device", actor="test"))
+
+    assert found == actions and len(actions) == 6
+    # Actions spread over the log come in full pages from the audit log's indexes.
     assert sizes[:2] == [3, 3]
+    found, _ = await pages_of(store, EventFilter(event_type="ReadingRecorded", actor="test"))
+    assert found == readings, "readings have no audit row: they are found by reading the log"
