@@ -60,7 +60,9 @@ def sizes(url: str) -> dict[str, int]:
 def run(url: str, devices: int, cycles: int) -> None:
     ensure_events_schema(url)
     app = WattLedger(store_env(url))
-    projectors: list[Projector] = [DevicesProjector(), ChainProjector(), AuditProjector(), EnergyProjector(EnergyRules())]
+    projectors: list[Projector] = [
+        DevicesProjector(), ChainProjector(), AuditProjector(), EnergyProjector(EnergyRules())
+    ]
     engine = ProjectionEngine(app, url, projectors)
     recorder = PollRecorder(app)
     try:
@@ -104,7 +106,8 @@ def run(url: str, devices: int, cycles: int) -> None:
         per = [max(size, 0) / readings for size in sizes_of]
         totals = [t + p for t, p in zip(totals, per, strict=True)]
         print(f"  {name:40} {per[0]:8.1f} {per[1]:8.1f}")
-    baseline = [size / readings for name, sizes_of in grown.items() if name.endswith("bench_narrow") for size in sizes_of]
+    narrow = next(sizes_of for name, sizes_of in grown.items() if name.endswith("bench_narrow"))
+    baseline = [size / readings for size in narrow]
     print(f"  {'total':40} {totals[0]:8.1f} {totals[1]:8.1f}")
     print(f"  {'baseline narrow row':40} {baseline[0]:8.1f} {baseline[1]:8.1f}")
     print(f"  {'ratio':40} {totals[0] / baseline[0]:8.2f} {totals[1] / baseline[1]:8.2f}")

@@ -124,8 +124,9 @@ def main() -> None:
             print(f"{name:7} {f['seconds']:7.2f} s   peak RSS {f['peak_mib']:6.0f} MiB (at start {f['start_mib']:.0f})")
     best = {name: min(f["seconds"] for f in figures) for name, figures in runs.items()}
     peak = {name: max(f["peak_mib"] for f in figures) for name, figures in runs.items()}
-    print(f"late / early   time {best['late'] / best['early']:.2f}x   peak memory {peak['late'] / peak['early']:.2f}x")
-    print(f"replay / early time {best['replay'] / best['early']:.2f}x   peak memory {peak['replay'] / peak['early']:.2f}x")
+    for name in ("late", "replay"):
+        print(f"{name + ' / early':14} time {best[name] / best['early']:.2f}x   "
+              f"peak memory {peak[name] / peak['early']:.2f}x")
 
 
 if __name__ == "__main__":
