@@ -20,6 +20,7 @@ from uuid import UUID
 
 import msgspec
 import psycopg
+import structlog
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
@@ -28,6 +29,7 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     Mapper,
     OperationalError,
+    PersistenceError,
     StoredEvent,
     Transcoding,
 )
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 EVENTS_SCHEMA = "wl_events"
+
+log = structlog.get_logger(__name__)
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -165,7 +169,8 @@ class WattLedger(Application[UUID]):
 
         The library loads the aggregate again at that version for each snapshot; the aggregate
         just saved already holds the state, at its newest version, so it is snapshotted as it is
-        (a snapshot may be at any version), all in one insert.
+        (a snapshot may be at any version), all in one insert. The events are stored by then: a
+        snapshot that cannot be stored is one warning line, and the next interval takes another.
         """
         if self.snapshots is None:
             return
@@ -176,8 +181,12 @@ class WattLedger(Application[UUID]):
             if isinstance(aggregate, Aggregate) and interval and event.originator_version % interval == 0:
                 due[aggregate.id] = aggregate
         snapshots = [type(a).Snapshot.take(a) for a in due.values()]
-        if snapshots:
+        if not snapshots:
+            return
+        try:
             self.snapshots.put(snapshots)
+        except PersistenceError as exc:
+            log.warning("eventstore.snapshot_not_stored", aggregates=len(snapshots), error=repr(exc))
 
     def recorded_times(self, meter_id: UUID) -> frozenset[datetime]:
         """The timestamps of every reading stored in one meter day stream, read from its events."""

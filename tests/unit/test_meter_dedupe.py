@@ -6,15 +6,16 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from eventsourcing.persistence import OperationalError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.eventstore import SNAPSHOT_EVERY, SystemClock, WattLedger
 from domain.commands import PollResult, RecordPolls
 from domain.device import device_id_for
 from domain.handlers import CommandHandlers
 from domain.meter import RECENT_READINGS, HistoryNotRecalled, MeterDay
 from tests.kit import MemoryStore, NoDevices, plug, save_devices
-from adapters.eventstore import SystemClock
 
 DAY = datetime(2026, 11, 22, tzinfo=timezone.utc)
 
@@ -74,3 +75,21 @@ def test_through_reloads_every_timestamp_is_recorded_exactly_once(batches: list[
     distinct = {s for batch in batches for s in batch}
     assert recorded == len(distinct) == len(stored) == len(set(stored))
     assert snapshots == (len(stored) + 1) // 7
+
+
+def test_a_snapshot_that_cannot_be_stored_leaves_the_saved_readings_stored() -> None:
+    app = WattLedger({"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+    def refuse(*_: object, **__: object) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    assert app.snapshots is not None
+    setattr(app.snapshots, "put", refuse)
+    meter = MeterDay(device_id=device_id_for("h"), day=DAY.date().isoformat())
+    for i in range(SNAPSHOT_EVERY):
+        meter.record(DAY + timedelta(seconds=10 * i), plug(), actor="p")
+
+    assert app.store(meter) > 0
+
+    loaded = app.load(meter.id)
+    assert isinstance(loaded, MeterDay) and loaded.count == SNAPSHOT_EVERY
