@@ -10,6 +10,12 @@ third, and counts the second only if the request is admitted by both: no first-s
 window over its limit, no third-stage window at its limit. Rows are
 locked in the order of their bucket text, so concurrent statements never deadlock.
 Expired rows are deleted by `sweep`, which `hit` starts now and then in the background.
+
+`count_requests` counts plain requests in the process's memory and adds them to the table every
+`flush_every` seconds in one statement (`flush`), learning the other processes' counts back:
+requests cost no round trip, and a limit shared by several processes may be passed by what the
+others admitted within one flush interval. Attempts whose failures lock an account go through
+`hit`, exact.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
@@ -36,6 +42,7 @@ TABLE = f"{OPS_SCHEMA}.rate_counters"
 MAX_COUNT = 1_000_000_000
 MAX_WINDOW_S = 30 * 86_400
 SWEEP_EVERY_S = 60.0
+FLUSH_EVERY_S = 0.5
 
 _DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {OPS_SCHEMA};
@@ -91,6 +98,17 @@ _REFUND = f"""
 UPDATE {TABLE} AS c SET count = c.count - 1
 FROM unnest(%(buckets)s::text[], %(starts)s::timestamptz[]) AS r(bucket, start)
 WHERE c.bucket = r.bucket AND c.window_start = r.start AND c.count > 0
+"""
+
+# Adds what one process counted since its last flush; rows are locked in key order (no deadlocks).
+_ADD = f"""
+INSERT INTO {TABLE} AS c (bucket, window_start, expires_at, count)
+SELECT r.bucket, r.start, r.ends, r.added
+FROM unnest(%(buckets)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[], %(adds)s::bigint[])
+     AS r(bucket, start, ends, added)
+ORDER BY r.bucket, r.start
+ON CONFLICT (bucket, window_start) DO UPDATE SET count = c.count + excluded.count
+RETURNING c.bucket, c.window_start, c.count, now()
 """
 
 _SWEEP = f"DELETE FROM {TABLE} WHERE expires_at < now()"
@@ -195,6 +213,19 @@ class Tally(msgspec.Struct, frozen=True, kw_only=True):
         return max(0.0, (self.resets_at - self.now).total_seconds())
 
 
+class _Local:
+    """A window this process counts in memory: the shared count as of its last flush (`known`,
+    its own flushed counts included) and what it counted since (`pending`)."""
+
+    __slots__ = ("known", "pending", "start", "end")
+
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self.known = 0
+        self.pending = 0
+        self.start = start
+        self.end = end
+
+
 class CountersUnavailable(AdapterError):
     """The counters could not be read or written in time; callers let the request through."""
 
@@ -209,7 +240,13 @@ class PgRateCounters:
     """
 
     def __init__(
-        self, database_url: str, *, timeout: float = 1.0, backoff: float = 5.0, max_size: int = 4
+        self,
+        database_url: str,
+        *,
+        timeout: float = 1.0,
+        backoff: float = 5.0,
+        max_size: int = 4,
+        flush_every: float = FLUSH_EVERY_S,
     ) -> None:
         self.timeout = timeout
         self.backoff = backoff
@@ -229,6 +266,11 @@ class PgRateCounters:
         self._retry_at = 0.0
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         self._tasks: set[asyncio.Task[None]] = set()
+        self.flush_every = flush_every
+        self._local: dict[tuple[str, datetime], _Local] = {}
+        self._offset: float | None = None
+        """The database's clock minus this process's, in seconds; None until the first answer."""
+        self._flusher: asyncio.Task[None] | None = None
 
     async def hit(
         self, first: Sequence[Window], then: Sequence[Window] = (), peek: Sequence[Window] = ()
@@ -258,12 +300,114 @@ class PgRateCounters:
         for window in windows:
             _, start, end, now, count = by_bucket[window.bucket]
             tallies.append(Tally(window=window, count=count, window_start=start, resets_at=end, now=now))
+        self._learn(tallies[: len(first) + len(then)])
         self._maybe_sweep()
         return tallies
 
+    def _learn(self, tallies: Sequence[Tally]) -> None:
+        """Take the shared counts a statement answered as what `count_requests` builds on."""
+        for tally in tallies:
+            if tally.count is not None:
+                key = (tally.window.bucket, tally.window_start)
+                local = self._local.get(key)
+                if local is None:
+                    local = self._local[key] = _Local(tally.window_start, tally.resets_at)
+                local.known = tally.count
+
+    async def count_requests(self, first: Sequence[Window], then: Sequence[Window] = ()) -> list[Tally]:
+        """`hit(first, then)` counted in this process's memory and added to the shared table every
+        `flush_every` seconds, in one statement for all its windows: no round trip per request.
+
+        A window's count is the shared count as of the last flush plus what this process counted
+        since, so a limit shared by several processes may be passed by what the others admitted
+        within one flush interval. Until the database has first answered (its clock aligns the
+        windows), and while it is failing, this is `hit` itself: it raises CountersUnavailable.
+        """
+        if self._offset is None or self._failing_since is not None:
+            answered = await self.hit(first, then)
+            if answered:
+                self._offset = answered[0].now.timestamp() - time.time()
+            return answered
+        moment = time.time() + self._offset
+        now = datetime.fromtimestamp(moment, timezone.utc)
+        tallies: list[Tally] = []
+        admitted = True
+        for window in first:
+            local = self._counted(window, moment)
+            tallies.append(Tally(window=window, count=local.known + local.pending, window_start=local.start,
+                                 resets_at=local.end, now=now))  # fmt: skip
+            admitted = admitted and local.known + local.pending <= window.limit.count
+        for window in then:
+            local = self._counted(window, moment, count=admitted)
+            count = local.known + local.pending if admitted else None
+            tallies.append(Tally(window=window, count=count, window_start=local.start, resets_at=local.end, now=now))
+        if self._flusher is None and not self._closed:
+            self._flusher = asyncio.create_task(self._flush_soon())
+        return tallies
+
+    def _counted(self, window: Window, moment: float, *, count: bool = True) -> _Local:
+        """The window's local entry for `moment` (by the database's clock), counted once if `count`."""
+        seconds = window.limit.seconds
+        start_s = moment // seconds * seconds
+        start = datetime.fromtimestamp(start_s, timezone.utc)
+        local = self._local.get((window.bucket, start))
+        if local is None:
+            local = self._local[(window.bucket, start)] = _Local(start, datetime.fromtimestamp(start_s + seconds, timezone.utc))
+        if count:
+            local.pending += 1
+        return local
+
+    async def _flush_soon(self) -> None:
+        try:
+            await asyncio.sleep(self.flush_every)
+            await self.flush()
+        except CountersUnavailable:
+            pass  # reported by `_run`; the counts stay pending for the next flush
+        finally:
+            self._flusher = None
+            if any(local.pending for local in self._local.values()) and not self._closed:
+                self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def flush(self) -> None:
+        """Add every count this process holds in memory to the shared table, learn the shared counts
+        back, and forget windows that have ended. Raises CountersUnavailable (the counts stay pending)."""
+        pending = [(key, local, local.pending) for key, local in self._local.items() if local.pending]
+        if pending:
+            params = {
+                "buckets": [key[0] for key, _, _ in pending],
+                "starts": [local.start for _, local, _ in pending],
+                "ends": [local.end for _, local, _ in pending],
+                "adds": [added for _, _, added in pending],
+            }
+            rows = await self._run(_ADD, params, fetch=True)
+            shared = {(row[0], row[1]): int(row[2]) for row in rows}
+            for key, local, added in pending:
+                local.pending -= added
+                local.known = shared.get(key, local.known + added)
+            if rows:
+                self._offset = rows[0][3].timestamp() - time.time()
+            self._maybe_sweep()
+        self._forget_ended()
+
+    def _forget_ended(self) -> None:
+        """Drop the windows held in memory that have ended and hold nothing unflushed."""
+        if self._offset is not None:
+            now = datetime.fromtimestamp(time.time() + self._offset, timezone.utc)
+            for key in [key for key, local in self._local.items() if local.end <= now and not local.pending]:
+                del self._local[key]
+
     async def refund(self, tallies: Sequence[Tally]) -> None:
-        """Take back one count from each counted tally's window (if that window still exists)."""
-        counted = [t for t in tallies if t.count is not None]
+        """Take back one count from each counted tally's window (if that window still exists): from
+        what this process holds in memory when it can, else from the shared table."""
+        counted = []
+        for tally in tallies:
+            if tally.count is None:
+                continue
+            local = self._local.get((tally.window.bucket, tally.window_start))
+            if local is not None and local.pending > 0:
+                local.pending -= 1
+            else:
+                counted.append(tally)
         if counted:
             params = {"buckets": [t.window.bucket for t in counted], "starts": [t.window_start for t in counted]}
             await self._run(_REFUND, params)
@@ -274,7 +418,15 @@ class PgRateCounters:
         return deleted
 
     async def close(self) -> None:
+        if self._opened and not self._closed:
+            try:
+                await self.flush()
+            except CountersUnavailable:
+                log.info("ratelimit.counts_unflushed", windows=sum(1 for local in self._local.values() if local.pending))
         self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._tasks.add(self._flusher)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -285,6 +437,7 @@ class PgRateCounters:
         if time.monotonic() < self._next_sweep or self._closed:
             return
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        self._forget_ended()
         task = asyncio.create_task(self._sweep_quietly())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

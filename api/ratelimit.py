@@ -2,8 +2,10 @@
 
 The limiter wraps the whole Litestar app (outside its CORS layer and its own exception
 handling), so it counts every request: unknown paths, the auth guard's 401s, everything
-but `/api/health` and CORS preflights. Per request it runs one
-statement against the shared counters (`adapters.ratelimits`):
+but `/api/health` and CORS preflights. A request is counted in the process's memory and the
+counts reach the shared table (`adapters.ratelimits`) in one statement every half second, so
+counting costs no round trip; an attempt that can fail (sign-in, second factor, password, step-up,
+push) is counted and checked against the failure counts in one statement at once, exactly:
 
 - the client's IP (an IPv6 client by its /64) is counted first;
 - the user (`sub` of a Bearer token) and the API key (`X-API-Key`, `wl_<key id>_<secret>`)
@@ -154,7 +156,7 @@ class RateLimiter:
         ]
         peek = self.failure_windows(attempt, caller.ip) if attempt else []
         try:
-            tallies = await self.counters.hit(first, then, peek)
+            tallies = await (self.counters.hit(first, then, peek) if peek else self.counters.count_requests(first, then))
         except CountersUnavailable:
             await self.app(scope, receive, send)
             return
@@ -178,7 +180,7 @@ class RateLimiter:
         over the limit it is closed before it is accepted (close code 4429, an HTTP 403 to the client)."""
         caller = caller_of(scope, Headers.from_scope(scope))
         try:
-            tallies = await self.counters.hit([Window("ip", caller.ip, limit) for limit in self.limits.ip], [], [])
+            tallies = await self.counters.count_requests([Window("ip", caller.ip, limit) for limit in self.limits.ip])
         except CountersUnavailable:
             await self.app(scope, receive, send)
             return

@@ -135,3 +135,59 @@ async def test_counting_resumes_when_the_database_answers_again(database_url: st
         await store.close()
     assert tally.count == 1
     assert [entry["event"] for entry in logs] == ["ratelimit.counters_unavailable", "ratelimit.counters_recovered"]
+
+
+async def test_requests_counted_in_memory_reach_the_shared_count_and_come_back(database_url: str) -> None:
+    # Flushed only when told to, so the test sees each step.
+    a, b = PgRateCounters(database_url, flush_every=3600), PgRateCounters(database_url, flush_every=3600)
+    ip = Window("ip", "192.0.2.50", Limit(60, LONG))
+    key = Window("key", "0f3c", Limit(1000, LONG))
+    try:
+        counted_a = [await a.count_requests([ip], [key]) for _ in range(30)]
+        counted_b = [await b.count_requests([ip], [key]) for _ in range(20)]
+        # Each process counts on from what the database last told it (its first request is counted
+        # there, the others in memory): exact within the process, behind the others until a flush.
+        assert [t[0].count for t in counted_a] == list(range(1, 31))
+        assert [t[0].count for t in counted_b] == list(range(2, 22))
+        await a.flush()
+        await b.flush()
+        (shared_ip, shared_key) = await a.hit([], peek=[ip, key])
+        assert (shared_ip.count, shared_key.count) == (50, 50)
+        # A process learns the others' counts when it next flushes its own.
+        (behind, _) = await a.count_requests([ip], [key])
+        assert behind.count == 32
+        await a.flush()
+        (caught_up, _) = await a.count_requests([ip], [key])
+        assert caught_up.count == 52
+        # Over the first stage's limit, the second is not counted, here as in `hit`.
+        over = [await a.count_requests([ip], [key]) for _ in range(10)]
+        assert [t[0].count for t in over] == list(range(53, 63))
+        assert [t[1].count is None for t in over] == [False] * 8 + [True] * 2
+        # A refund takes back what was counted in memory before it is ever flushed.
+        await a.refund(over[0])
+        await a.flush()
+        (shared_ip, shared_key) = await b.hit([], peek=[ip, key])
+        assert (shared_ip.count, shared_key.count) == (61, 59)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_counts_held_in_memory_are_flushed_on_close_and_by_the_flusher(database_url: str) -> None:
+    closing, flushing = PgRateCounters(database_url, flush_every=3600), PgRateCounters(database_url, flush_every=0.05)
+    window = Window("ip", "192.0.2.51", Limit(1000, LONG))
+    try:
+        for _ in range(5):
+            await closing.count_requests([window])
+        await closing.close()
+        for _ in range(4):
+            await flushing.count_requests([window])
+        for _ in range(100):
+            (peeked,) = await flushing.hit([], peek=[window])
+            if peeked.count == 9:
+                break
+            await asyncio.sleep(0.05)
+        assert peeked.count == 9
+    finally:
+        await closing.close()
+        await flushing.close()
