@@ -81,6 +81,11 @@ def accepts_apprise(url: str) -> bool:
         return bool(apprise.Apprise().add(url))
 
 
+async def knows_apprise_url(url: str) -> bool:
+    """`accepts_apprise` in a worker thread: apprise loads its services on first use."""
+    return await asyncio.to_thread(accepts_apprise, url)
+
+
 class Notice(msgspec.Struct, frozen=True, kw_only=True):
     """What a webhook receives as JSON, and what an apprise message says."""
 

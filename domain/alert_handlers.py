@@ -7,7 +7,7 @@ they reach an event and are shown only in the answer that created them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -64,12 +64,16 @@ class RuleSaved(msgspec.Struct, frozen=True, kw_only=True):
     secrets: list[ShownSecret] = []
 
 
+async def _any_url(url: str) -> bool:
+    return True
+
+
 class AlertHandlers:
     """The write side of alerts. `accepts_apprise` says whether an apprise URL names a service apprise knows."""
 
     def __init__(
         self, store: EventStore, clock: Clock, box: SecretBox, secrets: SecretMaker,
-        accepts_apprise: Callable[[str], bool] = lambda url: True,
+        accepts_apprise: Callable[[str], Awaitable[bool]] = _any_url,
     ) -> None:  # fmt: skip
         self.store = store
         self.clock = clock
@@ -90,7 +94,7 @@ class AlertHandlers:
             raise InvalidAlertRule("a rule needs a name")
         if change.device_id is not None:
             await self._check_device(change.device_id)
-        targets, shown = self._targets(change.targets or (), [])
+        targets, shown = await self._targets(change.targets or (), [])
         rule = AlertRule(
             name=name, kind=change.kind, device_id=change.device_id, threshold=change.threshold, for_s=for_s,
             part=change.part, enabled=True if change.enabled is None else change.enabled, targets=targets,
@@ -116,7 +120,7 @@ class AlertHandlers:
             if not name:
                 raise InvalidAlertRule("a rule needs a name")
             targets, shown = (
-                (rule.targets, []) if change.targets is None else self._targets(change.targets, rule.targets)
+                (rule.targets, []) if change.targets is None else await self._targets(change.targets, rule.targets)
             )
             rule.update(name=name, threshold=threshold, for_s=for_s, part=part,
                         enabled=rule.enabled if change.enabled is None else change.enabled, targets=targets,
@@ -156,7 +160,7 @@ class AlertHandlers:
         if device is None or device.removed:
             raise DeviceNotFound(f"no device with id {device_id}")
 
-    def _targets(
+    async def _targets(
         self, given: Sequence[NewTarget], before: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[ShownSecret]]:
         """The targets to record, secrets sealed, and the webhook secrets made here to show once."""
@@ -190,7 +194,7 @@ class AlertHandlers:
             else:
                 if target.url is not None:
                     apprise_url = check_text(target.url, field="url", max_length=URL_MAX)
-                    if "://" not in apprise_url or not self.accepts_apprise(apprise_url):
+                    if "://" not in apprise_url or not await self.accepts_apprise(apprise_url):
                         raise InvalidAlertRule("the apprise url names no service apprise knows")
                     sealed, hint = self.box.seal(apprise_url), apprise_url.split("://", 1)[0] + "://…"
                 elif kept is not None:

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
-from adapters.alert_delivery import AlertDispatcher, Senders, accepts_apprise
+from adapters.alert_delivery import AlertDispatcher, Senders, knows_apprise_url
 from adapters.bus import StreamConfig
 from adapters.command_order import DeviceOrder
 from adapters.compliance import ComplianceFiles, ComplianceJobs
@@ -198,7 +198,7 @@ class Runtime:
     def alert_handlers(self) -> AlertHandlers:
         """Alert rules and what the alerts part records, target secrets sealed by the identity's secret box."""
         return AlertHandlers(StoreUnitOfWork(self.app), self.clock, self.identity.box, RandomSecrets(),
-                             accepts_apprise)  # fmt: skip
+                             knows_apprise_url)  # fmt: skip
 
     def alert_dispatcher(self) -> AlertDispatcher:
         """The `alerts` part: ticks, part health, alerts recorded and delivered (`adapters.alert_delivery`)."""

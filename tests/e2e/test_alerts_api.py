@@ -224,6 +224,9 @@ async def test_a_failing_webhook_is_retried_after_its_backoff_even_after_a_resta
         clock.advance(31)
         await settle(runtime, runtime.alert_dispatcher())
         delivered = (await client.get("/api/alerts")).json()["alerts"]
+        unknown_service = await client.post("/api/alerts/rules", json={
+            "name": "nowhere", "kind": "part_degraded", "targets": [{"type": "apprise", "url": "nonsense://x"}],
+        })  # fmt: skip
         tested = await client.post(f"/api/alerts/rules/{rule['rule_id']}/test")
         unknown = await client.post("/api/alerts/rules/00000000-0000-0000-0000-000000000000/test")
         patched = await client.patch(f"/api/alerts/rules/{rule['rule_id']}", json={"name": "Relay down"})
@@ -250,6 +253,7 @@ async def test_a_failing_webhook_is_retried_after_its_backoff_even_after_a_resta
     assert tested.status_code == 200 and [r["ok"] for r in tested.json()["results"]] == [True]
     assert json.loads(hooks[-1][1])["phase"] == "test"
     assert error_of(unknown, 404) == "ALERT_RULE_NOT_FOUND"
+    assert error_of(unknown_service, 400) == "INVALID_ALERT_RULE"
     assert patched.status_code == 200 and patched.json()["rule"]["name"] == "Relay down"
     assert patched.json()["secrets"] == [] and patched.json()["rule"]["targets"] == rule["targets"]
     assert deleted.status_code == 200 and error_of(gone, 404) == "ALERT_RULE_NOT_FOUND"
