@@ -4,7 +4,8 @@
 
 Stores `devices x cycles` readings (plus the devices), then times in the same run
 (1) the baseline: reading and decoding the whole notification log in sections of
-2000, and (2) `rebuild_many(all)` over `all_projectors` (default settings): one
+10,000, and (2) `rebuild_many(all)` over `all_projectors` (default settings, the
+engine's replay sections of 10,000): one
 read and decode of each section for every read model, each section committed to
 the shadow tables, then the swap. Prints events/s of both, and the ratio; then
 each read model's rebuild alone, to show which one sets the pace.
@@ -23,16 +24,16 @@ from adapters.eventstore import WattLedger, ensure_events_schema, store_env  # n
 from bench.scratch import bench_main, log_read_rate, seed_fleet_history  # noqa: E402
 from infra.runtime import all_projectors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from projections.engine import ProjectionEngine  # noqa: E402
+from projections.engine import REPLAY_BATCH_SIZE, ProjectionEngine  # noqa: E402
 
-SECTION = 2000
+SECTION = REPLAY_BATCH_SIZE
 
 
 def run(url: str, devices: int, cycles: int) -> None:
     ensure_events_schema(url)
     app = WattLedger(store_env(url))
     projectors = all_projectors(Settings())
-    engine = ProjectionEngine(app, url, projectors, batch_size=SECTION)
+    engine = ProjectionEngine(app, url, projectors)
     names = [p.name for p in projectors]
     try:
         total = seed_fleet_history(app, devices, cycles, subnet=8)

@@ -72,6 +72,13 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
+BATCH_SIZE = 2000
+"""Events per section when catching up live (one transaction each)."""
+REPLAY_BATCH_SIZE = 10_000
+"""Events per section of a rebuild or verify, unless the engine is given sizes. A read model's work per
+section grows with the devices the section touches (the energy projector folds each channel once per
+section), so replaying 1,000 plugs in sections of 10,000 instead of 2,000 costs about a fifth per event."""
+
 class ProjectionEngine:
     """Keeps read models current with the WattLedger event log.
 
@@ -86,19 +93,23 @@ class ProjectionEngine:
         database_url: str,
         projectors: Sequence[Projector],
         *,
-        batch_size: int = 2000,
+        batch_size: int | None = None,
+        replay_batch_size: int | None = None,
         retry_base: float = 1.0,
         retry_max: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        live = BATCH_SIZE if batch_size is None else batch_size
+        replay = replay_batch_size if replay_batch_size is not None else REPLAY_BATCH_SIZE if batch_size is None else live
+        if live < 1 or replay < 1:
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {replay_batch_size}")
         self.event_log = EventLog(app)
         self.database_url = database_url
         self.projectors = {p.name: p for p in projectors}
         if len(self.projectors) != len(projectors):
             raise ValueError("projector names must be unique")
-        self.batch_size = batch_size
+        self.batch_size = live
+        self.replay_batch_size = replay
         self.retry_base = retry_base
         self.retry_max = retry_max
         self._clock = clock
@@ -302,7 +313,7 @@ class ProjectionEngine:
         the live read model is left as it was).
         """
         chosen = self._chosen(names)
-        with open_shadow(self.database_url, self.event_log, chosen, SHADOW_SCHEMA, self.batch_size) as shadow:
+        with open_shadow(self.database_url, self.event_log, chosen, SHADOW_SCHEMA, self.replay_batch_size) as shadow:
             log.info("projector.rebuild.started", projectors=list(names))
             shadow.catch_up(progress)
             shadow.swap(progress)
@@ -325,7 +336,7 @@ class ProjectionEngine:
         catch up.
         """
         chosen = self._chosen(names)
-        with open_shadow(self.database_url, self.event_log, chosen, VERIFY_SCHEMA, self.batch_size) as shadow:
+        with open_shadow(self.database_url, self.event_log, chosen, VERIFY_SCHEMA, self.replay_batch_size) as shadow:
             shadow.catch_up(progress)
             return shadow.compare(progress)
 
