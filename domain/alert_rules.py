@@ -44,6 +44,7 @@ class DeviceFacts(msgspec.Struct, kw_only=True):
 
     device_id: UUID
     mac: str = ""
+    removed: bool = False
     online: bool = True
     offline_since: datetime | None = None
     power_w: float | None = None
@@ -77,7 +78,7 @@ def condition(
 ) -> Condition:  # fmt: skip
     """Whether `spec`'s condition holds at `at`, given the device's facts and the degraded parts
     (name -> since). `today` is the local day of `at`: energy and cost of an earlier day count as
-    none (None: the facts' day is today). A device the log does not know holds no condition."""
+    none (None: the facts' day is today). A device the log does not know, or removed, holds no condition."""
     match spec.kind:
         case "part_degraded":
             parts = {p: s for p, s in degraded.items() if spec.part is None or p == spec.part}
@@ -85,8 +86,8 @@ def condition(
                 return Condition(holds=False, detail=f"part {spec.part or 'every part'} running")
             name = min(parts, key=lambda p: (parts[p], p))
             return Condition(holds=True, since=parts[name], detail=f"part {name} degraded")
-        case _ if facts is None:
-            return Condition(holds=False)
+        case _ if facts is None or facts.removed:
+            return Condition(holds=False, detail="device removed")
         case "device_offline":
             if facts.online:
                 return Condition(holds=False, detail="device online")

@@ -124,7 +124,8 @@ DELIVERIES = Table(
 
 _RELEVANT = (
     AlertRule.Event, Alert.Event, AlertDelivery.Event, AlertTicks.Ticked, PartHealth.Degraded, PartHealth.Recovered,
-    Tariff.RateSet, MeterDay.ReadingRecorded, Device.Added, Device.Restored, Device.WentOffline, Device.CameOnline,
+    Tariff.RateSet, MeterDay.ReadingRecorded, Device.Added, Device.Restored, Device.Removed, Device.WentOffline,
+    Device.CameOnline,
 )  # fmt: skip
 
 
@@ -241,8 +242,12 @@ class AlertsProjector:
                 state.rates.append(version_of(event))
             case Device.Added() | Device.Restored():
                 facts = batch.facts.setdefault(event.originator_id, DeviceFacts(device_id=event.originator_id))
-                facts.mac, facts.online, facts.offline_since = event.mac, True, None
+                facts.mac, facts.removed, facts.online, facts.offline_since = event.mac, False, True, None
                 self._device_changed(batch, event.originator_id)
+            case Device.Removed():
+                if (removed := batch.facts.get(event.originator_id)) is not None:
+                    removed.removed = True
+                    self._device_changed(batch, event.originator_id)
             case Device.WentOffline():
                 gone = batch.facts.get(event.originator_id)
                 if gone is not None and gone.online:

@@ -41,6 +41,8 @@ def test_power_rules_watch_only_a_device_that_is_online_and_measured() -> None:
     assert not condition(below, facts(power_w=1.0, online=False), {}, T0).holds
     assert not condition(below, facts(power_w=None), {}, T0).holds
     assert not condition(above, None, {}, T0).holds
+    assert not condition(RuleSpec(kind="device_offline", device_id=DEVICE), facts(online=False, removed=True), {},
+                         T0).holds  # fmt: skip
 
 
 def test_energy_and_cost_per_day_compare_today_against_the_limit() -> None:
