@@ -128,3 +128,17 @@ def test_ticks_keep_one_per_minute_and_part_health_records_changes_only() -> Non
     health.observe(False, T0, None)
     names = [type(e).__name__ for e in health.collect_events()]
     assert names == ["Opened", "Degraded", "Recovered"]
+
+
+def test_the_webhook_signature_is_the_hmac_of_timestamp_dot_body_as_the_readme_checks_it() -> None:
+    import hashlib
+    import hmac
+
+    from adapters.alert_delivery import sign, signature_matches
+
+    body, timestamp, secret = b'{"phase":"fired"}', "1767225600", "s" * 32
+    expected = "sha256=" + hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    assert sign(secret, timestamp, body) == expected
+    assert signature_matches(secret, timestamp, body, expected)
+    assert not signature_matches(secret, "1767225601", body, expected)
+    assert not signature_matches(secret, timestamp, body + b" ", expected)
