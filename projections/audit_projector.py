@@ -29,6 +29,7 @@ import psycopg
 
 from adapters.contract import NO_ACTOR, aggregate_name
 from adapters.history import records_for_events
+from domain.alert import AlertTicks
 from domain.meter import MeterDay
 from projections.audit_words import NameRow, Names, describe, name_new_ones, referenced
 from projections.tables import READ_SCHEMA, Table
@@ -37,6 +38,10 @@ __all__ = ["AUDIT_LOG", "AUDIT_NAMES", "LOG_TABLE", "NAMES_TABLE", "AuditProject
 
 LOG_TABLE = f"{READ_SCHEMA}.audit_log"
 NAMES_TABLE = f"{READ_SCHEMA}.audit_names"
+
+NOT_ACTIONS = (MeterDay.ReadingRecorded, AlertTicks.Opened, AlertTicks.Ticked)
+"""Events that record what was measured or when, not what someone did: they stay in the log and the
+chain, and get no audit row (a reading every few seconds per device, a tick a minute)."""
 
 
 class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,7 +88,7 @@ class AuditProjector:
         name_new_ones(events, names)
         rows: list[tuple[Any, ...]] = []
         for event in events:
-            if isinstance(event, MeterDay.ReadingRecorded):
+            if isinstance(event, NOT_ACTIONS):
                 continue
             position = positions.get((getattr(event, "originator_id"), getattr(event, "originator_version")))
             if position is None:

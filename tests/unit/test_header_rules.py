@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from api.headers import API_CSP, HSTS, SCHEMA_CSP, security_headers
+from api.headers import API_CSP, HSTS, PAGE_CSP, SCHEMA_CSP, security_headers
 
 
-@pytest.mark.parametrize("path", ["/api/devices", "/api/health", "/no/such/path", "/schemas", "/"])
+@pytest.mark.parametrize("path", ["/api/devices", "/api/health", "/no/such/path", "/schemas", "/staticx", "/api/static/x"])
 def test_api_answers_may_be_neither_sniffed_framed_nor_loaded(path: str) -> None:
     assert security_headers(path, "http") == {
         "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Content-Security-Policy": API_CSP,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.css", "/static/js/main.js"])
+def test_the_dashboard_runs_only_its_own_files(path: str) -> None:
+    policy = security_headers(path, "http")["Content-Security-Policy"]
+    assert policy == PAGE_CSP
+    assert "script-src 'self'" in policy and "'unsafe-inline'" not in policy and "frame-ancestors 'none'" in policy
 
 
 @pytest.mark.parametrize("path", ["/schema", "/schema/", "/schema/swagger", "/schema/openapi.json"])
