@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -29,7 +29,7 @@ from api.controllers.backups import BackupDeps
 from adapters.tls_files import TlsFiles
 from api.device_listing import DeviceListing
 from api.edge import EdgePolicy
-from api.metrics import ProcessMetrics
+from api.metrics import BasicCredentials, ProcessMetrics
 from api.read_side import ReadSide
 from api.security import RefusalTally
 from domain.control_handlers import ConfigHandlers, ControlHandlers
@@ -39,9 +39,6 @@ from domain.export_jobs import DataExportJobs
 from domain.handlers import CommandHandlers
 from domain.identity_handlers import IdentityHandlers
 from domain.ports import Clock
-
-if TYPE_CHECKING:
-    from api.controllers.metrics import BasicCredentials
 
 VERSION = "0.1.0"
 

@@ -10,11 +10,17 @@ process), events stored, relay and projector lag, live clients and part restarts
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import anyio.to_thread
+import argon2
 import msgspec
+from argon2.exceptions import InvalidHashError, VerificationError
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -181,3 +187,29 @@ class TimeRequests(ASGIMiddleware):
             self.metrics.requests.labels(scope.get("method", "GET"), str(route), str(status)).observe(
                 time.perf_counter() - began
             )
+
+
+class BasicCredentials:
+    """The one user and argon2 password hash `/metrics` takes as basic auth."""
+
+    def __init__(self, configured: str) -> None:
+        self.user, _, self.password_hash = configured.partition(":")
+        self._hasher = argon2.PasswordHasher()
+
+    async def accepts(self, header: str) -> bool:
+        """Whether an `Authorization` header's value is `Basic` with this user and password."""
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        same_user = hmac.compare_digest(user.encode(), self.user.encode())
+        return await anyio.to_thread.run_sync(self._verify, password) and same_user
+
+    def _verify(self, password: str) -> bool:
+        try:
+            return self._hasher.verify(self.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False

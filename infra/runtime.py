@@ -42,11 +42,10 @@ from adapters.backup_jobs import BackupJobs
 from adapters.backup_schedules import ScheduleRunner
 from api.controllers.alerts import AlertDeps
 from api.controllers.backups import BackupDeps
-from api.controllers.metrics import BasicCredentials
 from api.deps import ApiDeps, api_deps
 from api.edge import EdgePolicy
 from api.errors import status_of
-from api.metrics import ProcessMetrics
+from api.metrics import BasicCredentials, ProcessMetrics
 from api.ratelimit_rules import RateLimits
 from api.security import RefusalTally, summarise_every
 from domain.alert_handlers import AlertHandlers

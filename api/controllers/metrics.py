@@ -6,13 +6,7 @@ Besides an API key or a session, `/metrics` takes basic auth when `WATTLEDGER_ME
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
-
 import anyio.to_thread
-import argon2
-from argon2.exceptions import InvalidHashError, VerificationError
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
@@ -20,38 +14,12 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from adapters.relay import relay_status
-from api.metrics import CONTENT_TYPE, ProcessMetrics, Reading, exposition
+from api.metrics import CONTENT_TYPE, BasicCredentials, ProcessMetrics, Reading, exposition
 from api.deps import SystemDeps
 from api.guards import BASIC_AUTH
 from domain.access import Permission
 from projections.device_metrics import device_samples
 from projections.tracking import projector_status
-
-
-class BasicCredentials:
-    """The one user and argon2 password hash `/metrics` takes as basic auth."""
-
-    def __init__(self, configured: str) -> None:
-        self.user, _, self.password_hash = configured.partition(":")
-        self._hasher = argon2.PasswordHasher()
-
-    async def accepts(self, header: str) -> bool:
-        """Whether an `Authorization` header's value is `Basic` with this user and password."""
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        same_user = hmac.compare_digest(user.encode(), self.user.encode())
-        return await anyio.to_thread.run_sync(self._verify, password) and same_user
-
-    def _verify(self, password: str) -> bool:
-        try:
-            return self._hasher.verify(self.password_hash, password)
-        except (VerificationError, InvalidHashError):
-            return False
 
 
 class AcceptBasicAuth(ASGIMiddleware):

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from api.controllers.metrics import BasicCredentials
+from api.metrics import BasicCredentials
 from infra.bootstrap import Runtime
 from domain.commands import PollResult
 from tests.harness import HEATER, WAIT_S, background, error_of, http_client, seed_heater, strip
