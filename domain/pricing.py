@@ -18,6 +18,7 @@ in `STORED`, exact for any amount `numeric` holds: a stored cost of any size rou
 from __future__ import annotations
 
 from bisect import bisect_right
+from functools import lru_cache
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, localcontext
@@ -43,6 +44,7 @@ STORED = Context(prec=200_000, rounding=ROUND_HALF_EVEN, traps=[])
 """Exact for any amount `numeric` holds, and never raising: rounding a stored amount cannot fail."""
 
 
+@lru_cache(maxsize=65_536)
 def kwh_of(wh: float) -> Decimal:
     """A bucket's energy in kWh as a Decimal (its shortest decimal spelling, to the nanowatt-hour)."""
     with localcontext(STORED):
@@ -109,21 +111,26 @@ def bucket_costs(parts: Sequence[tuple[K, Decimal]], priced: Priced) -> list[tup
     return _shares(parts, priced.cost, sum((kwh for _, kwh in parts), Decimal(0)))
 
 
-def tier_reach(versions: Sequence[RateVersion], start: datetime) -> datetime | None:
+def tier_reach(versions: Sequence[RateVersion], start: datetime) -> tuple[datetime | None, datetime]:
     """The end of the buckets whose tiered price depends on the fleet's kWh at `start`: those after it, up to
-    the end of each billing cycle containing it, where a tiered version is in force. None: no such bucket."""
+    the end of each billing cycle containing it, where a tiered version is in force (None: no such bucket);
+    and the moment before which every later start has the same reach."""
     ordered = sorted(versions, key=lambda v: (v.effective_from, v.version))
     reach: datetime | None = None
+    same_until = datetime.max.replace(tzinfo=start.tzinfo)
     for index, version in enumerate(ordered):
+        if version.effective_from > start:
+            same_until = min(same_until, version.effective_from)
         if version.rate_type != "tiered":
             continue
         cycle = cycle_start(version, start)
         end = cycle_start(version, cycle + CYCLE_REACH)
+        same_until = min(same_until, end)
         if index + 1 < len(ordered):
             end = min(end, ordered[index + 1].effective_from)
         if max(version.effective_from, start) < end:
             reach = end if reach is None else max(reach, end)
-    return reach
+    return reach, same_until
 
 
 class PriceWalk:
