@@ -20,7 +20,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
-from adapters.alert_delivery import AlertDispatcher, Senders, knows_apprise_url
+from adapters.alert_delivery import Senders, knows_apprise_url
+from projections.alert_dispatch import AlertDispatcher
 from adapters.bus import StreamConfig
 from adapters.command_order import DeviceOrder
 from adapters.compliance import ComplianceFiles, ComplianceJobs

@@ -17,7 +17,8 @@ from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from adapters.alert_delivery import AlertDispatcher, Outcome
+from adapters.alert_delivery import Outcome
+from projections.alert_dispatch import AlertDispatcher
 from api.read_side import ReadSide
 from domain.access import Permission, Principal
 from domain.alert_handlers import MAX_FOR_S, MAX_TARGETS, AlertHandlers, NewTarget, RuleChange, RuleSaved, ShownSecret

@@ -17,13 +17,12 @@ import httpx
 import msgspec
 import pytest
 
-from adapters.alert_delivery import (
-    DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, AlertDispatcher, signature_matches,
-)  # fmt: skip
+from adapters.alert_delivery import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_matches
 from adapters.emulator import DeviceServer, EmulatorFleet
 from domain.alert import AlertDelivery, delivery_id
 from domain.ports import Clock
 from infra.bootstrap import Runtime
+from projections.alert_dispatch import AlertDispatcher
 from tests.harness import WAIT_S, background, error_of
 from tests.kit import eventually
 
