@@ -15,7 +15,7 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from adapters.alert_delivery import Outcome
 from projections.alert_dispatch import AlertDispatcher
@@ -255,7 +255,7 @@ class AlertsController(Controller):
     @get("", operation_id="listAlerts", opt={"permission": Permission.DEVICES_VIEW})
     async def list_alerts(
         self, alert_deps: NamedDependency[AlertDeps], status: FromQuery[Literal["firing", "resolved"] | None] = None,
-        rule_id: FromQuery[UUID | None] = None, limit: FromQuery[Annotated[int, msgspec.Meta(ge=1, le=1000)]] = 100,
+        rule_id: FromQuery[UUID | None] = None, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> AlertList:  # fmt: skip
         """Firing and past alerts, newest first, each with its deliveries; `status` keeps one kind."""
         async with alert_deps.reads.pool.connection() as conn:

@@ -14,7 +14,7 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from adapters.identity import RandomSecrets
 from api.controllers.devices import resolve_device
@@ -101,8 +101,8 @@ class PushController(Controller):
     @get("/push/{token:str}", operation_id="pushHeartbeat", opt={"public": True}, security=NO_CREDENTIALS)
     async def heartbeat(
         self, token: FromPath[str], energy_deps: NamedDependency[EnergyDeps], status: FromQuery[Status] = "up",
-        msg: FromQuery[Annotated[str, msgspec.Meta(max_length=1000)]] = "",
-        ping: FromQuery[Annotated[float, msgspec.Meta(ge=0)] | None] = None,
+        msg: Annotated[str, QueryParameter(max_length=1000)] = "",
+        ping: Annotated[float | None, QueryParameter(ge=0, le=1e9)] = None,
     ) -> PushAnswer:  # fmt: skip
         """The device is up (`status=up`, the default) or down. `msg` and `ping` are taken as Uptime Kuma
         sends them and not stored. 404 `DEVICE_NOT_FOUND` for an unknown or rotated-away token."""
@@ -113,8 +113,8 @@ class PushController(Controller):
           security=NO_CREDENTIALS)  # fmt: skip
     async def push(
         self, token: FromPath[str], energy_deps: NamedDependency[EnergyDeps], status: FromQuery[Status] = "up",
-        msg: FromQuery[Annotated[str, msgspec.Meta(max_length=1000)]] = "",
-        ping: FromQuery[Annotated[float, msgspec.Meta(ge=0)] | None] = None,
+        msg: Annotated[str, QueryParameter(max_length=1000)] = "",
+        ping: Annotated[float | None, QueryParameter(ge=0, le=1e9)] = None,
         data: JSONBody[PushBody | None] = None,
     ) -> PushAnswer:  # fmt: skip
         """As the GET, with readings in the body stored as the device's readings (`ReadingRecorded`).

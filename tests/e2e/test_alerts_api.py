@@ -130,6 +130,8 @@ async def test_a_silenced_device_fires_once_delivers_once_resolves_and_replays_a
         clock.advance(minutes=6)
         await settle(runtime, dispatcher)
         firing = (await viewer.get("/api/alerts?status=firing")).json()
+        for bad in ("limit=0", "limit=1001", "status=sometimes"):
+            assert error_of(await viewer.get(f"/api/alerts?{bad}"), 422) == "VALIDATION_ERROR"
         clock.advance(minutes=1)
         await settle(runtime, dispatcher)
 

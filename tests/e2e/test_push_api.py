@@ -54,6 +54,8 @@ async def test_a_push_device_takes_its_token_and_refuses_any_other(
             f"/api/push/{first}?status=up", json={"readings": [{"timestamp": now, "power_w": 321.5}]}
         )
         bad_status = await anonymous.get(f"/api/push/{first}?status=sideways")
+        bad_ping = await anonymous.get(f"/api/push/{first}?status=up&ping=-1")
+        long_msg = await anonymous.get(f"/api/push/{first}", params={"status": "up", "msg": "x" * 1001})
         rotated = await client.post(f"/api/device/{device}/push/token")
         old = await anonymous.get(f"/api/push/{first}")
         new = await anonymous.get(f"/api/push/{rotated.json()['token']}")
@@ -64,6 +66,7 @@ async def test_a_push_device_takes_its_token_and_refuses_any_other(
     assert down.status_code == 200 and down.json() == {"ok": True, "recorded": 0}
     assert with_reading.status_code == 200 and with_reading.json() == {"ok": True, "recorded": 1}
     assert bad_status.status_code in (400, 422)
+    assert error_of(bad_ping, 422) == error_of(long_msg, 422) == "VALIDATION_ERROR"
     assert rotated.status_code == 200 and rotated.json()["token"] != first
     assert error_of(old, 404) == "DEVICE_NOT_FOUND"
     assert new.status_code == 200
