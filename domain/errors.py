@@ -300,6 +300,12 @@ class DeviceTimeout(DeviceUnreachable):
     code = "DEVICE_TIMEOUT"
 
 
+class DevicePushOnly(Conflict):
+    """The device only pushes its state: it has no address to reach and no relay to switch or rename on."""
+
+    code = "DEVICE_PUSH_ONLY"
+
+
 class DeviceControlDisabled(Forbidden):
     """The system configuration has `allow_device_control` off: nothing may be switched."""
 
