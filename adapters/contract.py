@@ -97,7 +97,8 @@ class EventData(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeviceAdded(EventData, frozen=True, kw_only=True):
-    """A device was added: its canonical address and what it said about itself."""
+    """A device was added: its canonical address and what it said about itself. A push-only device
+    (`push_only`, device type `push`) has a `push:<uuid>` placeholder for an address and is never polled."""
 
     address: str
     alias: str
@@ -105,6 +106,7 @@ class DeviceAdded(EventData, frozen=True, kw_only=True):
     device_type: str
     mac: str
     outlets: list[str]
+    push_only: bool = False
 
 
 class DeviceRenamed(EventData, frozen=True, kw_only=True):

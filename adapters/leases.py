@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from adapters.poll_assignment import Assigned
 from adapters.schemas import OPS_SCHEMA, create_ops_schema
+from domain.device import PUSH_ADDRESS_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -165,9 +166,11 @@ class Leases:
         await conn.execute(
             self._sql(
                 "INSERT INTO {leases} (device_id) SELECT d.device_id FROM {devices} d "
-                "WHERE NOT d.removed AND NOT EXISTS (SELECT 1 FROM {leases} l WHERE l.device_id = d.device_id) "
+                "WHERE NOT d.removed AND NOT starts_with(d.address, %s) "
+                "AND NOT EXISTS (SELECT 1 FROM {leases} l WHERE l.device_id = d.device_id) "
                 "ORDER BY d.device_id ON CONFLICT (device_id) DO NOTHING"
-            )
+            ),
+            (PUSH_ADDRESS_PREFIX,),
         )
         await conn.execute(
             self._sql(

@@ -35,6 +35,7 @@ from adapters.poll_store import POLLER_ACTOR, SAVE_GIVE_UP, PollStore
 from domain.address import DeviceAddress, parse_address
 from domain.commands import MissedPolls, PollResult
 from domain.config import ConfigValues
+from domain.device import is_push_address
 from domain.handlers import CommandHandlers
 from domain.ports import DeviceDriver
 
@@ -268,6 +269,8 @@ class Poller:
         if gone:
             await self._drop(gone)
         for device_id, address in assigned.items():
+            if is_push_address(address):
+                continue
             state = self._devices.get(device_id)
             if state is None:
                 state = self._devices[device_id] = DeviceState(device_id, address, first_due(device_id, self.interval))

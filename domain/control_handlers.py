@@ -40,6 +40,7 @@ from domain.errors import (
     DeviceControlDisabled,
     DeviceError,
     DeviceNotFound,
+    DevicePushOnly,
     DeviceTimeout,
     DeviceUnreachable,
     IdempotencyKeyReused,
@@ -141,15 +142,17 @@ class ControlHandlers:
         """Record a control request for the executor; a device known to be offline fails at once.
 
         Raises InvalidText (the idempotency key), DeviceControlDisabled, DeviceNotFound (unknown or
-        removed), OutletNotFound, and IdempotencyKeyReused when the caller's key already named a
-        different request. The same key with the same request returns the first command
-        (`created=False`), stores nothing.
+        removed), DevicePushOnly (a device that only pushes has no relay), OutletNotFound, and
+        IdempotencyKeyReused when the caller's key already named a different request. The same key
+        with the same request returns the first command (`created=False`), stores nothing.
         """
         check_optional_text(command.idempotency_key, field="idempotency_key")
         await self.check_enabled()
         device = await self.store.device(command.device_id)
         if device is None or device.removed:
             raise DeviceNotFound(f"no device with id {command.device_id}")
+        if device.push_only:
+            raise DevicePushOnly("this device only pushes its state: it has no relay to switch")
         outlet = resolve_outlet(device, command.outlet)
         wanted = fingerprint(device.id, outlet, command.action.value)
         key = command.idempotency_key
@@ -216,6 +219,8 @@ class ControlHandlers:
             return await self._fail(control, Reason.EXPIRED, "the deadline passed before the command could run")
         if device is None or device.removed or not device.online:
             return await self._fail(control, Reason.DEVICE_OFFLINE, "the device is offline or was removed")
+        if device.push_only:
+            return await self._fail(control, Reason.REFUSED, "the device only pushes: it has no relay to switch")
         if not (await self.config.current()).allow_device_control:
             return await self._fail(control, Reason.REFUSED, "device control was turned off before the command ran")
         address = parse_address(device.address)
@@ -293,7 +298,8 @@ class ControlHandlers:
         return control
 
     async def rename_on_device(self, command: RenameOnDevice) -> Stored:
-        """Rename on the device first (python-kasa), then record `Renamed`.
+        """Rename on the device first (python-kasa), then record `Renamed`; a push-only device has
+        no name of its own to change, so only `Renamed` is recorded.
 
         Raises InvalidText (the alias), DeviceNotFound (unknown or removed) and the switch's
         DeviceError (nothing stored).
@@ -302,7 +308,8 @@ class ControlHandlers:
         device = await self.store.device(command.device_id)
         if device is None or device.removed:
             raise DeviceNotFound(f"no device with id {command.device_id}")
-        await self.switch.set_alias(parse_address(device.address), command.alias)
+        if not device.push_only:
+            await self.switch.set_alias(parse_address(device.address), command.alias)
 
         async def attempt() -> Stored:
             renamed = await self.store.device(command.device_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
@@ -12,10 +12,26 @@ from domain.readings import DeviceSnapshot
 
 DEVICE_NAMESPACE = uuid5(NAMESPACE_URL, "https://wattledger.invalid/device")
 
+PUSH_ADDRESS_PREFIX = "push:"
+"""The address of a push-only device is this prefix and a random UUID: `parse_address` refuses any
+text of that shape (its port is not a number), so it names no host and meets no polled device."""
+
+PUSH_DEVICE_TYPE = "push"
+
 
 def device_id_for(address: str) -> UUID:
     """A device's id is derived from its canonical address, so two adds of one address collide."""
     return uuid5(DEVICE_NAMESPACE, address)
+
+
+def is_push_address(address: str) -> bool:
+    """Whether an address is a push-only device's placeholder: nothing polls or switches it."""
+    return address.startswith(PUSH_ADDRESS_PREFIX)
+
+
+def push_address() -> str:
+    """A new push-only device's address: unique, and never one a network device can have."""
+    return f"{PUSH_ADDRESS_PREFIX}{uuid4()}"
 
 
 def _identity(snapshot: DeviceSnapshot, alias: str | None) -> dict[str, Any]:
@@ -40,6 +56,9 @@ class Device(Aggregate):
         mac: str
         outlets: list[str]
         actor: str
+        push_only: bool = False
+        """A meter that pushes its state and readings instead of being polled (added after the first
+        release: an older `Added` reads as False)."""
 
     class Renamed(Aggregate.Event):
         alias: str
@@ -95,8 +114,12 @@ class Device(Aggregate):
         mac: str,
         outlets: list[str],
         actor: str,
+        push_only: bool = False,
     ) -> None:
+        # The library asks every keyword-only argument of a new aggregate; the default serves
+        # only an `Added` stored before `push_only` existed, replayed.
         self.address = address
+        self.push_only = push_only
         self.alias = alias
         self.model = model
         self.device_type = device_type
@@ -110,9 +133,17 @@ class Device(Aggregate):
     @classmethod
     def from_snapshot(cls, address: str, snapshot: DeviceSnapshot, *, alias: str | None, actor: str) -> Device:
         """Add a device as first seen by a poll; `alias` overrides the device's own name."""
-        device = cls(address=address, **_identity(snapshot, alias), actor=actor)
+        device = cls(address=address, **_identity(snapshot, alias), actor=actor, push_only=False)
         device.observe_relays(snapshot, actor=actor)
         return device
+
+    @classmethod
+    def push_only_device(cls, *, alias: str, model: str, actor: str) -> Device:
+        """Add a meter that only pushes: no network address (see `push_address`), no relay, no MAC."""
+        return cls(
+            address=push_address(), alias=alias, model=model, device_type=PUSH_DEVICE_TYPE, mac="", outlets=[],
+            actor=actor, push_only=True,
+        )  # fmt: skip
 
     def check_present(self) -> None:
         if self.removed:

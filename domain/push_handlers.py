@@ -1,5 +1,5 @@
-"""The push device use cases: opening a device to pushes, rotating its token, taking a push, and
-marking silent push devices offline."""
+"""The push device use cases: adding a device that only pushes, opening a device to pushes, rotating
+its token, taking a push, and marking silent push devices offline."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from uuid import UUID
 
 import msgspec
 
+from domain.device import Device
 from domain.energy_handlers import EnergyHandlers, ImportReadings
 from domain.errors import DeviceNotFound, InvalidRequest
 from domain.imports import ImportedReading
@@ -17,8 +18,18 @@ from domain.push import (
     MAX_GRACE_S, MAX_INTERVAL_S, MIN_INTERVAL_S, PUSH_REGISTRY_ID, PushMonitor, PushRegistry, PushToken, push_monitor_id, push_token_id,
 )  # fmt: skip
 from domain.retry import retrying
+from domain.text import check_text
 
 PUSH_ACTOR = "system:push"
+DEFAULT_PUSH_MODEL = "push meter"
+
+
+def check_timing(interval_s: int, grace_s: int) -> None:
+    """Raises InvalidRequest for an interval or grace out of range."""
+    if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S or not 0 <= grace_s <= MAX_GRACE_S:
+        raise InvalidRequest(
+            f"interval_s is {MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds and grace_s 0 to {MAX_GRACE_S}"
+        )
 
 
 class PushOpened(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,10 +60,7 @@ class PushHandlers:
     async def open_push(self, device_id: UUID, *, interval_s: int, grace_s: int, actor: str) -> PushOpened:
         """Let a present device push, with a new token; opening it again rotates the token.
         Raises DeviceNotFound, InvalidRequest for an interval or grace out of range."""
-        if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S or not 0 <= grace_s <= MAX_GRACE_S:
-            raise InvalidRequest(
-                f"interval_s is {MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds and grace_s 0 to {MAX_GRACE_S}"
-            )
+        check_timing(interval_s, grace_s)
         token = self.secrets.key_secret()
         digest = self.secrets.digest(token)
 
@@ -80,6 +88,37 @@ class PushHandlers:
                 device_id=device_id, token=token, interval_s=monitor.interval_s, grace_s=monitor.grace_s,
                 position=position,
             )  # fmt: skip
+
+        return await retrying(attempt)
+
+    async def add_push_device(
+        self, *, alias: str, model: str | None, interval_s: int, grace_s: int, actor: str
+    ) -> PushOpened:
+        """Add a meter that only pushes (`Device.push_only_device`): no address is contacted and no
+        poller ever polls it. The device, its monitor, its first token and its place in the push
+        registry are stored in one transaction; the token is in the answer only.
+        Raises InvalidText (alias or model) and InvalidRequest (interval or grace out of range),
+        storing nothing."""
+        check_text(alias, field="alias")
+        if model is not None:
+            check_text(model, field="model")
+        check_timing(interval_s, grace_s)
+        token = self.secrets.key_secret()
+        digest = self.secrets.digest(token)
+
+        async def attempt() -> PushOpened:
+            device = Device.push_only_device(alias=alias, model=model or DEFAULT_PUSH_MODEL, actor=actor)
+            new = PushToken.issue(digest, device_id=device.id, actor=actor)
+            monitor = PushMonitor(
+                device_id=device.id, interval_s=interval_s, grace_s=grace_s, token_id=new.id,
+                opened_at=self.clock.now(), actor=actor,
+            )  # fmt: skip
+            registry = await self.store.aggregate(PUSH_REGISTRY_ID, PushRegistry) or PushRegistry(actor=actor)
+            registry.add(device.id)
+            position = await self.store.save(device, monitor, new, registry)
+            return PushOpened(
+                device_id=device.id, token=token, interval_s=interval_s, grace_s=grace_s, position=position
+            )
 
         return await retrying(attempt)
 

@@ -14,7 +14,7 @@ from psycopg.rows import tuple_row
 
 from domain.calendar import LocalCalendar, Period
 from domain.control import ControlCommand
-from domain.device import Device
+from domain.device import PUSH_ADDRESS_PREFIX, Device
 from domain.energy import EnergyRules, Interval, MeterState, reading_of, split, step
 from domain.meter import MeterDay
 from domain.readings import OutletReading
@@ -310,8 +310,11 @@ async def last_poll(conn: psycopg.AsyncConnection[Any]) -> datetime | None:
 
 
 async def active_devices(conn: psycopg.AsyncConnection[Any]) -> list[tuple[UUID, str]]:
-    """(id, address) of every present device: what the poller polls."""
-    cur = await conn.execute(f"SELECT device_id, address FROM {TABLE} WHERE NOT removed ORDER BY address")
+    """(id, address) of every present device that is polled: a push-only device is not."""
+    cur = await conn.execute(
+        f"SELECT device_id, address FROM {TABLE} WHERE NOT removed AND NOT starts_with(address, %s) ORDER BY address",
+        (PUSH_ADDRESS_PREFIX,),
+    )
     return [(r[0], r[1]) for r in await cur.fetchall()]
 
 

@@ -201,8 +201,9 @@ class DevicesController(Controller):
         principal: NamedDependency[Principal],
         device_deps: NamedDependency[DeviceDeps],
     ) -> DeviceView:
-        """Rename a device: on the device itself first (python-kasa), then in the log. 404 unknown or
-        removed device; 422 `DEVICE_UNREACHABLE` when the device does not take the name (nothing stored)."""
+        """Rename a device: on the device itself first (python-kasa), then in the log (a push-only
+        device: in the log only). 404 unknown or removed device; 422 `DEVICE_UNREACHABLE` when the
+        device does not take the name (nothing stored)."""
         view = await resolve_device(device_deps.reads, device)
         stored = await device_deps.control.rename_on_device(
             RenameOnDevice(device_id=view.device_id, alias=data.alias, actor=principal.actor)

@@ -1,9 +1,10 @@
 """Push devices (Uptime Kuma's push monitors): a device that reports itself at `/api/push/{token}`.
 
-Opening a device to pushes gives it a token, shown once in the answer and stored only as the id its
-digest gives; opening it again, or rotating, gives a new token and the old one stops working at
-once. The push route is public: the token is the credential. An unknown or revoked token answers
-404 `DEVICE_NOT_FOUND`, as any unknown device does.
+A device is opened to pushes (a polled device that also pushes) or added as a push-only device
+(a meter no one polls: `POST /api/devices/push`). Either way it gets a token, shown once in the
+answer and stored only as the id its digest gives; opening it again, or rotating, gives a new
+token and the old one stops working at once. The push route is public: the token is the
+credential. An unknown or revoked token answers 404 `DEVICE_NOT_FOUND`, as any unknown device does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from adapters.identity import RandomSecrets
-from api.controllers.devices import resolve_device
+from api.controllers.devices import Alias, resolve_device
 from api.deps import DeviceDeps, EnergyDeps
 from api.guards import NO_CREDENTIALS
 from domain.access import Permission, Principal
@@ -31,6 +32,16 @@ Status = Literal["up", "down"]
 class PushSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How often the device promises to push, and how long after a missed push it still counts as online."""
 
+    interval_s: Annotated[int, msgspec.Meta(ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)] = 60
+    grace_s: Annotated[int, msgspec.Meta(ge=0, le=MAX_GRACE_S)] = 60
+
+
+class PushDeviceRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A meter that pushes its state and readings and is never polled: its name, what it is, and
+    how often it promises to push."""
+
+    alias: Alias
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     interval_s: Annotated[int, msgspec.Meta(ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)] = 60
     grace_s: Annotated[int, msgspec.Meta(ge=0, le=MAX_GRACE_S)] = 60
 
@@ -84,6 +95,24 @@ class PushController(Controller):
         opened = await _handlers(energy_deps).open_push(
             view.device_id, interval_s=settings.interval_s, grace_s=settings.grace_s, actor=principal.actor
         )
+        return _view(opened)
+
+    @post("/devices/push", operation_id="addPushDevice", status_code=201, opt={"permission": Permission.DEVICES_MANAGE})
+    async def add_push_device(
+        self, data: JSONBody[PushDeviceRequest], principal: NamedDependency[Principal],
+        device_deps: NamedDependency[DeviceDeps], energy_deps: NamedDependency[EnergyDeps],
+    ) -> PushTokenView:  # fmt: skip
+        """Add a meter that pushes instead of being polled: no address is contacted, nothing polls it,
+        and it cannot be switched (control answers 409 `DEVICE_PUSH_ONLY`). Its `device_type` is
+        `push`. 201 with its token, shown here once, once the device is listed (or after a few
+        seconds, with `X-Read-Models-Pending`). 422 `VALIDATION_ERROR` for a missing or too
+        long alias or an interval or grace out of range, 400 `INVALID_TEXT` for a control character
+        in the alias or model; nothing is stored on any of them."""
+        opened = await _handlers(energy_deps).add_push_device(
+            alias=data.alias, model=data.model, interval_s=data.interval_s, grace_s=data.grace_s,
+            actor=principal.actor,
+        )  # fmt: skip
+        await device_deps.reads.wait_projected(opened.position)
         return _view(opened)
 
     @post(

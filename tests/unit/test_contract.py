@@ -15,6 +15,7 @@ import msgspec
 import pytest
 import structlog
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Mapper, StoredEvent, UUIDAsHex
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -39,7 +40,9 @@ from adapters.contract import (
     encode_envelope,
     event_data,
 )
+from domain.address import parse_address
 from domain.device import Device
+from domain.errors import InvalidAddress
 from domain.meter import MeterDay, utc_day
 from domain.readings import DeviceSnapshot, OutletReading
 
@@ -340,4 +343,38 @@ def test_any_reading_survives_the_envelope_unchanged(
         total_wh=total_wh,
         outlets=[Outlet(**msgspec.structs.asdict(o)) for o in children],
         rssi=rssi,
+    )
+
+
+def test_a_push_only_device_publishes_its_kind_and_an_older_added_reads_as_polled() -> None:
+    device = Device.push_only_device(alias="shed meter", model="esp32", actor="user:ada")
+    [added] = device.collect_events()
+    published = decode_data(decode_envelope(encode_envelope(1, added)))
+    assert published == DeviceAdded(
+        address=device.address, alias="shed meter", model="esp32", device_type="push", mac="", outlets=[],
+        push_only=True,
+    )
+    assert device.address.startswith("push:")
+    with pytest.raises(InvalidAddress):
+        parse_address(device.address)
+
+    transcoder = JSONTranscoder()
+    transcoder.register(UUIDAsHex())
+    transcoder.register(DatetimeAsISO())
+    mapper: Mapper[UUID] = Mapper(transcoder=transcoder)
+    polled = Device.from_snapshot("10.0.0.7", strip_snapshot(), alias=None, actor="system:poller").collect_events()[0]
+    stored = mapper.to_stored_event(polled)
+    state = transcoder.decode(stored.state)
+    del state["push_only"]
+    older = mapper.to_domain_event(
+        StoredEvent(
+            originator_id=stored.originator_id, originator_version=stored.originator_version,
+            topic=stored.topic, state=transcoder.encode(state),
+        )
+    )  # fmt: skip
+    loaded = Device.Added.mutate(older, None)  # type: ignore[arg-type]
+    assert isinstance(loaded, Device) and loaded.push_only is False
+    assert decode_data(decode_envelope(encode_envelope(1, older))) == DeviceAdded(
+        address="10.0.0.7", alias="desk", model="HS300", device_type="strip", mac="50:c7:bf:00:00:01",
+        outlets=["out-0", "out-1"],
     )
