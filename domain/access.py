@@ -45,7 +45,6 @@ class Permission(StrEnum):
     ALERTS_MANAGE = "ALERTS_MANAGE"
 
 
-
 ALL_PERMISSIONS = frozenset(Permission)
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -76,6 +75,7 @@ def permissions_for(role: Role, scope: Scope | None = None) -> frozenset[Permiss
     """A role's permissions; with a key's `scope`, only those of them the scope allows."""
     granted = ROLE_PERMISSIONS[role]
     return granted if scope is None else granted & SCOPE_PERMISSIONS[scope]
+
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
     """Who makes a request: a signed-in user (`kind="user"`, with its session) or an API key."""

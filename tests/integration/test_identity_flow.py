@@ -171,7 +171,9 @@ async def test_the_identity_flow_end_to_end(identity: Identity) -> None:
                                       StepUp(current_password=OLGA_PASSWORD))
     plain += [issued.key, issued.key.split("_", 2)[2]]
     as_key = await handlers.authenticate_key(issued.key)
-    assert as_key.permissions == {Permission.DEVICES_VIEW, Permission.DEVICES_CONTROL, Permission.DEVICES_MANAGE}
+    assert as_key.permissions == {
+        Permission.DEVICES_VIEW, Permission.DEVICES_CONTROL, Permission.DEVICES_MANAGE, Permission.ALERTS_MANAGE,
+    }  # fmt: skip
 
     presented = await idy.tokens.verify_refresh(second_pair.refresh_token)
     refreshed = idy.tokens.issue(await handlers.refresh(presented.session_id, presented.generation))
