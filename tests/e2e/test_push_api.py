@@ -102,7 +102,7 @@ async def test_unknown_push_tokens_are_rate_limited_by_address(
 
 async def test_a_push_only_meter_is_added_without_an_address_and_no_poll_or_switch_ever_touches_it(
     runtime: Runtime, client: httpx.AsyncClient, anonymous: httpx.AsyncClient, viewer: httpx.AsyncClient,
-    clock: ManualClock,
+    read_key: httpx.AsyncClient, clock: ManualClock,
 ) -> None:
     runtime.settings = msgspec.structs.replace(runtime.settings, polling_interval=1.0, offline_after=1)
     polled = await asyncio.to_thread(seed_device, runtime.app, "127.0.0.1:9", HEATER, measured_at=ADDED_AT)
@@ -140,6 +140,9 @@ async def test_a_push_only_meter_is_added_without_an_address_and_no_poll_or_swit
             "start_time": ADDED_AT.isoformat(), "end_time": (ADDED_AT + timedelta(hours=1)).isoformat(),
             "aggregation": "hourly",
         })).json()  # fmt: skip
+        uptime = await client.get(f"/api/device/{device}/uptime", params={"period": "24h"})
+        badge = await anonymous.get(f"/api/badge/{device}/status")
+        metrics = await read_key.get("/metrics")
         async with asyncio.timeout(WAIT_S):
             while poller.stats().polls < 2:
                 await asyncio.sleep(0.05)
@@ -167,6 +170,10 @@ async def test_a_push_only_meter_is_added_without_an_address_and_no_poll_or_swit
     assert (shown["alias"], shown["model"], shown["device_type"]) == ("garden meter", "esp32", "push")
     assert shown["online"] is True and shown["current_power_w"] == 240.5 and shown["today_energy_kwh"] == 0.1
     assert [p["energy_kwh"] for p in history["data"]] == [0.1]
+    assert uptime.status_code == 200 and uptime.json()["outages"] == []
+    assert badge.status_code == 200 and "N/A" in badge.text
+    power_lines = [line for line in metrics.text.splitlines() if line.startswith("wattledger_device_power_watts{")]
+    assert any(device in line and line.endswith(" 240.5") for line in power_lines), power_lines
     assert stats.devices == 1 and [str(d) for d, _ in known] == [str(polled)]
     device_events = list(runtime.app.events.get(UUID(device)))
     assert [type(e).__name__ for e in device_events] == ["Added", "Renamed", "WentOffline", "CameOnline"]
