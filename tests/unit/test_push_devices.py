@@ -125,3 +125,30 @@ async def test_missed_polls_never_mark_a_push_device_offline() -> None:
     await polls.record_polls(RecordPolls(results=(), offline=missed, actor="system:poller"))
     assert store.of_type(Device.WentOffline, device.id) == []
     assert len(store.of_type(Device.WentOffline, other.id)) == 1
+
+
+async def test_a_push_only_device_stores_nothing_for_bad_input_and_is_never_marked_by_missed_polls() -> None:
+    store = MemoryStore()
+    clock = ManualClock(T0)
+    handlers = PushHandlers(store, clock, RandomSecrets(), EnergyHandlers(store, clock))
+    bad: list[tuple[str, str | None, int, int]] = [
+        ("meter\x00", None, 60, 60), ("meter", "esp\u200b", 60, 60), ("meter", None, 9, 60), ("meter", None, 60, -1),
+    ]
+    for alias, model, interval_s, grace_s in bad:
+        with pytest.raises(InvalidRequest):  # InvalidText is one
+            await handlers.add_push_device(
+                alias=alias, model=model, interval_s=interval_s, grace_s=grace_s, actor="admin"
+            )
+    assert store.all_events() == []
+
+    opened = await handlers.add_push_device(alias="meter", model=None, interval_s=60, grace_s=30, actor="admin")
+    device = await store.device(opened.device_id)
+    assert device is not None and device.push_only and device.device_type == "push" and device.model == "push meter"
+    assert (await handlers.push(opened.token, "up")).device_id == device.id
+    await CommandHandlers(store, NoDevices(), clock).record_polls(
+        RecordPolls(offline=(MissedPolls(device_id=device.id, count=9),), actor="system:poller")
+    )
+    assert store.of_type(Device.WentOffline) == []
+    clock.advance(seconds=91)
+    assert await handlers.mark_all_silent() > 0
+    assert len(store.of_type(Device.WentOffline)) == 1
