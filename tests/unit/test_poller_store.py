@@ -68,11 +68,13 @@ async def test_a_backlog_is_stored_in_order_with_each_device_once_per_transactio
     devices = await save_devices(store, plug(), 4)
     store.fail_next(OperationalError("the server went away"), OperationalError("the server went away"))
     handlers = RecordingHandlers(store)
-    poller = Poller(handlers, Answering(), assignment(devices), interval=0.05, flush_every=0.05)
+    # Polled less often than flushed, so a flush finds the pending readings of at most one cycle.
+    poller = Poller(handlers, Answering(), assignment(devices), interval=0.2, flush_every=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run(stop))
     try:
-        await eventually(lambda: poller.stats().saves >= 5 and poller.stats().pending < 4, what="the backlog stored")
+        await eventually(lambda: poller.stats().saves >= 5 and poller.stats().pending < 4, what="the backlog stored",
+                         within=60)  # fmt: skip
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
