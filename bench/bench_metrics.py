@@ -25,9 +25,8 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.eventstore import WattLedger, ensure_events_schema, store_env  # noqa: E402
 from api.app import create_app  # noqa: E402
-from bench.scratch import scratch_database, seed_fleet_history  # noqa: E402
+from bench.scratch import scratch_database, seed_fleet  # noqa: E402
 from domain.access import Scope  # noqa: E402
 from domain.identity_requests import NewKey, StepUp  # noqa: E402
 from infra.bootstrap import open_runtime  # noqa: E402
@@ -54,7 +53,7 @@ async def run(database_url: str, nats_url: str, devices: int, cycles: int, reque
         data_dir=Path(tempfile.mkdtemp(prefix="wl-bench-")), stream_name=f"WLB_{tag.upper()}",
         subject_prefix=f"wlb{tag}", rate_limits=False, polling_interval=60,
     )  # fmt: skip
-    events = await asyncio.to_thread(_seed, database_url, devices, cycles)
+    events = await asyncio.to_thread(seed_fleet, database_url, devices, cycles, subnet=7)
     async with open_runtime(settings, database_url, nats_url) as runtime:
         await asyncio.to_thread(runtime.engine.catch_up_all)
         print(f"{devices} devices, {events} events stored and projected")
@@ -84,15 +83,6 @@ async def run(database_url: str, nats_url: str, devices: int, cycles: int, reque
     metrics = report("GET /metrics", timings["/metrics"][2:], sizes["/metrics"])
     listed = report("baseline GET /api/devices", timings["/api/devices"][2:], sizes["/api/devices"])
     print(f"/metrics / /api/devices (median): {metrics / listed:.2f}x")
-
-
-def _seed(database_url: str, devices: int, cycles: int) -> int:
-    ensure_events_schema(database_url)
-    app = WattLedger(store_env(database_url))
-    try:
-        return seed_fleet_history(app, devices, cycles, subnet=7)
-    finally:
-        app.close()
 
 
 async def _session(http: httpx.AsyncClient) -> tuple[uuid.UUID, uuid.UUID]:

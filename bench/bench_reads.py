@@ -40,10 +40,9 @@ from litestar import Litestar, Response, get
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.eventstore import WattLedger, ensure_events_schema, store_env  # noqa: E402
 from adapters.ratelimits import Limit  # noqa: E402
 from api.app import create_app  # noqa: E402
-from bench.scratch import scratch_database, seed_fleet_history  # noqa: E402
+from bench.scratch import scratch_database, seed_fleet  # noqa: E402
 from domain.access import Scope  # noqa: E402
 from domain.identity_requests import NewKey, StepUp  # noqa: E402
 from infra.bootstrap import open_runtime  # noqa: E402
@@ -115,7 +114,7 @@ async def compare(label: str, url: str, args: argparse.Namespace, headers: dict[
 
 
 async def run(database_url: str, args: argparse.Namespace) -> None:
-    events = await asyncio.to_thread(_seed, database_url, args.devices, args.cycles)
+    events = await asyncio.to_thread(seed_fleet, database_url, args.devices, args.cycles, subnet=9)
     tag = uuid.uuid4().hex[:10]
     settings = Settings(
         data_dir=Path(tempfile.mkdtemp(prefix="wl-bench-")), stream_name=f"WLB_{tag.upper()}",
@@ -172,15 +171,6 @@ async def _read_key(runtime: object, base: str) -> dict[str, str]:
     issued = await runtime.identity.issue_key(admin, NewKey(name=f"bench-{uuid.uuid4().hex[:6]}", scope=Scope.READ),
                                               StepUp(current_password=PASSWORD))  # fmt: skip
     return {"X-API-Key": issued.key}
-
-
-def _seed(database_url: str, devices: int, cycles: int) -> int:
-    ensure_events_schema(database_url)
-    app = WattLedger(store_env(database_url))
-    try:
-        return seed_fleet_history(app, devices, cycles, subnet=9)
-    finally:
-        app.close()
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
-from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger
+from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema, store_env
 from domain.address import DeviceAddress
 from domain.commands import PollResult, RecordPolls
 from domain.handlers import CommandHandlers
@@ -101,6 +101,16 @@ def seed_fleet_history(app: WattLedger, devices: int, cycles: int, *, subnet: in
                          for i, d in enumerate(fleet)])  # fmt: skip
     recorder.close()
     return app.recorder.max_notification_id() or 0
+
+
+def seed_fleet(database_url: str, devices: int, cycles: int, *, subnet: int) -> int:
+    """`seed_fleet_history` into the database at `database_url`, its event tables made first."""
+    ensure_events_schema(database_url)
+    app = WattLedger(store_env(database_url))
+    try:
+        return seed_fleet_history(app, devices, cycles, subnet=subnet)
+    finally:
+        app.close()
 
 
 def log_read_rate(app: WattLedger, section: int) -> float:
