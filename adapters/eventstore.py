@@ -30,6 +30,7 @@ from eventsourcing.persistence import (
     Mapper,
     OperationalError,
     PersistenceError,
+    ProgrammingError,
     StoredEvent,
     Transcoding,
 )
@@ -76,16 +77,24 @@ class OutletReadingAsDict(Transcoding):
 
 
 class UnpipelinedRecorder(PostgresApplicationRecorder):
-    """The library's PostgreSQL recorder, inserting each save without psycopg's pipeline mode.
+    """The library's PostgreSQL recorder, inserting each save by COPY, without psycopg's pipeline mode.
 
     In pipeline mode psycopg 3.3 stops writing once its queue of commands is
     empty, even when libpq still holds part of the last one, and then waits for
     results: a save whose insert outgrows what the socket takes at once (from
     about 15,000 readings over loopback TCP) leaves the server waiting for the rest of
     the statement (`ClientRead`) and the client in `Pipeline.sync()`, for good.
-    Outside a pipeline psycopg writes the whole statement before it reads. The
-    statements are the library's own: the table lock, the notification, one
-    insert of every event, in one transaction.
+    Outside a pipeline psycopg writes the whole statement before it reads.
+
+    The library's contract is kept, in one transaction: the table lock (EXCLUSIVE, with
+    its lock timeout), the notification, then the rows, so notification ids are given in
+    commit order with no reader passing over a gap. The rows go in by binary COPY
+    instead of one INSERT of an array of composite values, whose client-side encoding
+    alone took most of a large save, all of it under the table lock: COPY is about five
+    times faster and keeps the lock for that much less. COPY takes each row's
+    notification id from the sequence in the order written; under the lock no other
+    writer takes one, so the ids are those above the table's highest before the copy,
+    read back in order (`_copy_events`).
     """
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
@@ -97,8 +106,31 @@ class UnpipelinedRecorder(PostgresApplicationRecorder):
             self._insert_events(curs, stored_events, **kwargs)
             if not stored_events:
                 return None
-            self._insert_stored_events(curs, stored_events, **kwargs)
-            return self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            return self._copy_events(curs, stored_events)
+
+    def _copy_events(self, curs: Any, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """COPY the rows (table already locked); their notification ids, in the order of `stored_events`."""
+        table = sql.SQL("{}.{}").format(sql.Identifier(self.datastore.schema), sql.Identifier(self.events_table_name))
+        curs.execute(sql.SQL("SELECT coalesce(max(notification_id), 0) AS top FROM {}").format(table))
+        row = curs.fetchone()
+        before = int(row["top"] if isinstance(row, Mapping) else row[0])
+        statement = sql.SQL(
+            "COPY {} (originator_id, originator_version, topic, state) FROM STDIN (FORMAT BINARY)"
+        ).format(table)
+        with curs.copy(statement) as copy:
+            copy.set_types([self.datastore.originator_id_type, "int8", "text", "bytea"])
+            for event in stored_events:
+                copy.write_row((event.originator_id, event.originator_version, event.topic, event.state))
+        curs.execute(
+            sql.SQL("SELECT notification_id FROM {} WHERE notification_id > %s ORDER BY notification_id").format(table),
+            (before,),
+        )
+        ids = [int(r["notification_id"] if isinstance(r, Mapping) else r[0]) for r in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            raise ProgrammingError(f"copied {len(stored_events)} events but found {len(ids)} new notification ids")
+        return ids
 
 
 def store_env(database_url: str, *, pool_size: int = 5) -> dict[str, str]:
