@@ -105,6 +105,32 @@ class CompactTranscoder(JSONTranscoder):
         except (OverflowError, TypeError, msgspec.EncodeError):
             return self.encode(obj)
 
+    def encode_fields(self, state: dict[str, Any]) -> bytes:
+        """`encode_compact` of an event's fields (a map keyed by names), the same bytes, made faster.
+
+        Field values of the common kinds are made packable here, in one pass, rather than through
+        `_packable`'s checks for every one; any other value still goes through `_packable`."""
+        packable: dict[Any, Any] = {}
+        try:
+            for name, value in state.items():
+                kind = type(value)
+                if type(name) is not str:
+                    return self.encode_compact(state)
+                code = _CODES.get(name, name)
+                if value is None or kind is float or kind is bool or kind is str or kind is int:
+                    packable[code] = value
+                elif kind is datetime:
+                    packable[code] = msgspec.msgpack.Ext(_MOMENT, _moment(value))
+                elif kind is UUID:
+                    packable[code] = msgspec.msgpack.Ext(_UUID, value.bytes)
+                elif kind is list and not value:
+                    packable[code] = []
+                else:
+                    packable[code] = self._packable(value)
+            return self._packer.encode(packable)
+        except (OverflowError, TypeError, msgspec.EncodeError):
+            return self.encode(state)
+
     def decode(self, data: bytes) -> Any:
         if data[:1] == b"{":
             return super().decode(data)
@@ -178,6 +204,6 @@ class CompactMapper(Mapper[UUID]):
             originator_id=originator_id,
             originator_version=originator_version,
             topic=get_topic(type(domain_event)),
-            state=self.transcoder.encode_compact(state),
+            state=self.transcoder.encode_fields(state),
         )
 
