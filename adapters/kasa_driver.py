@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
-from kasa import Device, DeviceConfig, Discover, KasaException, Module, UnsupportedDeviceError
+from kasa import Device, DeviceConfig, Discover, EmeterStatus, KasaException, Module, UnsupportedDeviceError
 from kasa.iot import IotPlug, IotStrip
 from kasa.iot.iotstrip import IotStripPlug
+from kasa.json import dumps as json_dumps
 
 from domain.address import KASA_PORT, DeviceAddress
 from domain.errors import DeviceError, DeviceTimeout, DeviceUnreachable, OutletNotFound, UnsupportedDevice
@@ -40,20 +41,24 @@ class _Meter:
 
     __slots__ = ("current_a", "power_w", "total_wh", "voltage_v")
 
-    def __init__(self, device: Device) -> None:
-        energy = device.modules.get(Module.Energy)
+    def __init__(self, status: EmeterStatus | None) -> None:
         self.power_w: float | None = None
         self.voltage_v: float | None = None
         self.current_a: float | None = None
         self.total_wh: float | None = None
-        if energy is None:
+        if status is None:
             return
-        self.power_w = _float(energy.current_consumption)
-        self.voltage_v = _float(energy.voltage)
-        self.current_a = _float(energy.current)
-        total_kwh = _float(energy.consumption_total)
+        self.power_w = _float(status.power)
+        self.voltage_v = _float(status.voltage)
+        self.current_a = _float(status.current)
+        total_kwh = _float(status.total)
         # kWh * 1000 in floating point leaves noise like 62.00000000000001.
         self.total_wh = None if total_kwh is None else round(total_kwh * 1000, 6)
+
+    @classmethod
+    def of(cls, device: Device) -> _Meter:
+        energy = device.modules.get(Module.Energy)
+        return cls(None if energy is None else energy.status)
 
 
 def _float(value: float | int | None) -> float | None:
@@ -98,7 +103,7 @@ def snapshot_of(device: Device) -> DeviceSnapshot:
             outlets=outlets,
             **common,
         )
-    meter = _Meter(device)
+    meter = _Meter.of(device)
     return DeviceSnapshot(
         device_type="plug",
         is_on=bool(device.is_on),
@@ -110,8 +115,110 @@ def snapshot_of(device: Device) -> DeviceSnapshot:
     )
 
 
+class _Reading:
+    """The short read of a connected plug or strip: its sysinfo and the meter's realtime values.
+
+    `update()` asks every module python-kasa knows (schedules, usage statistics, cloud,
+    time, ...) and a strip's outlets the same; a reading needs the state and the meter. The
+    requests are encoded once; what the device does not change (model, MAC, whether it
+    meters) is taken from the python-kasa device connected before.
+    """
+
+    __slots__ = ("_device", "_mac", "_outlets", "_request")
+
+    def __init__(self, device: IotPlug | IotStrip) -> None:
+        self._device = device
+        self._mac = _raw_mac(device.sys_info)
+        emeter = device.emeter_type
+        query: dict[str, object] = {"system": {"get_sysinfo": {}}}
+        self._outlets: tuple[str, ...] = ()
+        if isinstance(device, IotStrip):
+            if device.has_emeter:
+                self._outlets = tuple(
+                    json_dumps({"context": {"child_ids": [child.child_id]}, emeter: {"get_realtime": {}}})
+                    for child in device.children
+                    if isinstance(child, IotStripPlug)
+                )
+        elif device.has_emeter:
+            query[emeter] = {"get_realtime": {}}
+        self._request = json_dumps(query)
+
+    async def read(self) -> DeviceSnapshot:
+        device = self._device
+        protocol = device.protocol
+        answer = await protocol.query(self._request)
+        sysinfo = answer["system"]["get_sysinfo"]
+        if _raw_mac(sysinfo) != self._mac:
+            raise UnsupportedDeviceError("another device answers at this address")
+        common: dict[str, Any] = {
+            "alias": clean_text(sysinfo.get("alias") or ""),
+            "model": clean_text(device.model),
+            "mac": clean_text(device.mac),
+            "firmware": clean_text(str(sysinfo["sw_ver"])),
+            "has_emeter": bool(device.has_emeter),
+            "rssi": None if sysinfo.get("rssi") is None else int(sysinfo["rssi"]),
+        }
+        emeter = device.emeter_type
+        if isinstance(device, IotStrip):
+            children = sysinfo["children"]
+            meters: list[EmeterStatus | None] = [None] * len(children)
+            if self._outlets:
+                if len(self._outlets) != len(children):
+                    raise UnsupportedDeviceError("the strip's outlets changed")
+                for index, request in enumerate(self._outlets):
+                    meters[index] = _status((await protocol.query(request))[emeter]["get_realtime"])
+            outlets = tuple(
+                _outlet_of(index, child, meters[index]) for index, child in enumerate(children)
+            )
+            return DeviceSnapshot(
+                device_type="strip",
+                is_on=any(o.is_on for o in outlets),
+                power_w=_sum([o.power_w for o in outlets]),
+                voltage_v=_mean([o.voltage_v for o in outlets]),
+                current_a=_sum([o.current_a for o in outlets]),
+                total_wh=_sum([o.total_wh for o in outlets]),
+                outlets=outlets,
+                **common,
+            )
+        meter = _Meter(_status(answer[emeter]["get_realtime"]) if device.has_emeter else None)
+        return DeviceSnapshot(
+            device_type="plug",
+            is_on=bool(sysinfo["relay_state"]),
+            power_w=meter.power_w,
+            voltage_v=meter.voltage_v,
+            current_a=meter.current_a,
+            total_wh=meter.total_wh,
+            **common,
+        )
+
+
+def _raw_mac(sysinfo: dict[str, object]) -> object:
+    return sysinfo.get("mac", sysinfo.get("mic_mac"))
+
+
+def _status(realtime: dict[str, float]) -> EmeterStatus:
+    """The meter's realtime answer; one with an error code is a malformed answer."""
+    if realtime.get("err_code", 0) != 0:
+        raise ValueError(f"the meter answered {realtime}")
+    return EmeterStatus(realtime)
+
+
+def _outlet_of(index: int, child: dict[str, object], status: EmeterStatus | None) -> OutletReading:
+    meter = _Meter(status) if status is not None else None
+    return OutletReading(
+        outlet_id=clean_text(str(child["id"])),
+        index=index,
+        alias=clean_text(str(child.get("alias") or "")),
+        is_on=bool(child["state"]),
+        power_w=meter.power_w if meter else None,
+        voltage_v=meter.voltage_v if meter else None,
+        current_a=meter.current_a if meter else None,
+        total_wh=meter.total_wh if meter else None,
+    )
+
+
 def _outlet_reading(index: int, child: Device, has_emeter: bool) -> OutletReading:
-    meter = _Meter(child) if has_emeter else None
+    meter = _Meter.of(child) if has_emeter else None
     return OutletReading(
         outlet_id=clean_text(child.child_id if isinstance(child, IotStripPlug) else child.device_id),
         index=index,
@@ -138,14 +245,20 @@ class KasaDriver(DeviceDriver, DeviceSwitch):
         self._timeout = timeout
         self._devices: dict[DeviceAddress, Device] = {}
         self._locks: dict[DeviceAddress, asyncio.Lock] = {}
+        self._readings: dict[DeviceAddress, _Reading] = {}
 
     async def poll(self, address: DeviceAddress) -> DeviceSnapshot:
         """Read the device's state and meter now."""
 
         async def read(device: Device, fresh: bool) -> DeviceSnapshot:
-            if not fresh:
-                await device.update()
-            return snapshot_of(device)
+            if fresh:
+                return snapshot_of(device)
+            reading = self._readings.get(address)
+            if reading is None:
+                if not isinstance(device, (IotPlug, IotStrip)):
+                    return snapshot_of(device)
+                reading = self._readings[address] = _Reading(device)
+            return await reading.read()
 
         return await self._with_device(address, read)
 
@@ -232,6 +345,7 @@ class KasaDriver(DeviceDriver, DeviceSwitch):
         """Close every cached connection."""
         devices = list(self._devices.items())
         self._devices.clear()
+        self._readings.clear()
         for address, device in devices:
             await self._disconnect(address, device)
 
@@ -246,7 +360,9 @@ class KasaDriver(DeviceDriver, DeviceSwitch):
         address: DeviceAddress,
         action: Callable[[Device, bool], Awaitable[_T]],
     ) -> _T:
-        lock = self._locks.setdefault(address, asyncio.Lock())
+        lock = self._locks.get(address)
+        if lock is None:
+            lock = self._locks[address] = asyncio.Lock()
         async with lock:
             try:
                 async with asyncio.timeout(self._timeout):
@@ -280,6 +396,7 @@ class KasaDriver(DeviceDriver, DeviceSwitch):
                 raise
 
     async def _drop(self, address: DeviceAddress) -> None:
+        self._readings.pop(address, None)
         device = self._devices.pop(address, None)
         if device is not None:
             await self._disconnect(address, device)

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import multiprocessing as mp
 import os
 import resource
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -55,6 +57,8 @@ class Window(msgspec.Struct, frozen=True, kw_only=True):
     stats: dict[str, Any] = {}
     reads: dict[str, list[float]] = {}
     cycles: list[float] = []
+    threads: dict[str, float] = {}
+    """CPU seconds by thread: `main` is the polling loop, `poller-store` the store's loop."""
 
 
 def raise_file_limit(needed: int) -> None:
@@ -65,6 +69,23 @@ def raise_file_limit(needed: int) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         sys.exit(f"need {needed} open files, the hard limit allows {soft}: raise it (ulimit -Hn)")
+
+
+def thread_cpu() -> dict[str, float]:
+    """User + system CPU seconds of this process's threads, by name (the main thread as `main`)."""
+    names = {t.native_id: ("main" if t is threading.main_thread() else t.name) for t in threading.enumerate()}
+    seconds: dict[str, float] = defaultdict(float)
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            seconds[names.get(int(task.name), "other")] += proc_cpu_path(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return dict(seconds)
+
+
+def proc_cpu_path(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu(pid: int) -> float:
@@ -133,11 +154,19 @@ async def _poll(options: dict[str, Any], conn: Connection) -> None:
         conn.send("ready")
         start_at = await loop.run_in_executor(None, conn.recv)
         await asyncio.sleep(max(0.0, start_at - time.time()))
+        profiler = cProfile.Profile() if options["profile"] else None
+        threads_before = thread_cpu()
         started, cpu = time.time(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
         await asyncio.sleep(options["seconds"])
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{options['profile']}.{os.getpid()}")
         ended, used = time.time(), time.process_time() - cpu
+        threads = {name: seconds - threads_before.get(name, 0.0) for name, seconds in thread_cpu().items()}
         stats = msgspec.structs.asdict(poller.stats())
-        conn.send(msgspec.json.encode(Window(started=started, ended=ended, cpu=used, stats=stats)))
+        conn.send(msgspec.json.encode(Window(started=started, ended=ended, cpu=used, stats=stats, threads=threads)))
         # Every poller polls until all are measured, so no hand-over falls into a window.
         await loop.run_in_executor(None, conn.recv)
         stop.set()
@@ -307,7 +336,7 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
                 "prefix": stream.subject_prefix, "database_url": url, "nats_url": args.nats_url,
                 "warmup": args.warmup + (args.lease if pollers > 1 else 0.0), "seconds": args.seconds,
                 "first_contact_max": args.first_contact_max,
-                "baseline_seconds": args.baseline_seconds,
+                "baseline_seconds": args.baseline_seconds, "profile": args.profile,
             }
             pipes = [ctx.Pipe() for _ in range(pollers)]
             processes = [ctx.Process(target=poll, args=(options, side), daemon=True) for _, side in pipes]
@@ -343,13 +372,23 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
             inside = [lag for at, lag in lags if started <= at < ended]
             totals = {k: sum(w.stats.get(k, 0) for w in windows) for k in ("overruns", "failures", "pending")}
             store_lag = max(w.stats.get("store_lag", 0.0) for w in windows)
+            reads = measured["rate"] * (ended - started)
+            threads: dict[str, float] = defaultdict(float)
+            for w in windows:
+                for name, seconds in w.threads.items():
+                    threads[name] += seconds * (ended - started) / (w.ended - w.started)
+            split = ", ".join(f"{name} {1000 * seconds / max(reads, 1):.2f}"
+                              for name, seconds in sorted(threads.items(), key=lambda kv: -kv[1]) if seconds > 0)
             rows.append({
                 "scale": f"{count}+{holes}", "run": f"poller x{pollers}", **measured,
+                "ms_per_read": 1000 * sum(w.cpu * (ended - started) / (w.ended - w.started) for w in windows)
+                / max(reads, 1),
                 "expected": len(healthy) / args.interval,
                 "cpu": sum(w.cpu / (w.ended - w.started) for w in windows),
                 "lag_median": statistics.median(inside) if inside else float("nan"),
                 "lag_p99": quantile(inside, 0.99),
-                "notes": f"emulator cpu {emulator_busy:.2f}, devices held {[w.stats.get('devices') for w in windows]}, "
+                "notes": f"cpu ms/read by thread: {split}; "
+                         f"emulator cpu {emulator_busy:.2f}, devices held {[w.stats.get('devices') for w in windows]}, "
                          f"poll failures {totals['failures']}, overruns {totals['overruns']}, "
                          f"unsaved at the end {totals['pending']} (oldest {store_lag:.1f} s)",
             })
@@ -357,6 +396,7 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
                              args.interval)
             rows.append({
                 "scale": f"{count}", "run": "bare loop", **base, "expected": len(healthy) / args.interval,
+                "ms_per_read": 1000 * baseline.cpu / max(1, sum(len(t) for t in baseline.reads.values())),
                 "cpu": baseline.cpu / (baseline.ended - baseline.started),
                 "lag_median": float("nan"), "lag_p99": float("nan"),
                 "notes": f"cycle median {statistics.median(baseline.cycles):.2f} s, "
@@ -375,7 +415,7 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     head = (f"{'devices':>11}  {'run':<10} {'gap med':>7} {'gap p99':>7} {'on time':>7} {'stored/s':>8} "
-            f"{'expected':>8} {'cpu':>5} {'relay med':>9} {'relay p99':>9}  notes")
+            f"{'expected':>8} {'cpu':>5} {'ms/read':>7} {'relay med':>9} {'relay p99':>9}  notes")
     print()
     print(f"interval {args.interval:g} s, timeout {args.timeout:g} s, concurrency {args.concurrency}"
           f" (suspect {args.suspect_concurrency}), {args.seconds:g} s measured, from {args.warmup:g} s after"
@@ -384,10 +424,10 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("-" * len(head))
     for row in rows:
         print(f"{row['scale']:>11}  {row['run']:<10} {row['gap_median']:7.2f} {row['gap_p99']:7.2f} "
-              f"{row['on_time']:7.1%} {row['rate']:8.1f} {row['expected']:8.1f} {row['cpu']:5.2f} "
+              f"{row['on_time']:7.1%} {row['rate']:8.1f} {row['expected']:8.1f} {row['cpu']:5.2f} {row['ms_per_read']:7.2f} "
               f"{row['lag_median']:9.3f} {row['lag_p99']:9.3f}  {row['notes']}")
     print("gap: s between consecutive reads of a device; on time: healthy devices read in every interval;"
-          " cpu: cores used by polling; relay: s from event to JetStream")
+          " cpu: cores used by polling; ms/read: CPU ms per reading taken; relay: s from event to JetStream")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -423,6 +463,7 @@ if __name__ == "__main__":
     parser.add_argument("--black-holes", type=float, default=0.1, help="silent devices per device (default 0.1)")
     parser.add_argument("--concurrency", type=int, default=defaults.poll_concurrency)
     parser.add_argument("--suspect-concurrency", type=int, default=defaults.poll_suspect_concurrency)
+    parser.add_argument("--profile", default="", help="cProfile each poller's measured window into PATH.<pid>")
     parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     parsed = parser.parse_args()
     parsed.warmup = 2 * parsed.interval if parsed.warmup is None else parsed.warmup

@@ -23,7 +23,7 @@ from adapters.emulator import (
     loopback_hosts,
     run_emulator,
 )
-from adapters.kasa_driver import DeviceUnreachable, KasaDriver, OutletNotFound, UnsupportedDevice
+from adapters.kasa_driver import DeviceUnreachable, KasaDriver, OutletNotFound, UnsupportedDevice, snapshot_of
 from domain.address import DeviceAddress, parse_address
 from tests.harness import free_port
 
@@ -445,3 +445,83 @@ async def test_run_emulator_serves_until_cancelled_then_closes(driver: KasaDrive
         await task
     with pytest.raises(DeviceUnreachable):
         await driver.poll(addresses[0])
+
+
+@pytest.mark.asyncio
+async def test_a_poll_of_a_connected_device_asks_only_its_state_and_meter_and_reads_what_an_update_reads(
+    fleet: EmulatorFleet, driver: KasaDriver
+) -> None:
+    asked: list[set[str]] = []
+    for index, emulated in enumerate(fleet.devices):
+        answer = emulated.handle
+
+        def recording(request: Any, answer: Any = answer) -> Any:
+            asked.append(set(request) - {"context"})
+            return answer(request)
+
+        emulated.handle = recording  # type: ignore[method-assign]
+        address = address_of(fleet, index)
+        await driver.poll(address)
+        asked.clear()
+        short = await driver.poll(address)
+        assert all(modules <= {"system", "emeter"} for modules in asked), asked
+        assert len(asked) == 1 + (len(emulated.outlet_ids) if emulated.has_emeter and emulated.outlet_ids else 0)
+
+        device = await connect(fleet, index)
+        try:
+            await device.update()
+            full = snapshot_of(device)
+        finally:
+            await device.disconnect()
+        for field in ("alias", "model", "mac", "firmware", "has_emeter", "device_type", "is_on"):
+            assert getattr(short, field) == getattr(full, field), field
+        for value, expected in ((short.power_w, full.power_w), (short.voltage_v, full.voltage_v),
+                                (short.total_wh, full.total_wh)):  # fmt: skip
+            assert (value is None) == (expected is None)
+            assert value is None or value == pytest.approx(expected, rel=0.05, abs=0.5)
+        assert [(o.outlet_id, o.index, o.alias, o.is_on) for o in short.outlets] == [
+            (o.outlet_id, o.index, o.alias, o.is_on) for o in full.outlets
+        ]
+        assert [o.power_w is None for o in short.outlets] == [o.power_w is None for o in full.outlets]
+
+
+@pytest.mark.asyncio
+async def test_a_rename_and_a_switch_behind_the_drivers_back_show_in_its_next_poll(
+    fleet: EmulatorFleet, driver: KasaDriver
+) -> None:
+    for index in (HS110, KP303):
+        address = address_of(fleet, index)
+        before = await driver.poll(address)
+        emulated = fleet.devices[index]
+        emulated.handle({"system": {"set_dev_alias": {"alias": "Moved"}}})
+        emulated.set_relay(not before.is_on, outlet=None if index == HS110 else 0)
+        after = await driver.poll(address)
+        assert after.alias == "Moved"
+        if index == HS110:
+            assert after.is_on != before.is_on
+        else:
+            assert after.outlets[0].is_on != before.outlets[0].is_on
+        assert fleet.servers[index].connection_count == 1
+
+
+@pytest.mark.asyncio
+async def test_a_meter_that_answers_an_error_is_unreachable_and_the_next_poll_connects_afresh(
+    fleet: EmulatorFleet, driver: KasaDriver
+) -> None:
+    address = address_of(fleet, KP115)
+    await driver.poll(address)
+    emulated = fleet.devices[KP115]
+    answer = emulated.handle
+
+    def broken_meter(request: Any) -> Any:
+        result = answer(request)
+        if "emeter" in request:
+            result["emeter"] = {"get_realtime": {"err_code": -1, "err_msg": "module not support"}}
+        return result
+
+    emulated.handle = broken_meter  # type: ignore[method-assign]
+    with pytest.raises(DeviceUnreachable):
+        await driver.poll(address)
+    emulated.handle = answer  # type: ignore[method-assign]
+    assert (await driver.poll(address)).power_w is not None
+    assert fleet.servers[KP115].connection_count == 1
