@@ -21,7 +21,6 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable, Collection
-from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +36,7 @@ from domain.commands import MissedPolls, PollResult
 from domain.config import ConfigValues
 from domain.device import is_push_address
 from domain.handlers import CommandHandlers
-from domain.ports import DeviceDriver
+from domain.ports import Clock, DeviceDriver
 
 # The assignment and schedule names are named here too, for callers that take them from the poller.
 __all__ = [
@@ -108,6 +107,7 @@ class Poller:
         max_pending: int = 50_000,
         on_saved: Callable[[], None] = lambda: None,
         observe: Callable[[float, BaseException | None], None] = lambda seconds, failure: None,
+        clock: Clock | None = None,
     ) -> None:
         if interval <= 0 or timeout <= 0 or concurrency < 1 or suspect_concurrency < 1 or offline_after < 1:
             raise ValueError("interval and timeout must be positive, concurrency and offline_after at least 1")
@@ -123,6 +123,8 @@ class Poller:
         self.max_pending = max_pending
         self.observe = observe
         """Told each poll's duration in seconds and, for a failed one, what it raised (the metrics)."""
+        self.clock = clock or commands.clock
+        """Stamps each reading with the moment it was taken (the handlers' clock unless given)."""
         self._healthy = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._suspect = asyncio.Semaphore(suspect_concurrency)
@@ -336,7 +338,7 @@ class Poller:
             log.info("poll.recovered", device_id=str(state.device_id), address=state.address, missed=state.missed)
             state.missed = 0
             state.failing_since = None
-        result = PollResult(device_id=state.device_id, measured_at=datetime.now(timezone.utc), snapshot=snapshot)
+        result = PollResult(device_id=state.device_id, measured_at=self.clock.now(), snapshot=snapshot)
         self._store.enqueue(result)
 
     def _failed(self, state: DeviceState, exc: Exception) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 from eventsourcing.persistence import OperationalError
@@ -14,7 +14,7 @@ from domain.address import DeviceAddress
 from domain.meter import MeterDay
 from domain.ports import DeviceDriver
 from domain.readings import DeviceSnapshot
-from tests.kit import MemoryStore, RecordingHandlers, eventually, save_devices
+from tests.kit import ManualClock, MemoryStore, RecordingHandlers, eventually, save_devices
 
 
 def plug() -> DeviceSnapshot:
@@ -97,3 +97,20 @@ def test_an_offline_device_is_retried_less_often_but_at_least_every_minute() -> 
     assert set(delays[6:]) == {60.0}
     assert retry_delay(50, interval=1.0, offline_after=3) == 6.0
     assert retry_delay(50, interval=300.0, offline_after=3) == 300.0
+
+
+async def test_readings_are_stamped_by_the_injected_clock() -> None:
+    store = MemoryStore()
+    devices = await save_devices(store, plug(), 2)
+    clock = ManualClock(datetime(2031, 3, 4, 5, 6, 7, tzinfo=timezone.utc), step=timedelta(seconds=1))
+    poller = Poller(RecordingHandlers(store), Answering(), assignment(devices), interval=0.1, flush_every=0.05,
+                    clock=clock)  # fmt: skip
+    task = asyncio.create_task(poller.run())
+    try:
+        await eventually(lambda: len(readings(store)) >= 4, what="two readings of each device stored")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    stamps = [at for _, at in readings(store)]
+    assert all(datetime(2031, 3, 4, 5, 6, 8, tzinfo=timezone.utc) <= at <= clock.moment for at in stamps)
+    assert len(set(stamps)) == len(stamps)
