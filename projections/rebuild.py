@@ -13,20 +13,25 @@ model, so only one replay of a read model runs at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
 from psycopg import sql
 
 from adapters.eventlog import EventLog
+from projections.checkpoints import Checkpoint, check, load, newest, verify_chain_after
 from projections.errors import ProjectionError
 from projections.quarantine import QuarantineRow, apply_isolating, log_quarantine, read_section, record_quarantine
 from projections.tables import Projector, Table, building, home_schemas, set_search_path
 from projections.tracking import CLEARED, QUARANTINE, TRACKING
 from projections.versions import restart
+
+if TYPE_CHECKING:
+    from projections.engine import ProjectionEngine
 
 __all__ = [
     "SHADOW_SCHEMA",
@@ -36,6 +41,8 @@ __all__ = [
     "RowDifference",
     "Shadow",
     "open_shadow",
+    "rebuild_from_checkpoints",
+    "verify_from_checkpoints",
 ]
 
 # With a read model's name hashed, keeps two replays of one read model apart.
@@ -107,6 +114,7 @@ class Shadow:
         self.tables = [table for projector in self.projectors for table in projector.tables]
         self.names = [projector.name for projector in self.projectors]
         self.position = 0
+        self.starts: dict[str, int] = {}
         self.events = 0
         self.head = 0
         self.quarantined: list[QuarantineRow] = []
@@ -137,6 +145,19 @@ class Shadow:
                     sql.Identifier(self.schema), sql.Identifier(table.bare)
                 ))
 
+    def restore(self, database_url: str, checkpoints: Mapping[str, Checkpoint]) -> None:
+        """Fill the shadow tables of the read models in `checkpoints` from them, in one transaction.
+
+        Each of those read models then replays only the events after its checkpoint; the
+        others replay from zero, and the log is read from the lowest of their positions. Raises
+        `CheckpointRefused` (nothing kept) if a checkpoint's rows no longer match its digest."""
+        with self.conn.transaction(), self.conn.cursor() as cur, self._targeted(cur):
+            for projector in self.projectors:
+                if (checkpoint := checkpoints.get(projector.name)) is not None:
+                    self.quarantined.extend(load(cur, database_url, checkpoint, projector))
+                    self.starts[projector.name] = checkpoint.position
+        self.position = min(self.starts.get(name, 0) for name in self.names)
+
     def _report(self, progress: Callable[[ReplayProgress], None] | None, phase: str) -> None:
         self.head = max(self.head, self.position, self.event_log.max_id())
         if progress is not None:
@@ -151,7 +172,11 @@ class Shadow:
             return 0
         with self._targeted(cur):
             for projector in self.projectors:
-                self.quarantined.extend(apply_isolating(cur, projector, section.events, section.notifications))
+                first = bisect_right(section.ids, self.starts.get(projector.name, 0))
+                if first < len(section.ids):
+                    self.quarantined.extend(apply_isolating(
+                        cur, projector, section.events[first:], section.notifications[first:]
+                    ))  # fmt: skip
         self.position = section.ids[-1]
         self.events += len(section.ids)
         return len(section.ids)
@@ -301,3 +326,58 @@ def open_shadow(
         finally:
             if not conn.broken:
                 shadow.drop()
+
+
+def _chosen(engine: ProjectionEngine, names: Sequence[str]) -> list[Projector]:
+    if unknown := [n for n in names if n not in engine.projectors]:
+        raise LookupError(f"unknown read model {', '.join(unknown)}; known: {', '.join(engine.projectors)}")
+    if not names:
+        raise LookupError("no read model named")
+    return [engine.projectors[n] for n in dict.fromkeys(names)]
+
+
+def checked_checkpoints(engine: ProjectionEngine, projectors: Sequence[Projector]) -> dict[str, Checkpoint]:
+    """The newest checkpoint of each of `projectors` that has one, each checked (`check`), and the stored
+    events after the oldest of them checked against the hash chain. Raises `CheckpointRefused`."""
+    with psycopg.connect(engine.database_url) as conn:
+        found = {p.name: c for p in projectors if (c := newest(conn, p.name)) is not None}
+        head = engine.event_log.max_id()
+        for projector in projectors:
+            if projector.name in found:
+                check(conn, found[projector.name], projector, head)
+    if found:
+        oldest = min(found.values(), key=lambda c: c.chain_position or 0)
+        verify_chain_after(engine.database_url, oldest.chain_position or 0, oldest.chain_hash)
+    return found
+
+
+def rebuild_from_checkpoints(
+    engine: ProjectionEngine, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
+) -> tuple[int, dict[str, Checkpoint]]:
+    """`rebuild_many` starting each read model from its newest checkpoint (from zero if it has none).
+
+    Every checkpoint is checked first (version, chain link, the chain after it) and its rows
+    against its digest as they are loaded; a refused one raises `CheckpointRefused` and the
+    live read models are left as they were. Returns the events replayed and the checkpoints used.
+    """
+    chosen = _chosen(engine, names)
+    found = checked_checkpoints(engine, chosen)
+    with open_shadow(engine.database_url, engine.event_log, chosen, SHADOW_SCHEMA, engine.replay_batch_size) as shadow:
+        shadow.restore(engine.database_url, found)
+        shadow.catch_up(progress)
+        shadow.swap(progress)
+    return shadow.events, found
+
+
+def verify_from_checkpoints(
+    engine: ProjectionEngine, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
+) -> tuple[list[RowDifference], dict[str, Checkpoint]]:
+    """`verify` with the replay started from each read model's newest checkpoint: every row in which the
+    live read models differ from it, and the checkpoints used. Raises `CheckpointRefused` as
+    `rebuild_from_checkpoints` does."""
+    chosen = _chosen(engine, names)
+    found = checked_checkpoints(engine, chosen)
+    with open_shadow(engine.database_url, engine.event_log, chosen, VERIFY_SCHEMA, engine.replay_batch_size) as shadow:
+        shadow.restore(engine.database_url, found)
+        shadow.catch_up(progress)
+        return shadow.compare(progress), found
