@@ -21,10 +21,6 @@ from domain.retry import retrying
 from domain.text import check_text
 from domain.usage import EnergySettings
 
-EVENTS_PER_SAVE = 2000
-"""Readings per transaction when importing: big pipelined saves were seen to hang a connection."""
-
-
 class ImportReadings(Command, frozen=True, kw_only=True, tag="import_readings"):
     device_id: UUID
     readings: tuple[ImportedReading, ...]
@@ -63,13 +59,13 @@ class EnergyHandlers:
         self.settings = settings or EnergySettings()
 
     async def import_readings(self, command: ImportReadings) -> ReadingsImported:
-        """Check every reading, then store them as `MeterDay.ReadingRecorded` events, day by day.
+        """Check every reading, then store them as `MeterDay.ReadingRecorded` events, in one transaction.
 
         Raises DeviceNotFound for an unknown or removed device and InvalidReadings
         (nothing stored) for a bad item. A reading whose device and timestamp are
-        already recorded records nothing. Readings go into the store in parts of
-        about EVENTS_PER_SAVE, each one transaction; a part that clashes with
-        another writer (the poller, on today's meter) is decided again once.
+        already recorded records nothing. The request's readings are stored whole or
+        not at all (the store's inserts are bounded whatever their size); a save that
+        clashes with another writer (the poller, on today's meter) is decided again once.
         """
         device = await self.store.device(command.device_id)
         if device is None or device.removed:
@@ -84,11 +80,9 @@ class EnergyHandlers:
         by_day: dict[date, list[tuple[datetime, DeviceSnapshot]]] = {}
         for at, snapshot in snapshots(checked, shape):
             by_day.setdefault(utc_day(at), []).append((at, snapshot))
-        recorded = position = 0
-        for part in _parts(list(by_day.items())):
-            count, last = await retrying(partial(self._store_days, command.device_id, part, command.actor))
-            recorded += count
-            position = max(position, last)
+        recorded, position = await retrying(
+            partial(self._store_days, command.device_id, list(by_day.items()), command.actor)
+        )
         return ReadingsImported(
             received=len(command.readings), recorded=recorded, duplicates=len(command.readings) - recorded,
             position=position,
@@ -153,17 +147,3 @@ def _check_labels(rate: RateVersion) -> None:
         for number, period in enumerate(periods):
             check_text(period.label, field=f"{field}[{number}].label")
 
-
-def _parts(
-    days: list[tuple[date, list[tuple[datetime, DeviceSnapshot]]]],
-) -> list[list[tuple[date, list[tuple[datetime, DeviceSnapshot]]]]]:
-    """Days grouped into parts of about EVENTS_PER_SAVE readings (a day is never split)."""
-    parts: list[list[tuple[date, list[tuple[datetime, DeviceSnapshot]]]]] = []
-    size = 0
-    for day in days:
-        if not parts or size + len(day[1]) > EVENTS_PER_SAVE:
-            parts.append([])
-            size = 0
-        parts[-1].append(day)
-        size += len(day[1])
-    return parts
