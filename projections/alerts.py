@@ -31,7 +31,7 @@ from domain.alert import Alert, AlertDelivery, AlertRule, AlertTicks, PartHealth
 from domain.alert_rules import DEVICE_KINDS, DeviceFacts, Hold, RuleSpec, condition, judge
 from domain.calendar import LocalCalendar
 from domain.device import Device
-from domain.energy import EnergyRules, reading_of, split, step
+from domain.energy import EnergyRules, Share, reading_of, split, step
 from domain.meter import MeterDay
 from domain.rates import RateVersion, Tariff, in_force, unit_price, version_of
 from projections.tables import READ_SCHEMA, Table
@@ -297,11 +297,15 @@ class AlertsProjector:
             return
         at = event.measured_at
         facts.meter, intervals = step(facts.meter, reading_of(event, facts.mac), self.energy_rules)
-        day = self.calendar.period(at, "day").label
+        period = self.calendar.period(at, "day")
+        day = period.label
         if facts.day != day:
             facts.day, facts.day_wh, facts.day_cost = day, 0.0, Decimal(0)
         for interval in intervals:
-            for share in split(interval, self.calendar.zone, "day"):
+            # An interval inside the reading's day (nearly every one) is that day's one share, as `split` gives.
+            inside = period.start <= interval.start < period.end and interval.end <= period.end
+            shares = [Share(period=period, wh=interval.wh)] if inside else split(interval, self.calendar.zone, "day")
+            for share in shares:
                 if share.period.label == day:
                     facts.day_wh += share.wh
                     facts.day_cost += Decimal(str(share.wh)) / 1000 * _price(batch.state.rates, share.period.start

@@ -32,6 +32,7 @@ from adapters.history import records_for_events
 from domain.alert import AlertTicks
 from domain.meter import MeterDay
 from projections.audit_words import NameRow, Names, describe, name_new_ones, referenced
+from projections.quarantine import notifications_of
 from projections.tables import READ_SCHEMA, Table
 
 __all__ = ["AUDIT_LOG", "AUDIT_NAMES", "LOG_TABLE", "NAMES_TABLE", "AuditProjector", "AuditRow"]
@@ -83,13 +84,21 @@ class AuditProjector:
     tables = (AUDIT_LOG, AUDIT_NAMES)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
-        positions = {(r.originator_id, r.version): r.notification_id for r in records_for_events(cur, events)}
+        held = notifications_of(events)
+        if held is not None:
+            positions = {
+                (n.originator_id, n.originator_version): n.id
+                for e, n in zip(events, held, strict=True) if not isinstance(e, NOT_ACTIONS)
+            }  # fmt: skip
+        events = [e for e in events if not isinstance(e, NOT_ACTIONS)]
+        if not events:
+            return
+        if held is None:
+            positions = {(r.originator_id, r.version): r.notification_id for r in records_for_events(cur, events)}
         names = Names(rows=AUDIT_NAMES.load(cur, referenced(events)), changed=set())
         name_new_ones(events, names)
         rows: list[tuple[Any, ...]] = []
         for event in events:
-            if isinstance(event, NOT_ACTIONS):
-                continue
             position = positions.get((getattr(event, "originator_id"), getattr(event, "originator_version")))
             if position is None:
                 continue

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 from uuid import UUID
 
 import msgspec
 import psycopg
 
 from adapters.history import EVENTS_TABLE, StoredRecord, iter_records, records_for_events
+from projections.quarantine import notifications_of
 from projections.tables import READ_SCHEMA, Table
 
 GENESIS: Final = bytes(32)
@@ -118,14 +119,21 @@ def _extended(row: ChainRow | None, position: int, digest: bytes) -> ChainRow:
 
 
 class ChainProjector:
-    """Extends the hash chain with each batch, hashing the stored bytes of the batch's events."""
+    """Extends the hash chain with each batch, hashing the stored bytes of the batch's events.
+
+    The engine's section already holds those bytes, as read from the store (`notifications_of`);
+    only a batch applied outside the engine reads them again."""
 
     name = "chain"
     version = 2
     tables = (CHAIN,)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
-        records = records_for_events(cur, events)
+        held = notifications_of(events)
+        records = records_for_events(cur, events) if held is None else [
+            StoredRecord(n.id, cast(UUID, n.originator_id), n.originator_version, n.topic, bytes(n.state))
+            for n in held
+        ]  # fmt: skip
         cur.execute(f"{CHAIN.select} ORDER BY link DESC LIMIT 1")
         newest = cur.fetchone()
         row = CHAIN.decode(newest) if newest else None

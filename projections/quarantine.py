@@ -12,7 +12,9 @@ transaction as the rows of the events that did apply.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
@@ -39,6 +41,7 @@ __all__ = [
     "decode_notifications",
     "expected_fault",
     "log_quarantine",
+    "notifications_of",
     "one_line",
     "read_section",
     "record_quarantine",
@@ -133,6 +136,36 @@ def read_section(event_log: EventLog, after: int, limit: int, stop: int | None =
     return Section(after, [n.id for n in notifications], events, list(notifications))
 
 
+_APPLYING: ContextVar[Sequence[Notification] | None] = ContextVar("wattledger_applying", default=None)
+
+
+@contextmanager
+def _applying(notifications: Sequence[Notification]) -> Iterator[None]:
+    token = _APPLYING.set(notifications)
+    try:
+        yield
+    finally:
+        _APPLYING.reset(token)
+
+
+def notifications_of(events: Sequence[object]) -> Sequence[Notification] | None:
+    """The notifications the engine read `events` from, in their order, while it applies them; None elsewhere.
+
+    A read model that needs each event's position or stored bytes (the chain, the audit log) takes
+    them from here instead of reading the stored rows again. The answer is given only when every
+    event is the one its notification holds (same stream and version), so a caller that hands a
+    projector other events than the section's gets None and reads the store.
+    """
+    held = _APPLYING.get()
+    if held is None or len(held) != len(events):
+        return None
+    for event, notification in zip(events, held, strict=True):
+        if (getattr(event, "originator_version", None) != notification.originator_version
+                or getattr(event, "originator_id", None) != notification.originator_id):  # fmt: skip
+            return None
+    return held
+
+
 def _quarantine(projector: str, notification: Notification, error: str) -> QuarantineRow:
     return (projector, notification.id, UUID(str(notification.originator_id)), notification.originator_version,
             notification.topic, error)  # fmt: skip
@@ -157,7 +190,7 @@ def apply_isolating(
             start += 1
             continue
         stop = next((i for i in range(start, end) if isinstance(events[i], Undecodable)), end)
-        failed, error = _apply_span(cur, projector, events, start, stop)
+        failed, error = _apply_span(cur, projector, events, notifications, start, stop)
         if error is not None:
             found.append(_quarantine(projector.name, notifications[failed], one_line(error)))
             start = failed + 1
@@ -167,7 +200,8 @@ def apply_isolating(
 
 
 def _apply_span(
-    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], start: int, stop: int
+    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], notifications: Sequence[Notification],
+    start: int, stop: int,
 ) -> tuple[int, BaseException | None]:
     """Apply events[start:stop] under savepoints, up to the first one that fails alone with a data error.
 
@@ -175,7 +209,7 @@ def _apply_span(
     chunk = stop - start
     while start < stop:
         try:
-            with cur.connection.transaction():
+            with cur.connection.transaction(), _applying(notifications[start:start + chunk]):
                 projector.apply_batch(cur, events[start:start + chunk])
         except Exception as error:
             if not data_error(error) or cur.connection.broken:

@@ -1,0 +1,120 @@
+"""Read models that take the engine's section as it was read: the same rows as reading the store again."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+import projections.audit_projector as audit_projector
+import projections.chain as chain
+from adapters.eventlog import EventLog
+from adapters.eventstore import PollResult, WattLedger
+from domain.device import Device
+from domain.readings import DeviceSnapshot
+from projections.audit_projector import AuditProjector
+from projections.chain import ChainProjector
+from projections.engine import ProjectionEngine, Projector
+from projections.quarantine import notifications_of, read_section
+from projections.tables import home_schemas, set_search_path
+from tests.kit import seed_device, seed_polls
+
+T0 = datetime(2026, 3, 1, 22, 50, tzinfo=timezone.utc)
+
+
+def plug(total_wh: float) -> DeviceSnapshot:
+    return DeviceSnapshot(
+        alias="Kettle", model="HS110", device_type="plug", mac="AA", firmware="1", is_on=True, has_emeter=True,
+        power_w=1800.0, voltage_v=230.0, current_a=7.8, total_wh=total_wh,
+    )
+
+
+def seed(app: WattLedger) -> None:
+    """Two plugs, readings, a rename and a missed poll between them: actions and readings interleaved."""
+    plugs = [seed_device(app, f"127.0.0.1:{13000 + i}", plug(10.0 * i), measured_at=T0) for i in range(2)]
+    for minute in range(1, 12):
+        seed_polls(app, [PollResult(device_id=d, measured_at=T0 + timedelta(minutes=minute),
+                                    snapshot=plug(10.0 * i + minute)) for i, d in enumerate(plugs)])  # fmt: skip
+        if minute == 5:
+            device = app.repository.get(plugs[0])
+            assert isinstance(device, Device)
+            device.rename("Kettle 2", actor="test")
+            app.save(device)
+            seed_polls(app, [], offline={plugs[1]: 3})
+
+
+def dump(database_url: str, projector: Projector) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(database_url) as conn:
+        return {t.name: conn.execute(f"{t.select} ORDER BY {t.key}").fetchall() for t in projector.tables}
+
+
+def test_the_chain_and_the_audit_log_built_from_the_engines_sections_equal_those_built_from_the_store(
+    app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(app)
+    reads: list[str] = []
+
+    def counted(name: str, read: Any) -> Any:
+        def records(cur: psycopg.Cursor[Any], events: Any) -> Any:
+            reads.append(name)
+            return read(cur, events)
+
+        return records
+
+    monkeypatch.setattr(chain, "records_for_events", counted("chain", chain.records_for_events))
+    monkeypatch.setattr(audit_projector, "records_for_events",
+                        counted("audit", audit_projector.records_for_events))  # fmt: skip
+    projectors: list[Projector] = [ChainProjector(), AuditProjector()]
+    engine = ProjectionEngine(app, database_url, projectors, batch_size=7)
+    engine.setup()
+    try:
+        engine.catch_up_all()
+    finally:
+        engine.close()
+    assert reads == [], "the engine's sections carry the stored rows: nothing is read again"
+    through_engine = {p.name: dump(database_url, p) for p in projectors}
+    assert through_engine["chain"]["wl_read.audit_chain"] and through_engine["audit"]["wl_read.audit_log"]
+
+    # The same events handed over outside the engine: each batch reads the stored rows.
+    event_log = EventLog(app)
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        for projector in projectors:
+            for table in projector.tables:
+                cur.execute(f"TRUNCATE {table.name}")
+            position = 0
+            while section := read_section(event_log, position, 5):
+                set_search_path(cur, home_schemas(projector.tables))
+                projector.apply_batch(cur, section.events)
+                position = section.ids[-1]
+        conn.commit()
+    assert set(reads) == {"chain", "audit"}
+    assert {p.name: dump(database_url, p) for p in projectors} == through_engine
+
+
+def test_a_projector_handed_other_events_than_the_sections_gets_no_notifications(
+    app: WattLedger, database_url: str
+) -> None:
+    seed(app)
+    seen: list[tuple[bool, bool]] = []
+
+    class Probe:
+        name = "probe"
+        version = 1
+        tables = ()
+
+        def apply_batch(self, cur: psycopg.Cursor[Any], events: Any) -> None:
+            held = notifications_of(events)
+            shuffled = notifications_of(list(reversed(events))) if len(events) > 1 else None
+            seen.append((held is not None and [n.originator_version for n in held] ==
+                         [e.originator_version for e in events], shuffled is None))  # fmt: skip
+
+    engine = ProjectionEngine(app, database_url, [Probe()], batch_size=6)
+    engine.setup()
+    try:
+        engine.catch_up_all()
+    finally:
+        engine.close()
+    assert seen and all(aligned and refused for aligned, refused in seen), seen
+    assert notifications_of(read_section(EventLog(app), 0, 3).events) is None  # type: ignore[union-attr]
