@@ -1,4 +1,4 @@
-"""`wattledger project`: run the projectors, or `--rebuild`, `--verify` and `--retry` the read models and exit.
+"""`wattledger project`: run the projectors, or `--rebuild`, `--verify`, `--retry` or checkpoint the read models.
 
 The replays and their progress are `infra.replay`'s; this module registers the options, and
 refuses to re-chain a history that no longer matches its hash chain unless `--force`.
@@ -43,6 +43,25 @@ def add_commands(
         "list those that still fail and exit 1 if any",
     )
     project.add_argument(
+        "--from-checkpoint", action="store_true",
+        help="with --rebuild or --verify: start each read model from its newest checkpoint (verified first) and "
+        "replay only the events after it; one without a checkpoint replays from zero",
+    )
+    project.add_argument(
+        "--or-from-zero", action="store_true",
+        help="with --from-checkpoint: a checkpoint that fails verification is a warning and the rebuild starts "
+        "from zero (by default it is refused with exit code 1)",
+    )
+    project.add_argument(
+        "--checkpoint", metavar="NAME|all",
+        help="store a checkpoint of a read model (or all) at the position it has reached, and exit",
+    )
+    project.add_argument("--checkpoints", action="store_true", help="list the stored checkpoints and exit")
+    project.add_argument(
+        "--prune-checkpoints", metavar="KEEP", type=int,
+        help="delete all but the newest KEEP checkpoints of each read model, and exit",
+    )
+    project.add_argument(
         "--force", action="store_true",
         help="rebuild the hash chain even when the stored history no longer matches it (re-chains tampering)",
     )
@@ -51,23 +70,56 @@ def add_commands(
 
 def replays(args: argparse.Namespace) -> bool:
     """Whether the command is a replay that exits when done, not the running projectors."""
-    return args.command == "project" and bool(args.retry or args.rebuild or args.verify)
+    return args.command == "project" and bool(
+        args.retry or args.rebuild or args.verify or args.checkpoint or args.checkpoints
+        or args.prune_checkpoints is not None or args.from_checkpoint or args.or_from_zero
+    )  # fmt: skip
 
 
 async def run(engine: ProjectionEngine, args: argparse.Namespace) -> None:
     """Run the replay `args` ask for."""
+    if args.from_checkpoint and not (args.rebuild or args.verify):
+        raise SettingsError("--from-checkpoint goes with --rebuild NAME|all or --verify")
+    if args.or_from_zero and not args.from_checkpoint:
+        raise SettingsError("--or-from-zero goes with --from-checkpoint")
     if args.retry:
         await retry(engine, force=args.force)
+    elif args.checkpoint or args.checkpoints or args.prune_checkpoints is not None:
+        await checkpoints(engine, args)
     else:
-        await rebuild(engine, args.rebuild or replay.ALL, verify=args.verify, force=args.force)
+        await rebuild(engine, args.rebuild or replay.ALL, verify=args.verify, force=args.force,
+                      from_checkpoint=args.from_checkpoint, or_from_zero=args.or_from_zero)  # fmt: skip
 
 
-async def rebuild(engine: ProjectionEngine, name: str, *, verify: bool, force: bool = False) -> None:
+async def checkpoints(engine: ProjectionEngine, args: argparse.Namespace) -> None:
+    """Store, list or prune checkpoints; exit 1 if one cannot be stored."""
+    await asyncio.to_thread(engine.setup)
+    if args.checkpoint:
+        try:
+            names = replay.chosen_read_models(engine, args.checkpoint)
+        except replay.UnknownReadModel as exc:
+            raise SettingsError(str(exc)) from None
+        code = await asyncio.to_thread(replay.checkpoint, engine, names, sys.stdout, sys.stderr)
+    elif args.prune_checkpoints is not None:
+        if args.prune_checkpoints < 0:
+            raise SettingsError(f"--prune-checkpoints keeps 0 or more, not {args.prune_checkpoints}")
+        code = await asyncio.to_thread(replay.prune_checkpoints, engine, args.prune_checkpoints, sys.stdout)
+    else:
+        code = await asyncio.to_thread(replay.list_checkpoints, engine, sys.stdout)
+    if code:
+        raise SystemExit(code)
+
+
+async def rebuild(
+    engine: ProjectionEngine, name: str, *, verify: bool, force: bool = False, from_checkpoint: bool = False,
+    or_from_zero: bool = False,
+) -> None:
     """Rebuild (or verify) the read models `name` stands for; exit 1 on differences or a replay already running.
 
     Rebuilding the hash chain hashes the history as it is stored now, which would bless an edited
     event: unless `force`, the chain is checked first and a history that no longer matches it
-    stops the rebuild (exit 1, naming the first position, nothing rebuilt).
+    stops the rebuild (exit 1, naming the first position, nothing rebuilt). A chain resumed from a
+    checkpoint hashes only the events after it, which the checkpoint's checks hold to the chain.
     """
     try:
         names = replay.chosen_read_models(engine, name)
@@ -75,11 +127,17 @@ async def rebuild(engine: ProjectionEngine, name: str, *, verify: bool, force: b
         raise SettingsError(str(exc)) from None
     await asyncio.to_thread(engine.setup)
     if not verify:
-        await _refuse_edited_chain(engine, names, force=force)
+        # A chain resumed from its checkpoint re-chains nothing before it (a fallback from zero would).
+        resumed = from_checkpoint and not or_from_zero and CHAIN_READ_MODEL in names and await asyncio.to_thread(
+            replay.has_checkpoint, engine, CHAIN_READ_MODEL
+        )
+        await _refuse_edited_chain(engine, names, force=force or resumed)
     if verify:
-        code = await asyncio.to_thread(replay.verify, engine, names, sys.stdout, sys.stderr)
+        code = await asyncio.to_thread(replay.verify, engine, names, sys.stdout, sys.stderr,
+                                       from_checkpoint=from_checkpoint)  # fmt: skip
     else:
-        code = await asyncio.to_thread(replay.rebuild, engine, names, sys.stderr)
+        code = await asyncio.to_thread(replay.rebuild, engine, names, sys.stderr, from_checkpoint=from_checkpoint,
+                                       or_from_zero=or_from_zero)  # fmt: skip
     if code:
         raise SystemExit(code)
 

@@ -1,4 +1,5 @@
-"""`wattledger project --rebuild NAME|all [--verify]` and `--retry`: replay read models with a progress display.
+"""`wattledger project --rebuild NAME|all [--verify] [--from-checkpoint]`, `--retry` and the checkpoint options:
+replay read models with a progress display, and store, list and prune their checkpoints.
 
 The replay itself is the engine's (`ProjectionEngine.rebuild_many` and
 `verify`); this module names what to replay, draws the progress on stderr and
@@ -13,8 +14,13 @@ from datetime import date, datetime
 from typing import Any, TextIO
 from uuid import UUID
 
+import psycopg
+
 from infra.errors import InfraError
+from projections import checkpoints
+from projections.checkpoints import Checkpoint, CheckpointError, CheckpointRefused
 from projections.engine import ProjectionEngine, QuarantinedEvent, ReplayBusy, ReplayProgress, RowDifference
+from projections.rebuild import rebuild_from_checkpoints, verify_from_checkpoints
 
 ALL = "all"
 
@@ -133,27 +139,60 @@ def describe(difference: RowDifference) -> str:
     return f"{head}: changed {changes}"
 
 
-def rebuild(engine: ProjectionEngine, names: Sequence[str], err: TextIO, *, tty: bool | None = None) -> int:
-    """Rebuild `names` and swap them in, with progress on `err`; the exit code (1 if another replay holds one)."""
+def _resumed(used: dict[str, Checkpoint]) -> str:
+    if not used:
+        return " (no checkpoint: from zero)"
+    return " (from checkpoints: " + ", ".join(f"{name} at {c.position:,}" for name, c in used.items()) + ")"
+
+
+def rebuild(
+    engine: ProjectionEngine, names: Sequence[str], err: TextIO, *, tty: bool | None = None,
+    from_checkpoint: bool = False, or_from_zero: bool = False,
+) -> int:
+    """Rebuild `names` and swap them in, with progress on `err`; the exit code (1 if another replay holds one,
+    or a checkpoint is refused without `or_from_zero`).
+
+    With `from_checkpoint` each read model starts from its newest checkpoint; with `or_from_zero`
+    a refused checkpoint is a warning and the rebuild starts from zero instead."""
     display = ProgressDisplay(err, f"rebuilding {', '.join(names)}", tty=tty)
+    resumed = ""
     try:
-        events = engine.rebuild_many(names, display)
+        if from_checkpoint:
+            try:
+                events, used = rebuild_from_checkpoints(engine, names, display)
+                resumed = _resumed(used)
+            except CheckpointRefused as exc:
+                if not or_from_zero:
+                    err.write(f"\nwattledger: {exc}; nothing rebuilt (--or-from-zero rebuilds from zero instead)\n")
+                    return 1
+                err.write(f"\nwattledger: warning: {exc}; rebuilding from zero\n")
+                display = ProgressDisplay(err, f"rebuilding {', '.join(names)}", tty=tty)
+                events = engine.rebuild_many(names, display)
+        else:
+            events = engine.rebuild_many(names, display)
     except ReplayBusy as exc:
         err.write(f"\nwattledger: {exc}\n")
         return 1
     position = display.last.position if display.last else 0
-    display.finish(f"rebuilt {', '.join(names)}: {events:,} events replayed, swapped in at position {position:,}")
+    display.finish(
+        f"rebuilt {', '.join(names)}: {events:,} events replayed{resumed}, swapped in at position {position:,}"
+    )
     return 0
 
 
 def verify(
-    engine: ProjectionEngine, names: Sequence[str], out: TextIO, err: TextIO, *, tty: bool | None = None
+    engine: ProjectionEngine, names: Sequence[str], out: TextIO, err: TextIO, *, tty: bool | None = None,
+    from_checkpoint: bool = False,
 ) -> int:
-    """Replay `names` beside the live tables and print every row that differs on `out`; exit code 1 if any."""
+    """Replay `names` beside the live tables (from their checkpoints with `from_checkpoint`) and print every
+    row that differs on `out`; exit code 1 if any, or if a checkpoint is refused."""
     display = ProgressDisplay(err, f"verifying {', '.join(names)}", tty=tty)
     try:
-        differences = engine.verify(names, display)
-    except ReplayBusy as exc:
+        if from_checkpoint:
+            differences, _ = verify_from_checkpoints(engine, names, display)
+        else:
+            differences = engine.verify(names, display)
+    except (ReplayBusy, CheckpointRefused) as exc:
         err.write(f"\nwattledger: {exc}\n")
         return 1
     for difference in differences:
@@ -198,3 +237,63 @@ def retry(
         f"{applied:,} now apply, {len(after):,} quarantined"
     )
     return 1 if after else 0
+
+
+def _size(count: int) -> str:
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{count:,} B" if unit == "B" else f"{value:,.1f} {unit}"
+
+
+def checkpoint_line(checkpoint: Checkpoint) -> str:
+    """One line for a stored checkpoint: id, read model, version, position, rows, bytes, when."""
+    return (
+        f"checkpoint {checkpoint.id} of {checkpoint.read_model} v{checkpoint.version} at position "
+        f"{checkpoint.position:,}: {checkpoint.rows:,} rows, {_size(checkpoint.stored_bytes)} stored "
+        f"({_size(checkpoint.raw_bytes)} as text), {checkpoint.created_at:%Y-%m-%d %H:%M:%S %Z}"
+    )
+
+
+def checkpoint(engine: ProjectionEngine, names: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """Store a checkpoint of each of `names` and print it on `out`; exit code 1 if one cannot be."""
+    code = 0
+    for name in names:
+        try:
+            out.write(checkpoint_line(checkpoints.write(engine.database_url, engine.projectors[name])) + "\n")
+        except CheckpointError as exc:
+            err.write(f"wattledger: {exc}\n")
+            code = 1
+        out.flush()
+    return code
+
+
+def list_checkpoints(engine: ProjectionEngine, out: TextIO) -> int:
+    """Print every stored checkpoint, by read model, newest first."""
+    with psycopg.connect(engine.database_url) as conn:
+        found = checkpoints.list_checkpoints(conn)
+    for stored in found:
+        out.write(checkpoint_line(stored) + "\n")
+    if not found:
+        out.write("no checkpoints stored\n")
+    out.flush()
+    return 0
+
+
+def prune_checkpoints(engine: ProjectionEngine, keep: int, out: TextIO) -> int:
+    """Delete all but the newest `keep` checkpoints of each read model, printing each deleted."""
+    with psycopg.connect(engine.database_url) as conn:
+        deleted = checkpoints.prune(conn, keep)
+    for stored in deleted:
+        out.write("deleted " + checkpoint_line(stored) + "\n")
+    out.write(f"{len(deleted):,} checkpoints deleted, the newest {keep} of each read model kept\n")
+    out.flush()
+    return 0
+
+
+def has_checkpoint(engine: ProjectionEngine, name: str) -> bool:
+    """Whether read model `name` has a stored checkpoint."""
+    with psycopg.connect(engine.database_url) as conn:
+        return checkpoints.newest(conn, name) is not None
