@@ -124,12 +124,14 @@ class _Reading:
     meters) is taken from the python-kasa device connected before.
     """
 
-    __slots__ = ("_device", "_mac", "_outlets", "_request")
+    __slots__ = ("_device", "_emeter", "_has_emeter", "_identity", "_mac", "_outlets", "_request")
 
     def __init__(self, device: IotPlug | IotStrip) -> None:
         self._device = device
         self._mac = _raw_mac(device.sys_info)
-        emeter = device.emeter_type
+        self._identity = (clean_text(device.model), clean_text(device.mac))
+        self._has_emeter = bool(device.has_emeter)
+        self._emeter = emeter = device.emeter_type
         query: dict[str, object] = {"system": {"get_sysinfo": {}}}
         self._outlets: tuple[str, ...] = ()
         if isinstance(device, IotStrip):
@@ -150,15 +152,16 @@ class _Reading:
         sysinfo = answer["system"]["get_sysinfo"]
         if _raw_mac(sysinfo) != self._mac:
             raise UnsupportedDeviceError("another device answers at this address")
+        model, mac = self._identity
         common: dict[str, Any] = {
             "alias": clean_text(sysinfo.get("alias") or ""),
-            "model": clean_text(device.model),
-            "mac": clean_text(device.mac),
+            "model": model,
+            "mac": mac,
             "firmware": clean_text(str(sysinfo["sw_ver"])),
-            "has_emeter": bool(device.has_emeter),
+            "has_emeter": self._has_emeter,
             "rssi": None if sysinfo.get("rssi") is None else int(sysinfo["rssi"]),
         }
-        emeter = device.emeter_type
+        emeter = self._emeter
         if isinstance(device, IotStrip):
             children = sysinfo["children"]
             meters: list[EmeterStatus | None] = [None] * len(children)
@@ -180,7 +183,7 @@ class _Reading:
                 outlets=outlets,
                 **common,
             )
-        meter = _Meter(_status(answer[emeter]["get_realtime"]) if device.has_emeter else None)
+        meter = _Meter(_status(answer[emeter]["get_realtime"]) if self._has_emeter else None)
         return DeviceSnapshot(
             device_type="plug",
             is_on=bool(sysinfo["relay_state"]),

@@ -13,6 +13,8 @@ import math
 import time
 from uuid import UUID
 
+from domain.address import DeviceAddress
+
 __all__ = ["OFFLINE_RETRY_CAP", "DeviceState", "Slot", "first_due", "retry_delay"]
 
 OFFLINE_RETRY_CAP = 60.0
@@ -47,15 +49,26 @@ def first_due(device_id: UUID, interval: float) -> float:
 class DeviceState:
     """One polled device: where it is, when it is due, how many polls it missed, its polling task."""
 
-    __slots__ = ("address", "device_id", "due", "failing_since", "missed", "task")
+    __slots__ = ("_address", "device_id", "due", "failing_since", "missed", "parsed", "task")
 
     def __init__(self, device_id: UUID, address: str, due: float) -> None:
         self.device_id = device_id
-        self.address = address
+        self._address = address
+        self.parsed: DeviceAddress | None = None
+        """`address` parsed, once the first poll parsed it (None again when the address changes)."""
         self.due = due
         self.missed = 0
         self.failing_since: str | None = None
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @address.setter
+    def address(self, address: str) -> None:
+        if address != self._address:
+            self._address, self.parsed = address, None
 
 
 class Slot:

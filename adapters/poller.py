@@ -31,7 +31,7 @@ from adapters.faults import DATABASE_FAULTS, DEVICE_FAULTS, report
 from adapters.poll_assignment import AllDevices, Assigned, Assignment, DeviceList
 from adapters.poll_schedule import OFFLINE_RETRY_CAP, DeviceState, Slot, first_due, retry_delay
 from adapters.poll_store import POLLER_ACTOR, SAVE_GIVE_UP, PollStore
-from domain.address import DeviceAddress, parse_address
+from domain.address import parse_address
 from domain.commands import MissedPolls, PollResult
 from domain.config import ConfigValues
 from domain.device import is_push_address
@@ -320,7 +320,9 @@ class Poller:
         demote = None if suspect else asyncio.get_running_loop().call_later(self.slow_after, slot.give_back)
         began = time.monotonic()
         try:
-            address: DeviceAddress = parse_address(state.address)
+            address = state.parsed
+            if address is None:
+                address = state.parsed = parse_address(state.address)
             async with asyncio.timeout(self.timeout):
                 snapshot = await self.driver.poll(address)
         except Exception as exc:
