@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,6 +18,7 @@ from adapters.eventlog import EventLog
 from api.errors import connection_lost
 from api.pending import note_pending
 from domain.ports import Clock
+from infra.pools import ReadPool
 from projections.tracking import projector_position
 
 
@@ -31,6 +33,13 @@ class ReadSide:
     zone: ZoneInfo
     clock: Clock
     on_saved: Callable[[], None]
+
+    def reading(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A read-model connection for a request's reads: `ReadPool.reading` (autocommit, no round trip
+        before or after the block) when the pool is the API's read pool, else a plain pooled one."""
+        if isinstance(self.pool, ReadPool):
+            return self.pool.reading()
+        return self.pool.connection()
 
     async def wait_projected(self, notification_id: int, *, projector: str = "devices", timeout: float = 3.0) -> bool:
         """Wait until `projector` has applied `notification_id` (read-your-writes for commands).

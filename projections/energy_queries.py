@@ -21,6 +21,7 @@ from domain.calendar import BoundaryUnit, boundaries
 from domain.pricing import money
 from domain.rates import RateVersion
 from domain.usage import Run
+from projections.devices import TABLE as DEVICES_TABLE
 from projections.energy import BUCKETS, DEVICES, HOURS, RATES, READINGS, BucketRow, EnergyDeviceRow, rate_of
 from projections.tables import Table
 
@@ -81,8 +82,55 @@ async def history(
     Local periods start where `domain.calendar.boundaries` says; each bucket goes
     to the period it starts in (found by `width_bucket`, a binary search).
     """
+    points = await _points(conn, device_id, start, end, aggregation, zone, present_only=False)
+    assert points is not None
+    return points
+
+
+async def present_device_history(
+    conn: psycopg.AsyncConnection[Any],
+    device_id: UUID,
+    start: datetime,
+    end: datetime,
+    aggregation: Aggregation,
+    zone: ZoneInfo,
+) -> list[Point] | None:
+    """`history` of a device the devices read model holds and has not removed, in one statement
+    that checks both; None when there is no such device."""
+    return await _points(conn, device_id, start, end, aggregation, zone, present_only=True)
+
+
+# Zero rows: no such device; one row of nulls: the device, without points.
+_PRESENT = (
+    f"WITH present AS (SELECT 1 FROM {DEVICES_TABLE} WHERE device_id = %(device)s AND NOT removed), "
+    "points AS ({query}) SELECT points.* FROM present LEFT JOIN points ON true ORDER BY 1"
+)
+
+
+async def _points(
+    conn: psycopg.AsyncConnection[Any],
+    device_id: UUID,
+    start: datetime,
+    end: datetime,
+    aggregation: Aggregation,
+    zone: ZoneInfo,
+    *,
+    present_only: bool,
+) -> list[Point] | None:
     if aggregation == "raw":
-        return await _raw(conn, device_id, start, end)
+        query = (
+            f"SELECT at, sum(power_w), sum(wh), count(*) FROM {READINGS.name} "
+            "WHERE device_id = %(device)s AND at >= %(start)s AND at < %(end)s GROUP BY at"
+        )
+        params: dict[str, Any] = {"device": device_id, "start": start, "end": end}
+        rows = await _rows(conn, query, params, present_only)
+        return None if rows is None else [
+            Point(
+                timestamp=utc(at), power_w=power, energy_kwh=None if wh is None else round(wh / 1000, 6), cost=None,
+                min_power_w=power, max_power_w=power, avg_power_w=power, readings=1, gap=False,
+            )
+            for at, power, wh, _ in rows
+        ]  # fmt: skip
     if aggregation == "5min":
         starts: list[datetime] = []
         table, key = BUCKETS, "start"
@@ -95,31 +143,34 @@ async def history(
         "max(power_max) AS pmax, sum(power_sum) / nullif(sum(count), 0) AS pavg, sum(count) AS cnt, "
         f"bool_or(gap) AS gap FROM {table.name} "
         "WHERE device_id = %(device)s AND start >= %(start)s AND start < %(end)s GROUP BY channel, key"
-        ") AS per_channel GROUP BY key ORDER BY key"
+        ") AS per_channel GROUP BY key"
     )
-    cur = await conn.execute(query, {"bounds": starts, "device": device_id, "start": start, "end": end})
-    return [
+    params = {"device": device_id, "start": start, "end": end}
+    if starts:
+        params["bounds"] = starts
+    rows = await _rows(conn, query, params, present_only)
+    return None if rows is None else [
         Point(
             timestamp=utc(k) if not starts else starts[k - 1], power_w=avg, energy_kwh=round(wh / 1000, 6),
             cost=_money(cost), min_power_w=pmin, max_power_w=pmax, avg_power_w=avg, readings=int(cnt), gap=bool(gap),
         )
-        for k, wh, cost, pmin, pmax, avg, cnt, gap in await cur.fetchall()
+        for k, wh, cost, pmin, pmax, avg, cnt, gap in rows
     ]  # fmt: skip
 
 
-async def _raw(conn: psycopg.AsyncConnection[Any], device_id: UUID, start: datetime, end: datetime) -> list[Point]:
-    cur = await conn.execute(
-        f"SELECT at, sum(power_w), sum(wh), count(*) FROM {READINGS.name} "
-        "WHERE device_id = %s AND at >= %s AND at < %s GROUP BY at ORDER BY at",
-        (device_id, start, end),
-    )
-    return [
-        Point(
-            timestamp=utc(at), power_w=power, energy_kwh=None if wh is None else round(wh / 1000, 6), cost=None,
-            min_power_w=power, max_power_w=power, avg_power_w=power, readings=1, gap=False,
-        )
-        for at, power, wh, _ in await cur.fetchall()
-    ]  # fmt: skip
+async def _rows(
+    conn: psycopg.AsyncConnection[Any], query: str, params: dict[str, Any], present_only: bool
+) -> list[tuple[Any, ...]] | None:
+    """The rows of `query` in the order of its first column; with `present_only`, None when the device
+    is not present (and its rows otherwise, in the same statement)."""
+    statement = _PRESENT.format(query=query) if present_only else f"{query} ORDER BY 1"
+    cur = await conn.execute(statement, params)
+    rows = await cur.fetchall()
+    if not present_only:
+        return rows
+    if not rows:
+        return None
+    return [] if rows[0][0] is None else rows
 
 
 class Totals(msgspec.Struct, frozen=True, kw_only=True):

@@ -74,7 +74,7 @@ class DiscoverResult(msgspec.Struct, frozen=True, kw_only=True):
 
 async def resolve_device(reads: ReadSide, key: str) -> DeviceView:
     """A present device by id or address (any spelling of the address)."""
-    async with reads.pool.connection() as conn:
+    async with reads.reading() as conn:
         view = await find_device(conn, key, reads.zone, reads.clock.now())
         if view is None:
             try:
@@ -147,7 +147,7 @@ class DevicesController(Controller):
         """Every device with its latest reading, in the order they were added; `limit` and `offset`
         give one page of them. `X-Total-Count` tells how many there are in all. A `limit` out of
         1 to 1000 or an `offset` out of 0 to 1,000,000 answers 422 and nothing else."""
-        async with device_deps.reads.pool.connection() as conn:
+        async with device_deps.reads.reading() as conn:
             views, body = await device_deps.listing.current(conn, device_deps.reads.zone, device_deps.reads.clock.now())
         headers = {"X-Total-Count": str(len(views))}
         if limit is None and offset == 0:

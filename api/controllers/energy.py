@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Annotated
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Controller, get, post, put
@@ -15,6 +16,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.controllers.devices import resolve_device
 from api.deps import EnergyDeps
+from api.read_side import ReadSide
 from api.time_ranges import INTERVAL_OF, chosen_aggregation, history_range, parse_time, parse_zone
 from domain.calendar import local_period
 from domain.commands import device_key
@@ -32,6 +34,7 @@ from projections.energy_queries import (
     channel_runs,
     history,
     power_summary,
+    present_device_history,
     session_threshold,
     totals,
 )
@@ -193,9 +196,7 @@ class EnergyController(Controller):
         start, end, chosen = history_range(
             period, start_time, end_time, chosen_aggregation(aggregation, interval), energy_deps.clock.now(), zone
         )
-        view = await resolve_device(energy_deps.reads, device)
-        async with energy_deps.reads.pool.connection() as conn:
-            points = await history(conn, view.device_id, start, end, chosen, zone)
+        points = await _present_history(energy_deps.reads, device, start, end, chosen, zone)
         return HistoryView(
             data=points,
             metadata=HistoryMetadata(
@@ -275,6 +276,25 @@ class EnergyController(Controller):
             device_id=view.device_id, sessions=found, count=len(found), threshold_w=threshold,
             min_duration_s=minimum.total_seconds(), start_time=start, end_time=end,
         )  # fmt: skip
+
+
+async def _present_history(
+    reads: ReadSide, device: str, start: datetime, end: datetime, aggregation: str, zone: ZoneInfo
+) -> list[Point]:
+    """The history points of a present device named by `device` (its id, or else its address): a
+    device named by its id is checked and read in one statement."""
+    try:
+        device_id: UUID | None = UUID(device)
+    except ValueError:
+        device_id = None
+    async with reads.reading() as conn:
+        if device_id is not None:
+            points = await present_device_history(conn, device_id, start, end, aggregation, zone)
+            if points is not None:
+                return points
+    view = await resolve_device(reads, device)
+    async with reads.reading() as conn:
+        return await history(conn, view.device_id, start, end, aggregation, zone)
 
 
 def _round(value: Decimal, places: int = 4) -> float:
