@@ -40,6 +40,8 @@ __all__ = [
     "ReplayProgress",
     "RowDifference",
     "Shadow",
+    "checked_checkpoints",
+    "chosen_projectors",
     "open_shadow",
     "rebuild_from_checkpoints",
     "verify_from_checkpoints",
@@ -328,7 +330,8 @@ def open_shadow(
                 shadow.drop()
 
 
-def _chosen(engine: ProjectionEngine, names: Sequence[str]) -> list[Projector]:
+def chosen_projectors(engine: ProjectionEngine, names: Sequence[str]) -> list[Projector]:
+    """The engine's projectors named, each once; raises `LookupError` for an unknown name or none."""
     if unknown := [n for n in names if n not in engine.projectors]:
         raise LookupError(f"unknown read model {', '.join(unknown)}; known: {', '.join(engine.projectors)}")
     if not names:
@@ -360,7 +363,7 @@ def rebuild_from_checkpoints(
     against its digest as they are loaded; a refused one raises `CheckpointRefused` and the
     live read models are left as they were. Returns the events replayed and the checkpoints used.
     """
-    chosen = _chosen(engine, names)
+    chosen = chosen_projectors(engine, names)
     found = checked_checkpoints(engine, chosen)
     with open_shadow(engine.database_url, engine.event_log, chosen, SHADOW_SCHEMA, engine.replay_batch_size) as shadow:
         shadow.restore(engine.database_url, found)
@@ -375,7 +378,7 @@ def verify_from_checkpoints(
     """`verify` with the replay started from each read model's newest checkpoint: every row in which the
     live read models differ from it, and the checkpoints used. Raises `CheckpointRefused` as
     `rebuild_from_checkpoints` does."""
-    chosen = _chosen(engine, names)
+    chosen = chosen_projectors(engine, names)
     found = checked_checkpoints(engine, chosen)
     with open_shadow(engine.database_url, engine.event_log, chosen, VERIFY_SCHEMA, engine.replay_batch_size) as shadow:
         shadow.restore(engine.database_url, found)

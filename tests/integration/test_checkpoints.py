@@ -21,6 +21,7 @@ from projections.chain import ChainProjector
 from projections.checkpoints import CheckpointError, CheckpointRefused, list_checkpoints, prune, write
 from projections.devices import DevicesProjector
 from projections.engine import ProjectionEngine, Projector
+from projections.parallel import GroupFailed, groups, rebuild_in_processes
 from projections.rebuild import SHADOW_SCHEMA, rebuild_from_checkpoints, verify_from_checkpoints
 from projections.tables import Table
 from projections.tracking import quarantined_events
@@ -233,5 +234,65 @@ def test_an_event_edited_after_the_checkpoint_stops_the_rebuild_at_its_position(
             rebuild_from_checkpoints(engine, ["devices", "chain"])
         assert dump(database_url, [devices, chain]) == before
         assert SHADOW_SCHEMA not in {t.split(".")[0] for t in shadow_tables(database_url)}
+    finally:
+        engine.close()
+
+
+class BrokenTally(PickyTally):
+    """A counting read model whose replay fails with a bug (not a data error): its live projection works."""
+
+    name = "broken"
+
+    def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
+        if self.table.schema == SHADOW_SCHEMA:
+            raise RuntimeError("a bug in the replay")
+        super().apply_batch(cur, events)
+
+
+def test_read_models_rebuilt_in_two_processes_equal_a_rebuild_in_one_and_swap_together(
+    app: WattLedger, database_url: str
+) -> None:
+    devices, tally, chain = DevicesProjector(), PickyTally(), ChainProjector()
+    engine = ProjectionEngine(app, database_url, [devices, tally, chain], batch_size=3, replay_batch_size=4)
+    engine.setup()
+    try:
+        seed_plugs(app, 3, first_port=15000, readings=3)
+        engine.catch_up_all()
+        write(database_url, tally)
+        seed_plugs(app, 2, first_port=15100, readings=2)
+        engine.catch_up_all()
+        engine.rebuild_many(["devices", "picky", "chain"])
+        one = dump(database_url, [devices, tally, chain])
+
+        assert [[p.name for p in g] for g in groups([devices, tally, chain], 2)] == [["devices", "picky"], ["chain"]]
+        events, used = rebuild_in_processes(engine, ["devices", "picky", "chain"], 2)
+        assert events == app.recorder.max_notification_id() and used == {}
+        assert dump(database_url, [devices, tally, chain]) == one
+        assert {engine.position(n) for n in ("devices", "picky", "chain")} == {app.recorder.max_notification_id()}
+
+        events, used = rebuild_in_processes(engine, ["devices", "picky", "chain"], 2, from_checkpoint=True)
+        assert set(used) == {"picky"}
+        assert dump(database_url, [devices, tally, chain]) == one, "the checkpointed one neither skips nor repeats"
+        assert shadow_tables(database_url) == []
+    finally:
+        engine.close()
+
+
+def test_a_group_that_fails_in_its_process_swaps_nothing(app: WattLedger, database_url: str) -> None:
+    devices, broken = DevicesProjector(), BrokenTally()
+    engine = ProjectionEngine(app, database_url, [devices, broken], batch_size=3)
+    engine.setup()
+    try:
+        seed_plugs(app, 2, first_port=15200, readings=2)
+        engine.catch_up_all()
+        before = dump(database_url, [devices, broken])
+        with psycopg.connect(database_url) as conn:
+            conn.execute("UPDATE wl_read.devices SET alias = 'Live'")
+        with pytest.raises(GroupFailed, match="replaying broken failed: RuntimeError: a bug in the replay"):
+            rebuild_in_processes(engine, ["devices", "broken"], 2)
+        assert rows(database_url, "wl_read.devices", "address")[0]["alias"] == "Live", "devices not swapped alone"
+        assert dump(database_url, [broken]) == {k: v for k, v in before.items() if "broken" in k or "picky" in k}
+        assert shadow_tables(database_url) == []
+        assert engine.position("devices") == app.recorder.max_notification_id()
     finally:
         engine.close()
