@@ -29,10 +29,8 @@ import psycopg
 
 from adapters.contract import NO_ACTOR, aggregate_name
 from adapters.history import records_for_events
-from domain.alert import AlertTicks
-from domain.meter import MeterDay
 from projections.audit_words import NameRow, Names, describe, name_new_ones, referenced
-from projections.quarantine import notifications_of
+from projections.quarantine import MEASUREMENTS, Unread, notifications_of
 from projections.tables import READ_SCHEMA, Table
 
 __all__ = ["AUDIT_LOG", "AUDIT_NAMES", "LOG_TABLE", "NAMES_TABLE", "AuditProjector", "AuditRow"]
@@ -40,9 +38,12 @@ __all__ = ["AUDIT_LOG", "AUDIT_NAMES", "LOG_TABLE", "NAMES_TABLE", "AuditProject
 LOG_TABLE = f"{READ_SCHEMA}.audit_log"
 NAMES_TABLE = f"{READ_SCHEMA}.audit_names"
 
-NOT_ACTIONS = (MeterDay.ReadingRecorded, AlertTicks.Opened, AlertTicks.Ticked)
+NOT_ACTIONS = MEASUREMENTS
 """Events that record what was measured or when, not what someone did: they stay in the log and the
 chain, and get no audit row (a reading every few seconds per device, a tick a minute)."""
+
+
+_LEFT_OUT = (*NOT_ACTIONS, Unread)
 
 
 class AuditRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,15 +83,16 @@ class AuditProjector:
     name = "audit"
     version = 2
     tables = (AUDIT_LOG, AUDIT_NAMES)
+    ignores = NOT_ACTIONS
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         held = notifications_of(events)
         if held is not None:
             positions = {
                 (n.originator_id, n.originator_version): n.id
-                for e, n in zip(events, held, strict=True) if not isinstance(e, NOT_ACTIONS)
+                for e, n in zip(events, held, strict=True) if not isinstance(e, _LEFT_OUT)
             }  # fmt: skip
-        events = [e for e in events if not isinstance(e, NOT_ACTIONS)]
+        events = [e for e in events if not isinstance(e, _LEFT_OUT)]
         if not events:
             return
         if held is None:

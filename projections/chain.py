@@ -39,7 +39,7 @@ import msgspec
 import psycopg
 
 from adapters.history import EVENTS_TABLE, StoredRecord, iter_records, records_for_events
-from projections.quarantine import notifications_of
+from projections.quarantine import EVERY_EVENT, notifications_of
 from projections.tables import READ_SCHEMA, Table
 
 GENESIS: Final = bytes(32)
@@ -127,6 +127,7 @@ class ChainProjector:
     name = "chain"
     version = 2
     tables = (CHAIN,)
+    ignores = EVERY_EVENT
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         held = notifications_of(events)

@@ -12,6 +12,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from domain.control import ControlCommand
+from projections.quarantine import MEASUREMENTS
 from projections.tables import READ_SCHEMA, Table
 
 
@@ -94,6 +95,7 @@ class CommandsProjector:
     """Projects ControlCommand events into `wl_read.commands`, one upsert per touched command."""
 
     name = "commands"
+    ignores = MEASUREMENTS
     version = 1
     tables = (COMMANDS,)
 

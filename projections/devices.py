@@ -105,6 +105,9 @@ class DeviceRow(msgspec.Struct, kw_only=True):
         )
 
     def apply(self, event: object, calendar: LocalCalendar, rules: EnergyRules) -> None:
+        if isinstance(event, MeterDay.ReadingRecorded):  # nearly every event: matched before the rest
+            self._reading(event, calendar, rules)
+            return
         match event:
             case Device.Restored():
                 self.removed, self.online = False, True
@@ -227,11 +230,10 @@ class DevicesProjector:
             if isinstance(event, Device.Added):
                 rows[event.originator_id] = DeviceRow.added(event)
             device_id = _subject(event)
-            row = rows.get(device_id) if device_id is not None else None
-            if row is None:
+            if device_id is None or (row := rows.get(device_id)) is None:
                 continue
             row.apply(event, self.calendar, self.rules)
-            touched.add(row.device_id)
+            touched.add(device_id)
         cur.executemany(DEVICES.upsert, [DEVICES.values(rows[d]) for d in touched])
 
 

@@ -246,8 +246,9 @@ class EnergyProjector:
             return [], []
         cur.execute(
             "SELECT (SELECT max(at) FROM {r} WHERE device_id = n.d AND channel = n.c) "
-            "FROM unnest(%s::uuid[], %s::text[]) WITH ORDINALITY AS n(d, c, i) ORDER BY n.i".format(r=READINGS.name),
-            ([c.device_id for c in channels], [c.channel for c in channels]),
+            "FROM unnest({a}::uuid[], %s::text[]) WITH ORDINALITY AS n(d, c, i) ORDER BY n.i".format(
+                r=READINGS.name, a=_ARRAY),
+            (_joined(c.device_id for c in channels), [c.channel for c in channels]),
         )
         late: list[_Channel] = []
         for channel, (latest,) in zip(channels, cur.fetchall(), strict=True):
@@ -276,16 +277,17 @@ class EnergyProjector:
             channels, bounded = unsettled, False
         if rewritten:
             cur.execute(
-                f"DELETE FROM {READINGS.name} r USING unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS n(d, c, a) "
-                "WHERE r.device_id = n.d AND r.channel = n.c AND r.at = n.a",
-                tuple(map(list, zip(*rewritten, strict=True))),
+                f"DELETE FROM {READINGS.name} r USING unnest({_ARRAY}::uuid[], %s::text[], {_ARRAY}::timestamptz[]) "
+                "AS n(d, c, a) WHERE r.device_id = n.d AND r.channel = n.c AND r.at = n.a",
+                (_joined(r[0] for r in rewritten), [r[1] for r in rewritten], _joined(r[2] for r in rewritten)),
             )
         _copy(cur, READINGS, rows)
         cur.execute(
-            f"DELETE FROM {BUCKETS.name} b USING unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
-            "AS n(d, c, s, u) WHERE b.device_id = n.d AND b.channel = n.c AND b.start >= n.s "
+            f"DELETE FROM {BUCKETS.name} b USING unnest({_ARRAY}::uuid[], %s::text[], {_ARRAY}::timestamptz[], "
+            f"{_ARRAY}::timestamptz[]) AS n(d, c, s, u) WHERE b.device_id = n.d AND b.channel = n.c AND b.start >= n.s "
             "AND (n.u IS NULL OR b.start < n.u) RETURNING b.device_id, b.channel, b.start, b.wh",
-            tuple(map(list, zip(*spans, strict=True))),
+            (_joined(s[0] for s in spans), [s[1] for s in spans], _joined(s[2] for s in spans),
+             _joined(s[3] for s in spans)),
         )
         return fresh, [(d, c, start, wh) for d, c, start, wh in cur.fetchall()]
 
@@ -295,16 +297,16 @@ class EnergyProjector:
         after its newest new one (past that, the fold is expected to give what is stored)."""
         cur.execute(
             "SELECT n.i, r.at, r.meter, r.power_w, r.total_wh, r.is_on, r.counted_wh, r.wh "
-            "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[]) WITH ORDINALITY "
+            "FROM unnest({a}::uuid[], %s::text[], {a}::timestamptz[], {a}::timestamptz[]) WITH ORDINALITY "
             "AS n(d, c, s, l, i) "
             "CROSS JOIN LATERAL (SELECT date_bin('5 minutes', (SELECT min(at) FROM {r} WHERE device_id = n.d "
             "AND channel = n.c AND at > n.l), TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '5 minutes' AS u) AS w "
             "CROSS JOIN LATERAL (SELECT * FROM {r} WHERE device_id = n.d AND channel = n.c AND at >= "
             "coalesce((SELECT max(at) FROM {r} WHERE device_id = n.d AND channel = n.c AND at <= n.s), '-infinity') "
             "AND at <= coalesce((SELECT min(at) FROM {r} WHERE device_id = n.d AND channel = n.c AND at >= w.u), "
-            "'infinity') ORDER BY at) AS r ORDER BY n.i, r.at".format(r=READINGS.name),
-            ([c.device_id for c in channels], [c.channel for c in channels], [c.since for c in channels],
-             [max(c.new) if bounded else datetime.max.replace(tzinfo=UTC) for c in channels]),
+            "'infinity') ORDER BY at) AS r ORDER BY n.i, r.at".format(r=READINGS.name, a=_ARRAY),
+            (_joined(c.device_id for c in channels), [c.channel for c in channels], _joined(c.since for c in channels),
+             _joined(max(c.new) if bounded else datetime.max.replace(tzinfo=UTC) for c in channels)),
         )  # fmt: skip
         stored: list[list[tuple[Any, ...]]] = [[] for _ in channels]
         for index, *record in cur.fetchall():
@@ -528,9 +530,11 @@ class EnergyProjector:
         """Roll the given (device, channel, hour) rows up again from their 5-minute buckets."""
         if not hours:
             return
-        keys = tuple(map(list, zip(*sorted(hours, key=lambda k: (k[0].bytes, k[1], k[2])), strict=True)))
+        ordered = sorted(hours, key=lambda k: (k[0].bytes, k[1], k[2]))
+        keys = (_joined(k[0] for k in ordered), [k[1] for k in ordered], _joined(k[2] for k in ordered))
         cur.execute(
-            f"DELETE FROM {HOURS.name} h USING unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS k(d, c, h) "
+            f"DELETE FROM {HOURS.name} h USING unnest({_ARRAY}::uuid[], %s::text[], {_ARRAY}::timestamptz[]) "
+            "AS k(d, c, h) "
             "WHERE h.device_id = k.d AND h.channel = k.c AND h.start = k.h",
             keys,
         )
@@ -538,7 +542,7 @@ class EnergyProjector:
             f"INSERT INTO {HOURS.name} ({', '.join(HOURS.columns)}) "
             "SELECT k.d, k.c, k.h, sum(b.wh), sum(b.on_s), min(b.power_min), max(b.power_max), sum(b.power_sum), "
             "sum(b.count), bool_or(b.gap), sum(b.cost) "
-            "FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[]) AS k(d, c, h) "
+            f"FROM unnest({_ARRAY}::uuid[], %s::text[], {_ARRAY}::timestamptz[]) AS k(d, c, h) "
             f"CROSS JOIN LATERAL (SELECT * FROM {BUCKETS.name} WHERE device_id = k.d AND channel = k.c "
             "AND start >= k.h AND start < k.h + interval '1 hour' ORDER BY start) AS b GROUP BY k.d, k.c, k.h",
             keys,

@@ -1,7 +1,9 @@
 """The live projection engine: many read models kept current from one read of the notification log.
 
 Each pass reads one large section of the log, starting at the lowest position
-among the projectors, and decodes it once. Every projector then gets the events
+among the projectors, and decodes it once, but for the events every projector of
+the pass ignores (`undecoded_topics`: readings, for a pass of read models that
+never look at them, are most of the log). Every projector then gets the events
 after its own position and commits its rows and its tracking position in one
 transaction of its own, so a projector that fails rolls back alone, is retried
 with backoff, and does not hold the others back.
@@ -46,6 +48,7 @@ from projections.quarantine import (
     one_line,
     read_section,
     record_quarantine,
+    undecoded_topics,
 )
 from projections.rebuild import (
     SHADOW_SCHEMA,
@@ -174,7 +177,8 @@ class ProjectionEngine:
             positions: dict[str, int] = dict(cur.fetchall())
             if unknown := set(chosen) - set(positions):
                 raise LookupError(f"read models not set up: {', '.join(sorted(unknown))}; run setup() first")
-            section = read_section(self.event_log, min(positions.values()), self.batch_size)
+            skip = undecoded_topics(self.projectors[name] for name in chosen)
+            section = read_section(self.event_log, min(positions.values()), self.batch_size, skip=skip)
             if section is None:
                 return 0, {}
             applied = {name: self._apply(conn, name, section, raise_errors) for name in chosen}

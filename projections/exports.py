@@ -18,6 +18,7 @@ from domain.export_handlers import ExportLedger
 from domain.exports import DataExport, DeviceLabel
 from projections.devices import DEVICES
 from projections.energy_queries import device_bucket_costs
+from projections.quarantine import MEASUREMENTS
 from projections.tables import Table
 
 
@@ -97,6 +98,7 @@ class ExportsProjector:
     """Projects DataExport events into `data_exports`."""
 
     name = "exports"
+    ignores = MEASUREMENTS
     version = 1
     tables = (EXPORTS,)
 

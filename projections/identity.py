@@ -25,6 +25,7 @@ from domain.access import Permission, Role, Scope, permissions_for
 from domain.identity import ApiKey, Session, User
 from domain.ports import IdentityReader
 from projections.identity_activity import KEY_USAGE_TABLE, SESSION_ACTIVITY_TABLE, ActivityNotes
+from projections.quarantine import MEASUREMENTS
 from projections.tables import READ_SCHEMA, Table
 
 USERS_TABLE = f"{READ_SCHEMA}.users"
@@ -99,6 +100,7 @@ class IdentityProjector:
     """
 
     name = "identity"
+    ignores = MEASUREMENTS
     version = 1
     tables = (USERS, SESSIONS, API_KEYS)
 

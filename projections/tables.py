@@ -176,7 +176,12 @@ class Table(Generic[R]):
 
 
 class Projector(Protocol):
-    """A read model: its versioned tables and how a batch of events changes them."""
+    """A read model: its versioned tables and how a batch of events changes them.
+
+    A read model may also declare `ignores`: the event types its `apply_batch` does nothing
+    with (or `projections.quarantine.EVERY_EVENT`). An event every read model of a pass
+    ignores is not decoded; it reaches them as a `projections.quarantine.Unread`.
+    """
 
     @property
     def name(self) -> str: ...

@@ -7,17 +7,32 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.utils import get_topic
 
 import projections.audit_projector as audit_projector
 import projections.chain as chain
+import projections.quarantine as quarantine
 from adapters.eventlog import EventLog
 from adapters.eventstore import PollResult, WattLedger
 from domain.device import Device
+from domain.meter import MeterDay
 from domain.readings import DeviceSnapshot
 from projections.audit_projector import AuditProjector
 from projections.chain import ChainProjector
+from projections.commands import CommandsProjector
+from projections.devices import DevicesProjector
 from projections.engine import ProjectionEngine, Projector
-from projections.quarantine import notifications_of, read_section
+from projections.exports import ExportsProjector
+from projections.identity import IdentityProjector
+from projections.quarantine import (
+    EVERY_EVENT,
+    MEASUREMENTS,
+    Unread,
+    decode_notifications,
+    notifications_of,
+    read_section,
+    undecoded_topics,
+)
 from projections.tables import home_schemas, set_search_path
 from tests.kit import seed_device, seed_polls
 
@@ -118,3 +133,52 @@ def test_a_projector_handed_other_events_than_the_sections_gets_no_notifications
         engine.close()
     assert seen and all(aligned and refused for aligned, refused in seen), seen
     assert notifications_of(read_section(EventLog(app), 0, 3).events) is None  # type: ignore[union-attr]
+
+
+def test_events_every_read_model_of_a_pass_ignores_are_not_decoded_and_change_no_row(
+    app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(app)
+    reading = get_topic(MeterDay.ReadingRecorded)
+    assert undecoded_topics([ChainProjector()]) == {EVERY_EVENT}
+    assert undecoded_topics([ChainProjector(), AuditProjector(), IdentityProjector()]) == {
+        get_topic(kind) for kind in MEASUREMENTS
+    }
+    assert undecoded_topics([AuditProjector(), DevicesProjector()]) == frozenset()
+
+    decoded: list[str] = []
+
+    def counted(event_log: EventLog, notifications: Any) -> list[object]:
+        decoded.extend(n.topic for n in notifications)
+        return decode_notifications(event_log, notifications)
+
+    monkeypatch.setattr(quarantine, "decode_notifications", counted)
+    section = read_section(EventLog(app), 0, 1000, skip=undecoded_topics([AuditProjector()]))
+    assert section is not None and reading in {n.topic for n in section.notifications}
+    for event, notification in zip(section.events, section.notifications, strict=True):
+        assert isinstance(event, Unread) == (notification.topic == reading), (event, notification.topic)
+    assert reading not in decoded and decoded
+
+    projectors: list[Projector] = [ChainProjector(), AuditProjector(), IdentityProjector(), CommandsProjector(),
+                                   ExportsProjector()]  # fmt: skip
+    engine = ProjectionEngine(app, database_url, projectors, batch_size=7)
+    engine.setup()
+    try:
+        decoded.clear()
+        engine.catch_up_all()
+        assert reading not in decoded and decoded
+        # A verify decodes every event: the rows projected without the readings are the same.
+        monkeypatch.undo()
+        assert engine.verify([p.name for p in projectors]) == []
+        assert dump(database_url, projectors[1])["wl_read.audit_log"]
+    finally:
+        engine.close()
+    both = ProjectionEngine(app, database_url, [ChainProjector(), DevicesProjector()], batch_size=50)
+    both.setup()
+    try:
+        monkeypatch.setattr(quarantine, "decode_notifications", counted)
+        decoded.clear()
+        both.catch_up_all()
+        assert reading in decoded, "the devices read model needs the readings: they are decoded"
+    finally:
+        both.close()
