@@ -1,6 +1,7 @@
 """Polling many devices on time: the poller against a bare python-kasa loop, same run, same machine.
 
     python bench/bench_poll_fanout.py [--scale 1000,5000] [--seconds 60] [--interval 10] [--pollers 1]
+                                      [--baselines update,driver] [--profile PATH]
 
 For each scale N: N emulated plugs and strips (HS110, KP115, HS100, HS300, KP303 in turn)
 plus N/10 black holes (loopback servers that accept and never answer) run in a process of
@@ -8,14 +9,17 @@ their own. Then `--pollers` processes run the real poller (`Runtime.poller()`: l
 store queue, PostgreSQL) for a warm-up plus `--seconds`; with several, they share the
 devices through their leases. Then the baseline process reads the healthy devices with a
 bare loop of python-kasa `update()` calls, the same concurrency and no storage: the
-ceiling of polling on this machine. This process runs the relay and listens on JetStream.
+ceiling of polling on this machine; then (`--baselines`) through the poller's own driver
+alone (`KasaDriver.poll`, the short reads the poller makes, no schedule, no storage), so what
+the poller adds to its reads shows apart. This process runs the relay and listens on JetStream.
 
 Measuring starts `--warmup` seconds after every poller has polled each of its devices once
 (the first contact costs several reads) and its store caught up; all pollers are measured
 over the same window and keep polling until every one is measured. Reported over the measured window: time between consecutive reads of a device (median,
 p99), the share of healthy devices read in every interval (no gap above 1.1 x the interval),
 readings stored per second and the number expected, CPU of the polling processes (CPU time
-/ wall, summed; 1.0 is one core), and the relay lag (event created by the poller → message
+/ wall, summed; 1.0 is one core) and per reading (split by thread: `main` polls, the store's
+saves run on `poller-store` and the default executor's `asyncio_N`), and the relay lag (event created by the poller → message
 on JetStream, median and p99). Projectors do not run.
 
 PostgreSQL from DATABASE_URL (a scratch database, dropped at the end), NATS from NATS_URL.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import multiprocessing as mp
 import os
 import resource
@@ -69,6 +74,25 @@ def raise_file_limit(needed: int) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         sys.exit(f"need {needed} open files, the hard limit allows {soft}: raise it (ulimit -Hn)")
+
+
+class GcTimer:
+    """Seconds spent in the garbage collector from now until `stop()` (any thread)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+
+    def stop(self) -> float:
+        gc.callbacks.remove(self._callback)
+        return self.seconds
 
 
 def thread_cpu() -> dict[str, float]:
@@ -154,6 +178,7 @@ async def _poll(options: dict[str, Any], conn: Connection) -> None:
         conn.send("ready")
         start_at = await loop.run_in_executor(None, conn.recv)
         await asyncio.sleep(max(0.0, start_at - time.time()))
+        collecting = GcTimer()
         profiler = cProfile.Profile() if options["profile"] else None
         threads_before = thread_cpu()
         started, cpu = time.time(), time.process_time()
@@ -165,6 +190,7 @@ async def _poll(options: dict[str, Any], conn: Connection) -> None:
             profiler.dump_stats(f"{options['profile']}.{os.getpid()}")
         ended, used = time.time(), time.process_time() - cpu
         threads = {name: seconds - threads_before.get(name, 0.0) for name, seconds in thread_cpu().items()}
+        threads["of which gc"] = collecting.stop()
         stats = msgspec.structs.asdict(poller.stats())
         conn.send(msgspec.json.encode(Window(started=started, ended=ended, cpu=used, stats=stats, threads=threads)))
         # Every poller polls until all are measured, so no hand-over falls into a window.
@@ -183,12 +209,53 @@ async def first_contact(poller: Any, longest: float) -> None:
         await asyncio.sleep(1.0)
 
 
-def bare(addresses: list[str], options: dict[str, Any], conn: Connection) -> None:
-    conn.send(msgspec.json.encode(asyncio.run(bare_loop(addresses, options))))
+def bare(addresses: list[str], options: dict[str, Any], conn: Connection, kind: str = "update") -> None:
+    loop = bare_loop if kind == "update" else driver_loop
+    conn.send(msgspec.json.encode(asyncio.run(loop(addresses, options))))
+
+
+async def driver_loop(addresses: list[str], options: dict[str, Any]) -> Window:
+    """Read every device once per interval through the poller's driver alone (`KasaDriver.poll`), no
+    schedule and no storage: what the poller adds is the rest of its CPU."""
+    from adapters.kasa_driver import KasaDriver
+    from domain.address import parse_address
+
+    limit = asyncio.Semaphore(options["concurrency"])
+    reads: dict[str, list[float]] = defaultdict(list)
+    driver = KasaDriver(timeout=options["timeout"])
+    targets = [(a, parse_address(a)) for a in addresses]
+
+    async def poll(address: str, target: Any) -> None:
+        async with limit:
+            try:
+                await driver.poll(target)
+            except Exception:
+                return
+        reads[address].append(time.time())
+
+    await asyncio.gather(*(poll(a, t) for a, t in targets))
+    reads.clear()
+    return await cycle(lambda: asyncio.gather(*(poll(a, t) for a, t in targets)), reads, options, driver.close)
+
+
+async def cycle(read_all: Any, reads: dict[str, list[float]], options: dict[str, Any], close: Any) -> Window:
+    """`read_all()` once per interval (then sleep the rest) for `baseline_seconds`; CPU over that time."""
+    interval = options["interval"]
+    cycles: list[float] = []
+    started, cpu = time.time(), time.process_time()
+    deadline = time.monotonic() + options["baseline_seconds"]
+    while time.monotonic() < deadline:
+        began = time.monotonic()
+        await read_all()
+        cycles.append(time.monotonic() - began)
+        await asyncio.sleep(max(0.0, interval - cycles[-1]))
+    ended, used = time.time(), time.process_time() - cpu
+    await close()
+    return Window(started=started, ended=ended, cpu=used, reads=dict(reads), cycles=cycles)
 
 
 async def bare_loop(addresses: list[str], options: dict[str, Any]) -> Window:
-    """Read every device once per interval with python-kasa alone: gather, then sleep the rest."""
+    """Read every device once per interval with python-kasa alone (`update()`): gather, then sleep the rest."""
     from kasa import Device, DeviceConfig
 
     limit = asyncio.Semaphore(options["concurrency"])
@@ -209,19 +276,12 @@ async def bare_loop(addresses: list[str], options: dict[str, Any]) -> Window:
         reads[address].append(time.time())
 
     devices = await asyncio.gather(*(connect(a) for a in addresses))
-    interval = options["interval"]
-    cycles: list[float] = []
-    started, cpu = time.time(), time.process_time()
-    deadline = time.monotonic() + options["baseline_seconds"]
-    while time.monotonic() < deadline:
-        began = time.monotonic()
-        await asyncio.gather(*(update(a, d) for a, d in devices))
-        cycles.append(time.monotonic() - began)
-        await asyncio.sleep(max(0.0, interval - cycles[-1]))
-    ended, used = time.time(), time.process_time() - cpu
-    for _, device in devices:
-        await device.disconnect()
-    return Window(started=started, ended=ended, cpu=used, reads=dict(reads), cycles=cycles)
+
+    async def close() -> None:
+        for _, device in devices:
+            await device.disconnect()
+
+    return await cycle(lambda: asyncio.gather(*(update(a, d) for a, d in devices)), reads, options, close)
 
 
 # The benchmark process ---------------------------------------------------------------
@@ -361,11 +421,13 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
             await relay.aclose()
             app.close()
 
-            base_end, base_side = ctx.Pipe()
-            baseline_process = ctx.Process(target=bare, args=(healthy, options, base_side), daemon=True)
-            baseline_process.start()
-            baseline = await receive(base_end)
-            baseline_process.join(30)
+            baselines: list[tuple[str, Window]] = []
+            for kind in args.baselines:
+                base_end, base_side = ctx.Pipe()
+                baseline_process = ctx.Process(target=bare, args=(healthy, options, base_side, kind), daemon=True)
+                baseline_process.start()
+                baselines.append((kind, await receive(base_end)))
+                baseline_process.join(30)
 
             started, ended = max(w.started for w in windows), min(w.ended for w in windows)
             measured = summarise(await asyncio.to_thread(stored_reads, url), len(healthy), started, ended, args.interval)
@@ -392,16 +454,18 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
                          f"poll failures {totals['failures']}, overruns {totals['overruns']}, "
                          f"unsaved at the end {totals['pending']} (oldest {store_lag:.1f} s)",
             })
-            base = summarise(baseline.reads, len(healthy), baseline.started + args.interval, baseline.ended,
-                             args.interval)
-            rows.append({
-                "scale": f"{count}", "run": "bare loop", **base, "expected": len(healthy) / args.interval,
-                "ms_per_read": 1000 * baseline.cpu / max(1, sum(len(t) for t in baseline.reads.values())),
-                "cpu": baseline.cpu / (baseline.ended - baseline.started),
-                "lag_median": float("nan"), "lag_p99": float("nan"),
-                "notes": f"cycle median {statistics.median(baseline.cycles):.2f} s, "
-                         f"p99 {quantile(baseline.cycles, 0.99):.2f} s",
-            })
+            for kind, baseline in baselines:
+                base = summarise(baseline.reads, len(healthy), baseline.started + args.interval, baseline.ended,
+                                 args.interval)
+                rows.append({
+                    "scale": f"{count}", "run": "bare loop" if kind == "update" else "driver",
+                    **base, "expected": len(healthy) / args.interval,
+                    "ms_per_read": 1000 * baseline.cpu / max(1, sum(len(t) for t in baseline.reads.values())),
+                    "cpu": baseline.cpu / (baseline.ended - baseline.started),
+                    "lag_median": float("nan"), "lag_p99": float("nan"),
+                    "notes": f"cycle median {statistics.median(baseline.cycles):.2f} s, "
+                             f"p99 {quantile(baseline.cycles, 0.99):.2f} s",
+                })
     finally:
         emulator_end.send("stop")
         emulator.join(30)
@@ -463,6 +527,9 @@ if __name__ == "__main__":
     parser.add_argument("--black-holes", type=float, default=0.1, help="silent devices per device (default 0.1)")
     parser.add_argument("--concurrency", type=int, default=defaults.poll_concurrency)
     parser.add_argument("--suspect-concurrency", type=int, default=defaults.poll_suspect_concurrency)
+    parser.add_argument("--baselines", type=lambda text: text.split(","), default=["update", "driver"],
+                        help="update: python-kasa update() per device; driver: the poller's KasaDriver.poll alone "
+                             "(default update,driver)")
     parser.add_argument("--profile", default="", help="cProfile each poller's measured window into PATH.<pid>")
     parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     parsed = parser.parse_args()
