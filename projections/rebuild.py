@@ -25,7 +25,14 @@ from psycopg import sql
 from adapters.eventlog import EventLog
 from projections.checkpoints import Checkpoint, check, load, newest, verify_chain_after
 from projections.errors import ProjectionError
-from projections.quarantine import QuarantineRow, apply_isolating, log_quarantine, read_section, record_quarantine
+from projections.quarantine import (
+    QuarantineRow,
+    apply_isolating,
+    log_quarantine,
+    read_section,
+    record_quarantine,
+    undecoded_topics,
+)
 from projections.tables import Projector, Table, building, home_schemas, set_search_path
 from projections.tracking import CLEARED, QUARANTINE, TRACKING
 from projections.versions import restart
@@ -169,7 +176,8 @@ class Shadow:
         """Apply the next section (up to `until`) to the shadow tables in the caller's transaction.
 
         Returns the notifications it held: 0 at the end of the log."""
-        section = read_section(self.event_log, self.position, self.batch, stop=until)
+        section = read_section(self.event_log, self.position, self.batch, stop=until,
+                               skip=undecoded_topics(self.projectors))  # fmt: skip
         if section is None:
             return 0
         with self._targeted(cur):
@@ -254,7 +262,8 @@ class Shadow:
         """Project the live read model from `position` to `target`, as the engine would, in the caller's transaction."""
         moved = False
         quarantined: list[QuarantineRow] = []
-        while section := read_section(self.event_log, position, self.batch, stop=target):
+        skip = undecoded_topics([projector])
+        while section := read_section(self.event_log, position, self.batch, stop=target, skip=skip):
             set_search_path(cur, home_schemas(projector.tables))
             quarantined.extend(apply_isolating(cur, projector, section.events, section.notifications))
             position, moved = section.ids[-1], True
