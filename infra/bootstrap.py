@@ -22,7 +22,9 @@ from psycopg_pool import AsyncConnectionPool
 from adapters.bus import StreamConfig, connect_nats, ensure_stream, may_publish_events
 from adapters.eventstore import StoreUnitOfWork, SystemClock, WattLedger, ensure_events_schema
 from adapters.jobs import every
+from adapters.eventlog import EventLog
 from adapters.identity import Argon2Hasher, PyotpVerifier, RandomSecrets, TokenService, open_secret_box
+from adapters.identity_versions import NotingStore, RememberedVersions
 from adapters.kasa_driver import KasaDriver
 from adapters.ratelimits import PgRateCounters
 from adapters.relay import Relay
@@ -80,6 +82,7 @@ async def open_runtime(
     nc: Client | None = None
     relay: Relay | None = None
     rate_counters: PgRateCounters | None = None
+    versions: RememberedVersions | None = None
     driver = KasaDriver(timeout=settings.poll_timeout)
     try:
         async with starting(settings.startup_timeout, stop) as startup:
@@ -119,9 +122,9 @@ async def open_runtime(
                 )
         relay = Relay(app, relay_js, database_url=database_url, stream=stream)
         rate_counters = PgRateCounters(database_url)
+        versions = RememberedVersions(IdentityReadModels(read_pool), database_url, channel=EventLog(app).channel)
         identity = IdentityHandlers(
-            StoreUnitOfWork(app), Argon2Hasher(), box, PyotpVerifier(), RandomSecrets(), SystemClock(),
-            IdentityReadModels(read_pool),
+            NotingStore(app, versions), Argon2Hasher(), box, PyotpVerifier(), RandomSecrets(), SystemClock(), versions,
         )  # fmt: skip
         yield Runtime(
             settings=settings,
@@ -141,6 +144,8 @@ async def open_runtime(
         )
     finally:
         await driver.close()
+        if versions is not None:
+            await versions.close()
         if rate_counters is not None:
             await rate_counters.close()
         if relay is not None:
