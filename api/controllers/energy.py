@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
@@ -16,6 +17,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.controllers.devices import resolve_device
 from api.deps import EnergyDeps
+from api.pending import note_pending
 from api.read_side import ReadSide
 from api.time_ranges import INTERVAL_OF, chosen_aggregation, history_range, parse_time, parse_zone
 from domain.calendar import local_period
@@ -38,10 +40,45 @@ from projections.energy_queries import (
     session_threshold,
     totals,
 )
+from projections.tracking import projector_position
 
 MAX_SESSION_SPAN = timedelta(days=92)
 IMPORT_PROJECTION_WAIT_S = 2.0
 """How long an import waits for the energy read model before answering `projected: false`."""
+IMPORT_PACE_AFTER_S = 0.25
+"""How long an import watches the energy projector before judging from its pace whether to wait on."""
+
+
+def out_of_reach(position: int, first: tuple[float, int], latest: tuple[float, int], deadline: float) -> bool:
+    """Whether the energy projector, seen at `first` and `latest` (monotonic seconds, position), cannot
+    apply `position` by `deadline` at the pace it kept between them. No progress seen yet says nothing
+    (a projector applies a section at once), so that is never out of reach."""
+    (began, start), (now, at) = first, latest
+    if now - began < IMPORT_PACE_AFTER_S or at <= start:
+        return False
+    return (position - at) / ((at - start) / (now - began)) > deadline - now
+
+
+async def wait_for_import(reads: ReadSide, position: int, *, timeout: float = IMPORT_PROJECTION_WAIT_S) -> bool:
+    """Wait until the energy read model holds `position`, for at most `timeout`, and no longer once the
+    projector's pace shows it cannot get there in time (a backfill of many imports at once: each answer
+    would otherwise wait the whole time for nothing). False names the read model as pending."""
+    reads.on_saved()
+    deadline = time.monotonic() + timeout
+    first: tuple[float, int] | None = None
+    delay = 0.01
+    while True:
+        async with reads.pool.connection() as conn:
+            at = await projector_position(conn, "energy") or 0
+        now = time.monotonic()
+        if at >= position:
+            return True
+        first = first or (now, at)
+        if now >= deadline or out_of_reach(position, first, (now, at), deadline):
+            note_pending("energy", position)
+            return False
+        await asyncio.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 0.2)
 
 
 class ImportRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -147,9 +184,7 @@ class EnergyController(Controller):
         )
         projected = True
         if result.position:
-            projected = await energy_deps.reads.wait_projected(
-                result.position, projector="energy", timeout=IMPORT_PROJECTION_WAIT_S
-            )
+            projected = await wait_for_import(energy_deps.reads, result.position)
         return ImportResult(
             received=result.received, recorded=result.recorded, duplicates=result.duplicates, projected=projected
         )
