@@ -13,8 +13,9 @@ recorded at most once.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable
-from datetime import date, datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Self
 from uuid import UUID, uuid5
 
@@ -25,6 +26,13 @@ from domain.readings import DeviceSnapshot, OutletReading
 
 RECENT_READINGS = 16
 """Timestamps a meter day keeps in its state; older ones are looked up in the store when needed."""
+
+
+@lru_cache(maxsize=256)
+def _day_span(day: str) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC day named by its ISO date."""
+    start = datetime.combine(date.fromisoformat(day), time(), timezone.utc)
+    return start, start + timedelta(days=1)
 
 
 class HistoryNotRecalled(LookupError):
@@ -113,7 +121,8 @@ class MeterDay(Aggregate):
 
         Raises ValueError for a timestamp outside the day, HistoryNotRecalled for one
         that `needs_history` before `recall`."""
-        if utc_day(measured_at).isoformat() != self.day:
+        start, end = _day_span(self.day)
+        if measured_at.tzinfo is None or not start <= measured_at < end:
             raise ValueError(f"reading at {measured_at.isoformat()} is not in day {self.day}")
         if self.has(measured_at):
             return False
@@ -121,7 +130,8 @@ class MeterDay(Aggregate):
         # reading's time matching arguments to parameters. Same class, fields, version and timestamp.
         timestamp = MeterDay.ReadingRecorded.create_timestamp()
         version = self.version + 1
-        recorded = MeterDay.ReadingRecorded(
+        make: Callable[..., MeterDay.ReadingRecorded] = MeterDay.ReadingRecorded
+        recorded = make(
             originator_id=self.id, originator_version=version, timestamp=timestamp, device_id=self.device_id,
             measured_at=measured_at, is_on=snapshot.is_on, power_w=snapshot.power_w, voltage_v=snapshot.voltage_v,
             current_a=snapshot.current_a, total_wh=snapshot.total_wh, outlets=list(snapshot.outlets), actor=actor,

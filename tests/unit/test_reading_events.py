@@ -124,3 +124,16 @@ def test_the_stored_form_of_a_recorded_reading_is_the_compact_form_of_its_fields
 
     assert stored.state == app.mapper.transcoder.encode_compact(fields)
     assert app.mapper.to_domain_event(stored) == event
+
+
+def test_a_reading_outside_the_meter_day_is_refused_whatever_its_offset() -> None:
+    meter = MeterDay(device_id=UUID(int=6), day=DAY.date().isoformat())
+    last = DAY + timedelta(days=1, microseconds=-1)
+    assert meter.record(last, PLUG, actor="import")
+    assert meter.record(datetime(2026, 6, 1, 1, 30, tzinfo=timezone(timedelta(hours=1))), PLUG, actor="import")
+    for outside in (DAY + timedelta(days=1), DAY - timedelta(microseconds=1),
+                    datetime(2026, 6, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))),
+                    datetime(2026, 6, 1, 23, 30, tzinfo=timezone(timedelta(hours=-1))), DAY.replace(tzinfo=None)):
+        with pytest.raises(ValueError, match="is not in day"):
+            meter.record(outside, PLUG, actor="import")
+    assert meter.count == 2
