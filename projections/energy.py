@@ -139,12 +139,6 @@ def _reading(event: MeterDay.ReadingRecorded, mac: str, power_w: float | None, t
     )  # fmt: skip
 
 
-def _channel_readings(event: MeterDay.ReadingRecorded, mac: str) -> list[tuple[str, ChannelReading]]:
-    if event.outlets:
-        return [(o.outlet_id, _reading(event, mac, o.power_w, o.total_wh, o.is_on)) for o in event.outlets]
-    return [(DEVICE_CHANNEL, _reading(event, mac, event.power_w, event.total_wh, event.is_on))]
-
-
 class _Channel(msgspec.Struct, kw_only=True):
     """One channel's part of a batch: its new readings, and where its refold starts (`since`, a bucket start)."""
 
@@ -174,9 +168,9 @@ class EnergyProjector:
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         device_ids = {
-            e.originator_id if isinstance(e, Device.Event) else e.device_id
+            e.device_id if isinstance(e, MeterDay.ReadingRecorded) else e.originator_id
             for e in events
-            if isinstance(e, (Device.Event, MeterDay.ReadingRecorded))
+            if isinstance(e, (MeterDay.ReadingRecorded, Device.Event))
         }
         if not device_ids:
             if not any(isinstance(e, Tariff.RateSet) for e in events):
@@ -189,6 +183,22 @@ class EnergyProjector:
         pending: dict[tuple[UUID, str], dict[datetime, ChannelReading]] = {}
         repriced_from: datetime | None = None
         for event in events:
+            if isinstance(event, MeterDay.ReadingRecorded):  # nearly every event: matched before the rest
+                device = devices.get(event.device_id)
+                mac = device.mac if device is not None else str(event.device_id)
+                at = event.measured_at
+                if event.outlets:
+                    for o in event.outlets:
+                        new = pending.setdefault((event.device_id, o.outlet_id), {})
+                        if at not in new:
+                            new[at] = _reading(event, mac, o.power_w, o.total_wh, o.is_on)
+                else:
+                    plug = pending.get(key := (event.device_id, DEVICE_CHANNEL))
+                    if plug is None:
+                        plug = pending[key] = {}
+                    if at not in plug:
+                        plug[at] = _reading(event, mac, event.power_w, event.total_wh, event.is_on)
+                continue
             match event:
                 case Device.Added():
                     devices[event.originator_id] = EnergyDeviceRow(
@@ -213,11 +223,6 @@ class EnergyProjector:
                     if (row := devices.get(event.originator_id)) is not None:
                         row.session_threshold_w = event.threshold_w
                         touched.add(row.device_id)
-                case MeterDay.ReadingRecorded():
-                    device = devices.get(event.device_id)
-                    mac = device.mac if device is not None else str(event.device_id)
-                    for channel, reading in _channel_readings(event, mac):
-                        pending.setdefault((event.device_id, channel), {}).setdefault(reading.at, reading)
                 case Tariff.RateSet():
                     version = version_of(event)
                     cur.execute(RATES.upsert, RATES.values(RateRow(
