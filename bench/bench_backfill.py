@@ -1,7 +1,7 @@
 """Fleet backfill: plugs importing a month of last year's readings over HTTP, 4 clients at once.
 
     python bench/bench_backfill.py [--devices 200] [--interval-min 60] [--clients 4] [--rate tiered|simple]
-                                   [--single-days 31]
+                                   [--single-days 31] [--no-relay]
 
 An API process runs the real parts (`run_parts`: API under uvicorn, relay, projectors)
 on a scratch database, with a tiered rate (the running-total path) or a simple one.
@@ -20,6 +20,9 @@ This process then:
    import (the better of the two is the baseline); both ratios are printed, with each
    request's seconds, and the same requests through the import use case in this
    process (no HTTP, no wait for projection) as a third figure.
+
+`--no-relay` runs the API process without the relay, to see what publishing every event to
+NATS in the same process costs the imports.
 
 PostgreSQL from DATABASE_URL (a scratch database, dropped at the end), NATS from NATS_URL.
 """
@@ -105,7 +108,7 @@ async def _serve(options: dict[str, Any], conn: Connection) -> None:
                         rate_limits=False)  # fmt: skip
     stop = asyncio.Event()
     async with open_runtime(settings, options["database_url"], options["nats_url"]) as runtime:
-        task = asyncio.create_task(run_parts(runtime, stop, api=True, poll=False, relay=True, project=True))
+        task = asyncio.create_task(run_parts(runtime, stop, api=True, poll=False, relay=options["relay"], project=True))
         await runtime.identity.setup(SetupAdmin(username="bench", password=PASSWORD))
         grant = await runtime.identity.login(Login(username="bench", password=PASSWORD))
         principal = await runtime.identity.authenticate_session(grant.session_id, grant.user_id)
@@ -224,7 +227,7 @@ def main(url: str, args: argparse.Namespace) -> None:
     ids = seed_devices(url, args.devices)
     port = free_port()
     options = {"database_url": url, "nats_url": os.environ.get("NATS_URL", DEFAULT_NATS), "port": port,
-               "stream": f"WL_BACKFILL_{uuid.uuid4().hex[:6]}", "prefix": f"wlbf{uuid.uuid4().hex[:6]}"}  # fmt: skip
+               "stream": f"WL_BACKFILL_{uuid.uuid4().hex[:6]}", "prefix": f"wlbf{uuid.uuid4().hex[:6]}", "relay": not args.no_relay}  # fmt: skip
     here, there = mp.Pipe()
     process = mp.get_context("spawn").Process(target=serve, args=(options, there))
     process.start()
@@ -259,6 +262,7 @@ def main(url: str, args: argparse.Namespace) -> None:
         process.join(timeout=60)
         if process.is_alive():
             process.terminate()
+    print(f"relay                 {'off' if args.no_relay else 'on'} in the API process")
     print(f"fleet                 {args.devices} plugs x {readings // args.devices} readings (June {year}, every "
           f"{args.interval_min} min), {args.clients} clients, {args.rate} rate")  # fmt: skip
     print(f"stored (all answered) {readings / stored_s:10,.0f} readings/s  ({stored_s:.1f} s, {projected} of "
@@ -285,6 +289,8 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rate", choices=sorted(RATES), default="tiered")
     parser.add_argument("--single-days", type=int, default=31)
+    parser.add_argument("--no-relay", action="store_true",
+                        help="run the API process without the relay (what publishing to NATS costs an import)")
     arguments = parser.parse_args()
     with scratch_database() as database:
         main(database, arguments)

@@ -62,9 +62,13 @@ def out_of_reach(position: int, first: tuple[float, int], latest: tuple[float, i
 async def wait_for_import(reads: ReadSide, position: int, *, timeout: float = IMPORT_PROJECTION_WAIT_S) -> bool:
     """Wait until the energy read model holds `position`, for at most `timeout`, and no longer once the
     projector's pace shows it cannot get there in time (a backfill of many imports at once: each answer
-    would otherwise wait the whole time for nothing). False names the read model as pending."""
+    would otherwise wait the whole time for nothing). The pace is taken from the first step the projector
+    is seen to take on (a step is a section of the log, applied at once), so a projector that is only
+    starting, or that applies this import in one step, is waited for. False names the read model as pending.
+    """
     reads.on_saved()
     deadline = time.monotonic() + timeout
+    seen: int | None = None
     first: tuple[float, int] | None = None
     delay = 0.01
     while True:
@@ -73,8 +77,11 @@ async def wait_for_import(reads: ReadSide, position: int, *, timeout: float = IM
         now = time.monotonic()
         if at >= position:
             return True
-        first = first or (now, at)
-        if now >= deadline or out_of_reach(position, first, (now, at), deadline):
+        if seen is None:
+            seen = at
+        elif first is None and at > seen:
+            first = (now, at)
+        if now >= deadline or (first is not None and out_of_reach(position, first, (now, at), deadline)):
             note_pending("energy", position)
             return False
         await asyncio.sleep(min(delay, deadline - now))
