@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Annotated
 from uuid import UUID
+from weakref import WeakKeyDictionary
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -59,14 +60,35 @@ def out_of_reach(position: int, first: tuple[float, int], latest: tuple[float, i
     return (position - at) / ((at - start) / (now - began)) > deadline - now
 
 
+class GaveUp:
+    """The highest position an import of this process stopped waiting for. While the energy projector has
+    not applied it, a newer import (behind it in the log) does not wait: the projector is working through a
+    backlog that already outlasted one whole wait."""
+
+    def __init__(self) -> None:
+        self.position = 0
+
+    def behind(self, projected: int) -> bool:
+        return projected < self.position
+
+    def note(self, position: int) -> None:
+        self.position = max(self.position, position)
+
+
+_GAVE_UP: WeakKeyDictionary[object, GaveUp] = WeakKeyDictionary()
+"""One `GaveUp` per read side's pool: per process and database."""
+
+
 async def wait_for_import(reads: ReadSide, position: int, *, timeout: float = IMPORT_PROJECTION_WAIT_S) -> bool:
-    """Wait until the energy read model holds `position`, for at most `timeout`, and no longer once the
-    projector's pace shows it cannot get there in time (a backfill of many imports at once: each answer
-    would otherwise wait the whole time for nothing). The pace is taken from the first step the projector
-    is seen to take on (a step is a section of the log, applied at once), so a projector that is only
-    starting, or that applies this import in one step, is waited for. False names the read model as pending.
+    """Wait until the energy read model holds `position`, for at most `timeout`, and no longer once it is
+    clear the projector cannot get there in time, as in a backfill of many imports at once, where each
+    answer would otherwise wait the whole time for nothing: when it has not yet applied an import that
+    already ran out of its wait (`GaveUp`), or when its pace, taken from the first step it is seen to take
+    (a step is a section of the log, applied at once), cannot bring it there by the deadline. A projector
+    only starting, or applying this import in one step, is waited for. False names the read model as pending.
     """
     reads.on_saved()
+    gave_up = _GAVE_UP.setdefault(reads.pool, GaveUp())
     deadline = time.monotonic() + timeout
     seen: int | None = None
     first: tuple[float, int] | None = None
@@ -79,9 +101,13 @@ async def wait_for_import(reads: ReadSide, position: int, *, timeout: float = IM
             return True
         if seen is None:
             seen = at
+            if gave_up.behind(at):
+                note_pending("energy", position)
+                return False
         elif first is None and at > seen:
             first = (now, at)
         if now >= deadline or (first is not None and out_of_reach(position, first, (now, at), deadline)):
+            gave_up.note(position)
             note_pending("energy", position)
             return False
         await asyncio.sleep(min(delay, deadline - now))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.controllers.energy import IMPORT_PACE_AFTER_S, IMPORT_PROJECTION_WAIT_S, out_of_reach
+from api.controllers.energy import IMPORT_PACE_AFTER_S, IMPORT_PROJECTION_WAIT_S, GaveUp, out_of_reach
 
 DEADLINE = 100.0 + IMPORT_PROJECTION_WAIT_S
 
@@ -21,3 +21,12 @@ def test_a_backlog_far_ahead_of_the_projector_is_out_of_reach_as_soon_as_its_pac
 def test_no_judgement_before_the_pace_is_watched_long_enough_or_while_nothing_moved() -> None:
     assert not out_of_reach(500_000, (100.0, 1_000), (100.0 + IMPORT_PACE_AFTER_S / 2, 3_000), DEADLINE)
     assert not out_of_reach(500_000, (100.0, 1_000), (101.5, 1_000), DEADLINE)
+
+
+def test_an_import_behind_one_that_ran_out_of_its_wait_does_not_wait_until_the_projector_passes_it() -> None:
+    gave_up = GaveUp()
+    assert not gave_up.behind(0)
+    gave_up.note(5_000)
+    gave_up.note(3_000)
+    assert gave_up.behind(4_999)
+    assert not gave_up.behind(5_000)
