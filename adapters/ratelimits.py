@@ -226,6 +226,11 @@ class _Local:
         self.end = end
 
 
+def _epoch_s(moment: datetime) -> int:
+    """A window's start (always a whole second, aligned to the epoch) in Unix seconds."""
+    return round(moment.timestamp())
+
+
 class CountersUnavailable(AdapterError):
     """The counters could not be read or written in time; callers let the request through."""
 
@@ -267,7 +272,8 @@ class PgRateCounters:
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         self._tasks: set[asyncio.Task[None]] = set()
         self.flush_every = flush_every
-        self._local: dict[tuple[str, datetime], _Local] = {}
+        self._local: dict[tuple[str, int], _Local] = {}
+        """Windows counted in memory, by bucket and the window's start in Unix seconds."""
         self._offset: float | None = None
         """The database's clock minus this process's, in seconds; None until the first answer."""
         self._flusher: asyncio.Task[None] | None = None
@@ -308,7 +314,7 @@ class PgRateCounters:
         """Take the shared counts a statement answered as what `count_requests` builds on."""
         for tally in tallies:
             if tally.count is not None:
-                key = (tally.window.bucket, tally.window_start)
+                key = (tally.window.bucket, _epoch_s(tally.window_start))
                 local = self._local.get(key)
                 if local is None:
                     local = self._local[key] = _Local(tally.window_start, tally.resets_at)
@@ -334,13 +340,14 @@ class PgRateCounters:
         admitted = True
         for window in first:
             local = self._counted(window, moment)
-            tallies.append(Tally(window=window, count=local.known + local.pending, window_start=local.start,
-                                 resets_at=local.end, now=now))  # fmt: skip
-            admitted = admitted and local.known + local.pending <= window.limit.count
+            count = local.known + local.pending
+            tallies.append(Tally(window=window, count=count, window_start=local.start, resets_at=local.end, now=now))
+            admitted = admitted and count <= window.limit.count
         for window in then:
             local = self._counted(window, moment, count=admitted)
-            count = local.known + local.pending if admitted else None
-            tallies.append(Tally(window=window, count=count, window_start=local.start, resets_at=local.end, now=now))
+            count_then = local.known + local.pending if admitted else None
+            tallies.append(Tally(window=window, count=count_then, window_start=local.start, resets_at=local.end,
+                                 now=now))  # fmt: skip
         if self._flusher is None and not self._closed:
             self._flusher = asyncio.create_task(self._flush_soon())
         return tallies
@@ -348,11 +355,13 @@ class PgRateCounters:
     def _counted(self, window: Window, moment: float, *, count: bool = True) -> _Local:
         """The window's local entry for `moment` (by the database's clock), counted once if `count`."""
         seconds = window.limit.seconds
-        start_s = moment // seconds * seconds
-        start = datetime.fromtimestamp(start_s, timezone.utc)
-        local = self._local.get((window.bucket, start))
+        start_s = int(moment // seconds) * seconds
+        key = (window.bucket, start_s)
+        local = self._local.get(key)
         if local is None:
-            local = self._local[(window.bucket, start)] = _Local(start, datetime.fromtimestamp(start_s + seconds, timezone.utc))
+            local = self._local[key] = _Local(
+                datetime.fromtimestamp(start_s, timezone.utc), datetime.fromtimestamp(start_s + seconds, timezone.utc)
+            )
         if count:
             local.pending += 1
         return local
@@ -380,7 +389,7 @@ class PgRateCounters:
                 "adds": [added for _, _, added in pending],
             }
             rows = await self._run(_ADD, params, fetch=True)
-            shared = {(row[0], row[1]): int(row[2]) for row in rows}
+            shared = {(row[0], _epoch_s(row[1])): int(row[2]) for row in rows}
             for key, local, added in pending:
                 local.pending -= added
                 local.known = shared.get(key, local.known + added)
@@ -403,7 +412,7 @@ class PgRateCounters:
         for tally in tallies:
             if tally.count is None:
                 continue
-            local = self._local.get((tally.window.bucket, tally.window_start))
+            local = self._local.get((tally.window.bucket, _epoch_s(tally.window_start)))
             if local is not None and local.pending > 0:
                 local.pending -= 1
             else:

@@ -38,14 +38,13 @@ When the counters do not answer, requests pass unlimited and without these heade
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import msgspec
 import structlog
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
@@ -58,6 +57,7 @@ from api.ratelimit_requests import (
     error_code_of,
     login_username,
     principal_of,
+    request_headers,
     step_up_attempt,
 )
 from api.ratelimit_rules import (
@@ -71,7 +71,6 @@ from api.ratelimit_rules import (
     SIGN_IN_ACCOUNT,
     RateLimits,
 )
-from domain.access import Principal
 from domain.identity import user_id_for
 
 if TYPE_CHECKING:
@@ -100,6 +99,11 @@ _JUDGED = frozenset({401, 422})
 _PUSH_JUDGED = frozenset({404})
 
 
+_LIMIT_NAMES = frozenset({b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset"})
+REMEMBERED_CALLERS = 4096
+"""Clients (address and credentials) whose counting windows the limiter keeps at hand."""
+
+
 def _tightest(tallies: Sequence[Tally]) -> Tally | None:
     counted = [t for t in tallies if t.count is not None]
     return min(counted, key=lambda t: (t.remaining, -t.resets_in), default=None)
@@ -121,39 +125,36 @@ class RateLimiter:
         self.limits = limits
         self.counters = counters
         self.cors = cors
+        self._callers: dict[tuple[str | None, str | None, str | None], tuple[Caller, Sequence[Window], Sequence[Window]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.WEBSOCKET:
             await self._handshake(scope, receive, send)
             return
-        if scope["type"] != ScopeType.HTTP or scope["path"] in EXEMPT_PATHS:
+        path = scope["path"] if scope["type"] == ScopeType.HTTP else ""
+        if not path or path in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = Headers.from_scope(scope)
+        headers = request_headers(scope)
         method = scope["method"]
         if method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers:
             await self.app(scope, receive, send)
             return
-        caller = caller_of(scope, headers)
+        caller, first, then = self._counted_as(scope, headers)
         attempt: Attempt | None = None
         oversized = False
-        if method == "POST" and scope["path"] in LOGIN_PATHS:
+        if method == "POST" and path in LOGIN_PATHS:
             receive, username, oversized = await login_username(headers, receive)
             attempt = Attempt("login", user_id_for(username) if username else None)
-        elif method == "POST" and scope["path"].startswith(SECOND_FACTOR_PREFIX):
+        elif method == "POST" and path.startswith(SECOND_FACTOR_PREFIX):
             attempt = Attempt("second_factor", caller.user_id)
-        elif method == "POST" and scope["path"] in PASSWORD_PATHS:
+        elif method == "POST" and path in PASSWORD_PATHS:
             attempt = Attempt("password", caller.user_id)
-        elif step_up_attempt(method, scope["path"], headers):
+        elif step_up_attempt(method, path, headers):
             attempt = Attempt("step_up", caller.user_id)
-        elif scope["path"].startswith(PUSH_PREFIX):
+        elif path.startswith(PUSH_PREFIX):
             attempt = Attempt("push", None)
 
-        limits = self.limits
-        first = [Window("ip", caller.ip, limit) for limit in limits.ip]
-        then = [Window("user", str(caller.user_id), limit) for limit in limits.user if caller.user_id] + [
-            Window("key", str(caller.key_id), limit) for limit in limits.key if caller.key_id
-        ]
         peek = self.failure_windows(attempt, caller.ip) if attempt else []
         try:
             tallies = await (self.counters.hit(first, then, peek) if peek else self.counters.count_requests(first, then))
@@ -175,10 +176,34 @@ class RateLimiter:
         await self.app(scope, receive, exchange.send)
         await exchange.finish()
 
+    def _counted_as(
+        self, scope: Scope, headers: Mapping[str, str]
+    ) -> tuple[Caller, Sequence[Window], Sequence[Window]]:
+        """Who the request is counted as and the windows of its address, then of its user and key.
+
+        Remembered per (address, key header, authorization header): a client sends the same ones
+        request after request, and none of this depends on anything else of the request."""
+        client = scope.get("client")
+        memo = (client[0] if client else None, headers.get("x-api-key"), headers.get("authorization"))
+        if principal_of(scope) is None and (found := self._callers.get(memo)) is not None:
+            return found
+        caller = caller_of(scope, headers)
+        limits = self.limits
+        first = tuple(Window("ip", caller.ip, limit) for limit in limits.ip)
+        then = tuple(
+            [Window("user", str(caller.user_id), limit) for limit in limits.user if caller.user_id]
+            + [Window("key", str(caller.key_id), limit) for limit in limits.key if caller.key_id]
+        )
+        if not caller.verified:
+            if len(self._callers) >= REMEMBERED_CALLERS:
+                self._callers.clear()
+            self._callers[memo] = (caller, first, then)
+        return caller, first, then
+
     async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake (`/ws`, socket.io's upgrade) counts against its address like a request;
         over the limit it is closed before it is accepted (close code 4429, an HTTP 403 to the client)."""
-        caller = caller_of(scope, Headers.from_scope(scope))
+        caller = caller_of(scope, request_headers(scope))
         try:
             tallies = await self.counters.count_requests([Window("ip", caller.ip, limit) for limit in self.limits.ip])
         except CountersUnavailable:
@@ -217,7 +242,7 @@ class RateLimiter:
         })  # fmt: skip
         await send({"type": "http.response.body", "body": content, "more_body": False})
 
-    async def _refuse(self, scope: Scope, headers: Headers, refused: Sequence[Tally], send: Send) -> None:
+    async def _refuse(self, scope: Scope, headers: Mapping[str, str], refused: Sequence[Tally], send: Send) -> None:
         binding = max(refused, key=lambda t: t.resets_in)
         window = binding.window
         retry_after = max(1, math.ceil(binding.resets_in))
@@ -237,7 +262,7 @@ class RateLimiter:
         extra = {"Retry-After": str(retry_after), **_limit_headers(binding), **self._cors_headers(headers)}
         await self._answer(429, body, extra, send)
 
-    def _cors_headers(self, headers: Headers) -> dict[str, str]:
+    def _cors_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """What the CORS layer would have added to an answer it never saw."""
         origin = headers.get("origin")
         if self.cors is None or not origin:
@@ -300,10 +325,15 @@ class _Exchange:
         if self.caller.verified:
             return
         principal = principal_of(self.scope)
+        # The user's and the key's windows were built from the caller's claimed ids.
+        proven = set()
+        if principal is not None and principal.kind == "user" and principal.user_id == self.caller.user_id:
+            proven.add("user")
+        if principal is not None and principal.key_id is not None and principal.key_id == self.caller.key_id:
+            proven.add("key")
         unproven = [
             t for t in self.counted
-            if t.window.kind in {"user", "key"} and t.count is not None
-            and (principal is None or not _belongs(t.window, principal))
+            if t.window.kind in {"user", "key"} and t.count is not None and t.window.kind not in proven
         ]  # fmt: skip
         if unproven:
             try:
@@ -353,13 +383,11 @@ class _Exchange:
         tightest = _tightest([*self.counted, *self.peeked])
         if tightest is None:
             return
-        message.setdefault("headers", [])
-        headers = MutableScopeHeaders.from_message(message)
-        for name, value in _limit_headers(tightest).items():
-            headers[name] = value
-
-
-def _belongs(window: Window, principal: Principal) -> bool:
-    if window.kind == "user":
-        return principal.kind == "user" and window.subject == str(principal.user_id)
-    return principal.key_id is not None and window.subject == str(principal.key_id)
+        limit = tightest.window.limit.count
+        ours = [
+            (b"x-ratelimit-limit", str(limit).encode()),
+            (b"x-ratelimit-remaining", str(max(0, limit - (tightest.count or 0))).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(tightest.resets_at.timestamp())).encode()),
+        ]
+        theirs = message.get("headers") or []
+        message["headers"] = [*(h for h in theirs if bytes(h[0]).lower() not in _LIMIT_NAMES), *ours]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 import msgspec
-from litestar.datastructures import Headers
 
 from api.ratelimit_rules import MAX_AUTH_BODY, MAX_TOKEN_LENGTH, STEP_UP_DELETE_PREFIX, STEP_UP_PATHS
 from domain.access import Principal
@@ -21,6 +21,15 @@ from domain.identity_rules import parse_api_key
 
 if TYPE_CHECKING:
     from litestar.types import Receive, ReceiveMessage, Scope
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name; a header sent twice reads as its first value, as
+    Litestar's `Headers.get` (and so the auth guard) reads it."""
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers") or ():
+        found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return found
 
 
 def client_subject(scope: Scope) -> str:
@@ -85,7 +94,7 @@ class Caller:
     verified: bool
 
 
-def caller_of(scope: Scope, headers: Headers) -> Caller:
+def caller_of(scope: Scope, headers: Mapping[str, str]) -> Caller:
     ip = client_subject(scope)
     principal = principal_of(scope)
     if principal is not None:
@@ -112,7 +121,7 @@ class Attempt:
     account: UUID | None
 
 
-def step_up_attempt(method: str, path: str, headers: Headers) -> bool:
+def step_up_attempt(method: str, path: str, headers: Mapping[str, str]) -> bool:
     """A body sent to a route whose changes are confirmed in it (step-up): it may hold a password guess."""
     if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
         return False
@@ -150,7 +159,7 @@ def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
     return replay
 
 
-async def login_username(headers: Headers, receive: Receive) -> tuple[Receive, str | None, bool]:
+async def login_username(headers: Mapping[str, str], receive: Receive) -> tuple[Receive, str | None, bool]:
     """The `username` of a sign-in body (read here and handed on unchanged), if it has one, and whether
     the body is over MAX_AUTH_BODY (then it is not read to its end)."""
     length = headers.get("content-length", "")

@@ -181,6 +181,25 @@ async def test_each_api_key_has_its_own_allowance(runtime: Runtime, admin_princi
     assert other.status_code == 200 and other.headers["X-RateLimit-Remaining"] == "2"
 
 
+async def test_one_address_switching_keys_is_counted_against_each_key(
+    runtime: Runtime, admin_principal: Principal
+) -> None:
+    """The limiter keeps a client's windows at hand between requests: by address and credentials both."""
+    confirmed = StepUp(current_password=ADMIN_PASSWORD)
+    first, second = [
+        (await runtime.identity.issue_key(admin_principal, NewKey(name=name, scope=Scope.READ), confirmed)).key
+        for name in ("dashboard", "backup")
+    ]
+    async with http(runtime, "127.0.0.8") as client:
+        answers = [await client.get("/api/devices", headers={"X-API-Key": key})
+                   for key in (first, second, first, second, first)]  # fmt: skip
+        refused = await client.get("/api/devices", headers={"X-API-Key": first})
+        keyless = await client.get(PUBLIC_PATH)
+    assert [a.status_code for a in answers] == [200] * 5 and remaining(answers) == ["2", "2", "1", "1", "0"]
+    assert refused.status_code == 429
+    assert keyless.status_code == 200 and keyless.headers["X-RateLimit-Remaining"] == str(100 - 7)
+
+
 async def test_each_user_has_their_own_allowance(
     runtime: Runtime, client: httpx.AsyncClient, admin_principal: Principal
 ) -> None:
