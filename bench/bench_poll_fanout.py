@@ -77,22 +77,22 @@ def raise_file_limit(needed: int) -> None:
 
 
 class GcTimer:
-    """Seconds spent in the garbage collector from now until `stop()` (any thread)."""
+    """CPU seconds spent in the garbage collector from now until `stop()` (any thread), by generation."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.seconds = [0.0, 0.0, 0.0]
         self._began = 0.0
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._began = time.perf_counter()
+            self._began = time.thread_time()
         else:
-            self.seconds += time.perf_counter() - self._began
+            self.seconds[info["generation"]] += time.thread_time() - self._began
 
-    def stop(self) -> float:
+    def stop(self) -> dict[str, float]:
         gc.callbacks.remove(self._callback)
-        return self.seconds
+        return {f"of which gc{generation}": seconds for generation, seconds in enumerate(self.seconds)}
 
 
 def thread_cpu() -> dict[str, float]:
@@ -190,7 +190,7 @@ async def _poll(options: dict[str, Any], conn: Connection) -> None:
             profiler.dump_stats(f"{options['profile']}.{os.getpid()}")
         ended, used = time.time(), time.process_time() - cpu
         threads = {name: seconds - threads_before.get(name, 0.0) for name, seconds in thread_cpu().items()}
-        threads["of which gc"] = collecting.stop()
+        threads.update(collecting.stop())
         stats = msgspec.structs.asdict(poller.stats())
         conn.send(msgspec.json.encode(Window(started=started, ended=ended, cpu=used, stats=stats, threads=threads)))
         # Every poller polls until all are measured, so no hand-over falls into a window.

@@ -135,6 +135,7 @@ class Runtime:
             grace=self.settings.poll_stop_grace,
             on_saved=self.saved,
             observe=self.metrics.polled,
+            freeze_heap_every=3600.0,
         )
 
     def config_defaults(self) -> ConfigValues:

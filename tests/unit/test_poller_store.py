@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
@@ -114,3 +115,49 @@ async def test_readings_are_stamped_by_the_injected_clock() -> None:
     stamps = [at for _, at in readings(store)]
     assert all(datetime(2031, 3, 4, 5, 6, 8, tzinfo=timezone.utc) <= at <= clock.moment for at in stamps)
     assert len(set(stamps)) == len(stamps)
+
+
+async def test_the_heap_is_frozen_once_every_device_was_polled_refrozen_on_its_clock_and_thawed_at_stop() -> None:
+    store = MemoryStore()
+    devices = await save_devices(store, plug(), 3)
+    poller = Poller(RecordingHandlers(store), Answering(), assignment(devices), interval=0.1, flush_every=0.05,
+                    freeze_heap_every=0.2)  # fmt: skip
+    stop = asyncio.Event()
+    dies = Cycle()
+    dies.me = dies
+    task = asyncio.create_task(poller.run(stop))
+    try:
+        await eventually(lambda: gc.get_freeze_count() > 0, what="the heap frozen")
+        assert poller.stats().polls >= len(devices)
+        del dies
+        gc.collect()
+        assert Cycle.alive == 1, "a frozen cycle is left alone by the collector"
+        await eventually(lambda: Cycle.alive == 0, what="the dead frozen cycle collected at the next round")
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+    assert gc.get_freeze_count() == 0
+
+
+async def test_a_poller_without_a_heap_clock_never_freezes_the_heap() -> None:
+    store = MemoryStore()
+    devices = await save_devices(store, plug(), 2)
+    poller = Poller(RecordingHandlers(store), Answering(), assignment(devices), interval=0.05, flush_every=0.05)
+    task = asyncio.create_task(poller.run())
+    try:
+        await eventually(lambda: poller.stats().polls >= 6, what="a few polls")
+        assert gc.get_freeze_count() == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class Cycle:
+    alive = 0
+
+    def __init__(self) -> None:
+        Cycle.alive += 1
+        self.me: Cycle | None = None
+
+    def __del__(self) -> None:
+        Cycle.alive -= 1
