@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 
@@ -28,23 +29,24 @@ from infra.runtime import all_projectors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.checkpoints import write  # noqa: E402
 from projections.engine import REPLAY_BATCH_SIZE, ProjectionEngine  # noqa: E402
-from projections.rebuild import rebuild_from_checkpoints  # noqa: E402
+from projections.rebuild import VERIFY_SCHEMA, checked_checkpoints, open_shadow, rebuild_from_checkpoints  # noqa: E402
 
 
 SUBNET = 8
 
 
-def fleet_ids(database_url: str) -> list[object]:
+def fleet_ids(database_url: str) -> list[UUID]:
     """The seeded plugs' ids, in the order `seed_fleet_history` numbered them (by their address)."""
     with psycopg.connect(database_url) as conn:
         found = conn.execute("SELECT device_id, address FROM wl_read.devices").fetchall()
+
     def index(address: str) -> int:
         parts = address.split(":")[0].split(".")
         return int(parts[2]) * 256 + int(parts[3])
     return [device_id for device_id, _ in sorted(found, key=lambda r: index(r[1]))]
 
 
-def seed_tail(app: WattLedger, ids: list[object], cycles: int, tail: int) -> None:
+def seed_tail(app: WattLedger, ids: list[UUID], cycles: int, tail: int) -> None:
     """`tail` more poll cycles of the fleet, continuing its counters and its clock."""
     from datetime import datetime, timedelta, timezone
 
@@ -54,7 +56,7 @@ def seed_tail(app: WattLedger, ids: list[object], cycles: int, tail: int) -> Non
     began_at = datetime(2026, 1, 5, tzinfo=timezone.utc)
     for cycle in range(cycles, cycles + tail):
         at = began_at + timedelta(minutes=cycle + 1)
-        recorder.record([PollResult(device_id=d, measured_at=at, snapshot=plug(i, cycle + 1.0))  # type: ignore[arg-type]
+        recorder.record([PollResult(device_id=d, measured_at=at, snapshot=plug(i, cycle + 1.0))
                          for i, d in enumerate(ids)])  # fmt: skip
     recorder.close()
 
@@ -93,6 +95,8 @@ def run(url: str, devices: int, cycles: int, tail: int, runs: int) -> None:
         baseline = log_read_rate(app, REPLAY_BATCH_SIZE)
         zero: list[float] = []
         resumed: list[float] = []
+        checks: list[float] = []
+        loads: list[float] = []
         replayed = 0
         for _ in range(runs):
             began = time.perf_counter()
@@ -102,6 +106,13 @@ def run(url: str, devices: int, cycles: int, tail: int, runs: int) -> None:
             began = time.perf_counter()
             replayed, _used = rebuild_from_checkpoints(engine, names)
             resumed.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            found = checked_checkpoints(engine, projectors)
+            checks.append(time.perf_counter() - began)
+            with open_shadow(url, engine.event_log, projectors, VERIFY_SCHEMA, REPLAY_BATCH_SIZE) as shadow:
+                began = time.perf_counter()
+                shadow.restore(url, found)
+                loads.append(time.perf_counter() - began)
         same = dump(url, engine) == from_zero
     finally:
         engine.close()
@@ -120,6 +131,9 @@ def run(url: str, devices: int, cycles: int, tail: int, runs: int) -> None:
           f"(best of {runs}: {', '.join(f'{t:.2f}' for t in zero)})")
     print(f"rebuild from checkpoint {min(resumed):8.2f} s  {replayed / min(resumed):10,.0f} tail events/s  "
           f"(best of {runs}: {', '.join(f'{t:.2f}' for t in resumed)})")
+    print(f"  of which checks      {min(checks):8.2f} s  (versions, chain links, the chain over the tail)")
+    print(f"  of which load        {min(loads):8.2f} s  {rows / min(loads):10,.0f} rows/s, "
+          f"{at / min(loads):,.0f} log events' worth/s")
     print(f"speed-up                {min(zero) / min(resumed):8.2f}x; from zero is "
           f"{total / min(zero) / baseline:.2f}x reading the log")
     print(f"same rows as from zero  {same}")

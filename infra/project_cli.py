@@ -58,6 +58,11 @@ def add_commands(
     )
     project.add_argument("--checkpoints", action="store_true", help="list the stored checkpoints and exit")
     project.add_argument(
+        "--jobs", metavar="N", type=int,
+        help="with --rebuild: replay the read models in N processes at once, then swap them in together "
+        "(default 1)",
+    )
+    project.add_argument(
         "--prune-checkpoints", metavar="KEEP", type=int,
         help="delete all but the newest KEEP checkpoints of each read model, and exit",
     )
@@ -82,13 +87,16 @@ async def run(engine: ProjectionEngine, args: argparse.Namespace) -> None:
         raise SettingsError("--from-checkpoint goes with --rebuild NAME|all or --verify")
     if args.or_from_zero and not args.from_checkpoint:
         raise SettingsError("--or-from-zero goes with --from-checkpoint")
+    if args.jobs is not None and (args.jobs < 1 or not args.rebuild or args.verify):
+        raise SettingsError("--jobs N (1 or more) goes with --rebuild NAME|all, without --verify")
     if args.retry:
         await retry(engine, force=args.force)
     elif args.checkpoint or args.checkpoints or args.prune_checkpoints is not None:
         await checkpoints(engine, args)
     else:
         await rebuild(engine, args.rebuild or replay.ALL, verify=args.verify, force=args.force,
-                      from_checkpoint=args.from_checkpoint, or_from_zero=args.or_from_zero)  # fmt: skip
+                      from_checkpoint=args.from_checkpoint, or_from_zero=args.or_from_zero,
+                      jobs=args.jobs or 1)  # fmt: skip
 
 
 async def checkpoints(engine: ProjectionEngine, args: argparse.Namespace) -> None:
@@ -112,7 +120,7 @@ async def checkpoints(engine: ProjectionEngine, args: argparse.Namespace) -> Non
 
 async def rebuild(
     engine: ProjectionEngine, name: str, *, verify: bool, force: bool = False, from_checkpoint: bool = False,
-    or_from_zero: bool = False,
+    or_from_zero: bool = False, jobs: int = 1,
 ) -> None:
     """Rebuild (or verify) the read models `name` stands for; exit 1 on differences or a replay already running.
 
@@ -137,7 +145,7 @@ async def rebuild(
                                        from_checkpoint=from_checkpoint)  # fmt: skip
     else:
         code = await asyncio.to_thread(replay.rebuild, engine, names, sys.stderr, from_checkpoint=from_checkpoint,
-                                       or_from_zero=or_from_zero)  # fmt: skip
+                                       or_from_zero=or_from_zero, jobs=jobs)  # fmt: skip
     if code:
         raise SystemExit(code)
 

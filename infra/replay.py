@@ -20,6 +20,7 @@ from infra.errors import InfraError
 from projections import checkpoints
 from projections.checkpoints import Checkpoint, CheckpointError, CheckpointRefused
 from projections.engine import ProjectionEngine, QuarantinedEvent, ReplayBusy, ReplayProgress, RowDifference
+from projections.parallel import GroupFailed, rebuild_in_processes
 from projections.rebuild import rebuild_from_checkpoints, verify_from_checkpoints
 
 ALL = "all"
@@ -145,32 +146,41 @@ def _resumed(used: dict[str, Checkpoint]) -> str:
     return " (from checkpoints: " + ", ".join(f"{name} at {c.position:,}" for name, c in used.items()) + ")"
 
 
+def _replay(
+    engine: ProjectionEngine, names: Sequence[str], display: ProgressDisplay, *, from_checkpoint: bool, jobs: int
+) -> tuple[int, dict[str, Checkpoint]]:
+    if jobs > 1 and len(names) > 1:
+        return rebuild_in_processes(engine, names, jobs, display, from_checkpoint=from_checkpoint)
+    if from_checkpoint:
+        return rebuild_from_checkpoints(engine, names, display)
+    return engine.rebuild_many(names, display), {}
+
+
 def rebuild(
     engine: ProjectionEngine, names: Sequence[str], err: TextIO, *, tty: bool | None = None,
-    from_checkpoint: bool = False, or_from_zero: bool = False,
+    from_checkpoint: bool = False, or_from_zero: bool = False, jobs: int = 1,
 ) -> int:
     """Rebuild `names` and swap them in, with progress on `err`; the exit code (1 if another replay holds one,
-    or a checkpoint is refused without `or_from_zero`).
+    a checkpoint is refused without `or_from_zero`, or a process replaying some of them failed).
 
     With `from_checkpoint` each read model starts from its newest checkpoint; with `or_from_zero`
-    a refused checkpoint is a warning and the rebuild starts from zero instead."""
-    display = ProgressDisplay(err, f"rebuilding {', '.join(names)}", tty=tty)
+    a refused checkpoint is a warning and the rebuild starts from zero instead. With `jobs` above
+    1 the read models are replayed in that many processes at once."""
+    label = f"rebuilding {', '.join(names)}" + (f" in {jobs} processes" if jobs > 1 and len(names) > 1 else "")
+    display = ProgressDisplay(err, label, tty=tty)
     resumed = ""
     try:
-        if from_checkpoint:
-            try:
-                events, used = rebuild_from_checkpoints(engine, names, display)
-                resumed = _resumed(used)
-            except CheckpointRefused as exc:
-                if not or_from_zero:
-                    err.write(f"\nwattledger: {exc}; nothing rebuilt (--or-from-zero rebuilds from zero instead)\n")
-                    return 1
-                err.write(f"\nwattledger: warning: {exc}; rebuilding from zero\n")
-                display = ProgressDisplay(err, f"rebuilding {', '.join(names)}", tty=tty)
-                events = engine.rebuild_many(names, display)
-        else:
-            events = engine.rebuild_many(names, display)
-    except ReplayBusy as exc:
+        try:
+            events, used = _replay(engine, names, display, from_checkpoint=from_checkpoint, jobs=jobs)
+            resumed = _resumed(used) if from_checkpoint else ""
+        except CheckpointRefused as exc:
+            if not or_from_zero:
+                err.write(f"\nwattledger: {exc}; nothing rebuilt (--or-from-zero rebuilds from zero instead)\n")
+                return 1
+            err.write(f"\nwattledger: warning: {exc}; rebuilding from zero\n")
+            display = ProgressDisplay(err, label, tty=tty)
+            events, _ = _replay(engine, names, display, from_checkpoint=False, jobs=jobs)
+    except (ReplayBusy, GroupFailed) as exc:
         err.write(f"\nwattledger: {exc}\n")
         return 1
     position = display.last.position if display.last else 0

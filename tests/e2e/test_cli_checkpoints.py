@@ -31,8 +31,9 @@ def test_a_rebuild_from_checkpoints_replays_only_the_tail_and_a_damaged_one_exit
 
     seed_plugs(app, 1, first_port=14100, readings=2)
     tail = (app.recorder.max_notification_id() or 0) - at
-    resumed = wattledger("project", "--rebuild", "all", "--from-checkpoint", env=env, timeout=120)
+    resumed = wattledger("project", "--rebuild", "all", "--from-checkpoint", "--jobs", "2", env=env, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
+    assert "in 2 processes" in resumed.stderr
     assert f": {tail:,} events replayed (from checkpoints: devices at {at:,}" in resumed.stderr, resumed.stderr
 
     verified = wattledger("project", "--verify", "--from-checkpoint", env=env, timeout=120)
@@ -67,9 +68,13 @@ def test_a_rebuild_from_checkpoints_replays_only_the_tail_and_a_damaged_one_exit
     assert " of devices v" in pruned.stdout.splitlines()[0]
 
 
-def test_from_checkpoint_alone_is_a_usage_error(
+def test_from_checkpoint_or_jobs_alone_is_a_usage_error(
     database_url: str, nats_url: str, stream_config: StreamConfig, tmp_path: Path
 ) -> None:
-    result = wattledger("project", "--from-checkpoint", env=cli_env(database_url, nats_url, stream_config, tmp_path))
+    env = cli_env(database_url, nats_url, stream_config, tmp_path)
+    result = wattledger("project", "--from-checkpoint", env=env)
     assert result.returncode == 2
     assert "--from-checkpoint goes with --rebuild" in result.stderr
+    result = wattledger("project", "--rebuild", "all", "--jobs", "0", env=env)
+    assert result.returncode == 2
+    assert "--jobs N (1 or more) goes with --rebuild" in result.stderr
