@@ -151,7 +151,7 @@ class _Reading:
         answer = await protocol.query(self._request)
         sysinfo = answer["system"]["get_sysinfo"]
         if _raw_mac(sysinfo) != self._mac:
-            raise UnsupportedDeviceError("another device answers at this address")
+            raise KasaException("another device answers at this address")
         model, mac = self._identity
         common: dict[str, Any] = {
             "alias": clean_text(sysinfo.get("alias") or ""),
@@ -167,7 +167,7 @@ class _Reading:
             meters: list[EmeterStatus | None] = [None] * len(children)
             if self._outlets:
                 if len(self._outlets) != len(children):
-                    raise UnsupportedDeviceError("the strip's outlets changed")
+                    raise KasaException("the strip's outlets changed")
                 for index, request in enumerate(self._outlets):
                     meters[index] = _status((await protocol.query(request))[emeter]["get_realtime"])
             outlets = tuple(

@@ -525,3 +525,15 @@ async def test_a_meter_that_answers_an_error_is_unreachable_and_the_next_poll_co
     emulated.handle = answer  # type: ignore[method-assign]
     assert (await driver.poll(address)).power_w is not None
     assert fleet.servers[KP115].connection_count == 1
+
+
+@pytest.mark.asyncio
+async def test_another_device_at_a_polled_address_misses_one_poll_and_is_read_afresh_at_the_next(
+    fleet: EmulatorFleet, driver: KasaDriver
+) -> None:
+    address = address_of(fleet, HS110)
+    await driver.poll(address)
+    fleet.devices[HS110]._sysinfo["mac"] = "50:C7:BF:00:00:01"
+    with pytest.raises(DeviceUnreachable, match="another device"):
+        await driver.poll(address)
+    assert (await driver.poll(address)).mac == "50:C7:BF:00:00:01"
