@@ -169,7 +169,7 @@ class _Batch:
 
 def _write(cur: psycopg.Cursor[Any], table: Table[Any], rows: dict[Any, Any], keys: set[Any]) -> None:
     if keys:
-        cur.executemany(table.upsert, [table.values(rows[k]) for k in sorted(keys, key=str)])
+        table.write(cur, [table.values(rows[k]) for k in sorted(keys, key=str)])
 
 
 class AlertsProjector:

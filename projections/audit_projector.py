@@ -115,6 +115,6 @@ class AuditProjector:
                 originator_id=getattr(event, "originator_id"),
             )))  # fmt: skip
         if rows:
-            cur.executemany(AUDIT_LOG.upsert, rows)
+            AUDIT_LOG.write(cur, rows)
         if names.changed:
-            cur.executemany(AUDIT_NAMES.upsert, [AUDIT_NAMES.values(names.rows[i]) for i in names.changed])
+            AUDIT_NAMES.write(cur, [AUDIT_NAMES.values(names.rows[i]) for i in names.changed])

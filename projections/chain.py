@@ -148,7 +148,7 @@ class ChainProjector:
             row = _extended(row, position, previous)
             touched[row.link] = row
         if touched:
-            cur.executemany(CHAIN.upsert, [CHAIN.values(r) for r in touched.values()])
+            CHAIN.write(cur, [CHAIN.values(r) for r in touched.values()])
 
 
 class ChainHead(msgspec.Struct, frozen=True, kw_only=True):

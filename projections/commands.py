@@ -110,7 +110,7 @@ class CommandsProjector:
             row = rows.get(event.originator_id)
             if row is not None:
                 _apply(row, event)
-        cur.executemany(COMMANDS.upsert, [COMMANDS.values(r) for r in rows.values()])
+        COMMANDS.write(cur, [COMMANDS.values(r) for r in rows.values()])
 
 
 def _view(row: CommandRow) -> CommandView:

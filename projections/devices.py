@@ -234,7 +234,7 @@ class DevicesProjector:
                 continue
             row.apply(event, self.calendar, self.rules)
             touched.add(device_id)
-        cur.executemany(DEVICES.upsert, [DEVICES.values(rows[d]) for d in touched])
+        DEVICES.write(cur, [DEVICES.values(rows[d]) for d in touched])
 
 
 def _view(row: DeviceRow, now: datetime, zone: ZoneInfo) -> DeviceView:

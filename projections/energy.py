@@ -231,7 +231,7 @@ class EnergyProjector:
                     )))  # fmt: skip
                     repriced_from = _earliest(repriced_from, version.effective_from)
         if touched:
-            cur.executemany(DEVICES.upsert, [DEVICES.values(devices[d]) for d in touched])
+            DEVICES.write(cur, [DEVICES.values(devices[d]) for d in touched])
         channels = [_Channel(device_id=d, channel=c, new=new) for (d, c), new in pending.items()]
         fresh, removed = self._fold(cur, channels)
         if fresh or removed or repriced_from is not None:

@@ -109,7 +109,7 @@ class ExportsProjector:
         rows = EXPORTS.load(cur, ids)
         touched = {e.originator_id for e in events if isinstance(e, DataExport.Event) and fold(rows, e)}
         if touched:
-            cur.executemany(EXPORTS.upsert, [EXPORTS.values(rows[i]) for i in sorted(touched)])
+            EXPORTS.write(cur, [EXPORTS.values(rows[i]) for i in sorted(touched)])
 
 
 async def find_export(conn: psycopg.AsyncConnection[Any], export_id: UUID) -> ExportRow | None:

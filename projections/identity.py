@@ -121,7 +121,7 @@ class IdentityProjector:
         folded: list[tuple[Table[Any], dict[UUID, Any]]] = [(USERS, users), (SESSIONS, sessions), (API_KEYS, keys)]
         for table, rows in folded:
             if touched[table.name]:
-                cur.executemany(table.upsert, [table.values(rows[i]) for i in sorted(touched[table.name])])
+                table.write(cur, [table.values(rows[i]) for i in sorted(touched[table.name])])
 
     @staticmethod
     def _user(rows: dict[UUID, UserRow], event: User.Event) -> bool:

@@ -28,6 +28,9 @@ READ_SCHEMA = "wl_read"
 
 R = TypeVar("R", bound=msgspec.Struct)
 
+COPY_FROM = 64
+"""Rows from which `Table.write` copies them into a temporary table and upserts them in one statement."""
+
 _SQL_TYPES: dict[type[mi.Type], str] = {
     mi.UUIDType: "uuid",
     mi.StrType: "text",
@@ -114,11 +117,13 @@ class Table(Generic[R]):
         self._body = " (\n    " + ",\n    ".join([f"{c} {types[c]}" for c in self.columns] + constraints) + "\n)"
         self._indexes = tuple(indexes)
         self._home_name = re.compile(rf"(?<![\w.\"]){re.escape(self.home)}\.{re.escape(bare)}(?![\w\"])")
-        self._upsert_tail = (
-            f" ({', '.join(self.columns)}) VALUES ({', '.join('%s' for _ in self.columns)}) "
-            f"ON CONFLICT ({key}) DO UPDATE SET "
-            + ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns if c != key)
+        self._conflict = f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(
+            f"{c} = EXCLUDED.{c}" for c in self.columns if c != key
         )
+        self._upsert_tail = f" ({', '.join(self.columns)}) VALUES ({', '.join('%s' for _ in self.columns)})" + (
+            self._conflict
+        )
+        self._key_at = tuple(self.columns.index(c.strip()) for c in key.split(","))
 
     @property
     def schema(self) -> str:
@@ -155,6 +160,25 @@ class Table(Generic[R]):
         cur.execute(self.ddl)
         for index in self.indexes:
             cur.execute(index)
+
+    def write(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Upsert rows given as `values` tuples, as `cur.executemany(self.upsert, rows)` would.
+
+        From COPY_FROM rows on, when their keys are distinct, the rows are copied into a
+        temporary table and upserted by one statement: the server then parses, plans and
+        checks one statement instead of one a row."""
+        if len(rows) < COPY_FROM or len({tuple(row[i] for i in self._key_at) for row in rows}) < len(rows):
+            if rows:
+                cur.executemany(self.upsert, rows)
+            return
+        staging = f"pg_temp.wl_staging_{self.bare}"
+        columns = ", ".join(self.columns)
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {self.name}) ON COMMIT DROP")
+        with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(f"INSERT INTO {self.name} ({columns}) SELECT {columns} FROM {staging}{self._conflict}")
+        cur.execute(f"TRUNCATE {staging}")
 
     def values(self, row: R) -> tuple[Any, ...]:
         """The parameters of `upsert` for one row."""

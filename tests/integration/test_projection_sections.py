@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
+import msgspec
 import psycopg
 import pytest
 from eventsourcing.utils import get_topic
@@ -16,11 +19,14 @@ from adapters.eventlog import EventLog
 from adapters.eventstore import PollResult, WattLedger
 from domain.device import Device
 from domain.meter import MeterDay
-from domain.readings import DeviceSnapshot
+from domain.readings import DeviceSnapshot, OutletReading
+from infra.read_models import all_projectors
+from infra.settings import load_settings
 from projections.audit_projector import AuditProjector
 from projections.chain import ChainProjector
 from projections.commands import CommandsProjector
-from projections.devices import DevicesProjector
+from projections.devices import DEVICES, DeviceRow, DevicesProjector
+from projections.energy import READINGS, ReadingRow
 from projections.engine import ProjectionEngine, Projector
 from projections.exports import ExportsProjector
 from projections.identity import IdentityProjector
@@ -33,7 +39,7 @@ from projections.quarantine import (
     read_section,
     undecoded_topics,
 )
-from projections.tables import home_schemas, set_search_path
+from projections.tables import COPY_FROM, building, home_schemas, set_search_path
 from tests.kit import seed_device, seed_polls
 
 T0 = datetime(2026, 3, 1, 22, 50, tzinfo=timezone.utc)
@@ -182,3 +188,59 @@ def test_events_every_read_model_of_a_pass_ignores_are_not_decoded_and_change_no
         assert reading in decoded, "the devices read model needs the readings: they are decoded"
     finally:
         both.close()
+
+
+def test_a_fleet_projected_in_large_sections_equals_its_replay_one_event_at_a_time(
+    app: WattLedger, database_url: str
+) -> None:
+    """Large sections write each read model's rows by COPY and one upsert (`Table.write`), one
+    merged row a device; a replay one event at a time upserts row by row. Same rows."""
+    plugs = [seed_device(app, f"127.0.0.1:{14000 + i}", plug(1.0 * i), measured_at=T0) for i in range(COPY_FROM + 6)]
+    for minute in (1, 2, 4):
+        seed_polls(app, [PollResult(device_id=d, measured_at=T0 + timedelta(minutes=minute),
+                                    snapshot=plug(1.0 * i + minute)) for i, d in enumerate(plugs)])  # fmt: skip
+    projectors = all_projectors(load_settings({**os.environ, "WATTLEDGER_TIMEZONE": "Europe/Berlin"}))
+    engine = ProjectionEngine(app, database_url, projectors, batch_size=5000, replay_batch_size=1)
+    engine.setup()
+    try:
+        engine.catch_up_all()
+        with psycopg.connect(database_url) as conn:
+            count = conn.execute(f"SELECT count(*) FROM {DEVICES.name}").fetchone()
+        assert count == (len(plugs),)
+        assert engine.verify(["devices", "alerts", "energy", "chain", "audit"]) == []
+    finally:
+        engine.close()
+
+
+def test_table_write_upserts_what_executemany_upserts(database_url: str) -> None:
+    rows = [
+        ReadingRow(device_id=UUID(int=i % 7), channel=f"c\t{i % 3}\\", at=T0 + timedelta(seconds=i), meter="m\n",
+                   power_w=None if i % 5 else 1.5 * i, total_wh=float(i), is_on=i % 2 == 0, counted_wh=0.1 * i,
+                   wh=None)
+        for i in range(COPY_FROM * 2)
+    ]  # fmt: skip
+    changed = [msgspec.structs.replace(r, power_w=2.0, wh=0.25) for r in rows[::2]]
+    outlets = [OutletReading(outlet_id="o", index=0, alias="A", is_on=True, power_w=1.0)]
+    devices = [DeviceRow(device_id=UUID(int=i), address=f"127.0.0.1:{i}", alias="x", model="m", device_type="plug",
+                         mac="AA", added_at=T0, updated_at=T0, outlets=outlets, relays={"plug": True})
+               for i in range(COPY_FROM + 1)]  # fmt: skip
+    seen: dict[str, list[Any]] = {}
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        for schema, bulk in (("wl_write_bulk", True), ("wl_write_rows", False)):
+            cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            cur.execute(f"CREATE SCHEMA {schema}")
+            with building(schema, [READINGS, DEVICES]):
+                for table, batches in ((READINGS, [rows, changed, rows[:3] + rows[:3]]), (DEVICES, [devices])):
+                    table.create(cur)
+                    for batch in batches:
+                        values = [table.values(r) for r in batch]
+                        if bulk:
+                            table.write(cur, values)
+                        else:
+                            cur.executemany(table.upsert, values)
+                    seen[f"{schema}.{table.bare}"] = cur.execute(f"{table.select} ORDER BY {table.key}").fetchall()
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.commit()
+    assert len(seen["wl_write_bulk.energy_readings"]) == len(rows)
+    assert seen["wl_write_bulk.energy_readings"] == seen["wl_write_rows.energy_readings"]
+    assert seen["wl_write_bulk.devices"] == seen["wl_write_rows.devices"]
