@@ -11,8 +11,10 @@ app is served by uvicorn on a loopback port, one process, as `wattledger api` se
   bytes from memory (the baseline);
 - `GET /api/device/{id}/history` over the 24 hours up to one device's newest reading, and its baseline;
 - `GET /api/devices` on a second app over the same runtime with rate limiting on (limits high
-  enough that nothing is refused), alternated with the first three times, best of each: the
-  limiter's share of the cost is the difference.
+  enough that nothing is refused), alternated with the first `rounds` times (each round in the
+  other order than the one before), best of each: the limiter's share of the cost is the
+  difference; the median of the rounds' own differences is printed beside it, and the server's
+  CPU time per request with and without (least of the rounds), which a busy machine disturbs less.
 
 Prints requests/s for each and the ratios the README quotes.
 """
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import logging
 import re
+import resource
 import shutil
 import socket
 import sys
@@ -72,20 +75,35 @@ async def stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
     await task
 
 
-async def load(url: str, seconds: int, connections: int, headers: dict[str, str]) -> float:
-    """Requests per second `wrk` reached on `url`; exits if any answer was not 2xx."""
+class Load(msgspec.Struct, frozen=True):
+    rate: float
+    """Requests per second `wrk` reached."""
+    cpu_ms: float
+    """This process's CPU time (the servers run in it; `wrk` does not) per request answered, in ms."""
+
+
+async def load(url: str, seconds: int, connections: int, headers: dict[str, str]) -> Load:
+    """What `wrk` reached on `url`; exits if any answer was not 2xx."""
     flags = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    before = _cpu_s()
     process = await asyncio.create_subprocess_exec(
         "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", *flags, url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out = (await process.communicate())[0].decode()
+    used = _cpu_s() - before
     if "Non-2xx" in out:
         raise SystemExit(f"{url}: answers that were not 2xx\n{out}")
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
+    answered = re.search(r"(\d+) requests in", out)
+    if match is None or answered is None:
         raise SystemExit(f"wrk printed no rate:\n{out}")
-    return float(match[1])
+    return Load(rate=float(match[1]), cpu_ms=used * 1000 / max(int(answered[1]), 1))
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def minimal_app(body: bytes) -> Litestar:
@@ -101,11 +119,11 @@ async def compare(label: str, url: str, args: argparse.Namespace, headers: dict[
         answer = await http.get(url)
     if answer.status_code != 200:
         raise SystemExit(f"{url}: {answer.status_code} {answer.text[:200]}")
-    rate = await load(url, args.seconds, args.connections, headers)
+    rate = (await load(url, args.seconds, args.connections, headers)).rate
     port = free_port()
     server, task = await serve(minimal_app(answer.content), port)
     try:
-        baseline = await load(f"http://127.0.0.1:{port}/", args.seconds, args.connections, {})
+        baseline = (await load(f"http://127.0.0.1:{port}/", args.seconds, args.connections, {})).rate
     finally:
         await stop(server, task)
     print(f"{label}: {rate:,.0f} requests/s against {baseline:,.0f}/s for the same "
@@ -143,14 +161,21 @@ async def run(database_url: str, args: argparse.Namespace) -> None:
             span = urlencode({"start_time": (end - timedelta(days=1)).isoformat(), "end_time": end.isoformat()})
             await compare("GET /api/device/{id}/history (the day of its readings)",
                           f"{base}/api/device/{device}/history?{span}", args, headers)  # fmt: skip
-            # Alternated, best of three each, so a busy moment of the machine does not land on one side.
-            plain, limited_rates = [], []
-            for _ in range(3):
-                plain.append(await load(f"{base}/api/devices", args.seconds, args.connections, headers))
-                limited_rates.append(await load(f"{limited_base}/api/devices", args.seconds, args.connections, headers))
-            share = 1 - max(limited_rates) / max(plain)
-            print(f"GET /api/devices with rate limiting on: {max(limited_rates):,.0f} requests/s against "
-                  f"{max(plain):,.0f}/s without: the limiter costs {share:.1%}")  # fmt: skip
+            # Alternated in turn (off-on, on-off, ...), best of each, so a busy moment of the machine does
+            # not land on one side; the median of the rounds' own ratios is printed beside it.
+            plain: list[Load] = []
+            limited: list[Load] = []
+            for round_ in range(args.rounds):
+                urls = [(plain, base), (limited, limited_base)]
+                for loads, url in urls if round_ % 2 == 0 else urls[::-1]:
+                    loads.append(await load(f"{url}/api/devices", args.seconds, args.connections, headers))
+            best_off, best_on = max(x.rate for x in plain), max(x.rate for x in limited)
+            paired = sorted(1 - on.rate / off.rate for on, off in zip(limited, plain, strict=True))
+            cpu_off, cpu_on = min(x.cpu_ms for x in plain), min(x.cpu_ms for x in limited)
+            print(f"GET /api/devices with rate limiting on: {best_on:,.0f} requests/s against {best_off:,.0f}/s "
+                  f"without (best of {args.rounds}): the limiter costs {1 - best_on / best_off:.1%} "
+                  f"(median of the rounds: {paired[len(paired) // 2]:.1%}); server CPU per request "
+                  f"{cpu_on:.3f} ms against {cpu_off:.3f} ms (least of {args.rounds}): {cpu_on / cpu_off - 1:+.1%}")  # fmt: skip
         finally:
             for _, server, task in servers:
                 await stop(server, task)
@@ -188,6 +213,7 @@ if __name__ == "__main__":
     parser.add_argument("--cycles", type=int, default=3, help="readings stored per device (default 3)")
     parser.add_argument("--seconds", type=int, default=8, help="seconds of load per route (default 8)")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the limiter's comparison (default 3)")
     parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
