@@ -108,16 +108,6 @@ def _span(position: int) -> int:
     return (position - 1) // LINK_SPAN
 
 
-def _extended(row: ChainRow | None, position: int, digest: bytes) -> ChainRow:
-    """`row` (or a new link, when `position` starts another span) with one more chained event."""
-    span = _span(position)
-    if row is None or row.link != span:
-        row = ChainRow(link=span, position=0, hash="", present="0", prefixes="")
-    mask = int(row.present, 16) | 1 << (position - 1 - span * LINK_SPAN)
-    return ChainRow(link=span, position=position, hash=digest.hex(), present=format(mask, "x"),
-                    prefixes=row.prefixes + digest[:PREFIX].hex())  # fmt: skip
-
-
 class ChainProjector:
     """Extends the hash chain with each batch, hashing the stored bytes of the batch's events.
 
@@ -139,14 +129,26 @@ class ChainProjector:
         newest = cur.fetchone()
         row = CHAIN.decode(newest) if newest else None
         position, previous = (row.position, bytes.fromhex(row.hash)) if row else (0, GENESIS)
-        touched: dict[int, ChainRow] = {}
+        # Each touched link is folded as (positions mask, hash prefixes) and written as one row.
+        links: dict[int, tuple[int, list[str]]] = {}
+        if row is not None:
+            links[row.link] = (int(row.present, 16), [row.prefixes])
+        ends: dict[int, tuple[int, bytes]] = {}
         for record in records:
             if record.notification_id <= position:
                 continue
             previous = link(previous, record)
             position = record.notification_id
-            row = _extended(row, position, previous)
-            touched[row.link] = row
+            span = _span(position)
+            mask, prefixes = links.get(span) or links.setdefault(span, (0, []))
+            links[span] = (mask | 1 << (position - 1 - span * LINK_SPAN), prefixes)
+            prefixes.append(previous[:PREFIX].hex())
+            ends[span] = (position, previous)
+        touched = {
+            span: ChainRow(link=span, position=end, hash=digest.hex(), present=format(links[span][0], "x"),
+                           prefixes="".join(links[span][1]))
+            for span, (end, digest) in ends.items()
+        }  # fmt: skip
         if touched:
             CHAIN.write(cur, [CHAIN.values(r) for r in touched.values()])
 
