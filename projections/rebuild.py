@@ -9,6 +9,11 @@ live tables and moves the fresh ones into their home schemas, all in one
 transaction, or `Shadow.compare` brings the live read models to the same position
 and diffs every table by primary key. `open_shadow` holds a replay lock per read
 model, so only one replay of a read model runs at a time.
+
+A replay can start a read model from a checkpoint (`projections.checkpoints`):
+`Shadow.restore` loads it into the shadow tables, and that read model is given only
+the events after it, while the others in the same read of the log start from zero.
+`rebuild_from_checkpoints` and `verify_from_checkpoints` check the checkpoints first.
 """
 
 from __future__ import annotations
