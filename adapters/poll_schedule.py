@@ -49,7 +49,7 @@ def first_due(device_id: UUID, interval: float) -> float:
 class DeviceState:
     """One polled device: where it is, when it is due, how many polls it missed, its polling task."""
 
-    __slots__ = ("_address", "device_id", "due", "failing_since", "missed", "parsed", "task")
+    __slots__ = ("_address", "device_id", "due", "failing_since", "missed", "parsed", "polled", "task")
 
     def __init__(self, device_id: UUID, address: str, due: float) -> None:
         self.device_id = device_id
@@ -57,6 +57,8 @@ class DeviceState:
         self.parsed: DeviceAddress | None = None
         """`address` parsed, once the first poll parsed it (None again when the address changes)."""
         self.due = due
+        self.polled = False
+        """Whether a poll of it was begun."""
         self.missed = 0
         self.failing_since: str | None = None
         self.task: asyncio.Task[None] | None = None

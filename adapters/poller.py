@@ -226,16 +226,18 @@ class Poller:
 
         Every connected device holds a python-kasa object graph (about 130 objects), so
         thousands of devices make a heap that each full collection walks again; those ran
-        every second or two at 5,000 devices, about a fifth of the poller's CPU. Once every
-        held device was polled once, and then every `freeze_heap_every` seconds, the heap is
-        collected once and frozen (`gc.freeze`); unfreezing first each time lets what died
-        among the frozen objects (a reconnected device's old graph) be collected then.
+        every second or two at 5,000 devices, about a fifth of the poller's CPU. An interval
+        after every held device's first poll began (their connections are made by then), and
+        then every `freeze_heap_every` seconds, the heap is collected once and frozen
+        (`gc.freeze`); unfreezing first each time lets what died among the frozen objects (a
+        reconnected device's old graph) be collected then.
         """
         every = self.freeze_heap_every
         if every is None:
             return
-        while not self._devices or self._counts["polls"] < len(self._devices):
+        while not self._devices or not all(state.polled for state in self._devices.values()):
             await asyncio.sleep(min(1.0, every))
+        await asyncio.sleep(min(self.interval, every))  # the first polls' connections are made by then
         while True:
             gc.unfreeze()
             gc.collect()
@@ -343,6 +345,7 @@ class Poller:
         return retry_delay(state.missed, interval=self.interval, offline_after=self.offline_after)
 
     async def _poll(self, state: DeviceState) -> None:
+        state.polled = True
         suspect = state.missed > 0
         limit = self._suspect if suspect else self._healthy
         await limit.acquire()
