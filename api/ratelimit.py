@@ -99,14 +99,21 @@ _JUDGED = frozenset({401, 422})
 _PUSH_JUDGED = frozenset({404})
 
 
-_LIMIT_NAMES = frozenset({b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset"})
 REMEMBERED_CALLERS = 4096
 """Clients (address and credentials) whose counting windows the limiter keeps at hand."""
 
 
 def _tightest(tallies: Sequence[Tally]) -> Tally | None:
-    counted = [t for t in tallies if t.count is not None]
-    return min(counted, key=lambda t: (t.remaining, -t.resets_in), default=None)
+    """The counted tally with the fewest requests left, the one that resets last among equals."""
+    best: Tally | None = None
+    best_key = (0, 0.0)
+    for tally in tallies:
+        if tally.count is None:
+            continue
+        key = (max(0, tally.window.limit.count - tally.count), -(tally.resets_at - tally.now).total_seconds())
+        if best is None or key < best_key:
+            best, best_key = tally, key
+    return best
 
 
 def _limit_headers(tally: Tally) -> dict[str, str]:
@@ -389,5 +396,5 @@ class _Exchange:
             (b"x-ratelimit-remaining", str(max(0, limit - (tightest.count or 0))).encode()),
             (b"x-ratelimit-reset", str(math.ceil(tightest.resets_at.timestamp())).encode()),
         ]
-        theirs = message.get("headers") or []
-        message["headers"] = [*(h for h in theirs if bytes(h[0]).lower() not in _LIMIT_NAMES), *ours]
+        # The app never sets these itself: they are added, not replaced.
+        message["headers"] = [*(message.get("headers") or ()), *ours]

@@ -23,12 +23,21 @@ if TYPE_CHECKING:
     from litestar.types import Receive, ReceiveMessage, Scope
 
 
+READ_HEADERS = frozenset({
+    b"x-api-key", b"authorization", b"origin", b"access-control-request-method", b"content-length",
+    b"transfer-encoding",
+})  # fmt: skip
+"""The request headers the limiter reads (the caller, CORS, and the size of an attempt's body)."""
+
+
 def request_headers(scope: Scope) -> dict[str, str]:
-    """The request's headers by lower-case name; a header sent twice reads as its first value, as
+    """The request's READ_HEADERS by lower-case name; a header sent twice reads as its first value, as
     Litestar's `Headers.get` (and so the auth guard) reads it."""
     found: dict[str, str] = {}
     for name, value in scope.get("headers") or ():
-        found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        lowered = bytes(name).lower()
+        if lowered in READ_HEADERS:
+            found.setdefault(lowered.decode("latin-1"), bytes(value).decode("latin-1"))
     return found
 
 
