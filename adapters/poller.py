@@ -75,6 +75,8 @@ class PollerStats(msgspec.Struct, frozen=True, kw_only=True):
     pending: int
     store_lag: float
     """Seconds the oldest entry still waiting to be stored has waited."""
+    heap_freezes: int = 0
+    """Rounds of `gc.freeze()` (see `Poller.freeze_heap_every`)."""
 
 
 class Poller:
@@ -160,6 +162,7 @@ class Poller:
             skipped=self._counts["skipped"],
             pending=len(self._store),
             store_lag=self._store.lag(now),
+            heap_freezes=self._counts["heap_freezes"],
         )
 
     def apply_config(self, config: ConfigValues) -> None:

@@ -452,6 +452,7 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
                 "notes": f"cpu ms/read by thread: {split}; "
                          f"emulator cpu {emulator_busy:.2f}, devices held {[w.stats.get('devices') for w in windows]}, "
                          f"poll failures {totals['failures']}, overruns {totals['overruns']}, "
+                         f"heap freezes {[w.stats.get('heap_freezes') for w in windows]}, "
                          f"unsaved at the end {totals['pending']} (oldest {store_lag:.1f} s)",
             })
             for kind, baseline in baselines:
