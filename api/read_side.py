@@ -18,7 +18,7 @@ from adapters.eventlog import EventLog
 from api.errors import connection_lost
 from api.pending import note_pending
 from domain.ports import Clock
-from infra.pools import ReadPool
+from adapters.read_pool import ReadPool
 from projections.tracking import projector_position
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 import psycopg
@@ -42,13 +42,24 @@ from projections.tables import Projector, Table, building, home_schemas, set_sea
 from projections.tracking import CLEARED, QUARANTINE, TRACKING
 from projections.versions import restart
 
-if TYPE_CHECKING:
-    from projections.engine import ProjectionEngine
+
+class ReplayHost(Protocol):
+    """What a replay takes from the engine that holds the read models (`ProjectionEngine`)."""
+
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def event_log(self) -> EventLog: ...
+    @property
+    def projectors(self) -> Mapping[str, Projector]: ...
+    @property
+    def replay_batch_size(self) -> int: ...
 
 __all__ = [
     "SHADOW_SCHEMA",
     "VERIFY_SCHEMA",
     "ReplayBusy",
+    "ReplayHost",
     "ReplayProgress",
     "RowDifference",
     "Shadow",
@@ -344,7 +355,7 @@ def open_shadow(
                 shadow.drop()
 
 
-def chosen_projectors(engine: ProjectionEngine, names: Sequence[str]) -> list[Projector]:
+def chosen_projectors(engine: ReplayHost, names: Sequence[str]) -> list[Projector]:
     """The engine's projectors named, each once; raises `LookupError` for an unknown name or none."""
     if unknown := [n for n in names if n not in engine.projectors]:
         raise LookupError(f"unknown read model {', '.join(unknown)}; known: {', '.join(engine.projectors)}")
@@ -353,7 +364,7 @@ def chosen_projectors(engine: ProjectionEngine, names: Sequence[str]) -> list[Pr
     return [engine.projectors[n] for n in dict.fromkeys(names)]
 
 
-def checked_checkpoints(engine: ProjectionEngine, projectors: Sequence[Projector]) -> dict[str, Checkpoint]:
+def checked_checkpoints(engine: ReplayHost, projectors: Sequence[Projector]) -> dict[str, Checkpoint]:
     """The newest checkpoint of each of `projectors` that has one, each checked (`check`), and the stored
     events after the oldest of them checked against the hash chain. Raises `CheckpointRefused`."""
     with psycopg.connect(engine.database_url) as conn:
@@ -369,7 +380,7 @@ def checked_checkpoints(engine: ProjectionEngine, projectors: Sequence[Projector
 
 
 def rebuild_from_checkpoints(
-    engine: ProjectionEngine, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
+    engine: ReplayHost, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
 ) -> tuple[int, dict[str, Checkpoint]]:
     """`rebuild_many` starting each read model from its newest checkpoint (from zero if it has none).
 
@@ -387,7 +398,7 @@ def rebuild_from_checkpoints(
 
 
 def verify_from_checkpoints(
-    engine: ProjectionEngine, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
+    engine: ReplayHost, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
 ) -> tuple[list[RowDifference], dict[str, Checkpoint]]:
     """`verify` with the replay started from each read model's newest checkpoint: every row in which the
     live read models differ from it, and the checkpoints used. Raises `CheckpointRefused` as

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-import infra.pools
-from infra.pools import ReadPool
+import adapters.read_pool
+from adapters.read_pool import ReadPool
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ async def test_a_connection_ended_after_a_pause_is_replaced_before_it_is_handed_
     async with pool.reading() as conn:
         await conn.execute("SELECT 1")
     assert await end_its_connections(database_url) == 1
-    monkeypatch.setattr(infra.pools, "RECENTLY_USED_S", 0.0)  # the pause is over
+    monkeypatch.setattr(adapters.read_pool, "RECENTLY_USED_S", 0.0)  # the pause is over
     async with pool.reading() as conn:
         assert (await (await conn.execute("SELECT 42")).fetchone()) == (42,)
 
