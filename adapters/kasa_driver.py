@@ -65,6 +65,20 @@ def _float(value: float | int | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _strip_snapshot(outlets: tuple[OutletReading, ...], common: dict[str, Any]) -> DeviceSnapshot:
+    """A strip's reading from its outlets': on if any is, power, current and energy summed, voltage averaged."""
+    return DeviceSnapshot(
+        device_type="strip",
+        is_on=any(o.is_on for o in outlets),
+        power_w=_sum([o.power_w for o in outlets]),
+        voltage_v=_mean([o.voltage_v for o in outlets]),
+        current_a=_sum([o.current_a for o in outlets]),
+        total_wh=_sum([o.total_wh for o in outlets]),
+        outlets=outlets,
+        **common,
+    )
+
+
 def _sum(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
@@ -93,16 +107,7 @@ def snapshot_of(device: Device) -> DeviceSnapshot:
         outlets = tuple(
             _outlet_reading(index, child, has_emeter) for index, child in enumerate(device.children)
         )
-        return DeviceSnapshot(
-            device_type="strip",
-            is_on=any(o.is_on for o in outlets),
-            power_w=_sum([o.power_w for o in outlets]),
-            voltage_v=_mean([o.voltage_v for o in outlets]),
-            current_a=_sum([o.current_a for o in outlets]),
-            total_wh=_sum([o.total_wh for o in outlets]),
-            outlets=outlets,
-            **common,
-        )
+        return _strip_snapshot(outlets, common)
     meter = _Meter.of(device)
     return DeviceSnapshot(
         device_type="plug",
@@ -173,16 +178,7 @@ class _Reading:
             outlets = tuple(
                 _outlet_of(index, child, meters[index]) for index, child in enumerate(children)
             )
-            return DeviceSnapshot(
-                device_type="strip",
-                is_on=any(o.is_on for o in outlets),
-                power_w=_sum([o.power_w for o in outlets]),
-                voltage_v=_mean([o.voltage_v for o in outlets]),
-                current_a=_sum([o.current_a for o in outlets]),
-                total_wh=_sum([o.total_wh for o in outlets]),
-                outlets=outlets,
-                **common,
-            )
+            return _strip_snapshot(outlets, common)
         meter = _Meter(_status(answer[emeter]["get_realtime"]) if self._has_emeter else None)
         return DeviceSnapshot(
             device_type="plug",
