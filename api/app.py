@@ -23,7 +23,7 @@ from api.controllers.badges import BadgesController
 from api.controllers.compliance import ComplianceController
 from api.controllers.config import ConfigController
 from api.controllers.control import ControlController
-from api.controllers.dashboard import DashboardController, WebSessionController, static_router
+from api.controllers.dashboard import DashboardController, static_router
 from api.controllers.devices import DevicesController
 from api.controllers.energy import EnergyController
 from api.controllers.events import EventsController
@@ -38,6 +38,7 @@ from api.controllers.ssl import ssl_router
 from api.controllers.system import SystemController
 from api.controllers.uptime import UptimeController
 from api.controllers.users import UsersController
+from api.controllers.web_session import WebSessionController
 from api.controllers.websocket import live_socket
 from api.deps import VERSION, ApiDeps
 from api.edge import cors_config, install_edge

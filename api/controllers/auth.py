@@ -48,7 +48,7 @@ from api.controllers.auth_schemas import (
     signed_in_user,
     step_up_of,
 )
-from api.controllers.dashboard import session_cookies, wants_cookie
+from api.controllers.web_session import session_cookies, wants_cookie
 from api.deps import IdentityDeps
 from api.guards import NO_CREDENTIALS
 from api.ratelimit_rules import MAX_AUTH_BODY, SIGN_IN_ACCOUNT
@@ -134,7 +134,7 @@ class AuthController(Controller):
             expires_in=pair.expires_in, user=signed_in_user(grant.user), session=session_info(grant),
         )  # fmt: skip
         if wants_cookie(request):
-            # The web page's design: the refresh token goes where no script reads it (api/controllers/dashboard.py).
+            # The web page's design: the refresh token goes where no script reads it (api/controllers/web_session.py).
             answer = msgspec.structs.replace(answer, refresh_token="")
             return Response(answer, headers=NO_STORE, cookies=session_cookies(request, pair.refresh_token))
         return Response(answer, headers=NO_STORE)
