@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,9 @@ import structlog
 from psycopg import sql
 
 from adapters.backup_archive import FORMAT_VERSION, ArchiveError, DamagedArchive
-from adapters.backups import HeadReader, Linker, Link, Manifest, Snapshot, check_archive, create_archive, restore_events
+from adapters.backups import (
+    CHECKPOINTS, HeadReader, Linker, Link, Manifest, Snapshot, archived_checkpoints, check_archive, create_archive, restore_events,
+)
 from adapters.eventlog import EventLog, StoreNotEmpty
 from adapters.eventstore import StoreUnitOfWork, WattLedger, ensure_events_schema, store_env
 from adapters.export_files import sha256_file
@@ -97,6 +99,10 @@ class RestoreTools:
     """Replay every read model of the store at a database URL from its first event (blocking)."""
     verify_chain: Callable[[str], str | None]
     """Verify the hash chain of the store at a database URL: None if intact, else the problem."""
+    export_checkpoints: Callable[[str, int], Iterable[bytes]] = lambda _url, _up_to: ()
+    """The read models' newest checkpoints at or before a position, as a backup carries them (none by default)."""
+    import_checkpoints: Callable[[str, Iterable[bytes]], int] = lambda _url, _messages: 0
+    """Store carried checkpoints in the store at a database URL, before its replay; returns how many."""
 
 
 def _refused(exc: ArchiveError) -> BackupRefused:
@@ -130,6 +136,10 @@ async def restore_archive(
     summary = summary_of(filename or path.name, path.stat().st_size, await asyncio.to_thread(sha256_file, path),
                          manifest)  # fmt: skip
     await BackupHandlers(StoreUnitOfWork(target)).restored(manifest.backup_id, summary, actor=actor)
+    if CHECKPOINTS in manifest.includes:
+        phase("checkpoints")
+        carried = await asyncio.to_thread(tools.import_checkpoints, target_url, archived_checkpoints(path, passphrase))
+        log.info("backup.checkpoints_restored", checkpoints=carried)
     phase("replay")
     await asyncio.to_thread(tools.rebuild, target, target_url)
     phase("verify")
@@ -204,10 +214,11 @@ class BackupJobs:
                     create_archive, self.app, self.database_url, path, chosen, snapshot=snapshot,
                     config=self.config, link=self.tools.link, chain_head=self.tools.chain_head, progress=progress,
                     level=LEVELS[compression], kdf=kdf,
+                    checkpoints=lambda up_to: self.tools.export_checkpoints(self.database_url, up_to),
                 )  # fmt: skip
                 digest = await asyncio.to_thread(sha256_file, path)
                 entry = ArchiveEntry(
-                    filename=name, size=path.stat().st_size, created=snapshot.created_at, type=kind, includes=INCLUDES,
+                    filename=name, size=path.stat().st_size, created=snapshot.created_at, type=kind, includes=manifest.includes,
                     backup_id=backup_id, sha256=digest, event_count=manifest.count,
                     last_position=manifest.last_position, chain_head=manifest.chain_head, schedule_id=schedule_id,
                 )  # fmt: skip

@@ -3,7 +3,9 @@
 An archive (`adapters.backup_archive`) holds, in order: `snapshot.json` (what was taken and
 when: the backup's id, the newest position included, the hash chain's head at or before it),
 `events` (every stored event up to that position, in sections of MessagePack rows
-`[position, originator id, version, topic, state]`, the bytes exactly as stored), `keys.json`
+`[position, originator id, version, topic, state]`, the bytes exactly as stored), where the
+installation keeps them `checkpoints` (each read model's newest checkpoint at or before that
+position, as the caller exports them, so a restore need not replay the whole log), `keys.json`
 (the secret box and JWT signing keys of `wl_auth`, which sealed and signed what the events
 refer to), `config.json` (the settings, secrets masked) and `manifest.json` (format version,
 event count, first and last position, the chain head, the head recomputed over the archived
@@ -18,7 +20,7 @@ position has committed (or never will). The chain's hash function comes from the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -35,11 +37,12 @@ from adapters.eventstore import WattLedger
 from adapters.history import StoredRecord
 from adapters.identity import AUTH_DDL, AUTH_SCHEMA, SECRETS_TABLE, SIGNING_KEYS_TABLE
 
-__all__ = ["Linker", "Manifest", "Snapshot", "check_archive", "create_archive", "restore_events"]
+__all__ = ["Linker", "Manifest", "Snapshot", "archived_checkpoints", "check_archive", "create_archive", "restore_events"]
 
 SECTION: Final = 1000
 GENESIS: Final = bytes(32)
 EVENTS, KEYS, CONFIG, SNAPSHOT, MANIFEST = "events", "keys.json", "config.json", "snapshot.json", "manifest.json"
+CHECKPOINTS: Final = "checkpoints"
 _ROWS = msgspec.msgpack.Decoder(list[tuple[int, bytes, int, str, bytes]])
 
 Linker = Callable[[bytes, StoredRecord], bytes]
@@ -123,12 +126,14 @@ class _Members:
 def create_archive(
     app: WattLedger, database_url: str, path: Path, passphrase: str, *, snapshot: Snapshot, config: dict[str, Any],
     link: Linker, chain_head: HeadReader, progress: Callable[[int, int], None] | None = None, level: int = 6,
-    kdf: KdfParams | None = None,
+    kdf: KdfParams | None = None, checkpoints: Callable[[int], Iterable[bytes]] | None = None,
 ) -> Manifest:  # fmt: skip
     """Write the archive of every event up to the store's newest position now; returns its manifest.
 
     `snapshot` gives the id, kind, time and includes; its positions and chain head are filled
-    in here. Raises DamagedArchive when the stored history no longer matches the hash chain
+    in here. `checkpoints`, given the position, yields the read models' checkpoints at or before
+    it, which the archive carries (member `checkpoints`, listed in the manifest's includes) so
+    that a restore replays only the events after them. Raises DamagedArchive when the stored history no longer matches the hash chain
     it recorded (nothing is left behind), and what the store or the disk raise."""
     log = EventLog(app)
     stop = log.max_id()
@@ -164,6 +169,10 @@ def create_archive(
             last, after, count = section[-1].id, section[-1].id, count + len(section)
             if progress is not None:
                 progress(after, stop)
+        includes = [i for i in snapshot.includes if i != CHECKPOINTS]
+        for message in checkpoints(stop) if checkpoints is not None else ():
+            put(CHECKPOINTS, message)
+            includes += [] if CHECKPOINTS in includes else [CHECKPOINTS]
         put(KEYS, msgspec.json.encode(_keys(database_url)))
         put(CONFIG, msgspec.json.encode(config))
         manifest = Manifest(
@@ -171,7 +180,7 @@ def create_archive(
             created_at=snapshot.created_at, count=count, first_position=first, last_position=last,
             up_to_position=stop, chain_head=snapshot.chain_head,
             computed_head=Link(position=last, hash=previous.hex()) if last is not None else None,
-            members=members.listed(), includes=snapshot.includes,
+            members=members.listed(), includes=includes,
             secret_key_fingerprint=snapshot.secret_key_fingerprint,
         )  # fmt: skip
         writer.write(MANIFEST, msgspec.json.format(msgspec.json.encode(manifest), indent=2))
@@ -261,6 +270,11 @@ def archived_config(path: Path, passphrase: str) -> dict[str, Any]:
         b"".join(d for name, d in read_members(path, passphrase) if name == CONFIG), dict[str, Any], "settings"
     )
     return config
+
+
+def archived_checkpoints(path: Path, passphrase: str) -> Iterator[bytes]:
+    """The `checkpoints` member of a checked archive, message by message (nothing for an archive without)."""
+    return (data for name, data in read_members(path, passphrase) if name == CHECKPOINTS)
 
 
 def _sections(path: Path, passphrase: str) -> Iterator[Sequence[Notification]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 import psycopg
+import structlog
 
 from adapters.backup_jobs import BackupJobs, RestoreTools, fingerprint
 from adapters.backup_schedules import SYSTEM_ACTOR, Croniter, ScheduleRunner
@@ -19,8 +20,12 @@ from domain.backup_schedule_handlers import ScheduleHandlers
 from domain.ports import Clock
 from infra.read_models import all_projectors
 from infra.settings import Settings, mask_secrets
-from projections.chain import chain_link, link, verify
+from projections.chain import ChainProjector, chain_link, link, verify
+from projections.checkpoints import CheckpointRefused, export_newest, import_exported, newest
 from projections.engine import ProjectionEngine
+from projections.rebuild import rebuild_from_checkpoints
+
+log = structlog.get_logger(__name__)
 
 PASSPHRASE_ENV = "WATTLEDGER_BACKUP_PASSPHRASE"
 
@@ -33,11 +38,29 @@ def backups_dir(settings: Settings) -> Path:
 def restore_tools(settings: Settings) -> RestoreTools:
     """A restore's replay of every read model and its check of the hash chain, for these settings."""
 
+    projectors = all_projectors(settings)
+    carried = [p.name for p in projectors if p.name != ChainProjector.name]
+
     def rebuild(app: WattLedger, database_url: str) -> None:
-        engine = ProjectionEngine(app, database_url, all_projectors(settings))
+        """The chain from the first event, then the other read models from the checkpoints the archive
+        carried where each passes its checks (the chain after it included), else from the first event."""
+        engine = ProjectionEngine(app, database_url, projectors)
         try:
             engine.setup()
-            engine.rebuild_many(list(engine.projectors))
+            with psycopg.connect(database_url) as conn:
+                resumable = any(newest(conn, name) for name in carried)
+            if not resumable:
+                events = engine.rebuild_many(list(engine.projectors))
+                log.info("backup.read_models_replayed", events=events, checkpoints=0)
+                return
+            if ChainProjector.name in engine.projectors:
+                engine.rebuild_many([ChainProjector.name])
+            try:
+                events, used = rebuild_from_checkpoints(engine, carried)
+            except CheckpointRefused as refused:
+                log.warning("backup.checkpoints_refused", reason=str(refused))
+                events, used = engine.rebuild_many(carried), {}
+            log.info("backup.read_models_replayed", events=events, checkpoints=len(used))
         finally:
             engine.close()
 
@@ -50,7 +73,11 @@ def restore_tools(settings: Settings) -> RestoreTools:
             return f"{found.unchained} events were not chained"
         return None
 
-    return RestoreTools(link=link, chain_head=chain_link, rebuild=rebuild, verify_chain=verify_chain)
+    return RestoreTools(
+        link=link, chain_head=chain_link, rebuild=rebuild, verify_chain=verify_chain,
+        export_checkpoints=lambda url, up_to: export_newest(url, up_to, carried),
+        import_checkpoints=lambda url, messages: len(import_exported(url, messages)),
+    )  # fmt: skip
 
 
 def settings_record(settings: Settings) -> dict[str, Any]:

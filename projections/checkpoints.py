@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -45,6 +45,8 @@ __all__ = [
     "CheckpointRefused",
     "check",
     "ensure_schema",
+    "export_newest",
+    "import_exported",
     "list_checkpoints",
     "load",
     "newest",
@@ -323,8 +325,8 @@ def load(
     """Fill `projector`'s tables, where they currently live (a shadow schema under `building`), from `checkpoint`.
 
     In the caller's transaction: each table is created, filled by COPY and given its
-    indexes. The digest is recomputed from the bytes as they are written; a mismatch
-    raises `CheckpointRefused`, which rolls the caller's transaction back. Returns the
+    indexes. The digest is recomputed from the bytes as they are written; a mismatch, or rows
+    the table refuses (not of its types, a key twice), raises `CheckpointRefused`, which rolls the caller's transaction back. Returns the
     quarantined events the checkpoint carries.
     """
     at, chain_hash = checkpoint.chain_position, checkpoint.chain_hash
@@ -337,13 +339,19 @@ def load(
             cur.execute(f"DROP TABLE IF EXISTS {table.name} CASCADE")
             cur.execute(table.ddl)
             columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
-            with cur.copy(sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
-                sql.Identifier(table.schema), sql.Identifier(table.bare), columns
-            )) as copy:  # fmt: skip
-                for data in _parts(reader, checkpoint.id, table.bare):
-                    digest.update(data)
-                    if data:
-                        copy.write(data)
+            try:
+                with cur.copy(sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+                    sql.Identifier(table.schema), sql.Identifier(table.bare), columns
+                )) as copy:  # fmt: skip
+                    for data in _parts(reader, checkpoint.id, table.bare):
+                        digest.update(data)
+                        if data:
+                            copy.write(data)
+            except (psycopg.DataError, psycopg.IntegrityError) as error:
+                raise CheckpointRefused(
+                    f"checkpoint {checkpoint.id} of {checkpoint.read_model}: its {table.bare} rows do not load "
+                    f"(edited or damaged: {error.diag.message_primary or type(error).__name__})"
+                ) from None
             for index in table.indexes:
                 cur.execute(index)
         quarantined = b"".join(_parts(reader, checkpoint.id, _QUARANTINE_PART))
@@ -410,3 +418,78 @@ def _links_after(conn: psycopg.Connection[Any], position: int) -> Iterator[tuple
             for at, prefix in row.entries():
                 if at > position:
                     yield at, prefix, row.hash if at == row.position else None
+
+
+_RECORDS = msgspec.msgpack.Decoder(list[tuple[Any, ...]])
+
+
+def export_newest(database_url: str, up_to: int, names: Sequence[str]) -> Iterator[bytes]:
+    """The newest checkpoint of each read model in `names` at or before log position `up_to`, as they are
+    stored, for a backup to carry: MessagePack lists of records, each a checkpoint's row
+    (`["checkpoint", id, read_model, version, position, chain_position, chain_hash, digest, rows,
+    raw_bytes, stored_bytes, created_at]`) followed by its chunks (`["chunk", id, part, seq, data]`),
+    about `CHUNK_BYTES` at a time. Read in one snapshot; yields nothing where none is stored."""
+    with psycopg.connect(database_url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            if not _exists(conn, _CHECKPOINTS):
+                return
+            chosen = conn.execute(
+                f"SELECT DISTINCT ON (read_model) {_COLUMNS} FROM {_CHECKPOINTS} WHERE position <= %s "
+                f"AND read_model = ANY(%s) ORDER BY read_model, position DESC, id DESC",
+                (up_to, list(names)),
+            ).fetchall()
+            for record in chosen:
+                found = _checkpoint(record)
+                batch: list[tuple[Any, ...]] = [("checkpoint", *record[:-1], found.created_at.isoformat())]
+                size = 0
+                with conn.cursor(name="wl_checkpoint_export") as cur:
+                    cur.itersize = 4
+                    cur.execute(f"SELECT part, seq, data FROM {_CHUNKS} WHERE checkpoint = %s ORDER BY part, seq",
+                                (found.id,))  # fmt: skip
+                    for part, seq, data in cur:
+                        batch.append(("chunk", found.id, part, seq, bytes(data)))
+                        size += len(data)
+                        if size >= CHUNK_BYTES:
+                            yield msgspec.msgpack.encode(batch)
+                            batch, size = [], 0
+                if batch:
+                    yield msgspec.msgpack.encode(batch)
+
+
+def import_exported(database_url: str, messages: Iterable[bytes]) -> list[Checkpoint]:
+    """Store checkpoints that `export_newest` gave (from a backup) under new ids, in one transaction;
+    returns them. They are trusted no more than any other: a rebuild checks each before using it
+    (`check`, the chain after it, its digest as it loads). Raises `CheckpointError` for records
+    that do not read as checkpoints (nothing stored)."""
+    stored: dict[int, int] = {}
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        ensure_schema(conn)
+        for message in messages:
+            try:
+                records = _RECORDS.decode(message)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise CheckpointError("the checkpoints carried cannot be read") from None
+            for record in records:
+                try:
+                    if record[0] == "checkpoint":
+                        _, old, *fields = record
+                        row = conn.execute(
+                            f"INSERT INTO {_CHECKPOINTS} ({_COLUMNS.split(', ', 1)[1]}) VALUES "
+                            f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                            (*fields[:-1], datetime.fromisoformat(fields[-1])),
+                        ).fetchone()
+                        assert row is not None
+                        stored[int(old)] = int(row[0])
+                    elif record[0] == "chunk" and record[1] in stored:
+                        _, old, part, seq, data = record
+                        conn.execute(f"INSERT INTO {_CHUNKS} (checkpoint, part, seq, data) VALUES (%s, %s, %s, %s)",
+                                     (stored[old], part, seq, data))  # fmt: skip
+                    else:
+                        raise CheckpointError(f"the checkpoints carried hold an unknown record {record[:2]!r}")
+                except (ValueError, TypeError, psycopg.DataError) as exc:
+                    raise CheckpointError(f"the checkpoints carried do not read as checkpoints: {exc}") from None
+        found = conn.execute(f"SELECT {_COLUMNS} FROM {_CHECKPOINTS} WHERE id = ANY(%s) ORDER BY read_model",
+                             (list(stored.values()),)).fetchall()  # fmt: skip
+    return [_checkpoint(r) for r in found]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.backup_archive import KdfParams
 from adapters.backup_jobs import BackupJobs, restore_archive
@@ -20,6 +22,7 @@ from infra.backups import backup_jobs, restore_tools
 from infra.runtime import all_projectors
 from infra.settings import Settings
 from projections.chain import chain_head_sync
+from projections.checkpoints import list_checkpoints, newest, write
 from projections.engine import ProjectionEngine
 from tests.harness import fresh_database, ledger, seed_history, table_rows
 from tests.kit import ManualClock
@@ -176,3 +179,54 @@ async def test_a_restore_needs_the_same_secret_key(
         await restore_archive(jobs.file(entry.filename), PASSPHRASE, target_app, target_url,
                               restore_tools(settings), actor="cli:ops", secret_key_fingerprint=None)
     assert stored(target_url) == []
+
+
+def checkpoint_all(database_url: str, settings: Settings) -> int:
+    written = [write(database_url, p) for p in all_projectors(settings) if p.name != "chain"]
+    return len(written)
+
+
+async def test_a_backup_carries_the_read_models_checkpoints_and_a_restore_replays_only_after_them(
+    source: tuple[WattLedger, str], jobs: BackupJobs, target: tuple[WattLedger, str], settings: Settings,
+) -> None:
+    app, url = source
+    carried = checkpoint_all(url, settings)
+    entry = await jobs.create(kind="manual", actor="user:admin", kdf=FAST)
+    assert "checkpoints" in entry.includes
+    target_app, target_url = target
+    with capture_logs() as logs:
+        await restore_archive(jobs.file(entry.filename), PASSPHRASE, target_app, target_url, jobs.tools,
+                              actor="cli:ops", secret_key_fingerprint=None)
+    replayed = [e for e in logs if e["event"] == "backup.read_models_replayed"]
+    # Only the events after the checkpoints were replayed: the backup's own and the restore's.
+    assert replayed and replayed[0]["checkpoints"] == carried
+    assert entry.event_count is not None and replayed[0]["events"] < entry.event_count / 10
+    with psycopg.connect(target_url) as conn:
+        assert len(list_checkpoints(conn)) == carried
+    projected(app, url, settings)
+    expected = read_models(url, settings)
+    assert any(expected.values()) and read_models(target_url, settings) == expected
+
+
+async def test_a_carried_checkpoint_that_fails_its_digest_is_set_aside_and_the_restore_replays_from_zero(
+    source: tuple[WattLedger, str], jobs: BackupJobs, target: tuple[WattLedger, str], settings: Settings,
+) -> None:
+    app, url = source
+    checkpoint_all(url, settings)
+    with psycopg.connect(url) as conn:
+        victim = newest(conn, "devices")
+        assert victim is not None
+        conn.execute("UPDATE wl_checkpoint.checkpoint_chunks SET data = %s WHERE checkpoint = %s AND part = 'devices'",
+                     (zlib.compress(b"forged\trow\n"), victim.id))  # fmt: skip
+    entry = await jobs.create(kind="manual", actor="user:admin", kdf=FAST)
+    target_app, target_url = target
+    with capture_logs() as logs:
+        await restore_archive(jobs.file(entry.filename), PASSPHRASE, target_app, target_url, jobs.tools,
+                              actor="cli:ops", secret_key_fingerprint=None)
+    assert [e for e in logs if e["event"] == "backup.checkpoints_refused"]
+    replayed = [e for e in logs if e["event"] == "backup.read_models_replayed"]
+    assert replayed and replayed[0]["checkpoints"] == 0
+    assert entry.event_count is not None and replayed[0]["events"] >= entry.event_count
+    projected(app, url, settings)
+    expected = read_models(url, settings)
+    assert any(expected.values()) and read_models(target_url, settings) == expected
