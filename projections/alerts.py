@@ -148,7 +148,7 @@ class _Batch:
         self.rules.update(RULES.load(cur, wanted_rules))
         devices = {d for e in events if (d := _device_of(e)) is not None}
         devices |= {r.device_id for r in self.rules.values() if r.device_id is not None}
-        self.facts = FACTS.load(cur, devices)
+        self.facts = FACTS.take(cur, devices)
         attempted = DELIVERIES.load(cur, {e.originator_id for e in events if isinstance(e, AlertDelivery.Attempted)})
         touched = {e.originator_id for e in events if isinstance(e, Alert.Event)}
         touched |= {e.alert_id for e in events if isinstance(e, AlertDelivery.Opened)}
@@ -165,6 +165,8 @@ class _Batch:
         _write(cur, FACTS, self.facts, self.changed["facts"])
         _write(cur, ALERTS, self.alerts, self.changed["alerts"])
         _write(cur, DELIVERIES, self.deliveries, self.changed["deliveries"])
+        # Last: a write above that fails rolls the batch back, and the rows it changed are read afresh.
+        FACTS.keep(self.facts[k] for k in self.changed["facts"])
 
 
 def _write(cur: psycopg.Cursor[Any], table: Table[Any], rows: dict[Any, Any], keys: set[Any]) -> None:

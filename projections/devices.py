@@ -220,21 +220,25 @@ class DevicesProjector:
         self.calendar = LocalCalendar(self.zone)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
-        wanted = {device_id for event in events if (device_id := _subject(event)) is not None}
+        subjects = [_subject(event) for event in events]
+        wanted = set(subjects)
+        wanted.discard(None)
         if not wanted:
             return
-        cur.execute(f"{DEVICES.select} WHERE device_id = ANY(%s)", (list(wanted),))
-        rows = {row.device_id: row for row in map(DEVICES.decode, cur.fetchall())}
+        rows = DEVICES.take(cur, wanted)
         touched: set[UUID] = set()
-        for event in events:
+        for event, device_id in zip(events, subjects, strict=True):
+            if device_id is None:
+                continue
             if isinstance(event, Device.Added):
-                rows[event.originator_id] = DeviceRow.added(event)
-            device_id = _subject(event)
-            if device_id is None or (row := rows.get(device_id)) is None:
+                rows[device_id] = DeviceRow.added(event)
+            if (row := rows.get(device_id)) is None:
                 continue
             row.apply(event, self.calendar, self.rules)
             touched.add(device_id)
-        DEVICES.write(cur, [DEVICES.values(rows[d]) for d in touched])
+        written = [rows[d] for d in touched]
+        DEVICES.write(cur, [DEVICES.values(row) for row in written])
+        DEVICES.keep(written)
 
 
 def _view(row: DeviceRow, now: datetime, zone: ZoneInfo) -> DeviceView:

@@ -144,6 +144,8 @@ class Shadow:
         self.head = 0
         self.quarantined: list[QuarantineRow] = []
         self.live_quarantined: list[QuarantineRow] = []
+        self.kept: dict[int, dict[Any, Any]] = {}
+        """Rows the read models keep in memory between sections (`Table.keep`): only this replay writes its tables."""
         bare = [table.bare for table in self.tables]
         if len(set(bare)) != len(bare):
             raise ValueError(f"tables of {', '.join(self.names)} share a name; they cannot be rebuilt side by side")
@@ -151,7 +153,7 @@ class Shadow:
     @contextmanager
     def _targeted(self, cur: psycopg.Cursor[Any]) -> Iterator[None]:
         set_search_path(cur, [self.schema])
-        with building(self.schema, self.tables):
+        with building(self.schema, self.tables, self.kept):
             yield
 
     def create(self) -> None:

@@ -10,7 +10,7 @@ name their tables only through `Table`, never as literal SQL names.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -61,23 +61,31 @@ def _json(value: Any) -> Jsonb:
 
 
 class _Target(NamedTuple):
-    """Where the tables of the read models being built live while `building` is in effect."""
+    """Where the tables of the read models being built live while `building` is in effect, and the rows a
+    replay keeps in memory for them (by table id, then key; None: none kept)."""
 
     schema: str
     tables: frozenset[int]
+    kept: dict[int, dict[Any, Any]] | None
 
 
 _TARGET: ContextVar[_Target | None] = ContextVar("wattledger_projection_target", default=None)
 
 
 @contextmanager
-def building(schema: str, tables: Collection[Table[Any]]) -> Iterator[None]:
+def building(
+    schema: str, tables: Collection[Table[Any]], kept: dict[int, dict[Any, Any]] | None = None
+) -> Iterator[None]:
     """While inside, `tables` name themselves in `schema` (a rebuild's shadow schema), in this context only.
 
     Every other table, and every other thread or task, keeps naming the live tables,
     so readers are never pointed at a half-built read model.
+
+    `kept`, given by a replay that alone writes `tables` in `schema` for as long as it lasts,
+    holds the rows `Table.keep` was given between sections, so `Table.take` need not read and
+    decode them again (see `Table.take`).
     """
-    token = _TARGET.set(_Target(schema, frozenset(id(t) for t in tables)))
+    token = _TARGET.set(_Target(schema, frozenset(id(t) for t in tables), kept))
     try:
         yield
     finally:
@@ -124,6 +132,7 @@ class Table(Generic[R]):
             self._conflict
         )
         self._key_at = tuple(self.columns.index(c.strip()) for c in key.split(","))
+        self._json_at = tuple(i for i, c in enumerate(self.columns) if c in self._json)
 
     @property
     def schema(self) -> str:
@@ -182,10 +191,13 @@ class Table(Generic[R]):
 
     def values(self, row: R) -> tuple[Any, ...]:
         """The parameters of `upsert` for one row."""
-        return tuple(
-            _json(value) if column in self._json else value
-            for column, value in zip(self.columns, msgspec.structs.astuple(row), strict=True)
-        )
+        values = msgspec.structs.astuple(row)
+        if not self._json_at:
+            return values
+        wrapped = list(values)
+        for at in self._json_at:
+            wrapped[at] = _json(wrapped[at])
+        return tuple(wrapped)
 
     def decode(self, record: Sequence[Any]) -> R:
         """A row Struct from a record selected with `select`."""
@@ -197,6 +209,41 @@ class Table(Generic[R]):
             return {}
         cur.execute(f"{self.select} WHERE {self.key} = ANY(%s)", (list(keys),))
         return {getattr(row, self.key): row for row in map(self.decode, cur.fetchall())}
+
+    def _kept(self) -> dict[Any, R] | None:
+        target = _TARGET.get()
+        if target is None or target.kept is None or id(self) not in target.tables:
+            return None
+        return target.kept.setdefault(id(self), {})
+
+    def take(self, cur: psycopg.Cursor[Any], keys: Collection[Any]) -> dict[Any, R]:
+        """As `load`, but a replay that kept rows (`keep`) hands those over instead of reading them again.
+
+        The rows handed over are no longer kept: the caller changes them in place, and gives back
+        with `keep` the ones it has written. A batch that fails before that (its savepoint rolled
+        back) leaves them out, and the next reads them from the table. Outside a replay that keeps
+        rows this is `load`."""
+        kept = self._kept()
+        if kept is None or not kept:
+            return self.load(cur, keys)
+        rows: dict[Any, R] = {}
+        missing = []
+        for key in keys:
+            row = kept.pop(key, None)
+            if row is None:
+                missing.append(key)
+            else:
+                rows[key] = row
+        if missing:
+            rows.update(self.load(cur, missing))
+        return rows
+
+    def keep(self, rows: Iterable[R]) -> None:
+        """Rows just written as they are in the table, kept for the next `take` while a replay keeps rows."""
+        kept = self._kept()
+        if kept is not None:
+            for row in rows:
+                kept[getattr(row, self.key)] = row
 
 
 class Projector(Protocol):
