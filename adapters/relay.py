@@ -2,9 +2,9 @@
 
 The PostgreSQL notification log is the truth; the stream is a copy that the relay can
 rebuild from any position. The relay reads the log after its saved position in
-sections of `batch_size`, publishes a section (`adapters.publisher`: `publish_async`, the
-acks gathered, each message settled), then saves the position of the last contiguously
-settled notification (`adapters.relay_positions`). A crash between publishing and saving
+sections of `batch_size`, publishes a section (`adapters.publisher`: every message with a
+reply subject of its own, the acks gathered, each message settled), then saves the position
+of the last contiguously settled notification (`adapters.relay_positions`). A crash between publishing and saving
 re-sends at most one section on restart, and JetStream drops the re-sends because every
 message carries `Nats-Msg-Id = "<originator_id>:<version>"`.
 
@@ -151,6 +151,7 @@ class Relay:
             self._opened = True
 
     async def aclose(self) -> None:
+        await self._publisher.close()
         await self._pool.close()
         self._opened = False
 

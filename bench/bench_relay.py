@@ -1,10 +1,18 @@
 """Relay throughput against a real PostgreSQL and JetStream, next to a wait-for-each-ack baseline.
 
-    python bench/bench_relay.py [--events 20000] [--sample 2000]
+    python bench/bench_relay.py [--events 20000] [--sample 2000] [--sections 20000]
 
-Creates a scratch database and two scratch streams, and removes them at the end.
+Creates a scratch database and scratch streams, and removes them at the end.
 The baseline publishes already-encoded messages, so it is timed without reading or
-encoding; the relay's figure includes reading the log, decoding and encoding.
+encoding; the relay's figure includes reading the log, decoding and encoding, and
+is given in wall time and in this process's CPU time per event (steadier than wall
+time on a shared machine).
+
+Then the first `--sections` events, already encoded, are published in sections of
+1,000 twice, alternating five rounds each: by `adapters.publisher.Publisher` (a reply
+subject of its own per message) and by nats-py's `publish_async` with the acks gathered
+(what the publisher did before); each round to a stream of its own. Printed: the
+median of each one's rounds, events/s and CPU microseconds per event.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import asyncio
 import logging
 import os
 import secrets
+import statistics
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,12 +30,14 @@ from pathlib import Path
 
 import psycopg
 import structlog
+from nats.js import JetStreamContext
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.bus import StreamConfig, connect_nats, ensure_stream, subject_for  # noqa: E402
 from adapters.eventstore import PollResult, WattLedger, ensure_events_schema, store_env  # noqa: E402
+from adapters.publisher import Outgoing, Publisher  # noqa: E402
 from adapters.relay import Relay, encode_envelope, route_for  # noqa: E402
 from bench.scratch import PollRecorder  # noqa: E402
 from domain.device import Device  # noqa: E402
@@ -72,6 +83,60 @@ def append_readings(app: WattLedger, events: int) -> tuple[int, float]:
     return recorded, time.perf_counter() - started
 
 
+async def publish_async_sections(js: JetStreamContext, stream: str, sections: list[list[Outgoing]]) -> None:
+    """The former way: `publish_async` per message, the section's acks gathered."""
+    for section in sections:
+        futures = [
+            await js.publish_async(m.subject, m.payload, headers=dict(m.headers), stream=stream) for m in section
+        ]
+        await asyncio.gather(*futures)
+
+
+async def publisher_sections(js: JetStreamContext, stream: str, sections: list[list[Outgoing]]) -> None:
+    publisher = Publisher(js, stream, ack_timeout=10.0)
+    try:
+        for section in sections:
+            result = await publisher.publish(section)
+            assert result.settled == len(section) and result.error is None, result
+    finally:
+        await publisher.close()
+
+
+async def compare_sections(app: WattLedger, js: JetStreamContext, run: str, count: int) -> None:
+    """Publisher against `publish_async` gathered, on the same encoded sections, alternating rounds."""
+    logged = app.recorder.select_notifications(0, count, inclusive_of_start=False)
+    ways = {"Publisher (own reply subjects)": publisher_sections, "publish_async, acks gathered": publish_async_sections}
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    for round_ in range(5):
+        for n, (name, way) in enumerate(ways.items()):
+            cfg = StreamConfig(name=f"WLB_{run.upper()}_S{round_}{n}", subject_prefix=f"wlb{run}s{round_}{n}")
+            await ensure_stream(js, cfg)
+            messages = []
+            for note in logged:
+                where = route_for(app.mapper.to_domain_event(note))
+                messages.append(Outgoing(
+                    notification_id=note.id,
+                    subject=subject_for(cfg.subject_prefix, where.aggregate, where.key, where.event),
+                    payload=encode_envelope(note.id, app.mapper.to_domain_event(note)),
+                    headers={"Nats-Msg-Id": f"{note.originator_id}:{note.originator_version}",
+                             "WL-Notification-Id": str(note.id)},
+                ))  # fmt: skip
+            sections = [messages[i:i + 1000] for i in range(0, len(messages), 1000)]
+            try:
+                started, cpu = time.perf_counter(), time.process_time()
+                await way(js, cfg.name, sections)
+                wall, used = time.perf_counter() - started, time.process_time() - cpu
+                assert (await js.stream_info(cfg.name)).state.messages == len(messages)
+                figures[name].append((len(messages) / wall, 1e6 * used / len(messages)))
+            finally:
+                await js.delete_stream(cfg.name)
+    for name, rounds in figures.items():
+        rate = statistics.median(r for r, _ in rounds)
+        cpu = statistics.median(c for _, c in rounds)
+        print(f"{name:32} {len(logged)} events in sections of 1000: {rate:9,.0f} events/s, {cpu:5.1f} us CPU per event"
+              f" (median of {len(rounds)} rounds)")  # fmt: skip
+
+
 async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     run = secrets.token_hex(4)
@@ -94,14 +159,15 @@ async def main(args: argparse.Namespace) -> None:
         await ensure_stream(js, relay_stream)
         await ensure_stream(js, base_stream)
         async with Relay(app, js, database_url=url, stream=relay_stream) as relay:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             published = await relay.publish_pending()
-            relay_s = time.perf_counter() - started
+            relay_s, relay_cpu = time.perf_counter() - started, time.process_time() - cpu
         stored = (await js.stream_info(relay_stream.name)).state.messages
         print(
             f"relay publish_pending: {published} events in {relay_s:.2f}s: {published / relay_s:,.0f} events/s"
-            f" (stream holds {stored})"
+            f" (stream holds {stored}), {1e6 * relay_cpu / published:.0f} us CPU per event"
         )
+        await compare_sections(app, js, run, args.sections)
 
         notifications = app.recorder.select_notifications(0, args.sample, inclusive_of_start=False)
         messages = []
@@ -135,6 +201,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000, help="readings to append (default 20000)")
     parser.add_argument("--sample", type=int, default=2000, help="messages in the baseline (default 2000)")
+    parser.add_argument("--sections", type=int, default=20000,
+                        help="events published in sections by each way compared (default 20000)")
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
