@@ -1,7 +1,7 @@
 """Fleet backfill: plugs importing a month of last year's readings over HTTP, 4 clients at once.
 
     python bench/bench_backfill.py [--devices 200] [--interval-min 60] [--clients 4] [--rate tiered|simple]
-                                   [--single-days 31] [--no-relay]
+                                   [--single-days 31] [--no-relay | --relay-process]
 
 An API process runs the real parts (`run_parts`: API under uvicorn, relay, projectors)
 on a scratch database, with a tiered rate (the running-total path) or a simple one.
@@ -22,7 +22,9 @@ This process then:
    process (no HTTP, no wait for projection) as a third figure.
 
 `--no-relay` runs the API process without the relay, to see what publishing every event to
-NATS in the same process costs the imports.
+NATS in the same process costs the imports; `--relay-process` runs the relay in a process of
+its own beside it (as `wattledger api` and `wattledger relay` would), where its CPU is no
+longer taken from the API process's.
 
 PostgreSQL from DATABASE_URL (a scratch database, dropped at the end), NATS from NATS_URL.
 """
@@ -128,6 +130,28 @@ async def _serve(options: dict[str, Any], conn: Connection) -> None:
         await task
 
 
+def relay_alone(options: dict[str, Any], conn: Connection) -> None:
+    asyncio.run(_relay_alone(options, conn))
+
+
+async def _relay_alone(options: dict[str, Any], conn: Connection) -> None:
+    """The relay part alone, until the pipe says stop."""
+    from infra.bootstrap import open_runtime, run_parts
+    from infra.logging import configure_logging
+    from infra.settings import Settings
+
+    configure_logging("error")
+    settings = Settings(port=options["port"], stream_name=options["stream"], subject_prefix=options["prefix"],
+                        rate_limits=False)  # fmt: skip
+    stop = asyncio.Event()
+    async with open_runtime(settings, options["database_url"], options["nats_url"]) as runtime:
+        task = asyncio.create_task(run_parts(runtime, stop, api=False, poll=False, relay=True, project=False))
+        conn.send("ready")
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        stop.set()
+        await task
+
+
 def month_of_readings(start: datetime, end: datetime, step: timedelta, seed: int) -> list[dict[str, Any]]:
     """Readings from `start` to `end`: a load that changes with the hour, and a rising counter."""
     out = []
@@ -228,9 +252,15 @@ def main(url: str, args: argparse.Namespace) -> None:
     port = free_port()
     options = {"database_url": url, "nats_url": os.environ.get("NATS_URL", DEFAULT_NATS), "port": port,
                "stream": f"WL_BACKFILL_{uuid.uuid4().hex[:6]}", "prefix": f"wlbf{uuid.uuid4().hex[:6]}", "relay": not args.no_relay}  # fmt: skip
+    options["relay"] = not (args.no_relay or args.relay_process)
     here, there = mp.Pipe()
     process = mp.get_context("spawn").Process(target=serve, args=(options, there))
     process.start()
+    relay_here, relay_there = mp.Pipe()
+    relay_process = mp.get_context("spawn").Process(target=relay_alone, args=(options, relay_there))
+    if args.relay_process:
+        relay_process.start()
+        relay_here.recv()
     try:
         key, rss_before = here.recv()
         base = f"http://127.0.0.1:{port}"
@@ -262,7 +292,13 @@ def main(url: str, args: argparse.Namespace) -> None:
         process.join(timeout=60)
         if process.is_alive():
             process.terminate()
-    print(f"relay                 {'off' if args.no_relay else 'on'} in the API process")
+        if args.relay_process:
+            relay_here.send("stop")
+            relay_process.join(timeout=60)
+            if relay_process.is_alive():
+                relay_process.terminate()
+    where = "off" if args.no_relay else "in a process of its own" if args.relay_process else "on in the API process"
+    print(f"relay                 {where}")
     print(f"fleet                 {args.devices} plugs x {readings // args.devices} readings (June {year}, every "
           f"{args.interval_min} min), {args.clients} clients, {args.rate} rate")  # fmt: skip
     print(f"stored (all answered) {readings / stored_s:10,.0f} readings/s  ({stored_s:.1f} s, {projected} of "
@@ -289,8 +325,11 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rate", choices=sorted(RATES), default="tiered")
     parser.add_argument("--single-days", type=int, default=31)
-    parser.add_argument("--no-relay", action="store_true",
-                        help="run the API process without the relay (what publishing to NATS costs an import)")
+    relay = parser.add_mutually_exclusive_group()
+    relay.add_argument("--no-relay", action="store_true",
+                       help="run the API process without the relay (what publishing to NATS costs an import)")
+    relay.add_argument("--relay-process", action="store_true",
+                       help="run the relay in a process of its own beside the API process")
     arguments = parser.parse_args()
     with scratch_database() as database:
         main(database, arguments)
