@@ -144,14 +144,17 @@ class _Batch:
         self.state = STATE.load(cur, [STATE_KEY]).get(STATE_KEY) or StateRow(name=STATE_KEY)
         cur.execute(f"{RULES.select} WHERE NOT deleted")
         self.rules = {row.rule_id: row for row in map(RULES.decode, cur.fetchall())}
-        wanted_rules = {e.originator_id for e in events if isinstance(e, AlertRule.Event)} - set(self.rules)
+        reading = MeterDay.ReadingRecorded
+        others = [e for e in events if type(e) is not reading]  # readings are nearly every event
+        wanted_rules = {e.originator_id for e in others if isinstance(e, AlertRule.Event)} - set(self.rules)
         self.rules.update(RULES.load(cur, wanted_rules))
-        devices = {d for e in events if (d := _device_of(e)) is not None}
+        devices = {e.device_id for e in events if type(e) is reading}
+        devices |= {d for e in others if (d := _device_of(e)) is not None}
         devices |= {r.device_id for r in self.rules.values() if r.device_id is not None}
         self.facts = FACTS.take(cur, devices)
-        attempted = DELIVERIES.load(cur, {e.originator_id for e in events if isinstance(e, AlertDelivery.Attempted)})
-        touched = {e.originator_id for e in events if isinstance(e, Alert.Event)}
-        touched |= {e.alert_id for e in events if isinstance(e, AlertDelivery.Opened)}
+        attempted = DELIVERIES.load(cur, {e.originator_id for e in others if isinstance(e, AlertDelivery.Attempted)})
+        touched = {e.originator_id for e in others if isinstance(e, Alert.Event)}
+        touched |= {e.alert_id for e in others if isinstance(e, AlertDelivery.Opened)}
         touched |= {row.alert_id for row in attempted.values()}
         open_ids = {r.alert_id for r in self.rules.values() if r.alert_id is not None}
         self.alerts = ALERTS.load(cur, open_ids | touched)
@@ -186,12 +189,13 @@ class AlertsProjector:
         self.energy_rules = rules or EnergyRules()
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
-        relevant = [e for e in events if isinstance(e, _RELEVANT)]
+        reading = MeterDay.ReadingRecorded  # nearly every event: matched by its type before the rest
+        relevant = [e for e in events if type(e) is reading or isinstance(e, _RELEVANT)]
         if not relevant:
             return
         batch = _Batch(cur, relevant)
         for event in relevant:
-            if isinstance(event, MeterDay.ReadingRecorded):  # nearly every event: matched before the rest
+            if type(event) is reading:
                 self._reading(batch, event)
             else:
                 self._apply(batch, event)

@@ -186,12 +186,14 @@ def read_section(
     return Section(after, [n.id for n in notifications], events, list(notifications))
 
 
-_APPLYING: ContextVar[Sequence[Notification] | None] = ContextVar("wattledger_applying", default=None)
+_APPLYING: ContextVar[tuple[Sequence[object], Sequence[Notification]] | None] = ContextVar(
+    "wattledger_applying", default=None
+)
 
 
 @contextmanager
-def _applying(notifications: Sequence[Notification]) -> Iterator[None]:
-    token = _APPLYING.set(notifications)
+def _applying(events: Sequence[object], notifications: Sequence[Notification]) -> Iterator[None]:
+    token = _APPLYING.set((events, notifications))
     try:
         yield
     finally:
@@ -206,8 +208,13 @@ def notifications_of(events: Sequence[object]) -> Sequence[Notification] | None:
     event is the one its notification holds (same stream and version), so a caller that hands a
     projector other events than the section's gets None and reads the store.
     """
-    held = _APPLYING.get()
-    if held is None or len(held) != len(events):
+    applying = _APPLYING.get()
+    if applying is None:
+        return None
+    handed, held = applying
+    if events is handed:  # the very list the engine handed over, decoded from `held` one for one
+        return held
+    if len(held) != len(events):
         return None
     for event, notification in zip(events, held, strict=True):
         if (getattr(event, "originator_version", None) != notification.originator_version
@@ -225,6 +232,9 @@ def apply_isolating(
     cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], notifications: Sequence[Notification]
 ) -> list[QuarantineRow]:
     """Apply `events` in the caller's transaction, skipping those that fail alone with a data error.
+
+    `notifications` are those `events` were decoded from, one for one (a section's), which the
+    projector may take while it applies them (`notifications_of`).
 
     The read models' json columns are read with msgspec on `cur` (the same values as the standard
     library's parser gives, a few times faster). Each span is applied under a savepoint; a span that fails with a data error is rolled back
@@ -260,9 +270,10 @@ def _apply_span(
     Returns (that event's index, its error), or (stop, None) when all applied."""
     chunk = stop - start
     while start < stop:
+        span = events[start:start + chunk]
         try:
-            with cur.connection.transaction(), _applying(notifications[start:start + chunk]):
-                projector.apply_batch(cur, events[start:start + chunk])
+            with cur.connection.transaction(), _applying(span, notifications[start:start + chunk]):
+                projector.apply_batch(cur, span)
         except Exception as error:
             if not data_error(error) or cur.connection.broken:
                 raise
