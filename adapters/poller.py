@@ -77,6 +77,12 @@ class PollerStats(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds the oldest entry still waiting to be stored has waited."""
     heap_freezes: int = 0
     """Rounds of `gc.freeze()` (see `Poller.freeze_heap_every`)."""
+    taken: int = 0
+    """Devices its assignment gave it (each time one is given anew)."""
+    given_up: int = 0
+    """Devices it stopped polling while running (handed to another poller, removed, or its assignment expired)."""
+    assignment_failures: int = 0
+    """Assignment refreshes that failed or timed out."""
 
 
 class Poller:
@@ -163,6 +169,9 @@ class Poller:
             pending=len(self._store),
             store_lag=self._store.lag(now),
             heap_freezes=self._counts["heap_freezes"],
+            taken=self._counts["taken"],
+            given_up=self._counts["given_up"],
+            assignment_failures=self._counts["assignment_failures"],
         )
 
     def apply_config(self, config: ConfigValues) -> None:
@@ -253,7 +262,7 @@ class Poller:
         deadline = loop.time() + self.grace
         assign.cancel()
         await asyncio.gather(assign, return_exceptions=True)
-        await self._drop(list(self._devices))
+        await self._drop(list(self._devices), stopping=True)
         self._store.close()
         leaving = asyncio.create_task(self._leave())
         await asyncio.wait({store, leaving}, timeout=max(0.0, deadline - loop.time()))
@@ -285,6 +294,7 @@ class Poller:
                     assigned = await self.assignment.refresh(self._drop)
             except DATABASE_FAULTS + (TimeoutError,) as exc:
                 report("poller", exc, repeat=failing, action="assignment")
+                self._counts["assignment_failures"] += 1
                 failing = True
                 if loop.time() >= self._valid_until and self._devices:
                     log.warning("poller.assignment_expired", devices=len(self._devices))
@@ -311,16 +321,21 @@ class Poller:
             state = self._devices.get(device_id)
             if state is None:
                 state = self._devices[device_id] = DeviceState(device_id, address, first_due(device_id, self.interval))
+                self._counts["taken"] += 1
                 state.task = asyncio.create_task(self._device_loop(state), name=f"poll-{device_id}")
             else:
                 state.address = address
 
-    async def _drop(self, device_ids: Collection[UUID]) -> None:
+    async def _drop(self, device_ids: Collection[UUID], *, stopping: bool = False) -> None:
         """Stop polling these devices; polls in flight are cancelled and waited for."""
         tasks = []
         for device_id in device_ids:
             state = self._devices.pop(device_id, None)
-            if state is not None and state.task is not None:
+            if state is None:
+                continue
+            if not stopping:
+                self._counts["given_up"] += 1
+            if state.task is not None:
                 state.task.cancel()
                 tasks.append(state.task)
         await asyncio.gather(*tasks, return_exceptions=True)

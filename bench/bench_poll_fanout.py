@@ -1,7 +1,7 @@
 """Polling many devices on time: the poller against a bare python-kasa loop, same run, same machine.
 
     python bench/bench_poll_fanout.py [--scale 1000,5000] [--seconds 60] [--interval 10] [--pollers 1]
-                                      [--baselines update,driver] [--profile PATH]
+                                      [--baselines update,driver] [--profile PATH] [--burn 0]
 
 For each scale N: N emulated plugs and strips (HS110, KP115, HS100, HS300, KP303 in turn)
 plus N/10 black holes (loopback servers that accept and never answer) run in a process of
@@ -20,7 +20,8 @@ p99), the share of healthy devices read in every interval (no gap above 1.1 x th
 readings stored per second and the number expected, CPU of the polling processes (CPU time
 / wall, summed; 1.0 is one core) and per reading (split by thread: `main` polls, the store's
 saves run on `poller-store` and the default executor's `asyncio_N`), and the relay lag (event created by the poller → message
-on JetStream, median and p99). Projectors do not run.
+on JetStream, median and p99). Projectors do not run. `--burn N` runs N processes that only spin
+for the whole run, pollers and baselines alike: a loaded machine on demand.
 
 PostgreSQL from DATABASE_URL (a scratch database, dropped at the end), NATS from NATS_URL.
 """
@@ -51,6 +52,8 @@ import msgspec  # noqa: E402
 from bench.scratch import scratch_database  # noqa: E402
 
 PROFILES = ("HS110", "KP115", "HS100", "HS300", "KP303")
+COUNTERS = ("failures", "overruns", "skipped", "taken", "given_up", "assignment_failures")
+"""The poller's counters shown as their growth over the measured window."""
 
 
 class Window(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +67,8 @@ class Window(msgspec.Struct, frozen=True, kw_only=True):
     cycles: list[float] = []
     threads: dict[str, float] = {}
     """CPU seconds by thread: `main` is the polling loop, `poller-store` the store's loop."""
+    changed: dict[str, int] = {}
+    """How much each of the poller's counters grew over the window."""
 
 
 def raise_file_limit(needed: int) -> None:
@@ -181,6 +186,7 @@ async def _poll(options: dict[str, Any], conn: Connection) -> None:
         collecting = GcTimer()
         profiler = cProfile.Profile() if options["profile"] else None
         threads_before = thread_cpu()
+        counted_before = msgspec.structs.asdict(poller.stats())
         started, cpu = time.time(), time.process_time()
         if profiler is not None:
             profiler.enable()
@@ -192,7 +198,9 @@ async def _poll(options: dict[str, Any], conn: Connection) -> None:
         threads = {name: seconds - threads_before.get(name, 0.0) for name, seconds in thread_cpu().items()}
         threads.update(collecting.stop())
         stats = msgspec.structs.asdict(poller.stats())
-        conn.send(msgspec.json.encode(Window(started=started, ended=ended, cpu=used, stats=stats, threads=threads)))
+        changed = {k: v - counted_before[k] for k, v in stats.items() if isinstance(v, int) and k in COUNTERS}
+        conn.send(msgspec.json.encode(Window(started=started, ended=ended, cpu=used, stats=stats, threads=threads,
+                                             changed=changed)))
         # Every poller polls until all are measured, so no hand-over falls into a window.
         await loop.run_in_executor(None, conn.recv)
         stop.set()
@@ -433,6 +441,7 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
             measured = summarise(await asyncio.to_thread(stored_reads, url), len(healthy), started, ended, args.interval)
             inside = [lag for at, lag in lags if started <= at < ended]
             totals = {k: sum(w.stats.get(k, 0) for w in windows) for k in ("overruns", "failures", "pending")}
+            grew = ", ".join(f"{k} {sum(w.changed.get(k, 0) for w in windows)}" for k in COUNTERS)
             store_lag = max(w.stats.get("store_lag", 0.0) for w in windows)
             reads = measured["rate"] * (ended - started)
             threads: dict[str, float] = defaultdict(float)
@@ -451,6 +460,7 @@ async def run_scale(count: int, pollers: int, args: argparse.Namespace) -> list[
                 "lag_p99": quantile(inside, 0.99),
                 "notes": f"cpu ms/read by thread: {split}; "
                          f"emulator cpu {emulator_busy:.2f}, devices held {[w.stats.get('devices') for w in windows]}, "
+                         f"in the window: {grew}; since start: "
                          f"poll failures {totals['failures']}, overruns {totals['overruns']}, "
                          f"heap freezes {[w.stats.get('heap_freezes') for w in windows]}, "
                          f"unsaved at the end {totals['pending']} (oldest {store_lag:.1f} s)",
@@ -484,7 +494,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
     print(f"interval {args.interval:g} s, timeout {args.timeout:g} s, concurrency {args.concurrency}"
           f" (suspect {args.suspect_concurrency}), {args.seconds:g} s measured, from {args.warmup:g} s after"
-          " every device was polled once")
+          f" every device was polled once; {args.burn} spinning processes; load {os.getloadavg()[0]:.1f}")
     print(head)
     print("-" * len(head))
     for row in rows:
@@ -495,16 +505,28 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
           " cpu: cores used by polling; ms/read: CPU ms per reading taken; relay: s from event to JetStream")
 
 
+def spin() -> None:
+    while True:
+        pass
+
+
 async def main(args: argparse.Namespace) -> None:
     from infra.logging import configure_logging
 
     configure_logging("warning")
     rows: list[dict[str, Any]] = []
-    for count in args.scale:
-        raise_file_limit(3 * count + 1024)
-        for pollers in args.pollers:
-            rows += await run_scale(count, pollers, args)
-            print_table(rows, args)
+    burners = [mp.get_context("spawn").Process(target=spin, daemon=True) for _ in range(args.burn)]
+    for burner in burners:
+        burner.start()
+    try:
+        for count in args.scale:
+            raise_file_limit(3 * count + 1024)
+            for pollers in args.pollers:
+                rows += await run_scale(count, pollers, args)
+                print_table(rows, args)
+    finally:
+        for burner in burners:
+            burner.terminate()
 
 
 if __name__ == "__main__":
@@ -531,6 +553,7 @@ if __name__ == "__main__":
     parser.add_argument("--baselines", type=lambda text: text.split(","), default=["update", "driver"],
                         help="update: python-kasa update() per device; driver: the poller's KasaDriver.poll alone "
                              "(default update,driver)")
+    parser.add_argument("--burn", type=int, default=0, help="processes that only spin meanwhile (default 0)")
     parser.add_argument("--profile", default="", help="cProfile each poller's measured window into PATH.<pid>")
     parser.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     parsed = parser.parse_args()

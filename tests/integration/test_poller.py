@@ -170,7 +170,7 @@ async def test_an_unexpected_error_from_one_device_is_that_devices_miss_only(app
         await eventually(others_read_three_times, within=30, what="three readings of each healthy device")
         assert bad not in {d for d, _ in await asyncio.to_thread(stored_readings, app)}
         # The failing device's own clock may put its third poll after the others' third readings are stored.
-        await eventually(lambda: poller.stats().failures >= 3, within=30, what="three failed polls of the broken device")
+        await eventually(lambda: poller.stats().failures >= 3, within=30, what="three failed polls of the bad device")
         await eventually(lambda: _has(app, "WentOffline"), within=30, what="the failing device offline")
         del driver.broken[addresses[0]]
 
@@ -297,6 +297,7 @@ async def test_two_pollers_share_the_devices_and_one_takes_over_when_the_other_d
             by_first, by_second = set(polled_since(first_driver, since)), set(polled_since(second_driver, since))
             assert by_first.isdisjoint(by_second) and by_first | by_second == set(addresses)
 
+            taken = second.stats().taken
             first_task.cancel()
             await asyncio.gather(first_task, return_exceptions=True)
             died = time.monotonic()
@@ -307,6 +308,7 @@ async def test_two_pollers_share_the_devices_and_one_takes_over_when_the_other_d
             await eventually(second_polls_all, within=30, what="the second poller polling every device")
             assert not [a for a, at in first_driver.polled if at > died]
             assert second.stats().devices == len(addresses)
+            assert second.stats().taken - taken >= len(addresses) // 2
 
 
 async def test_every_poll_is_timed_and_each_failure_counted_by_reason_in_the_metrics(app: WattLedger) -> None:

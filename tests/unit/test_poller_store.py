@@ -161,3 +161,24 @@ class Cycle:
 
     def __del__(self) -> None:
         Cycle.alive -= 1
+
+
+async def test_devices_that_leave_and_join_the_assignment_are_counted_as_given_up_and_taken() -> None:
+    store = MemoryStore()
+    devices = await save_devices(store, plug(), 3)
+    listed = dict(devices)
+    poller = Poller(RecordingHandlers(store), Answering(), assignment(listed), interval=0.05, flush_every=0.05)
+    task = asyncio.create_task(poller.run())
+    try:
+        await eventually(lambda: poller.stats().taken == 3, what="three devices taken")
+        gone = next(iter(listed))
+        del listed[gone]
+        await eventually(lambda: poller.stats().devices == 2, what="the unlisted device dropped")
+        listed[gone] = devices[gone]
+        await eventually(lambda: poller.stats().devices == 3, what="the listed device taken again")
+        stats = poller.stats()
+        assert (stats.taken, stats.given_up, stats.assignment_failures) == (4, 1, 0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert poller.stats().given_up == 1, "a stop is not a hand-over"
