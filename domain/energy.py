@@ -142,16 +142,25 @@ def _finite(value: float | None) -> float | None:
 def _channel_step(
     before: Channel | None, sample: Sample, at: datetime, rules: EnergyRules
 ) -> tuple[Channel, Interval | None]:
-    counter = _finite(sample.total_wh)
+    return channel_step(before, sample.channel, sample.power_w, sample.total_wh, at, rules)
+
+
+def channel_step(
+    before: Channel | None, channel: str, power_w: float | None, total_wh: float | None, at: datetime,
+    rules: EnergyRules,
+) -> tuple[Channel, Interval | None]:
+    """Fold one channel's measurement at `at` into its last reading (`before`, None: the meter's first or
+    another meter's); `step` does this for each sample of a reading."""
+    counter = _finite(total_wh)
     counter = counter if counter is None or counter >= 0 else None
-    power = _finite(sample.power_w)
+    power = _finite(power_w)
     if before is None:
         return Channel(at=at, power_w=power, counted_wh=counter), None
     seconds = (at - before.at).total_seconds()
     if counter is not None and before.counted_wh is not None:
         counted, wh = _counted(before.counted_wh, counter, seconds, rules)
         return Channel(at=at, power_w=power, counted_wh=counted), Interval(
-            channel=sample.channel, start=before.at, end=at, wh=wh
+            channel=channel, start=before.at, end=at, wh=wh
         )
     after = Channel(at=at, power_w=power, counted_wh=counter)
     if seconds >= rules.max_gap.total_seconds():
@@ -161,7 +170,7 @@ def _channel_step(
         return after, None
     watts = min(max(sum(known) / len(known), 0.0), rules.max_power_w)
     wh = watts * seconds / 3600
-    return after, Interval(channel=sample.channel, start=before.at, end=at, wh=wh)
+    return after, Interval(channel=channel, start=before.at, end=at, wh=wh)
 
 
 def _counted(high: float, counter: float, seconds: float, rules: EnergyRules) -> tuple[float, float]:

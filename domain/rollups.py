@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from domain.energy import Channel, EnergyRules, Interval, MeterState, Reading, Sample, share_within, step
+from domain.energy import Channel, EnergyRules, Interval, MeterState, channel_step, share_within
 
 BUCKET = timedelta(minutes=5)
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -85,17 +85,24 @@ def refold(
     Returns every reading with its counted value and interval energy, and the
     intervals closed. A reading not newer than the one before is dropped.
     """
-    state = state_after(start, channel) if start is not None else None
+    meter: str | None = None
+    last: Channel | None = None
+    if start is not None:
+        meter = start.reading.meter
+        last = Channel(at=start.reading.at, power_w=start.reading.power_w, counted_wh=start.counted_wh)
     folded: list[Folded] = []
     intervals: list[Interval] = []
     for reading in readings:
-        if state is not None and state.meter == reading.meter and reading.at <= state.at:
+        before = last if meter == reading.meter else None
+        if before is not None and reading.at <= before.at:
             continue
-        sample = Sample(channel=channel, power_w=reading.power_w, total_wh=reading.total_wh)
-        state, closed = step(state, Reading(meter=reading.meter, at=reading.at, samples=(sample,)), rules)
-        counted = state.channels[channel].counted_wh
-        folded.append(Folded(reading=reading, counted_wh=counted, wh=closed[0].wh if closed else None))
-        intervals += closed
+        last, closed = channel_step(before, channel, reading.power_w, reading.total_wh, reading.at, rules)
+        meter = reading.meter
+        if closed is None:
+            folded.append(Folded(reading=reading, counted_wh=last.counted_wh, wh=None))
+        else:
+            folded.append(Folded(reading=reading, counted_wh=last.counted_wh, wh=closed.wh))
+            intervals.append(closed)
     return folded, intervals
 
 
@@ -126,6 +133,12 @@ def _overlaps(start: datetime, end: datetime) -> Iterable[tuple[datetime, float]
         bucket += BUCKET
 
 
+_MICROSECOND = timedelta(microseconds=1)
+_STEP = BUCKET // _MICROSECOND
+"""A bucket in microseconds: `rollup` works in whole microseconds since EPOCH, where a timedelta's
+`total_seconds()` is the same count divided by 10**6, so every share and second is the same float."""
+
+
 def rollup(
     folded: Sequence[Folded], intervals: Iterable[Interval], rules: EnergyRules, since: datetime
 ) -> dict[datetime, Bucket]:
@@ -133,42 +146,80 @@ def rollup(
 
     `folded` starts with the reading the intervals start from (it may lie before
     `since`); buckets before `since` are left out, so the caller keeps its stored ones.
+    Each bucket gets the same sums, added in the same order, as `split_buckets` and
+    `share_within` would give it, computed on microseconds since EPOCH.
     """
-    buckets: dict[datetime, Bucket] = {}
+    step = _STEP
+    first_index = -((EPOCH - since) // BUCKET)
+    buckets: dict[int, Bucket] = {}
+    moments: dict[datetime, int] = {}
 
-    def at(start: datetime) -> Bucket:
-        bucket = buckets.get(start)
+    def micros(moment: datetime) -> int:
+        known = moments.get(moment)
+        if known is None:
+            known = moments[moment] = (moment - EPOCH) // _MICROSECOND
+        return known
+
+    def at(index: int) -> Bucket:
+        bucket = buckets.get(index)
         if bucket is None:
-            bucket = buckets[start] = Bucket(start=start)
+            bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
         return bucket
 
     for interval in intervals:
-        for start, wh in split_buckets(interval):
-            if start >= since:
-                at(start).wh += wh
-    for before, after in zip(folded, folded[1:]):
-        span_start, span_end = before.reading.at, after.reading.at
-        gap = span_end - span_start > rules.max_gap
-        for start, seconds in _overlaps(span_start, span_end):
-            if start < since:
-                continue
-            bucket = at(start)
-            bucket.gap = bucket.gap or gap
-            if after.reading.is_on and not gap:
-                bucket.on_s += seconds
+        low, high, wh = micros(interval.start), micros(interval.end), interval.wh
+        index = low // step
+        edge = (index + 1) * step
+        if edge >= high:
+            if index >= first_index:
+                at(index).wh += wh
+            continue
+        left = wh
+        length = (high - low) / 1_000_000
+        while edge < high:
+            overlap = (min(high, edge) - max(low, edge - step)) / 1_000_000
+            part = wh * overlap / length if overlap > 0 else 0.0
+            if index >= first_index:
+                at(index).wh += part
+            left -= part
+            index += 1
+            edge += step
+        if index >= first_index:
+            at(index).wh += max(left, 0.0)
+    max_gap = rules.max_gap // _MICROSECOND
+    previous: Folded | None = None
+    for after in folded:
+        if previous is not None:
+            low, high = micros(previous.reading.at), micros(after.reading.at)
+            gap = high - low > max_gap
+            on = after.reading.is_on and not gap
+            index = low // step
+            edge = index * step
+            while edge < high:
+                index_end = edge + step
+                if index >= first_index:
+                    seconds = (min(high, index_end) - max(low, edge)) / 1_000_000
+                    if seconds > 0:
+                        bucket = at(index)
+                        bucket.gap = bucket.gap or gap
+                        if on:
+                            bucket.on_s += seconds
+                index += 1
+                edge = index_end
+        previous = after
     for item in folded:
         reading = item.reading
-        start = bucket_start(reading.at)
-        if start < since:
+        index = micros(reading.at) // step
+        if index < first_index:
             continue
-        bucket = at(start)
+        bucket = at(index)
         bucket.count += 1
         if reading.power_w is not None:
             power = reading.power_w
             bucket.power_sum += power
             bucket.power_min = power if bucket.power_min is None else min(bucket.power_min, power)
             bucket.power_max = power if bucket.power_max is None else max(bucket.power_max, power)
-    return dict(sorted(buckets.items()))
+    return {buckets[i].start: buckets[i] for i in sorted(buckets)}
 
 
 def rollup_channel(readings: Iterable[ChannelReading], rules: EnergyRules, channel: str) -> dict[datetime, Bucket]:

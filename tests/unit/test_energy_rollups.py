@@ -7,17 +7,21 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.calendar import boundaries, local_period
-from domain.energy import EnergyRules, Interval
+from domain.energy import EnergyRules, Interval, Reading, Sample, step
 from domain.errors import InvalidRate, InvalidReadings
 from domain.imports import DeviceShape, ImportedReading, check_readings, snapshots
 from domain.pricing import kwh_of, price_rows, round_parts
 from domain.rates import align_up, cycle_start, in_force, parse_rate, tiered_cost, unit_price
-from domain.rollups import BUCKET, ChannelReading, bucket_start, local_hour_start, refold, rollup, rollup_channel, split_buckets
+from domain.rollups import (
+    BUCKET, Bucket, ChannelReading, Folded, bucket_start, local_hour_start, refold, rollup, rollup_channel, split_buckets,
+    state_after,
+)
 from domain.usage import Run, sessions
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -292,3 +296,110 @@ def test_local_period_starts_follow_the_wall_clock(zone: str, start: str, end: s
     assert starts[0] == first and len(starts) == count
     assert all(s.astimezone(tz).minute == 0 for s in starts)
     assert all(bucket_start(s) == s for s in starts)
+
+
+def _rollup_by_shares(
+    folded: list[Folded], intervals: list[Interval], rules: EnergyRules, since: datetime
+) -> dict[datetime, Bucket]:
+    """The buckets as `split_buckets` and timedelta seconds give them: the arithmetic `rollup` must equal."""
+    buckets: dict[datetime, Bucket] = {}
+
+    def at(start: datetime) -> Bucket:
+        return buckets.setdefault(start, Bucket(start=start))
+
+    for interval in intervals:
+        for start, wh in split_buckets(interval):
+            if start >= since:
+                at(start).wh += wh
+    for before, after in zip(folded, folded[1:]):
+        gap = after.reading.at - before.reading.at > rules.max_gap
+        bucket_at = bucket_start(before.reading.at)
+        while bucket_at < after.reading.at:
+            seconds = (min(after.reading.at, bucket_at + BUCKET) - max(before.reading.at, bucket_at)).total_seconds()
+            if seconds > 0 and bucket_at >= since:
+                bucket = at(bucket_at)
+                bucket.gap = bucket.gap or gap
+                if after.reading.is_on and not gap:
+                    bucket.on_s += seconds
+            bucket_at += BUCKET
+    for item in folded:
+        start = bucket_start(item.reading.at)
+        if start < since:
+            continue
+        bucket = at(start)
+        bucket.count += 1
+        if (power := item.reading.power_w) is not None:
+            bucket.power_sum += power
+            bucket.power_min = power if bucket.power_min is None else min(bucket.power_min, power)
+            bucket.power_max = power if bucket.power_max is None else max(bucket.power_max, power)
+    return dict(sorted(buckets.items()))
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(-10**9, 10**10), st.one_of(st.none(), st.floats(0, 1e7)), st.booleans(),
+                  st.one_of(st.none(), st.floats(-10, 5000))),
+        min_size=1, max_size=30, unique_by=lambda r: r[0],
+    ),
+    st.integers(0, 29), st.integers(-3, 3),
+)  # fmt: skip
+@settings(max_examples=300)
+def test_rollup_on_microseconds_gives_every_bucket_bit_for_bit_as_timedelta_shares(
+    raw: list[tuple[int, float | None, bool, float | None]], cut: int, shift: int
+) -> None:
+    """Readings microseconds to hours apart, counters and power alone, on and off: the same floats exactly."""
+    readings = [
+        ChannelReading(at=T0 + timedelta(microseconds=us), meter="AA", power_w=power, total_wh=total, is_on=on)
+        for us, total, on, power in sorted(raw)
+    ]
+    folded, intervals = refold(None, readings, RULES, CH)
+    since = bucket_start(folded[min(cut, len(folded) - 1)].reading.at) + shift * BUCKET
+    got = rollup(folded, intervals, RULES, since)
+    want = _rollup_by_shares(folded, intervals, RULES, since)
+    assert list(got) == list(want)
+    for start, bucket in got.items():
+        assert msgspec.structs.astuple(bucket) == msgspec.structs.astuple(want[start])
+        assert [math.copysign(1, v) for v in (bucket.wh, bucket.on_s)] == [
+            math.copysign(1, v) for v in (want[start].wh, want[start].on_s)
+        ]
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**6), st.sampled_from(["AA", "BB"]), st.one_of(st.none(), st.floats(-5, 1e6)),
+                  st.one_of(st.none(), st.floats(-10, 5000))),
+        min_size=1, max_size=30,
+    ),
+    st.integers(0, 29),
+)  # fmt: skip
+@settings(max_examples=200)
+def test_refolding_one_channel_gives_what_the_meter_fold_gives(
+    raw: list[tuple[int, str, float | None, float | None]], cut: int
+) -> None:
+    """`refold` folds one channel without building meter states; it must match `step`, from a stored reading
+    or from nothing, through meter changes, repeats and readings out of order."""
+    readings = [ChannelReading(at=T0 + timedelta(seconds=s), meter=m, power_w=p, total_wh=t) for s, m, t, p in raw]
+    folded, intervals = refold(None, readings, RULES, CH)
+    state = None
+    want: list[tuple[datetime, float | None, float | None]] = []
+    for r in readings:
+        after, closed = step(state, Reading(meter=r.meter, at=r.at, samples=(Sample(channel=CH, power_w=r.power_w,
+                                                                                     total_wh=r.total_wh),)), RULES)
+        if after is not state:
+            want.append((r.at, after.channels[CH].counted_wh, closed[0].wh if closed else None))
+        state = after
+    assert [(f.reading.at, f.counted_wh, f.wh) for f in folded] == want
+    assert [i.wh for i in intervals] == [w for _, _, w in want if w is not None]
+    if folded:
+        start = folded[min(cut, len(folded) - 1)]
+        later = readings[readings.index(start.reading) + 1:]
+        resumed, _ = refold(start, later, RULES, CH)
+        state = state_after(start, CH)
+        expect = []
+        for r in later:
+            after, closed = step(state, Reading(meter=r.meter, at=r.at, samples=(Sample(
+                channel=CH, power_w=r.power_w, total_wh=r.total_wh),)), RULES)  # fmt: skip
+            if after is not state:
+                expect.append((r.at, after.channels[CH].counted_wh, closed[0].wh if closed else None))
+            state = after
+        assert [(f.reading.at, f.counted_wh, f.wh) for f in resumed] == expect
