@@ -89,8 +89,21 @@ def price_bucket(rate: RateVersion | None, start: datetime, used: Decimal, kwh: 
 
 def tier_parts(rate: RateVersion, used: Decimal, kwh: Decimal) -> list[tuple[Decimal, Decimal]]:
     """(kWh, price) of each tier that `kwh` used after `used` kWh of the cycle falls in, lowest first."""
-    limits = [rate.tier1_limit or Decimal(0), rate.tier2_limit or Decimal(0), None]
-    prices = [rate.tier1_rate or Decimal(0), rate.tier2_rate or Decimal(0), rate.tier3_rate or Decimal(0)]
+    return _parts(_tiers(rate), used, kwh)
+
+
+Tiers = tuple[tuple[Decimal | None, ...], tuple[Decimal, ...]]
+
+
+def _tiers(rate: RateVersion) -> Tiers:
+    """A tiered rate's limits (None: no limit above the last tier) and prices."""
+    limits = (rate.tier1_limit or Decimal(0), rate.tier2_limit or Decimal(0), None)
+    prices = (rate.tier1_rate or Decimal(0), rate.tier2_rate or Decimal(0), rate.tier3_rate or Decimal(0))
+    return limits, prices
+
+
+def _parts(tiers: Tiers, used: Decimal, kwh: Decimal) -> list[tuple[Decimal, Decimal]]:
+    limits, prices = tiers
     parts: list[tuple[Decimal, Decimal]] = []
     floor, high = Decimal(0), used + kwh
     for ceiling, price in zip(limits, prices, strict=True):
@@ -149,6 +162,7 @@ class PriceWalk:
         self._used_before = used_before
         self._used: dict[datetime, Decimal] = {}
         self._cycles: dict[int, tuple[datetime, datetime]] = {}
+        self._tiers: dict[int, Tiers] = {}
 
     def rate(self, start: datetime) -> RateVersion | None:
         """The version in force at `start` (as `in_force` chooses it)."""
@@ -174,7 +188,17 @@ class PriceWalk:
             used = self._used[cycle]
         for cycle in self._used:
             self._used[cycle] += kwh
-        return price_bucket(rate, start, used, kwh)
+        if rate is None or rate.rate_type != "tiered":
+            return price_bucket(rate, start, used, kwh)
+        tiers = self._tiers.get(rate.version)
+        if tiers is None:
+            tiers = self._tiers[rate.version] = _tiers(rate)
+        parts = _parts(tiers, used, kwh)
+        if len(parts) == 1:
+            return Priced(kwh * parts[0][1], parts[0][1])
+        if not parts:
+            return Priced(Decimal(0), Decimal(0))
+        return Priced(tiered_cost(rate, used, kwh), None)
 
 
 def price_rows(

@@ -16,7 +16,7 @@ from domain.calendar import boundaries, local_period
 from domain.energy import EnergyRules, Interval, Reading, Sample, step
 from domain.errors import InvalidRate, InvalidReadings
 from domain.imports import DeviceShape, ImportedReading, check_readings, snapshots
-from domain.pricing import kwh_of, price_rows, round_parts
+from domain.pricing import PriceWalk, kwh_of, price_bucket, price_rows, round_parts
 from domain.rates import align_up, cycle_start, in_force, parse_rate, tiered_cost, unit_price
 from domain.rollups import (
     BUCKET, Bucket, ChannelReading, Folded, bucket_start, local_hour_start, refold, rollup, rollup_channel, split_buckets,
@@ -403,3 +403,23 @@ def test_refolding_one_channel_gives_what_the_meter_fold_gives(
                 expect.append((r.at, after.channels[CH].counted_wh, closed[0].wh if closed else None))
             state = after
         assert [(f.reading.at, f.counted_wh, f.wh) for f in resumed] == expect
+
+
+@given(
+    st.lists(st.decimals(0, 400, places=12), min_size=1, max_size=40),
+    st.decimals("0.001", 600, places=6), st.decimals("0.001", 600, places=6), st.decimals(0, 500, places=3),
+)  # fmt: skip
+@settings(max_examples=200)
+def test_a_walk_prices_each_tiered_bucket_as_price_bucket_does_after_the_cycles_kwh(
+    kwhs: list[Decimal], limit1: Decimal, above: Decimal, before: Decimal
+) -> None:
+    """The walk keeps each tiered version's limits and prices at hand; what it charges must stay `price_bucket`'s."""
+    tiered = rate({"rate_type": "tiered", "effective_from": "2026-01-01T00:00Z", "rate_structure": {
+        "tier1_limit": str(limit1), "tier1_rate": "0.1", "tier2_limit": str(limit1 + above), "tier2_rate": "0.25",
+        "tier3_rate": "0.4"}})  # fmt: skip
+    walk = PriceWalk([tiered], lambda cycle, start: before)  # type: ignore[list-item]
+    used = before
+    for n, kwh in enumerate(kwhs):
+        start = T0 + n * BUCKET
+        assert walk.step(start, kwh) == price_bucket(tiered, start, used, kwh)  # type: ignore[arg-type]
+        used += kwh
