@@ -52,7 +52,8 @@ import msgspec  # noqa: E402
 from bench.scratch import scratch_database  # noqa: E402
 
 PROFILES = ("HS110", "KP115", "HS100", "HS300", "KP303")
-COUNTERS = ("failures", "overruns", "skipped", "taken", "given_up", "assignment_failures")
+COUNTERS = ("failures", "overruns", "skipped", "taken", "given_up", "assignment_failures", "saves", "stored",
+            "save_failures", "dropped")
 """The poller's counters shown as their growth over the measured window."""
 
 
