@@ -241,7 +241,8 @@ class PgRateCounters:
     Opens its own small pool on first use (a process that never serves HTTP never connects).
     A call that fails or takes longer than `timeout` raises CountersUnavailable, and so does
     every call for `backoff` seconds after, so an unreachable database slows no request
-    for long. The first failure is logged, and the recovery; nothing in between.
+    for long; then one call tries again while the others still raise at once. The first
+    failure is logged, and the recovery; nothing in between.
     """
 
     def __init__(
@@ -277,6 +278,10 @@ class PgRateCounters:
         self._offset: float | None = None
         """The database's clock minus this process's, in seconds; None until the first answer."""
         self._flusher: asyncio.Task[None] | None = None
+        self._first_answer: asyncio.Future[None] | None = None
+        """Set while the first `hit` of `count_requests` (the one that reads the database's clock) runs."""
+        self._probing = False
+        """Whether a call is trying the failing counters again (the others meanwhile raise at once)."""
 
     async def hit(
         self, first: Sequence[Window], then: Sequence[Window] = (), peek: Sequence[Window] = ()
@@ -327,13 +332,19 @@ class PgRateCounters:
         A window's count is the shared count as of the last flush plus what this process counted
         since, so a limit shared by several processes may be passed by what the others admitted
         within one flush interval. Until the database has first answered (its clock aligns the
-        windows), and while it is failing, this is `hit` itself: it raises CountersUnavailable.
+        windows), and while it is failing, this is `hit` itself: it raises CountersUnavailable. Calls
+        made while that first `hit` runs wait for it, then count in memory.
         """
-        if self._offset is None or self._failing_since is not None:
-            answered = await self.hit(first, then)
-            if answered:
-                self._offset = answered[0].now.timestamp() - time.time()
-            return answered
+        if self._failing_since is not None:
+            return await self.hit(first, then)
+        if self._offset is None:
+            if self._first_answer is None:
+                return await self._first_hit(first, then)
+            # One statement reads the clock; requests arriving meanwhile (a burst on a fresh process)
+            # wait for it instead of each queueing for the counters' few connections.
+            await asyncio.shield(self._first_answer)
+            if self._offset is None:
+                return await self.hit(first, then)
         moment = time.time() + self._offset
         now = datetime.fromtimestamp(moment, timezone.utc)
         tallies: list[Tally] = []
@@ -351,6 +362,17 @@ class PgRateCounters:
         if self._flusher is None and not self._closed:
             self._flusher = asyncio.create_task(self._flush_soon())
         return tallies
+
+    async def _first_hit(self, first: Sequence[Window], then: Sequence[Window]) -> list[Tally]:
+        waited = self._first_answer = asyncio.get_running_loop().create_future()
+        try:
+            answered = await self.hit(first, then)
+            if answered:
+                self._offset = answered[0].now.timestamp() - time.time()
+            return answered
+        finally:
+            self._first_answer = None
+            waited.set_result(None)
 
     def _counted(self, window: Window, moment: float, *, count: bool = True) -> _Local:
         """The window's local entry for `moment` (by the database's clock), counted once if `count`."""
@@ -462,8 +484,11 @@ class PgRateCounters:
     async def _run(self, query: str, params: dict[str, Any], *, fetch: bool = False, count_rows: bool = False) -> Any:
         if self._closed:
             raise CountersUnavailable("the counters are closed")
-        if self._failing_since is not None and time.monotonic() < self._retry_at:
+        probe = self._failing_since is not None
+        if probe and (self._probing or time.monotonic() < self._retry_at):
+            # Failing: one call at a time tries them again, after `backoff`; the others pass at once.
             raise CountersUnavailable("the counters failed a moment ago")
+        self._probing = probe
         try:
             async with asyncio.timeout(self.timeout):
                 if not self._opened:
@@ -478,6 +503,9 @@ class PgRateCounters:
         except (psycopg.Error, PoolTimeout, PoolClosed, TimeoutError, OSError) as exc:
             self._failed(exc)
             raise CountersUnavailable(type(exc).__name__) from exc
+        finally:
+            if probe:
+                self._probing = False
         if self._failing_since is not None:
             log.info("ratelimit.counters_recovered", after_s=round(time.monotonic() - self._failing_since, 1))
             self._failing_since = None

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -116,6 +117,19 @@ def _tightest(tallies: Sequence[Tally]) -> Tally | None:
     return best
 
 
+_RESETS: dict[datetime, bytes] = {}
+"""`X-RateLimit-Reset` values by the end of their window: a window labels every answer it counts."""
+
+
+def _reset_header(resets_at: datetime) -> bytes:
+    found = _RESETS.get(resets_at)
+    if found is None:
+        if len(_RESETS) >= REMEMBERED_CALLERS:
+            _RESETS.clear()
+        found = _RESETS[resets_at] = str(math.ceil(resets_at.timestamp())).encode()
+    return found
+
+
 def _limit_headers(tally: Tally) -> dict[str, str]:
     return {
         "X-RateLimit-Limit": str(tally.window.limit.count),
@@ -157,7 +171,7 @@ class RateLimiter:
             attempt = Attempt("second_factor", caller.user_id)
         elif method == "POST" and path in PASSWORD_PATHS:
             attempt = Attempt("password", caller.user_id)
-        elif step_up_attempt(method, path, headers):
+        elif (method == "POST" or method == "DELETE") and step_up_attempt(method, path, headers):
             attempt = Attempt("step_up", caller.user_id)
         elif path.startswith(PUSH_PREFIX):
             attempt = Attempt("push", None)
@@ -285,6 +299,9 @@ class _Exchange:
     """One admitted request on its way out: labels the answer, counts a failed attempt before the
     client sees it, and takes back what was counted against an identity the auth layer did not confirm."""
 
+    __slots__ = ("limiter", "scope", "_send", "caller", "attempt", "counted", "peeked", "status", "_start", "_held",
+                 "_body")  # fmt: skip
+
     def __init__(
         self,
         limiter: RateLimiter,
@@ -329,9 +346,16 @@ class _Exchange:
         """After the app is done: send what is still held, then take back unproven identity counts."""
         if self._start is not None:
             await self._release()
-        if self.caller.verified:
-            return
+        caller = self.caller
+        if caller.verified or (caller.user_id is None and caller.key_id is None):
+            return  # nothing was counted against a claimed identity
         principal = principal_of(self.scope)
+        if (
+            principal is not None
+            and (caller.user_id is None or (principal.kind == "user" and principal.user_id == caller.user_id))
+            and (caller.key_id is None or principal.key_id == caller.key_id)
+        ):
+            return  # every identity claimed was proven
         # The user's and the key's windows were built from the caller's claimed ids.
         proven = set()
         if principal is not None and principal.kind == "user" and principal.user_id == self.caller.user_id:
@@ -387,14 +411,14 @@ class _Exchange:
         self.peeked = tallies
 
     def _label(self, message: HTTPResponseStartEvent) -> None:
-        tightest = _tightest([*self.counted, *self.peeked])
+        tightest = _tightest([*self.counted, *self.peeked] if self.peeked else self.counted)
         if tightest is None:
             return
         limit = tightest.window.limit.count
         ours = [
             (b"x-ratelimit-limit", str(limit).encode()),
             (b"x-ratelimit-remaining", str(max(0, limit - (tightest.count or 0))).encode()),
-            (b"x-ratelimit-reset", str(math.ceil(tightest.resets_at.timestamp())).encode()),
+            (b"x-ratelimit-reset", _reset_header(tightest.resets_at)),
         ]
         # The app never sets these itself: they are added, not replaced.
         message["headers"] = [*(message.get("headers") or ()), *ours]

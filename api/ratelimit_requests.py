@@ -88,11 +88,12 @@ def unverified_subject(token: str) -> UUID | None:
 
 def principal_of(scope: Scope) -> Principal | None:
     """The principal the auth layer left for this request, if it did."""
-    state = scope.get("state") or {}
-    for candidate in (state.get("principal"), scope.get("user")):
-        if isinstance(candidate, Principal):
-            return candidate
-    return None
+    state = scope.get("state")
+    candidate = state.get("principal") if state else None
+    if isinstance(candidate, Principal):
+        return candidate
+    candidate = scope.get("user")
+    return candidate if isinstance(candidate, Principal) else None
 
 
 @dataclass(frozen=True)

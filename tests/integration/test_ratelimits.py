@@ -191,3 +191,52 @@ async def test_counts_held_in_memory_are_flushed_on_close_and_by_the_flusher(dat
     finally:
         await closing.close()
         await flushing.close()
+
+
+async def test_a_burst_on_a_fresh_process_asks_the_database_once(database_url: str) -> None:
+    """Requests arriving while the first one reads the database's clock wait for it and count in
+    memory, instead of each queueing for the counters' few connections."""
+    store = PgRateCounters(database_url, flush_every=3600)
+    window = Window("ip", "192.0.2.60", Limit(1000, LONG))
+    statements = 0
+    hit = store.hit
+
+    async def counted_hit(*args: object, **kwargs: object) -> object:
+        nonlocal statements
+        statements += 1
+        return await hit(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.hit = counted_hit  # type: ignore[assignment,method-assign]
+    try:
+        burst = await asyncio.gather(*(store.count_requests([window]) for _ in range(20)))
+        await store.flush()
+        (shared,) = await hit([], peek=[window])
+    finally:
+        await store.close()
+    assert statements == 1
+    assert sorted(tally.count or 0 for (tally,) in burst) == list(range(1, 21))
+    assert shared.count == 20
+
+
+async def test_failing_counters_are_tried_again_by_one_call_at_a_time() -> None:
+    store = PgRateCounters(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", timeout=0.3, backoff=0)
+    window = Window("ip", "192.0.2.61", Limit(5, 60))
+    tries = 0
+    connection = store._pool.connection
+
+    def counted_connection(*args: object, **kwargs: object) -> object:
+        nonlocal tries
+        tries += 1
+        return connection(*args, **kwargs)  # type: ignore[arg-type]
+
+    store._pool.connection = counted_connection  # type: ignore[assignment,method-assign]
+    try:
+        with pytest.raises(CountersUnavailable):
+            await store.hit([window])
+        assert tries == 1
+        # Past the back-off: five requests at once, one of them tries the database.
+        answers = await asyncio.gather(*(store.hit([window]) for _ in range(5)), return_exceptions=True)
+    finally:
+        await store.close()
+    assert all(isinstance(answer, CountersUnavailable) for answer in answers)
+    assert tries == 2
