@@ -12,7 +12,8 @@ is the library's recorder with inserts that cannot hang, whatever a save holds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import date, datetime, timezone
 from typing import Any, TypeVar
@@ -158,6 +159,49 @@ def ensure_events_schema(database_url: str) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EVENTS_SCHEMA)))
 
 
+SETUP_LOCK = "wattledger.events_setup"
+"""The advisory lock held while the library creates or checks the event store's tables and functions."""
+
+
+@contextlib.contextmanager
+def _one_setup_at_a_time(env: Mapping[str, str]) -> Iterator[None]:
+    """Hold SETUP_LOCK (on a connection of its own) while the store's tables are created or checked.
+
+    The library creates its tables and replaces its functions at every start; two processes doing
+    that at once (the API, the relay and a poller started together, or the processes of a parallel
+    rebuild) can fail with PostgreSQL's "tuple concurrently updated". A store that cannot be reached
+    here is left to the library, whose own attempt raises the error its callers handle.
+    """
+    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        yield
+        return
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=env.get("POSTGRES_HOST", "127.0.0.1"),
+        port=env.get("POSTGRES_PORT", "5432"),
+        dbname=env.get("POSTGRES_DBNAME", "postgres"),
+        user=env.get("POSTGRES_USER", "postgres"),
+        password=env.get("POSTGRES_PASSWORD", ""),
+        connect_timeout=env.get("POSTGRES_CONNECT_TIMEOUT", "10"),
+    )
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.Error:
+        yield
+        return
+    try:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (SETUP_LOCK,))
+    except psycopg.Error:
+        conn.close()
+        yield
+        return
+    try:
+        yield
+    finally:
+        # Closing the session lets go of its lock.
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+
+
 SNAPSHOT_EVERY = 200
 """Events of a meter day between two of its snapshots: a load reads one snapshot and fewer events than this."""
 
@@ -174,7 +218,9 @@ class WattLedger(Application[UUID]):
     snapshotting_intervals = {MeterDay: SNAPSHOT_EVERY}
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        super().__init__(dict(env or {}))
+        settings = dict(env or {})
+        with _one_setup_at_a_time(settings):
+            super().__init__(settings)
 
     def construct_transcoder(self) -> CompactTranscoder:
         transcoder = CompactTranscoder()
