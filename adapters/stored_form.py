@@ -62,9 +62,11 @@ def _moment(value: datetime) -> bytes:
     return _MOMENT_FORM.pack(micros, seconds)
 
 
-def _from_moment(data: bytes) -> datetime:
+def _from_moment(data: bytes | memoryview) -> datetime:
     micros, seconds = _MOMENT_FORM.unpack(data)
-    utc = _EPOCH + timedelta(microseconds=micros)
+    utc = _EPOCH + timedelta(0, 0, micros)  # positional: the same value, made faster than by keyword
+    if seconds == 0:
+        return utc
     if seconds == _NAIVE:
         return utc.replace(tzinfo=None)
     zone = _OFFSETS.get(seconds)
@@ -84,10 +86,25 @@ def _name(key: Any) -> Any:
 def _named(obj: Any) -> Any:
     """A decoded value with the indexes of `FIELDS` among its keys made names again."""
     if type(obj) is dict:
-        return {_name(k): _named(v) for k, v in obj.items()}
+        return _named_map(obj)
     if type(obj) is list:
-        return [_named(v) for v in obj]
+        return [_named(v) if type(v) is dict or type(v) is list else v for v in obj]
     return obj
+
+
+def _named_map(obj: dict[Any, Any]) -> dict[Any, Any]:
+    """`_named` of a map: only keys that are indexes are looked up, only maps and lists are walked into."""
+    named: dict[Any, Any] = {}
+    for key, value in obj.items():
+        if type(key) is int:
+            key = FIELDS[key]
+        kind = type(value)
+        if kind is dict:
+            value = _named_map(value)
+        elif kind is list:
+            value = [_named(v) if type(v) is dict or type(v) is list else v for v in value] if value else []
+        named[key] = value
+    return named
 
 
 class CompactTranscoder(JSONTranscoder):
@@ -173,11 +190,11 @@ class CompactTranscoder(JSONTranscoder):
         raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
     def _from_ext(self, code: int, data: memoryview) -> Any:
+        if code == _MOMENT:  # the commonest: two or three in every reading
+            return _from_moment(data)
         raw = bytes(data)
         if code == _UUID:
             return UUID(bytes=raw)
-        if code == _MOMENT:
-            return _from_moment(raw)
         if code == _DECIMAL:
             return Decimal(raw.decode())
         if code == _TRANSCODED:
