@@ -31,6 +31,7 @@ from adapters.relay import Relay
 from domain.energy_handlers import EnergyHandlers
 from domain.identity_handlers import IdentityHandlers
 from domain.push_handlers import PushHandlers
+from infra.child_parts import ChildProcess
 from infra.pools import event_store_env, read_pool as new_read_pool
 from infra.runtime import Runtime, all_projectors
 from infra.serving import QuietServer as _QuietServer
@@ -181,9 +182,13 @@ async def push_sweeps(runtime: Runtime) -> None:
 
 async def run_parts(
     runtime: Runtime, stop: asyncio.Event, *, api: bool, poll: bool, relay: bool, project: bool,
-    execute: bool = False, supervisor: Supervisor | None = None,
+    execute: bool = False, supervisor: Supervisor | None = None, relay_process: ChildProcess | None = None,
 ) -> None:
     """Run the chosen parts side by side, each supervised, until `stop` is set.
+
+    With `relay_process`, the relay part is that child process (`infra.child_parts`), supervised
+    like the others under the name `relay`; it wakes on the event store's notifications rather than
+    on this process's saves.
 
     A part that fails is logged and restarted alone with backoff (see `infra.supervisor`); one
     that fails too often raises PartFailedTooOften, after every part was stopped. The poller
@@ -191,7 +196,9 @@ async def run_parts(
     """
     supervisor = supervisor or Supervisor(clock=runtime.clock)
     runtime.supervisor = supervisor
-    if relay:
+    if relay and relay_process is not None:
+        supervisor.add("relay", lambda: relay_process.run(stop), watches_stop=True)
+    elif relay:
         runtime.wakers.append(runtime.relay.wake)
         supervisor.add("relay", runtime.relay.run)
     if project:

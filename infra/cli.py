@@ -22,6 +22,7 @@ import structlog
 
 from infra import audit_cli, backup_cli, device_cli, emulate_cli, nats_auth, nats_cli, project_cli, signals
 from infra.bootstrap import open_runtime, run_parts
+from infra.child_parts import STDIN_OPTION, ChildProcess, relay_child, relay_in_child, stop_when_stdin_closes
 from infra.startup import StartupError, StartupInterrupted
 from infra.supervisor import PartFailedTooOften
 from infra.embedded import EmbeddedError, embedded_nats_url, embedded_servers
@@ -47,7 +48,9 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wattledger", description="Event-sourced smart plug monitoring.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run everything in one process (API, poller, relay, projectors)")
+    serve = commands.add_parser(
+        "serve", help="run everything (API, poller, projectors; the relay in a child process of its own)"
+    )
     serve.add_argument("--demo", action="store_true", help="also start five emulated devices and add them")
     _settings_options(serve)
     for name, text in (
@@ -56,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("relay", "run the event store -> JetStream relay only"),
         ("execute", "run the command executor only (switches devices for control requests)"),
     ):
-        _settings_options(commands.add_parser(name, help=text))
+        command = commands.add_parser(name, help=text)
+        _settings_options(command)
+        if name == "relay":
+            # `serve` starts its relay so: the relay stops once the pipe from its parent is closed.
+            command.add_argument(STDIN_OPTION, dest="stop_when_stdin_closes", action="store_true",
+                                 help=argparse.SUPPRESS)  # fmt: skip
     project_cli.add_commands(commands, _settings_options)
     device_cli.add_commands(commands, _settings_options)
     audit_cli.add_commands(commands, _settings_options)
@@ -75,7 +83,25 @@ async def _serve(
     settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace, stop: asyncio.Event,
     relay_url: str | None = None,
 ) -> None:
+    if not getattr(args, "stop_when_stdin_closes", False):
+        await _run_command(settings, database_url, nats_url, args, stop, relay_url)
+        return
+    watcher = asyncio.create_task(stop_when_stdin_closes(stop))
+    try:
+        await _run_command(settings, database_url, nats_url, args, stop, relay_url)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def _run_command(
+    settings: Settings, database_url: str, nats_url: str, args: argparse.Namespace, stop: asyncio.Event,
+    relay_url: str | None,
+) -> None:
     command = args.command
+    relay_process: ChildProcess | None = None
+    if command == "serve" and relay_in_child(os.environ):
+        relay_process = relay_child(settings, database_url, nats_url, relay_url)
     demo = getattr(args, "demo", False)
     if demo:
         # The demo's devices live on loopback; discovery must not go out to the LAN.
@@ -96,7 +122,8 @@ async def _serve(
             return
         if demo:
             async with emulate_cli.demo(runtime):
-                await run_parts(runtime, stop, api=True, poll=True, relay=True, project=True, execute=True)
+                await run_parts(runtime, stop, api=True, poll=True, relay=True, project=True, execute=True,
+                                relay_process=relay_process)  # fmt: skip
             return
         await run_parts(
             runtime,
@@ -106,6 +133,7 @@ async def _serve(
             relay=command in ("serve", "relay"),
             project=command in ("serve", "project"),
             execute=command in ("serve", "execute"),
+            relay_process=relay_process,
         )
 
 
@@ -127,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return emulate_cli.run(args)
         settings = _settings(args)
         configure_logging(settings.log_level, json=settings.log_json)
+        if args.command == "serve":
+            relay_in_child(os.environ)  # an invalid WATTLEDGER_RELAY_PROCESS stops start-up here
         if args.command in nats_cli.COMMANDS:
             return nats_cli.run(settings, args)
         if args.command in backup_cli.COMMANDS and not backup_cli.needs_runtime(args):

@@ -41,6 +41,11 @@ class PartFailedTooOften(InfraError, RuntimeError):
         self.part = part
 
 
+class PartEnded(InfraError, RuntimeError):
+    """A part ended for a reason its message says in full (a child process exited): logged
+    without a traceback, which would only show the supervisor's own frames."""
+
+
 @dataclass
 class _Record:
     name: str
@@ -160,6 +165,9 @@ class Supervisor:
             log.error("part.gave_up", part=record.name, failures=len(record.failures), period_s=self.period,
                       error=cause)  # fmt: skip
             raise PartFailedTooOften(record.name, len(record.failures), self.period, cause) from error
+        if isinstance(error, PartEnded):
+            log.error("part.failed", part=record.name, restart_in_s=delay, restarts=record.restarts, error=cause)
+            return
         log.error("part.failed", part=record.name, restart_in_s=delay, restarts=record.restarts,
                   exc_info=error)  # fmt: skip
 
