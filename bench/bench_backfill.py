@@ -1,10 +1,11 @@
 """Fleet backfill: plugs importing a month of last year's readings over HTTP, 4 clients at once.
 
     python bench/bench_backfill.py [--devices 200] [--interval-min 60] [--clients 4] [--rate tiered|simple]
-                                   [--single-days 31] [--no-relay | --relay-process]
+                                   [--single-days 31] [--no-relay | --relay-process | --relay-in-process]
 
-An API process runs the real parts (`run_parts`: API under uvicorn, relay, projectors)
-on a scratch database, with a tiered rate (the running-total path) or a simple one.
+An API process runs the real parts (`run_parts`: API under uvicorn, projectors, and the relay
+in a child process of its own, as `wattledger serve` runs them) on a scratch database, with a
+tiered rate (the running-total path) or a simple one.
 This process then:
 
 1. fleet: `--devices` plugs each import June of last year (one reading every
@@ -22,9 +23,10 @@ This process then:
    process (no HTTP, no wait for projection) as a third figure.
 
 `--no-relay` runs the API process without the relay, to see what publishing every event to
-NATS in the same process costs the imports; `--relay-process` runs the relay in a process of
-its own beside it (as `wattledger api` and `wattledger relay` would), where its CPU is no
-longer taken from the API process's.
+NATS costs the imports; `--relay-in-process` runs the relay in the API process (as `serve` with
+`WATTLEDGER_RELAY_PROCESS=false` does), where its CPU is taken from the API's handlers and
+projectors; `--relay-process` runs it in a process this bench starts beside the API process
+(as `wattledger api` and `wattledger relay` would).
 
 PostgreSQL from DATABASE_URL (a scratch database, dropped at the end), NATS from NATS_URL.
 """
@@ -49,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.scratch import scratch_database  # noqa: E402
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
+RELAY_MODES = {"no_relay": "off", "relay_process": "alone", "relay_in_process": "in-process"}
+"""Where the relay runs, by option; by default in a child process of the API process, as `serve` runs it."""
 PASSWORD = "Backfill-passphrase-42"
 PER_REQUEST = 10_000
 RATES = {
@@ -98,19 +102,29 @@ def serve(options: dict[str, Any], conn: Connection) -> None:
     asyncio.run(_serve(options, conn))
 
 
-async def _serve(options: dict[str, Any], conn: Connection) -> None:
-    from domain.access import Scope
-    from domain.identity_requests import Login, NewKey, SetupAdmin, StepUp
-    from infra.bootstrap import open_runtime, run_parts
+def _settings(options: dict[str, Any]) -> Any:
+    """The settings both bench processes run with (errors only in the log), logging configured."""
     from infra.logging import configure_logging
     from infra.settings import Settings
 
     configure_logging("error")
-    settings = Settings(port=options["port"], stream_name=options["stream"], subject_prefix=options["prefix"],
-                        rate_limits=False)  # fmt: skip
+    return Settings(port=options["port"], stream_name=options["stream"], subject_prefix=options["prefix"],
+                    rate_limits=False, log_level="error")  # fmt: skip
+
+
+async def _serve(options: dict[str, Any], conn: Connection) -> None:
+    from domain.access import Scope
+    from domain.identity_requests import Login, NewKey, SetupAdmin, StepUp
+    from infra.bootstrap import open_runtime, run_parts
+    from infra.child_parts import relay_child
+
+    settings = _settings(options)
     stop = asyncio.Event()
-    async with open_runtime(settings, options["database_url"], options["nats_url"]) as runtime:
-        task = asyncio.create_task(run_parts(runtime, stop, api=True, poll=False, relay=options["relay"], project=True))
+    url, nats_url = options["database_url"], options["nats_url"]
+    child = relay_child(settings, url, nats_url) if options["relay"] == "child" else None
+    async with open_runtime(settings, url, nats_url) as runtime:
+        task = asyncio.create_task(run_parts(runtime, stop, api=True, poll=False, relay=options["relay"] != "off",
+                                             project=True, relay_process=child))  # fmt: skip
         await runtime.identity.setup(SetupAdmin(username="bench", password=PASSWORD))
         grant = await runtime.identity.login(Login(username="bench", password=PASSWORD))
         principal = await runtime.identity.authenticate_session(grant.session_id, grant.user_id)
@@ -137,14 +151,9 @@ def relay_alone(options: dict[str, Any], conn: Connection) -> None:
 async def _relay_alone(options: dict[str, Any], conn: Connection) -> None:
     """The relay part alone, until the pipe says stop."""
     from infra.bootstrap import open_runtime, run_parts
-    from infra.logging import configure_logging
-    from infra.settings import Settings
 
-    configure_logging("error")
-    settings = Settings(port=options["port"], stream_name=options["stream"], subject_prefix=options["prefix"],
-                        rate_limits=False)  # fmt: skip
     stop = asyncio.Event()
-    async with open_runtime(settings, options["database_url"], options["nats_url"]) as runtime:
+    async with open_runtime(_settings(options), options["database_url"], options["nats_url"]) as runtime:
         task = asyncio.create_task(run_parts(runtime, stop, api=False, poll=False, relay=True, project=False))
         conn.send("ready")
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)
@@ -251,8 +260,8 @@ def main(url: str, args: argparse.Namespace) -> None:
     ids = seed_devices(url, args.devices)
     port = free_port()
     options = {"database_url": url, "nats_url": os.environ.get("NATS_URL", DEFAULT_NATS), "port": port,
-               "stream": f"WL_BACKFILL_{uuid.uuid4().hex[:6]}", "prefix": f"wlbf{uuid.uuid4().hex[:6]}", "relay": not args.no_relay}  # fmt: skip
-    options["relay"] = not (args.no_relay or args.relay_process)
+               "stream": f"WL_BACKFILL_{uuid.uuid4().hex[:6]}", "prefix": f"wlbf{uuid.uuid4().hex[:6]}",
+               "relay": next((mode for option, mode in RELAY_MODES.items() if getattr(args, option)), "child")}  # fmt: skip
     here, there = mp.Pipe()
     process = mp.get_context("spawn").Process(target=serve, args=(options, there))
     process.start()
@@ -297,7 +306,9 @@ def main(url: str, args: argparse.Namespace) -> None:
             relay_process.join(timeout=60)
             if relay_process.is_alive():
                 relay_process.terminate()
-    where = "off" if args.no_relay else "in a process of its own" if args.relay_process else "on in the API process"
+    where = {"off": "off", "alone": "in a process of its own, started beside the API process",
+             "child": "in a child process of the API process (as serve)",
+             "in-process": "in the API process"}[options["relay"]]  # fmt: skip
     print(f"relay                 {where}")
     print(f"fleet                 {args.devices} plugs x {readings // args.devices} readings (June {year}, every "
           f"{args.interval_min} min), {args.clients} clients, {args.rate} rate")  # fmt: skip
@@ -329,7 +340,9 @@ if __name__ == "__main__":
     relay.add_argument("--no-relay", action="store_true",
                        help="run the API process without the relay (what publishing to NATS costs an import)")
     relay.add_argument("--relay-process", action="store_true",
-                       help="run the relay in a process of its own beside the API process")
+                       help="run the relay in a process of its own beside the API process (wattledger api + relay)")
+    relay.add_argument("--relay-in-process", action="store_true",
+                       help="run the relay in the API process (serve with WATTLEDGER_RELAY_PROCESS=false)")
     arguments = parser.parse_args()
     with scratch_database() as database:
         main(database, arguments)
