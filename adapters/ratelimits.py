@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
+from msgspec.structs import force_setattr
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -187,10 +188,11 @@ class Window(msgspec.Struct, frozen=True):
     kind: str
     subject: str
     limit: Limit
+    bucket: str = ""
+    """The window's row key, `kind:seconds:subject` (worked out when the window is made)."""
 
-    @property
-    def bucket(self) -> str:
-        return f"{self.kind}:{self.limit.seconds}:{self.subject}"
+    def __post_init__(self) -> None:
+        force_setattr(self, "bucket", f"{self.kind}:{self.limit.seconds}:{self.subject}")
 
 
 class Tally(msgspec.Struct, frozen=True, kw_only=True):
@@ -335,17 +337,27 @@ class PgRateCounters:
         windows), and while it is failing, this is `hit` itself: it raises CountersUnavailable. Calls
         made while that first `hit` runs wait for it, then count in memory.
         """
+        counted = self.count_in_memory(first, then)
+        if counted is not None:
+            return counted
         if self._failing_since is not None:
             return await self.hit(first, then)
+        if self._first_answer is None:
+            return await self._first_hit(first, then)
+        # One statement reads the clock; requests arriving meanwhile (a burst on a fresh process)
+        # wait for it instead of each queueing for the counters' few connections.
+        await asyncio.shield(self._first_answer)
         if self._offset is None:
-            if self._first_answer is None:
-                return await self._first_hit(first, then)
-            # One statement reads the clock; requests arriving meanwhile (a burst on a fresh process)
-            # wait for it instead of each queueing for the counters' few connections.
-            await asyncio.shield(self._first_answer)
-            if self._offset is None:
-                return await self.hit(first, then)
-        moment = time.time() + self._offset
+            return await self.hit(first, then)
+        return self.count_in_memory(first, then) or await self.hit(first, then)
+
+    def count_in_memory(self, first: Sequence[Window], then: Sequence[Window] = ()) -> list[Tally] | None:
+        """`count_requests` without awaiting, when it needs no statement: None until the database
+        has first answered and while it is failing (then call `count_requests`)."""
+        offset = self._offset
+        if offset is None or self._failing_since is not None:
+            return None
+        moment = time.time() + offset
         now = datetime.fromtimestamp(moment, timezone.utc)
         tallies: list[Tally] = []
         admitted = True

@@ -15,9 +15,9 @@ A header the route set itself is kept, except `Cache-Control` on those answers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 
 if TYPE_CHECKING:
@@ -75,6 +75,37 @@ def security_headers(path: str, scheme: str) -> dict[str, str]:
     return headers
 
 
+_CACHE_CONTROL = b"cache-control"
+
+
+def _encoded(path: str, scheme: str) -> tuple[tuple[bytes, bytes], ...]:
+    """`security_headers` as an ASGI message spells them (lower-case names, bytes)."""
+    spelled = security_headers(path, scheme)
+    key = tuple(spelled.items())
+    found = _ENCODED.get(key)
+    if found is None:
+        found = _ENCODED[key] = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in key)
+    return found
+
+
+_ENCODED: dict[tuple[tuple[str, str], ...], tuple[tuple[bytes, bytes], ...]] = {}
+"""Each distinct set of security headers, encoded once (there are a handful)."""
+
+
+def _with(headers: Iterable[tuple[bytes, bytes]], added: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The answer's headers plus `added`: one the route set itself is kept, except Cache-Control,
+    which `added` replaces (every copy of it) when it has one."""
+    out = list(headers)
+    present = {bytes(name).lower() for name, _ in out}
+    for name, value in added:
+        if name == _CACHE_CONTROL and name in present:
+            out = [header for header in out if bytes(header[0]).lower() != _CACHE_CONTROL]
+        elif name in present:
+            continue
+        out.append((name, value))
+    return out
+
+
 class SecurityHeaders:
     """The ASGI wrapper that adds `security_headers` to every HTTP answer."""
 
@@ -85,15 +116,11 @@ class SecurityHeaders:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        added = security_headers(scope["path"], scope.get("scheme", "http"))
+        added = _encoded(scope["path"], scope.get("scheme", "http"))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                headers = MutableScopeHeaders.from_message(message)
-                for name, value in added.items():
-                    if name == "Cache-Control" or name not in headers:
-                        headers[name] = value
+                message["headers"] = _with(message.get("headers") or (), added)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

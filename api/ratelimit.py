@@ -107,13 +107,23 @@ REMEMBERED_CALLERS = 4096
 def _tightest(tallies: Sequence[Tally]) -> Tally | None:
     """The counted tally with the fewest requests left, the one that resets last among equals."""
     best: Tally | None = None
-    best_key = (0, 0.0)
+    best_left = 0
     for tally in tallies:
-        if tally.count is None:
+        count = tally.count
+        if count is None:
             continue
-        key = (max(0, tally.window.limit.count - tally.count), -(tally.resets_at - tally.now).total_seconds())
-        if best is None or key < best_key:
-            best, best_key = tally, key
+        left = tally.window.limit.count - count
+        if left < 0:
+            left = 0
+        if (
+            best is None
+            or left < best_left
+            or (left == best_left and (
+                tally.resets_at > best.resets_at if tally.now is best.now
+                else tally.resets_at - tally.now > best.resets_at - best.now
+            ))
+        ):
+            best, best_left = tally, left
     return best
 
 
@@ -128,6 +138,14 @@ def _reset_header(resets_at: datetime) -> bytes:
             _RESETS.clear()
         found = _RESETS[resets_at] = str(math.ceil(resets_at.timestamp())).encode()
     return found
+
+
+_NUMBERS = [str(n).encode() for n in range(1024)]
+"""Header values of small counts, spelled once."""
+
+
+def _number(value: int) -> bytes:
+    return _NUMBERS[value] if 0 <= value < 1024 else str(value).encode()
 
 
 def _limit_headers(tally: Tally) -> dict[str, str]:
@@ -164,7 +182,10 @@ class RateLimiter:
         caller, first, then = self._counted_as(scope, headers)
         attempt: Attempt | None = None
         oversized = False
-        if method == "POST" and path in LOGIN_PATHS:
+        if method == "GET" or method == "HEAD":
+            if path.startswith(PUSH_PREFIX):
+                attempt = Attempt("push", None)
+        elif method == "POST" and path in LOGIN_PATHS:
             receive, username, oversized = await login_username(headers, receive)
             attempt = Attempt("login", user_id_for(username) if username else None)
         elif method == "POST" and path.startswith(SECOND_FACTOR_PREFIX):
@@ -177,14 +198,20 @@ class RateLimiter:
             attempt = Attempt("push", None)
 
         peek = self.failure_windows(attempt, caller.ip) if attempt else []
-        try:
-            tallies = await (self.counters.hit(first, then, peek) if peek else self.counters.count_requests(first, then))
-        except CountersUnavailable:
-            await self.app(scope, receive, send)
-            return
-        counted, peeked = tallies[: len(first) + len(then)], tallies[len(first) + len(then) :]
+        tallies = None if peek else self.counters.count_in_memory(first, then)
+        if tallies is None:
+            try:
+                tallies = await (self.counters.hit(first, then, peek) if peek else self.counters.count_requests(first, then))
+            except CountersUnavailable:
+                await self.app(scope, receive, send)
+                return
+        if peek:
+            counted, peeked = tallies[: len(first) + len(then)], tallies[len(first) + len(then) :]
+        else:
+            counted, peeked = tallies, []
         refused = [t for t in counted if t.count is not None and t.count > t.window.limit.count]
-        refused += [t for t in peeked if (t.count or 0) >= t.window.limit.count]
+        if peeked:
+            refused += [t for t in peeked if (t.count or 0) >= t.window.limit.count]
         if refused:
             await self._refuse(scope, headers, refused, send)
             return
@@ -415,10 +442,9 @@ class _Exchange:
         if tightest is None:
             return
         limit = tightest.window.limit.count
-        ours = [
-            (b"x-ratelimit-limit", str(limit).encode()),
-            (b"x-ratelimit-remaining", str(max(0, limit - (tightest.count or 0))).encode()),
-            (b"x-ratelimit-reset", _reset_header(tightest.resets_at)),
-        ]
         # The app never sets these itself: they are added, not replaced.
-        message["headers"] = [*(message.get("headers") or ()), *ours]
+        headers = list(message.get("headers") or ())
+        headers.append((b"x-ratelimit-limit", _number(limit)))
+        headers.append((b"x-ratelimit-remaining", _number(max(0, limit - (tightest.count or 0)))))
+        headers.append((b"x-ratelimit-reset", _reset_header(tightest.resets_at)))
+        message["headers"] = headers

@@ -35,7 +35,7 @@ def request_headers(scope: Scope) -> dict[str, str]:
     Litestar's `Headers.get` (and so the auth guard) reads it."""
     found: dict[str, str] = {}
     for name, value in scope.get("headers") or ():
-        lowered = bytes(name).lower()
+        lowered = name.lower()  # ASGI: byte strings
         if lowered in READ_HEADERS:
             found.setdefault(lowered.decode("latin-1"), bytes(value).decode("latin-1"))
     return found
