@@ -18,6 +18,8 @@ the events after it, while the others in the same read of the log start from zer
 
 from __future__ import annotations
 
+import gc
+import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,6 +58,7 @@ class ReplayHost(Protocol):
     def replay_batch_size(self) -> int: ...
 
 __all__ = [
+    "REPLAY_COLLECTOR_THRESHOLDS",
     "SHADOW_SCHEMA",
     "VERIFY_SCHEMA",
     "ReplayBusy",
@@ -65,6 +68,7 @@ __all__ = [
     "Shadow",
     "checked_checkpoints",
     "chosen_projectors",
+    "eased_collector",
     "open_shadow",
     "rebuild_from_checkpoints",
     "verify_from_checkpoints",
@@ -112,6 +116,41 @@ class RowDifference(msgspec.Struct, frozen=True, kw_only=True):
     columns: tuple[str, ...] = ()
     live: dict[str, Any] | None = None
     rebuilt: dict[str, Any] | None = None
+
+
+REPLAY_COLLECTOR_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic garbage collector's thresholds while a replay runs (CPython's default: 700, 10, 10).
+
+A replay holds a section of decoded events (10,000, each a few objects) and the rows it keeps
+between sections, so with the default thresholds the collector's full passes, which walk every
+object of the process, ran every few hundred events: about a third of a `rebuild all`'s CPU.
+Collections still run, a few hundred times less often; the thresholds are put back afterwards."""
+
+_collector_lock = threading.Lock()
+_collector_users = 0
+_collector_saved: tuple[int, int, int] = (700, 10, 10)
+
+
+@contextmanager
+def eased_collector() -> Iterator[None]:
+    """Run the block with the collector's thresholds at least `REPLAY_COLLECTOR_THRESHOLDS` (a collector
+    switched off by a zero first threshold stays off); the thresholds found are put back once the last
+    of the blocks running at once (in threads) ends."""
+    global _collector_users, _collector_saved
+    with _collector_lock:
+        if _collector_users == 0:
+            _collector_saved = gc.get_threshold()
+            if _collector_saved[0] > 0:
+                eased = (max(a, b) for a, b in zip(_collector_saved, REPLAY_COLLECTOR_THRESHOLDS, strict=True))
+                gc.set_threshold(*eased)
+        _collector_users += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_users -= 1
+            if _collector_users == 0:
+                gc.set_threshold(*_collector_saved)
 
 
 def _key_columns(table: Table[Any]) -> list[str]:
@@ -216,13 +255,14 @@ class Shadow:
         log that keeps growing cannot keep it going; what was stored since is replayed by `swap`
         or `compare` under the tracking locks."""
         self._report(progress, "replay")
-        while True:
-            with self.conn.transaction(), self.conn.cursor() as cur:
-                read = self._step(cur)
-            if read:
-                self._report(progress, "replay")
-            if read < self.batch:
-                return
+        with eased_collector():
+            while True:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    read = self._step(cur)
+                if read:
+                    self._report(progress, "replay")
+                if read < self.batch:
+                    return
 
     def _lock_tracking(self, cur: psycopg.Cursor[Any]) -> dict[str, int]:
         """Lock the read models' tracking rows (in name order, so two replays cannot deadlock); their positions."""
@@ -239,7 +279,7 @@ class Shadow:
         replay's position and the projectors' versions. Readers wait for the
         commit at most, then see the new tables.
         """
-        with self.conn.transaction(), self.conn.cursor() as cur:
+        with eased_collector(), self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_tracking(cur)
             while self._step(cur):
                 pass
@@ -261,7 +301,7 @@ class Shadow:
 
     def compare(self, progress: Callable[[ReplayProgress], None] | None) -> list[RowDifference]:
         """Bring shadow and live read models to one position under their tracking locks, then diff every table."""
-        with self.conn.transaction(), self.conn.cursor() as cur:
+        with eased_collector(), self.conn.transaction(), self.conn.cursor() as cur:
             live = self._lock_tracking(cur)
             target = max([self.event_log.max_id(), self.position, *live.values()])
             while self._step(cur, until=target):
