@@ -1,0 +1,64 @@
+"""The read models are dealt to processes by their estimated replay cost, counting the readings' decoding
+once per group that needs it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from domain.meter import MeterDay
+from infra.read_models import all_projectors
+from infra.settings import Settings
+from projections.parallel import DECODE_COST, READ_COST, REPLAY_COST, group_cost, groups
+from projections.quarantine import EVERY_EVENT
+
+
+class Fake:
+    def __init__(self, name: str, ignores: Any = ()) -> None:
+        self.name, self.ignores, self.version, self.tables = name, ignores, 1, ()
+
+    def apply_batch(self, cur: Any, events: Sequence[object]) -> None:
+        pass
+
+
+def names(dealt: list[list[Any]]) -> list[list[str]]:
+    return [[p.name for p in group] for group in dealt]
+
+
+def test_a_group_pays_the_readings_decoding_once_and_only_if_a_member_needs_them() -> None:
+    chain, devices, energy = Fake("chain", EVERY_EVENT), Fake("devices"), Fake("energy")
+
+    assert group_cost([chain]) == READ_COST + REPLAY_COST["chain"]
+    assert group_cost([devices, energy]) == READ_COST + DECODE_COST + REPLAY_COST["devices"] + REPLAY_COST["energy"]
+    assert group_cost([Fake("skips readings", (MeterDay.ReadingRecorded,))]) == READ_COST + 1.0
+    assert group_cost([]) == 0.0
+
+
+def test_the_registered_read_models_in_two_groups_are_within_a_tenth_of_each_other() -> None:
+    dealt = groups(all_projectors(Settings()), 2)
+
+    assert names(dealt) == [["devices", "identity", "commands", "chain", "alerts"], ["audit", "energy", "exports"]]
+    costs = [group_cost(g) for g in dealt]
+    assert max(costs) - min(costs) < 0.1 * max(costs)
+
+
+def test_read_models_that_need_no_readings_gather_in_a_group_that_decodes_none() -> None:
+    light = [Fake(f"light{i}", EVERY_EVENT) for i in range(3)]
+    dealt = groups([Fake("energy"), Fake("alerts"), *light, Fake("devices")], 4)
+
+    assert names(dealt) == [["energy"], ["alerts"], ["light0", "light1", "light2"], ["devices"]]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3, 8, 20])
+def test_every_read_model_is_dealt_once_in_registration_order(jobs: int) -> None:
+    projectors = all_projectors(Settings())
+    dealt = groups(projectors, jobs)
+
+    assert sorted(p.name for g in dealt for p in g) == sorted(p.name for p in projectors)
+    assert len(dealt) == min(jobs, len(projectors))
+    order = [p.name for p in projectors]
+    assert all([order.index(p.name) for p in g] == sorted(order.index(p.name) for p in g) for g in dealt)
+    with pytest.raises(ValueError):
+        groups(projectors, 0)
