@@ -58,6 +58,20 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _SEEN = 10_000
+_DIRECTORY_EVENTS = ("Added", "Renamed")
+"""Device events that change the directory of addresses and aliases."""
+
+
+class _Head(msgspec.Struct, frozen=True):
+    """The fields of an envelope the fan-out keeps for itself (`Envelope` without its data)."""
+
+    notification_id: int
+    aggregate: str
+    event: str
+    timestamp: datetime
+
+
+_HEAD = msgspec.json.Decoder(_Head)
 
 
 class LiveOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -187,26 +201,38 @@ class FanOut:
         )
 
     async def _on_message(self, msg: Msg) -> None:
+        raw = msg.data
         try:
-            envelope = decode_envelope(msg.data)
+            if not self._subscribers:
+                # Nobody to offer it to: only what the fan-out itself keeps is read (its data is not).
+                head = _HEAD.decode(raw)
+                if not (head.aggregate == "device" and head.event in _DIRECTORY_EVENTS):
+                    self._first_sight(head.notification_id, head.timestamp)
+                    return
+            envelope = decode_envelope(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("live.message_skipped", subject=msg.subject, error=str(exc)[:200])
             return
-        self.dispatch(envelope, msg.data)
+        self.dispatch(envelope, raw)
 
-    def dispatch(self, envelope: Envelope[dict[str, Any]], raw: bytes) -> None:
-        """Offer one event to the subscribers that want it (never waits for any of them)."""
-        nid = envelope.notification_id
+    def _first_sight(self, nid: int, timestamp: datetime) -> bool:
+        """Note an event as delivered; False if it was seen already (then it is skipped)."""
         if nid in self._seen:
-            return
+            return False
         self._seen[nid] = None
         if len(self._seen) > _SEEN:
             self._seen.popitem(last=False)
         self.position = max(self.position, nid)
         self.delivered += 1
-        self.last_event_at = envelope.timestamp
+        self.last_event_at = timestamp
         self.last_event_monotonic = time.monotonic()
-        if envelope.aggregate == "device" and envelope.event in ("Added", "Renamed"):
+        return True
+
+    def dispatch(self, envelope: Envelope[dict[str, Any]], raw: bytes) -> None:
+        """Offer one event to the subscribers that want it (never waits for any of them)."""
+        if not self._first_sight(envelope.notification_id, envelope.timestamp):
+            return
+        if envelope.aggregate == "device" and envelope.event in _DIRECTORY_EVENTS:
             self._learn(envelope)
         if envelope.aggregate in IDENTITY_AGGREGATES:
             for subscriber in list(self._by_principal.get(envelope.originator_id, ())):
