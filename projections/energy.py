@@ -25,6 +25,7 @@ This module holds the tables and the projector; the queries over them are in
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
@@ -34,12 +35,11 @@ from uuid import UUID
 
 import msgspec
 import psycopg
-from msgspec.structs import astuple
 
 from domain.device import Device
 from domain.energy import DEVICE_CHANNEL, EnergyRules
 from domain.meter import MeterDay
-from domain.pricing import PRICING, Priced, PriceWalk, bucket_costs, kwh_of, tier_reach
+from domain.pricing import PRICING, STORED, Priced, PriceWalk, bucket_costs, kwh_of, tier_reach
 from domain.rates import RateVersion, Tariff, version_of
 from domain.readings import MAX_CHANNEL_POWER_W, MAX_COUNTER_WH, bounded
 from domain.rollups import BUCKET, EPOCH, Bucket, ChannelReading, Folded, bucket_start, refold, rollup
@@ -141,6 +141,12 @@ def _reading(event: MeterDay.ReadingRecorded, mac: str, power_w: float | None, t
     )  # fmt: skip
 
 
+Removed = tuple[UUID, str, datetime, float]
+"""A stored bucket a refold replaced: device, channel, start, Wh."""
+Span = tuple[UUID, str, datetime, datetime | None]
+"""A refolded channel's buckets: device, channel, since, until (None: every bucket from since on)."""
+
+
 class _Channel(msgspec.Struct, kw_only=True):
     """One channel's part of a batch: its new readings, and where its refold starts (`since`, a bucket start)."""
 
@@ -235,26 +241,20 @@ class EnergyProjector:
         if touched:
             DEVICES.write(cur, [DEVICES.values(devices[d]) for d in touched])
         channels = [_Channel(device_id=d, channel=c, new=new) for (d, c), new in pending.items()]
-        fresh, removed = self._fold(cur, channels)
+        fresh, removed, spans = self._fold(cur, channels)
         if fresh or removed or repriced_from is not None:
             hours = self._price(cur, fresh, removed, repriced_from)
-            _copy(cur, BUCKETS, list(map(astuple, fresh)))
-            hour_of: dict[datetime, datetime] = {}
-            for b in fresh:
-                if (hour := hour_of.get(b.start)) is None:
-                    hour = hour_of[b.start] = _hour(b.start)
-                hours.add((b.device_id, b.channel, hour))
-            hours.update((d, c, _hour(s)) for d, c, s, _ in removed)
-            self._hours(cur, hours)
+            _copy_buckets(cur, BUCKETS, fresh)
+            self._roll_hours(cur, fresh, removed, spans, hours)
 
-    def _fold(
-        self, cur: psycopg.Cursor[Any], channels: list[_Channel]
-    ) -> tuple[list[BucketRow], list[tuple[UUID, str, datetime, float]]]:
+    def _fold(self, cur: psycopg.Cursor[Any], channels: list[_Channel]) -> tuple[list[BucketRow], list[Removed], list[Span]]:
         """Keep the channels' new readings and refold each from the last reading at or before the first bucket
-        its new readings affect. Returns the recomputed buckets from there on (unpriced, not written yet) and
-        the stored buckets they replace (deleted), as (device, channel, start, Wh)."""
+        its new readings affect. Returns the recomputed buckets from there on (unpriced, not written yet), the
+        stored buckets they replace (deleted), as (device, channel, start, Wh), and each refolded channel's span
+        (device, channel, since, until): every bucket of the channel in [since, until) is among the recomputed
+        ones (until None: every bucket from since on)."""
         if not channels:
-            return [], []
+            return [], [], []
         cur.execute(
             "SELECT (SELECT max(at) FROM {r} WHERE device_id = n.d AND channel = n.c) "
             "FROM unnest({a}::uuid[], %s::text[]) WITH ORDINALITY AS n(d, c, i) ORDER BY n.i".format(
@@ -271,11 +271,11 @@ class EnergyProjector:
             self._drop_kept(cur, late)
         channels = [c for c in channels if c.new]
         if not channels:
-            return [], []
+            return [], [], []
         fresh: list[BucketRow] = []
         rows: list[tuple[Any, ...]] = []
         rewritten: list[tuple[UUID, str, datetime]] = []
-        spans: list[tuple[UUID, str, datetime, datetime | None]] = []
+        spans: list[Span] = []
         bounded = True
         while channels:
             unsettled: list[_Channel] = []
@@ -300,7 +300,7 @@ class EnergyProjector:
             (_joined(s[0] for s in spans), [s[1] for s in spans], _joined(s[2] for s in spans),
              _joined(s[3] for s in spans)),
         )
-        return fresh, [(d, c, start, wh) for d, c, start, wh in cur.fetchall()]
+        return fresh, [(d, c, start, wh) for d, c, start, wh in cur.fetchall()], spans
 
     def _window(self, cur: psycopg.Cursor[Any], channels: list[_Channel], *, bounded: bool) -> list[list[tuple[Any, ...]]]:
         """Each channel's stored readings its refold needs: from the last one at or before `since` on; when
@@ -417,19 +417,25 @@ class EnergyProjector:
             for _, _, start, wh in removed:
                 kwh, count = delta.get(start, nothing)
                 delta[start] = (kwh - kwh_of(wh), count - 1)
-            fleet, spans = self._fleet(cur, sorted(delta), repriced_from, versions)
+            changed = sorted(delta)
+            fleet, spans = self._fleet(cur, changed, repriced_from, versions)
             for start, (kwh, count) in delta.items():
                 old = fleet.get(start)
                 fleet[start] = FleetRow(
                     start=start, kwh=(old.kwh if old else Decimal(0)) + kwh, buckets=(old.buckets if old else 0) + count,
                     cost=old.cost if old else Decimal(0), price=old.price if old else Decimal(0),
                 )  # fmt: skip
-            self._write_fleet_kwh(cur, [fleet[s] for s in delta])
 
             def used_before(cycle: datetime, start: datetime) -> Decimal:
-                cur.execute(f"SELECT sum(kwh) FROM {FLEET.name} WHERE start >= %s AND start < %s", (cycle, start))
+                inside = changed[bisect_left(changed, cycle) : bisect_left(changed, start)]
+                cur.execute(
+                    f"SELECT sum(kwh) FROM {FLEET.name} WHERE start >= %s AND start < %s "
+                    f"AND start <> ALL({_ARRAY}::timestamptz[])",
+                    (cycle, start, _joined(inside)),
+                )  # fmt: skip
                 row = cur.fetchone()
-                return Decimal(0) if row is None or row[0] is None else Decimal(row[0])
+                stored = None if row is None or row[0] is None else Decimal(row[0])
+                return _total(stored, [fleet[s].kwh for s in inside if fleet[s].buckets > 0])
 
             moved: list[datetime] = []
             changes: list[FleetRow] = []
@@ -450,17 +456,23 @@ class EnergyProjector:
                 if start in delta or priced.cost != row.cost or priced.price != row.price:
                     row.cost, row.price = priced
                     changes.append(row)
-            self._write_fleet_cost(cur, changes)
+            self._write_fleet(cur, [fleet[s].start for s in delta if fleet[s].buckets <= 0], changes)
+            # A bucket at one price costs its kWh at that price, whatever the other channels' buckets; those
+            # of a bucket crossing a tier limit share its cost, in one order every time.
             order: dict[tuple[UUID, str], tuple[str, str]] = {}
-            by_start: dict[datetime, list[tuple[tuple[str, str], tuple[UUID, str], Decimal, BucketRow | None]]] = {}
+            shared: dict[datetime, list[tuple[tuple[str, str], tuple[UUID, str], Decimal, BucketRow | None]]] = {}
             for b, part in zip(fresh, fresh_kwh, strict=True):
+                if (price := fleet[b.start].price) is not None:
+                    b.cost = part * price
+                    continue
                 key = (b.device_id, b.channel)
                 if (sort_key := order.get(key)) is None:
                     sort_key = order[key] = (str(b.device_id), b.channel)
-                if (parts := by_start.get(b.start)) is None:
-                    parts = by_start[b.start] = []
+                if (parts := shared.get(b.start)) is None:
+                    parts = shared[b.start] = []
                 parts.append((sort_key, key, part, b))
             stored: dict[tuple[UUID, str, datetime], Decimal] = {}
+            updates: list[tuple[UUID, str, datetime, Decimal]] = []
             if moved:
                 cur.execute(
                     f"SELECT device_id, channel, start, wh, cost FROM {BUCKETS.name} "
@@ -468,12 +480,15 @@ class EnergyProjector:
                     (_joined(moved),),
                 )
                 for d, c, s, wh, cost in cur.fetchall():
+                    if (price := fleet[s].price) is not None:
+                        if cost != (new := kwh_of(wh) * price):
+                            updates.append((d, c, s, new))
+                        continue
                     if (sort_key := order.get((d, c))) is None:
                         sort_key = order[(d, c)] = (str(d), c)
-                    by_start.setdefault(s, []).append((sort_key, (d, c), kwh_of(wh), None))
+                    shared.setdefault(s, []).append((sort_key, (d, c), kwh_of(wh), None))
                     stored[(d, c, s)] = cost
-            updates: list[tuple[UUID, str, datetime, Decimal]] = []
-            for start, parts in by_start.items():
+            for start, parts in shared.items():
                 if len(parts) > 1:
                     parts.sort(key=_first)
                 row = fleet[start]
@@ -524,31 +539,73 @@ class EnergyProjector:
         rows = (FleetRow(start=s, kwh=k, buckets=n, cost=c, price=p) for s, k, n, c, p in cur.fetchall())
         return {row.start: row for row in rows}, spans
 
-    def _write_fleet_kwh(self, cur: psycopg.Cursor[Any], rows: list[FleetRow]) -> None:
-        """Store the fleet's new kWh and bucket counts (before the walk sums them); drop buckets left empty."""
-        gone = [r.start for r in rows if r.buckets <= 0]
-        kept = [r for r in rows if r.buckets > 0]
+    def _write_fleet(self, cur: psycopg.Cursor[Any], gone: list[datetime], rows: list[FleetRow]) -> None:
+        """Store the walked fleet buckets whose kWh, bucket count, cost or price changed, in one statement;
+        drop the buckets left empty."""
         if gone:
-            cur.execute(f"DELETE FROM {FLEET.name} WHERE start = ANY(%s)", (gone,))
-        if kept:
+            cur.execute(f"DELETE FROM {FLEET.name} WHERE start = ANY({_ARRAY}::timestamptz[])", (_joined(gone),))
+        rows = [r for r in rows if r.buckets > 0]
+        if rows:
             cur.execute(
                 f"INSERT INTO {FLEET.name} ({', '.join(FLEET.columns)}) "
                 f"SELECT * FROM unnest({_ARRAY}::timestamptz[], {_ARRAY}::numeric[], {_ARRAY}::int[], "
                 f"{_ARRAY}::numeric[], {_ARRAY}::numeric[]) "
-                "ON CONFLICT (start) DO UPDATE SET kwh = EXCLUDED.kwh, buckets = EXCLUDED.buckets",
-                (_joined(r.start for r in kept), _joined(r.kwh for r in kept), _joined(r.buckets for r in kept),
-                 _joined(r.cost for r in kept), _joined(r.price for r in kept)),
+                "ON CONFLICT (start) DO UPDATE SET kwh = EXCLUDED.kwh, buckets = EXCLUDED.buckets, "
+                "cost = EXCLUDED.cost, price = EXCLUDED.price",
+                (_joined(r.start for r in rows), _joined(r.kwh for r in rows), _joined(r.buckets for r in rows),
+                 _joined(r.cost for r in rows), _joined(r.price for r in rows)),
             )  # fmt: skip
 
-    def _write_fleet_cost(self, cur: psycopg.Cursor[Any], rows: list[FleetRow]) -> None:
-        rows = [r for r in rows if r.buckets > 0]
-        if rows:
+    def _roll_hours(
+        self, cur: psycopg.Cursor[Any], fresh: list[BucketRow], removed: list[Removed], spans: list[Span],
+        repriced: set[tuple[UUID, str, datetime]],
+    ) -> None:
+        """Roll up again every hour the batch changed: the hours of the fresh and removed buckets and of the
+        stored buckets repriced (`repriced`).
+
+        An hour wholly inside a channel's refolded span holds only buckets just computed, so it
+        is summed here from them, as the SQL rollup sums them (floats in start order, costs
+        exactly), and written with COPY once the span's stored hours are deleted, without
+        reading a bucket back. The other hours (a span's partial first and last hour, the
+        repriced ones) are rolled up in SQL from the stored buckets.
+        """
+        whole: dict[tuple[UUID, str], tuple[datetime, datetime | None]] = {}
+        for d, c, since, until in spans:
+            low = _hour(since)
+            if low != since:
+                low += HOUR
+            high = None if until is None else _hour(until)
+            if high is None or low < high:
+                whole[(d, c)] = (low, high)
+        summed: dict[tuple[UUID, str, datetime], list[BucketRow]] = {}
+        others = set(repriced)
+        hour_of: dict[datetime, datetime] = {}
+        for b in fresh:
+            if (hour := hour_of.get(b.start)) is None:
+                hour = hour_of[b.start] = _hour(b.start)
+            key = (b.device_id, b.channel, hour)
+            span = whole.get((b.device_id, b.channel))
+            if span is not None and span[0] <= hour and (span[1] is None or hour < span[1]):
+                if (parts := summed.get(key)) is None:
+                    parts = summed[key] = []
+                parts.append(b)
+            else:
+                others.add(key)
+        for d, c, start, _ in removed:
+            hour = _hour(start)
+            span = whole.get((d, c))
+            if span is None or hour < span[0] or (span[1] is not None and hour >= span[1]):
+                others.add((d, c, hour))
+        if whole:
             cur.execute(
-                f"UPDATE {FLEET.name} f SET cost = u.cost, price = u.price "
-                f"FROM unnest({_ARRAY}::timestamptz[], {_ARRAY}::numeric[], {_ARRAY}::numeric[]) AS u(s, cost, price) "
-                "WHERE f.start = u.s",
-                (_joined(r.start for r in rows), _joined(r.cost for r in rows), _joined(r.price for r in rows)),
-            )
+                f"DELETE FROM {HOURS.name} h USING unnest({_ARRAY}::uuid[], %s::text[], {_ARRAY}::timestamptz[], "
+                f"{_ARRAY}::timestamptz[]) AS n(d, c, l, u) WHERE h.device_id = n.d AND h.channel = n.c "
+                "AND h.start >= n.l AND (n.u IS NULL OR h.start < n.u)",
+                (_joined(d for d, _ in whole), [c for _, c in whole], _joined(low for low, _ in whole.values()),
+                 _joined(high for _, high in whole.values())),
+            )  # fmt: skip
+        self._hours(cur, others - summed.keys())
+        _copy_buckets(cur, HOURS, [_hour_row(key, parts) for key, parts in summed.items()])
 
     def _hours(self, cur: psycopg.Cursor[Any], hours: set[tuple[UUID, str, datetime]]) -> None:
         """Roll the given (device, channel, hour) rows up again from their 5-minute buckets."""
@@ -615,6 +672,33 @@ def _copy(cur: psycopg.Cursor[Any], table: Table[Any], rows: Sequence[tuple[Any,
             copy.write("\n".join(lines) + "\n")
 
 
+_NULL = "\\N"
+
+
+def _copy_buckets(cur: psycopg.Cursor[Any], table: Table[BucketRow], rows: Sequence[BucketRow]) -> None:
+    """`_copy` of bucket rows (5-minute or hourly), each line spelled straight from the row's fields exactly as
+    `_copy` spells them, the channel's key and each start once."""
+    if not rows:
+        return
+    heads: dict[tuple[UUID, str], str] = {}
+    starts: dict[datetime, str] = {}
+    lines: list[str] = []
+    for b in rows:
+        if (head := heads.get(key := (b.device_id, b.channel))) is None:
+            head = heads[key] = f"{_spelled(b.device_id)}\t{_spelled(b.channel)}\t"
+        if (start := starts.get(b.start)) is None:
+            start = starts[b.start] = _spelled(b.start)
+        low = _NULL if b.power_min is None else repr(b.power_min)
+        high = _NULL if b.power_max is None else repr(b.power_max)
+        cost = "NaN" if b.cost.is_nan() else str(b.cost)
+        lines.append(
+            f"{head}{start}\t{b.wh!r}\t{b.on_s!r}\t{low}\t{high}\t{b.power_sum!r}\t{b.count}\t"
+            f"{'t' if b.gap else 'f'}\t{cost}"
+        )
+    with cur.copy(f"COPY {table.name} ({', '.join(table.columns)}) FROM STDIN") as copy:
+        copy.write("\n".join(lines) + "\n")
+
+
 _ESCAPED = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -648,6 +732,46 @@ def _first(item: tuple[Any, ...]) -> Any:
 def _hour(start: datetime) -> datetime:
     """The start of the UTC hour containing `start`, in UTC whatever the session's time zone."""
     return EPOCH + ((start - EPOCH) // HOUR) * HOUR
+
+
+def _total(stored: Decimal | None, parts: list[Decimal]) -> Decimal:
+    """The exact sum of a stored `sum(kwh)` (None: no row) and `parts`, as PostgreSQL would give it had the
+    parts been stored first: the finest scale of its terms, never a positive exponent, no negative zero."""
+    if not parts:
+        return Decimal(0) if stored is None else stored
+    with localcontext(STORED):
+        total = sum(parts[1:], parts[0]) if stored is None else sum(parts, stored)
+        if total.is_finite():
+            if total.as_tuple().exponent > 0:  # type: ignore[operator]
+                total = total.quantize(Decimal(1))
+            if not total:
+                total = abs(total)
+    return total
+
+
+def _hour_row(key: tuple[UUID, str, datetime], buckets: list[BucketRow]) -> BucketRow:
+    """One hourly rollup row (in the table's column order) from every bucket of its hour, in start order,
+    giving what the SQL rollup gives: each float summed from the first bucket's on in the same order, the
+    latest of equal minima or maxima (as PostgreSQL's `min` and `max` keep them), costs summed exactly."""
+    first = buckets[0]
+    wh, on_s, power_min, power_max = first.wh, first.on_s, first.power_min, first.power_max
+    power_sum, count, gap, cost = first.power_sum, first.count, first.gap, first.cost
+    with localcontext(STORED):
+        for b in buckets[1:]:
+            wh += b.wh
+            on_s += b.on_s
+            if b.power_min is not None and (power_min is None or b.power_min <= power_min):
+                power_min = b.power_min
+            if b.power_max is not None and (power_max is None or b.power_max >= power_max):
+                power_max = b.power_max
+            power_sum += b.power_sum
+            count += b.count
+            gap = gap or b.gap
+            cost += b.cost
+    return BucketRow(
+        device_id=key[0], channel=key[1], start=key[2], wh=wh, on_s=on_s, power_min=power_min, power_max=power_max,
+        power_sum=power_sum, count=count, gap=gap, cost=cost,
+    )  # fmt: skip
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
