@@ -44,6 +44,9 @@ FIELDS: Final = (
 """Names the compact form writes as their index here. Append only: a stored index must keep its name."""
 _CODES: Final = {name: code for code, name in enumerate(FIELDS)}
 
+UUIDS_KEPT: Final = 100_000
+"""At most this many UUIDs are kept for reuse (`CompactTranscoder._uuids`); then they are forgotten at once."""
+
 _UUID, _MOMENT, _DECIMAL, _TRANSCODED = 1, 2, 3, 4
 _MOMENT_FORM = struct.Struct(">qi")
 _NAIVE = -(2**31)
@@ -114,6 +117,9 @@ class CompactTranscoder(JSONTranscoder):
         super().__init__()
         self._packer = msgspec.msgpack.Encoder()
         self._unpacker = msgspec.msgpack.Decoder(ext_hook=self._from_ext)
+        self._uuids: dict[bytes, UUID] = {}
+        """The UUIDs read so far, by their bytes: one object for every reading of a device, so read models'
+        dicts and sets keyed by device find it by identity instead of comparing two UUIDs in Python."""
 
     def encode_compact(self, obj: Any) -> bytes:
         """`obj` in the compact form, or in JSON when the compact form cannot hold it."""
@@ -194,7 +200,12 @@ class CompactTranscoder(JSONTranscoder):
             return _from_moment(data)
         raw = bytes(data)
         if code == _UUID:
-            return UUID(bytes=raw)
+            found = self._uuids.get(raw)
+            if found is None:
+                if len(self._uuids) >= UUIDS_KEPT:
+                    self._uuids.clear()
+                found = self._uuids[raw] = UUID(bytes=raw)
+            return found
         if code == _DECIMAL:
             return Decimal(raw.decode())
         if code == _TRANSCODED:

@@ -50,3 +50,22 @@ def test_field_indexes_become_names_at_every_depth() -> None:
     }  # fmt: skip
 
     assert codec.decode(codec.encode_compact(state)) == state
+
+
+def test_one_uuid_object_stands_for_every_reading_of_the_same_id_up_to_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import adapters.stored_form as stored_form
+
+    codec = transcoder()
+    first = codec.decode(codec.encode_compact({"device_id": UUID(int=7), "actor": "a"}))["device_id"]
+    again = codec.decode(codec.encode_compact({"device_id": UUID(int=7), "originator_topic": "t"}))["device_id"]
+    other = codec.decode(codec.encode_compact({"device_id": UUID(int=8)}))["device_id"]
+
+    assert first is again and first == UUID(int=7)
+    assert other == UUID(int=8) and other is not first
+
+    monkeypatch.setattr(stored_form, "UUIDS_KEPT", 2)
+    third = codec.decode(codec.encode_compact({"device_id": UUID(int=9)}))["device_id"]
+    assert third == UUID(int=9)
+    assert codec.decode(codec.encode_compact({"device_id": UUID(int=7)}))["device_id"] is not first, "forgotten"
