@@ -31,6 +31,7 @@ CYCLE_REACH = timedelta(days=32)
 """Past the longest billing cycle (31 days and a DST hour): a moment this far after a cycle's start lies in
 the next cycle."""
 KWH = Decimal(1000)
+_ZERO = Decimal(0)
 KWH_QUANTUM = Decimal("1e-12")
 """Energy is priced to the nanowatt-hour: finer digits are float noise, and bounding them keeps every
 sum and product of money exact within Decimal's 28 digits."""
@@ -193,10 +194,21 @@ class PriceWalk:
         tiers = self._tiers.get(rate.version)
         if tiers is None:
             tiers = self._tiers[rate.version] = _tiers(rate)
-        parts = _parts(tiers, used, kwh)
-        if len(parts) == 1:
-            return Priced(kwh * parts[0][1], parts[0][1])
-        if not parts:
+        # The tiers `_parts` would give a part of [used, used + kwh], found by comparisons alone: one such
+        # tier prices every kWh at its price, more share the cost.
+        (first, second, _), (low, middle, top) = tiers
+        assert first is not None and second is not None
+        high = used + kwh
+        count, price = 0, low
+        if min(high, first) > max(used, _ZERO):
+            count = 1
+        if min(high, second) > max(used, first):
+            count, price = count + 1, middle
+        if high > max(used, second):
+            count, price = count + 1, top
+        if count == 1:
+            return Priced(kwh * price, price)
+        if not count:
             return Priced(Decimal(0), Decimal(0))
         return Priced(tiered_cost(rate, used, kwh), None)
 

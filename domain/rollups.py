@@ -166,6 +166,7 @@ def rollup(
             bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
         return bucket
 
+    found = buckets.get
     for interval in intervals:
         low, high, wh = micros(interval.start), micros(interval.end), interval.wh
         index = low // step
@@ -180,7 +181,9 @@ def rollup(
             overlap = (min(high, edge) - max(low, edge - step)) / 1_000_000
             part = wh * overlap / length if overlap > 0 else 0.0
             if index >= first_index:
-                at(index).wh += part
+                if (bucket := found(index)) is None:
+                    bucket = at(index)
+                bucket.wh += part
             left -= part
             index += 1
             edge += step
@@ -200,7 +203,8 @@ def rollup(
                 if index >= first_index:
                     seconds = (min(high, index_end) - max(low, edge)) / 1_000_000
                     if seconds > 0:
-                        bucket = at(index)
+                        if (bucket := found(index)) is None:
+                            bucket = at(index)
                         bucket.gap = bucket.gap or gap
                         if on:
                             bucket.on_s += seconds
