@@ -3,10 +3,8 @@
 No read model's projector reads another's tables, so each read model is a group of its
 own; `groups` deals them into `jobs` groups of about equal replay work. The parent opens
 the shadow tables (holding every replay lock, loading checkpoints if asked), then each
-group is replayed to the log's head in a process of its own, forked from a fresh server
-process (multiprocessing's forkserver: no connection or thread of the parent's is inherited)
-that has imported the read models' modules once, so a group's process starts without
-importing the application again; it reads and decodes the log itself and commits
+group is replayed to the log's head in a process of its own (spawned: no connection or
+thread of the parent's is inherited), reading and decoding the log itself and committing
 its sections to its shadow tables. The parent collects where each group stopped and what
 it quarantined, and `Shadow.swap` replays the last events for every read model from there
 and swaps them all in, as a one-process rebuild does. A group that fails ends the rebuild:
@@ -16,9 +14,7 @@ the other processes are stopped, the shadow tables dropped, the live read models
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.context
 import os
-from multiprocessing import forkserver
 import queue as queues
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
@@ -102,20 +98,6 @@ def groups(projectors: Sequence[Projector], jobs: int) -> list[list[Projector]]:
     return sorted(ordered, key=lambda group: order[group[0].name])
 
 
-def start_server(projectors: Sequence[Projector]) -> multiprocessing.context.ForkServerContext:
-    """The context the groups' processes are started in: forked from multiprocessing's forkserver, started
-    now (if not running yet) so its imports overlap the parent's opening of the shadow tables.
-
-    The server imports the main module, this one and the modules of `projectors`' classes once; each
-    group's process is a fork of it (nothing of the parent's but what it is handed). A server already
-    running keeps the modules it imported; a module it lacks is imported by the process that needs it."""
-    context = multiprocessing.get_context("forkserver")
-    modules = dict.fromkeys(["__main__", __name__, *(type(p).__module__ for p in projectors)])
-    context.set_forkserver_preload(list(modules))
-    forkserver.ensure_running()
-    return context
-
-
 def _replay_group(
     database_url: str, projectors: list[Projector], starts: dict[str, int], batch: int, index: int,
     results: Any,
@@ -175,11 +157,11 @@ def rebuild_in_processes(
     `GroupFailed` when a group's process fails (the live read models are left as they were).
     """
     picked = chosen_projectors(engine, names)
-    context = start_server(picked)
     found = checked_checkpoints(engine, picked) if from_checkpoint else {}
     dealt = groups(picked, jobs)
     with open_shadow(engine.database_url, engine.event_log, picked, SHADOW_SCHEMA, engine.replay_batch_size) as shadow:
         shadow.restore(engine.database_url, found)
+        context = multiprocessing.get_context("spawn")
         results = context.Queue()
         workers: list[BaseProcess] = [
             context.Process(
