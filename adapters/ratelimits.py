@@ -21,6 +21,7 @@ others admitted within one flush interval. Attempts whose failures lock an accou
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -219,13 +220,56 @@ class _Local:
     """A window this process counts in memory: the shared count as of its last flush (`known`,
     its own flushed counts included) and what it counted since (`pending`)."""
 
-    __slots__ = ("known", "pending", "start", "end")
+    __slots__ = ("known", "pending", "start", "end", "reset")
 
     def __init__(self, start: datetime, end: datetime) -> None:
         self.known = 0
         self.pending = 0
         self.start = start
         self.end = end
+        self.reset = str(math.ceil(end.timestamp())).encode()
+        """Its end as `X-RateLimit-Reset` spells it (Unix seconds)."""
+
+
+class Counted:
+    """Windows `count_in_memory` has just counted, before any tally is built: a request within every
+    limit needs only its tightest window (`tightest`); `tallies` builds what `count_in_memory` returns."""
+
+    __slots__ = ("windows", "locals", "counted", "within", "moment")
+
+    def __init__(self, windows: list[Window], locals_: list[_Local], counted: int, within: bool, moment: float) -> None:
+        self.windows = windows
+        self.locals = locals_
+        self.counted = counted
+        """How many of `windows` (from the first) were counted: all, or the first stage's alone."""
+        self.within = within
+        """Whether every counted window is within its limit (the request is admitted)."""
+        self.moment = moment
+
+    def tightest(self) -> tuple[int, int, bytes]:
+        """The limit, requests left and reset (as a header spells it) of the counted window with the
+        fewest requests left, the one that resets last among equals."""
+        best_left = -1
+        best_limit = 0
+        best: _Local | None = None
+        for i in range(self.counted):
+            local = self.locals[i]
+            limit = self.windows[i].limit.count
+            left = limit - local.known - local.pending
+            if left < 0:
+                left = 0
+            if best is None or left < best_left or (left == best_left and local.end > best.end):
+                best, best_left, best_limit = local, left, limit
+        assert best is not None, "no window was counted"
+        return best_limit, best_left, best.reset
+
+    def tallies(self) -> list[Tally]:
+        now = datetime.fromtimestamp(self.moment, timezone.utc)
+        return [
+            Tally(window=window, count=local.known + local.pending if i < self.counted else None,
+                  window_start=local.start, resets_at=local.end, now=now)
+            for i, (window, local) in enumerate(zip(self.windows, self.locals, strict=True))
+        ]  # fmt: skip
 
 
 def _epoch_s(moment: datetime) -> int:
@@ -354,26 +398,32 @@ class PgRateCounters:
     def count_in_memory(self, first: Sequence[Window], then: Sequence[Window] = ()) -> list[Tally] | None:
         """`count_requests` without awaiting, when it needs no statement: None until the database
         has first answered and while it is failing (then call `count_requests`)."""
+        counted = self.count_now(first, then)
+        return counted.tallies() if counted is not None else None
+
+    def count_now(self, first: Sequence[Window], then: Sequence[Window] = ()) -> Counted | None:
+        """`count_in_memory`, its tallies not yet built (see `Counted`)."""
         offset = self._offset
         if offset is None or self._failing_since is not None:
             return None
         moment = time.time() + offset
-        now = datetime.fromtimestamp(moment, timezone.utc)
-        tallies: list[Tally] = []
+        windows = [*first, *then]
+        locals_: list[_Local] = []
         admitted = True
         for window in first:
             local = self._counted(window, moment)
-            count = local.known + local.pending
-            tallies.append(Tally(window=window, count=count, window_start=local.start, resets_at=local.end, now=now))
-            admitted = admitted and count <= window.limit.count
+            locals_.append(local)
+            if local.known + local.pending > window.limit.count:
+                admitted = False
+        within = admitted
         for window in then:
             local = self._counted(window, moment, count=admitted)
-            count_then = local.known + local.pending if admitted else None
-            tallies.append(Tally(window=window, count=count_then, window_start=local.start, resets_at=local.end,
-                                 now=now))  # fmt: skip
+            locals_.append(local)
+            if admitted and local.known + local.pending > window.limit.count:
+                within = False
         if self._flusher is None and not self._closed:
             self._flusher = asyncio.create_task(self._flush_soon())
-        return tallies
+        return Counted(windows, locals_, len(windows) if admitted else len(first), within, moment)
 
     async def _first_hit(self, first: Sequence[Window], then: Sequence[Window]) -> list[Tally]:
         waited = self._first_answer = asyncio.get_running_loop().create_future()

@@ -38,7 +38,7 @@ When the counters do not answer, requests pass unlimited and without these heade
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -72,6 +72,7 @@ from api.ratelimit_rules import (
     SIGN_IN_ACCOUNT,
     RateLimits,
 )
+from domain.access import Principal
 from domain.identity import user_id_for
 
 if TYPE_CHECKING:
@@ -198,7 +199,26 @@ class RateLimiter:
             attempt = Attempt("push", None)
 
         peek = self.failure_windows(attempt, caller.ip) if attempt else []
-        tallies = None if peek else self.counters.count_in_memory(first, then)
+        tallies: list[Tally] | None = None
+        if not peek and (now := self.counters.count_now(first, then)) is not None:
+            if now.within and attempt is None:
+                # Within every limit and no attempt (most requests): labelled on the way out, then
+                # what was counted against an identity the auth layer did not confirm is taken back.
+                limit, left, reset = now.tightest()
+                labels = ((b"x-ratelimit-limit", _number(limit)), (b"x-ratelimit-remaining", _number(left)),
+                          (b"x-ratelimit-reset", reset))  # fmt: skip
+
+                async def labelled(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        # The app never sets these itself: they are added, not replaced.
+                        message["headers"] = [*(message.get("headers") or ()), *labels]
+                    await send(message)
+
+                await self.app(scope, receive, labelled)
+                if not caller.verified and not _proves(principal_of(scope), caller):
+                    await _take_back_unproven(self.counters, scope, caller, now.tallies)
+                return
+            tallies = now.tallies()
         if tallies is None:
             try:
                 tallies = await (self.counters.hit(first, then, peek) if peek else self.counters.count_requests(first, then))
@@ -322,6 +342,41 @@ class RateLimiter:
         return added
 
 
+def _proves(principal: Principal | None, caller: Caller) -> bool:
+    """Whether `principal` proves every identity the caller claimed (true when it claimed none)."""
+    if caller.user_id is None and caller.key_id is None:
+        return True
+    return (
+        principal is not None
+        and (caller.user_id is None or (principal.kind == "user" and principal.user_id == caller.user_id))
+        and (caller.key_id is None or principal.key_id == caller.key_id)
+    )
+
+
+async def _take_back_unproven(
+    counters: PgRateCounters, scope: Scope, caller: Caller, counted: Callable[[], Sequence[Tally]]
+) -> None:
+    """Take back the counts of the user's and the key's windows (`counted()`, built from the ids the
+    caller claimed) that the principal the auth layer left does not prove."""
+    principal = principal_of(scope)
+    if _proves(principal, caller):
+        return
+    proven = set()
+    if principal is not None and principal.kind == "user" and principal.user_id == caller.user_id:
+        proven.add("user")
+    if principal is not None and principal.key_id is not None and principal.key_id == caller.key_id:
+        proven.add("key")
+    unproven = [
+        t for t in counted()
+        if t.window.kind in {"user", "key"} and t.count is not None and t.window.kind not in proven
+    ]  # fmt: skip
+    if unproven:
+        try:
+            await counters.refund(unproven)
+        except CountersUnavailable:
+            pass
+
+
 class _Exchange:
     """One admitted request on its way out: labels the answer, counts a failed attempt before the
     client sees it, and takes back what was counted against an identity the auth layer did not confirm."""
@@ -376,28 +431,7 @@ class _Exchange:
         caller = self.caller
         if caller.verified or (caller.user_id is None and caller.key_id is None):
             return  # nothing was counted against a claimed identity
-        principal = principal_of(self.scope)
-        if (
-            principal is not None
-            and (caller.user_id is None or (principal.kind == "user" and principal.user_id == caller.user_id))
-            and (caller.key_id is None or principal.key_id == caller.key_id)
-        ):
-            return  # every identity claimed was proven
-        # The user's and the key's windows were built from the caller's claimed ids.
-        proven = set()
-        if principal is not None and principal.kind == "user" and principal.user_id == self.caller.user_id:
-            proven.add("user")
-        if principal is not None and principal.key_id is not None and principal.key_id == self.caller.key_id:
-            proven.add("key")
-        unproven = [
-            t for t in self.counted
-            if t.window.kind in {"user", "key"} and t.count is not None and t.window.kind not in proven
-        ]  # fmt: skip
-        if unproven:
-            try:
-                await self.limiter.counters.refund(unproven)
-            except CountersUnavailable:
-                pass
+        await _take_back_unproven(self.limiter.counters, self.scope, caller, lambda: self.counted)
 
     async def _release(self) -> None:
         start, held, self._start, self._held = self._start, self._held, None, []

@@ -1,6 +1,7 @@
 """The rate limiter's own cost per request, in-process, against the same app without it.
 
     python bench/bench_limiter.py [--requests 20000] [--rounds 5]
+    python bench/bench_limiter.py --app [--devices 1000] [--requests 1000] [--rounds 5]
 
 An API-key request (`GET /api/devices`, as `wrk` sends it) goes through the limiter wrapped around
 an ASGI app that answers at once and leaves the key's principal, as the auth guard does; the
@@ -10,12 +11,20 @@ database as in production. Rounds alternate; the best of each is printed, and th
 microseconds per request (divide by a route's server time per request, e.g. `bench_reads`'s CPU
 per request, for its share). No HTTP server or load generator adds its noise: on a busy machine
 this is the figure to trust over `bench_reads`'s throughput difference.
+
+`--app` measures the limiter's share where it counts: the whole app (`create_app` over a runtime on a
+scratch database holding `--devices` plugs, NATS from NATS_URL) called in-process with an API key for
+`GET /api/devices`, once with rate limiting on (limits never reached) and once off, alternated for
+`--rounds` rounds; it prints the process CPU time per request of each (least of the rounds) and the
+difference as a share, and the median of the rounds' own differences. In-process calls leave out the
+HTTP server's own work, so the share printed is an upper bound of what a served request pays.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -82,13 +91,88 @@ async def run(database_url: str, args: argparse.Namespace) -> None:
           f"limiter against {min(bare):.1f} us without (best of each): the limiter adds {cost:.1f} us")  # fmt: skip
 
 
+async def app_cpu_us(app: App, headers: list[tuple[bytes, bytes]], requests: int) -> float:
+    """Process CPU microseconds per in-process `GET /api/devices` through the whole app."""
+    async def send(message: Any) -> None:
+        pass
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    began = time.process_time()
+    for _ in range(requests):
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/api/devices",
+                 "raw_path": b"/api/devices", "root_path": "", "query_string": b"", "headers": headers,
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {},
+                 "asgi": {"version": "3.0"}}  # fmt: skip
+        await app(scope, receive, send)
+    return (time.process_time() - began) / requests * 1e6
+
+
+async def run_app(database_url: str, args: argparse.Namespace) -> None:
+    import tempfile
+
+    import msgspec
+
+    from api.app import create_app
+    from bench.bench_reads import _read_key, free_port, serve, stop
+    from bench.scratch import seed_fleet
+    from infra.bootstrap import open_runtime
+    from infra.settings import Settings
+
+    await asyncio.to_thread(seed_fleet, database_url, args.devices, 3, subnet=9)
+    tag = uuid.uuid4().hex[:10]
+    settings = Settings(
+        data_dir=Path(tempfile.mkdtemp(prefix="wl-bench-")), stream_name=f"WLB_{tag.upper()}",
+        subject_prefix=f"wlb{tag}", rate_limits=False, polling_interval=60,
+        rate_limit_ip=UNREACHED, rate_limit_user=UNREACHED, rate_limit_key=UNREACHED,
+    )  # fmt: skip
+    nats_url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+    async with open_runtime(settings, database_url, nats_url) as runtime:
+        try:
+            await asyncio.to_thread(runtime.engine.catch_up_all)
+            apps: list[App] = []
+            for limited in (False, True):
+                runtime.settings = msgspec.structs.replace(settings, rate_limits=limited)
+                apps.append(create_app(runtime.services()))  # type: ignore[arg-type]
+            port = free_port()
+            server, task = await serve(apps[0], port)
+            try:
+                key = (await _read_key(runtime, f"http://127.0.0.1:{port}"))["X-API-Key"]
+            finally:
+                await stop(server, task)
+            headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"x-api-key", key.encode())]
+            for app in apps:  # warm up; the limited app's first answer reads the database's clock
+                await app_cpu_us(app, headers, 200)
+            off: list[float] = []
+            on: list[float] = []
+            for round_ in range(args.rounds):
+                pair = [(off, apps[0]), (on, apps[1])]
+                for times, app in pair if round_ % 2 == 0 else pair[::-1]:
+                    times.append(await app_cpu_us(app, headers, args.requests))
+        finally:
+            await runtime.js.delete_stream(settings.stream_name)
+    paired = sorted(b / a - 1 for a, b in zip(off, on, strict=True))
+    print(f"GET /api/devices over {args.devices} plugs, in-process, {args.requests} requests x {args.rounds} rounds: "
+          f"{min(on):.1f} us of CPU per request with rate limiting on against {min(off):.1f} us off (least of "
+          f"each): {min(on) / min(off) - 1:+.1%}; the rounds' own: median {paired[len(paired) // 2]:+.1%}, "
+          f"{paired[0]:+.1%} to {paired[-1]:+.1%}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--app", action="store_true", help="the whole app in-process, limiter on against off")
+    parser.add_argument("--devices", type=int, default=1000, help="plugs in the --app database (default 1000)")
     args = parser.parse_args()
     with scratch_database("wl_bench_limiter") as database_url:
-        asyncio.run(run(database_url, args))
+        if args.app:
+            if args.requests == parser.get_default("requests"):
+                args.requests = 1000
+            asyncio.run(run_app(database_url, args))
+        else:
+            asyncio.run(run(database_url, args))
 
 
 if __name__ == "__main__":
