@@ -22,7 +22,7 @@ import gc
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
 import msgspec
@@ -382,19 +382,26 @@ def open_shadow(
 
     Raises `ReplayBusy` if another rebuild or verify of one of them holds its replay lock."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for projector in projectors:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_REPLAY_LOCK, projector.name)
-            ).fetchone()
-            if not (row and row[0]):
-                raise ReplayBusy(f"a rebuild or verify of {projector.name} is already running")
-        shadow = Shadow(event_log, conn, projectors, schema, batch)
-        shadow.create()
         try:
-            yield shadow
+            for projector in projectors:
+                row = conn.execute(
+                    "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_REPLAY_LOCK, projector.name)
+                ).fetchone()
+                if not (row and row[0]):
+                    raise ReplayBusy(f"a rebuild or verify of {projector.name} is already running")
+            shadow = Shadow(event_log, conn, projectors, schema, batch)
+            shadow.create()
+            try:
+                yield shadow
+            finally:
+                if not conn.broken:
+                    shadow.drop()
         finally:
+            # Closing the connection lets go of the locks only once the server has ended its backend,
+            # which a busy server may do after the next replay already asked for them.
             if not conn.broken:
-                shadow.drop()
+                with suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock_all()")
 
 
 def chosen_projectors(engine: ReplayHost, names: Sequence[str]) -> list[Projector]:
