@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -79,14 +80,19 @@ def _strip_snapshot(outlets: tuple[OutletReading, ...], common: dict[str, Any]) 
     )
 
 
+_DIGITS = 6
+"""Decimals a strip's sums and means keep: below any meter's resolution, above float noise
+(outlets of 0.1 W and 0.2 W sum to 0.3 W, not 0.30000000000000004)."""
+
+
 def _sum(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
-    return sum(present) if present else None
+    return round(math.fsum(present), _DIGITS) if present else None
 
 
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+    return round(math.fsum(present) / len(present), _DIGITS) if present else None
 
 
 def snapshot_of(device: Device) -> DeviceSnapshot:
