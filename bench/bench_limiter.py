@@ -14,8 +14,8 @@ this is the figure to trust over `bench_reads`'s throughput difference.
 
 `--app` measures the limiter's share where it counts: the whole app (`create_app` over a runtime on a
 scratch database holding `--devices` plugs, NATS from NATS_URL) called in-process with an API key for
-`GET /api/devices`, once with rate limiting on (limits never reached) and once off, alternated for
-`--rounds` rounds; it prints the process CPU time per request of each (least of the rounds) and the
+`GET /api/devices`, once with rate limiting on (limits never reached) and once off, alternating every
+100 requests, for `--rounds` rounds of `--requests` each; it prints the process CPU time per request of each (least of the rounds) and the
 difference as a share, and the median of the rounds' own differences. In-process calls leave out the
 HTTP server's own work, so the share printed is an upper bound of what a served request pays.
 """
@@ -47,6 +47,9 @@ PRINCIPAL = Principal(kind="key", user_id=uuid.uuid4(), username="bench", role=R
                       permissions=frozenset(), key_id=KEY_ID)  # fmt: skip
 REQUEST_HEADERS = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"x-api-key", KEY.encode())]
 ANSWER_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"2"), (b"x-total-count", b"1000")]
+
+BATCH = 100
+"""Requests of one side between two switches in `--app`'s rounds."""
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -146,10 +149,15 @@ async def run_app(database_url: str, args: argparse.Namespace) -> None:
                 await app_cpu_us(app, headers, 200)
             off: list[float] = []
             on: list[float] = []
-            for round_ in range(args.rounds):
-                pair = [(off, apps[0]), (on, apps[1])]
-                for times, app in pair if round_ % 2 == 0 else pair[::-1]:
-                    times.append(await app_cpu_us(app, headers, args.requests))
+            batches = max(1, args.requests // BATCH)
+            for _ in range(args.rounds):
+                # Batches of the two alternate within a round, so a busy moment of the machine falls on both.
+                spent = [0.0, 0.0]
+                for batch in range(batches):
+                    for side in (0, 1) if batch % 2 == 0 else (1, 0):
+                        spent[side] += await app_cpu_us(apps[side], headers, BATCH)
+                off.append(spent[0] / batches)
+                on.append(spent[1] / batches)
         finally:
             await runtime.js.delete_stream(settings.stream_name)
     paired = sorted(b / a - 1 for a, b in zip(off, on, strict=True))
