@@ -60,19 +60,28 @@ async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"[]", "more_body": False})
 
 
-async def per_request_us(app: App, requests: int) -> float:
+def request_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An HTTP scope of `GET /api/devices` from a loopback client, as uvicorn gives it (without `state`)."""
+    return {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/api/devices",
+            "raw_path": b"/api/devices", "root_path": "", "query_string": b"", "headers": headers,
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "asgi": {"version": "3.0"}}  # fmt: skip
+
+
+async def per_request_us(
+    app: App, requests: int, scope: dict[str, Any] | None = None, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Microseconds by `clock` per call of `app` with `scope` (each with a fresh `state`), answered into nothing."""
     async def send(message: Any) -> None:
         pass
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    began = time.perf_counter()
+    template = scope or request_scope(REQUEST_HEADERS)
+    began = clock()
     for _ in range(requests):
-        scope = {"type": "http", "method": "GET", "path": "/api/devices", "headers": REQUEST_HEADERS,
-                 "client": ("127.0.0.1", 50000), "state": {}}  # fmt: skip
-        await app(scope, receive, send)
-    return (time.perf_counter() - began) / requests * 1e6
+        await app({**template, "state": {}}, receive, send)
+    return (clock() - began) / requests * 1e6
 
 
 async def run(database_url: str, args: argparse.Namespace) -> None:
@@ -80,7 +89,7 @@ async def run(database_url: str, args: argparse.Namespace) -> None:
     limits = RateLimits(ip=UNREACHED, user=UNREACHED, key=UNREACHED, login=UNREACHED, login_ip=UNREACHED)
     limiter = RateLimiter(answer, limits, counters, cors=None)  # type: ignore[arg-type]
     try:
-        await per_request_us(limiter, 100)  # the first request reads the database's clock
+        await per_request_us(limiter, 100)  # type: ignore[arg-type]  # the first request reads the database's clock
         bare: list[float] = []
         limited: list[float] = []
         for round_ in range(args.rounds):
@@ -94,42 +103,16 @@ async def run(database_url: str, args: argparse.Namespace) -> None:
           f"limiter against {min(bare):.1f} us without (best of each): the limiter adds {cost:.1f} us")  # fmt: skip
 
 
-async def app_cpu_us(app: App, headers: list[tuple[bytes, bytes]], requests: int) -> float:
-    """Process CPU microseconds per in-process `GET /api/devices` through the whole app."""
-    async def send(message: Any) -> None:
-        pass
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    began = time.process_time()
-    for _ in range(requests):
-        scope = {"type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "path": "/api/devices",
-                 "raw_path": b"/api/devices", "root_path": "", "query_string": b"", "headers": headers,
-                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {},
-                 "asgi": {"version": "3.0"}}  # fmt: skip
-        await app(scope, receive, send)
-    return (time.process_time() - began) / requests * 1e6
-
-
 async def run_app(database_url: str, args: argparse.Namespace) -> None:
-    import tempfile
-
     import msgspec
 
     from api.app import create_app
-    from bench.bench_reads import _read_key, free_port, serve, stop
+    from bench.bench_reads import _read_key, free_port, scratch_settings, serve, stop
     from bench.scratch import seed_fleet
     from infra.bootstrap import open_runtime
-    from infra.settings import Settings
 
     await asyncio.to_thread(seed_fleet, database_url, args.devices, 3, subnet=9)
-    tag = uuid.uuid4().hex[:10]
-    settings = Settings(
-        data_dir=Path(tempfile.mkdtemp(prefix="wl-bench-")), stream_name=f"WLB_{tag.upper()}",
-        subject_prefix=f"wlb{tag}", rate_limits=False, polling_interval=60,
-        rate_limit_ip=UNREACHED, rate_limit_user=UNREACHED, rate_limit_key=UNREACHED,
-    )  # fmt: skip
+    settings = scratch_settings()
     nats_url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
     async with open_runtime(settings, database_url, nats_url) as runtime:
         try:
@@ -144,9 +127,9 @@ async def run_app(database_url: str, args: argparse.Namespace) -> None:
                 key = (await _read_key(runtime, f"http://127.0.0.1:{port}"))["X-API-Key"]
             finally:
                 await stop(server, task)
-            headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"x-api-key", key.encode())]
+            scope = request_scope([(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"x-api-key", key.encode())])
             for app in apps:  # warm up; the limited app's first answer reads the database's clock
-                await app_cpu_us(app, headers, 200)
+                await per_request_us(app, 200, scope, time.process_time)
             off: list[float] = []
             on: list[float] = []
             batches = max(1, args.requests // BATCH)
@@ -155,7 +138,7 @@ async def run_app(database_url: str, args: argparse.Namespace) -> None:
                 spent = [0.0, 0.0]
                 for batch in range(batches):
                     for side in (0, 1) if batch % 2 == 0 else (1, 0):
-                        spent[side] += await app_cpu_us(apps[side], headers, BATCH)
+                        spent[side] += await per_request_us(apps[side], BATCH, scope, time.process_time)
                 off.append(spent[0] / batches)
                 on.append(spent[1] / batches)
         finally:

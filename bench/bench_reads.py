@@ -131,14 +131,20 @@ async def compare(label: str, url: str, args: argparse.Namespace, headers: dict[
     return rate
 
 
-async def run(database_url: str, args: argparse.Namespace) -> None:
-    events = await asyncio.to_thread(seed_fleet, database_url, args.devices, args.cycles, subnet=9)
+def scratch_settings() -> Settings:
+    """Settings of a runtime on a scratch database: its own stream, rate limiting off (limits never
+    reached once it is turned on)."""
     tag = uuid.uuid4().hex[:10]
-    settings = Settings(
+    return Settings(
         data_dir=Path(tempfile.mkdtemp(prefix="wl-bench-")), stream_name=f"WLB_{tag.upper()}",
         subject_prefix=f"wlb{tag}", rate_limits=False, polling_interval=60,
         rate_limit_ip=UNREACHED, rate_limit_user=UNREACHED, rate_limit_key=UNREACHED,
     )  # fmt: skip
+
+
+async def run(database_url: str, args: argparse.Namespace) -> None:
+    events = await asyncio.to_thread(seed_fleet, database_url, args.devices, args.cycles, subnet=9)
+    settings = scratch_settings()
     async with open_runtime(settings, database_url, args.nats_url) as runtime:
         await asyncio.to_thread(runtime.engine.catch_up_all)
         servers = []
