@@ -21,10 +21,8 @@ from domain.energy_handlers import EnergyHandlers, ImportReadings, SetRate
 from domain.imports import ImportedReading
 from projections.energy import BUCKETS, FLEET, HOURS, EnergyProjector
 from projections.engine import ProjectionEngine
-from tests.integration.test_energy_projection import T0, TIERS, batched, device, readings
+from tests.integration.test_energy_projection import LOW_TIERS, T0, device, import_late_shuffled_batches
 
-LOW_TIERS = {**TIERS, "rate_structure": {"tier1_limit": 0.3, "tier1_rate": 0.1, "tier2_limit": 0.9,
-                                         "tier2_rate": 0.2, "tier3_rate": 0.3}}  # fmt: skip
 ROLLED_UP = (
     "SELECT device_id, channel, date_bin('1 hour', start, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour, "
     "sum(wh)::text, sum(on_s)::text, min(power_min)::text, max(power_max)::text, sum(power_sum)::text, "
@@ -43,23 +41,9 @@ def test_every_hour_holds_its_buckets_rolled_up_in_sql_after_late_shuffled_batch
     ensure_events_schema(database_url)
     app = WattLedger(store_env(database_url))
     engine = ProjectionEngine(app, database_url, [EnergyProjector(EnergyRules.for_polling_interval(60))])
-    loop = asyncio.new_event_loop()
-    rng = random.Random(17)
     try:
         engine.setup()
-        plugs = [device(f"10.7.2.{n}") for n in range(3)]
-        app.save(*plugs)
-        handlers = EnergyHandlers(StoreUnitOfWork(app), SystemClock())
-        loop.run_until_complete(handlers.set_rate(SetRate(body=LOW_TIERS, actor="test")))
-        batches = [(plug.id, part) for plug in plugs for part in batched(readings(), rng.randint(20, 90))]
-        rng.shuffle(batches)
-        for n, (plug_id, part) in enumerate(batches):
-            if n == len(batches) // 2:
-                later = {**LOW_TIERS, "effective_from": (T0 + timedelta(hours=2)).isoformat(), "billing_cycle_day": 1}
-                loop.run_until_complete(handlers.set_rate(SetRate(body=later, actor="test")))
-            loop.run_until_complete(handlers.import_readings(
-                ImportReadings(device_id=plug_id, readings=tuple(part), actor="test")))  # fmt: skip
-            engine.catch_up("energy")
+        import_late_shuffled_batches(app, engine, "10.7.2", random.Random(17))
         with psycopg.connect(database_url) as conn:
             stored = conn.execute(STORED).fetchall()
             expected = conn.execute(ROLLED_UP).fetchall()
@@ -67,7 +51,6 @@ def test_every_hour_holds_its_buckets_rolled_up_in_sql_after_late_shuffled_batch
         assert any(row[-1] not in ("0", None) and "." in row[-1] for row in stored), "hours carry costs"
         assert stored == expected
     finally:
-        loop.close()
         engine.close()
         app.close()
 

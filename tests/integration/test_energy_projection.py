@@ -121,25 +121,9 @@ def test_repricing_only_what_late_batches_touch_equals_pricing_the_fleet_from_ze
     ensure_events_schema(database_url)
     app = WattLedger(store_env(database_url))
     engine = ProjectionEngine(app, database_url, [EnergyProjector(EnergyRules.for_polling_interval(60))])
-    loop = asyncio.new_event_loop()
-    rng = random.Random(seed)
     try:
         engine.setup()
-        plugs = [device(f"10.7.1.{n}") for n in range(3)]
-        app.save(*plugs)
-        handlers = EnergyHandlers(StoreUnitOfWork(app), SystemClock())
-        low = {**TIERS, "rate_structure": {"tier1_limit": 0.3, "tier1_rate": 0.1, "tier2_limit": 0.9,
-                                           "tier2_rate": 0.2, "tier3_rate": 0.3}}  # fmt: skip
-        loop.run_until_complete(handlers.set_rate(SetRate(body=low, actor="test")))
-        batches = [(plug.id, part) for plug in plugs for part in batched(readings(), rng.randint(20, 90))]
-        rng.shuffle(batches)
-        for n, (plug_id, part) in enumerate(batches):
-            if n == len(batches) // 2:
-                later = {**low, "effective_from": (T0 + timedelta(hours=2)).isoformat(), "billing_cycle_day": 1}
-                loop.run_until_complete(handlers.set_rate(SetRate(body=later, actor="test")))
-            loop.run_until_complete(handlers.import_readings(
-                ImportReadings(device_id=plug_id, readings=tuple(part), actor="test")))  # fmt: skip
-            engine.catch_up("energy")
+        import_late_shuffled_batches(app, engine, "10.7.1", random.Random(seed))
         with psycopg.connect(database_url) as conn:
             expected = from_zero_costs(conn)
             stored = {(d, c, s): cost for d, c, s, cost in
@@ -156,9 +140,35 @@ def test_repricing_only_what_late_batches_touch_equals_pricing_the_fleet_from_ze
         assert all(count == buckets for _, _, buckets, count in fleet)
         assert all(kwh == sums[s] for s, kwh, _, _ in fleet[:50])
     finally:
-        loop.close()
         engine.close()
         app.close()
+
+
+LOW_TIERS = {**TIERS, "rate_structure": {"tier1_limit": 0.3, "tier1_rate": 0.1, "tier2_limit": 0.9,
+                                         "tier2_rate": 0.2, "tier3_rate": 0.3}}  # fmt: skip
+"""Tiers low enough for six hours of three plugs to cross them many times."""
+
+
+def import_late_shuffled_batches(app: WattLedger, engine: ProjectionEngine, subnet: str, rng: random.Random) -> None:
+    """Three plugs (at `subnet`.0-2) import `readings()` in batches of random sizes, shuffled across plugs,
+    under LOW_TIERS, with a rate version reaching back two hours set halfway; each batch is projected."""
+    loop = asyncio.new_event_loop()
+    try:
+        plugs = [device(f"{subnet}.{n}") for n in range(3)]
+        app.save(*plugs)
+        handlers = EnergyHandlers(StoreUnitOfWork(app), SystemClock())
+        loop.run_until_complete(handlers.set_rate(SetRate(body=LOW_TIERS, actor="test")))
+        batches = [(plug.id, part) for plug in plugs for part in batched(readings(), rng.randint(20, 90))]
+        rng.shuffle(batches)
+        for n, (plug_id, part) in enumerate(batches):
+            if n == len(batches) // 2:
+                later = {**LOW_TIERS, "effective_from": (T0 + timedelta(hours=2)).isoformat(), "billing_cycle_day": 1}
+                loop.run_until_complete(handlers.set_rate(SetRate(body=later, actor="test")))
+            loop.run_until_complete(handlers.import_readings(
+                ImportReadings(device_id=plug_id, readings=tuple(part), actor="test")))  # fmt: skip
+            engine.catch_up("energy")
+    finally:
+        loop.close()
 
 
 def batched(items: list[ImportedReading], size: int) -> list[list[ImportedReading]]:
