@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -119,26 +118,10 @@ def _tightest(tallies: Sequence[Tally]) -> Tally | None:
         if (
             best is None
             or left < best_left
-            or (left == best_left and (
-                tally.resets_at > best.resets_at if tally.now is best.now
-                else tally.resets_at - tally.now > best.resets_at - best.now
-            ))
+            or (left == best_left and tally.resets_at - tally.now > best.resets_at - best.now)
         ):
             best, best_left = tally, left
     return best
-
-
-_RESETS: dict[datetime, bytes] = {}
-"""`X-RateLimit-Reset` values by the end of their window: a window labels every answer it counts."""
-
-
-def _reset_header(resets_at: datetime) -> bytes:
-    found = _RESETS.get(resets_at)
-    if found is None:
-        if len(_RESETS) >= REMEMBERED_CALLERS:
-            _RESETS.clear()
-        found = _RESETS[resets_at] = str(math.ceil(resets_at.timestamp())).encode()
-    return found
 
 
 _NUMBERS = [str(n).encode() for n in range(1024)]
@@ -480,5 +463,5 @@ class _Exchange:
         headers = list(message.get("headers") or ())
         headers.append((b"x-ratelimit-limit", _number(limit)))
         headers.append((b"x-ratelimit-remaining", _number(max(0, limit - (tightest.count or 0)))))
-        headers.append((b"x-ratelimit-reset", _reset_header(tightest.resets_at)))
+        headers.append((b"x-ratelimit-reset", str(math.ceil(tightest.resets_at.timestamp())).encode()))
         message["headers"] = headers
