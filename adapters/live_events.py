@@ -118,8 +118,10 @@ def seed_message(envelope: Envelope[dict[str, Any]], address: str | None) -> dic
         case ("device", "StateChanged"):
             return {
                 "event": "device_update", **head,
-                "data": {"is_on": data.get("is_on"), "outlet_index": data.get("outlet_index"),
-                         "timestamp": _iso(envelope.timestamp)},
+                # The seed's fields of every `device_update`: the power is not known at a switch
+                # (null); the next reading's update carries it.
+                "data": {"is_on": data.get("is_on"), "current_power_w": None,
+                         "outlet_index": data.get("outlet_index"), "timestamp": _iso(envelope.timestamp)},
             }  # fmt: skip
         case ("device", "WentOffline" | "CameOnline"):
             status = "offline" if envelope.event == "WentOffline" else "online"
