@@ -154,7 +154,8 @@ export async function showDevices(main) {
       badge.className = message.status;
     } else if (message.event === "device_update" && message.data) {
       const data = message.data;
-      if (data.current_power_w !== undefined) {
+      // A relay switch's update (it names `outlet_index`) does not know the power: the next reading says it.
+      if (data.current_power_w !== undefined && !("outlet_index" in data)) {
         article.querySelector('[data-role="power"]').textContent = watts(data.current_power_w);
         const plugRow = article.querySelector('li[data-outlet=""]');
         if (plugRow) plugRow.querySelector(".power").textContent = watts(data.current_power_w);
