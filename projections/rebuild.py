@@ -22,6 +22,7 @@ import gc
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from projections.checkpoints import Checkpoint, check, load, newest, verify_chai
 from projections.errors import ProjectionError
 from projections.quarantine import (
     QuarantineRow,
+    Section,
     apply_isolating,
     log_quarantine,
     read_section,
@@ -235,8 +237,10 @@ class Shadow:
         Returns the notifications it held: 0 at the end of the log."""
         section = read_section(self.event_log, self.position, self.batch, stop=until,
                                skip=undecoded_topics(self.projectors))  # fmt: skip
-        if section is None:
-            return 0
+        return 0 if section is None else self._apply(cur, section)
+
+    def _apply(self, cur: psycopg.Cursor[Any], section: Section) -> int:
+        """Apply `section`, read after this replay's position, to the shadow tables; the notifications it held."""
         with self._targeted(cur):
             for projector in self.projectors:
                 first = bisect_right(section.ids, self.starts.get(projector.name, 0))
@@ -253,16 +257,34 @@ class Shadow:
 
         It stops at the first section shorter than a full one (the head as it was then), so a
         log that keeps growing cannot keep it going; what was stored since is replayed by `swap`
-        or `compare` under the tracking locks."""
+        or `compare` under the tracking locks.
+
+        While a full section is applied, the next one is read and decoded in a worker thread, on a
+        connection of the event store's pool: the replay waits for PostgreSQL at every statement it
+        sends, and the thread takes the interpreter then. Its failure is raised here, where the
+        replay would have read that section itself; on the way out the thread is waited for (one
+        read at most), so nothing reads for a replay that has ended."""
         self._report(progress, "replay")
-        with eased_collector():
-            while True:
-                with self.conn.transaction(), self.conn.cursor() as cur:
-                    read = self._step(cur)
-                if read:
+        skip = undecoded_topics(self.projectors)
+        with eased_collector(), ThreadPoolExecutor(1, thread_name_prefix="wl-replay-read") as reader:
+            ahead: Future[Section | None] | None = reader.submit(
+                read_section, self.event_log, self.position, self.batch, None, skip
+            )
+            try:
+                while ahead is not None:
+                    section = ahead.result()
+                    if section is None:
+                        return
+                    full = len(section.ids) >= self.batch
+                    ahead = reader.submit(
+                        read_section, self.event_log, section.ids[-1], self.batch, None, skip
+                    ) if full else None  # fmt: skip
+                    with self.conn.transaction(), self.conn.cursor() as cur:
+                        self._apply(cur, section)
                     self._report(progress, "replay")
-                if read < self.batch:
-                    return
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
 
     def _lock_tracking(self, cur: psycopg.Cursor[Any]) -> dict[str, int]:
         """Lock the read models' tracking rows (in name order, so two replays cannot deadlock); their positions."""
