@@ -35,6 +35,7 @@ from uuid import UUID
 
 import msgspec
 import psycopg
+from msgspec.structs import astuple
 
 from domain.device import Device
 from domain.energy import DEVICE_CHANNEL, EnergyRules
@@ -244,7 +245,7 @@ class EnergyProjector:
         fresh, removed, spans = self._fold(cur, channels)
         if fresh or removed or repriced_from is not None:
             hours = self._price(cur, fresh, removed, repriced_from)
-            _copy_buckets(cur, BUCKETS, fresh)
+            BUCKETS.copy_in(cur, map(astuple, fresh))
             self._roll_hours(cur, fresh, removed, spans, hours)
 
     def _fold(self, cur: psycopg.Cursor[Any], channels: list[_Channel]) -> tuple[list[BucketRow], list[Removed], list[Span]]:
@@ -292,7 +293,7 @@ class EnergyProjector:
                 "AS n(d, c, a) WHERE r.device_id = n.d AND r.channel = n.c AND r.at = n.a",
                 (_joined(r[0] for r in rewritten), [r[1] for r in rewritten], _joined(r[2] for r in rewritten)),
             )
-        _copy(cur, READINGS, rows)
+        READINGS.copy_in(cur, rows)
         cur.execute(
             f"DELETE FROM {BUCKETS.name} b USING unnest({_ARRAY}::uuid[], %s::text[], {_ARRAY}::timestamptz[], "
             f"{_ARRAY}::timestamptz[]) AS n(d, c, s, u) WHERE b.device_id = n.d AND b.channel = n.c AND b.start >= n.s "
@@ -605,7 +606,7 @@ class EnergyProjector:
                  _joined(high for _, high in whole.values())),
             )  # fmt: skip
         self._hours(cur, others - summed.keys())
-        _copy_buckets(cur, HOURS, [_hour_row(key, parts) for key, parts in summed.items()])
+        HOURS.copy_in(cur, (astuple(_hour_row(key, parts)) for key, parts in summed.items()))
 
     def _hours(self, cur: psycopg.Cursor[Any], hours: set[tuple[UUID, str, datetime]]) -> None:
         """Roll the given (device, channel, hour) rows up again from their 5-minute buckets."""
@@ -628,85 +629,6 @@ class EnergyProjector:
             "AND start >= k.h AND start < k.h + interval '1 hour' ORDER BY start) AS b GROUP BY k.d, k.c, k.h",
             keys,
         )
-
-
-def _copy(cur: psycopg.Cursor[Any], table: Table[Any], rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert rows (in the table's column order) with COPY: several times faster than row-by-row inserts.
-
-    The rows are written as COPY's text lines here, each value spelled as psycopg's text dumpers spell it
-    (a bucket's UUID, channel and start repeat over thousands of rows and are spelled once); a value of
-    another type leaves its row to `write_row`."""
-    if not rows:
-        return
-    spelled: dict[object, str] = {}
-    lines: list[str] = []
-    with cur.copy(f"COPY {table.name} ({', '.join(table.columns)}) FROM STDIN") as copy:
-        for row in rows:
-            fields: list[str] = []
-            for value in row:
-                kind = type(value)
-                if kind is float:
-                    fields.append(repr(value))
-                elif value is None:
-                    fields.append("\\N")
-                elif kind is bool:
-                    fields.append("t" if value else "f")
-                elif kind is int:
-                    fields.append(str(value))
-                elif kind is Decimal:
-                    fields.append("NaN" if value.is_nan() else str(value))
-                elif kind is UUID or kind is str or kind is datetime:
-                    if (text := spelled.get(value)) is None:
-                        text = spelled[value] = _spelled(value)
-                    fields.append(text)
-                else:
-                    break
-            else:
-                lines.append("\t".join(fields))
-                continue
-            if lines:
-                copy.write("\n".join(lines) + "\n")
-                lines = []
-            copy.write_row(row)
-        if lines:
-            copy.write("\n".join(lines) + "\n")
-
-
-_NULL = "\\N"
-
-
-def _copy_buckets(cur: psycopg.Cursor[Any], table: Table[BucketRow], rows: Sequence[BucketRow]) -> None:
-    """`_copy` of bucket rows (5-minute or hourly), each line spelled straight from the row's fields exactly as
-    `_copy` spells them, the channel's key and each start once."""
-    if not rows:
-        return
-    heads: dict[tuple[UUID, str], str] = {}
-    starts: dict[datetime, str] = {}
-    lines: list[str] = []
-    for b in rows:
-        if (head := heads.get(key := (b.device_id, b.channel))) is None:
-            head = heads[key] = f"{_spelled(b.device_id)}\t{_spelled(b.channel)}\t"
-        if (start := starts.get(b.start)) is None:
-            start = starts[b.start] = _spelled(b.start)
-        low = _NULL if b.power_min is None else repr(b.power_min)
-        high = _NULL if b.power_max is None else repr(b.power_max)
-        cost = "NaN" if b.cost.is_nan() else str(b.cost)
-        lines.append(
-            f"{head}{start}\t{b.wh!r}\t{b.on_s!r}\t{low}\t{high}\t{b.power_sum!r}\t{b.count}\t"
-            f"{'t' if b.gap else 'f'}\t{cost}"
-        )
-    with cur.copy(f"COPY {table.name} ({', '.join(table.columns)}) FROM STDIN") as copy:
-        copy.write("\n".join(lines) + "\n")
-
-
-_ESCAPED = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _spelled(value: object) -> str:
-    """A UUID, text or timestamp as a COPY text field."""
-    if isinstance(value, datetime):
-        return _iso(value)
-    return str(value).translate(_ESCAPED)
 
 
 _ARRAY = "string_to_array(%s, ',', '')"

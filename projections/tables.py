@@ -121,6 +121,7 @@ class Table(Generic[R]):
         self.columns = tuple(f.name for f in info.fields)
         types = {f.name: _column_type(f) for f in info.fields}
         self._json = frozenset(name for name, sql_type in types.items() if sql_type.startswith("jsonb"))
+        self._copy_types = tuple(types[c].removesuffix(" NOT NULL") for c in self.columns)
         constraints = [f"PRIMARY KEY ({key})"] + [f"UNIQUE ({column})" for column in unique]
         self._body = " (\n    " + ",\n    ".join([f"{c} {types[c]}" for c in self.columns] + constraints) + "\n)"
         self._indexes = tuple(indexes)
@@ -183,11 +184,22 @@ class Table(Generic[R]):
         staging = f"pg_temp.wl_staging_{self.bare}"
         columns = ", ".join(self.columns)
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {self.name}) ON COMMIT DROP")
-        with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        self._copy_into(cur, staging, rows)
         cur.execute(f"INSERT INTO {self.name} ({columns}) SELECT {columns} FROM {staging}{self._conflict}")
         cur.execute(f"TRUNCATE {staging}")
+
+    def copy_in(self, cur: psycopg.Cursor[Any], rows: Iterable[tuple[Any, ...]]) -> None:
+        """Insert rows (tuples in column order, json columns wrapped as `values` wraps them) with a binary COPY.
+
+        Numbers and times travel as the server stores them, so neither side spells or parses them as text
+        (for a float, the larger part of a text COPY's cost on both sides); the stored values are the same."""
+        self._copy_into(cur, self.name, rows)
+
+    def _copy_into(self, cur: psycopg.Cursor[Any], target: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        with cur.copy(f"COPY {target} ({', '.join(self.columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(self._copy_types)
+            for row in rows:
+                copy.write_row(row)
 
     def values(self, row: R) -> tuple[Any, ...]:
         """The parameters of `upsert` for one row."""
