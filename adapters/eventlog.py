@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from adapters.errors import AdapterError
 from adapters.eventstore import EVENTS_SCHEMA, WattLedger
+from adapters.stored_form import CompactMapper
 
 __all__ = ["EventLog", "Logged", "StoreNotEmpty"]
 
@@ -78,7 +79,10 @@ class EventLog:
 
     def decode_all(self, notifications: Sequence[Notification]) -> list[DomainEventProtocol[UUID]]:
         """The domain events of `notifications`, in their order. Raises at the first that does not decode."""
-        decode = self._app.mapper.to_domain_event
+        mapper = self._app.mapper
+        if isinstance(mapper, CompactMapper):  # decodes a section's events together, faster
+            return mapper.to_domain_events(notifications)
+        decode = mapper.to_domain_event
         return [decode(n) for n in notifications]
 
     @property

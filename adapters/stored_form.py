@@ -21,13 +21,14 @@ import struct
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 from uuid import UUID
 
 import msgspec
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, find_id_convertor
+from eventsourcing.utils import get_topic, resolve_topic
 
 from domain.meter import MeterDay
 
@@ -235,3 +236,44 @@ class CompactMapper(Mapper[UUID]):
             state=self.transcoder.encode_fields(state),
         )
 
+    def to_domain_events(self, stored_events: Sequence[StoredEvent]) -> list[DomainEventProtocol[UUID]]:
+        """`to_domain_event` of each of `stored_events`, in their order: the same events, made faster.
+
+        A log's section holds a few topics thousands of times, so each topic's class, class version
+        and id conversion are looked up once here rather than for every event. A stored event that
+        needs more (a cipher, a compressor, an upcast) and any failure take `to_domain_event`, which
+        raises what it always raised; so do all of them when this mapper's `to_domain_event` was
+        replaced (as a test replaces it to make an event undecodable)."""
+        if self.cipher or self.compressor or "to_domain_event" in vars(self):
+            return [self.to_domain_event(s) for s in stored_events]
+        decode = self.transcoder.decode
+        kinds: dict[tuple[str, type], tuple[type, Callable[[Any], Any]] | None] = {}
+        events: list[DomainEventProtocol[UUID]] = []
+        append, new, assign = events.append, object.__new__, object.__setattr__
+        try:
+            for stored in stored_events:
+                originator_id = stored.originator_id
+                id_type: Any = type(originator_id)
+                kind = kinds.get((stored.topic, id_type), _UNSEEN)
+                if kind is _UNSEEN:
+                    cls = resolve_topic(stored.topic)
+                    plain = getattr(cls, "class_version", 1) == 1
+                    kind = kinds[stored.topic, id_type] = (cls, find_id_convertor(cls, id_type)) if plain else None
+                if kind is None:
+                    append(self.to_domain_event(stored))
+                    continue
+                state = decode(stored.state)
+                if "class_version" in state:  # stored by a class that had versions: the library pops it
+                    append(self.to_domain_event(stored))
+                    continue
+                state["originator_id"] = kind[1](originator_id)
+                state["originator_version"] = stored.originator_version
+                event = new(kind[0])
+                assign(event, "__dict__", state)
+                append(event)
+        except Exception:
+            return [self.to_domain_event(s) for s in stored_events]
+        return events
+
+
+_UNSEEN: Final[Any] = object()
