@@ -152,50 +152,18 @@ def rollup(
     step = _STEP
     first_index = -((EPOCH - since) // BUCKET)
     buckets: dict[int, Bucket] = {}
-    moments: dict[datetime, int] = {}
-
-    def micros(moment: datetime) -> int:
-        known = moments.get(moment)
-        if known is None:
-            known = moments[moment] = (moment - EPOCH) // _MICROSECOND
-        return known
-
-    def at(index: int) -> Bucket:
-        bucket = buckets.get(index)
-        if bucket is None:
-            bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
-        return bucket
-
     found = buckets.get
-    for interval in intervals:
-        low, high, wh = micros(interval.start), micros(interval.end), interval.wh
-        index = low // step
-        edge = (index + 1) * step
-        if edge >= high:
-            if index >= first_index:
-                at(index).wh += wh
-            continue
-        left = wh
-        length = (high - low) / 1_000_000
-        while edge < high:
-            overlap = (min(high, edge) - max(low, edge - step)) / 1_000_000
-            part = wh * overlap / length if overlap > 0 else 0.0
-            if index >= first_index:
-                if (bucket := found(index)) is None:
-                    bucket = at(index)
-                bucket.wh += part
-            left -= part
-            index += 1
-            edge += step
-        if index >= first_index:
-            at(index).wh += max(left, 0.0)
+    moments: dict[datetime, int] = {}
     max_gap = rules.max_gap // _MICROSECOND
-    previous: Folded | None = None
-    for after in folded:
-        if previous is not None:
-            low, high = micros(previous.reading.at), micros(after.reading.at)
+    low: int | None = None
+    # One pass over the readings: each one's bucket counts it and its power, and the time since the reading
+    # before is the on-time (and the gap) of the buckets in between. Each sum is added in reading order.
+    for item in folded:
+        reading = item.reading
+        high = moments[reading.at] = (reading.at - EPOCH) // _MICROSECOND
+        if low is not None:
             gap = high - low > max_gap
-            on = after.reading.is_on and not gap
+            on = reading.is_on and not gap
             index = low // step
             edge = index * step
             while edge < high:
@@ -204,25 +172,54 @@ def rollup(
                     seconds = (min(high, index_end) - max(low, edge)) / 1_000_000
                     if seconds > 0:
                         if (bucket := found(index)) is None:
-                            bucket = at(index)
+                            bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
                         bucket.gap = bucket.gap or gap
                         if on:
                             bucket.on_s += seconds
                 index += 1
                 edge = index_end
-        previous = after
-    for item in folded:
-        reading = item.reading
-        index = micros(reading.at) // step
+        low = high
+        index = high // step
         if index < first_index:
             continue
-        bucket = at(index)
+        if (bucket := found(index)) is None:
+            bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
         bucket.count += 1
-        if reading.power_w is not None:
-            power = reading.power_w
+        if (power := reading.power_w) is not None:
             bucket.power_sum += power
             bucket.power_min = power if bucket.power_min is None else min(bucket.power_min, power)
             bucket.power_max = power if bucket.power_max is None else max(bucket.power_max, power)
+    # Then each interval's energy, split over the buckets it spans in proportion to time.
+    for interval in intervals:
+        if (begin := moments.get(interval.start)) is None:
+            begin = moments[interval.start] = (interval.start - EPOCH) // _MICROSECOND
+        if (end := moments.get(interval.end)) is None:
+            end = moments[interval.end] = (interval.end - EPOCH) // _MICROSECOND
+        wh = interval.wh
+        index = begin // step
+        edge = (index + 1) * step
+        if edge >= end:
+            if index >= first_index:
+                if (bucket := found(index)) is None:
+                    bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+                bucket.wh += wh
+            continue
+        left = wh
+        length = (end - begin) / 1_000_000
+        while edge < end:
+            overlap = (min(end, edge) - max(begin, edge - step)) / 1_000_000
+            part = wh * overlap / length if overlap > 0 else 0.0
+            if index >= first_index:
+                if (bucket := found(index)) is None:
+                    bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+                bucket.wh += part
+            left -= part
+            index += 1
+            edge += step
+        if index >= first_index:
+            if (bucket := found(index)) is None:
+                bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+            bucket.wh += max(left, 0.0)
     return {buckets[i].start: buckets[i] for i in sorted(buckets)}
 
 
