@@ -184,7 +184,9 @@ class Table(Generic[R]):
         staging = f"pg_temp.wl_staging_{self.bare}"
         columns = ", ".join(self.columns)
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {self.name}) ON COMMIT DROP")
-        self._copy_into(cur, staging, rows)
+        with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
         cur.execute(f"INSERT INTO {self.name} ({columns}) SELECT {columns} FROM {staging}{self._conflict}")
         cur.execute(f"TRUNCATE {staging}")
 
@@ -192,11 +194,12 @@ class Table(Generic[R]):
         """Insert rows (tuples in column order, json columns wrapped as `values` wraps them) with a binary COPY.
 
         Numbers and times travel as the server stores them, so neither side spells or parses them as text
-        (for a float, the larger part of a text COPY's cost on both sides); the stored values are the same."""
-        self._copy_into(cur, self.name, rows)
-
-    def _copy_into(self, cur: psycopg.Cursor[Any], target: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        with cur.copy(f"COPY {target} ({', '.join(self.columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        (for a float, the larger part of a text COPY's cost on both sides); the stored values are the same.
+        Each value must be of its column's declared type (a UUID, an aware datetime, text as str): unlike a
+        text COPY, nothing is converted, and a value of another type raises (`TypeError`, `AttributeError`)
+        and the COPY stores nothing. `write` keeps the text COPY for that reason: its rows come from every
+        read model, some built in code that may hold a UUID's text."""
+        with cur.copy(f"COPY {self.name} ({', '.join(self.columns)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(self._copy_types)
             for row in rows:
                 copy.write_row(row)

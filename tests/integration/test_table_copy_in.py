@@ -1,4 +1,5 @@
-"""`Table.copy_in` (a binary COPY) stores exactly what `Table.upsert` row by row stores, value for value."""
+"""`Table.copy_in` (a binary COPY) and `Table.write` (a text COPY into a staging table) store exactly what
+`Table.upsert` row by row stores, value for value."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def test_energy_rows_copied_in_read_back_as_upserted(database_url: str) -> None:
         assert copied
 
 
-def test_write_of_many_rows_copies_them_in_and_stores_what_upsert_stores(database_url: str) -> None:
+def test_write_of_many_rows_stores_what_upsert_stores(database_url: str) -> None:
     many = [msgspec.structs.replace(r, key=r.key + 1000 * n) for n in range(2) for r in mixed_rows()]
     assert len(many) >= COPY_FROM
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
