@@ -31,12 +31,14 @@ carries it) to compare with.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Literal, cast
 from uuid import UUID
 
 import msgspec
 import psycopg
+from eventsourcing.persistence import Notification
 
 from adapters.history import EVENTS_TABLE, StoredRecord, iter_records, records_for_events
 from projections.quarantine import EVERY_EVENT, notifications_of
@@ -121,36 +123,69 @@ class ChainProjector:
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         held = notifications_of(events)
-        records = records_for_events(cur, events) if held is None else [
-            StoredRecord(n.id, cast(UUID, n.originator_id), n.originator_version, n.topic, bytes(n.state))
-            for n in held
-        ]  # fmt: skip
+        if held is None:
+            held = [r.notification() for r in records_for_events(cur, events)]
         cur.execute(f"{CHAIN.select} ORDER BY link DESC LIMIT 1")
         newest = cur.fetchone()
-        row = CHAIN.decode(newest) if newest else None
-        position, previous = (row.position, bytes.fromhex(row.hash)) if row else (0, GENESIS)
-        # Each touched link is folded as (positions mask, hash prefixes) and written as one row.
-        links: dict[int, tuple[int, list[str]]] = {}
-        if row is not None:
-            links[row.link] = (int(row.present, 16), [row.prefixes])
-        ends: dict[int, tuple[int, bytes]] = {}
-        for record in records:
-            if record.notification_id <= position:
-                continue
-            previous = link(previous, record)
-            position = record.notification_id
-            span = _span(position)
-            mask, prefixes = links.get(span) or links.setdefault(span, (0, []))
-            links[span] = (mask | 1 << (position - 1 - span * LINK_SPAN), prefixes)
-            prefixes.append(previous[:PREFIX].hex())
-            ends[span] = (position, previous)
-        touched = {
-            span: ChainRow(link=span, position=end, hash=digest.hex(), present=format(links[span][0], "x"),
-                           prefixes="".join(links[span][1]))
-            for span, (end, digest) in ends.items()
-        }  # fmt: skip
+        touched = chained(CHAIN.decode(newest) if newest else None, held)
         if touched:
-            CHAIN.write(cur, [CHAIN.values(r) for r in touched.values()])
+            CHAIN.write(cur, [CHAIN.values(r) for r in touched])
+
+
+_POSITIONS = struct.Struct(">Qq")
+
+
+def _framed(topic: str) -> bytes:
+    encoded = topic.encode()
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+def chained(newest: ChainRow | None, notifications: Iterable[Notification]) -> list[ChainRow]:
+    """The links that chaining `notifications` (in log order) after the chain's newest link `newest`
+    writes: that link extended, and the links after it.
+
+    Notifications at or before the chain's head are skipped. Each hash is `link`'s, with the
+    record's encoding (`encode_record`) built here in one join, each topic framed once; the hash
+    prefixes of a link are gathered as bytes and spelled in hex once."""
+    position, previous = (newest.position, bytes.fromhex(newest.hash)) if newest else (0, GENESIS)
+    touched: list[ChainRow] = []
+    span, mask, prefixes, end, head = -1, 0, bytearray(), 0, GENESIS
+    topics: dict[str, bytes] = {}
+    pack, sha256, join = _POSITIONS.pack, hashlib.sha256, b"".join
+    for notification in notifications:
+        notification_id, version, topic, state = (notification.id, notification.originator_version,
+                                                  notification.topic, notification.state)  # fmt: skip
+        if notification_id <= position:
+            continue
+        framed = topics.get(topic)
+        if framed is None:
+            framed = topics[topic] = _framed(topic)
+        try:
+            positions = pack(notification_id, version)
+        except struct.error:  # out of range: encode_record's own error
+            positions = notification_id.to_bytes(8, "big") + version.to_bytes(8, "big", signed=True)
+        originator_id = cast(UUID, notification.originator_id)
+        previous = sha256(join((previous, positions, originator_id.bytes, framed, len(state).to_bytes(8, "big"),
+                                state))).digest()  # fmt: skip
+        position = notification_id
+        if (position - 1) // LINK_SPAN != span:
+            if end:
+                touched.append(_link_row(span, end, head, mask, prefixes))
+            span = _span(position)
+            if newest is not None and newest.link == span:
+                mask, prefixes = int(newest.present, 16), bytearray.fromhex(newest.prefixes)
+            else:
+                mask, prefixes = 0, bytearray()
+        mask |= 1 << (position - 1 - span * LINK_SPAN)
+        prefixes += previous[:PREFIX]
+        end, head = position, previous
+    if end:
+        touched.append(_link_row(span, end, head, mask, prefixes))
+    return touched
+
+
+def _link_row(span: int, end: int, head: bytes, mask: int, prefixes: bytearray) -> ChainRow:
+    return ChainRow(link=span, position=end, hash=head.hex(), present=format(mask, "x"), prefixes=prefixes.hex())
 
 
 class ChainHead(msgspec.Struct, frozen=True, kw_only=True):
