@@ -85,6 +85,19 @@ class LocalCalendar:
     def __init__(self, zone: ZoneInfo) -> None:
         self.zone = zone
         self._latest: dict[Unit, Period] = {}
+        self._days: tuple[Period, Period] | None = None
+
+    def day_and_month(self, moment: datetime) -> tuple[Period, Period]:
+        """The local day and the local month that contain `moment`.
+
+        A local day lies inside its month (both start at a local midnight), so
+        while moments stay in one day both are the ones of the moment before.
+        """
+        days = self._days
+        if days is not None and days[0].start <= moment < days[0].end:
+            return days
+        days = self._days = (self.period(moment, "day"), self.period(moment, "month"))
+        return days
 
     def period(self, moment: datetime, unit: Unit) -> Period:
         """The local day or month that contains `moment`."""

@@ -22,9 +22,9 @@ The rules, per channel:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from math import isfinite
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -135,10 +135,6 @@ def fold(
     return state, intervals
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def _channel_step(
     before: Channel | None, sample: Sample, at: datetime, rules: EnergyRules
 ) -> tuple[Channel, Interval | None]:
@@ -151,37 +147,92 @@ def channel_step(
 ) -> tuple[Channel, Interval | None]:
     """Fold one channel's measurement at `at` into its last reading (`before`, None: the meter's first or
     another meter's); `step` does this for each sample of a reading."""
-    counter = _finite(total_wh)
-    counter = counter if counter is None or counter >= 0 else None
-    power = _finite(power_w)
+    # Only finite measurements count (and no negative counter).
+    counter = total_wh if total_wh is not None and isfinite(total_wh) and total_wh >= 0 else None
+    power = power_w if power_w is not None and isfinite(power_w) else None
     if before is None:
         return Channel(at=at, power_w=power, counted_wh=counter), None
-    seconds = (at - before.at).total_seconds()
-    if counter is not None and before.counted_wh is not None:
-        counted, wh = _counted(before.counted_wh, counter, seconds, rules)
-        return Channel(at=at, power_w=power, counted_wh=counted), Interval(
-            channel=channel, start=before.at, end=at, wh=wh
-        )
-    after = Channel(at=at, power_w=power, counted_wh=counter)
+    counted, wh = _measured(before.at, before.power_w, before.counted_wh, at, power, counter, rules)
+    after = Channel(at=at, power_w=power, counted_wh=counted)
+    return after, None if wh is None else Interval(channel=channel, start=before.at, end=at, wh=wh)
+
+
+def _measured(
+    since: datetime, power_before: float | None, counted_before: float | None, at: datetime, power: float | None,
+    counter: float | None, rules: EnergyRules,
+) -> tuple[float | None, float | None]:
+    """(counter value counted up to, energy used over [since, at) or None) for a channel last read at `since`
+    and read again at `at`; `power` finite, `counter` finite and not negative, or None."""
+    seconds = (at - since).total_seconds()
+    if counter is not None and counted_before is not None:
+        # The counter's rise since its high, all of it counted if plausible; a fall by more than
+        # `reset_drop` is a reset (the new value is what was used since); a smaller dip is jitter.
+        high = counted_before
+        plausible = rules.max_power_w * seconds / 3600 + rules.resolution_wh
+        if counter >= high:
+            rise = counter - high
+            return counter, rise if rise <= plausible else 0.0
+        if counter < high * (1 - rules.reset_drop):
+            return counter, counter if counter <= plausible else 0.0
+        return high, 0.0
     if seconds >= rules.max_gap.total_seconds():
-        return after, None
-    known = [p for p in (before.power_w, power) if p is not None]
+        return counter, None
+    known = [p for p in (power_before, power) if p is not None]
     if not known:
-        return after, None
+        return counter, None
     watts = min(max(sum(known) / len(known), 0.0), rules.max_power_w)
-    wh = watts * seconds / 3600
-    return after, Interval(channel=channel, start=before.at, end=at, wh=wh)
+    return counter, watts * seconds / 3600
 
 
-def _counted(high: float, counter: float, seconds: float, rules: EnergyRules) -> tuple[float, float]:
-    """(counter value counted up to, energy counted) for a counter read `seconds` after its high."""
-    plausible = rules.max_power_w * seconds / 3600 + rules.resolution_wh
-    if counter >= high:
-        rise = counter - high
-        return counter, rise if rise <= plausible else 0.0
-    if counter < high * (1 - rules.reset_drop):
-        return counter, counter if counter <= plausible else 0.0
-    return high, 0.0
+class DeviceFold:
+    """`step` over one meter's plug readings (one sample each, on `DEVICE_CHANNEL`) in turn, the state
+    kept in plain attributes between them.
+
+    A replay folds a plug's readings one after another; building a `Reading`, a
+    `MeterState`, its channels and an `Interval` for each costs more than the
+    arithmetic. This gives, reading by reading, the energy `step` would close, and at
+    the end (`state`) the state it would leave: the same values, computed alike.
+    """
+
+    __slots__ = ("meter", "at", "_state", "_channels", "_since", "_power_w", "_counted_wh", "_rules", "_moved")
+
+    def __init__(self, state: MeterState | None, meter: str, rules: EnergyRules) -> None:
+        self.meter = meter
+        self._state, self._rules, self._moved = state, rules, False
+        same = state is not None and state.meter == meter
+        self.at: datetime | None = state.at if state is not None and same else None
+        """The meter's latest reading folded: a reading not newer changes nothing."""
+        self._channels = state.channels if state is not None and same else {}
+        last = self._channels.get(DEVICE_CHANNEL)
+        self._since = None if last is None else last.at
+        self._power_w = None if last is None else last.power_w
+        self._counted_wh = None if last is None else last.counted_wh
+
+    def add(self, at: datetime, power_w: float | None, total_wh: float | None) -> tuple[datetime, float] | None:
+        """Fold one reading; the (start, energy) of the interval it closes (it ends at `at`) as `step` gives it,
+        or None where `step` closes none."""
+        if self.at is not None and at <= self.at:
+            return None
+        self.at, self._moved = at, True
+        # Only finite measurements count (and no negative counter), as in `channel_step`.
+        counter = total_wh if total_wh is not None and isfinite(total_wh) and total_wh >= 0 else None
+        power = power_w if power_w is not None and isfinite(power_w) else None
+        since = self._since
+        if since is None:
+            self._since, self._power_w, self._counted_wh = at, power, counter
+            return None
+        self._counted_wh, wh = _measured(since, self._power_w, self._counted_wh, at, power, counter, self._rules)
+        self._since, self._power_w = at, power
+        return None if wh is None else (since, wh)
+
+    def state(self) -> MeterState | None:
+        """The state the readings folded so far leave (the one given, unchanged, if they changed nothing)."""
+        if not self._moved:
+            return self._state
+        assert self.at is not None and self._since is not None  # set by the first reading folded
+        channels = dict(self._channels)
+        channels[DEVICE_CHANNEL] = Channel(at=self._since, power_w=self._power_w, counted_wh=self._counted_wh)
+        return MeterState(meter=self.meter, at=self.at, channels=channels)
 
 
 def share_within(start: datetime, end: datetime, wh: float, window_start: datetime, window_end: datetime) -> float:

@@ -17,7 +17,7 @@ concern, so the alerts part finds what is left to record and to deliver here, af
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
@@ -29,15 +29,19 @@ from psycopg.rows import tuple_row
 
 from domain.alert import Alert, AlertDelivery, AlertRule, AlertTicks, PartHealth, alert_id
 from domain.alert_rules import DEVICE_KINDS, DeviceFacts, Hold, RuleSpec, condition, judge
-from domain.calendar import LocalCalendar
+from domain.calendar import LocalCalendar, Period
 from domain.device import Device
-from domain.energy import EnergyRules, Share, reading_of, split, step
+from domain.energy import DEVICE_CHANNEL, DeviceFold, EnergyRules, Interval, Share, reading_of, split, step
 from domain.meter import MeterDay
 from domain.rates import RateVersion, Tariff, in_force, unit_price, version_of
 from projections.tables import READ_SCHEMA, Table
 
 ALERTS_SCHEMA = READ_SCHEMA
 STATE_KEY = "alerts"
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+_LATEST = datetime.max.replace(tzinfo=timezone.utc)
+_COSTS = 4096
+"""Costs of energies a batch remembers at one price (see `_Batch.cost`)."""
 
 
 class RuleRow(msgspec.Struct, kw_only=True):
@@ -148,7 +152,8 @@ class _Batch:
         others = [e for e in events if type(e) is not reading]  # readings are nearly every event
         wanted_rules = {e.originator_id for e in others if isinstance(e, AlertRule.Event)} - set(self.rules)
         self.rules.update(RULES.load(cur, wanted_rules))
-        devices = {e.device_id for e in events if type(e) is reading}
+        # Readings find their facts by the device id's int: a UUID hashes in Python code, an int in C.
+        devices = set({e.device_id.int: e.device_id for e in events if type(e) is reading}.values())
         devices |= {d for e in others if (d := _device_of(e)) is not None}
         devices |= {r.device_id for r in self.rules.values() if r.device_id is not None}
         self.facts = FACTS.take(cur, devices)
@@ -161,8 +166,87 @@ class _Batch:
         cur.execute(f"{DELIVERIES.select} WHERE alert_id = ANY(%s)", (list(touched),))
         self.deliveries = {row.delivery_id: row for row in map(DELIVERIES.decode, cur.fetchall())}
         self.changed: dict[str, set[Any]] = {"rules": set(), "facts": set(), "alerts": set(), "deliveries": set()}
+        self._folds: dict[int, tuple[DeviceFacts, DeviceFold]] = {}
+        self._facts_by_int: dict[int, DeviceFacts] = {}
+        self._watching: dict[UUID, list[RuleRow]] | None = None
+        self._priced: tuple[int, datetime, datetime, Decimal] | None = None
+        self._costs: dict[float | str, Decimal] = {}
+        self._costs_at: Decimal | None = None
+
+    def facts_of(self, device_id: UUID) -> DeviceFacts | None:
+        """`facts.get(device_id)`, by the id's int (the facts of a device stay the same object in a batch)."""
+        found = self._facts_by_int.get(device_id.int)
+        if found is None and (found := self.facts.get(device_id)) is not None:
+            self._facts_by_int[device_id.int] = found
+        return found
+
+    def fold(self, facts: DeviceFacts, rules: EnergyRules) -> tuple[DeviceFold, bool]:
+        """The fold of the plug readings of the device's meter (by the facts' identity), and whether it is new.
+
+        While it folds, `facts.meter` is behind: `settle` brings it up to date, before a
+        strip's reading folds it by `step` and before the batch is written."""
+        entry = self._folds.get(id(facts))
+        if entry is not None and entry[1].meter == facts.mac:
+            return entry[1], False
+        self.settle(facts)
+        fold = DeviceFold(facts.meter, facts.mac, rules)
+        self._folds[id(facts)] = (facts, fold)
+        return fold, True
+
+    def settle(self, facts: DeviceFacts) -> None:
+        if (entry := self._folds.pop(id(facts), None)) is not None:
+            facts.meter = entry[1].state()
+
+    def watching(self, device_id: UUID) -> list[RuleRow]:
+        """The rules of the device, in the order of `rules` (a rule's device never changes)."""
+        if self._watching is None:
+            self._watching = {}
+            for row in self.rules.values():
+                if row.device_id is not None:
+                    self._watching.setdefault(row.device_id, []).append(row)
+        return self._watching.get(device_id, [])
+
+    def rule_added(self, row: RuleRow) -> None:
+        self.rules[row.rule_id] = row
+        self._watching = None
+
+    def price(self, moment: datetime) -> Decimal:
+        """`_price` of the tariff's versions so far at `moment`.
+
+        Readings come in time order: the answer is remembered with the span over which the
+        version in force stays the same, unless its price changes by the hour (time of use)."""
+        rates = self.state.rates
+        priced = self._priced
+        if priced is not None and priced[0] == len(rates) and priced[1] <= moment < priced[2]:
+            return priced[3]
+        price = _price(rates, moment)
+        rate = in_force(rates, moment)
+        if rate is None or rate.rate_type in ("simple", "tiered"):
+            since = _EARLIEST if rate is None else rate.effective_from
+            until = min((v.effective_from for v in rates if v.effective_from > moment), default=_LATEST)
+            self._priced = (len(rates), since, until, price)
+        return price
+
+    def cost(self, wh: float, start: datetime) -> Decimal:
+        """`Decimal(str(wh)) / 1000 * price`: the cost of `wh` used from `start` at the price then.
+
+        Energies repeat (a counter rises by whole steps), so the costs at one price are
+        remembered, as long as the price stays (and up to `_COSTS` of them)."""
+        price = self.price(start)
+        if price is not self._costs_at:
+            self._costs, self._costs_at = {}, price
+        key: float | str = wh if wh else str(wh)  # 0.0 and -0.0: equal floats, different decimals
+        cost = self._costs.get(key)
+        if cost is None:
+            if len(self._costs) >= _COSTS:
+                self._costs.clear()
+            cost = self._costs[key] = Decimal(str(wh)) / 1000 * price
+        return cost
 
     def write(self, cur: psycopg.Cursor[Any]) -> None:
+        for facts, fold in self._folds.values():
+            facts.meter = fold.state()
+        self._folds.clear()
         cur.execute(STATE.upsert, STATE.values(self.state))
         _write(cur, RULES, self.rules, self.changed["rules"])
         _write(cur, FACTS, self.facts, self.changed["facts"])
@@ -216,7 +300,7 @@ class AlertsProjector:
                     threshold=event.threshold, for_s=event.for_s, part=event.part, enabled=event.enabled,
                     targets=event.targets, created_at=event.timestamp, updated_at=event.timestamp, actor=event.actor,
                 )  # fmt: skip
-                batch.rules[row.rule_id] = row
+                batch.rule_added(row)
                 batch.changed["rules"].add(row.rule_id)
                 if state.now is not None:
                     self._judge(batch, row, state.now)
@@ -300,16 +384,44 @@ class AlertsProjector:
                     self._settle(batch, owner)
 
     def _reading(self, batch: _Batch, event: MeterDay.ReadingRecorded) -> None:
-        now = self._advance(batch, event.measured_at)
-        facts = batch.facts.get(event.device_id)
-        if facts is None or (facts.power_at is not None and event.measured_at <= facts.power_at):
-            return
         at = event.measured_at
-        facts.meter, intervals = step(facts.meter, reading_of(event, facts.mac), self.energy_rules)
+        state = batch.state
+        if (now := state.now) is None or at > now:  # `_advance`, written out: this runs for every reading
+            state.now = now = at
+        facts = batch.facts_of(event.device_id)
+        if facts is None or (facts.power_at is not None and at <= facts.power_at):
+            return
         period = self.calendar.period(at, "day")
+        if facts.day != period.label:
+            facts.day, facts.day_wh, facts.day_cost = period.label, 0.0, Decimal(0)
+        if event.outlets:
+            batch.settle(facts)
+            facts.meter, intervals = step(facts.meter, reading_of(event, facts.mac), self.energy_rules)
+            self._count(batch, facts, intervals, period)
+            facts.power_w = sum(o.power_w or 0.0 for o in event.outlets)
+            batch.changed["facts"].add(event.device_id)
+        else:
+            fold, fresh = batch.fold(facts, self.energy_rules)
+            if fresh:  # the batch's first plug reading of the device (every later one changes the same row)
+                batch.changed["facts"].add(event.device_id)
+            if (closed := fold.add(at, event.power_w, event.total_wh)) is not None:
+                start, wh = closed
+                if start >= period.start:
+                    # Inside the reading's day (nearly every interval): the day's one share, as `split` gives.
+                    facts.day_wh += wh
+                    facts.day_cost += batch.cost(wh, start)
+                else:
+                    self._count(batch, facts, [Interval(channel=DEVICE_CHANNEL, start=start, end=at, wh=wh)], period)
+            facts.power_w = event.power_w
+        facts.power_at = at
+        if batch.rules:
+            for row in batch.watching(event.device_id):
+                self._judge(batch, row, now)
+
+    def _count(self, batch: _Batch, facts: DeviceFacts, intervals: list[Interval], period: Period) -> None:
+        """Add the shares of `intervals` (closed by a reading in `period`) that fall in that day to its energy
+        and cost."""
         day = period.label
-        if facts.day != day:
-            facts.day, facts.day_wh, facts.day_cost = day, 0.0, Decimal(0)
         for interval in intervals:
             # An interval inside the reading's day (nearly every one) is that day's one share, as `split` gives.
             inside = period.start <= interval.start < period.end and interval.end <= period.end
@@ -317,21 +429,16 @@ class AlertsProjector:
             for share in shares:
                 if share.period.label == day:
                     facts.day_wh += share.wh
-                    facts.day_cost += Decimal(str(share.wh)) / 1000 * _price(batch.state.rates, share.period.start
-                                                                           if interval.start < share.period.start
-                                                                           else interval.start)  # fmt: skip
-        facts.power_w = event.power_w if not event.outlets else sum(o.power_w or 0.0 for o in event.outlets)
-        facts.power_at = at
-        self._device_changed(batch, event.device_id, now)
+                    facts.day_cost += batch.cost(share.wh, share.period.start
+                                                 if interval.start < share.period.start else interval.start)  # fmt: skip
 
     def _device_changed(self, batch: _Batch, device_id: UUID, now: datetime | None = None) -> None:
         batch.changed["facts"].add(device_id)
         moment = now or batch.state.now
         if moment is None:
             return
-        for row in list(batch.rules.values()):
-            if row.device_id == device_id:
-                self._judge(batch, row, moment)
+        for row in batch.watching(device_id):
+            self._judge(batch, row, moment)
 
     def _part_event(self, batch: _Batch, at: datetime) -> None:
         now = self._advance(batch, at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from datetime import date, datetime, timezone
 from typing import Any
 from uuid import UUID
@@ -15,7 +16,7 @@ from psycopg.rows import tuple_row
 from domain.calendar import LocalCalendar, Period
 from domain.control import ControlCommand
 from domain.device import PUSH_ADDRESS_PREFIX, Device
-from domain.energy import EnergyRules, Interval, MeterState, reading_of, split, step
+from domain.energy import DEVICE_CHANNEL, DeviceFold, EnergyRules, Interval, MeterState, reading_of, split, step
 from domain.meter import MeterDay
 from domain.readings import OutletReading
 from projections.tables import READ_SCHEMA, Table
@@ -143,25 +144,45 @@ class DeviceRow(msgspec.Struct, kw_only=True):
 
         A reading not newer than the latest (late or duplicate) changes nothing.
         The device's MAC names the meter, so a restored device with another MAC
-        starts a new counter.
+        starts a new counter. Within a batch a plug's readings fold the meter in a
+        `DeviceFold` (see `_Meters`), which then holds `meter`.
         """
         at = event.measured_at
         if self.removed or (self.last_seen is not None and at <= self.last_seen):
             return
-        self.meter, intervals = step(self.meter, reading_of(event, self.mac), rules)
-        self.today, self.today_wh = _current_total(
-            self.today, self.today_wh, intervals, calendar.period(at, "day"), calendar.zone
-        )
-        self.month, self.month_wh = _current_total(
-            self.month, self.month_wh, intervals, calendar.period(at, "month"), calendar.zone
-        )
+        meters = _METERS.get()
+        fold = None
+        if meters is not None:
+            if event.outlets:
+                meters.settle(self)
+            else:
+                fold = meters.fold(self, rules)
+        day, month = calendar.day_and_month(at)
+        closed = None if fold is None else fold.add(at, event.power_w, event.total_wh)
+        if closed is not None and closed[0] >= day.start and self.today == day.label and self.month == month.label:
+            # The usual reading: one interval inside the day (so inside the month) both totals are at.
+            self.today_wh += closed[1]
+            self.month_wh += closed[1]
+        else:
+            if fold is None:
+                self.meter, intervals = step(self.meter, reading_of(event, self.mac), rules)
+            else:
+                intervals = [] if closed is None else [Interval(channel=DEVICE_CHANNEL, start=closed[0], end=at,
+                                                                wh=closed[1])]  # fmt: skip
+            self.today, self.today_wh = _current_total(self.today, self.today_wh, intervals, day, calendar.zone)
+            self.month, self.month_wh = _current_total(self.month, self.month_wh, intervals, month, calendar.zone)
         self.is_on = event.is_on
         self.power_w, self.voltage_v, self.current_a = event.power_w, event.voltage_v, event.current_a
         self.total_wh, self.rssi = event.total_wh, event.rssi
-        self.outlets = list(event.outlets)
+        outlets = event.outlets
+        if outlets or self.outlets:  # a plug's are none before and after
+            self.outlets = list(outlets)
         if self.confirmed_at is None or at > self.confirmed_at:
-            states = {str(o.index): o.is_on for o in event.outlets} if event.outlets else {"plug": event.is_on}
-            self.set_relays(states, at)
+            if outlets:
+                self.set_relays({str(o.index): o.is_on for o in outlets}, at)
+            elif self.relays.get("plug") is not event.is_on:  # `set_relays` for the plug's one relay
+                self.relays_since["plug"] = at
+                self.relays["plug"] = event.is_on
         self.last_seen = at
         self.updated_at = event.timestamp
 
@@ -194,6 +215,40 @@ DEVICES = Table(
 )  # fmt: skip
 
 
+class _Meters:
+    """The meter folds of a batch's rows, by the row's identity: a plug's readings fold its meter in a
+    `DeviceFold` instead of building a `MeterState` for each, so `row.meter` is behind until the fold
+    is settled, before anything else folds the meter (a strip's reading) and before the row is written.
+
+    A reading of another MAC than the fold's (the device restored with another) settles it and starts
+    another, as `step` starts another meter's state."""
+
+    def __init__(self) -> None:
+        self._folds: dict[int, tuple[DeviceRow, DeviceFold]] = {}
+
+    def fold(self, row: DeviceRow, rules: EnergyRules) -> DeviceFold:
+        entry = self._folds.get(id(row))
+        if entry is not None and entry[1].meter == row.mac:
+            return entry[1]
+        self.settle(row)
+        fold = DeviceFold(row.meter, row.mac, rules)
+        self._folds[id(row)] = (row, fold)
+        return fold
+
+    def settle(self, row: DeviceRow) -> None:
+        if (entry := self._folds.pop(id(row), None)) is not None:
+            row.meter = entry[1].state()
+
+    def settle_all(self) -> None:
+        for row, fold in self._folds.values():
+            row.meter = fold.state()
+        self._folds.clear()
+
+
+_METERS: ContextVar[_Meters | None] = ContextVar("wattledger_device_meters", default=None)
+"""The meter folds of the batch `DevicesProjector.apply_batch` is folding, in its context only."""
+
+
 def _subject(event: object) -> UUID | None:
     """The device an event is about, or None for events this read model ignores."""
     if isinstance(event, (MeterDay.ReadingRecorded, ControlCommand.ControlSucceeded)):
@@ -220,23 +275,39 @@ class DevicesProjector:
         self.calendar = LocalCalendar(self.zone)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
-        subjects = [_subject(event) for event in events]
-        wanted = set(subjects)
-        wanted.discard(None)
+        reading = MeterDay.ReadingRecorded  # nearly every event: matched by its type before the rest
+        # Readings find their row by the device id's int: a UUID hashes in Python code, an int in C.
+        read = {event.device_id.int: event.device_id for event in events if type(event) is reading}
+        wanted = {d for event in events if type(event) is not reading and (d := _subject(event)) is not None}
+        wanted.update(read.values())
         if not wanted:
             return
         rows = DEVICES.take(cur, wanted)
-        touched: set[UUID] = set()
-        for event, device_id in zip(events, subjects, strict=True):
-            if device_id is None:
-                continue
-            if isinstance(event, Device.Added):
-                rows[device_id] = DeviceRow.added(event)
-            if (row := rows.get(device_id)) is None:
-                continue
-            row.apply(event, self.calendar, self.rules)
-            touched.add(device_id)
-        written = [rows[d] for d in touched]
+        by_int = {device_id.int: row for device_id, row in rows.items()}
+        calendar, rules = self.calendar, self.rules
+        touched: dict[int, DeviceRow] = {}  # by the row's identity, for the same reason
+        meters = _Meters()
+        token = _METERS.set(meters)
+        try:
+            for event in events:
+                if type(event) is reading:
+                    if (row := by_int.get(event.device_id.int)) is not None:
+                        row._reading(event, calendar, rules)
+                        touched[id(row)] = row
+                    continue
+                if (device_id := _subject(event)) is None:
+                    continue
+                if isinstance(event, Device.Added):
+                    rows[device_id] = by_int[device_id.int] = DeviceRow.added(event)
+                if (row := rows.get(device_id)) is None:
+                    continue
+                meters.settle(row)
+                row.apply(event, calendar, rules)
+                touched[id(row)] = row
+        finally:
+            _METERS.reset(token)
+        meters.settle_all()
+        written = [rows[d] for d in {row.device_id for row in touched.values()}]
         DEVICES.write(cur, [DEVICES.values(row) for row in written])
         DEVICES.keep(written)
 
