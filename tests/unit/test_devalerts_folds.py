@@ -149,15 +149,7 @@ def test_a_batch_of_plug_readings_writes_the_rows_each_reading_folded_by_step_gi
     projector = DevicesProjector(BERLIN, RULES)
     cur = Recording()
     projector.apply_batch(cur, events)  # type: ignore[arg-type]
-    calendar = LocalCalendar(BERLIN)
-    rows: dict[UUID, DeviceRow] = {}
-    for event in events:  # outside a batch every reading folds the meter by `step`
-        if isinstance(event, Device.Added):
-            rows[event.originator_id] = DeviceRow.added(event)
-        elif isinstance(event, MeterDay.ReadingRecorded):
-            rows[event.device_id].apply(event, calendar, RULES)
-        elif isinstance(event, Device.Restored):
-            rows[event.originator_id].apply(event, calendar, RULES)
+    rows = stepped_rows(events)
     assert sorted(map(plain, cur.written)) == sorted(plain(DEVICES.values(row)) for row in rows.values())
     assert {row.today for row in rows.values()} == {T0.astimezone(BERLIN).date() + timedelta(days=1)}
     assert all(row.meter is not None for row in rows.values())
@@ -210,3 +202,38 @@ def test_a_remembered_cost_of_no_energy_keeps_the_sign_of_its_zero(wh: float) ->
     batch._priced, batch._costs, batch._costs_at = None, {}, None
     batch.cost(-wh, T0)
     assert str(batch.cost(wh, T0)) == str(Decimal(str(wh)) / 1000 * Decimal("0.30"))
+
+
+# ---- the alerts read model: one batch against what each reading folded by `step` gives ----
+
+
+def stepped_rows(events: list[object]) -> dict[UUID, DeviceRow]:
+    """The devices rows of `events`, each applied alone: outside a batch every reading folds the meter by `step`."""
+    calendar = LocalCalendar(BERLIN)
+    rows: dict[UUID, DeviceRow] = {}
+    for event in events:
+        if isinstance(event, Device.Added):
+            rows[event.originator_id] = DeviceRow.added(event)
+        elif isinstance(event, MeterDay.ReadingRecorded):
+            rows[event.device_id].apply(event, calendar, RULES)
+        elif isinstance(event, Device.Restored):
+            rows[event.originator_id].apply(event, calendar, RULES)
+    return rows
+
+
+def test_a_batch_of_readings_leaves_each_devices_meter_and_energy_today_as_step_gives_them() -> None:
+    events = fleet_log()
+    batch = alerts._Batch(Recording(), events)  # type: ignore[arg-type]
+    projector = alerts.AlertsProjector(BERLIN, RULES)
+    for event in events:
+        if isinstance(event, MeterDay.ReadingRecorded):
+            projector._reading(batch, event)
+        else:
+            projector._apply(batch, event)
+    batch.write(Recording())  # type: ignore[arg-type]
+    rows = stepped_rows(events)
+    assert rows.keys() == batch.facts.keys()
+    for device_id, row in rows.items():
+        facts = batch.facts[device_id]
+        assert msgspec.json.encode(facts.meter) == msgspec.json.encode(row.meter)
+        assert (facts.day, facts.day_wh) == (row.today, row.today_wh)
