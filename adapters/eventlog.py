@@ -13,12 +13,16 @@ Everything here is synchronous, as the library is: async callers run it in a thr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import retry
 from psycopg import Cursor
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool
 
 from adapters.errors import AdapterError
@@ -44,6 +48,45 @@ class Logged(NamedTuple):
         return self.notification.id
 
 
+@retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+def _select_notifications(
+    recorder: PostgresApplicationRecorder, after: int, limit: int, stop: int | None, topics: Sequence[str]
+) -> list[Notification]:
+    """The library's `select_notifications` (after `after`, exclusive), retried and its errors translated as
+    there, giving the same notifications for less: rows as tuples, each notification made as the library
+    makes an event (`Mapper.to_domain_event`), its fields set at once rather than one frozen field a call.
+
+    A section holds thousands of rows, and building them took as long as the query and the transfer."""
+    statement = _SELECT.format(schema=Identifier(recorder.datastore.schema),
+                               table=Identifier(recorder.events_table_name))  # fmt: skip
+    params: list[Any] = [after]
+    if stop is not None:
+        statement += SQL(" AND notification_id <= %s")
+        params.append(stop)
+    if topics:
+        statement += SQL(" AND topic = ANY(%s)")
+        params.append(list(topics))
+    statement += SQL(" ORDER BY notification_id LIMIT %s")
+    params.append(limit)
+    with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(statement, params, prepare=True)
+        rows = cur.fetchall()
+    notifications: list[Notification] = []
+    append, new, assign = notifications.append, object.__new__, object.__setattr__
+    for position, originator_id, version, topic, state in rows:
+        notification = new(Notification)
+        assign(notification, "__dict__", {"originator_id": originator_id, "originator_version": version,
+                                          "topic": topic, "state": bytes(state), "id": position})  # fmt: skip
+        append(notification)
+    return notifications
+
+
+_SELECT: Final = SQL(
+    "SELECT notification_id, originator_id, originator_version, topic, state FROM {schema}.{table} "
+    "WHERE notification_id>%s"
+)
+
+
 class EventLog:
     """The notification log of a `WattLedger` application, read in sections."""
 
@@ -62,7 +105,11 @@ class EventLog:
         `topics` None reads every event; an empty list matches none."""
         if topics is not None and not topics:
             return []
-        return self._app.recorder.select_notifications(
+        recorder = self._app.recorder
+        if isinstance(recorder, PostgresApplicationRecorder) and "select_notifications" not in vars(recorder):
+            selected: list[Notification] = _select_notifications(recorder, after, limit, stop, topics or ())
+            return selected
+        return recorder.select_notifications(
             start=after, limit=limit, stop=stop, topics=topics or (), inclusive_of_start=False
         )
 
