@@ -217,11 +217,18 @@ class DeviceFold:
         # Only finite measurements count (and no negative counter), as in `channel_step`.
         counter = total_wh if total_wh is not None and isfinite(total_wh) and total_wh >= 0 else None
         power = power_w if power_w is not None and isfinite(power_w) else None
-        since = self._since
+        since, high = self._since, self._counted_wh
         if since is None:
             self._since, self._power_w, self._counted_wh = at, power, counter
             return None
-        self._counted_wh, wh = _measured(since, self._power_w, self._counted_wh, at, power, counter, self._rules)
+        if counter is not None and high is not None and counter >= high:
+            # A counter that rose (nearly every reading): `_measured`'s first case, written out.
+            rules = self._rules
+            rise = counter - high
+            plausible = rules.max_power_w * (at - since).total_seconds() / 3600 + rules.resolution_wh
+            self._since, self._power_w, self._counted_wh = at, power, counter
+            return since, rise if rise <= plausible else 0.0
+        self._counted_wh, wh = _measured(since, self._power_w, high, at, power, counter, self._rules)
         self._since, self._power_w = at, power
         return None if wh is None else (since, wh)
 

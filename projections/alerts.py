@@ -141,6 +141,26 @@ def _device_of(event: object) -> UUID | None:
     return None
 
 
+class _Meter:
+    """A device's facts in a batch, with the fold of its plug readings (None before the first).
+
+    While the fold folds, `facts.meter` is behind: `settle` brings it up to date, before a
+    strip's reading folds the meter by `step` and before the batch is written. A reading of
+    another MAC than the fold's (the device restored with another) settles it and starts another,
+    as `step` starts another meter's state."""
+
+    __slots__ = ("facts", "fold")
+
+    def __init__(self, facts: DeviceFacts) -> None:
+        self.facts = facts
+        self.fold: DeviceFold | None = None
+
+    def settle(self) -> None:
+        if self.fold is not None:
+            self.facts.meter = self.fold.state()
+            self.fold = None
+
+
 class _Batch:
     """One batch's rows, loaded once, changed in memory, written once."""
 
@@ -149,11 +169,18 @@ class _Batch:
         cur.execute(f"{RULES.select} WHERE NOT deleted")
         self.rules = {row.rule_id: row for row in map(RULES.decode, cur.fetchall())}
         reading = MeterDay.ReadingRecorded
-        others = [e for e in events if type(e) is not reading]  # readings are nearly every event
+        # Readings (nearly every event) find their facts by the device id's int: a UUID hashes in
+        # Python code, an int in C.
+        read: dict[int, UUID] = {}
+        others = []
+        for e in events:
+            if type(e) is reading:
+                read[e.device_id.int] = e.device_id
+            else:
+                others.append(e)
         wanted_rules = {e.originator_id for e in others if isinstance(e, AlertRule.Event)} - set(self.rules)
         self.rules.update(RULES.load(cur, wanted_rules))
-        # Readings find their facts by the device id's int: a UUID hashes in Python code, an int in C.
-        devices = set({e.device_id.int: e.device_id for e in events if type(e) is reading}.values())
+        devices = set(read.values())
         devices |= {d for e in others if (d := _device_of(e)) is not None}
         devices |= {r.device_id for r in self.rules.values() if r.device_id is not None}
         self.facts = FACTS.take(cur, devices)
@@ -166,36 +193,20 @@ class _Batch:
         cur.execute(f"{DELIVERIES.select} WHERE alert_id = ANY(%s)", (list(touched),))
         self.deliveries = {row.delivery_id: row for row in map(DELIVERIES.decode, cur.fetchall())}
         self.changed: dict[str, set[Any]] = {"rules": set(), "facts": set(), "alerts": set(), "deliveries": set()}
-        self._folds: dict[int, tuple[DeviceFacts, DeviceFold]] = {}
-        self._facts_by_int: dict[int, DeviceFacts] = {}
+        self.meters: dict[int, _Meter] = {}
+        """The devices read so far, by the id's int (see `_Meter`)."""
         self._watching: dict[UUID, list[RuleRow]] | None = None
         self._priced: tuple[int, datetime, datetime, Decimal] | None = None
         self._costs: dict[float | str, Decimal] = {}
         self._costs_at: Decimal | None = None
 
-    def facts_of(self, device_id: UUID) -> DeviceFacts | None:
-        """`facts.get(device_id)`, by the id's int (the facts of a device stay the same object in a batch)."""
-        found = self._facts_by_int.get(device_id.int)
-        if found is None and (found := self.facts.get(device_id)) is not None:
-            self._facts_by_int[device_id.int] = found
-        return found
-
-    def fold(self, facts: DeviceFacts, rules: EnergyRules) -> tuple[DeviceFold, bool]:
-        """The fold of the plug readings of the device's meter (by the facts' identity), and whether it is new.
-
-        While it folds, `facts.meter` is behind: `settle` brings it up to date, before a
-        strip's reading folds it by `step` and before the batch is written."""
-        entry = self._folds.get(id(facts))
-        if entry is not None and entry[1].meter == facts.mac:
-            return entry[1], False
-        self.settle(facts)
-        fold = DeviceFold(facts.meter, facts.mac, rules)
-        self._folds[id(facts)] = (facts, fold)
-        return fold, True
-
-    def settle(self, facts: DeviceFacts) -> None:
-        if (entry := self._folds.pop(id(facts), None)) is not None:
-            facts.meter = entry[1].state()
+    def meter_of(self, device_id: UUID) -> _Meter | None:
+        """The device's `_Meter`, made at its first reading in the batch (None while the device has no facts)."""
+        facts = self.facts.get(device_id)
+        if facts is None:
+            return None
+        meter = self.meters[device_id.int] = _Meter(facts)
+        return meter
 
     def watching(self, device_id: UUID) -> list[RuleRow]:
         """The rules of the device, in the order of `rules` (a rule's device never changes)."""
@@ -232,7 +243,11 @@ class _Batch:
 
         Energies repeat (a counter rises by whole steps), so the costs at one price are
         remembered, as long as the price stays (and up to `_COSTS` of them)."""
-        price = self.price(start)
+        priced = self._priced  # `price`'s remembered answer, looked at here first: this runs for every reading
+        if priced is not None and priced[0] == len(self.state.rates) and priced[1] <= start < priced[2]:
+            price = priced[3]
+        else:
+            price = self.price(start)
         if price is not self._costs_at:
             self._costs, self._costs_at = {}, price
         key: float | str = wh if wh else str(wh)  # 0.0 and -0.0: equal floats, different decimals
@@ -244,9 +259,8 @@ class _Batch:
         return cost
 
     def write(self, cur: psycopg.Cursor[Any]) -> None:
-        for facts, fold in self._folds.values():
-            facts.meter = fold.state()
-        self._folds.clear()
+        for meter in self.meters.values():
+            meter.settle()
         cur.execute(STATE.upsert, STATE.values(self.state))
         _write(cur, RULES, self.rules, self.changed["rules"])
         _write(cur, FACTS, self.facts, self.changed["facts"])
@@ -388,22 +402,27 @@ class AlertsProjector:
         state = batch.state
         if (now := state.now) is None or at > now:  # `_advance`, written out: this runs for every reading
             state.now = now = at
-        facts = batch.facts_of(event.device_id)
-        if facts is None or (facts.power_at is not None and at <= facts.power_at):
+        meter = batch.meters.get(event.device_id.int) or batch.meter_of(event.device_id)
+        if meter is None:
+            return
+        facts = meter.facts
+        if facts.power_at is not None and at <= facts.power_at:
             return
         period = self.calendar.period(at, "day")
         if facts.day != period.label:
             facts.day, facts.day_wh, facts.day_cost = period.label, 0.0, Decimal(0)
         if event.outlets:
-            batch.settle(facts)
+            meter.settle()
             facts.meter, intervals = step(facts.meter, reading_of(event, facts.mac), self.energy_rules)
             self._count(batch, facts, intervals, period)
             facts.power_w = sum(o.power_w or 0.0 for o in event.outlets)
             batch.changed["facts"].add(event.device_id)
         else:
-            fold, fresh = batch.fold(facts, self.energy_rules)
-            if fresh:  # the batch's first plug reading of the device (every later one changes the same row)
-                batch.changed["facts"].add(event.device_id)
+            fold = meter.fold
+            if fold is None or fold.meter != facts.mac:
+                meter.settle()
+                fold = meter.fold = DeviceFold(facts.meter, facts.mac, self.energy_rules)
+                batch.changed["facts"].add(event.device_id)  # every later reading changes the same row
             if (closed := fold.add(at, event.power_w, event.total_wh)) is not None:
                 start, wh = closed
                 if start >= period.start:

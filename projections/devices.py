@@ -155,6 +155,8 @@ class DeviceRow(msgspec.Struct, kw_only=True):
         if meters is not None:
             if event.outlets:
                 meters.settle(self)
+            elif (entry := meters.folds.get(id(self))) is not None and entry[1].meter == self.mac:
+                fold = entry[1]
             else:
                 fold = meters.fold(self, rules)
         day, month = calendar.day_and_month(at)
@@ -224,25 +226,26 @@ class _Meters:
     another, as `step` starts another meter's state."""
 
     def __init__(self) -> None:
-        self._folds: dict[int, tuple[DeviceRow, DeviceFold]] = {}
+        self.folds: dict[int, tuple[DeviceRow, DeviceFold]] = {}
 
     def fold(self, row: DeviceRow, rules: EnergyRules) -> DeviceFold:
-        entry = self._folds.get(id(row))
+        """The row's fold, started afresh from `row.meter` unless it folds the row's MAC already."""
+        entry = self.folds.get(id(row))
         if entry is not None and entry[1].meter == row.mac:
             return entry[1]
         self.settle(row)
         fold = DeviceFold(row.meter, row.mac, rules)
-        self._folds[id(row)] = (row, fold)
+        self.folds[id(row)] = (row, fold)
         return fold
 
     def settle(self, row: DeviceRow) -> None:
-        if (entry := self._folds.pop(id(row), None)) is not None:
+        if (entry := self.folds.pop(id(row), None)) is not None:
             row.meter = entry[1].state()
 
     def settle_all(self) -> None:
-        for row, fold in self._folds.values():
+        for row, fold in self.folds.values():
             row.meter = fold.state()
-        self._folds.clear()
+        self.folds.clear()
 
 
 _METERS: ContextVar[_Meters | None] = ContextVar("wattledger_device_meters", default=None)
@@ -277,8 +280,13 @@ class DevicesProjector:
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         reading = MeterDay.ReadingRecorded  # nearly every event: matched by its type before the rest
         # Readings find their row by the device id's int: a UUID hashes in Python code, an int in C.
-        read = {event.device_id.int: event.device_id for event in events if type(event) is reading}
-        wanted = {d for event in events if type(event) is not reading and (d := _subject(event)) is not None}
+        read: dict[int, UUID] = {}
+        wanted: set[UUID] = set()
+        for event in events:
+            if type(event) is reading:
+                read[event.device_id.int] = event.device_id
+            elif (subject := _subject(event)) is not None:
+                wanted.add(subject)
         wanted.update(read.values())
         if not wanted:
             return
