@@ -155,6 +155,11 @@ class _Channel(msgspec.Struct, kw_only=True):
     channel: str
     new: dict[datetime, ChannelReading]
     since: datetime | None = None
+    in_order: bool = False
+    """Every new reading is newer than every stored one (a replay's usual case)."""
+    tail: list[tuple[Any, ...]] | None = None
+    """The channel's stored readings from the last one at or before the start of its newest one's bucket on, as
+    `_window` gives them: what a replay keeps between sections (`Table.kept_by_replay`), and what `_refold` leaves."""
 
 
 class EnergyProjector:
@@ -184,10 +189,7 @@ class EnergyProjector:
         if not device_ids:
             if not any(isinstance(e, Tariff.RateSet) for e in events):
                 return
-        devices: dict[UUID, EnergyDeviceRow] = {}
-        if device_ids:
-            cur.execute(f"{DEVICES.select} WHERE device_id = ANY(%s)", (list(device_ids),))
-            devices = {row.device_id: row for row in map(DEVICES.decode, cur.fetchall())}
+        devices: dict[UUID, EnergyDeviceRow] = DEVICES.take(cur, device_ids) if device_ids else {}
         touched: set[UUID] = set()
         pending: dict[tuple[UUID, str], dict[datetime, ChannelReading]] = {}
         repriced_from: datetime | None = None
@@ -242,32 +244,56 @@ class EnergyProjector:
         if touched:
             DEVICES.write(cur, [DEVICES.values(devices[d]) for d in touched])
         channels = [_Channel(device_id=d, channel=c, new=new) for (d, c), new in pending.items()]
-        fresh, removed, spans = self._fold(cur, channels)
+        tails = READINGS.kept_by_replay()
+        fresh, removed, spans = self._fold(cur, channels, tails)
         if fresh or removed or repriced_from is not None:
             hours = self._price(cur, fresh, removed, repriced_from)
             BUCKETS.copy_in(cur, map(astuple, fresh))
             self._roll_hours(cur, fresh, removed, spans, hours)
+        # Last, once everything is written: a batch that fails before this leaves its devices and its channels'
+        # tails out of what a replay keeps, and the next batch reads them from the tables.
+        DEVICES.keep(devices.values())
+        if tails is not None:
+            tails.update({(c.device_id, c.channel): c.tail for c in channels if c.in_order and c.tail is not None})
 
-    def _fold(self, cur: psycopg.Cursor[Any], channels: list[_Channel]) -> tuple[list[BucketRow], list[Removed], list[Span]]:
+    def _fold(
+        self, cur: psycopg.Cursor[Any], channels: list[_Channel], tails: dict[Any, Any] | None = None
+    ) -> tuple[list[BucketRow], list[Removed], list[Span]]:
         """Keep the channels' new readings and refold each from the last reading at or before the first bucket
         its new readings affect. Returns the recomputed buckets from there on (unpriced, not written yet), the
         stored buckets they replace (deleted), as (device, channel, start, Wh), and each refolded channel's span
         (device, channel, since, until): every bucket of the channel in [since, until) is among the recomputed
-        ones (until None: every bucket from since on)."""
+        ones (until None: every bucket from since on).
+
+        `tails`, given by a replay that alone writes these tables, holds each channel's stored tail (see
+        `_Channel.tail`) as the last batch left it: a channel found there whose new readings are all newer is
+        refolded from it without reading the table. The tails of this batch's channels are taken out; the
+        caller puts back those of the channels refolded in order once the batch is written."""
         if not channels:
             return [], [], []
-        cur.execute(
-            "SELECT (SELECT max(at) FROM {r} WHERE device_id = n.d AND channel = n.c) "
-            "FROM unnest({a}::uuid[], %s::text[]) WITH ORDINALITY AS n(d, c, i) ORDER BY n.i".format(
-                r=READINGS.name, a=_ARRAY),
-            (_joined(c.device_id for c in channels), [c.channel for c in channels]),
-        )
+        asked = channels
+        if tails:
+            asked = []
+            for channel in channels:
+                tail = tails.pop((channel.device_id, channel.channel), None)
+                if tail is not None and min(channel.new) > tail[-1][0]:
+                    channel.since, channel.tail, channel.in_order = bucket_start(tail[-1][0]), tail, True
+                else:
+                    asked.append(channel)
         late: list[_Channel] = []
-        for channel, (latest,) in zip(channels, cur.fetchall(), strict=True):
-            if latest is not None and min(channel.new) <= latest:
-                late.append(channel)
-            else:
-                channel.since = bucket_start(latest if latest is not None else min(channel.new))
+        if asked:
+            cur.execute(
+                "SELECT (SELECT max(at) FROM {r} WHERE device_id = n.d AND channel = n.c) "
+                "FROM unnest({a}::uuid[], %s::text[]) WITH ORDINALITY AS n(d, c, i) ORDER BY n.i".format(
+                    r=READINGS.name, a=_ARRAY),
+                (_joined(c.device_id for c in asked), [c.channel for c in asked]),
+            )
+            for channel, (latest,) in zip(asked, cur.fetchall(), strict=True):
+                if latest is not None and min(channel.new) <= latest:
+                    late.append(channel)
+                else:
+                    channel.since = bucket_start(latest if latest is not None else min(channel.new))
+                    channel.in_order = True
         if late:
             self._drop_kept(cur, late)
         channels = [c for c in channels if c.new]
@@ -280,7 +306,10 @@ class EnergyProjector:
         bounded = True
         while channels:
             unsettled: list[_Channel] = []
-            for channel, records in zip(channels, self._window(cur, channels, bounded=bounded), strict=True):
+            read = [c for c in channels if c.tail is None]
+            stored = iter(self._window(cur, read, bounded=bounded) if read else [])
+            for channel in channels:
+                records = list(channel.tail) if channel.tail is not None else next(stored)
                 span = self._refold(channel, records, fresh, rows, rewritten, bounded=bounded)
                 if span is None:
                     unsettled.append(channel)
@@ -362,7 +391,10 @@ class EnergyProjector:
         rows += written
         rewritten += [(channel.device_id, channel.channel, at) for at in changed]
         until = bucket_start(settled_at) + BUCKET if settled_at is not None else None
-        buckets = rollup(([start] if start is not None else []) + folded, intervals, self.rules, channel.since)
+        items = ([start] if start is not None else []) + folded
+        if until is None and items:
+            channel.tail = _tail(items)
+        buckets = rollup(items, intervals, self.rules, channel.since)
         fresh += [_bucket_row(channel.device_id, channel.channel, b) for b in buckets.values()
                   if until is None or b.start < until]  # fmt: skip
         return channel.since, until
@@ -645,6 +677,15 @@ def _joined(values: Iterable[object]) -> str:
 def _iso(moment: datetime) -> str:
     """A bucket start's ISO text: the same few thousand starts are sent again at every batch."""
     return moment.isoformat()
+
+
+def _tail(items: Sequence[Folded]) -> list[tuple[Any, ...]]:
+    """The stored rows `_window` gives for a channel whose stored readings end with `items` (in order): from the
+    last one at or before the start of the newest one's bucket on (all of `items` if none is)."""
+    cut = bucket_start(items[-1].reading.at)
+    first = next((i for i in range(len(items) - 1, -1, -1) if items[i].reading.at <= cut), 0)
+    return [(f.reading.at, f.reading.meter, f.reading.power_w, f.reading.total_wh, f.reading.is_on, f.counted_wh,
+             f.wh) for f in items[first:]]  # fmt: skip
 
 
 def _first(item: tuple[Any, ...]) -> Any:

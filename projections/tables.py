@@ -231,6 +231,13 @@ class Table(Generic[R]):
             return None
         return target.kept.setdefault(id(self), {})
 
+    def kept_by_replay(self) -> dict[Any, Any] | None:
+        """What a replay that keeps rows (see `building`) holds in memory for this table, for a projector that
+        keeps something other than whole rows (by keys of its own); None outside such a replay. The projector
+        takes out what a batch changes and puts it back once the batch is written, as `take` and `keep` do, so
+        a batch that fails leaves nothing stale behind. Not for a table whose rows `take` and `keep` handle."""
+        return self._kept()
+
     def take(self, cur: psycopg.Cursor[Any], keys: Collection[Any]) -> dict[Any, R]:
         """As `load`, but a replay that kept rows (`keep`) hands those over instead of reading them again.
 
