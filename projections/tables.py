@@ -122,6 +122,7 @@ class Table(Generic[R]):
         types = {f.name: _column_type(f) for f in info.fields}
         self._json = frozenset(name for name, sql_type in types.items() if sql_type.startswith("jsonb"))
         self._copy_types = tuple(types[c].removesuffix(" NOT NULL") for c in self.columns)
+        self._binary_staging = True
         constraints = [f"PRIMARY KEY ({key})"] + [f"UNIQUE ({column})" for column in unique]
         self._body = " (\n    " + ",\n    ".join([f"{c} {types[c]}" for c in self.columns] + constraints) + "\n)"
         self._indexes = tuple(indexes)
@@ -184,11 +185,32 @@ class Table(Generic[R]):
         staging = f"pg_temp.wl_staging_{self.bare}"
         columns = ", ".join(self.columns)
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {self.name}) ON COMMIT DROP")
+        self._stage(cur, staging, rows)
+        cur.execute(f"INSERT INTO {self.name} ({columns}) SELECT {columns} FROM {staging}{self._conflict}")
+        cur.execute(f"TRUNCATE {staging}")
+
+    def _stage(self, cur: psycopg.Cursor[Any], staging: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Copy `write`'s rows into its staging table: by binary COPY (half the client's work for a wide row
+        with json columns) under a savepoint, and by text COPY if that fails. A value not of its column's
+        declared type fails the binary COPY (nothing is converted), and the text COPY stores it as before;
+        this table then copies by text from then on. An error the text COPY raises too is raised."""
+        columns = ", ".join(self.columns)
+        if self._binary_staging:
+            try:
+                with cur.connection.transaction(), cur.copy(
+                    f"COPY {staging} ({columns}) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(self._copy_types)
+                    for row in rows:
+                        copy.write_row(row)
+                return
+            except Exception:
+                if cur.connection.broken:
+                    raise
+                self._binary_staging = False
         with cur.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cur.execute(f"INSERT INTO {self.name} ({columns}) SELECT {columns} FROM {staging}{self._conflict}")
-        cur.execute(f"TRUNCATE {staging}")
 
     def copy_in(self, cur: psycopg.Cursor[Any], rows: Iterable[tuple[Any, ...]]) -> None:
         """Insert rows (tuples in column order, json columns wrapped as `values` wraps them) with a binary COPY.
@@ -197,8 +219,8 @@ class Table(Generic[R]):
         (for a float, the larger part of a text COPY's cost on both sides); the stored values are the same.
         Each value must be of its column's declared type (a UUID, an aware datetime, text as str): unlike a
         text COPY, nothing is converted, and a value of another type raises (`TypeError`, `AttributeError`)
-        and the COPY stores nothing. `write` keeps the text COPY for that reason: its rows come from every
-        read model, some built in code that may hold a UUID's text."""
+        and the COPY stores nothing. `write`, whose rows come from every read model (some built in code that
+        may hold a UUID's text), falls back to a text COPY for that reason (see `_stage`)."""
         with cur.copy(f"COPY {self.name} ({', '.join(self.columns)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(self._copy_types)
             for row in rows:

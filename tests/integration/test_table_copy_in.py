@@ -1,5 +1,5 @@
-"""`Table.copy_in` (a binary COPY) and `Table.write` (a text COPY into a staging table) store exactly what
-`Table.upsert` row by row stores, value for value."""
+"""`Table.copy_in` (a binary COPY) and `Table.write` (a COPY into a staging table, binary or else text) store
+exactly what `Table.upsert` row by row stores, value for value."""
 
 from __future__ import annotations
 
@@ -113,6 +113,31 @@ def test_write_of_many_rows_stores_what_upsert_stores(database_url: str) -> None
             cur.execute(f"UPDATE {MIXED.name} SET label = 'stale', detail = '{{}}'")
             MIXED.write(cur, [MIXED.values(r) for r in many])
             written = stored(cur, MIXED.name, "key")
+            binary = MIXED._binary_staging
         cur.execute("DROP SCHEMA wl_copy_write CASCADE")
     assert written == upserted
     assert len(written) == len(many)
+    assert binary, "rows of their declared types are staged by binary COPY"
+
+
+def test_write_of_rows_holding_a_uuids_text_falls_back_to_text_and_stores_the_same(database_url: str) -> None:
+    """A row built in code may hold a UUID's text where its Struct declares a UUID: the binary staging copy
+    refuses it, the text one stores it, and the table copies by text from then on."""
+    table = Table("wl_copy_fallback.mixed", Mixed, key="key")
+    typed = [table.values(msgspec.structs.replace(r, key=r.key + 1000 * n)) for n in range(2) for r in mixed_rows()]
+    assert len(typed) >= COPY_FROM
+    texts = [(*row[:1], str(row[1]), *row[2:]) for row in typed]
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA IF EXISTS wl_copy_fallback CASCADE")
+        cur.execute("CREATE SCHEMA wl_copy_fallback")
+        table.create(cur)
+        cur.executemany(table.upsert, typed)
+        upserted = stored(cur, table.name, "key")
+        cur.execute(f"TRUNCATE {table.name}")
+        assert table._binary_staging
+        table.write(cur, texts)
+        fallen_back = not table._binary_staging
+        written = stored(cur, table.name, "key")
+        cur.execute("DROP SCHEMA wl_copy_fallback CASCADE")
+    assert written == upserted
+    assert fallen_back
