@@ -5,7 +5,7 @@
 Stores `devices x cycles` readings (plus the devices), then times in the same run
 (1) the baseline: reading and decoding the whole notification log in sections of
 10,000, and (2) `rebuild_many(all)` over `all_projectors` (default settings, the
-engine's replay sections of 10,000): one
+engine's replay sections of 20,000): one
 read and decode of each section for every read model, each section committed to
 the shadow tables, then the swap. Prints events/s of both, and the ratio; then
 each read model's rebuild alone, to show which one sets the pace, and the read models that ignore
