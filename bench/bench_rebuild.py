@@ -3,8 +3,8 @@
     python bench/bench_rebuild.py [--devices 200] [--cycles 100]
 
 Stores `devices x cycles` readings (plus the devices), then times in the same run
-(1) the baseline: reading and decoding the whole notification log in sections of
-10,000, and (2) `rebuild_many(all)` over `all_projectors` (default settings, the
+(1) the baseline: reading and decoding the whole notification log in the same sections
+as the replay's, and (2) `rebuild_many(all)` over `all_projectors` (default settings, the
 engine's replay sections of 20,000): one
 read and decode of each section for every read model, each section committed to
 the shadow tables, then the swap. Prints events/s of both, and the ratio; then
