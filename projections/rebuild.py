@@ -263,7 +263,11 @@ class Shadow:
         connection of the event store's pool: the replay waits for PostgreSQL at every statement it
         sends, and the thread takes the interpreter then. Its failure is raised here, where the
         replay would have read that section itself; on the way out the thread is waited for (one
-        read at most), so nothing reads for a replay that has ended."""
+        read at most), so nothing reads for a replay that has ended.
+
+        The sections commit without waiting for the write-ahead log to reach the disk: a crash may
+        lose the last of them, as it loses the whole replay (the shadow tables are made afresh by the
+        next one); on a slow disk (an SD card) that wait is most of a section's commit."""
         self._report(progress, "replay")
         skip = undecoded_topics(self.projectors)
         with eased_collector(), ThreadPoolExecutor(1, thread_name_prefix="wl-replay-read") as reader:
@@ -280,6 +284,9 @@ class Shadow:
                         read_section, self.event_log, section.ids[-1], self.batch, None, skip
                     ) if full else None  # fmt: skip
                     with self.conn.transaction(), self.conn.cursor() as cur:
+                        # Nothing reads these tables before the swap, and a replay cut short starts again:
+                        # its sections need not wait for their commit to reach the disk (the swap does).
+                        cur.execute("SET LOCAL synchronous_commit TO off")
                         self._apply(cur, section)
                     self._report(progress, "replay")
             finally:
