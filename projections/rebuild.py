@@ -22,7 +22,6 @@ import gc
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
@@ -259,39 +258,21 @@ class Shadow:
         log that keeps growing cannot keep it going; what was stored since is replayed by `swap`
         or `compare` under the tracking locks.
 
-        While a full section is applied, the next one is read and decoded in a worker thread, on a
-        connection of the event store's pool: the replay waits for PostgreSQL at every statement it
-        sends, and the thread takes the interpreter then. Its failure is raised here, where the
-        replay would have read that section itself; on the way out the thread is waited for (one
-        read at most), so nothing reads for a replay that has ended.
-
         The sections commit without waiting for the write-ahead log to reach the disk: a crash may
         lose the last of them, as it loses the whole replay (the shadow tables are made afresh by the
         next one); on a slow disk (an SD card) that wait is most of a section's commit."""
         self._report(progress, "replay")
-        skip = undecoded_topics(self.projectors)
-        with eased_collector(), ThreadPoolExecutor(1, thread_name_prefix="wl-replay-read") as reader:
-            ahead: Future[Section | None] | None = reader.submit(
-                read_section, self.event_log, self.position, self.batch, None, skip
-            )
-            try:
-                while ahead is not None:
-                    section = ahead.result()
-                    if section is None:
-                        return
-                    full = len(section.ids) >= self.batch
-                    ahead = reader.submit(
-                        read_section, self.event_log, section.ids[-1], self.batch, None, skip
-                    ) if full else None  # fmt: skip
-                    with self.conn.transaction(), self.conn.cursor() as cur:
-                        # Nothing reads these tables before the swap, and a replay cut short starts again:
-                        # its sections need not wait for their commit to reach the disk (the swap does).
-                        cur.execute("SET LOCAL synchronous_commit TO off")
-                        self._apply(cur, section)
+        with eased_collector():
+            while True:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    # Nothing reads these tables before the swap, and a replay cut short starts again:
+                    # its sections need not wait for their commit to reach the disk (the swap does).
+                    cur.execute("SET LOCAL synchronous_commit TO off")
+                    read = self._step(cur)
+                if read:
                     self._report(progress, "replay")
-            finally:
-                if ahead is not None:
-                    ahead.cancel()
+                if read < self.batch:
+                    return
 
     def _lock_tracking(self, cur: psycopg.Cursor[Any]) -> dict[str, int]:
         """Lock the read models' tracking rows (in name order, so two replays cannot deadlock); their positions."""
