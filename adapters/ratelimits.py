@@ -231,37 +231,47 @@ class _Local:
         """Its end as `X-RateLimit-Reset` spells it (Unix seconds)."""
 
 
-class Counted:
-    """Windows `count_in_memory` has just counted, before any tally is built: a request within every
-    limit needs only its tightest window (`tightest`); `tallies` builds what `count_in_memory` returns."""
+class Held:
+    """The windows one client is counted in (its address's first, then its user's and key's) as
+    `count_held` counts them, with the in-memory entries of their current windows kept at hand: a
+    request finds them without working out where each window starts or looking it up, until the
+    first of them ends (or the counters forget a window)."""
 
-    __slots__ = ("windows", "locals", "counted", "within", "moment")
+    __slots__ = ("first", "then", "windows", "limits", "staged", "locals", "since", "until", "generation")
 
-    def __init__(self, windows: list[Window], locals_: list[_Local], counted: int, within: bool, moment: float) -> None:
-        self.windows = windows
-        self.locals = locals_
-        self.counted = counted
-        """How many of `windows` (from the first) were counted: all, or the first stage's alone."""
-        self.within = within
-        """Whether every counted window is within its limit (the request is admitted)."""
-        self.moment = moment
+    def __init__(self, first: Sequence[Window], then: Sequence[Window] = ()) -> None:
+        self.first = tuple(first)
+        self.then = tuple(then)
+        self.windows = (*self.first, *self.then)
+        self.limits = tuple(window.limit.count for window in self.windows)
+        self.staged = len(self.first)
+        """How many of `windows` (from the first) are counted whatever the others say."""
+        self.locals: list[_Local] = []
+        """The entries of the windows `moment` falls in, for `since <= moment < until` (by the database's
+        clock) while the counters' `generation` is unchanged; replaced, never changed in place."""
+        self.since = math.inf
+        self.until = -math.inf
+        self.generation = -1
 
-    def tightest(self) -> tuple[int, int, bytes]:
-        """The limit, requests left and reset (as a header spells it) of the counted window with the
-        fewest requests left, the one that resets last among equals."""
-        best_left = -1
-        best_limit = 0
-        best: _Local | None = None
-        for i in range(self.counted):
-            local = self.locals[i]
-            limit = self.windows[i].limit.count
-            left = limit - local.known - local.pending
-            if left < 0:
-                left = 0
-            if best is None or left < best_left or (left == best_left and local.end > best.end):
-                best, best_left, best_limit = local, left, limit
-        assert best is not None, "no window was counted"
-        return best_limit, best_left, best.reset
+
+class Counted(msgspec.Struct, gc=False):
+    """Windows `count_held` has just counted, before any tally is built: a request within every
+    limit needs only the tightest counted window's limit, requests left and reset (`limit`, `left`,
+    `reset`); `tallies` builds what `count_in_memory` returns. (A Struct: one is made per request.)"""
+
+    windows: tuple[Window, ...]
+    locals: list[_Local]
+    counted: int
+    """How many of `windows` (from the first) were counted: all, or the first stage's alone."""
+    within: bool
+    """Whether every counted window is within its limit (the request is admitted)."""
+    moment: float
+    limit: int
+    left: int
+    reset: bytes | None
+    """With `limit` and `left`: the counted window with the fewest requests left, the one that resets
+    last among equals: its limit, requests left and reset as `X-RateLimit-Reset` spells it (None: no
+    window was counted)."""
 
     def tallies(self) -> list[Tally]:
         now = datetime.fromtimestamp(self.moment, timezone.utc)
@@ -321,6 +331,8 @@ class PgRateCounters:
         self.flush_every = flush_every
         self._local: dict[tuple[str, int], _Local] = {}
         """Windows counted in memory, by bucket and the window's start in Unix seconds."""
+        self._generation = 0
+        """Changed whenever windows are forgotten: a `Held` pointing at entries of an older one finds them anew."""
         self._offset: float | None = None
         """The database's clock minus this process's, in seconds; None until the first answer."""
         self._flusher: asyncio.Task[None] | None = None
@@ -403,27 +415,60 @@ class PgRateCounters:
 
     def count_now(self, first: Sequence[Window], then: Sequence[Window] = ()) -> Counted | None:
         """`count_in_memory`, its tallies not yet built (see `Counted`)."""
+        return self.count_held(Held(first, then))
+
+    def count_held(self, held: Held) -> Counted | None:
+        """`count_now(held.first, held.then)`, finding the windows' entries through `held`."""
         offset = self._offset
         if offset is None or self._failing_since is not None:
             return None
         moment = time.time() + offset
-        windows = [*first, *then]
-        locals_: list[_Local] = []
+        if not held.since <= moment < held.until or held.generation != self._generation:
+            self._hold(held, moment)
+        locals_ = held.locals
+        limits = held.limits
+        staged = held.staged
         admitted = True
-        for window in first:
-            local = self._counted(window, moment)
-            locals_.append(local)
-            if local.known + local.pending > window.limit.count:
+        best: _Local | None = None
+        best_left = best_limit = 0
+        for i in range(staged):
+            local = locals_[i]
+            local.pending += 1
+            limit = limits[i]
+            left = limit - local.known - local.pending
+            if left < 0:
                 admitted = False
+                left = 0
+            if best is None or left < best_left or (left == best_left and local.end > best.end):
+                best, best_left, best_limit = local, left, limit
         within = admitted
-        for window in then:
-            local = self._counted(window, moment, count=admitted)
-            locals_.append(local)
-            if admitted and local.known + local.pending > window.limit.count:
+        counted = len(locals_) if admitted else staged
+        for i in range(staged, counted):
+            local = locals_[i]
+            local.pending += 1
+            limit = limits[i]
+            left = limit - local.known - local.pending
+            if left < 0:
                 within = False
+                left = 0
+            if best is None or left < best_left or (left == best_left and local.end > best.end):
+                best, best_left, best_limit = local, left, limit
         if self._flusher is None and not self._closed:
             self._flusher = asyncio.create_task(self._flush_soon())
-        return Counted(windows, locals_, len(windows) if admitted else len(first), within, moment)
+        return Counted(
+            held.windows, locals_, counted, within, moment, best_limit, best_left, best.reset if best is not None else None
+        )
+
+    def _hold(self, held: Held, moment: float) -> None:
+        """Point `held` at the entries of the windows `moment` (by the database's clock) falls in."""
+        since, until = -math.inf, math.inf
+        locals_ = []
+        for window in held.windows:
+            seconds = window.limit.seconds
+            start_s = int(moment // seconds) * seconds
+            since, until = max(since, start_s), min(until, start_s + seconds)
+            locals_.append(self._entry(window.bucket, start_s, seconds))
+        held.locals, held.since, held.until, held.generation = locals_, since, until, self._generation
 
     async def _first_hit(self, first: Sequence[Window], then: Sequence[Window]) -> list[Tally]:
         waited = self._first_answer = asyncio.get_running_loop().create_future()
@@ -436,18 +481,14 @@ class PgRateCounters:
             self._first_answer = None
             waited.set_result(None)
 
-    def _counted(self, window: Window, moment: float, *, count: bool = True) -> _Local:
-        """The window's local entry for `moment` (by the database's clock), counted once if `count`."""
-        seconds = window.limit.seconds
-        start_s = int(moment // seconds) * seconds
-        key = (window.bucket, start_s)
+    def _entry(self, bucket: str, start_s: int, seconds: int) -> _Local:
+        """The in-memory entry of the window of `bucket` starting at `start_s` (Unix seconds)."""
+        key = (bucket, start_s)
         local = self._local.get(key)
         if local is None:
             local = self._local[key] = _Local(
                 datetime.fromtimestamp(start_s, timezone.utc), datetime.fromtimestamp(start_s + seconds, timezone.utc)
             )
-        if count:
-            local.pending += 1
         return local
 
     async def _flush_soon(self) -> None:
@@ -486,8 +527,11 @@ class PgRateCounters:
         """Drop the windows held in memory that have ended and hold nothing unflushed."""
         if self._offset is not None:
             now = datetime.fromtimestamp(time.time() + self._offset, timezone.utc)
-            for key in [key for key, local in self._local.items() if local.end <= now and not local.pending]:
+            ended = [key for key, local in self._local.items() if local.end <= now and not local.pending]
+            for key in ended:
                 del self._local[key]
+            if ended:
+                self._generation += 1
 
     async def refund(self, tallies: Sequence[Tally]) -> None:
         """Take back one count from each counted tally's window (if that window still exists): from

@@ -10,7 +10,9 @@
 - `Cache-Control: no-store` on sign-in, session, user and key answers, which carry tokens and
   account details.
 
-A header the route set itself is kept, except `Cache-Control` on those answers.
+A header the route set itself is kept, except `Cache-Control` on those answers. A layer inside
+may leave headers for the answer in `scope[ANSWER_HEADERS]` instead of wrapping `send` itself: they
+are added after the answer's own, before the security headers.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def security_headers(path: str, scheme: str) -> dict[str, str]:
 
 
 _CACHE_CONTROL = b"cache-control"
+ANSWER_HEADERS = "wattledger.answer_headers"
+"""Scope key of the list of headers a layer inside `SecurityHeaders` adds to the answer through it
+(the rate limiter's labels), in the one pass it makes over the answer's headers anyway."""
 
 
 def _encoded(path: str, scheme: str) -> tuple[tuple[bytes, bytes], ...]:
@@ -92,11 +97,16 @@ _ENCODED: dict[tuple[tuple[str, str], ...], tuple[tuple[bytes, bytes], ...]] = {
 """Each distinct set of security headers, encoded once (there are a handful)."""
 
 
-def _with(headers: Iterable[tuple[bytes, bytes]], added: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The answer's headers plus `added`: one the route set itself is kept, except Cache-Control,
-    which `added` replaces (every copy of it) when it has one."""
+def _with(
+    headers: Iterable[tuple[bytes, bytes]], added: Sequence[tuple[bytes, bytes]], inner: Sequence[tuple[bytes, bytes]] = ()
+) -> list[tuple[bytes, bytes]]:
+    """The answer's headers, then `inner` (added as they are), then `added`: one the route set itself
+    is kept, except Cache-Control, which `added` replaces (every copy of it) when it has one. No
+    header of `added` is ever among `inner`."""
     out = list(headers)
     present = {bytes(name).lower() for name, _ in out}
+    if inner:
+        out += inner
     for name, value in added:
         if name == _CACHE_CONTROL and name in present:
             out = [header for header in out if bytes(header[0]).lower() != _CACHE_CONTROL]
@@ -107,7 +117,7 @@ def _with(headers: Iterable[tuple[bytes, bytes]], added: Sequence[tuple[bytes, b
 
 
 class SecurityHeaders:
-    """The ASGI wrapper that adds `security_headers` to every HTTP answer."""
+    """The ASGI wrapper that adds `security_headers` (and a layer's `ANSWER_HEADERS`) to every HTTP answer."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -117,10 +127,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         added = _encoded(scope["path"], scope.get("scheme", "http"))
+        inner: list[tuple[bytes, bytes]] = []
+        scope[ANSWER_HEADERS] = inner  # type: ignore[literal-required]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = _with(message.get("headers") or (), added)
+                message["headers"] = _with(message.get("headers") or (), added, inner)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

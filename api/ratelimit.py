@@ -48,8 +48,9 @@ from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
-from adapters.ratelimits import CountersUnavailable, PgRateCounters, Tally, Window
+from adapters.ratelimits import Counted, CountersUnavailable, Held, PgRateCounters, Tally, Window
 from api.errors import HTTP_CODES, error_body
+from api.headers import ANSWER_HEADERS
 from api.ratelimit_requests import (
     Attempt,
     Caller,
@@ -132,6 +133,36 @@ def _number(value: int) -> bytes:
     return _NUMBERS[value] if 0 <= value < 1024 else str(value).encode()
 
 
+_LIMIT, _REMAINING, _RESET = b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset"
+_LIMITS = [(_LIMIT, number) for number in _NUMBERS]
+_LEFT = [(_REMAINING, number) for number in _NUMBERS]
+"""The first two labels of an answer with a small limit and small number left, built once."""
+
+
+class _Client:
+    """A client the limiter counts (by address and credentials): who it claims to be, its windows,
+    and whether anything is counted against an identity the auth layer has to confirm."""
+
+    __slots__ = ("caller", "held", "claims")
+
+    def __init__(self, caller: Caller, held: Held) -> None:
+        self.caller = caller
+        self.held = held
+        self.claims = not caller.verified and (caller.user_id is not None or caller.key_id is not None)
+
+
+def _labelled(send: Send, labels: Sequence[tuple[bytes, bytes]]) -> Send:
+    """`send` adding `labels` to the answer's headers."""
+
+    async def labelled(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            # The app never sets these itself: they are added, not replaced.
+            message["headers"] = [*(message.get("headers") or ()), *labels]
+        await send(message)
+
+    return labelled
+
+
 def _limit_headers(tally: Tally) -> dict[str, str]:
     return {
         "X-RateLimit-Limit": str(tally.window.limit.count),
@@ -148,22 +179,52 @@ class RateLimiter:
         self.limits = limits
         self.counters = counters
         self.cors = cors
-        self._callers: dict[tuple[str | None, str | None, str | None], tuple[Caller, Sequence[Window], Sequence[Window]]] = {}
+        self._callers: dict[tuple[str | None, bytes | None, bytes | None], _Client] = {}
+        """Clients by address and raw key and authorization headers (see `_client`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.WEBSOCKET:
-            await self._handshake(scope, receive, send)
+        if scope["type"] != ScopeType.HTTP:
+            if scope["type"] == ScopeType.WEBSOCKET:
+                await self._handshake(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        path = scope["path"] if scope["type"] == ScopeType.HTTP else ""
+        path = scope["path"]
         if not path or path in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = request_headers(scope)
         method = scope["method"]
+        if (method == "GET" or method == "HEAD") and not path.startswith(PUSH_PREFIX):
+            # Most requests: no attempt, no body, no preflight; counted before their headers are decoded.
+            client = self._client(scope)
+            now = self.counters.count_held(client.held)
+            if now is None or not now.within:
+                await self._limit(scope, receive, send, request_headers(scope), method, path, client, now)
+                return
+            await self._answer_within(scope, receive, send, client, now)
+            return
+        headers = request_headers(scope)
         if method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers:
             await self.app(scope, receive, send)
             return
-        caller, first, then = self._counted_as(scope, headers)
+        await self._limit(scope, receive, send, headers, method, path, self._client(scope), None)
+
+    async def _limit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Mapping[str, str],
+        method: str,
+        path: str,
+        client: _Client,
+        now: Counted | None,
+    ) -> None:
+        """Every request but one within its limits on the way in (`__call__` answers those): attempts,
+        refusals, and any request while the counters count by statement. `now`: the request was counted
+        in memory already."""
+        caller = client.caller
+        first, then = client.held.first, client.held.then
         attempt: Attempt | None = None
         oversized = False
         if method == "GET" or method == "HEAD":
@@ -183,23 +244,11 @@ class RateLimiter:
 
         peek = self.failure_windows(attempt, caller.ip) if attempt else []
         tallies: list[Tally] | None = None
-        if not peek and (now := self.counters.count_now(first, then)) is not None:
+        if now is None and not peek:
+            now = self.counters.count_held(client.held)
+        if now is not None:
             if now.within and attempt is None:
-                # Within every limit and no attempt (most requests): labelled on the way out, then
-                # what was counted against an identity the auth layer did not confirm is taken back.
-                limit, left, reset = now.tightest()
-                labels = ((b"x-ratelimit-limit", _number(limit)), (b"x-ratelimit-remaining", _number(left)),
-                          (b"x-ratelimit-reset", reset))  # fmt: skip
-
-                async def labelled(message: Message) -> None:
-                    if message["type"] == "http.response.start":
-                        # The app never sets these itself: they are added, not replaced.
-                        message["headers"] = [*(message.get("headers") or ()), *labels]
-                    await send(message)
-
-                await self.app(scope, receive, labelled)
-                if not caller.verified and not _proves(principal_of(scope), caller):
-                    await _take_back_unproven(self.counters, scope, caller, now.tallies)
+                await self._answer_within(scope, receive, send, client, now)
                 return
             tallies = now.tallies()
         if tallies is None:
@@ -227,29 +276,61 @@ class RateLimiter:
         await self.app(scope, receive, exchange.send)
         await exchange.finish()
 
-    def _counted_as(
-        self, scope: Scope, headers: Mapping[str, str]
-    ) -> tuple[Caller, Sequence[Window], Sequence[Window]]:
+    async def _answer_within(self, scope: Scope, receive: Receive, send: Send, client: _Client, now: Counted) -> None:
+        """A request counted in memory within every limit, no attempt (most requests): labelled on the
+        way out, then what was counted against an identity the auth layer did not confirm is taken back.
+
+        The labels go to the layer adding the security headers when there is one outside (it adds
+        them in the one pass it makes over the answer's headers), else the limiter adds them."""
+        if now.reset is not None:
+            left, limit = now.left, now.limit
+            labels = (_LIMITS[limit] if limit < 1024 else (_LIMIT, str(limit).encode()),
+                      _LEFT[left] if left < 1024 else (_REMAINING, str(left).encode()), (_RESET, now.reset))  # fmt: skip
+            answer_headers = scope.get(ANSWER_HEADERS)
+            if isinstance(answer_headers, list):
+                answer_headers += labels
+            else:
+                send = _labelled(send, labels)
+        await self.app(scope, receive, send)
+        if client.claims and not _proves(principal_of(scope), client.caller):
+            await _take_back_unproven(self.counters, scope, client.caller, now.tallies)
+
+    def _client(self, scope: Scope) -> _Client:
         """Who the request is counted as and the windows of its address, then of its user and key.
 
         Remembered per (address, key header, authorization header): a client sends the same ones
         request after request, and none of this depends on anything else of the request."""
-        client = scope.get("client")
-        memo = (client[0] if client else None, headers.get("x-api-key"), headers.get("authorization"))
-        if principal_of(scope) is None and (found := self._callers.get(memo)) is not None:
-            return found
-        caller = caller_of(scope, headers)
+        address = scope.get("client")
+        key = authorization = None
+        for name, value in scope.get("headers") or ():
+            # Only the two credential headers' lengths are worth a closer look (names in any case).
+            size = len(name)
+            if size == 9:
+                if key is None and name.lower() == b"x-api-key":
+                    key = bytes(value)
+            elif size == 13 and authorization is None and name.lower() == b"authorization":
+                authorization = bytes(value)
+        memo = (address[0] if address else None, key, authorization)
+        state = scope.get("state")
+        if not (state and isinstance(state.get("principal"), Principal)) and not isinstance(scope.get("user"), Principal):
+            found = self._callers.get(memo)
+            if found is not None:
+                return found
+        caller = caller_of(scope, request_headers(scope))
         limits = self.limits
-        first = tuple(Window("ip", caller.ip, limit) for limit in limits.ip)
-        then = tuple(
-            [Window("user", str(caller.user_id), limit) for limit in limits.user if caller.user_id]
-            + [Window("key", str(caller.key_id), limit) for limit in limits.key if caller.key_id]
+        client = _Client(
+            caller,
+            Held(
+                [Window("ip", caller.ip, limit) for limit in limits.ip],
+                [Window("user", str(caller.user_id), limit) for limit in limits.user if caller.user_id]
+                + [Window("key", str(caller.key_id), limit) for limit in limits.key if caller.key_id],
+            ),
         )
         if not caller.verified:
             if len(self._callers) >= REMEMBERED_CALLERS:
                 self._callers.clear()
-            self._callers[memo] = (caller, first, then)
-        return caller, first, then
+            self._callers[memo] = client
+        return client
 
     async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake (`/ws`, socket.io's upgrade) counts against its address like a request;

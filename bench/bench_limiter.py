@@ -4,8 +4,9 @@
     python bench/bench_limiter.py --app [--devices 1000] [--requests 1000] [--rounds 5]
 
 An API-key request (`GET /api/devices`, as `wrk` sends it) goes through the limiter wrapped around
-an ASGI app that answers at once and leaves the key's principal, as the auth guard does; the
-baseline is the same app called directly. Every limit is on (address, user, key, failed
+an ASGI app that answers at once and leaves the key's principal, as the auth guard does, inside the
+security headers layer as in the app (the limiter hands its labels to it); the baseline is the same
+app inside the same layer, without the limiter. Every limit is on (address, user, key, failed
 attempts) and never reached, so every window is counted; counts are flushed to a scratch
 database as in production. Rounds alternate; the best of each is printed, and the limiter's
 microseconds per request (divide by a route's server time per request, e.g. `bench_reads`'s CPU
@@ -35,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.ratelimits import Limit, PgRateCounters  # noqa: E402
+from api.headers import SecurityHeaders  # noqa: E402
 from api.ratelimit import RateLimiter  # noqa: E402
 from api.ratelimit_rules import RateLimits  # noqa: E402
 from bench.scratch import scratch_database  # noqa: E402
@@ -87,13 +89,14 @@ async def per_request_us(
 async def run(database_url: str, args: argparse.Namespace) -> None:
     counters = PgRateCounters(database_url)
     limits = RateLimits(ip=UNREACHED, user=UNREACHED, key=UNREACHED, login=UNREACHED, login_ip=UNREACHED)
-    limiter = RateLimiter(answer, limits, counters, cors=None)  # type: ignore[arg-type]
+    limiter = SecurityHeaders(RateLimiter(answer, limits, counters, cors=None))  # type: ignore[arg-type]
+    plain = SecurityHeaders(answer)  # type: ignore[arg-type]
     try:
         await per_request_us(limiter, 100)  # type: ignore[arg-type]  # the first request reads the database's clock
         bare: list[float] = []
         limited: list[float] = []
         for round_ in range(args.rounds):
-            pair: list[tuple[list[float], App]] = [(bare, answer), (limited, limiter)]  # type: ignore[list-item]
+            pair: list[tuple[list[float], App]] = [(bare, plain), (limited, limiter)]  # type: ignore[list-item]
             for times, app in pair if round_ % 2 == 0 else pair[::-1]:
                 times.append(await per_request_us(app, args.requests))
     finally:
