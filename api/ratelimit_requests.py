@@ -119,7 +119,13 @@ def caller_of(scope: Scope, headers: Mapping[str, str]) -> Caller:
     user_id = None
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer":
-        user_id = unverified_subject(token.strip())
+        # An API key may come as the bearer token too (as scrapers send it), and is charged as a key.
+        try:
+            bearer_key, _ = parse_api_key(token)
+        except ApiKeyInvalid:
+            user_id = unverified_subject(token.strip())
+        else:
+            key_id = key_id or bearer_key
     return Caller(ip=ip, user_id=user_id, key_id=key_id, verified=False)
 
 

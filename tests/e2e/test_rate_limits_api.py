@@ -181,6 +181,23 @@ async def test_each_api_key_has_its_own_allowance(runtime: Runtime, admin_princi
     assert other.status_code == 200 and other.headers["X-RateLimit-Remaining"] == "2"
 
 
+async def test_an_api_key_sent_as_a_bearer_token_is_charged_as_that_key(
+    runtime: Runtime, admin_principal: Principal
+) -> None:
+    """`Authorization: Bearer <API key>` authenticates as the key, so the key's own limits count it."""
+    confirmed = StepUp(current_password=ADMIN_PASSWORD)
+    key = (await runtime.identity.issue_key(admin_principal, NewKey(name="scraper", scope=Scope.READ), confirmed)).key
+    async with http(runtime, "127.0.0.9", {"Authorization": f"Bearer {key}"}) as as_bearer:
+        answers = [await as_bearer.get("/api/devices") for _ in range(2)]
+    async with http(runtime, "127.0.0.10", {"X-API-Key": key}) as as_header:
+        third = await as_header.get("/api/devices")
+        refused = await as_header.get("/api/devices")
+    assert [a.status_code for a in answers] == [200, 200]
+    assert remaining(answers) == ["2", "1"]
+    assert third.status_code == 200 and third.headers["X-RateLimit-Remaining"] == "0"
+    assert refused.status_code == 429 and "API key" in refused.json()["detail"]
+
+
 async def test_one_address_switching_keys_is_counted_against_each_key(
     runtime: Runtime, admin_principal: Principal
 ) -> None:
