@@ -55,6 +55,14 @@ async def eventually(check: object, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def started(child: ChildProcess, marks: Path) -> int:
+    """The child's pid once it has noted its start. The child may write before `run` has noted its pid
+    (on a busy machine it runs before the parent resumes), so both are waited for."""
+    await eventually(lambda: marks.exists() and marks.read_text() != "" and child.pid is not None)
+    assert child.pid is not None
+    return child.pid
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -68,9 +76,8 @@ async def test_stop_sends_sigterm_and_waits_for_the_child_to_finish(tmp_path: Pa
     child = ChildProcess("relay", polite(marks), os.environ)
     stop = asyncio.Event()
     running = asyncio.create_task(child.run(stop))
-    await eventually(lambda: marks.exists() and "started" in marks.read_text())
-    pid = child.pid
-    assert pid is not None and alive(pid)
+    pid = await started(child, marks)
+    assert "started" in marks.read_text() and alive(pid)
     stop.set()
     await asyncio.wait_for(running, timeout=20)
     assert marks.read_text().split() == ["started", "stopped"]
@@ -88,9 +95,7 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_its_patience(tmp_pat
     child = ChildProcess("relay", stubborn, os.environ, patience=0.3)
     stop = asyncio.Event()
     running = asyncio.create_task(child.run(stop))
-    await eventually(marks.exists)
-    pid = child.pid
-    assert pid is not None
+    pid = await started(child, marks)
     stop.set()
     await asyncio.wait_for(running, timeout=20)
     assert not alive(pid)
@@ -100,9 +105,7 @@ async def test_cancelling_the_part_kills_the_child(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     child = ChildProcess("relay", polite(marks), os.environ)
     running = asyncio.create_task(child.run(asyncio.Event()))
-    await eventually(marks.exists)
-    pid = child.pid
-    assert pid is not None
+    pid = await started(child, marks)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
