@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -268,4 +269,40 @@ async def test_run_polls_when_nobody_wakes_it(app: WattLedger, database_url: str
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        engine.close()
+
+
+async def test_a_cancelled_engine_returns_only_once_its_pass_in_flight_has_ended(
+    app: WattLedger, database_url: str
+) -> None:
+    """A pass runs in a thread, which a cancel cannot stop: `run` waits for it, so nothing projects
+    behind a caller that stopped the engine (and then, say, reads or changes a tracking row)."""
+    slow = CountingProjector("slow")
+    entered, release = threading.Event(), threading.Event()
+    ended: list[bool] = []
+
+    def hold() -> None:
+        entered.set()
+        release.wait(30)
+        ended.append(True)
+
+    slow.before_apply = hold
+    engine = engine_for(app, database_url, slow, batch_size=4)
+    try:
+        seed_history(app)
+        running = asyncio.create_task(engine.run(poll_interval=0.05))
+        assert await asyncio.to_thread(entered.wait, 30)
+        running.cancel()
+        await asyncio.sleep(0.2)
+        assert not running.done(), "the cancel returned while the pass was still applying"
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running, 30)
+        stopped_after = len(slow.calls)
+        assert len(ended) == stopped_after, "every batch the pass began had ended"
+        await asyncio.sleep(0.3)
+        assert len(slow.calls) == stopped_after, "nothing was applied once the engine stopped"
+        assert tracking(database_url)["slow"]["position"] > 0
+    finally:
+        release.set()
         engine.close()
