@@ -34,7 +34,6 @@ from projections.checkpoints import Checkpoint, check, load, newest, verify_chai
 from projections.errors import ProjectionError
 from projections.quarantine import (
     QuarantineRow,
-    Section,
     apply_isolating,
     log_quarantine,
     read_section,
@@ -236,10 +235,8 @@ class Shadow:
         Returns the notifications it held: 0 at the end of the log."""
         section = read_section(self.event_log, self.position, self.batch, stop=until,
                                skip=undecoded_topics(self.projectors))  # fmt: skip
-        return 0 if section is None else self._apply(cur, section)
-
-    def _apply(self, cur: psycopg.Cursor[Any], section: Section) -> int:
-        """Apply `section`, read after this replay's position, to the shadow tables; the notifications it held."""
+        if section is None:
+            return 0
         with self._targeted(cur):
             for projector in self.projectors:
                 first = bisect_right(section.ids, self.starts.get(projector.name, 0))
@@ -265,8 +262,6 @@ class Shadow:
         with eased_collector():
             while True:
                 with self.conn.transaction(), self.conn.cursor() as cur:
-                    # Nothing reads these tables before the swap, and a replay cut short starts again:
-                    # its sections need not wait for their commit to reach the disk (the swap does).
                     cur.execute("SET LOCAL synchronous_commit TO off")
                     read = self._step(cur)
                 if read:
