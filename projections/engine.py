@@ -43,6 +43,7 @@ from projections.quarantine import (
     QuarantineRow,
     Section,
     apply_isolating,
+    ignored_topics,
     expected_fault,
     log_quarantine,
     one_line,
@@ -215,9 +216,8 @@ class ProjectionEngine:
                 if first == len(section.ids):
                     return 0
                 set_search_path(cur, home_schemas(projector.tables))
-                quarantined = apply_isolating(
-                    cur, projector, section.events[first:], section.notifications[first:]
-                )
+                events, notifications = section.heeded(ignored_topics(projector), first)
+                quarantined = apply_isolating(cur, projector, events, notifications, clean=section.clean)
                 record_quarantine(cur, quarantined)
                 cur.execute(
                     f"UPDATE {TRACKING} SET position = %s, updated_at = now(), {CLEARED} WHERE name = %s",

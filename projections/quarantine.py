@@ -47,6 +47,7 @@ __all__ = [
     "data_error",
     "decode_notifications",
     "expected_fault",
+    "ignored_topics",
     "log_quarantine",
     "notifications_of",
     "one_line",
@@ -142,16 +143,21 @@ EVERY_EVENT: Final = "*"
 """What a read model `ignores` when it needs no event decoded (it reads the stored rows, as the chain does)."""
 
 
+def ignored_topics(projector: object) -> frozenset[str]:
+    """The topics of the events `projector` declares it `ignores` (none for `EVERY_EVENT`: such a read model
+    takes every event, undecoded, for its position and stored bytes)."""
+    ignores = getattr(projector, "ignores", ())
+    if ignores == EVERY_EVENT:
+        return frozenset()
+    return frozenset(get_topic(kind) for kind in ignores)
+
+
 def undecoded_topics(projectors: Iterable[object]) -> frozenset[str]:
     """The topics none of `projectors` needs decoded: those every one of them `ignores`.
 
     A read model may declare `ignores`, the event types it does nothing with (or `EVERY_EVENT`);
     one that declares nothing needs every event. `EVERY_EVENT` in the answer: decode nothing."""
-    needed: list[frozenset[str]] = []
-    for projector in projectors:
-        ignores = getattr(projector, "ignores", ())
-        if ignores != EVERY_EVENT:
-            needed.append(frozenset(get_topic(kind) for kind in ignores))
+    needed = [ignored_topics(p) for p in projectors if getattr(p, "ignores", ()) != EVERY_EVENT]
     return frozenset.intersection(*needed) if needed else frozenset({EVERY_EVENT})
 
 
@@ -163,6 +169,18 @@ class Section(msgspec.Struct, frozen=True):
     ids: list[int]
     events: list[object]
     notifications: list[Any]
+    clean: bool = False
+    """True when no event of the section is `Undecodable`."""
+
+    def heeded(self, topics: frozenset[str], first: int = 0) -> tuple[list[object], list[Any]]:
+        """The events from index `first` on and their notifications, without those whose topic is in `topics`
+        (what a read model `ignores`, `ignored_topics`): a read model does nothing with those, so they are
+        not handed to it."""
+        if not topics:
+            return self.events[first:], self.notifications[first:]
+        notifications, events = self.notifications, self.events
+        kept = [i for i in range(first, len(notifications)) if notifications[i].topic not in topics]
+        return [events[i] for i in kept], [notifications[i] for i in kept]
 
 
 def read_section(
@@ -183,7 +201,8 @@ def read_section(
         decoded = iter(decode_notifications(event_log, [n for n, w in zip(notifications, wanted, strict=True) if w]))
         events = [next(decoded) if w else Unread(n.originator_id, n.originator_version, n.topic)
                   for n, w in zip(notifications, wanted, strict=True)]  # fmt: skip
-    return Section(after, [n.id for n in notifications], events, list(notifications))
+    clean = Undecodable not in set(map(type, events))
+    return Section(after, [n.id for n in notifications], events, list(notifications), clean)
 
 
 _APPLYING: ContextVar[tuple[Sequence[object], Sequence[Notification]] | None] = ContextVar(
@@ -229,7 +248,8 @@ def _quarantine(projector: str, notification: Notification, error: str) -> Quara
 
 
 def apply_isolating(
-    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], notifications: Sequence[Notification]
+    cur: psycopg.Cursor[Any], projector: Projector, events: Sequence[object], notifications: Sequence[Notification],
+    *, clean: bool = False,
 ) -> list[QuarantineRow]:
     """Apply `events` in the caller's transaction, skipping those that fail alone with a data error.
 
@@ -241,17 +261,18 @@ def apply_isolating(
     and applied again in halves until the one event that fails alone is found. That event, and
     any `Undecodable`, is left out and returned as a quarantine row (projector, position,
     originator id and version, topic, error). Any other error (a fault, a bug) is raised.
+    With `clean` the caller knows no event is `Undecodable` (`Section.clean`), so none is looked for.
     """
     set_json_loads(msgspec.json.decode, cur)
     found: list[QuarantineRow] = []
     start, end = 0, len(events)
     while start < end:
         marker = events[start]
-        if isinstance(marker, Undecodable):
+        if not clean and isinstance(marker, Undecodable):
             found.append(_quarantine(projector.name, notifications[start], marker.error))
             start += 1
             continue
-        stop = next((i for i in range(start, end) if isinstance(events[i], Undecodable)), end)
+        stop = end if clean else next((i for i in range(start, end) if isinstance(events[i], Undecodable)), end)
         failed, error = _apply_span(cur, projector, events, notifications, start, stop)
         if error is not None:
             found.append(_quarantine(projector.name, notifications[failed], one_line(error)))

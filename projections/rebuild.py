@@ -35,6 +35,7 @@ from projections.errors import ProjectionError
 from projections.quarantine import (
     QuarantineRow,
     apply_isolating,
+    ignored_topics,
     log_quarantine,
     read_section,
     record_quarantine,
@@ -177,6 +178,7 @@ class Shadow:
         self.batch = batch
         self.tables = [table for projector in self.projectors for table in projector.tables]
         self.names = [projector.name for projector in self.projectors]
+        self.ignored = {projector.name: ignored_topics(projector) for projector in self.projectors}
         self.position = 0
         self.starts: dict[str, int] = {}
         self.events = 0
@@ -241,9 +243,8 @@ class Shadow:
             for projector in self.projectors:
                 first = bisect_right(section.ids, self.starts.get(projector.name, 0))
                 if first < len(section.ids):
-                    self.quarantined.extend(apply_isolating(
-                        cur, projector, section.events[first:], section.notifications[first:]
-                    ))  # fmt: skip
+                    events, notifications = section.heeded(self.ignored[projector.name], first)
+                    self.quarantined.extend(apply_isolating(cur, projector, events, notifications, clean=section.clean))
         self.position = section.ids[-1]
         self.events += len(section.ids)
         return len(section.ids)
@@ -328,7 +329,8 @@ class Shadow:
         skip = undecoded_topics([projector])
         while section := read_section(self.event_log, position, self.batch, stop=target, skip=skip):
             set_search_path(cur, home_schemas(projector.tables))
-            quarantined.extend(apply_isolating(cur, projector, section.events, section.notifications))
+            events, notifications = section.heeded(ignored_topics(projector))
+            quarantined.extend(apply_isolating(cur, projector, events, notifications, clean=section.clean))
             position, moved = section.ids[-1], True
         record_quarantine(cur, quarantined)
         self.live_quarantined.extend(quarantined)

@@ -294,8 +294,10 @@ class Projector(Protocol):
     """A read model: its versioned tables and how a batch of events changes them.
 
     A read model may also declare `ignores`: the event types its `apply_batch` does nothing
-    with (or `projections.quarantine.EVERY_EVENT`). An event every read model of a pass
-    ignores is not decoded; it reaches them as a `projections.quarantine.Unread`.
+    with (or `projections.quarantine.EVERY_EVENT`). Such events are not handed to it (nor
+    quarantined for it when they cannot be decoded), and an event every read model of a pass
+    ignores is not decoded at all. A read model declaring `EVERY_EVENT` takes every event, as
+    a `projections.quarantine.Unread` where no other read model of the pass needed it decoded.
     """
 
     @property
