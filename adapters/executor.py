@@ -223,12 +223,14 @@ class CommandExecutor:
                     async with self._device_locks.setdefault(control.device_id, asyncio.Lock()):
                         outcome = await self._handlers.execute(command_id, executor=self.name)
                     if outcome is not None and outcome.settled:
-                        if self._order is not None:
-                            await self._order.leave(command_id)
+                        # Counted and announced as soon as the outcome is stored: a stop while the queue
+                        # entry is being removed must not lose that this sweep settled it.
                         self.settled_interrupted += 1
                         self._on_saved()
                         log.info("executor.interrupted_settled", command_id=str(command_id),
                                  status=outcome.status.value, reason=outcome.reason)  # fmt: skip
+                        if self._order is not None:
+                            await self._order.leave(command_id)
             except DATABASE_FAULTS + DEVICE_FAULTS as exc:
                 report("executor", exc, action="sweep")
 

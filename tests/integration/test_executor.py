@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
+from adapters.command_order import DeviceOrder
 from adapters.emulator import EmulatorFleet
 from adapters.eventstore import StoreUnitOfWork
 from adapters.executor import CommandExecutor
@@ -155,3 +156,44 @@ async def test_a_restarted_executor_settles_an_interrupted_command_without_waiti
     assert restarted.settled_interrupted == 1
     assert outcomes(runtime, accepted.command_id) == ["ControlSucceeded"]
     assert device.relay_requests == [None]
+
+
+class HeldOrder(DeviceOrder):
+    """The device queue, whose removal of a settled command waits until the test lets it go, as a slow
+    database round trip does."""
+
+    def __init__(self, order: DeviceOrder) -> None:
+        super().__init__(order._pool)
+        self.leaving = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def leave(self, command_id: UUID) -> None:
+        self.leaving.set()
+        await self.release.wait()
+        await super().leave(command_id)
+
+
+async def test_a_sweep_stopped_while_the_queue_entry_is_removed_still_counts_what_it_settled(
+    runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    device_id, _, was_on = await _plug(runtime, fleet, "HS100")
+    dying = runtime.control()
+    killer = KilledAt(runtime.driver, after_switch=True)
+    dying.switch = killer
+    slow = CommandExecutor(runtime.js, dying, stream=runtime.stream, ack_wait=60.0, on_saved=runtime.saved)
+    async with background(runtime, poll=False):
+        accepted = await runtime.control().request_control(
+            RequestControl(device_id=device_id, action=Action.OFF if was_on else Action.ON, actor="test")
+        )
+        runtime.saved()
+        async with executor_task(runtime, dying, slow):
+            await asyncio.wait_for(killer.reached.wait(), 15)
+        restarted = runtime.executor()
+        restarted._settle_after = 0.5
+        assert restarted._order is not None
+        held = restarted._order = HeldOrder(restarted._order)
+        async with executor_task(runtime, runtime.control(), restarted):
+            settled = await runtime.control().wait_outcome(accepted.command_id, 20)
+            await asyncio.wait_for(held.leaving.wait(), 15)
+            assert restarted.settled_interrupted == 1, "settled by the sweep, whose queue removal is still pending"
+    assert settled.status is Status.SUCCEEDED
