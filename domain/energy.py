@@ -152,12 +152,12 @@ def channel_step(
     power = power_w if power_w is not None and isfinite(power_w) else None
     if before is None:
         return Channel(at=at, power_w=power, counted_wh=counter), None
-    counted, wh = _measured(before.at, before.power_w, before.counted_wh, at, power, counter, rules)
+    counted, wh = measured(before.at, before.power_w, before.counted_wh, at, power, counter, rules)
     after = Channel(at=at, power_w=power, counted_wh=counted)
     return after, None if wh is None else Interval(channel=channel, start=before.at, end=at, wh=wh)
 
 
-def _measured(
+def measured(
     since: datetime, power_before: float | None, counted_before: float | None, at: datetime, power: float | None,
     counter: float | None, rules: EnergyRules,
 ) -> tuple[float | None, float | None]:
@@ -222,13 +222,13 @@ class DeviceFold:
             self._since, self._power_w, self._counted_wh = at, power, counter
             return None
         if counter is not None and high is not None and counter >= high:
-            # A counter that rose (nearly every reading): `_measured`'s first case, written out.
+            # A counter that rose (nearly every reading): `measured`'s first case, written out.
             rules = self._rules
             rise = counter - high
             plausible = rules.max_power_w * (at - since).total_seconds() / 3600 + rules.resolution_wh
             self._since, self._power_w, self._counted_wh = at, power, counter
             return since, rise if rise <= plausible else 0.0
-        self._counted_wh, wh = _measured(since, self._power_w, high, at, power, counter, self._rules)
+        self._counted_wh, wh = measured(since, self._power_w, high, at, power, counter, self._rules)
         self._since, self._power_w = at, power
         return None if wh is None else (since, wh)
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
+from math import isfinite
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 
-from domain.energy import Channel, EnergyRules, Interval, MeterState, channel_step, share_within
+from domain.energy import Channel, EnergyRules, Interval, MeterState, channel_step, measured, share_within
 
 BUCKET = timedelta(minutes=5)
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -221,6 +223,163 @@ def rollup(
                 bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
             bucket.wh += max(left, 0.0)
     return {buckets[i].start: buckets[i] for i in sorted(buckets)}
+
+
+Measured = tuple[datetime, str, float | None, float | None, bool]
+"""One reading of a channel as plain values: at, meter, power_w, total_wh, is_on."""
+Kept = tuple[datetime, str, float | None, float | None, bool, float | None, float | None]
+"""A folded reading as a read model keeps it: at, meter, power_w, total_wh, is_on, counted_wh, wh."""
+
+
+_MICROS: dict[datetime, int] = {}
+"""Moments met by `fold_buckets`, in microseconds since EPOCH: the channels of a fleet are read at the same
+few moments, each of which is converted once."""
+
+
+def fold_buckets(
+    start: Kept | None, readings: Iterable[Measured], rules: EnergyRules, since: datetime
+) -> tuple[list[Kept], list[Bucket]]:
+    """`refold` from `start` over `readings` (sorted, all after it), then `rollup` of `start` and them from
+    `since`, in one pass.
+
+    Returns the readings folded, as kept (without `start`), and the buckets from `since`
+    on in start order: the values `refold` and `rollup` give, every sum added in the same
+    order (a bucket's on-time and power in reading order, its energy in interval order),
+    with no reading, interval or meter state built between.
+    """
+    step = _STEP
+    first_index = -((EPOCH - since) // BUCKET)
+    max_gap = rules.max_gap // _MICROSECOND
+    max_power_w, resolution_wh = rules.max_power_w, rules.resolution_wh
+    buckets: dict[int, Bucket] = {}
+    found = buckets.get
+    folded: list[Kept] = []
+    micros = _MICROS
+    if len(micros) > 65_536:
+        micros.clear()
+    meter: str | None = None
+    last_at = EPOCH
+    last_power: float | None = None
+    last_counted: float | None = None
+    low = 0
+    low_index: int | None = None
+    """The bucket of the reading before (None: none yet); `low`, its moment in microseconds since EPOCH."""
+    bucket: Bucket | None
+    if start is not None:
+        last_at, meter, last_power, last_counted = start[0], start[1], start[2], start[5]
+        low = (last_at - EPOCH) // _MICROSECOND
+        low_index = low // step
+        if low_index >= first_index:
+            bucket = buckets[low_index] = Bucket(start=EPOCH + low_index * BUCKET)
+            bucket.count += 1
+            if last_power is not None:
+                bucket.power_sum += last_power
+                bucket.power_min = bucket.power_max = last_power
+    for at, reading_meter, power_w, total_wh, is_on in readings:
+        same = meter is not None and meter == reading_meter
+        if same and at <= last_at:
+            continue
+        # The fold: `channel_step`, a rising counter's case (nearly every reading) written out.
+        if (high := micros.get(at)) is None:
+            high = micros[at] = (at - EPOCH) // _MICROSECOND
+        counter = total_wh if total_wh is not None and isfinite(total_wh) and total_wh >= 0 else None
+        power = power_w if power_w is not None and isfinite(power_w) else None
+        wh: float | None = None
+        if not same:
+            counted = counter
+        elif counter is not None and last_counted is not None and counter >= last_counted:
+            rise = counter - last_counted
+            plausible = max_power_w * ((high - low) / 1_000_000) / 3600 + resolution_wh
+            counted, wh = counter, rise if rise <= plausible else 0.0
+        else:
+            counted, wh = measured(last_at, last_power, last_counted, at, power, counter, rules)
+        folded.append((at, reading_meter, power_w, total_wh, is_on, counted, wh))
+        meter, last_at, last_power, last_counted = reading_meter, at, power, counted
+        # The rollup: the on-time (and gap) since the reading before, this reading's count and power, and the
+        # energy of the interval it closes, split over the buckets it spans in proportion to time.
+        index = high // step
+        if index == low_index:  # within the bucket of the reading before: all of it goes to that bucket
+            if index >= first_index:
+                if (bucket := found(index)) is None:
+                    bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+                if high > low:
+                    gap = high - low > max_gap
+                    bucket.gap = bucket.gap or gap
+                    if is_on and not gap:
+                        bucket.on_s += (high - low) / 1_000_000
+                bucket.count += 1
+                if power_w is not None:
+                    _add_power(bucket, power_w)
+                if wh is not None:
+                    bucket.wh += wh
+            low = high
+            continue
+        if low_index is not None:
+            gap = high - low > max_gap
+            on = is_on and not gap
+            edge_index = low_index
+            edge = edge_index * step
+            while edge < high:
+                edge_end = edge + step
+                if edge_index >= first_index:
+                    seconds = ((high if high < edge_end else edge_end) - (low if low > edge else edge)) / 1_000_000
+                    if seconds > 0:
+                        if (bucket := found(edge_index)) is None:
+                            bucket = buckets[edge_index] = Bucket(start=EPOCH + edge_index * BUCKET)
+                        bucket.gap = bucket.gap or gap
+                        if on:
+                            bucket.on_s += seconds
+                edge_index += 1
+                edge = edge_end
+        if index >= first_index:
+            if (bucket := found(index)) is None:
+                bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+            bucket.count += 1
+            if power_w is not None:
+                _add_power(bucket, power_w)
+        if wh is not None:
+            _split(buckets, first_index, low, high, wh)
+        low, low_index = high, index
+    return folded, [buckets[i] for i in sorted(buckets)]
+
+
+def _add_power(bucket: Bucket, power_w: float) -> None:
+    """Count a reading's power in its bucket; `min` and `max` as the builtins keep them (the first of equals)."""
+    bucket.power_sum += power_w
+    if (power_min := bucket.power_min) is None or power_w < power_min:
+        bucket.power_min = power_w
+    if (power_max := bucket.power_max) is None or power_w > power_max:
+        bucket.power_max = power_w
+
+
+def _split(buckets: dict[int, Bucket], first_index: int, begin: int, end: int, wh: float) -> None:
+    """Add the energy of the interval [begin, end) (microseconds since EPOCH) to the buckets from `first_index`
+    on, as `rollup` splits it."""
+    step = _STEP
+    index = begin // step
+    edge = (index + 1) * step
+    if edge >= end:
+        if index >= first_index:
+            if (bucket := buckets.get(index)) is None:
+                bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+            bucket.wh += wh
+        return
+    left = wh
+    length = (end - begin) / 1_000_000
+    while edge < end:
+        overlap = ((end if end < edge else edge) - (begin if begin > edge - step else edge - step)) / 1_000_000
+        part = wh * overlap / length if overlap > 0 else 0.0
+        if index >= first_index:
+            if (bucket := buckets.get(index)) is None:
+                bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+            bucket.wh += part
+        left -= part
+        index += 1
+        edge += step
+    if index >= first_index:
+        if (bucket := buckets.get(index)) is None:
+            bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+        bucket.wh += max(left, 0.0)
 
 
 def rollup_channel(readings: Iterable[ChannelReading], rules: EnergyRules, channel: str) -> dict[datetime, Bucket]:

@@ -43,7 +43,7 @@ from domain.meter import MeterDay
 from domain.pricing import PRICING, STORED, Priced, PriceWalk, bucket_costs, kwh_of, tier_reach
 from domain.rates import RateVersion, Tariff, version_of
 from domain.readings import MAX_CHANNEL_POWER_W, MAX_COUNTER_WH, bounded
-from domain.rollups import BUCKET, EPOCH, Bucket, ChannelReading, Folded, bucket_start, refold, rollup
+from domain.rollups import BUCKET, EPOCH, Bucket, Kept, Measured, bucket_start, fold_buckets
 from projections.tables import READ_SCHEMA, Table
 
 HOUR = timedelta(hours=1)
@@ -134,12 +134,8 @@ def rate_of(row: RateRow) -> RateVersion:
     return _RATE_DECODER.decode(msgspec.json.encode(row.rate))
 
 
-def _reading(event: MeterDay.ReadingRecorded, mac: str, power_w: float | None, total_wh: float | None,
-             is_on: bool) -> ChannelReading:  # fmt: skip
-    return ChannelReading(
-        at=event.measured_at, meter=mac, power_w=bounded(power_w, MAX_CHANNEL_POWER_W),
-        total_wh=bounded(total_wh, MAX_COUNTER_WH), is_on=is_on,
-    )  # fmt: skip
+def _reading(at: datetime, mac: str, power_w: float | None, total_wh: float | None, is_on: bool) -> Measured:
+    return at, mac, bounded(power_w, MAX_CHANNEL_POWER_W), bounded(total_wh, MAX_COUNTER_WH), is_on
 
 
 Removed = tuple[UUID, str, datetime, float]
@@ -153,11 +149,11 @@ class _Channel(msgspec.Struct, kw_only=True):
 
     device_id: UUID
     channel: str
-    new: dict[datetime, ChannelReading]
+    new: dict[datetime, Measured]
     since: datetime | None = None
     in_order: bool = False
     """Every new reading is newer than every stored one (a replay's usual case)."""
-    tail: list[tuple[Any, ...]] | None = None
+    tail: list[Kept] | None = None
     """The channel's stored readings from the last one at or before the start of its newest one's bucket on, as
     `_window` gives them: what a replay keeps between sections (`Table.kept_by_replay`), and what `_refold` leaves."""
 
@@ -191,7 +187,7 @@ class EnergyProjector:
                 return
         devices: dict[UUID, EnergyDeviceRow] = DEVICES.take(cur, device_ids) if device_ids else {}
         touched: set[UUID] = set()
-        pending: dict[tuple[UUID, str], dict[datetime, ChannelReading]] = {}
+        pending: dict[tuple[UUID, str], dict[datetime, Measured]] = {}
         repriced_from: datetime | None = None
         for event in events:
             if isinstance(event, MeterDay.ReadingRecorded):  # nearly every event: matched before the rest
@@ -202,13 +198,13 @@ class EnergyProjector:
                     for o in event.outlets:
                         new = pending.setdefault((event.device_id, o.outlet_id), {})
                         if at not in new:
-                            new[at] = _reading(event, mac, o.power_w, o.total_wh, o.is_on)
+                            new[at] = _reading(at, mac, o.power_w, o.total_wh, o.is_on)
                 else:
                     plug = pending.get(key := (event.device_id, DEVICE_CHANNEL))
                     if plug is None:
                         plug = pending[key] = {}
                     if at not in plug:
-                        plug[at] = _reading(event, mac, event.power_w, event.total_wh, event.is_on)
+                        plug[at] = _reading(at, mac, event.power_w, event.total_wh, event.is_on)
                 continue
             match event:
                 case Device.Added():
@@ -362,42 +358,42 @@ class EnergyProjector:
         `rewritten` where one is stored), its buckets in [since, until) to `fresh`. Returns (since, until), until
         None for every bucket on; None when a bounded window proved too short (the fold did not meet what is
         stored at the first stored reading after the new ones), and nothing was added."""
-        assert channel.since is not None
-        start: Folded | None = None
-        if records and records[0][0] <= channel.since:
-            at, m, p, t, o, counted, wh = records.pop(0)
-            start = Folded(reading=ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o),
-                           counted_wh=counted, wh=wh)  # fmt: skip
+        since, new = channel.since, channel.new
+        assert since is not None
+        start: Kept | None = records.pop(0) if records and records[0][0] <= since else None
         kept = {r[0]: r for r in records}
-        merged = {at: ChannelReading(at=at, meter=m, power_w=p, total_wh=t, is_on=o)
-                  for at, m, p, t, o, _, _ in records}  # fmt: skip
-        merged.update(channel.new)
-        folded, intervals = refold(start, [merged[at] for at in sorted(merged)], self.rules, channel.channel)
-        newest = max(channel.new)
-        settled_at = next((r[0] for r in records if r[0] > newest), None) if bounded else None
+        if channel.in_order:  # every new reading is newer than every stored one
+            readings = [r[:5] for r in records] + [new[at] for at in sorted(new)]
+        else:
+            merged: dict[datetime, Measured] = {r[0]: r[:5] for r in records}
+            merged.update(new)
+            readings = [merged[at] for at in sorted(merged)]
+        folded, buckets = fold_buckets(start, readings, self.rules, since)
+        settled_at: datetime | None = None
+        if bounded and not channel.in_order:
+            newest = max(new)
+            settled_at = next((r[0] for r in records if r[0] > newest), None)
+        device_id, name = channel.device_id, channel.channel
+        key = (device_id, name)
         changed: list[datetime] = []
         written: list[tuple[Any, ...]] = []
         for item in folded:
-            r = item.reading
-            old = kept.get(r.at)
-            if old is not None and old[5] == item.counted_wh and old[6] == item.wh:
+            at = item[0]
+            old = kept.get(at)
+            if old is not None and old[5] == item[5] and old[6] == item[6]:
                 continue
-            if r.at == settled_at:
+            if at == settled_at:
                 return None
             if old is not None:
-                changed.append(r.at)
-            written.append((channel.device_id, channel.channel, r.at, r.meter, r.power_w, r.total_wh, r.is_on,
-                            item.counted_wh, item.wh))  # fmt: skip
+                changed.append(at)
+            written.append(key + item)
         rows += written
-        rewritten += [(channel.device_id, channel.channel, at) for at in changed]
+        rewritten += [(device_id, name, at) for at in changed]
         until = bucket_start(settled_at) + BUCKET if settled_at is not None else None
-        items = ([start] if start is not None else []) + folded
-        if until is None and items:
-            channel.tail = _tail(items)
-        buckets = rollup(items, intervals, self.rules, channel.since)
-        fresh += [_bucket_row(channel.device_id, channel.channel, b) for b in buckets.values()
-                  if until is None or b.start < until]  # fmt: skip
-        return channel.since, until
+        if until is None and (folded or start is not None):
+            channel.tail = _tail(folded if start is None else [start, *folded])
+        fresh += [_bucket_row(device_id, name, b) for b in buckets if until is None or b.start < until]
+        return since, until
 
     def _drop_kept(self, cur: psycopg.Cursor[Any], channels: list[_Channel]) -> None:
         """Drop the new readings already kept (late or repeated ones), and set each channel's `since`: the
@@ -679,13 +675,12 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
-def _tail(items: Sequence[Folded]) -> list[tuple[Any, ...]]:
+def _tail(items: list[Kept]) -> list[Kept]:
     """The stored rows `_window` gives for a channel whose stored readings end with `items` (in order): from the
     last one at or before the start of the newest one's bucket on (all of `items` if none is)."""
-    cut = bucket_start(items[-1].reading.at)
-    first = next((i for i in range(len(items) - 1, -1, -1) if items[i].reading.at <= cut), 0)
-    return [(f.reading.at, f.reading.meter, f.reading.power_w, f.reading.total_wh, f.reading.is_on, f.counted_wh,
-             f.wh) for f in items[first:]]  # fmt: skip
+    cut = bucket_start(items[-1][0])
+    first = next((i for i in range(len(items) - 1, -1, -1) if items[i][0] <= cut), 0)
+    return items[first:]
 
 
 def _first(item: tuple[Any, ...]) -> Any:
