@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from math import isfinite
 from typing import Any
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -229,20 +230,25 @@ Measured = tuple[datetime, str, float | None, float | None, bool]
 """One reading of a channel as plain values: at, meter, power_w, total_wh, is_on."""
 Kept = tuple[datetime, str, float | None, float | None, bool, float | None, float | None]
 """A folded reading as a read model keeps it: at, meter, power_w, total_wh, is_on, counted_wh, wh."""
+Row = tuple[UUID, str, datetime, str, float | None, float | None, bool, float | None, float | None]
+"""A folded reading of a device's channel, as a read model stores it: device, channel, then as `Kept`."""
 
 
+_STARTS: dict[int, datetime] = {}
+"""Bucket starts by index since EPOCH: the same few are met in every channel, each made once."""
 _MICROS: dict[datetime, int] = {}
 """Moments met by `fold_buckets`, in microseconds since EPOCH: the channels of a fleet are read at the same
 few moments, each of which is converted once."""
 
 
 def fold_buckets(
-    start: Kept | None, readings: Iterable[Measured], rules: EnergyRules, since: datetime
-) -> tuple[list[Kept], list[Bucket]]:
-    """`refold` from `start` over `readings` (sorted, all after it), then `rollup` of `start` and them from
-    `since`, in one pass.
+    start: Kept | None, readings: Iterable[Measured], rules: EnergyRules, since: datetime, device: UUID,
+    channel: str,
+) -> tuple[list[Row], list[Bucket]]:
+    """`refold` from `start` over `readings` (sorted, all after it) of `device`'s `channel`, then `rollup` of
+    `start` and them from `since`, in one pass.
 
-    Returns the readings folded, as kept (without `start`), and the buckets from `since`
+    Returns the readings folded, as rows (without `start`), and the buckets from `since`
     on in start order: the values `refold` and `rollup` give, every sum added in the same
     order (a bucket's on-time and power in reading order, its energy in interval order),
     with no reading, interval or meter state built between.
@@ -253,7 +259,7 @@ def fold_buckets(
     max_power_w, resolution_wh = rules.max_power_w, rules.resolution_wh
     buckets: dict[int, Bucket] = {}
     found = buckets.get
-    folded: list[Kept] = []
+    folded: list[Row] = []
     micros = _MICROS
     if len(micros) > 65_536:
         micros.clear()
@@ -270,7 +276,7 @@ def fold_buckets(
         low = (last_at - EPOCH) // _MICROSECOND
         low_index = low // step
         if low_index >= first_index:
-            bucket = buckets[low_index] = Bucket(start=EPOCH + low_index * BUCKET)
+            bucket = buckets[low_index] = _bucket(low_index)
             bucket.count += 1
             if last_power is not None:
                 bucket.power_sum += last_power
@@ -293,7 +299,7 @@ def fold_buckets(
             counted, wh = counter, rise if rise <= plausible else 0.0
         else:
             counted, wh = measured(last_at, last_power, last_counted, at, power, counter, rules)
-        folded.append((at, reading_meter, power_w, total_wh, is_on, counted, wh))
+        folded.append((device, channel, at, reading_meter, power_w, total_wh, is_on, counted, wh))
         meter, last_at, last_power, last_counted = reading_meter, at, power, counted
         # The rollup: the on-time (and gap) since the reading before, this reading's count and power, and the
         # energy of the interval it closes, split over the buckets it spans in proportion to time.
@@ -301,7 +307,7 @@ def fold_buckets(
         if index == low_index:  # within the bucket of the reading before: all of it goes to that bucket
             if index >= first_index:
                 if (bucket := found(index)) is None:
-                    bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+                    bucket = buckets[index] = _bucket(index)
                 if high > low:
                     gap = high - low > max_gap
                     bucket.gap = bucket.gap or gap
@@ -325,7 +331,7 @@ def fold_buckets(
                     seconds = ((high if high < edge_end else edge_end) - (low if low > edge else edge)) / 1_000_000
                     if seconds > 0:
                         if (bucket := found(edge_index)) is None:
-                            bucket = buckets[edge_index] = Bucket(start=EPOCH + edge_index * BUCKET)
+                            bucket = buckets[edge_index] = _bucket(edge_index)
                         bucket.gap = bucket.gap or gap
                         if on:
                             bucket.on_s += seconds
@@ -333,7 +339,7 @@ def fold_buckets(
                 edge = edge_end
         if index >= first_index:
             if (bucket := found(index)) is None:
-                bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+                bucket = buckets[index] = _bucket(index)
             bucket.count += 1
             if power_w is not None:
                 _add_power(bucket, power_w)
@@ -341,6 +347,15 @@ def fold_buckets(
             _split(buckets, first_index, low, high, wh)
         low, low_index = high, index
     return folded, [buckets[i] for i in sorted(buckets)]
+
+
+def _bucket(index: int) -> Bucket:
+    """A new bucket, the `index`th since EPOCH."""
+    if (start := _STARTS.get(index)) is None:
+        if len(_STARTS) > 65_536:
+            _STARTS.clear()
+        start = _STARTS[index] = EPOCH + index * BUCKET
+    return Bucket(start=start)
 
 
 def _add_power(bucket: Bucket, power_w: float) -> None:
@@ -361,7 +376,7 @@ def _split(buckets: dict[int, Bucket], first_index: int, begin: int, end: int, w
     if edge >= end:
         if index >= first_index:
             if (bucket := buckets.get(index)) is None:
-                bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+                bucket = buckets[index] = _bucket(index)
             bucket.wh += wh
         return
     left = wh
@@ -371,14 +386,14 @@ def _split(buckets: dict[int, Bucket], first_index: int, begin: int, end: int, w
         part = wh * overlap / length if overlap > 0 else 0.0
         if index >= first_index:
             if (bucket := buckets.get(index)) is None:
-                bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+                bucket = buckets[index] = _bucket(index)
             bucket.wh += part
         left -= part
         index += 1
         edge += step
     if index >= first_index:
         if (bucket := buckets.get(index)) is None:
-            bucket = buckets[index] = Bucket(start=EPOCH + index * BUCKET)
+            bucket = buckets[index] = _bucket(index)
         bucket.wh += max(left, 0.0)
 
 

@@ -43,7 +43,7 @@ from domain.meter import MeterDay
 from domain.pricing import PRICING, STORED, Priced, PriceWalk, bucket_costs, kwh_of, tier_reach
 from domain.rates import RateVersion, Tariff, version_of
 from domain.readings import MAX_CHANNEL_POWER_W, MAX_COUNTER_WH, bounded
-from domain.rollups import BUCKET, EPOCH, Bucket, Kept, Measured, bucket_start, fold_buckets
+from domain.rollups import BUCKET, EPOCH, Bucket, Kept, Measured, Row, bucket_start, fold_buckets
 from projections.tables import READ_SCHEMA, Table
 
 HOUR = timedelta(hours=1)
@@ -368,30 +368,32 @@ class EnergyProjector:
             merged: dict[datetime, Measured] = {r[0]: r[:5] for r in records}
             merged.update(new)
             readings = [merged[at] for at in sorted(merged)]
-        folded, buckets = fold_buckets(start, readings, self.rules, since)
+        device_id, name = channel.device_id, channel.channel
+        folded, buckets = fold_buckets(start, readings, self.rules, since, device_id, name)
         settled_at: datetime | None = None
         if bounded and not channel.in_order:
             newest = max(new)
             settled_at = next((r[0] for r in records if r[0] > newest), None)
-        device_id, name = channel.device_id, channel.channel
-        key = (device_id, name)
         changed: list[datetime] = []
-        written: list[tuple[Any, ...]] = []
-        for item in folded:
-            at = item[0]
+        written: list[Row] = []
+        # In order, every reading is folded (none is older than the one before) and the stored ones come first.
+        compared = len(records) if channel.in_order and len(folded) == len(readings) else len(folded)
+        for row in folded[:compared]:
+            at = row[2]
             old = kept.get(at)
-            if old is not None and old[5] == item[5] and old[6] == item[6]:
+            if old is not None and old[5] == row[7] and old[6] == row[8]:
                 continue
             if at == settled_at:
                 return None
             if old is not None:
                 changed.append(at)
-            written.append(key + item)
+            written.append(row)
         rows += written
+        rows += folded[compared:]
         rewritten += [(device_id, name, at) for at in changed]
         until = bucket_start(settled_at) + BUCKET if settled_at is not None else None
         if until is None and (folded or start is not None):
-            channel.tail = _tail(folded if start is None else [start, *folded])
+            channel.tail = _tail(start, folded)
         fresh += [_bucket_row(device_id, name, b) for b in buckets if until is None or b.start < until]
         return since, until
 
@@ -608,18 +610,30 @@ class EnergyProjector:
                 whole[(d, c)] = (low, high)
         summed: dict[tuple[UUID, str, datetime], list[BucketRow]] = {}
         others = set(repriced)
-        hour_of: dict[datetime, datetime] = {}
+        device_id: UUID | None = None
+        channel = ""
+        span: tuple[datetime, datetime | None] | None = None
+        hour = hour_end = EPOCH
+        parts: list[BucketRow] | None = None
+        # `fresh` holds each channel's buckets together in start order: its span is looked up, and each hour's
+        # place found, once for all of them.
         for b in fresh:
-            if (hour := hour_of.get(b.start)) is None:
-                hour = hour_of[b.start] = _hour(b.start)
-            key = (b.device_id, b.channel, hour)
-            span = whole.get((b.device_id, b.channel))
-            if span is not None and span[0] <= hour and (span[1] is None or hour < span[1]):
-                if (parts := summed.get(key)) is None:
-                    parts = summed[key] = []
+            if b.device_id is not device_id or b.channel is not channel:
+                device_id, channel = b.device_id, b.channel
+                span = whole.get((device_id, channel))
+                hour_end = hour
+            if not hour <= b.start < hour_end:
+                hour = _hour(b.start)
+                hour_end = hour + HOUR
+                key = (device_id, channel, hour)
+                if span is not None and span[0] <= hour and (span[1] is None or hour < span[1]):
+                    if (parts := summed.get(key)) is None:
+                        parts = summed[key] = []
+                else:
+                    others.add(key)
+                    parts = None
+            if parts is not None:
                 parts.append(b)
-            else:
-                others.add(key)
         for d, c, start, _ in removed:
             hour = _hour(start)
             span = whole.get((d, c))
@@ -634,7 +648,7 @@ class EnergyProjector:
                  _joined(high for _, high in whole.values())),
             )  # fmt: skip
         self._hours(cur, others - summed.keys())
-        HOURS.copy_in(cur, (astuple(_hour_row(key, parts)) for key, parts in summed.items()))
+        HOURS.copy_in(cur, (_hour_row(key, parts) for key, parts in summed.items()))
 
     def _hours(self, cur: psycopg.Cursor[Any], hours: set[tuple[UUID, str, datetime]]) -> None:
         """Roll the given (device, channel, hour) rows up again from their 5-minute buckets."""
@@ -675,12 +689,15 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
-def _tail(items: list[Kept]) -> list[Kept]:
-    """The stored rows `_window` gives for a channel whose stored readings end with `items` (in order): from the
-    last one at or before the start of the newest one's bucket on (all of `items` if none is)."""
-    cut = bucket_start(items[-1][0])
-    first = next((i for i in range(len(items) - 1, -1, -1) if items[i][0] <= cut), 0)
-    return items[first:]
+def _tail(start: Kept | None, folded: list[Row]) -> list[Kept]:
+    """The stored rows `_window` gives for a channel whose stored readings end with `start` and the rows
+    `folded` (in order, either may be missing): from the last one at or before the start of the newest one's
+    bucket on (all of them if none is)."""
+    cut = bucket_start(folded[-1][2] if folded else start[0])  # type: ignore[index]  # one of them is given
+    for i in range(len(folded) - 1, -1, -1):
+        if folded[i][2] <= cut:
+            return [r[2:] for r in folded[i:]]
+    return ([start] if start is not None else []) + [r[2:] for r in folded]
 
 
 def _first(item: tuple[Any, ...]) -> Any:
@@ -707,7 +724,7 @@ def _total(stored: Decimal | None, parts: list[Decimal]) -> Decimal:
     return total
 
 
-def _hour_row(key: tuple[UUID, str, datetime], buckets: list[BucketRow]) -> BucketRow:
+def _hour_row(key: tuple[UUID, str, datetime], buckets: list[BucketRow]) -> tuple[Any, ...]:
     """One hourly rollup row (in the table's column order) from every bucket of its hour, in start order,
     giving what the SQL rollup gives: each float summed from the first bucket's on in the same order, the
     latest of equal minima or maxima (as PostgreSQL's `min` and `max` keep them), costs summed exactly."""
@@ -726,10 +743,7 @@ def _hour_row(key: tuple[UUID, str, datetime], buckets: list[BucketRow]) -> Buck
             count += b.count
             gap = gap or b.gap
             cost += b.cost
-    return BucketRow(
-        device_id=key[0], channel=key[1], start=key[2], wh=wh, on_s=on_s, power_min=power_min, power_max=power_max,
-        power_sum=power_sum, count=count, gap=gap, cost=cost,
-    )  # fmt: skip
+    return key[0], key[1], key[2], wh, on_s, power_min, power_max, power_sum, count, gap, cost
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

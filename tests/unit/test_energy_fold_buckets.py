@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
+from uuid import UUID
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from domain.rollups import BUCKET, ChannelReading, Folded, Kept, bucket_start, f
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 RULES = EnergyRules()
 CH = "device"
+DEVICE = UUID(int=7)
 
 measurement = st.one_of(
     st.none(), st.floats(-10, 5000), st.floats(0, 1e7), st.sampled_from([math.inf, -math.inf, math.nan, -0.0, 0.0])
@@ -55,9 +57,10 @@ def test_folding_a_channel_in_one_pass_gives_every_reading_and_bucket_of_refold_
     want = rollup(([start] if start is not None else []) + folded, intervals, RULES, since)
 
     got_folded, got_buckets = fold_buckets(
-        kept(start) if start is not None else None, [astuple(r) for r in later], RULES, since
+        kept(start) if start is not None else None, [astuple(r) for r in later], RULES, since, DEVICE, CH
     )
 
-    assert [signed(k) for k in got_folded] == [signed(kept(f)) for f in folded]
+    assert [row[:2] for row in got_folded] == [(DEVICE, CH)] * len(folded)
+    assert [signed(row[2:]) for row in got_folded] == [signed(kept(f)) for f in folded]
     assert [b.start for b in got_buckets] == list(want)
     assert [signed(astuple(b)) for b in got_buckets] == [signed(astuple(b)) for b in want.values()]
