@@ -177,35 +177,40 @@ class EnergyProjector:
         return (DEVICES, READINGS, BUCKETS, HOURS, RATES, FLEET)
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
-        device_ids = {
-            e.device_id if isinstance(e, MeterDay.ReadingRecorded) else e.originator_id
-            for e in events
-            if isinstance(e, (MeterDay.ReadingRecorded, Device.Event))
-        }
+        # Devices are told apart by their UUIDs' numbers within a batch: a UUID hashes in Python, its number in C.
+        device_ids = {e.device_id.int: e.device_id for e in events if isinstance(e, MeterDay.ReadingRecorded)}
+        device_ids.update({e.originator_id.int: e.originator_id for e in events if isinstance(e, Device.Event)})
         if not device_ids:
             if not any(isinstance(e, Tariff.RateSet) for e in events):
                 return
-        devices: dict[UUID, EnergyDeviceRow] = DEVICES.take(cur, device_ids) if device_ids else {}
+        devices: dict[UUID, EnergyDeviceRow] = DEVICES.take(cur, device_ids.values()) if device_ids else {}
         touched: set[UUID] = set()
         pending: dict[tuple[UUID, str], dict[datetime, Measured]] = {}
+        macs: dict[int, str] = {}
+        """Each device's meter as its row gives it now (a device added or restored is dropped from here)."""
+        plugs: dict[int, dict[datetime, Measured]] = {}
+        """Each plug's new readings (its channel's in `pending`)."""
         repriced_from: datetime | None = None
         for event in events:
             if isinstance(event, MeterDay.ReadingRecorded):  # nearly every event: matched before the rest
-                device = devices.get(event.device_id)
-                mac = device.mac if device is not None else str(event.device_id)
+                device_id = event.device_id
+                if (mac := macs.get(number := device_id.int)) is None:
+                    device = devices.get(device_id)
+                    mac = macs[number] = device.mac if device is not None else str(device_id)
                 at = event.measured_at
                 if event.outlets:
                     for o in event.outlets:
-                        new = pending.setdefault((event.device_id, o.outlet_id), {})
+                        new = pending.setdefault((device_id, o.outlet_id), {})
                         if at not in new:
                             new[at] = _reading(at, mac, o.power_w, o.total_wh, o.is_on)
                 else:
-                    plug = pending.get(key := (event.device_id, DEVICE_CHANNEL))
-                    if plug is None:
-                        plug = pending[key] = {}
+                    if (plug := plugs.get(number)) is None:
+                        plug = plugs[number] = pending.setdefault((device_id, DEVICE_CHANNEL), {})
                     if at not in plug:
                         plug[at] = _reading(at, mac, event.power_w, event.total_wh, event.is_on)
                 continue
+            if isinstance(event, Device.Event):
+                macs.pop(event.originator_id.int, None)
             match event:
                 case Device.Added():
                     devices[event.originator_id] = EnergyDeviceRow(
