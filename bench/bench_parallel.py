@@ -4,10 +4,13 @@
 
 Stores `devices x cycles` readings (plus the devices) and projects them, then times,
 alternated, `--runs` times each: `rebuild_many(all)` in this process, and
-`rebuild_in_processes(all, jobs)` (the groups it deals, each replayed by a spawned
-process reading the log itself, then one swap). Prints the best of each in events/s,
-the ratio, the baseline of reading and decoding the log, and whether both give the
-same rows. PostgreSQL runs on the same machine and shares its cores.
+`rebuild_in_processes(all, jobs)` (the groups it deals, each replayed by a process of
+its own reading the log itself, then one swap). Prints the best of each in events/s,
+the ratio, the baseline of reading and decoding the log, whether both give the same
+rows, and for each group's process in each run: the seconds from its launch to its
+first section, from there to its last, and its CPU in all (which sets the pace of the
+replay is the group with the longest start plus replay). PostgreSQL runs on the same
+machine and shares its cores.
 Uses a scratch database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
 """
 
@@ -27,7 +30,7 @@ from bench.scratch import log_read_rate, scratch_database, seed_fleet_history  #
 from infra.runtime import all_projectors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.engine import REPLAY_BATCH_SIZE, ProjectionEngine  # noqa: E402
-from projections.parallel import cores, groups, rebuild_in_processes  # noqa: E402
+from projections.parallel import GroupTimes, cores, groups, rebuild_in_processes  # noqa: E402
 
 
 def dump(database_url: str, engine: ProjectionEngine) -> dict[str, list[tuple[object, ...]]]:
@@ -49,13 +52,14 @@ def run(url: str, devices: int, cycles: int, jobs: int, runs: int) -> None:
         baseline = log_read_rate(app, REPLAY_BATCH_SIZE)
         one: list[float] = []
         many: list[float] = []
+        times: list[GroupTimes] = []
         for _ in range(runs):
             began = time.perf_counter()
             engine.rebuild_many(names)
             one.append(time.perf_counter() - began)
             alone = dump(url, engine)
             began = time.perf_counter()
-            rebuild_in_processes(engine, names, jobs)
+            rebuild_in_processes(engine, names, jobs, timed=times.append)
             many.append(time.perf_counter() - began)
         same = dump(url, engine) == alone
     finally:
@@ -71,6 +75,11 @@ def run(url: str, devices: int, cycles: int, jobs: int, runs: int) -> None:
           f"{', '.join(f'{t:.2f}' for t in many)} s")
     print(f"ratio                   {min(one) / min(many):10.2f}x (processes over one)")
     print(f"same rows               {same}")
+    print("each group's process    start to first section / replay / CPU, s, run by run:")
+    for group in dealt:
+        mine = [t for t in times if t.read_models == tuple(p.name for p in group)]
+        print(f"  {', '.join(p.name for p in group)}")
+        print(f"    {'  '.join(f'{t.start:.2f} / {t.replay:.2f} / {t.cpu:.2f}' for t in mine)}")
 
 
 def main() -> None:
@@ -80,7 +89,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with scratch_database() as url:
+    with scratch_database("parallel_bench") as url:
         run(url, args.devices, args.cycles, args.jobs, args.runs)
 
 

@@ -11,7 +11,15 @@ import pytest
 from domain.meter import MeterDay
 from infra.read_models import all_projectors
 from infra.settings import Settings
-from projections.parallel import DECODE_COST, READ_COST, REPLAY_COST, group_cost, groups
+from projections.parallel import (
+    DECODE_COST,
+    PARALLEL_FROM,
+    READ_COST,
+    REPLAY_COST,
+    default_jobs_for,
+    group_cost,
+    groups,
+)
 from projections.quarantine import EVERY_EVENT
 
 
@@ -39,7 +47,7 @@ def test_a_group_pays_the_readings_decoding_once_and_only_if_a_member_needs_them
 def test_the_registered_read_models_in_two_groups_are_within_a_tenth_of_each_other() -> None:
     dealt = groups(all_projectors(Settings()), 2)
 
-    assert names(dealt) == [["devices", "identity", "commands", "chain", "alerts"], ["audit", "energy", "exports"]]
+    assert names(dealt) == [["devices", "identity", "commands", "chain", "audit", "exports", "alerts"], ["energy"]]
     costs = [group_cost(g) for g in dealt]
     assert max(costs) - min(costs) < 0.1 * max(costs)
 
@@ -62,3 +70,21 @@ def test_every_read_model_is_dealt_once_in_registration_order(jobs: int) -> None
     assert all([order.index(p.name) for p in g] == sorted(order.index(p.name) for p in g) for g in dealt)
     with pytest.raises(ValueError):
         groups(projectors, 0)
+
+
+def test_a_replay_below_the_threshold_or_on_one_core_runs_in_one_process() -> None:
+    projectors = all_projectors(Settings())
+
+    assert default_jobs_for(projectors, PARALLEL_FROM - 1, 8) == 1
+    assert default_jobs_for(projectors, 10 * PARALLEL_FROM, 1) == 1
+    assert default_jobs_for(projectors, PARALLEL_FROM, 2) == 2
+    assert default_jobs_for(projectors, PARALLEL_FROM, 8) == 2, "a third process cannot speed up energy's group"
+
+
+def test_another_process_is_taken_only_where_it_cuts_the_slowest_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    light = [Fake(name, EVERY_EVENT) for name in "abcd"]
+    for projector in light:
+        monkeypatch.setitem(REPLAY_COST, projector.name, 10.0)
+
+    assert [default_jobs_for(light, PARALLEL_FROM, cores) for cores in (2, 3, 4, 8)] == [2, 2, 4, 4]
+    assert default_jobs_for(light[:1], PARALLEL_FROM, 8) == 1
