@@ -72,13 +72,13 @@ def test_every_read_model_is_dealt_once_in_registration_order(jobs: int) -> None
         groups(projectors, 0)
 
 
-def test_a_replay_below_the_threshold_or_on_one_core_runs_in_one_process() -> None:
+def test_a_replay_below_the_threshold_or_on_two_cores_runs_in_one_process() -> None:
     projectors = all_projectors(Settings())
 
     assert default_jobs_for(projectors, PARALLEL_FROM - 1, 8) == 1
-    assert default_jobs_for(projectors, 10 * PARALLEL_FROM, 1) == 1
-    assert default_jobs_for(projectors, PARALLEL_FROM, 2) == 2
-    assert default_jobs_for(projectors, PARALLEL_FROM, 8) == 2, "a third process cannot speed up energy's group"
+    assert default_jobs_for(projectors, 10 * PARALLEL_FROM, 3) == 1
+    assert default_jobs_for(projectors, PARALLEL_FROM, 4) == 2
+    assert default_jobs_for(projectors, PARALLEL_FROM, 16) == 2, "a third process cannot speed up energy's group"
 
 
 def test_another_process_is_taken_only_where_it_cuts_the_slowest_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,5 +86,9 @@ def test_another_process_is_taken_only_where_it_cuts_the_slowest_group(monkeypat
     for projector in light:
         monkeypatch.setitem(REPLAY_COST, projector.name, 10.0)
 
-    assert [default_jobs_for(light, PARALLEL_FROM, cores) for cores in (2, 3, 4, 8)] == [2, 2, 4, 4]
-    assert default_jobs_for(light[:1], PARALLEL_FROM, 8) == 1
+    assert [default_jobs_for(light, PARALLEL_FROM, cores) for cores in (2, 4, 6, 8, 16)] == [1, 2, 2, 4, 4]
+    assert default_jobs_for(light[:1], PARALLEL_FROM, 16) == 1
+    big, tiny = Fake("big", EVERY_EVENT), Fake("tiny", EVERY_EVENT)
+    monkeypatch.setitem(REPLAY_COST, "big", 10.0)
+    monkeypatch.setitem(REPLAY_COST, "tiny", 0.5)
+    assert default_jobs_for([big, tiny], PARALLEL_FROM, 16) == 1, "a second process would gain under a tenth"
