@@ -60,7 +60,7 @@ def add_commands(
     project.add_argument(
         "--jobs", metavar="N", type=int,
         help="with --rebuild: replay the read models in N processes at once, then swap them in together "
-        "(default 1)",
+        "(default: 1 below 150,000 events or on fewer than 4 cores, else as the cores allow)",
     )
     project.add_argument(
         "--prune-checkpoints", metavar="KEEP", type=int,
@@ -96,7 +96,7 @@ async def run(engine: ProjectionEngine, args: argparse.Namespace) -> None:
     else:
         await rebuild(engine, args.rebuild or replay.ALL, verify=args.verify, force=args.force,
                       from_checkpoint=args.from_checkpoint, or_from_zero=args.or_from_zero,
-                      jobs=args.jobs or 1)  # fmt: skip
+                      jobs=args.jobs)  # fmt: skip
 
 
 async def checkpoints(engine: ProjectionEngine, args: argparse.Namespace) -> None:
@@ -120,7 +120,7 @@ async def checkpoints(engine: ProjectionEngine, args: argparse.Namespace) -> Non
 
 async def rebuild(
     engine: ProjectionEngine, name: str, *, verify: bool, force: bool = False, from_checkpoint: bool = False,
-    or_from_zero: bool = False, jobs: int = 1,
+    or_from_zero: bool = False, jobs: int | None = None,
 ) -> None:
     """Rebuild (or verify) the read models `name` stands for; exit 1 on differences or a replay already running.
 

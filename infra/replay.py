@@ -20,8 +20,8 @@ from infra.errors import InfraError
 from projections import checkpoints
 from projections.checkpoints import Checkpoint, CheckpointError, CheckpointRefused
 from projections.engine import ProjectionEngine, QuarantinedEvent, ReplayBusy, ReplayProgress, RowDifference
-from projections.parallel import GroupFailed, rebuild_in_processes
-from projections.rebuild import rebuild_from_checkpoints, verify_from_checkpoints
+from projections.parallel import GroupFailed, cores, default_jobs_for, rebuild_in_processes
+from projections.rebuild import chosen_projectors, rebuild_from_checkpoints, verify_from_checkpoints
 
 ALL = "all"
 
@@ -156,16 +156,24 @@ def _replay(
     return engine.rebuild_many(names, display), {}
 
 
+def default_jobs(engine: ProjectionEngine, names: Sequence[str]) -> int:
+    """The processes `rebuild` replays `names` in when not told: `default_jobs_for` the events in the log and
+    this machine's cores (1 on two cores)."""
+    return default_jobs_for(chosen_projectors(engine, names), engine.event_log.max_id(), cores())
+
+
 def rebuild(
     engine: ProjectionEngine, names: Sequence[str], err: TextIO, *, tty: bool | None = None,
-    from_checkpoint: bool = False, or_from_zero: bool = False, jobs: int = 1,
+    from_checkpoint: bool = False, or_from_zero: bool = False, jobs: int | None = None,
 ) -> int:
     """Rebuild `names` and swap them in, with progress on `err`; the exit code (1 if another replay holds one,
     a checkpoint is refused without `or_from_zero`, or a process replaying some of them failed).
 
     With `from_checkpoint` each read model starts from its newest checkpoint; with `or_from_zero`
     a refused checkpoint is a warning and the rebuild starts from zero instead. With `jobs` above
-    1 the read models are replayed in that many processes at once."""
+    1 the read models are replayed in that many processes at once; None leaves it to `default_jobs`."""
+    if jobs is None:
+        jobs = default_jobs(engine, names)
     label = f"rebuilding {', '.join(names)}" + (f" in {jobs} processes" if jobs > 1 and len(names) > 1 else "")
     display = ProgressDisplay(err, label, tty=tty)
     resumed = ""

@@ -16,8 +16,10 @@ import pytest
 from psycopg.rows import dict_row
 
 from adapters.eventstore import PollResult, WattLedger
+from infra import replay
 from infra.replay import ProgressDisplay
 from domain.readings import DeviceSnapshot
+from projections import parallel
 from projections.devices import DEVICES, DevicesProjector
 from projections.engine import ProjectionEngine
 from projections.rebuild import SHADOW_SCHEMA, VERIFY_SCHEMA, ReplayBusy, ReplayProgress
@@ -301,3 +303,25 @@ def test_progress_is_a_redrawn_bar_on_a_terminal_and_plain_lines_elsewhere() -> 
         "rebuilding devices [##########] 4,000/4,000 events, 800 events/s, ETA 00:00 (swap)",
         "rebuilt devices: 4,000 events replayed in 00:05 (800 events/s)",
     ]
+
+
+def test_a_rebuild_not_told_how_many_processes_takes_what_the_events_and_cores_allow(
+    app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_plugs(app, 2)
+    engine = ProjectionEngine(app, database_url, [DevicesProjector(), IdentityProjector()])
+    engine.setup()
+    try:
+        assert replay.default_jobs(engine, ["devices", "identity"]) == 1, "a short log: one process"
+        monkeypatch.setattr(parallel, "PARALLEL_FROM", 1)
+        monkeypatch.setattr(replay, "cores", lambda: 2)
+        assert replay.default_jobs(engine, ["devices", "identity"]) == 1, "two cores: one process"
+        monkeypatch.setattr(replay, "cores", lambda: 16)
+        monkeypatch.setattr(parallel, "REPLAY_COST", {"devices": 10.0, "identity": 10.0})
+        assert replay.default_jobs(engine, ["devices", "identity"]) == 2
+        err = io.StringIO()
+        assert replay.rebuild(engine, ["devices", "identity"], err, tty=False) == 0
+        assert "rebuilding devices, identity in 2 processes" in err.getvalue()
+        assert engine.verify(["devices", "identity"]) == []
+    finally:
+        engine.close()
