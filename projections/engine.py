@@ -38,6 +38,7 @@ import structlog
 
 from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
+from projections.parallel import aside_group
 from projections.quarantine import (
     EngineClosed,
     QuarantineRow,
@@ -117,6 +118,7 @@ class ProjectionEngine:
         *,
         batch_size: int | None = None,
         replay_batch_size: int | None = None,
+        replay_threads: bool = True,
         retry_base: float = 1.0,
         retry_max: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -132,6 +134,8 @@ class ProjectionEngine:
             raise ValueError("projector names must be unique")
         self.batch_size = live
         self.replay_batch_size = replay
+        self.replay_threads = replay_threads
+        """Whether a replay in this process applies some read models in a second thread (`replay_aside`)."""
         self.retry_base = retry_base
         self.retry_max = retry_max
         self._clock = clock
@@ -335,7 +339,8 @@ class ProjectionEngine:
         the live read model is left as it was).
         """
         chosen = self._chosen(names)
-        with open_shadow(self.database_url, self.event_log, chosen, SHADOW_SCHEMA, self.replay_batch_size) as shadow:
+        with open_shadow(self.database_url, self.event_log, chosen, SHADOW_SCHEMA, self.replay_batch_size,
+                         self.replay_aside(chosen)) as shadow:
             log.info("projector.rebuild.started", projectors=list(names))
             shadow.catch_up(progress)
             shadow.swap(progress)
@@ -344,6 +349,10 @@ class ProjectionEngine:
                 self._forget_failures(projector.name)
         log.info("projector.rebuild.swapped", projectors=list(names), position=shadow.position, events=shadow.events)
         return shadow.events
+
+    def replay_aside(self, projectors: Sequence[Projector]) -> list[str]:
+        """The read models a replay of `projectors` applies in a second thread (`projections.parallel.aside_group`)."""
+        return aside_group(projectors) if self.replay_threads else []
 
     def verify(
         self, names: Sequence[str], progress: Callable[[ReplayProgress], None] | None = None
@@ -358,7 +367,8 @@ class ProjectionEngine:
         catch up.
         """
         chosen = self._chosen(names)
-        with open_shadow(self.database_url, self.event_log, chosen, VERIFY_SCHEMA, self.replay_batch_size) as shadow:
+        with open_shadow(self.database_url, self.event_log, chosen, VERIFY_SCHEMA, self.replay_batch_size,
+                         self.replay_aside(chosen)) as shadow:
             shadow.catch_up(progress)
             return shadow.compare(progress)
 

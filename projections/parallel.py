@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from projections.engine import ProjectionEngine
 
 __all__ = [
-    "DECODE_COST", "READ_COST", "REPLAY_COST", "GroupFailed", "GroupTimes", "PARALLEL_FROM", "default_jobs",
-    "default_jobs_for", "group_cost", "groups",
+    "DECODE_COST", "READ_COST", "REPLAY_COST", "GroupFailed", "GroupTimes", "PARALLEL_FROM", "aside_group",
+    "default_jobs", "default_jobs_for", "group_cost", "groups",
     "rebuild_in_processes",
 ]  # fmt: skip
 
@@ -119,6 +119,16 @@ def default_jobs_for(projectors: Sequence[Projector], events: int, cores: int) -
         if slowest < 0.9 * pace:
             jobs, pace = more, slowest
     return jobs
+
+
+def aside_group(projectors: Sequence[Projector]) -> list[str]:
+    """The read models a replay in one process applies in a second thread while its own thread applies the
+    rest (`projections.rebuild.Shadow.catch_up`): the group `groups` deals apart from the first read model's
+    when they are dealt in two. None on one core, where the threads could only take turns."""
+    if cores() < 2 or len(projectors) < 2:
+        return []
+    dealt = groups(projectors, 2)
+    return [p.name for p in dealt[-1]] if len(dealt) == 2 else []
 
 
 def groups(projectors: Sequence[Projector], jobs: int) -> list[list[Projector]]:

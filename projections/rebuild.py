@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -34,6 +35,7 @@ from projections.checkpoints import Checkpoint, check, load, newest, verify_chai
 from projections.errors import ProjectionError
 from projections.quarantine import (
     QuarantineRow,
+    Section,
     apply_isolating,
     ignored_topics,
     log_quarantine,
@@ -57,6 +59,8 @@ class ReplayHost(Protocol):
     def projectors(self) -> Mapping[str, Projector]: ...
     @property
     def replay_batch_size(self) -> int: ...
+
+    def replay_aside(self, projectors: Sequence[Projector]) -> list[str]: ...
 
 __all__ = [
     "REPLAY_COLLECTOR_THRESHOLDS",
@@ -169,11 +173,18 @@ class Shadow:
 
     def __init__(
         self, event_log: EventLog, conn: psycopg.Connection[Any], projectors: Sequence[Projector], schema: str,
-        batch: int,
+        batch: int, *, aside: Sequence[str] = (), database_url: str | None = None,
     ) -> None:
         self.event_log = event_log
         self.conn = conn
         self.projectors = list(projectors)
+        self.aside = [p for p in self.projectors if p.name in aside] if database_url is not None else []
+        """Read models `catch_up` applies in a thread of its own, on a connection to `database_url` of its own."""
+        self.here = [p for p in self.projectors if p not in self.aside]
+        if not self.here:
+            self.aside = []
+            self.here = self.projectors
+        self.database_url = database_url
         self.schema = schema
         self.batch = batch
         self.tables = [table for projector in self.projectors for table in projector.tables]
@@ -231,23 +242,38 @@ class Shadow:
         if progress is not None:
             progress(ReplayProgress(phase=phase, position=self.position, head=self.head, events=self.events))
 
-    def _step(self, cur: psycopg.Cursor[Any], until: int | None = None) -> int:
-        """Apply the next section (up to `until`) to the shadow tables in the caller's transaction.
+    def _step(self, cur: psycopg.Cursor[Any], until: int | None = None, aside: _Aside | None = None) -> int:
+        """Apply the next section (up to `until`) to the shadow tables in the caller's transaction; with
+        `aside`, the read models of `self.aside` in its thread and transaction meanwhile.
 
         Returns the notifications it held: 0 at the end of the log."""
         section = read_section(self.event_log, self.position, self.batch, stop=until,
                                skip=undecoded_topics(self.projectors))  # fmt: skip
         if section is None:
             return 0
-        with self._targeted(cur):
-            for projector in self.projectors:
-                first = bisect_right(section.ids, self.starts.get(projector.name, 0))
-                if first < len(section.ids):
-                    events, notifications = section.heeded(self.ignored[projector.name], first)
-                    self.quarantined.extend(apply_isolating(cur, projector, events, notifications, clean=section.clean))
+        pending = aside.apply(self, section) if aside is not None else None
+        try:
+            with self._targeted(cur):
+                self.quarantined.extend(self._apply(cur, section, self.here if pending else self.projectors))
+        except BaseException:
+            if pending is not None:
+                wait([pending])  # its transaction ends before the caller's does; the replay is given up
+            raise
+        if pending is not None:
+            self.quarantined.extend(pending.result())
         self.position = section.ids[-1]
         self.events += len(section.ids)
         return len(section.ids)
+
+    def _apply(self, cur: psycopg.Cursor[Any], section: Section, projectors: Sequence[Projector]) -> list[QuarantineRow]:
+        """Apply `section` to `projectors` (each from the events after its start), targeted at the shadow tables."""
+        found: list[QuarantineRow] = []
+        for projector in projectors:
+            first = bisect_right(section.ids, self.starts.get(projector.name, 0))
+            if first < len(section.ids):
+                events, notifications = section.heeded(self.ignored[projector.name], first)
+                found.extend(apply_isolating(cur, projector, events, notifications, clean=section.clean))
+        return found
 
     def catch_up(self, progress: Callable[[ReplayProgress], None] | None) -> None:
         """Replay to the log's head, one committed transaction per section, locking nothing live.
@@ -258,13 +284,18 @@ class Shadow:
 
         The sections commit without waiting for the write-ahead log to reach the disk: a crash may
         lose the last of them, as it loses the whole replay (the shadow tables are made afresh by the
-        next one); on a slow disk (an SD card) that wait is most of a section's commit."""
+        next one); on a slow disk (an SD card) that wait is most of a section's commit.
+
+        The read models of `aside` are applied meanwhile in a thread of their own, on a connection
+        of their own, each section in a transaction committed before the caller's: while one thread
+        waits on the database the other runs (a failure in either gives the replay up, as any
+        failure does, and the shadow tables are dropped)."""
         self._report(progress, "replay")
-        with eased_collector():
+        with eased_collector(), _aside(self) as aside:
             while True:
                 with self.conn.transaction(), self.conn.cursor() as cur:
                     cur.execute("SET LOCAL synchronous_commit TO off")
-                    read = self._step(cur)
+                    read = self._step(cur, aside=aside)
                 if read:
                     self._report(progress, "replay")
                 if read < self.batch:
@@ -381,11 +412,44 @@ class Shadow:
         return found
 
 
+class _Aside:
+    """A thread and a connection of its own that apply a section to `Shadow.aside`, each in a transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="wattledger-replay")
+
+    def apply(self, shadow: Shadow, section: Section) -> Future[list[QuarantineRow]]:
+        return self.pool.submit(self._apply, shadow, section)
+
+    def _apply(self, shadow: Shadow, section: Section) -> list[QuarantineRow]:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit TO off")
+            with shadow._targeted(cur):
+                return shadow._apply(cur, section, shadow.aside)
+
+
+@contextmanager
+def _aside(shadow: Shadow) -> Iterator[_Aside | None]:
+    """The `_Aside` of `shadow`'s catch-up, closed afterwards; None when it has no read model aside."""
+    if not shadow.aside or shadow.database_url is None:
+        yield None
+        return
+    with psycopg.connect(shadow.database_url, autocommit=True) as conn:
+        aside = _Aside(conn)
+        try:
+            yield aside
+        finally:
+            aside.pool.shutdown(wait=True)
+
+
 @contextmanager
 def open_shadow(
-    database_url: str, event_log: EventLog, projectors: Sequence[Projector], schema: str, batch: int
+    database_url: str, event_log: EventLog, projectors: Sequence[Projector], schema: str, batch: int,
+    aside: Sequence[str] = (),
 ) -> Iterator[Shadow]:
     """Fresh tables for `projectors` in `schema`, on a connection of their own; dropped if left behind.
+    The read models named in `aside` are caught up in a second thread (`Shadow.catch_up`).
 
     Raises `ReplayBusy` if another rebuild or verify of one of them holds its replay lock."""
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -396,7 +460,7 @@ def open_shadow(
                 ).fetchone()
                 if not (row and row[0]):
                     raise ReplayBusy(f"a rebuild or verify of {projector.name} is already running")
-            shadow = Shadow(event_log, conn, projectors, schema, batch)
+            shadow = Shadow(event_log, conn, projectors, schema, batch, aside=aside, database_url=database_url)
             shadow.create()
             try:
                 yield shadow
@@ -446,7 +510,8 @@ def rebuild_from_checkpoints(
     """
     chosen = chosen_projectors(engine, names)
     found = checked_checkpoints(engine, chosen)
-    with open_shadow(engine.database_url, engine.event_log, chosen, SHADOW_SCHEMA, engine.replay_batch_size) as shadow:
+    with open_shadow(engine.database_url, engine.event_log, chosen, SHADOW_SCHEMA, engine.replay_batch_size,
+                     engine.replay_aside(chosen)) as shadow:
         shadow.restore(engine.database_url, found)
         shadow.catch_up(progress)
         shadow.swap(progress)
@@ -461,7 +526,8 @@ def verify_from_checkpoints(
     `rebuild_from_checkpoints` does."""
     chosen = chosen_projectors(engine, names)
     found = checked_checkpoints(engine, chosen)
-    with open_shadow(engine.database_url, engine.event_log, chosen, VERIFY_SCHEMA, engine.replay_batch_size) as shadow:
+    with open_shadow(engine.database_url, engine.event_log, chosen, VERIFY_SCHEMA, engine.replay_batch_size,
+                     engine.replay_aside(chosen)) as shadow:
         shadow.restore(engine.database_url, found)
         shadow.catch_up(progress)
         return shadow.compare(progress), found
