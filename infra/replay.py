@@ -20,8 +20,9 @@ from infra.errors import InfraError
 from projections import checkpoints
 from projections.checkpoints import Checkpoint, CheckpointError, CheckpointRefused
 from projections.engine import ProjectionEngine, QuarantinedEvent, ReplayBusy, ReplayProgress, RowDifference
-from projections.parallel import GroupFailed, cores, default_jobs_for, rebuild_in_processes
+from projections.parallel import GroupFailed, rebuild_in_processes
 from projections.rebuild import chosen_projectors, rebuild_from_checkpoints, verify_from_checkpoints
+from projections.replay_plan import cores, default_jobs_for
 
 ALL = "all"
 

@@ -38,7 +38,6 @@ import structlog
 
 from adapters.eventlog import EventLog
 from adapters.eventstore import WattLedger
-from projections.parallel import aside_group
 from projections.quarantine import (
     EngineClosed,
     QuarantineRow,
@@ -60,6 +59,7 @@ from projections.rebuild import (
     RowDifference,
     open_shadow,
 )
+from projections.replay_plan import aside_group
 from projections.tables import Projector, home_schemas, set_search_path
 from projections.tracking import CLEARED, QUARANTINE, TRACKING, QuarantinedEvent, quarantined_events
 from projections.versions import set_up

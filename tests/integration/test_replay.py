@@ -19,7 +19,7 @@ from adapters.eventstore import PollResult, WattLedger
 from infra import replay
 from infra.replay import ProgressDisplay
 from domain.readings import DeviceSnapshot
-from projections import parallel
+from projections import replay_plan
 from projections.devices import DEVICES, DevicesProjector
 from projections.engine import ProjectionEngine
 from projections.rebuild import SHADOW_SCHEMA, VERIFY_SCHEMA, ReplayBusy, ReplayProgress
@@ -313,11 +313,11 @@ def test_a_rebuild_not_told_how_many_processes_takes_what_the_events_and_cores_a
     engine.setup()
     try:
         assert replay.default_jobs(engine, ["devices", "identity"]) == 1, "a short log: one process"
-        monkeypatch.setattr(parallel, "PARALLEL_FROM", 1)
+        monkeypatch.setattr(replay_plan, "PARALLEL_FROM", 1)
         monkeypatch.setattr(replay, "cores", lambda: 2)
         assert replay.default_jobs(engine, ["devices", "identity"]) == 1, "two cores: one process"
         monkeypatch.setattr(replay, "cores", lambda: 16)
-        monkeypatch.setattr(parallel, "REPLAY_COST", {"devices": 10.0, "identity": 10.0})
+        monkeypatch.setattr(replay_plan, "REPLAY_COST", {"devices": 10.0, "identity": 10.0})
         assert replay.default_jobs(engine, ["devices", "identity"]) == 2
         err = io.StringIO()
         assert replay.rebuild(engine, ["devices", "identity"], err, tty=False) == 0

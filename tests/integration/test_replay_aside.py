@@ -13,7 +13,7 @@ import pytest
 from adapters.eventstore import WattLedger
 from infra.read_models import all_projectors
 from infra.settings import load_settings
-from projections import parallel
+from projections import replay_plan
 from projections.engine import ProjectionEngine, Projector
 from projections.rebuild import SHADOW_SCHEMA
 from tests.integration.test_replay import seed_plugs
@@ -46,7 +46,7 @@ def test_the_aside_group_is_applied_in_another_thread_on_another_connection(
     app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_plugs(app, 3)
-    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    monkeypatch.setattr(replay_plan, "cores", lambda: 2)
     first, second = Where("first"), Where("second")
     engine = ProjectionEngine(app, database_url, [first, second], batch_size=4)
     engine.setup()
@@ -67,7 +67,7 @@ def test_one_core_applies_every_read_model_in_the_replays_own_thread(
     app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_plugs(app, 2)
-    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    monkeypatch.setattr(replay_plan, "cores", lambda: 1)
     first, second = Where("first"), Where("second")
     engine = ProjectionEngine(app, database_url, [first, second], batch_size=4)
     engine.setup()
@@ -84,7 +84,7 @@ def test_a_failure_in_either_thread_gives_the_replay_up_and_swaps_nothing(
     app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     seed_plugs(app, 3)
-    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    monkeypatch.setattr(replay_plan, "cores", lambda: 2)
     probes = {name: Where(name, fail_at=2 if name == failing else None) for name in ("first", "second")}
     engine = ProjectionEngine(app, database_url, list(probes.values()), batch_size=4)
     engine.setup()
@@ -105,7 +105,7 @@ def test_a_replay_with_a_group_aside_equals_one_in_a_single_thread(
     app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed_plugs(app, 4, readings=30)
-    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    monkeypatch.setattr(replay_plan, "cores", lambda: 2)
     settings = load_settings({**os.environ, "WATTLEDGER_TIMEZONE": "Europe/Berlin"})
     dumps = []
     for threads in (False, True):
