@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import gc
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
@@ -61,6 +61,7 @@ class ReplayHost(Protocol):
     def replay_batch_size(self) -> int: ...
 
     def replay_aside(self, projectors: Sequence[Projector]) -> list[str]: ...
+
 
 __all__ = [
     "REPLAY_COLLECTOR_THRESHOLDS",
