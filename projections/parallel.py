@@ -41,7 +41,6 @@ from projections.replay_plan import (
     REPLAY_COST,
     aside_group,
     cores,
-    default_jobs,
     default_jobs_for,
     group_cost,
     groups,
@@ -54,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECODE_COST", "READ_COST", "REPLAY_COST", "GroupFailed", "GroupTimes", "PARALLEL_FROM", "aside_group",
-    "default_jobs", "default_jobs_for", "group_cost", "groups",
+    "default_jobs_for", "group_cost", "groups",
     "rebuild_in_processes",
 ]  # fmt: skip
 
@@ -63,6 +62,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Reply).decode
+
 
 class GroupFailed(ProjectionError, RuntimeError):
     """A process replaying a group of read models failed; nothing was swapped."""

@@ -269,10 +269,15 @@ class Shadow:
     def _apply(self, cur: psycopg.Cursor[Any], section: Section, projectors: Sequence[Projector]) -> list[QuarantineRow]:
         """Apply `section` to `projectors` (each from the events after its start), targeted at the shadow tables."""
         found: list[QuarantineRow] = []
+        heeded: dict[tuple[frozenset[str], int], tuple[list[object], list[Any]]] = {}
         for projector in projectors:
             first = bisect_right(section.ids, self.starts.get(projector.name, 0))
             if first < len(section.ids):
-                events, notifications = section.heeded(self.ignored[projector.name], first)
+                # Read models ignoring the same events (most ignore the readings) share one filtered list.
+                key = (self.ignored[projector.name], first)
+                if (events_of := heeded.get(key)) is None:
+                    events_of = heeded[key] = section.heeded(*key)
+                events, notifications = events_of
                 found.extend(apply_isolating(cur, projector, events, notifications, clean=section.clean))
         return found
 

@@ -14,7 +14,7 @@ from projections.quarantine import EVERY_EVENT, undecoded_topics
 from projections.tables import Projector
 
 __all__ = [
-    "DECODE_COST", "PARALLEL_FROM", "READ_COST", "REPLAY_COST", "aside_group", "cores", "default_jobs",
+    "DECODE_COST", "PARALLEL_FROM", "READ_COST", "REPLAY_COST", "aside_group", "cores",
     "default_jobs_for", "group_cost", "groups",
 ]  # fmt: skip
 
@@ -57,11 +57,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def default_jobs(count: int) -> int:
-    """Processes for rebuilding `count` read models: one per core, at most one per read model."""
-    return max(1, min(cores(), count))
 
 
 def default_jobs_for(projectors: Sequence[Projector], events: int, cores: int) -> int:

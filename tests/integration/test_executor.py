@@ -131,30 +131,43 @@ async def test_an_expired_command_is_never_executed(runtime: Runtime, fleet: Emu
     assert device.relay_requests == [] == switched
 
 
-async def test_a_restarted_executor_settles_an_interrupted_command_without_waiting_for_redelivery(
-    runtime: Runtime, fleet: EmulatorFleet
-) -> None:
-    """With an ack wait of a minute the redelivery cannot be what settles it within the test: the sweep does."""
-    device, server = next((d, s) for d, s in fleet if d.profile_name == "HS100")
+async def _killed_after_switching(runtime: Runtime, fleet: EmulatorFleet) -> UUID:
+    """A command to the HS100 whose executor died after switching it, its attempt stored and its request
+    unacked: its id. The acks are waited for a minute, so no redelivery can settle it within a test."""
     device_id, _, was_on = await _plug(runtime, fleet, "HS100")
     dying = runtime.control()
     killer = KilledAt(runtime.driver, after_switch=True)
     dying.switch = killer
     slow = CommandExecutor(runtime.js, dying, stream=runtime.stream, ack_wait=60.0, on_saved=runtime.saved)
+    accepted = await runtime.control().request_control(
+        RequestControl(device_id=device_id, action=Action.OFF if was_on else Action.ON, actor="test")
+    )
+    runtime.saved()
+    async with executor_task(runtime, dying, slow):
+        await asyncio.wait_for(killer.reached.wait(), 15)
+    return accepted.command_id
+
+
+def _sweeping(runtime: Runtime) -> CommandExecutor:
+    """The runtime's executor, whose sweep settles a command attempted more than half a second ago."""
+    executor = runtime.executor()
+    executor._settle_after = 0.5
+    return executor
+
+
+async def test_a_restarted_executor_settles_an_interrupted_command_without_waiting_for_redelivery(
+    runtime: Runtime, fleet: EmulatorFleet
+) -> None:
+    """With an ack wait of a minute the redelivery cannot be what settles it within the test: the sweep does."""
+    device = next(d for d, _ in fleet if d.profile_name == "HS100")
     async with background(runtime, poll=False):
-        accepted = await runtime.control().request_control(
-            RequestControl(device_id=device_id, action=Action.OFF if was_on else Action.ON, actor="test")
-        )
-        runtime.saved()
-        async with executor_task(runtime, dying, slow):
-            await asyncio.wait_for(killer.reached.wait(), 15)
-        restarted = runtime.executor()
-        restarted._settle_after = 0.5
+        command_id = await _killed_after_switching(runtime, fleet)
+        restarted = _sweeping(runtime)
         async with executor_task(runtime, runtime.control(), restarted):
-            settled = await runtime.control().wait_outcome(accepted.command_id, 20)
+            settled = await runtime.control().wait_outcome(command_id, 20)
     assert settled.status is Status.SUCCEEDED
     assert restarted.settled_interrupted == 1
-    assert outcomes(runtime, accepted.command_id) == ["ControlSucceeded"]
+    assert outcomes(runtime, command_id) == ["ControlSucceeded"]
     assert device.relay_requests == [None]
 
 
@@ -176,24 +189,13 @@ class HeldOrder(DeviceOrder):
 async def test_a_sweep_stopped_while_the_queue_entry_is_removed_still_counts_what_it_settled(
     runtime: Runtime, fleet: EmulatorFleet
 ) -> None:
-    device_id, _, was_on = await _plug(runtime, fleet, "HS100")
-    dying = runtime.control()
-    killer = KilledAt(runtime.driver, after_switch=True)
-    dying.switch = killer
-    slow = CommandExecutor(runtime.js, dying, stream=runtime.stream, ack_wait=60.0, on_saved=runtime.saved)
     async with background(runtime, poll=False):
-        accepted = await runtime.control().request_control(
-            RequestControl(device_id=device_id, action=Action.OFF if was_on else Action.ON, actor="test")
-        )
-        runtime.saved()
-        async with executor_task(runtime, dying, slow):
-            await asyncio.wait_for(killer.reached.wait(), 15)
-        restarted = runtime.executor()
-        restarted._settle_after = 0.5
+        command_id = await _killed_after_switching(runtime, fleet)
+        restarted = _sweeping(runtime)
         assert restarted._order is not None
         held = restarted._order = HeldOrder(restarted._order)
         async with executor_task(runtime, runtime.control(), restarted):
-            settled = await runtime.control().wait_outcome(accepted.command_id, 20)
+            settled = await runtime.control().wait_outcome(command_id, 20)
             await asyncio.wait_for(held.leaving.wait(), 15)
             assert restarted.settled_interrupted == 1, "settled by the sweep, whose queue removal is still pending"
     assert settled.status is Status.SUCCEEDED

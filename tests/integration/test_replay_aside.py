@@ -42,19 +42,28 @@ def dump(database_url: str, projectors: list[Projector]) -> dict[str, list[tuple
                 for p in projectors for t in p.tables}  # fmt: skip
 
 
-def test_the_aside_group_is_applied_in_another_thread_on_another_connection(
-    app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def rebuilt(
+    app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch, cores: int
+) -> tuple[Where, Where, list[str]]:
+    """Two probes rebuilt together on `cores` CPUs, after three plugs' readings; and the read models put aside."""
     seed_plugs(app, 3)
-    monkeypatch.setattr(replay_plan, "cores", lambda: 2)
+    monkeypatch.setattr(replay_plan, "cores", lambda: cores)
     first, second = Where("first"), Where("second")
     engine = ProjectionEngine(app, database_url, [first, second], batch_size=4)
     engine.setup()
     try:
-        assert engine.replay_aside([first, second]) == ["second"]
+        aside = engine.replay_aside([first, second])
         engine.rebuild_many(["first", "second"])
     finally:
         engine.close()
+    return first, second, aside
+
+
+def test_the_aside_group_is_applied_in_another_thread_on_another_connection(
+    app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, aside = rebuilt(app, database_url, monkeypatch, cores=2)
+    assert aside == ["second"]
     assert len(first.seen) > 2 and len(second.seen) == len(first.seen)
     # Every section but the last (replayed by the swap under the tracking locks, in one transaction) is
     # applied to `second` beside `first`.
@@ -66,17 +75,9 @@ def test_the_aside_group_is_applied_in_another_thread_on_another_connection(
 def test_one_core_applies_every_read_model_in_the_replays_own_thread(
     app: WattLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seed_plugs(app, 2)
-    monkeypatch.setattr(replay_plan, "cores", lambda: 1)
-    first, second = Where("first"), Where("second")
-    engine = ProjectionEngine(app, database_url, [first, second], batch_size=4)
-    engine.setup()
-    try:
-        assert engine.replay_aside([first, second]) == []
-        engine.rebuild_many(["first", "second"])
-    finally:
-        engine.close()
-    assert first.seen == second.seen
+    first, second, aside = rebuilt(app, database_url, monkeypatch, cores=1)
+    assert aside == []
+    assert first.seen and first.seen == second.seen
 
 
 @pytest.mark.parametrize("failing", ["first", "second"])
