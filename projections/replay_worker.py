@@ -1,12 +1,15 @@
 """The process that replays one group of read models for `projections.parallel`.
 
+On Linux it is a fork of the parent, running `forked`: the parent's code and modules as they are,
+so it imports nothing and starts at once. Elsewhere it is a fresh interpreter,
+
     python -P -m projections.replay_worker JOB_FD REPLY_FD
 
-It is a fresh interpreter that imports the replay and its group's read models, and nothing of the
-program that started it (a process spawned by `multiprocessing` imports its parent's main module
-again, for the command line the whole application). `projections.parallel` starts it with the
-directory of its own `projections` package as the path, so it runs the same code as the parent
-whatever the working directory holds.
+which imports the replay and its group's read models, and nothing of the program that started
+it (a process spawned by `multiprocessing` imports its parent's main module again, for the command
+line the whole application). `projections.parallel` starts it with the directory of its own
+`projections` package as the path, so it runs the same code as the parent whatever the working
+directory holds.
 
 On JOB_FD the parent sends a `Group` (its read models pickled, and its `sys.path`), then, once the
 shadow tables are ready, `Go` with where each read model starts. The process loads the read models
@@ -18,6 +21,7 @@ process ends at once and the server rolls back the section in flight.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -26,6 +30,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
+from typing import NoReturn
 from multiprocessing.connection import Connection
 
 import msgspec
@@ -36,7 +41,7 @@ from adapters.eventstore import WattLedger, store_env
 from projections.quarantine import QuarantineRow, one_line
 from projections.rebuild import SHADOW_SCHEMA, Shadow
 
-__all__ = ["Done", "Failed", "Go", "Group", "Progress", "Reply", "main"]
+__all__ = ["Done", "Failed", "Go", "Group", "Progress", "Reply", "forked", "main"]
 
 ORPHANED = 70
 """The exit code of a process whose parent closed the job pipe before it was done."""
@@ -141,6 +146,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             replies.send_bytes(_encode(Failed(error=one_line(error))))
         return 1
     return 0
+
+
+def forked(job_fd: int, reply_fd: int, inherited: Sequence[int]) -> NoReturn:
+    """`main` in a process just forked from the parent, on these pipes; it ends the process, never returning.
+
+    What the parent held when it forked is left alone: its objects are frozen out of the collector, so
+    no finalizer of theirs runs here (a connection's would end the parent's session on their shared
+    socket); the parent's ends of the workers' pipes (`inherited`) are closed, so a worker's job pipe
+    closes when the parent's end does; its signal handlers for SIGTERM are undone; and the process ends
+    by `os._exit`, so no exit handler of the parent's runs and none of its buffers is written twice."""
+    code = 1
+    try:
+        gc.freeze()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for fd in inherited:
+            with suppress(OSError):
+                os.close(fd)
+        code = main([str(job_fd), str(reply_fd)])
+    except SystemExit as ended:
+        code = ended.code if isinstance(ended.code, int) else 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

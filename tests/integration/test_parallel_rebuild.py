@@ -1,10 +1,13 @@
-"""A parallel rebuild's groups run in fresh processes of `projections.replay_worker`: they import neither the
-parent's main module nor the application, run the parent's code, report how they ended, and end with the parent.
+"""A parallel rebuild's groups run in processes of `projections.replay_worker`, forked from the parent (Linux) or
+fresh interpreters: neither runs the parent's main module again, a fresh one imports nothing of the
+application, a forked one leaves the parent's connections alone; both run the parent's code, report how they
+ended, and end with the parent.
 
 This module is imported by those processes to load its read models, so it imports little."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -34,8 +37,13 @@ LAMP = DeviceSnapshot(alias="lamp", model="HS100", device_type="plug", mac="m1",
                       has_emeter=False)  # fmt: skip
 
 
+KINDS = [pytest.param(True, id="forked"), pytest.param(False, id="fresh interpreter")]
+"""The kinds of a group's process (`rebuild_in_processes`' `fork`)."""
+
+
 class Origin(msgspec.Struct, kw_only=True):
     pid: int
+    parent: int
     modules: list[str]
     """Which of `APPLICATION`'s modules the process had loaded."""
 
@@ -52,7 +60,8 @@ class Probe:
 
     def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
         loaded = [m for m in APPLICATION if m in sys.modules]
-        cur.execute(self.table.upsert, self.table.values(Origin(pid=os.getpid(), modules=loaded)))
+        cur.execute(self.table.upsert, self.table.values(Origin(pid=os.getpid(), parent=os.getppid(),
+                                                               modules=loaded)))
 
 
 class Stuck(Probe):
@@ -79,6 +88,15 @@ class Dies(Probe):
         super().apply_batch(cur, events)
 
 
+class Collects(Probe):
+    """Runs a full collection in the process replaying it into the shadow tables."""
+
+    def apply_batch(self, cur: psycopg.Cursor[Any], events: Sequence[object]) -> None:
+        if self.table.schema == SHADOW_SCHEMA:
+            gc.collect()
+        super().apply_batch(cur, events)
+
+
 PARENT = """
 import os, sys
 from pathlib import Path
@@ -94,12 +112,12 @@ from tests.integration.test_parallel_rebuild import Probe, Stuck
 
 if __name__ == "__main__":
     app = WattLedger(store_env(sys.argv[1]))
-    stuck = sys.argv[3:]
+    fork, stuck = sys.argv[3] == "fork", sys.argv[4:]
     projectors = [Probe("probe1"), Stuck("probe2", Path(stuck[0])) if stuck else Probe("probe2")]
     engine = ProjectionEngine(app, sys.argv[1], projectors)
     try:
         engine.setup()
-        rebuild_in_processes(engine, ["probe1", "probe2"], 2)
+        rebuild_in_processes(engine, ["probe1", "probe2"], 2, fork=fork)
     finally:
         engine.close()
         app.close()
@@ -114,16 +132,16 @@ def parent(tmp_path: Path, app: WattLedger) -> Path:
     return script
 
 
-def run_parent(script: Path, database_url: str, *extra: str) -> subprocess.Popen[bytes]:
+def run_parent(script: Path, database_url: str, fork: bool, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(script), database_url, str(script.with_suffix(".marks")), *extra],
-                            cwd=ROOT, env=env)  # fmt: skip
+    return subprocess.Popen([sys.executable, str(script), database_url, str(script.with_suffix(".marks")),
+                             "fork" if fork else "spawn", *extra], cwd=ROOT, env=env)  # fmt: skip
 
 
 def origins(database_url: str, *names: str) -> list[Origin]:
     with psycopg.connect(database_url) as conn:
-        found = [conn.execute(f"SELECT pid, modules FROM wl_read.{name}_origin").fetchall() for name in names]
-    return [Origin(pid=pid, modules=modules) for rows in found for pid, modules in rows]
+        found = [conn.execute(f"SELECT pid, parent, modules FROM wl_read.{name}_origin").fetchall() for name in names]
+    return [Origin(pid=pid, parent=parent, modules=modules) for rows in found for pid, parent, modules in rows]
 
 
 def alive(pid: int) -> bool:
@@ -141,21 +159,70 @@ def until(condition: Any, what: str, limit: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_groups_process_imports_neither_the_parents_main_module_nor_the_application(
+def test_a_fresh_groups_process_imports_neither_the_parents_main_module_nor_the_application(
     parent: Path, database_url: str
 ) -> None:
-    assert run_parent(parent, database_url).wait(120) == 0
+    assert run_parent(parent, database_url, False).wait(120) == 0
 
     marks = parent.with_suffix(".marks").read_text().split()
     assert len(marks) == 1, "only the parent ran its main module"
     found = origins(database_url, "probe1", "probe2")
     assert len({o.pid for o in found}) == 2 and str(os.getpid()) not in marks
+    assert all(o.parent == int(marks[0]) for o in found), found
     assert all(o.modules == [] for o in found), found
 
 
-def test_a_groups_process_ends_when_its_parent_is_killed(parent: Path, database_url: str) -> None:
+def test_a_forked_groups_process_has_the_parents_modules_without_running_its_main_module_again(
+    parent: Path, database_url: str
+) -> None:
+    assert run_parent(parent, database_url, True).wait(120) == 0
+
+    marks = parent.with_suffix(".marks").read_text().split()
+    assert len(marks) == 1, "only the parent ran its main module"
+    found = origins(database_url, "probe1", "probe2")
+    assert len({o.pid for o in found}) == 2 and int(marks[0]) not in {o.pid for o in found}
+    assert all(o.parent == int(marks[0]) for o in found), found
+    assert all("infra.runtime" in o.modules for o in found), "a fork has what its parent imported"
+
+
+class Leftover:
+    """Garbage with a finalizer: notes the process that runs it in `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cycle = self
+
+    def __del__(self) -> None:
+        with self.path.open("a") as notes:
+            notes.write(f"{os.getpid()}\n")
+
+
+def test_a_forked_process_runs_no_finalizer_of_what_the_parent_left_for_the_collector(
+    app: WattLedger, database_url: str, tmp_path: Path
+) -> None:
+    seed_device(app, "127.0.0.1:16200", LAMP, measured_at=T0)
+    engine = ProjectionEngine(app, database_url, [Collects("probe1"), Collects("probe2")])
+    engine.setup()
+    engine.catch_up_all()
+    notes = tmp_path / "finalized"
+    gc.disable()  # the parent keeps its garbage until the end: only a child could collect it meanwhile
+    try:
+        Leftover(notes)  # a cycle: only the collector ends it
+
+        rebuild_in_processes(engine, ["probe1", "probe2"], 2, fork=True)
+
+        assert {o.parent for o in origins(database_url, "probe1", "probe2")} == {os.getpid()}
+    finally:
+        engine.close()
+        gc.enable()
+        gc.collect()
+    assert notes.read_text().split() == [str(os.getpid())], "a child ran the finalizer of the parent's garbage"
+
+
+@pytest.mark.parametrize("fork", KINDS)
+def test_a_groups_process_ends_when_its_parent_is_killed(parent: Path, database_url: str, fork: bool) -> None:
     pids = parent.with_suffix(".pids")
-    process = run_parent(parent, database_url, str(pids))
+    process = run_parent(parent, database_url, fork, str(pids))
     group: list[int] = []
     try:
         until(lambda: pids.exists() and pids.read_text().endswith("\n"), "the group's process to replay")
@@ -183,18 +250,20 @@ def engine(app: WattLedger, database_url: str) -> Iterator[ProjectionEngine]:
         engine.close()
 
 
+@pytest.mark.parametrize("fork", KINDS)
 def test_a_groups_process_that_ends_without_a_word_fails_the_rebuild_and_swaps_nothing(
-    engine: ProjectionEngine, database_url: str
+    engine: ProjectionEngine, database_url: str, fork: bool
 ) -> None:
     before = origins(database_url, "probe1", "probe2")
 
     with pytest.raises(GroupFailed, match="the process replaying probe2 ended with code 9"):
-        rebuild_in_processes(engine, ["probe1", "probe2"], 2)
+        rebuild_in_processes(engine, ["probe1", "probe2"], 2, fork=fork)
     assert origins(database_url, "probe1", "probe2") == before
 
 
+@pytest.mark.parametrize("fork", KINDS)
 def test_groups_run_the_parents_code_whatever_the_working_directory_holds(
-    engine: ProjectionEngine, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: ProjectionEngine, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
 ) -> None:
     other = tmp_path / "projections"
     other.mkdir()
@@ -203,7 +272,7 @@ def test_groups_run_the_parents_code_whatever_the_working_directory_holds(
     monkeypatch.chdir(tmp_path)
     times: list[GroupTimes] = []
 
-    rebuild_in_processes(engine, ["probe1", "probe3"], 2, timed=times.append)
+    rebuild_in_processes(engine, ["probe1", "probe3"], 2, timed=times.append, fork=fork)
 
     found = origins(database_url, "probe1", "probe3")
     assert len({o.pid for o in found}) == 2 and os.getpid() not in {o.pid for o in found}
