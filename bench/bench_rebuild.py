@@ -2,21 +2,25 @@
 
     python bench/bench_rebuild.py [--devices 200] [--cycles 100] [--rounds 3]
 
-Stores `devices x cycles` readings (plus the devices), then times in the same run, alternated
-over `--rounds` rounds, (1) the baseline: reading and decoding the whole notification log in the
-same sections as the replay's, and (2) `rebuild_many(all)` over `all_projectors` (default settings, the
-engine's replay sections of 20,000): one
-read and decode of each section for every read model, each section committed to
-the shadow tables, then the swap. Prints events/s of both, and the ratio; then
-each read model's rebuild alone, to show which one sets the pace, and the read models that ignore
-readings rebuilt together (the readings are left undecoded for them). The baseline is also read with
-the collector's thresholds a replay runs with (`eased_collector`), for the ratio without that advantage.
+Stores `devices x cycles` readings (plus the devices), then times in the same run, alternated over
+`--rounds` rounds: (1) the baseline, reading and decoding the whole notification log in the same
+sections as the replay's (also with the collector's thresholds a replay runs with, `eased_collector`,
+for the ratio without that advantage); (2) `rebuild all` over `all_projectors` (default settings, the
+engine's replay sections of 20,000) as `project --rebuild all` runs it on this machine
+(`infra.replay.rebuild`, in the processes `default_jobs` gives); (3) the same in one process
+(`rebuild_many`). Each process reads and decodes each section once for all its read models, commits
+each section to the shadow tables, and the swap ends the rebuild. Prints each round's events/s and
+ratios (on a shared machine one round's figures can be minutes apart in speed, so a round's own ratio
+is the figure to compare) and their medians; then each read model's rebuild alone, to show which one
+sets the pace, and the read models that ignore readings rebuilt together (the readings are left
+undecoded for them).
 Uses a scratch database on DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import time
@@ -29,6 +33,7 @@ from eventsourcing.utils import get_topic  # noqa: E402
 from adapters.eventstore import WattLedger, ensure_events_schema, store_env  # noqa: E402
 from bench.scratch import log_read_rate, scratch_database, seed_fleet_history  # noqa: E402
 from domain.meter import MeterDay  # noqa: E402
+from infra.replay import default_jobs, rebuild  # noqa: E402
 from infra.runtime import all_projectors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.engine import REPLAY_BATCH_SIZE, ProjectionEngine  # noqa: E402
@@ -48,14 +53,19 @@ def run(url: str, devices: int, cycles: int, rounds: int = 3) -> None:
         total = seed_fleet_history(app, devices, cycles, subnet=8)
         engine.setup()
         engine.catch_up_all()
-        measured: list[tuple[float, float, float]] = []  # (baseline, eased baseline, rebuild all) a round
+        jobs = default_jobs(engine, names)
+        measured: list[tuple[float, float, float, float]] = []  # baseline, eased baseline, rebuild all, one process
         for _ in range(rounds):
             baseline = log_read_rate(app, SECTION)
             with eased_collector():
                 eased = log_read_rate(app, SECTION)
             began = time.perf_counter()
+            if rebuild(engine, names, io.StringIO(), tty=False, jobs=jobs) != 0:
+                raise SystemExit("rebuild all failed")
+            command = total / (time.perf_counter() - began)
+            began = time.perf_counter()
             replayed = engine.rebuild_many(names)
-            measured.append((baseline, eased, replayed / (time.perf_counter() - began)))
+            measured.append((baseline, eased, command, replayed / (time.perf_counter() - began)))
         differences = engine.verify(names)
         alone: dict[str, float] = {}
         for name in names:
@@ -69,12 +79,15 @@ def run(url: str, devices: int, cycles: int, rounds: int = 3) -> None:
         engine.close()
         app.close()
     print(f"read models           {', '.join(names)}")
-    print(f"{total} events; rebuild all: sections of {SECTION}, then the swap")
-    for number, (baseline, eased, ours) in enumerate(measured, 1):
+    print(f"{total} events; rebuild all: sections of {SECTION}, then the swap, as `project --rebuild all` runs "
+          f"it here: {jobs} process{'es' if jobs > 1 else ''}")
+    for number, (baseline, eased, ours, one) in enumerate(measured, 1):
         print(f"round {number}: read + decode log {baseline:9,.0f} events/s, rebuild all {ours:9,.0f} events/s, "
               f"ratio {ours / baseline:.2f} ({ours / eased:.2f} against the log read with the collector's "
-              f"thresholds as in a replay, {eased:,.0f} events/s)")
-    print(f"ratio, median of {len(measured)} rounds  {statistics.median(o / b for b, _, o in measured):.2f}")
+              f"thresholds as in a replay, {eased:,.0f} events/s); in one process {one:,.0f} events/s, "
+              f"ratio {one / baseline:.2f}")
+    print(f"ratio, median of {len(measured)} rounds  {statistics.median(m[2] / m[0] for m in measured):.2f}  "
+          f"(in one process {statistics.median(m[3] / m[0] for m in measured):.2f})")
     print(f"verify after rebuild  {len(differences)} rows differ")
     for name, rate in alone.items():
         print(f"  rebuild {name:<13} {rate:10,.0f} events/s alone")

@@ -60,7 +60,8 @@ def add_commands(
     project.add_argument(
         "--jobs", metavar="N", type=int,
         help="with --rebuild: replay the read models in N processes at once, then swap them in together "
-        "(default: 1 below 150,000 events or on fewer than 4 cores, else as the cores allow)",
+        "(default: 1 below 20,000 events in the log, else as the cores allow, 2 on two cores; where a process "
+        "cannot be forked, 1 below 150,000 events or on fewer than 4 cores)",
     )
     project.add_argument(
         "--prune-checkpoints", metavar="KEEP", type=int,

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -41,9 +41,11 @@ from projections.errors import ProjectionError
 from projections.rebuild import SHADOW_SCHEMA, ReplayProgress, checked_checkpoints, chosen_projectors, open_shadow
 from projections.replay_plan import (
     DECODE_COST,
+    FORKS,
     PARALLEL_FROM,
     READ_COST,
     REPLAY_COST,
+    SPAWNED_FROM,
     aside_group,
     cores,
     default_jobs_for,
@@ -57,8 +59,8 @@ if TYPE_CHECKING:
     from projections.engine import ProjectionEngine
 
 __all__ = [
-    "DECODE_COST", "READ_COST", "REPLAY_COST", "GroupFailed", "GroupTimes", "PARALLEL_FROM", "aside_group",
-    "FORKS", "default_jobs_for", "group_cost", "groups",
+    "DECODE_COST", "READ_COST", "REPLAY_COST", "GroupFailed", "GroupTimes", "PARALLEL_FROM", "SPAWNED_FROM",
+    "aside_group", "FORKS", "default_jobs_for", "group_cost", "groups",
     "rebuild_in_processes",
 ]  # fmt: skip
 
@@ -82,13 +84,6 @@ class GroupTimes(msgspec.Struct, frozen=True, kw_only=True):
     start: float
     replay: float
     cpu: float
-
-
-FORKS: Final = sys.platform == "linux" and hasattr(os, "fork")
-"""Whether a group's process is a fork of this one (Linux), not a fresh interpreter. A fork of a process
-that runs threads is safe only where the child touches nothing another thread may hold (a lock, a
-connection): the child uses its own connections, and only `replay_worker.forked`'s code; elsewhere
-(macOS, whose system libraries refuse to run in such a child) the fresh interpreter is the safe kind."""
 
 
 class _Forked:

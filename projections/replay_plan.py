@@ -5,7 +5,9 @@ replay's own thread and a second one (`aside_group`), by their estimated CPU per
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
+from typing import Final
 
 from eventsourcing.utils import get_topic
 
@@ -14,7 +16,7 @@ from projections.quarantine import EVERY_EVENT, undecoded_topics
 from projections.tables import Projector
 
 __all__ = [
-    "DECODE_COST", "PARALLEL_FROM", "READ_COST", "REPLAY_COST", "aside_group", "cores",
+    "DECODE_COST", "FORKS", "PARALLEL_FROM", "READ_COST", "REPLAY_COST", "SPAWNED_FROM", "aside_group", "cores",
     "default_jobs_for", "group_cost", "groups",
 ]  # fmt: skip
 
@@ -34,9 +36,22 @@ process per read model and `timed`, 243,000 events of 1,000 devices), less the p
 models fall into energy | the others, which the processes' wall times agree with: energy alone is the
 slower of the two, and no split can be faster than the group that holds energy."""
 
-PARALLEL_FROM = 150_000
-"""The events to replay from which `default_jobs_for` takes more than one process. On two cores and an idle
-machine, two processes were 1.23x faster than one at 243,000 events and slower at 63,000."""
+FORKS: Final = sys.platform == "linux" and hasattr(os, "fork")
+"""Whether a group's process is a fork of the replaying one (Linux), not a fresh interpreter
+(`projections.parallel`). A fork of a process that runs threads is safe only where the child touches
+nothing another thread may hold (a lock, a connection): the child uses its own connections, and only
+`projections.replay_worker.forked`'s code; elsewhere (macOS, whose system libraries refuse to run in
+such a child) the fresh interpreter is the safe kind."""
+
+PARALLEL_FROM = 20_000
+"""The events to replay from which `default_jobs_for` takes more than one forked process. On two cores and
+an idle machine (1,000 plugs, best of three), two forked processes against one: 0.90x at 8,000 events,
+1.25x at 23,000 (1.09x with two CPU-burning loops running), 1.30-1.38x at 63,000 (1.00-1.06x loaded)."""
+
+SPAWNED_FROM = 150_000
+"""`PARALLEL_FROM` for fresh interpreters, which take about a second to start: on two cores and an idle
+machine, two were 1.23x faster than one at 243,000 events and slower at 63,000, and on two cores they were
+slower than one whenever anything else ran."""
 
 
 def _needs_readings(projector: Projector) -> bool:
@@ -59,16 +74,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_jobs_for(projectors: Sequence[Projector], events: int, cores: int) -> int:
+def default_jobs_for(projectors: Sequence[Projector], events: int, cores: int, *, forks: bool = FORKS) -> int:
     """Processes worth rebuilding `projectors` in, with `events` to replay on `cores` CPUs shared with the
-    database: one below `PARALLEL_FROM` events (the processes' start and each group's own read of the log
-    cost more than they save); else at most one per two cores (each process keeps a database backend busy
-    as well: on two cores, two processes were slower than one whenever anything else ran), and of those the
-    fewest beyond which another process would not cut the slowest group's `group_cost` by a tenth."""
-    if events < PARALLEL_FROM:
+    database: one below `PARALLEL_FROM` events for forked processes (`forks`), `SPAWNED_FROM` for fresh
+    interpreters (the processes' start and each group's own read of the log cost more than they save);
+    else at most one per core for forked processes, one per two cores for fresh interpreters (on two
+    cores, two of those were slower than one whenever anything else ran), and of those the fewest beyond
+    which another process would not cut the slowest group's `group_cost` by a tenth."""
+    if events < (PARALLEL_FROM if forks else SPAWNED_FROM):
         return 1
     jobs, pace = 1, group_cost(projectors)
-    for more in range(2, min(cores // 2, len(projectors)) + 1):
+    for more in range(2, min(cores if forks else cores // 2, len(projectors)) + 1):
         slowest = max(group_cost(group) for group in groups(projectors, more))
         if slowest < 0.9 * pace:
             jobs, pace = more, slowest

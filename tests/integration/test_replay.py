@@ -315,7 +315,7 @@ def test_a_rebuild_not_told_how_many_processes_takes_what_the_events_and_cores_a
         assert replay.default_jobs(engine, ["devices", "identity"]) == 1, "a short log: one process"
         monkeypatch.setattr(replay_plan, "PARALLEL_FROM", 1)
         monkeypatch.setattr(replay, "cores", lambda: 2)
-        assert replay.default_jobs(engine, ["devices", "identity"]) == 1, "two cores: one process"
+        assert replay.default_jobs(engine, ["devices", "identity"]) == 1, "a second process would gain too little"
         monkeypatch.setattr(replay, "cores", lambda: 16)
         monkeypatch.setattr(replay_plan, "REPLAY_COST", {"devices": 10.0, "identity": 10.0})
         assert replay.default_jobs(engine, ["devices", "identity"]) == 2

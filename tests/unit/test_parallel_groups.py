@@ -14,6 +14,7 @@ from infra.settings import Settings
 from projections.parallel import (
     DECODE_COST,
     PARALLEL_FROM,
+    SPAWNED_FROM,
     READ_COST,
     REPLAY_COST,
     default_jobs_for,
@@ -72,13 +73,22 @@ def test_every_read_model_is_dealt_once_in_registration_order(jobs: int) -> None
         groups(projectors, 0)
 
 
-def test_a_replay_below_the_threshold_or_on_two_cores_runs_in_one_process() -> None:
+def test_forked_processes_are_taken_from_the_threshold_one_per_core() -> None:
     projectors = all_projectors(Settings())
 
-    assert default_jobs_for(projectors, PARALLEL_FROM - 1, 8) == 1
-    assert default_jobs_for(projectors, 10 * PARALLEL_FROM, 3) == 1
-    assert default_jobs_for(projectors, PARALLEL_FROM, 4) == 2
-    assert default_jobs_for(projectors, PARALLEL_FROM, 16) == 2, "a third process cannot speed up energy's group"
+    assert default_jobs_for(projectors, PARALLEL_FROM - 1, 8, forks=True) == 1
+    assert default_jobs_for(projectors, PARALLEL_FROM, 1, forks=True) == 1
+    assert default_jobs_for(projectors, PARALLEL_FROM, 2, forks=True) == 2, "energy | the other seven"
+    assert default_jobs_for(projectors, PARALLEL_FROM, 16, forks=True) == 2, "a third cannot speed energy's group"
+
+
+def test_fresh_interpreters_are_taken_from_a_longer_log_one_per_two_cores() -> None:
+    projectors = all_projectors(Settings())
+
+    assert default_jobs_for(projectors, SPAWNED_FROM - 1, 8, forks=False) == 1
+    assert default_jobs_for(projectors, 10 * SPAWNED_FROM, 3, forks=False) == 1
+    assert default_jobs_for(projectors, SPAWNED_FROM, 4, forks=False) == 2
+    assert default_jobs_for(projectors, SPAWNED_FROM, 16, forks=False) == 2
 
 
 def test_another_process_is_taken_only_where_it_cuts_the_slowest_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +96,8 @@ def test_another_process_is_taken_only_where_it_cuts_the_slowest_group(monkeypat
     for projector in light:
         monkeypatch.setitem(REPLAY_COST, projector.name, 10.0)
 
-    assert [default_jobs_for(light, PARALLEL_FROM, cores) for cores in (2, 4, 6, 8, 16)] == [1, 2, 2, 4, 4]
+    assert [default_jobs_for(light, SPAWNED_FROM, cores, forks=False) for cores in (2, 4, 6, 8, 16)] == [1, 2, 2, 4, 4]
+    assert [default_jobs_for(light, PARALLEL_FROM, cores, forks=True) for cores in (1, 2, 3, 4, 16)] == [1, 2, 2, 4, 4]
     assert default_jobs_for(light[:1], PARALLEL_FROM, 16) == 1
     big, tiny = Fake("big", EVERY_EVENT), Fake("tiny", EVERY_EVENT)
     monkeypatch.setitem(REPLAY_COST, "big", 10.0)
