@@ -30,7 +30,8 @@ from bench.scratch import log_read_rate, scratch_database, seed_fleet_history  #
 from infra.runtime import all_projectors  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from projections.engine import REPLAY_BATCH_SIZE, ProjectionEngine  # noqa: E402
-from projections.parallel import GroupTimes, cores, groups, rebuild_in_processes  # noqa: E402
+from projections.parallel import GroupTimes, groups, rebuild_in_processes  # noqa: E402
+from projections.replay_plan import cores  # noqa: E402
 
 
 def dump(database_url: str, engine: ProjectionEngine) -> dict[str, list[tuple[object, ...]]]:
